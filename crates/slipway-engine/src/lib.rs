@@ -1,0 +1,186 @@
+//! Runs a compiled pipeline [`Plan`]: the workspace and its clone,
+//! networks, volumes, services, steps in dependency order, time limits, cancellation and
+//! cleanup, with every log line masked.
+//!
+//! The entry point is [`run`]: it takes the plan, [`RunOptions`] (workspace source, secrets,
+//! trust, cancellation, time limits) and an [`EventSink`] that receives [`Event`]s (pipeline
+//! and step starts and ends, masked log lines) while the build runs, and returns a
+//! [`BuildReport`]. A step that fails is not an error: it is a [`Status::Failure`] in the
+//! report; [`EngineError`] is for what kept the engine from running at all.
+//!
+//! How it is organised:
+//! - `scheduler`: pipelines by their `depends_on`, steps by theirs, in parallel where
+//!   allowed; `run_on` (Drone's `status` condition) decided as each step becomes ready; step,
+//!   pipeline and build time limits; cancellation.
+//! - `backend`: the `Backend` trait and its two implementations, `docker` (containers via
+//!   bollard, for `type: docker`) and `host` (processes, for `type: exec`).
+//! - `workspace`: the per-pipeline host directory and the git clone, reported as the
+//!   pseudo-step `clone`.
+//! - [`mask`] and [`log`]: [`Masker`] and [`LineSplitter`], output bytes to masked lines.
+//! - [`cleanup`]: ownership labels, [`remove_orphans`].
+//!
+//! Invariants:
+//! - **Cleanup.** Every container, network and volume a build creates carries the labels
+//!   `io.slipway.managed=true`, `io.slipway.owner=<host>:<pid>:<start time>` and
+//!   `io.slipway.build=<id>`, and is removed before [`run`] returns, whatever happened:
+//!   success, failure, time-out, cancellation or an error half-way. This is done explicitly
+//!   on every path (each pipeline tears down what its backend recorded, then the build
+//!   removes whatever still carries its build label), not in `Drop`. Workspaces are removed
+//!   too. If the `run` future itself is dropped, a best-effort sweep is spawned, and what a
+//!   killed process leaves behind is removed by [`remove_orphans`] (also called at the
+//!   start of every [`run`]), which only touches resources of dead processes of this host.
+//! - **Masking.** Every line of output (steps, services, git) and every error text in the
+//!   report goes through the build's [`Masker`], built from all secret values of the build,
+//!   after being split into lines, so a secret split across reads is still masked.
+//! - **Secrets** reach only the steps that name them, as the variables they name.
+//! - **Trust.** Host volumes and privileged containers are refused unless
+//!   [`RunOptions::trusted`].
+
+mod abort;
+mod backend;
+pub mod cleanup;
+mod dag;
+mod error;
+mod event;
+pub mod log;
+pub mod mask;
+mod options;
+mod scheduler;
+mod script;
+mod workspace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bollard::Docker;
+use slipway_spec::plan::{PipelineType, Plan};
+
+pub use cleanup::remove_orphans;
+pub use error::EngineError;
+pub use event::{BuildReport, Event, EventSink, PipelineReport, Status, StepReport};
+pub use log::LineSplitter;
+pub use mask::Masker;
+pub use options::{RunOptions, WorkspaceSource};
+
+use abort::Abort;
+
+/// Runs every pipeline of `plan`, sending events to `sink`; returns when everything has
+/// finished and been cleaned up.
+///
+/// Fails before running anything when the plan's graphs are invalid, when it has Docker
+/// pipelines and the Docker engine is unreachable, or when `work_root` is unusable.
+pub async fn run(
+    plan: &Plan,
+    options: RunOptions,
+    sink: Arc<dyn EventSink>,
+) -> Result<BuildReport, EngineError> {
+    dag::validate(plan)?;
+    let needs_docker = plan
+        .pipelines
+        .iter()
+        .any(|p| !p.skipped && p.kind == PipelineType::Docker);
+    let docker = if needs_docker {
+        let docker = backend::docker::connect().await?;
+        match cleanup::remove_orphans_with(&docker).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} Docker resources left by dead engines"),
+            Err(e) => tracing::warn!("could not remove orphaned resources: {e}"),
+        }
+        Some(docker)
+    } else {
+        None
+    };
+
+    let build_id = cleanup::new_build_id();
+    let build_dir = options.work_root.join(format!("slipway-{build_id}"));
+    tokio::fs::create_dir_all(&build_dir)
+        .await
+        .map_err(|e| EngineError::io(format!("creating {}", build_dir.display()), e))?;
+    let mut guard = BuildGuard {
+        docker: docker.clone(),
+        build_id: build_id.clone(),
+        build_dir: build_dir.clone(),
+        done: false,
+    };
+
+    let abort = Abort::root(&options.cancel);
+    let build = scheduler::Build {
+        plan,
+        options: &options,
+        sink,
+        masker: Arc::new(Masker::new(options.secrets.values())),
+        docker,
+        build_id: &build_id,
+        build_dir: &build_dir,
+    };
+    let pipelines = abort
+        .with_timeout("build", options.build_timeout, build.run(&abort))
+        .await;
+    guard.finish().await;
+
+    let status = build_status(&pipelines, abort.is_aborted());
+    Ok(BuildReport {
+        status,
+        pipelines,
+        build_id,
+    })
+}
+
+/// Killed beats Error beats Failure beats Success; a build whose pipelines were all skipped
+/// is Skipped (or Killed, if that was because it was aborted).
+fn build_status(pipelines: &[PipelineReport], aborted: bool) -> Status {
+    let has = |status| pipelines.iter().any(|p| p.status == status);
+    if has(Status::Killed) || (aborted && has(Status::Skipped)) {
+        Status::Killed
+    } else if has(Status::Error) {
+        Status::Error
+    } else if has(Status::Failure) {
+        Status::Failure
+    } else if !pipelines.is_empty() && pipelines.iter().all(|p| p.status == Status::Skipped) {
+        Status::Skipped
+    } else {
+        Status::Success
+    }
+}
+
+/// The build's last line of cleanup: everything labelled with its id, and its directory.
+struct BuildGuard {
+    docker: Option<Docker>,
+    build_id: String,
+    build_dir: PathBuf,
+    done: bool,
+}
+
+impl BuildGuard {
+    async fn finish(&mut self) {
+        if let Some(docker) = &self.docker {
+            match cleanup::sweep_build(docker, &self.build_id).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("final sweep removed {n} resources"),
+                Err(e) => tracing::warn!("final sweep of build {}: {e}", self.build_id),
+            }
+        }
+        workspace::remove(&self.build_dir).await;
+        self.done = true;
+    }
+}
+
+impl Drop for BuildGuard {
+    /// Only reached when the `run` future is dropped mid-way (the normal paths call
+    /// `finish`). Async cleanup cannot happen here, so it is handed to the runtime if there
+    /// is one; `remove_orphans` is the backstop if not.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let (Some(docker), Ok(runtime)) =
+            (self.docker.take(), tokio::runtime::Handle::try_current())
+        {
+            let build_id = std::mem::take(&mut self.build_id);
+            runtime.spawn(async move {
+                let _ = cleanup::sweep_build(&docker, &build_id).await;
+            });
+        }
+        let _ = std::fs::remove_dir_all(&self.build_dir);
+    }
+}

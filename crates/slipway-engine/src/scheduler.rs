@@ -1,0 +1,645 @@
+//! When things run: pipelines in the order of their `depends_on`, and inside a pipeline the
+//! clone, the services, then the steps as their `depends_on` allow, in parallel wherever
+//! possible. Also where time limits and cancellation turn into kills, and where every
+//! pipeline's resources are torn down on every path.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use slipway_spec::plan::{PipelinePlan, PipelineType, Plan};
+
+use crate::abort::{Abort, human};
+use crate::backend::docker::DockerBackend;
+use crate::backend::host::HostBackend;
+use crate::backend::{Backend, Role, StepSpec};
+use crate::dag::{self, Dag};
+use crate::error::EngineError;
+use crate::event::{Event, EventSink, PipelineReport, Status, StepReport};
+use crate::log::StepLog;
+use crate::mask::Masker;
+use crate::options::{RunOptions, WorkspaceSource};
+use crate::workspace::{self, CloneSpec};
+
+/// How long a killed process may take to be reaped and have its last output read.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// Name of the pseudo-step that reports the clone.
+const CLONE_STEP: &str = "clone";
+
+/// One build in progress: what every pipeline of it shares.
+pub(crate) struct Build<'a> {
+    pub plan: &'a Plan,
+    pub options: &'a RunOptions,
+    pub sink: Arc<dyn EventSink>,
+    pub masker: Arc<Masker>,
+    pub docker: Option<Docker>,
+    pub build_id: &'a str,
+    pub build_dir: &'a Path,
+}
+
+/// A step or service that keeps running in the background until the pipeline ends.
+struct Background<P> {
+    slot: Slot,
+    name: String,
+    process: P,
+    started: Instant,
+    log: StepLog,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Service(usize),
+    Step(usize),
+}
+
+enum StepOutcome<P> {
+    Finished(StepReport),
+    /// A detached step that started: done as far as its dependents are concerned.
+    Detached(Background<P>),
+}
+
+/// How a pipeline is going so far.
+#[derive(Default)]
+struct PipelineState {
+    /// A step (or the clone, or a service start) failed: only `run_on.failure` steps run now.
+    failed: bool,
+    /// Something was killed, or skipped because the pipeline was aborted.
+    killed: bool,
+}
+
+impl PipelineState {
+    /// `aborted`: the pipeline was cancelled or ran out of time while the step ran.
+    fn record(&mut self, report: &StepReport, failure_ignore: bool, aborted: bool) {
+        match report.status {
+            // Killed by a cancellation or the pipeline's time limit: the pipeline is killed.
+            Status::Killed if aborted => {
+                self.killed = true;
+                self.failed = true;
+            }
+            // Killed by its own time limit: a failure like any other, so `failure: ignore`
+            // applies and the rest behaves as after a failure (only `run_on.failure` runs).
+            Status::Killed | Status::Failure | Status::Error if !failure_ignore => {
+                self.failed = true
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Build<'_> {
+    /// Runs every pipeline; returns their reports in plan order.
+    pub(crate) async fn run(&self, abort: &Abort) -> Vec<PipelineReport> {
+        let pipelines = &self.plan.pipelines;
+        let mut reports: Vec<Option<PipelineReport>> = vec![None; pipelines.len()];
+        let mut dag = match Dag::new(
+            "pipeline",
+            pipelines
+                .iter()
+                .map(|p| (p.name.as_str(), p.depends_on.as_slice())),
+        ) {
+            Ok(dag) => dag,
+            // `run` validated the plan already; this keeps the engine total anyway.
+            Err(e) => {
+                return pipelines
+                    .iter()
+                    .map(|p| self.not_run(p, Status::Error, Some(e.clone())))
+                    .collect();
+            }
+        };
+        let mut running = FuturesUnordered::new();
+        loop {
+            // Deciding to skip a pipeline finishes it at once, which may make others ready.
+            let mut settled = true;
+            while settled {
+                settled = false;
+                for i in dag.take_ready() {
+                    let pipeline = &pipelines[i];
+                    let deps_failed = dag
+                        .deps(i)
+                        .iter()
+                        .any(|&d| reports[d].as_ref().is_some_and(|r| r.status.is_failed()));
+                    let wanted = if deps_failed {
+                        pipeline.run_on.failure
+                    } else {
+                        pipeline.run_on.success
+                    };
+                    if abort.is_aborted() || pipeline.skipped || !wanted {
+                        let report = self.not_run(pipeline, Status::Skipped, None);
+                        self.emit(Event::PipelineFinished {
+                            pipeline: pipeline.name.clone(),
+                            status: report.status,
+                        });
+                        reports[i] = Some(report);
+                        dag.finish(i);
+                        settled = true;
+                    } else {
+                        let abort = abort.child();
+                        running.push(async move { (i, self.run_pipeline(i, &abort).await) });
+                    }
+                }
+            }
+            match running.next().await {
+                Some((i, report)) => {
+                    reports[i] = Some(report);
+                    dag.finish(i);
+                }
+                None => break,
+            }
+        }
+        reports.into_iter().flatten().collect()
+    }
+
+    fn step_log(&self, pipeline: &PipelinePlan, step: &str) -> StepLog {
+        StepLog::new(
+            &pipeline.name,
+            step,
+            Arc::clone(&self.sink),
+            Arc::clone(&self.masker),
+        )
+    }
+
+    fn emit(&self, event: Event) {
+        self.sink.event(event);
+    }
+
+    /// The report of a pipeline none of whose steps ran (emitting their `StepFinished`).
+    fn not_run(
+        &self,
+        pipeline: &PipelinePlan,
+        status: Status,
+        error: Option<String>,
+    ) -> PipelineReport {
+        let steps = pipeline
+            .services
+            .iter()
+            .chain(&pipeline.steps)
+            .map(|step| self.skip(pipeline, &step.name))
+            .collect();
+        PipelineReport {
+            name: pipeline.name.clone(),
+            status,
+            steps,
+            error: error.map(|e| self.masker.mask_text(&e)),
+        }
+    }
+
+    fn skip(&self, pipeline: &PipelinePlan, step: &str) -> StepReport {
+        self.emit(Event::StepFinished {
+            pipeline: pipeline.name.clone(),
+            step: step.to_string(),
+            status: Status::Skipped,
+            exit_code: None,
+            duration: Duration::ZERO,
+        });
+        StepReport::skipped(step)
+    }
+
+    async fn run_pipeline(&self, index: usize, abort: &Abort) -> PipelineReport {
+        let pipeline = &self.plan.pipelines[index];
+        self.emit(Event::PipelineStarted {
+            pipeline: pipeline.name.clone(),
+        });
+        let report = self.run_pipeline_inner(index, pipeline, abort).await;
+        self.emit(Event::PipelineFinished {
+            pipeline: pipeline.name.clone(),
+            status: report.status,
+        });
+        report
+    }
+
+    async fn run_pipeline_inner(
+        &self,
+        index: usize,
+        pipeline: &PipelinePlan,
+        abort: &Abort,
+    ) -> PipelineReport {
+        if let PipelineType::Other(kind) = &pipeline.kind {
+            let error = EngineError::UnsupportedType(kind.clone());
+            return self.not_run(pipeline, Status::Error, Some(error.to_string()));
+        }
+        let workspace = match workspace::create(self.build_dir, index, &pipeline.name).await {
+            Ok(dir) => dir,
+            Err(e) => return self.not_run(pipeline, Status::Error, Some(e.to_string())),
+        };
+        let report = match (&pipeline.kind, &self.docker) {
+            (PipelineType::Docker, Some(docker)) => {
+                let backend = DockerBackend::new(
+                    docker.clone(),
+                    self.build_id,
+                    index,
+                    pipeline,
+                    &workspace,
+                    self.options.trusted,
+                );
+                self.run_with(&backend, pipeline, &workspace, abort).await
+            }
+            (PipelineType::Docker, None) => self.not_run(
+                pipeline,
+                Status::Error,
+                Some("no connection to a Docker engine".to_string()),
+            ),
+            _ => {
+                let backend = HostBackend::new(&workspace);
+                self.run_with(&backend, pipeline, &workspace, abort).await
+            }
+        };
+        workspace::remove(&workspace).await;
+        report
+    }
+
+    /// Runs a pipeline on `backend` within its time limit, then tears the backend down:
+    /// the body always runs to completion (an abort only makes it wind down), so teardown
+    /// is reached on every path.
+    async fn run_with<B: Backend>(
+        &self,
+        backend: &B,
+        pipeline: &PipelinePlan,
+        workspace: &Path,
+        abort: &Abort,
+    ) -> PipelineReport {
+        let limit = pipeline.timeout_secs.map(Duration::from_secs);
+        let body = self.pipeline_body(backend, pipeline, workspace, abort);
+        let report = abort.with_timeout("pipeline", limit, body).await;
+        backend.teardown().await;
+        report
+    }
+
+    async fn pipeline_body<B: Backend>(
+        &self,
+        backend: &B,
+        pipeline: &PipelinePlan,
+        workspace: &Path,
+        abort: &Abort,
+    ) -> PipelineReport {
+        let dag = match dag::steps(pipeline) {
+            Ok(dag) => dag,
+            // `run` validated the plan already; this keeps the engine total anyway.
+            Err(e) => return self.not_run(pipeline, Status::Error, Some(e)),
+        };
+        if let Err(e) = backend.setup().await {
+            let status = if abort.is_aborted() {
+                Status::Killed
+            } else {
+                Status::Error
+            };
+            return self.not_run(pipeline, status, Some(e.to_string()));
+        }
+        let mut state = PipelineState::default();
+
+        let mut clone_report = None;
+        if let WorkspaceSource::Git {
+            repo,
+            commit,
+            depth,
+        } = &self.options.workspace
+            && !pipeline.clone.disable
+        {
+            let spec = CloneSpec {
+                repo,
+                commit,
+                depth: depth.or(pipeline.clone.depth),
+            };
+            let report = self.clone_step(pipeline, &spec, workspace, abort).await;
+            state.record(&report, false, abort.is_aborted());
+            clone_report = Some(report);
+        }
+
+        let mut background = Vec::new();
+        let mut service_reports: Vec<Option<StepReport>> = vec![None; pipeline.services.len()];
+        for (index, service) in pipeline.services.iter().enumerate() {
+            if service.skipped || abort.is_aborted() {
+                state.killed |= abort.is_aborted() && !service.skipped;
+                service_reports[index] = Some(self.skip(pipeline, &service.name));
+                continue;
+            }
+            let (log, started, spec) = self.begin(pipeline, service, Role::Service, index);
+            match backend.start(&spec, log.clone(), abort.token()).await {
+                Ok(process) => background.push(Background {
+                    slot: Slot::Service(index),
+                    name: service.name.clone(),
+                    process,
+                    started,
+                    log,
+                }),
+                Err(e) => {
+                    let report = self.start_failed(&log, started, e, abort);
+                    state.record(&report, false, abort.is_aborted());
+                    service_reports[index] = Some(report);
+                }
+            }
+        }
+
+        let mut step_reports: Vec<Option<StepReport>> = vec![None; pipeline.steps.len()];
+        self.run_steps(
+            backend,
+            pipeline,
+            dag,
+            abort,
+            &mut state,
+            &mut step_reports,
+            &mut background,
+        )
+        .await;
+
+        // Services and detached steps have done their job once the steps are through.
+        let stopped = futures_util::future::join_all(
+            background
+                .into_iter()
+                .map(|bg| self.stop_background(backend, bg)),
+        )
+        .await;
+        for (slot, report) in stopped {
+            match slot {
+                Slot::Service(i) => service_reports[i] = Some(report),
+                Slot::Step(i) => step_reports[i] = Some(report),
+            }
+        }
+
+        let status = if state.killed {
+            Status::Killed
+        } else if state.failed {
+            Status::Failure
+        } else {
+            Status::Success
+        };
+        let steps = clone_report
+            .into_iter()
+            .chain(service_reports.into_iter().flatten())
+            .chain(step_reports.into_iter().flatten())
+            .collect();
+        PipelineReport {
+            name: pipeline.name.clone(),
+            status,
+            steps,
+            error: None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_steps<B: Backend>(
+        &self,
+        backend: &B,
+        pipeline: &PipelinePlan,
+        mut dag: Dag,
+        abort: &Abort,
+        state: &mut PipelineState,
+        reports: &mut [Option<StepReport>],
+        background: &mut Vec<Background<B::Process>>,
+    ) {
+        let mut running = FuturesUnordered::new();
+        loop {
+            let mut settled = true;
+            while settled {
+                settled = false;
+                for index in dag.take_ready() {
+                    let step = &pipeline.steps[index];
+                    // `status` conditions are decided now, against the pipeline so far.
+                    let wanted = if state.failed {
+                        step.run_on.failure
+                    } else {
+                        step.run_on.success
+                    };
+                    if abort.is_aborted() || step.skipped || !wanted {
+                        state.killed |= abort.is_aborted() && !step.skipped;
+                        reports[index] = Some(self.skip(pipeline, &step.name));
+                        dag.finish(index);
+                        settled = true;
+                    } else {
+                        running.push(async move {
+                            let outcome = self.run_step(backend, pipeline, index, abort).await;
+                            (index, outcome)
+                        });
+                    }
+                }
+            }
+            match running.next().await {
+                Some((index, StepOutcome::Finished(report))) => {
+                    state.record(
+                        &report,
+                        pipeline.steps[index].failure_ignore,
+                        abort.is_aborted(),
+                    );
+                    reports[index] = Some(report);
+                    dag.finish(index);
+                }
+                Some((index, StepOutcome::Detached(bg))) => {
+                    background.push(bg);
+                    dag.finish(index);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Emits `StepStarted` and prepares the step (secrets resolved, script generated).
+    fn begin<'p>(
+        &self,
+        pipeline: &PipelinePlan,
+        step: &'p slipway_spec::plan::StepPlan,
+        role: Role,
+        index: usize,
+    ) -> (StepLog, Instant, StepSpec<'p>) {
+        let log = self.step_log(pipeline, &step.name);
+        self.emit(Event::StepStarted {
+            pipeline: pipeline.name.clone(),
+            step: step.name.clone(),
+        });
+        let started = Instant::now();
+        let spec = StepSpec::prepare(step, role, index, &self.options.secrets, &log);
+        (log, started, spec)
+    }
+
+    async fn run_step<B: Backend>(
+        &self,
+        backend: &B,
+        pipeline: &PipelinePlan,
+        index: usize,
+        abort: &Abort,
+    ) -> StepOutcome<B::Process> {
+        let step = &pipeline.steps[index];
+        let (log, started, spec) = self.begin(pipeline, step, Role::Step, index);
+        let mut process = match backend.start(&spec, log.clone(), abort.token()).await {
+            Ok(process) => process,
+            Err(e) => return StepOutcome::Finished(self.start_failed(&log, started, e, abort)),
+        };
+        if step.detach {
+            return StepOutcome::Detached(Background {
+                slot: Slot::Step(index),
+                name: step.name.clone(),
+                process,
+                started,
+                log,
+            });
+        }
+
+        enum Ended {
+            Exited(Result<i64, EngineError>),
+            TimedOut(Duration),
+            Aborted,
+        }
+        let limit = step
+            .timeout_secs
+            .map(Duration::from_secs)
+            .or(self.options.default_step_timeout);
+        let ended = tokio::select! {
+            result = backend.wait(&mut process) => Ended::Exited(result),
+            limit = sleep_for(limit) => Ended::TimedOut(limit),
+            () = abort.aborted() => Ended::Aborted,
+        };
+        let (status, exit_code, error) = match ended {
+            Ended::Exited(Ok(0)) => (Status::Success, Some(0), None),
+            Ended::Exited(Ok(code)) => (Status::Failure, Some(code), None),
+            Ended::Exited(Err(e)) => {
+                let error = e.to_string();
+                log.text(&format!("error: {error}"));
+                (Status::Error, None, Some(error))
+            }
+            Ended::TimedOut(limit) => {
+                let reason = format!("step timed out after {}", human(limit));
+                log.line(&reason);
+                let code = kill_and_reap(backend, &mut process).await;
+                (Status::Killed, code, Some(reason))
+            }
+            Ended::Aborted => {
+                let reason = abort.reason();
+                log.line(&reason);
+                let code = kill_and_reap(backend, &mut process).await;
+                (Status::Killed, code, Some(reason))
+            }
+        };
+        backend.remove(process).await;
+        StepOutcome::Finished(self.finish(&log, started, status, exit_code, error))
+    }
+
+    /// A step or service that could not be started: Killed if that was because of an abort
+    /// (e.g. an interrupted pull), else Error with the reason in its log.
+    fn start_failed(
+        &self,
+        log: &StepLog,
+        started: Instant,
+        error: EngineError,
+        abort: &Abort,
+    ) -> StepReport {
+        if abort.is_aborted() {
+            let reason = abort.reason();
+            log.line(&reason);
+            return self.finish(log, started, Status::Killed, None, Some(reason));
+        }
+        let error = error.to_string();
+        log.text(&format!("error: {error}"));
+        self.finish(log, started, Status::Error, None, Some(error))
+    }
+
+    fn finish(
+        &self,
+        log: &StepLog,
+        started: Instant,
+        status: Status,
+        exit_code: Option<i64>,
+        error: Option<String>,
+    ) -> StepReport {
+        let duration = started.elapsed();
+        log.emit(Event::StepFinished {
+            pipeline: log.pipeline().to_string(),
+            step: log.step().to_string(),
+            status,
+            exit_code,
+            duration,
+        });
+        StepReport {
+            name: log.step().to_string(),
+            status,
+            exit_code,
+            duration,
+            error: error.map(|e| self.masker.mask_text(&e)),
+        }
+    }
+
+    /// Stops a service or detached step at the end of its pipeline. One that was still
+    /// running did its job: Success. One that had exited reports its exit code. Neither
+    /// changes the pipeline's status: their outcome is only known after the steps that
+    /// decide it.
+    async fn stop_background<B: Backend>(
+        &self,
+        backend: &B,
+        mut bg: Background<B::Process>,
+    ) -> (Slot, StepReport) {
+        let was_running = backend.kill(&mut bg.process).await;
+        let exit = tokio::time::timeout(KILL_GRACE, backend.wait(&mut bg.process)).await;
+        backend.remove(bg.process).await;
+        let (status, exit_code, error) = match exit {
+            _ if was_running => {
+                bg.log.line("stopped at the end of the pipeline");
+                (Status::Success, None, None)
+            }
+            Ok(Ok(0)) => (Status::Success, Some(0), None),
+            Ok(Ok(code)) => (Status::Failure, Some(code), None),
+            Ok(Err(e)) => (Status::Error, None, Some(e.to_string())),
+            Err(_) => (
+                Status::Error,
+                None,
+                Some(format!(
+                    "`{}` did not stop within {}",
+                    bg.name,
+                    human(KILL_GRACE)
+                )),
+            ),
+        };
+        (
+            bg.slot,
+            self.finish(&bg.log, bg.started, status, exit_code, error),
+        )
+    }
+
+    async fn clone_step(
+        &self,
+        pipeline: &PipelinePlan,
+        spec: &CloneSpec<'_>,
+        workspace: &Path,
+        abort: &Abort,
+    ) -> StepReport {
+        let log = self.step_log(pipeline, CLONE_STEP);
+        self.emit(Event::StepStarted {
+            pipeline: pipeline.name.clone(),
+            step: CLONE_STEP.to_string(),
+        });
+        let started = Instant::now();
+        match workspace::clone(spec, workspace, &log, abort.token()).await {
+            Ok(()) => self.finish(&log, started, Status::Success, Some(0), None),
+            Err(_) if abort.is_aborted() => {
+                let reason = abort.reason();
+                log.line(&reason);
+                self.finish(&log, started, Status::Killed, None, Some(reason))
+            }
+            Err(e) => {
+                // git's stderr is already in the log; the report gets the whole story.
+                log.line("clone failed");
+                self.finish(&log, started, Status::Failure, Some(1), Some(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Kills a process and waits (bounded) for it to be gone; returns its exit code if known.
+async fn kill_and_reap<B: Backend>(backend: &B, process: &mut B::Process) -> Option<i64> {
+    backend.kill(process).await;
+    match tokio::time::timeout(KILL_GRACE, backend.wait(process)).await {
+        Ok(Ok(code)) => Some(code),
+        _ => None,
+    }
+}
+
+/// Sleeps for `limit` and returns it; never returns without a limit.
+async fn sleep_for(limit: Option<Duration>) -> Duration {
+    match limit {
+        Some(limit) => {
+            tokio::time::sleep(limit).await;
+            limit
+        }
+        None => std::future::pending().await,
+    }
+}

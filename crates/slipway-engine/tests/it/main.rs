@@ -1,0 +1,10 @@
+//! Integration tests of the engine against the real Docker engine of this machine (and the
+//! host backend). Each test builds its plan by hand, runs it with its own work directory and
+//! checks, besides its own assertions, that nothing labelled with its build id is left.
+
+mod clone;
+mod docker;
+mod host;
+mod orphans;
+mod scheduling;
+mod support;

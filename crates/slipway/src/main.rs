@@ -1,0 +1,62 @@
+//! The `slipway` binary: flags and output only; the work is done by the library crates.
+
+mod build_args;
+mod exec;
+mod lint;
+mod plan;
+mod printer;
+mod secrets_file;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "git push to production URL, in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a pipeline file; prints FILE:LINE:COL: error|warning: message.
+    Lint(lint::LintArgs),
+    /// Show what would run for an event, with conditions evaluated and variables substituted.
+    Plan(plan::PlanArgs),
+    /// Run the repository's pipelines on the local Docker engine, like `drone exec`.
+    Exec(exec::ExecArgs),
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lint(args) => lint::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Exec(args) => exec::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr so stdout stays data; `RUST_LOG` tunes them; NO_COLOR is honoured.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(printer::use_color(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
