@@ -6,11 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prepare.sh
 prepare_machine
-command -v hyperfine >/dev/null 2>&1 || { as_root apt-get install -y -qq hyperfine >/dev/null; }
+ensure_hyperfine
 RUNS="${RUNS:-10}"
-
-cargo build --release --locked -q -p slipway
-bin="$CARGO_TARGET_DIR/release/slipway"
+bin=$(build_release)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

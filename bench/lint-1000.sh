@@ -3,10 +3,10 @@
 # read, substitute check, parse, validate, print). Target: under 50 ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v hyperfine >/dev/null 2>&1 || { apt-get install -y -qq hyperfine >/dev/null; }
+. scripts/lib/prepare.sh
+ensure_hyperfine
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slipway-target}"
-cargo build --release --locked -q -p slipway
-bin="$CARGO_TARGET_DIR/release/slipway"
+bin=$(build_release)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -69,3 +69,16 @@ prepare_machine() {
   ensure_base_image
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slipway-target}"
 }
+
+# Builds the release binary (for the demo and benchmarks) and prints its path.
+build_release() {
+  say "building slipway (release)"
+  cargo build --release --locked -q -p slipway
+  printf '%s\n' "$CARGO_TARGET_DIR/release/slipway"
+}
+
+ensure_hyperfine() {
+  command -v hyperfine >/dev/null 2>&1 && return
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq hyperfine >/dev/null
+}

@@ -56,15 +56,9 @@ impl Conditions {
     /// Whether every condition except `status` matches this build. `matrix` is the axis
     /// values of the pipeline being compiled (legacy matrix builds).
     pub fn matches(&self, ctx: &BuildContext, matrix: &[(String, String)]) -> bool {
-        let tag = ctx.tag.as_deref().unwrap_or("");
-        // For tag builds Drone matches `branch` against the tag's branch when known;
-        // with none, a branch condition cannot be decided and does not match.
-        let branch_ok = if ctx.branch.is_empty() && !tag.is_empty() {
-            self.branch.is_empty() || self.branch.matches("")
-        } else {
-            self.branch.matches(&ctx.branch)
-        };
-        branch_ok
+        // A tag build has no branch unless one is given: a `branch` include list then
+        // does not match, as in Drone.
+        self.branch.matches(&ctx.branch)
             && self.event.matches(ctx.event.as_str())
             && self.reference.matches(&effective_ref(ctx))
             && self.repo.matches(&ctx.repo)

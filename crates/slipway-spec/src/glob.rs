@@ -4,7 +4,7 @@
 //! well formed, for lint).
 //!
 //! Syntax: `*` matches any run of characters except `/`; `**` (two or more stars)
-//! any run including `/`; `?` one character except `/`; `[abc]`, `[a-z]` one listed
+//! any run including `/`, and `**/` also matches nothing at all (zero directories); `?` one character except `/`; `[abc]`, `[a-z]` one listed
 //! character, `[!a-z]` or `[^a-z]` one character not listed (a class never matches
 //! `/`, and a `]` right after `[`, `[!` or `[^` is a member); `\x` is a literal `x`.
 //! Everything else is literal, including `{`, `}` and `,`: there is no brace
@@ -45,6 +45,10 @@ enum Token {
     Star,
     /// `**`
     DoubleStar,
+    /// Put before `**` `/` when a pattern has `**/`: lets the three match nothing.
+    /// A token of its own so that only the state *before* `**` may skip, not one where
+    /// `**` has already consumed text.
+    SkipDirs,
     Class {
         negated: bool,
         ranges: Vec<(char, char)>,
@@ -60,7 +64,7 @@ impl Token {
             Token::Class { negated, ranges } => {
                 c != '/' && ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
             }
-            Token::Star | Token::DoubleStar => false,
+            Token::Star | Token::DoubleStar | Token::SkipDirs => false,
         }
     }
 }
@@ -74,6 +78,9 @@ fn compile(pattern: &str) -> Result<Vec<Token>, String> {
                 let mut double = false;
                 while chars.next_if(|&(_, c)| c == '*').is_some() {
                     double = true;
+                }
+                if double && chars.peek().is_some_and(|&(_, c)| c == '/') {
+                    tokens.push(Token::SkipDirs);
                 }
                 // `a**b` and `a***b` mean the same, `*` after `**` adds nothing.
                 tokens.push(if double {
@@ -175,13 +182,28 @@ fn run(tokens: &[Token], text: &str) -> bool {
     live.last().copied().unwrap_or(false)
 }
 
-/// Stars may match nothing: being before one means being after it too.
+/// Stars may match nothing: being before one means being after it too. `**/` may also
+/// match nothing, slash included, so `src/**/*.rs` matches `src/main.rs` and `**/*.go`
+/// matches `main.go`, as in the doublestar matching users know from `paths` filters.
 fn close(tokens: &[Token], live: &mut [bool]) {
+    // Tokens are visited in order and epsilon moves only go forward, so one pass
+    // reaches every state.
     for (i, token) in tokens.iter().enumerate() {
-        if matches!(token, Token::Star | Token::DoubleStar)
-            && live.get(i).copied().unwrap_or(false)
-            && let Some(after) = live.get_mut(i + 1)
-        {
+        if !live.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let skip = match token {
+            Token::Star | Token::DoubleStar => 1,
+            // Skip `SkipDirs`, `**` and `/` together, or enter `**`.
+            Token::SkipDirs => {
+                if let Some(after) = live.get_mut(i + 3) {
+                    *after = true;
+                }
+                1
+            }
+            _ => continue,
+        };
+        if let Some(after) = live.get_mut(i + skip) {
             *after = true;
         }
     }

@@ -531,25 +531,7 @@ impl Reader {
     }
 
     fn pipeline(&mut self, root: &Node) -> Pipeline {
-        let mut p = Pipeline {
-            pos: root.pos,
-            name: "default".to_owned(),
-            name_implicit: true,
-            kind: PipelineType::Docker,
-            platform: Vec::new(),
-            node: Vec::new(),
-            workspace: None,
-            clone_disable: false,
-            clone_depth: None,
-            clone_steps: Vec::new(),
-            environment: Vec::new(),
-            steps: Vec::new(),
-            services: Vec::new(),
-            volumes: Vec::new(),
-            trigger: Conditions::default(),
-            depends_on: Vec::new(),
-            timeout_secs: None,
-        };
+        let mut p = empty_pipeline(root.pos);
         for (k, v) in self.map(root, "a pipeline") {
             let Some(key) = self.key(k) else { continue };
             match key {
@@ -849,25 +831,7 @@ impl Reader {
     // ---- Drone 0.8 (legacy) ----
 
     fn legacy(&mut self, root: &Node) -> (Pipeline, Vec<MatrixAxis>) {
-        let mut p = Pipeline {
-            pos: root.pos,
-            name: "default".to_owned(),
-            name_implicit: true,
-            kind: PipelineType::Docker,
-            platform: Vec::new(),
-            node: Vec::new(),
-            workspace: None,
-            clone_disable: false,
-            clone_depth: None,
-            clone_steps: Vec::new(),
-            environment: Vec::new(),
-            steps: Vec::new(),
-            services: Vec::new(),
-            volumes: Vec::new(),
-            trigger: Conditions::default(),
-            depends_on: Vec::new(),
-            timeout_secs: None,
-        };
+        let mut p = empty_pipeline(root.pos);
         let mut matrix = Vec::new();
         for (k, v) in self.map(root, "the file") {
             let Some(key) = self.key(k) else { continue };
@@ -1007,6 +971,28 @@ pub(crate) const KNOWN_EVENTS: &[&str] = &[
     "cron",
     "custom",
 ];
+
+fn empty_pipeline(pos: Pos) -> Pipeline {
+    Pipeline {
+        pos,
+        name: "default".to_owned(),
+        name_implicit: true,
+        kind: PipelineType::Docker,
+        platform: Vec::new(),
+        node: Vec::new(),
+        workspace: None,
+        clone_disable: false,
+        clone_depth: None,
+        clone_steps: Vec::new(),
+        environment: Vec::new(),
+        steps: Vec::new(),
+        services: Vec::new(),
+        volumes: Vec::new(),
+        trigger: Conditions::default(),
+        depends_on: Vec::new(),
+        timeout_secs: None,
+    }
+}
 
 fn empty_step(pos: Pos) -> Step {
     Step {

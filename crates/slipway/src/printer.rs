@@ -104,9 +104,9 @@ impl TerminalPrinter {
         ));
         for (name, status, duration, error) in rows {
             // Pad before colouring so escape codes do not break the columns.
-            let padded = format!("{:<8}", status_name(status));
+            let padded = format!("{:<8}", status.as_str());
             let shown = self.status_text(status);
-            let status_cell = padded.replacen(status_name(status), &shown, 1);
+            let status_cell = padded.replacen(status.as_str(), &shown, 1);
             let mut row = format!(
                 "{name:<width$}  {status_cell}  {:>9}",
                 fmt_duration(duration)
@@ -117,18 +117,6 @@ impl TerminalPrinter {
             self.line(&row);
         }
         self.line(&format!("build {}", self.status_text(report.status)));
-    }
-}
-
-fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Success => "success",
-        Status::Failure => "failure",
-        Status::Skipped => "skipped",
-        Status::Killed => "killed",
-        Status::Error => "error",
-        Status::Running => "running",
-        Status::Pending => "pending",
     }
 }
 
@@ -216,68 +204,21 @@ impl JsonPrinter {
     }
 
     pub fn report(&self, report: &BuildReport) {
-        let pipelines: Vec<serde_json::Value> = report
-            .pipelines
-            .iter()
-            .map(|p| {
-                let steps: Vec<serde_json::Value> = p
-                    .steps
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "name": s.name,
-                            "status": status_name(s.status),
-                            "exit_code": s.exit_code,
-                            "duration_ms": s.duration.as_millis() as u64,
-                            "error": s.error,
-                        })
-                    })
-                    .collect();
-                serde_json::json!({"name": p.name, "status": status_name(p.status), "steps": steps})
-            })
-            .collect();
-        self.emit(serde_json::json!({
-            "type": "report",
-            "status": status_name(report.status),
-            "pipelines": pipelines,
-        }));
+        let mut value = serde_json::to_value(report).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.insert("type".to_owned(), "report".into());
+        }
+        self.emit(value);
     }
 }
 
 impl EventSink for JsonPrinter {
     fn event(&self, event: Event) {
-        let time = unix_ms();
-        let value = match event {
-            Event::PipelineStarted { pipeline } => {
-                serde_json::json!({"type": "pipeline_started", "pipeline": pipeline, "time": time})
-            }
-            Event::StepStarted { pipeline, step } => serde_json::json!({
-                "type": "step_started", "pipeline": pipeline, "step": step, "time": time
-            }),
-            Event::Log {
-                pipeline,
-                step,
-                line,
-                ..
-            } => serde_json::json!({
-                "type": "log", "pipeline": pipeline, "step": step, "line": line, "time": time
-            }),
-            Event::StepFinished {
-                pipeline,
-                step,
-                status,
-                exit_code,
-                duration,
-            } => serde_json::json!({
-                "type": "step_finished", "pipeline": pipeline, "step": step,
-                "status": status_name(status), "exit_code": exit_code,
-                "duration_ms": duration.as_millis() as u64, "time": time
-            }),
-            Event::PipelineFinished { pipeline, status } => serde_json::json!({
-                "type": "pipeline_finished", "pipeline": pipeline,
-                "status": status_name(status), "time": time
-            }),
-        };
+        let mut value = serde_json::to_value(&event).unwrap_or_default();
+        // Log lines carry the time they were read; the others get the time they arrive.
+        if let Some(object) = value.as_object_mut() {
+            object.entry("time").or_insert_with(|| unix_ms().into());
+        }
         self.emit(value);
     }
 }

@@ -78,11 +78,14 @@ fn stars() {
         ("a**c", "aX/Y/c", true),
         ("**/*.go", "cmd/app/main.go", true),
         ("**/*.go", "cmd/main.go", true),
-        // `**` is "any run including /", so the slash after it is still required.
-        ("**/*.go", "main.go", false),
+        // `**/` also matches zero directories, as in doublestar `paths` filters.
+        ("**/*.go", "main.go", true),
+        ("**/*.go", "main.rs", false),
         ("a/**/b", "a/x/y/b", true),
         ("a/**/b", "a/x/b", true),
-        ("a/**/b", "a/b", false),
+        ("a/**/b", "a/b", true),
+        ("a/**/b", "ab", false),
+        ("src/**/*.rs", "src/main.rs", true),
         ("*.md", "README.md", true),
         ("*.md", "docs/README.md", false),
         ("docs/**.md", "docs/a/b.md", true),
@@ -240,6 +243,11 @@ fn reference(p: &[char], t: &[char]) -> bool {
         Some(('*', _)) => {
             let stars = p.iter().take_while(|&&c| c == '*').count();
             let rest = p.get(stars..).unwrap_or(&[]);
+            // `**/` may match nothing, its slash included.
+            if stars > 1 && rest.first() == Some(&'/') && reference(rest.get(1..).unwrap_or(&[]), t)
+            {
+                return true;
+            }
             for k in 0..=t.len() {
                 if stars == 1 && t.get(..k).is_some_and(|run| run.contains(&'/')) {
                     break;
