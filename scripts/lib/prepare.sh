@@ -19,6 +19,7 @@ ensure_packages() {
   command -v git >/dev/null 2>&1 || missing+=(git)
   [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     as_root apt-get update -qq

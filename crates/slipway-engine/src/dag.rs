@@ -143,6 +143,18 @@ impl Dag {
         ready
     }
 
+    /// Nodes not started yet whose dependencies have all started (or finished).
+    pub(crate) fn deps_started(&self) -> Vec<usize> {
+        (0..self.deps.len())
+            .filter(|&i| {
+                self.state[i] == State::Waiting
+                    && self.deps[i]
+                        .iter()
+                        .all(|&d| self.state[d] != State::Waiting)
+            })
+            .collect()
+    }
+
     pub(crate) fn finish(&mut self, node: usize) {
         self.state[node] = State::Done;
     }
@@ -175,8 +187,10 @@ mod tests {
         )?;
         assert_eq!(dag.take_ready(), vec![0]);
         assert!(dag.take_ready().is_empty());
+        assert_eq!(dag.deps_started(), vec![1, 2]);
         dag.finish(0);
         assert_eq!(dag.take_ready(), vec![1, 2]);
+        assert_eq!(dag.deps_started(), vec![3]);
         dag.finish(1);
         assert!(dag.take_ready().is_empty());
         dag.finish(2);

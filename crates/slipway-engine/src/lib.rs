@@ -11,7 +11,7 @@
 //! How it is organised:
 //! - `scheduler`: pipelines by their `depends_on`, steps by theirs, in parallel where
 //!   allowed; `run_on` (Drone's `status` condition) decided as each step becomes ready; step,
-//!   pipeline and build time limits; cancellation.
+//!   pipeline and build time limits; cancellation; pre-starting steps.
 //! - `backend`: the `Backend` trait and its two implementations, `docker` (containers via
 //!   bollard, for `type: docker`) and `host` (processes, for `type: exec`).
 //! - `workspace`: the per-pipeline host directory and the git clone, reported as the
@@ -35,6 +35,28 @@
 //! - **Secrets** reach only the steps that name them, as the variables they name.
 //! - **Trust.** Host volumes and privileged containers are refused unless
 //!   [`RunOptions::trusted`].
+//! - **Pre-started steps.** Starting a container costs hundreds of milliseconds (more on a
+//!   user-defined network), so a Docker step with `commands` (not detached, not skipped by
+//!   the plan, wanted by its `run_on` as the pipeline stands, and not mounting a `temp`
+//!   volume, which Docker might fill from the image while it is still empty) is started
+//!   ahead of time once all its `depends_on` have started, at most two per pipeline at a
+//!   time: image check or pull, container created with its stdin open, attached, started,
+//!   its script blocked in `read` on stdin before anything else. When the step is due it is
+//!   *released*: the build status so far (`success`/`failure`) is written to its stdin,
+//!   which the script exports as `DRONE_BUILD_STATUS`/`CI_BUILD_STATUS` (the variables the
+//!   engine sets for every step and service as it starts), and stdin is closed (the
+//!   commands see an empty one). Until then the step does not exist for the outside
+//!   world: no event is emitted for it (its output, if any, is held back, and so are the
+//!   lines of a pull), and its `StepStarted`, start time and time limit all begin at the
+//!   release. A pre-started step that does not run after all (its `run_on` says no once its
+//!   dependencies are done, or the pipeline was aborted or cancelled) is *discarded*: its
+//!   container is killed and removed, and it is reported only as skipped, like any skipped
+//!   step. A pre-start that fails in any way is forgotten and the step is started the
+//!   normal way when due. Pre-started containers are recorded and labelled like any other,
+//!   so the cleanup invariant covers them.
+//! - **Removal off the critical path.** A finished step's container is removed in the
+//!   background, so the next step does not wait for it; a pipeline's teardown waits for all
+//!   of these removals before removing the rest.
 
 mod abort;
 mod backend;
@@ -112,6 +134,7 @@ pub async fn run(
         docker,
         build_id: &build_id,
         build_dir: &build_dir,
+        images: backend::docker::KnownImages::default(),
     };
     let pipelines = abort
         .with_timeout("build", options.build_timeout, build.run(&abort))

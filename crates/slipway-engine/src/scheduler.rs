@@ -1,7 +1,8 @@
 //! When things run: pipelines in the order of their `depends_on`, and inside a pipeline the
 //! clone, the services, then the steps as their `depends_on` allow, in parallel wherever
-//! possible. Also where time limits and cancellation turn into kills, and where every
-//! pipeline's resources are torn down on every path.
+//! possible, script steps pre-started while their dependencies still run. Also where time
+//! limits and cancellation turn into kills, and where every pipeline's resources are torn
+//! down on every path.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,10 +11,11 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use slipway_spec::plan::{PipelinePlan, PipelineType, Plan};
+use slipway_spec::plan::{PipelinePlan, PipelineType, Plan, StepPlan};
+use tokio::sync::oneshot;
 
 use crate::abort::{Abort, human};
-use crate::backend::docker::DockerBackend;
+use crate::backend::docker::{DockerBackend, KnownImages};
 use crate::backend::host::HostBackend;
 use crate::backend::{Backend, Role, StepSpec};
 use crate::dag::{self, Dag};
@@ -30,6 +32,9 @@ const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Name of the pseudo-step that reports the clone.
 const CLONE_STEP: &str = "clone";
 
+/// At most this many steps of a pipeline are pre-started and waiting to be released.
+const MAX_PRESTARTED: usize = 2;
+
 /// One build in progress: what every pipeline of it shares.
 pub(crate) struct Build<'a> {
     pub plan: &'a Plan,
@@ -39,6 +44,7 @@ pub(crate) struct Build<'a> {
     pub docker: Option<Docker>,
     pub build_id: &'a str,
     pub build_dir: &'a Path,
+    pub images: KnownImages,
 }
 
 /// A step or service that keeps running in the background until the pipeline ends.
@@ -60,6 +66,29 @@ enum StepOutcome<P> {
     Finished(StepReport),
     /// A detached step that started: done as far as its dependents are concerned.
     Detached(Background<P>),
+    /// A pre-started step that did not run after all: discarded unseen.
+    Discarded,
+}
+
+/// How a step's task begins.
+enum Launch {
+    /// The step is due: start it. `failed`: the pipeline has failed so far.
+    Now { failed: bool },
+    /// Pre-start the step, then wait at its gate: a value (`failed`, as above) releases it,
+    /// the sender being dropped discards it.
+    Prestart {
+        gate: oneshot::Receiver<bool>,
+        failed: bool,
+    },
+}
+
+/// Whether `step` runs, as far as its `status` condition says, given the pipeline so far.
+fn wanted(step: &StepPlan, failed: bool) -> bool {
+    if failed {
+        step.run_on.failure
+    } else {
+        step.run_on.success
+    }
 }
 
 /// How a pipeline is going so far.
@@ -234,6 +263,7 @@ impl Build<'_> {
                     pipeline,
                     &workspace,
                     self.options.trusted,
+                    &self.images,
                 );
                 self.run_with(&backend, pipeline, &workspace, abort).await
             }
@@ -316,7 +346,14 @@ impl Build<'_> {
                 service_reports[index] = Some(self.skip(pipeline, &service.name));
                 continue;
             }
-            let (log, started, spec) = self.begin(pipeline, service, Role::Service, index);
+            let spec = StepSpec::prepare(
+                service,
+                Role::Service,
+                index,
+                &self.options.secrets,
+                state.failed,
+            );
+            let (log, started) = self.begin(pipeline, &spec);
             match backend.start(&spec, log.clone(), abort.token()).await {
                 Ok(process) => background.push(Background {
                     slot: Slot::Service(index),
@@ -379,6 +416,10 @@ impl Build<'_> {
         }
     }
 
+    /// Runs the steps as their dependencies allow. Steps with `commands` are also
+    /// pre-started (see [`Backend::prepare`]) once all their dependencies have started, at
+    /// most [`MAX_PRESTARTED`] at a time, and released when they are due; a pre-started step
+    /// that is not going to run is discarded without a trace in the events.
     #[allow(clippy::too_many_arguments)]
     async fn run_steps<B: Backend>(
         &self,
@@ -391,29 +432,58 @@ impl Build<'_> {
         background: &mut Vec<Background<B::Process>>,
     ) {
         let mut running = FuturesUnordered::new();
+        // Gates of pre-started steps not released yet, and which steps were pre-started.
+        let mut gates: Vec<Option<oneshot::Sender<bool>>> =
+            pipeline.steps.iter().map(|_| None).collect();
+        let mut prestarted = vec![false; pipeline.steps.len()];
         loop {
             let mut settled = true;
             while settled {
                 settled = false;
                 for index in dag.take_ready() {
                     let step = &pipeline.steps[index];
+                    // Dropping a gate discards its pre-started step.
+                    let gate = gates[index].take();
                     // `status` conditions are decided now, against the pipeline so far.
-                    let wanted = if state.failed {
-                        step.run_on.failure
-                    } else {
-                        step.run_on.success
-                    };
-                    if abort.is_aborted() || step.skipped || !wanted {
+                    if abort.is_aborted() || step.skipped || !wanted(step, state.failed) {
+                        drop(gate);
                         state.killed |= abort.is_aborted() && !step.skipped;
                         reports[index] = Some(self.skip(pipeline, &step.name));
                         dag.finish(index);
                         settled = true;
-                    } else {
-                        running.push(async move {
-                            let outcome = self.run_step(backend, pipeline, index, abort).await;
-                            (index, outcome)
-                        });
+                        continue;
                     }
+                    let failed = state.failed;
+                    // A pre-started step's task is running already: it only needs its gate
+                    // opened (which cannot fail while the task waits at it).
+                    if gate.is_none_or(|gate| gate.send(failed).is_err()) {
+                        let launch = Launch::Now { failed };
+                        running.push(self.step_task(backend, pipeline, index, abort, launch));
+                    }
+                }
+            }
+            if !abort.is_aborted() {
+                for index in dag.deps_started() {
+                    if gates.iter().flatten().count() >= MAX_PRESTARTED {
+                        break;
+                    }
+                    let step = &pipeline.steps[index];
+                    if prestarted[index]
+                        || step.detach
+                        || step.skipped
+                        || !wanted(step, state.failed)
+                        || !backend.can_prepare(step)
+                    {
+                        continue;
+                    }
+                    let (open, gate) = oneshot::channel();
+                    gates[index] = Some(open);
+                    prestarted[index] = true;
+                    let launch = Launch::Prestart {
+                        gate,
+                        failed: state.failed,
+                    };
+                    running.push(self.step_task(backend, pipeline, index, abort, launch));
                 }
             }
             match running.next().await {
@@ -430,45 +500,120 @@ impl Build<'_> {
                     background.push(bg);
                     dag.finish(index);
                 }
+                // Its skip was reported when that was decided.
+                Some((_, StepOutcome::Discarded)) => {}
                 None => break,
             }
         }
     }
 
-    /// Emits `StepStarted` and prepares the step (secrets resolved, script generated).
-    fn begin<'p>(
-        &self,
-        pipeline: &PipelinePlan,
-        step: &'p slipway_spec::plan::StepPlan,
-        role: Role,
-        index: usize,
-    ) -> (StepLog, Instant, StepSpec<'p>) {
-        let log = self.step_log(pipeline, &step.name);
-        self.emit(Event::StepStarted {
-            pipeline: pipeline.name.clone(),
-            step: step.name.clone(),
-        });
-        let started = Instant::now();
-        let spec = StepSpec::prepare(step, role, index, &self.options.secrets, &log);
-        (log, started, spec)
-    }
-
-    async fn run_step<B: Backend>(
+    /// Everything a step goes through, from its pre-start (if any) to its end.
+    async fn step_task<B: Backend>(
         &self,
         backend: &B,
         pipeline: &PipelinePlan,
         index: usize,
         abort: &Abort,
-    ) -> StepOutcome<B::Process> {
+        launch: Launch,
+    ) -> (usize, StepOutcome<B::Process>) {
         let step = &pipeline.steps[index];
-        let (log, started, spec) = self.begin(pipeline, step, Role::Step, index);
-        let mut process = match backend.start(&spec, log.clone(), abort.token()).await {
+        let secrets = &self.options.secrets;
+        let outcome = match launch {
+            Launch::Now { failed } => {
+                let spec = StepSpec::prepare(step, Role::Step, index, secrets, failed);
+                self.run_step(backend, pipeline, abort, spec, failed, None)
+                    .await
+            }
+            Launch::Prestart { mut gate, failed } => {
+                let spec = StepSpec::prepare(step, Role::Step, index, secrets, failed);
+                // Preparing is never dropped half-way (a request in flight could still create
+                // a container after teardown); a step given up on while it is being prepared
+                // only cuts a pull short.
+                let give_up = abort.token().child_token();
+                let (prepared, opened) = {
+                    let prepare = backend.prepare(&spec, &give_up);
+                    tokio::pin!(prepare);
+                    tokio::select! {
+                        biased;
+                        prepared = &mut prepare => (prepared, None),
+                        opened = &mut gate => {
+                            if opened.is_err() {
+                                give_up.cancel();
+                            }
+                            (prepare.await, Some(opened))
+                        }
+                    }
+                };
+                let opened = match opened {
+                    Some(opened) => opened,
+                    None => gate.await,
+                };
+                match (opened, prepared) {
+                    (Ok(failed), prepared) => {
+                        let prepared = prepared
+                            .inspect_err(|e| tracing::debug!("pre-starting `{}`: {e}", step.name))
+                            .ok();
+                        self.run_step(backend, pipeline, abort, spec, failed, prepared)
+                            .await
+                    }
+                    (Err(_), Ok(prepared)) => {
+                        backend.discard(prepared).await;
+                        StepOutcome::Discarded
+                    }
+                    (Err(_), Err(_)) => StepOutcome::Discarded,
+                }
+            }
+        };
+        (index, outcome)
+    }
+
+    /// Emits `StepStarted`, then the step's warnings.
+    fn begin(&self, pipeline: &PipelinePlan, spec: &StepSpec<'_>) -> (StepLog, Instant) {
+        let log = self.step_log(pipeline, &spec.plan.name);
+        self.emit(Event::StepStarted {
+            pipeline: pipeline.name.clone(),
+            step: spec.plan.name.clone(),
+        });
+        let started = Instant::now();
+        for warning in &spec.warnings {
+            log.line(warning);
+        }
+        (log, started)
+    }
+
+    /// Runs a step that is due: releases it when it was pre-started (falling back to a
+    /// normal start should that fail), else starts it.
+    async fn run_step<B: Backend>(
+        &self,
+        backend: &B,
+        pipeline: &PipelinePlan,
+        abort: &Abort,
+        mut spec: StepSpec<'_>,
+        failed: bool,
+        prepared: Option<B::Prepared>,
+    ) -> StepOutcome<B::Process> {
+        let step = spec.plan;
+        spec.set_build_status(failed);
+        let (log, started) = self.begin(pipeline, &spec);
+        let released = match prepared {
+            Some(prepared) => backend
+                .release(prepared, failed, log.clone())
+                .await
+                .inspect_err(|e| tracing::debug!("releasing `{}`: {e}", step.name))
+                .ok(),
+            None => None,
+        };
+        let process = match released {
+            Some(process) => Ok(process),
+            None => backend.start(&spec, log.clone(), abort.token()).await,
+        };
+        let mut process = match process {
             Ok(process) => process,
             Err(e) => return StepOutcome::Finished(self.start_failed(&log, started, e, abort)),
         };
         if step.detach {
             return StepOutcome::Detached(Background {
-                slot: Slot::Step(index),
+                slot: Slot::Step(spec.index),
                 name: step.name.clone(),
                 process,
                 started,

@@ -76,12 +76,16 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         ),
     };
 
-    let step_names: Vec<String> = plan
+    let mut step_names: Vec<String> = vec!["clone".to_owned()];
+    for s in plan
         .pipelines
         .iter()
-        .flat_map(|p| p.services.iter().chain(&p.steps).map(|s| s.name.clone()))
-        .chain(["clone".to_owned()])
-        .collect();
+        .flat_map(|p| p.services.iter().chain(&p.steps))
+    {
+        if !step_names.contains(&s.name) {
+            step_names.push(s.name.clone());
+        }
+    }
     let (sink, output): (Arc<dyn EventSink>, Output) = if args.json {
         let printer = Arc::new(JsonPrinter::default());
         (printer.clone(), Output::Json(printer))

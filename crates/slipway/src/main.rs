@@ -5,6 +5,7 @@ mod exec;
 mod lint;
 mod plan;
 mod printer;
+mod registry;
 mod secrets_file;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Run the repository's pipelines on the local Docker engine, like `drone exec`.
     Exec(exec::ExecArgs),
+    /// Serve the built-in image registry (OCI Distribution, `docker login/push/pull`) alone.
+    Registry(registry::RegistryArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Lint(args) => lint::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Registry(args) => registry::run(args),
     };
     match result {
         Ok(code) => code,

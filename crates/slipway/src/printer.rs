@@ -21,6 +21,9 @@ pub struct TerminalPrinter {
     width: usize,
     /// Whether several pipelines run: then prefixes name the pipeline too.
     multi: bool,
+    /// Colour of each step name, in the order the steps were given, so that steps
+    /// that run side by side look different.
+    colors: std::collections::HashMap<String, &'static str>,
     lock: Mutex<()>,
 }
 
@@ -35,6 +38,11 @@ impl TerminalPrinter {
                 .unwrap_or(5)
                 .clamp(5, 24),
             multi: multi_pipeline,
+            colors: step_names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (name.clone(), PALETTE[i % PALETTE.len()]))
+                .collect(),
             lock: Mutex::new(()),
         }
     }
@@ -47,7 +55,7 @@ impl TerminalPrinter {
         };
         let padded = format!("{name:<width$}", width = self.width);
         if self.color {
-            let code = PALETTE[hash(&name) % PALETTE.len()];
+            let code = self.colors.get(step).copied().unwrap_or(PALETTE[0]);
             format!("\x1b[{code}m{padded}\x1b[0m │ ")
         } else {
             format!("{padded} | ")
@@ -127,12 +135,6 @@ pub fn fmt_duration(d: Duration) -> String {
     } else {
         format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
     }
-}
-
-fn hash(s: &str) -> usize {
-    s.bytes().fold(5381usize, |h, b| {
-        h.wrapping_mul(33).wrapping_add(b as usize)
-    })
 }
 
 impl EventSink for TerminalPrinter {

@@ -1,7 +1,7 @@
 //! The Docker backend: one bridge network per pipeline, temp volumes, one container per step
 //! and service, all labelled (see [`crate::cleanup`]) and removed at the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
@@ -18,14 +18,19 @@ use bollard::query_parameters::{
     WaitContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt};
-use slipway_spec::plan::{PipelinePlan, PullPolicy, VolumeSource};
+use slipway_spec::plan::{PipelinePlan, PullPolicy, StepPlan, VolumeSource};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backend, Role, StepSpec, sanitize};
 use crate::cleanup::{self, LABEL_STEP, is_not_found};
 use crate::error::EngineError;
-use crate::log::StepLog;
+use crate::log::{LogStream, StepLog};
+use crate::script;
+
+type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 
 /// Connects to the local engine (`DOCKER_HOST` or `/var/run/docker.sock`) and agrees on an
 /// API version, so the engine works with older daemons (Debian's 20.10 speaks 1.41).
@@ -36,6 +41,29 @@ pub(crate) async fn connect() -> Result<Docker, EngineError> {
         .negotiate_version()
         .await
         .map_err(|error| EngineError::DockerUnavailable { error })
+}
+
+/// Images a build found (or pulled) on the engine, so that steps sharing an image do not
+/// each inspect it again before they start. `pull: always` still pulls every time.
+#[derive(Debug, Default)]
+pub(crate) struct KnownImages(Mutex<HashSet<String>>);
+
+impl KnownImages {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn contains(&self, image: &str) -> bool {
+        self.lock().contains(image)
+    }
+
+    fn insert(&self, image: &str) {
+        self.lock().insert(image.to_string());
+    }
+
+    fn forget(&self, image: &str) {
+        self.lock().remove(image);
+    }
 }
 
 /// Names of what this backend created (or was about to create), for teardown.
@@ -54,7 +82,10 @@ pub(crate) struct DockerBackend<'a> {
     pipeline: &'a PipelinePlan,
     workspace: PathBuf,
     trusted: bool,
+    images: &'a KnownImages,
     created: Mutex<Created>,
+    /// Container removals running in the background; each yields the name it removed.
+    removals: Mutex<Vec<JoinHandle<Option<String>>>>,
 }
 
 #[derive(Debug)]
@@ -62,7 +93,36 @@ pub(crate) struct DockerProcess {
     /// The container name (unique per build); used instead of the id so it is known before
     /// the container exists.
     name: String,
-    logs: Option<JoinHandle<()>>,
+    /// Forwards the output; yields how many bytes the container printed.
+    logs: Option<JoinHandle<u64>>,
+    /// Waits for the container to stop; started with the container, so its exit code is
+    /// known as soon as the output ends.
+    exit: Option<JoinHandle<Result<i64, EngineError>>>,
+    /// Started through a gate ([`Backend::prepare`]).
+    gated: bool,
+    /// The output ended without a single byte.
+    silent: bool,
+}
+
+/// A step container started ahead of time, blocked in `read` on its stdin.
+pub(crate) struct PreparedContainer {
+    name: String,
+    /// The container's stdin: the release line is written here, then it is closed.
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    /// Hands the step's log to the output forwarder, which holds everything back until then.
+    release: oneshot::Sender<StepLog>,
+    logs: JoinHandle<u64>,
+    exit: JoinHandle<Result<i64, EngineError>>,
+    /// Lines for the step's log (an image pull) produced before it was released.
+    notes: Vec<String>,
+}
+
+impl std::fmt::Debug for PreparedContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedContainer")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> DockerBackend<'a> {
@@ -73,6 +133,7 @@ impl<'a> DockerBackend<'a> {
         pipeline: &'a PipelinePlan,
         workspace: &Path,
         trusted: bool,
+        images: &'a KnownImages,
     ) -> Self {
         DockerBackend {
             docker,
@@ -81,7 +142,9 @@ impl<'a> DockerBackend<'a> {
             pipeline,
             workspace: workspace.to_path_buf(),
             trusted,
+            images,
             created: Mutex::default(),
+            removals: Mutex::default(),
         }
     }
 
@@ -89,6 +152,26 @@ impl<'a> DockerBackend<'a> {
         // A panic while holding this lock cannot leave the lists inconsistent (each update
         // is a single push or retain), so a poisoned lock is still good to use.
         self.created.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn removals(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<Option<String>>>> {
+        self.removals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Kills and removes a container in the background; teardown waits for it.
+    fn remove_later(&self, name: String) {
+        let docker = self.docker.clone();
+        let removal = tokio::spawn(async move {
+            match remove_container(&docker, &name).await {
+                Ok(()) => Some(name),
+                // Left in the list: teardown tries again.
+                Err(e) => {
+                    tracing::warn!("removing container {name}: {e}");
+                    None
+                }
+            }
+        });
+        self.removals().push(removal);
     }
 
     fn prefix(&self) -> String {
@@ -101,6 +184,12 @@ impl<'a> DockerBackend<'a> {
 
     fn volume_name(&self, index: usize, name: &str) -> String {
         format!("{}-v{index}-{}", self.prefix(), sanitize(name))
+    }
+
+    /// The name of a pre-started container: not the one `start` uses, so that falling back
+    /// to `start` never collides with a pre-started container still being removed.
+    fn prepared_name(&self, step: &StepSpec<'_>) -> String {
+        format!("{}-w", self.container_name(step))
     }
 
     fn container_name(&self, step: &StepSpec<'_>) -> String {
@@ -170,15 +259,18 @@ impl<'a> DockerBackend<'a> {
         Ok((mounts, binds))
     }
 
+    /// Makes sure `image` is on the engine, pulling it if the policy says so; the lines it
+    /// has to say ("pulling image ...") go to `note`.
     async fn ensure_image(
         &self,
         image: &str,
         pull: PullPolicy,
-        log: &StepLog,
+        note: &(dyn Fn(&str) + Sync),
         abort: &CancellationToken,
     ) -> Result<(), EngineError> {
         let present = match pull {
             PullPolicy::Always => false,
+            PullPolicy::IfNotExists | PullPolicy::Never if self.images.contains(image) => true,
             PullPolicy::IfNotExists | PullPolicy::Never => {
                 match self.docker.inspect_image(image).await {
                     Ok(_) => true,
@@ -193,6 +285,7 @@ impl<'a> DockerBackend<'a> {
             }
         };
         if present {
+            self.images.insert(image);
             return Ok(());
         }
         if pull == PullPolicy::Never {
@@ -204,16 +297,18 @@ impl<'a> DockerBackend<'a> {
                        `docker load`), or allow pulling",
             });
         }
-        self.pull(image, log, abort).await
+        self.pull(image, note, abort).await?;
+        self.images.insert(image);
+        Ok(())
     }
 
     async fn pull(
         &self,
         image: &str,
-        log: &StepLog,
+        note: &(dyn Fn(&str) + Sync),
         abort: &CancellationToken,
     ) -> Result<(), EngineError> {
-        log.line(&format!("pulling image {image}"));
+        note(&format!("pulling image {image}"));
         let (repository, tag) = split_reference(image);
         let options = CreateImageOptionsBuilder::new()
             .from_image(repository)
@@ -246,8 +341,150 @@ impl<'a> DockerBackend<'a> {
                 }
             }
         }
-        log.line(&format!("pulled image {image}"));
+        note(&format!("pulled image {image}"));
         Ok(())
+    }
+
+    /// What `start` and `prepare` share: the checks, the image, the container's
+    /// configuration. `gated`: the commands wait for a line on stdin ([`script::gated`]).
+    async fn container_config(
+        &self,
+        step: &StepSpec<'_>,
+        gated: bool,
+        note: &(dyn Fn(&str) + Sync),
+        abort: &CancellationToken,
+    ) -> Result<ContainerCreateBody, EngineError> {
+        let plan = step.plan;
+        if plan.privileged && !self.trusted {
+            return Err(EngineError::refused(
+                &plan.name,
+                "asks for privileged mode, which is only allowed for trusted builds; mark the \
+                 repository trusted or drop `privileged: true`",
+            ));
+        }
+        let (mounts, binds) = self.mounts(step)?;
+        self.ensure_image(&plan.image, plan.pull, note, abort)
+            .await?;
+
+        let (entrypoint, cmd) = match &step.script {
+            Some(script) => {
+                let script = if gated {
+                    script::gated(&plan.commands)
+                } else {
+                    script.clone()
+                };
+                (
+                    Some(vec!["/bin/sh".to_string(), "-c".to_string()]),
+                    Some(vec![script]),
+                )
+            }
+            None => (plan.entrypoint.clone(), plan.command.clone()),
+        };
+        let network = self.network_name();
+        let mut labels = cleanup::labels(self.build_id, &self.pipeline.name);
+        labels.insert(LABEL_STEP.to_string(), plan.name.clone());
+        Ok(ContainerCreateBody {
+            image: Some(plan.image.clone()),
+            env: Some(step.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            entrypoint,
+            cmd,
+            working_dir: Some(self.pipeline.workspace.clone()),
+            user: plan.user.clone(),
+            labels: Some(labels),
+            // The gate is a line on stdin; once it is through, stdin is closed, so the
+            // commands see an empty stdin as in a container without one.
+            open_stdin: gated.then_some(true),
+            stdin_once: gated.then_some(true),
+            attach_stdin: gated.then_some(true),
+            host_config: Some(HostConfig {
+                mounts: Some(mounts),
+                binds: (!binds.is_empty()).then_some(binds),
+                network_mode: Some(network.clone()),
+                privileged: Some(plan.privileged),
+                ..Default::default()
+            }),
+            // The alias makes services (and detached steps acting as services) reachable
+            // by their name from the other containers of the pipeline.
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    network,
+                    EndpointSettings {
+                        aliases: Some(vec![plan.name.clone()]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        step: &StepSpec<'_>,
+        config: ContainerCreateBody,
+    ) -> Result<(), EngineError> {
+        self.created().containers.push(name.to_string());
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(name).build()),
+                config,
+            )
+            .await;
+        created.map(drop).map_err(|e| {
+            if is_not_found(&e) {
+                // The image went away since it was checked.
+                self.images.forget(&step.plan.image);
+            }
+            EngineError::docker(format!("creating container for `{}`", step.plan.name), e)
+        })
+    }
+
+    /// Creates, attaches to and starts a step held at its gate. On an error, what was
+    /// created is being removed.
+    async fn prepare_container(
+        &self,
+        name: &str,
+        step: &StepSpec<'_>,
+        notes: &Mutex<Vec<String>>,
+        abort: &CancellationToken,
+    ) -> Result<PreparedContainer, EngineError> {
+        let note = |line: &str| {
+            notes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line.to_string())
+        };
+        let config = self.container_config(step, true, &note, abort).await?;
+        self.create(name, step, config).await?;
+        let attach = self
+            .docker
+            .attach_container(name, Some(attach_options(true)))
+            .await
+            .map_err(|e| EngineError::docker(format!("attaching to `{}`", step.plan.name), e))?;
+        let (release, released) = oneshot::channel();
+        let logs = tokio::spawn(forward_output(
+            attach.output,
+            name.to_string(),
+            Target::AtRelease(released),
+        ));
+        if let Err(e) = self.docker.start_container(name, None).await {
+            logs.abort();
+            return Err(EngineError::docker(
+                format!("starting container for `{}`", step.plan.name),
+                e,
+            ));
+        }
+        let exit = tokio::spawn(exit_code(self.docker.clone(), name.to_string()));
+        Ok(PreparedContainer {
+            name: name.to_string(),
+            input: attach.input,
+            release,
+            logs,
+            exit,
+            notes: Vec::new(),
+        })
     }
 }
 
@@ -266,6 +503,112 @@ fn split_reference(image: &str) -> (&str, &str) {
 
 impl Backend for DockerBackend<'_> {
     type Process = DockerProcess;
+    type Prepared = PreparedContainer;
+
+    fn can_prepare(&self, step: &StepPlan) -> bool {
+        // Docker fills an empty named volume with what the image has at the mount point when
+        // a container using it is created. Created early, a step could find a volume still
+        // empty that its dependencies were about to write to, and get (or give the others)
+        // files it would not have had; so steps mounting `temp` volumes start when due.
+        let mounts_temp_volume = step.volumes.iter().any(|wanted| {
+            self.pipeline
+                .volumes
+                .iter()
+                .any(|v| v.name == wanted.name && v.source == VolumeSource::Temp)
+        });
+        !step.commands.is_empty() && !mounts_temp_volume
+    }
+
+    async fn prepare(
+        &self,
+        step: &StepSpec<'_>,
+        abort: &CancellationToken,
+    ) -> Result<PreparedContainer, EngineError> {
+        if step.script.is_none() {
+            return Err(EngineError::refused(
+                &step.plan.name,
+                "only steps with `commands` can be pre-started",
+            ));
+        }
+        let name = self.prepared_name(step);
+        let notes = Mutex::new(Vec::new());
+        match self.prepare_container(&name, step, &notes, abort).await {
+            Ok(mut prepared) => {
+                prepared.notes = notes.into_inner().unwrap_or_else(PoisonError::into_inner);
+                Ok(prepared)
+            }
+            Err(e) => {
+                self.remove_later(name);
+                Err(e)
+            }
+        }
+    }
+
+    async fn release(
+        &self,
+        prepared: PreparedContainer,
+        failed: bool,
+        log: StepLog,
+    ) -> Result<DockerProcess, EngineError> {
+        let PreparedContainer {
+            name,
+            mut input,
+            release,
+            logs,
+            exit,
+            notes,
+        } = prepared;
+        // Until the release line is written nothing has run, so every failure up to there
+        // can fall back to a fresh start.
+        let fail = |reason: String| {
+            logs.abort();
+            exit.abort();
+            self.remove_later(name.clone());
+            Err(EngineError::io(
+                format!("releasing container {name}"),
+                std::io::Error::other(reason),
+            ))
+        };
+        if exit.is_finished() {
+            return fail("it stopped before it was released".to_string());
+        }
+        for note in &notes {
+            log.line(note);
+        }
+        if release.send(log).is_err() {
+            return fail("its output forwarder ended".to_string());
+        }
+        if let Err(e) = input.write_all(script::release_line(failed)).await {
+            return fail(format!("writing to its stdin: {e}"));
+        }
+        // The commands run now. Closing stdin gives them an empty one, as in a container
+        // without stdin; should that fail, reading stdin would block, which only the step's
+        // time limit ends, but the step itself still runs.
+        let close = async {
+            input.flush().await?;
+            input.shutdown().await
+        };
+        if let Err(e) = close.await {
+            tracing::warn!("closing the stdin of container {name}: {e}");
+        }
+        Ok(DockerProcess {
+            name,
+            logs: Some(logs),
+            exit: Some(exit),
+            gated: true,
+            silent: false,
+        })
+    }
+
+    async fn discard(&self, prepared: PreparedContainer) {
+        // Dropping `release` makes the forwarder drop whatever it held back, unseen.
+        let PreparedContainer {
+            name, logs, exit, ..
+        } = prepared;
+        logs.abort();
+        exit.abort();
+        self.remove_later(name);
+    }
 
     async fn setup(&self) -> Result<(), EngineError> {
         let labels = cleanup::labels(self.build_id, &self.pipeline.name);
@@ -304,68 +647,10 @@ impl Backend for DockerBackend<'_> {
         log: StepLog,
         abort: &CancellationToken,
     ) -> Result<DockerProcess, EngineError> {
-        let plan = step.plan;
-        if plan.privileged && !self.trusted {
-            return Err(EngineError::refused(
-                &plan.name,
-                "asks for privileged mode, which is only allowed for trusted builds; mark the \
-                 repository trusted or drop `privileged: true`",
-            ));
-        }
-        let (mounts, binds) = self.mounts(step)?;
-        self.ensure_image(&plan.image, plan.pull, &log, abort)
-            .await?;
-
-        let (entrypoint, cmd) = match &step.script {
-            Some(script) => (
-                Some(vec!["/bin/sh".to_string(), "-c".to_string()]),
-                Some(vec![script.clone()]),
-            ),
-            None => (plan.entrypoint.clone(), plan.command.clone()),
-        };
-        let network = self.network_name();
-        let mut labels = cleanup::labels(self.build_id, &self.pipeline.name);
-        labels.insert(LABEL_STEP.to_string(), plan.name.clone());
-        let config = ContainerCreateBody {
-            image: Some(plan.image.clone()),
-            env: Some(step.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            entrypoint,
-            cmd,
-            working_dir: Some(self.pipeline.workspace.clone()),
-            user: plan.user.clone(),
-            labels: Some(labels),
-            host_config: Some(HostConfig {
-                mounts: Some(mounts),
-                binds: (!binds.is_empty()).then_some(binds),
-                network_mode: Some(network.clone()),
-                privileged: Some(plan.privileged),
-                ..Default::default()
-            }),
-            // The alias makes services (and detached steps acting as services) reachable
-            // by their name from the other containers of the pipeline.
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    network,
-                    EndpointSettings {
-                        aliases: Some(vec![plan.name.clone()]),
-                        ..Default::default()
-                    },
-                )])),
-            }),
-            ..Default::default()
-        };
-
+        let note = |line: &str| log.line(line);
+        let config = self.container_config(step, false, &note, abort).await?;
         let name = self.container_name(step);
-        self.created().containers.push(name.clone());
-        self.docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                config,
-            )
-            .await
-            .map_err(|e| {
-                EngineError::docker(format!("creating container for `{}`", plan.name), e)
-            })?;
+        self.create(&name, step, config).await?;
         // Attach before start, like `docker run`: the attach stream carries the process's
         // output straight from its stdio, so nothing printed early is missed and a last line
         // without a newline is delivered too (following the json-file log instead loses
@@ -373,58 +658,61 @@ impl Backend for DockerBackend<'_> {
         // the final partial line was written).
         let attach = self
             .docker
-            .attach_container(
-                &name,
-                Some(
-                    AttachContainerOptionsBuilder::new()
-                        .stream(true)
-                        .stdout(true)
-                        .stderr(true)
-                        .logs(false)
-                        .build(),
-                ),
-            )
+            .attach_container(&name, Some(attach_options(false)))
             .await
-            .map_err(|e| EngineError::docker(format!("attaching to `{}`", plan.name), e))?;
-        let logs = tokio::spawn(forward_output(attach.output, name.clone(), log));
+            .map_err(|e| EngineError::docker(format!("attaching to `{}`", step.plan.name), e))?;
+        let logs = tokio::spawn(forward_output(
+            attach.output,
+            name.clone(),
+            Target::Now(log),
+        ));
         if let Err(e) = self.docker.start_container(&name, None).await {
             logs.abort();
             return Err(EngineError::docker(
-                format!("starting container for `{}`", plan.name),
+                format!("starting container for `{}`", step.plan.name),
                 e,
             ));
         }
+        let exit = tokio::spawn(exit_code(self.docker.clone(), name.clone()));
         Ok(DockerProcess {
             name,
             logs: Some(logs),
+            exit: Some(exit),
+            gated: false,
+            silent: false,
         })
     }
 
     async fn wait(&self, process: &mut DockerProcess) -> Result<i64, EngineError> {
         // The output stream ends when the container's stdio closes; waiting for it first
-        // means every line is emitted before the step is reported finished.
+        // means every line is emitted before the step is reported finished. A handle is
+        // cleared as soon as it has yielded (a finished JoinHandle must not be polled again),
+        // so this can be dropped at any await and called again.
         if let Some(logs) = process.logs.as_mut() {
-            let _ = logs.await;
+            let bytes = logs.await;
             process.logs = None;
+            process.silent = matches!(bytes, Ok(0));
         }
-        let options = WaitContainerOptionsBuilder::new()
-            .condition("not-running")
-            .build();
-        let mut wait = self.docker.wait_container(&process.name, Some(options));
-        match wait.next().await {
-            Some(Ok(response)) => Ok(response.status_code),
-            // bollard turns a non-zero exit into an error; for us it is just the exit code.
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => Err(EngineError::docker("waiting for a container", e)),
-            None => {
-                let inspect = self
-                    .docker
-                    .inspect_container(&process.name, None)
-                    .await
-                    .map_err(|e| EngineError::docker("inspecting a container", e))?;
-                Ok(inspect.state.and_then(|s| s.exit_code).unwrap_or(-1))
+        let code = match process.exit.as_mut() {
+            Some(exit) => {
+                let code = exit.await;
+                process.exit = None;
+                match code {
+                    Ok(code) => code,
+                    Err(_) => exit_code(self.docker.clone(), process.name.clone()).await,
+                }
             }
+            None => exit_code(self.docker.clone(), process.name.clone()).await,
+        }?;
+        // A released step prints the trace of its first command before anything else, so a
+        // clean exit without output means its commands never ran: the gate did not work.
+        if process.gated && process.silent && code == 0 {
+            return Err(EngineError::io(
+                format!("running container {}", process.name),
+                std::io::Error::other("it exited before it was released"),
+            ));
         }
+        Ok(code)
     }
 
     async fn kill(&self, process: &mut DockerProcess) -> bool {
@@ -456,45 +744,37 @@ impl Backend for DockerBackend<'_> {
     }
 
     async fn remove(&self, process: DockerProcess) {
-        if let Some(logs) = process.logs {
+        if let Some(logs) = &process.logs {
             logs.abort();
         }
-        let force = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
-        match self
-            .docker
-            .remove_container(&process.name, Some(force))
-            .await
-        {
-            Ok(()) => self.created().containers.retain(|c| *c != process.name),
-            Err(e) if is_not_found(&e) => self.created().containers.retain(|c| *c != process.name),
-            // Left in the list: teardown tries again.
-            Err(e) => tracing::warn!("removing container {}: {e}", process.name),
+        if let Some(exit) = &process.exit {
+            exit.abort();
         }
+        // Off the critical path: the next step need not wait for this one's removal.
+        self.remove_later(process.name);
     }
 
     async fn teardown(&self) {
+        let removals = std::mem::take(&mut *self.removals());
+        for removal in removals {
+            if let Ok(Some(name)) = removal.await {
+                self.created().containers.retain(|c| *c != name);
+            }
+        }
         let Created {
             containers,
             volumes,
             network,
         } = std::mem::take(&mut *self.created());
-        let force = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
         let results = futures_util::future::join_all(
             containers
                 .iter()
-                .map(|name| self.docker.remove_container(name, Some(force.clone()))),
+                .map(|name| remove_container(&self.docker, name)),
         )
         .await;
         for (name, result) in containers.iter().zip(results) {
-            match result {
-                Err(e) if !is_not_found(&e) => tracing::warn!("removing container {name}: {e}"),
-                _ => {}
+            if let Err(e) = result {
+                tracing::warn!("removing container {name}: {e}");
             }
         }
         for name in volumes {
@@ -522,30 +802,142 @@ impl Backend for DockerBackend<'_> {
     }
 }
 
-/// Turns a container's output into its log until the container's stdio closes.
-async fn forward_output(
-    mut output: Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
-    container: String,
-    log: StepLog,
-) {
-    // One splitter per stream: interleaved chunks of stdout and stderr must not be glued
-    // into one line.
-    let (mut stdout, mut stderr) = (log.stream(), log.stream());
+/// Force-removes a container (and its anonymous volumes); one already gone is fine.
+async fn remove_container(docker: &Docker, name: &str) -> Result<(), bollard::errors::Error> {
+    let force = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(name, Some(force)).await {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Waits until a container is not running; returns its exit code.
+async fn exit_code(docker: Docker, name: String) -> Result<i64, EngineError> {
+    let options = WaitContainerOptionsBuilder::new()
+        .condition("not-running")
+        .build();
+    let mut wait = docker.wait_container(&name, Some(options));
+    match wait.next().await {
+        Some(Ok(response)) => Ok(response.status_code),
+        // bollard turns a non-zero exit into an error; for us it is just the exit code.
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(EngineError::docker("waiting for a container", e)),
+        None => {
+            let inspect = docker
+                .inspect_container(&name, None)
+                .await
+                .map_err(|e| EngineError::docker("inspecting a container", e))?;
+            Ok(inspect.state.and_then(|s| s.exit_code).unwrap_or(-1))
+        }
+    }
+}
+
+/// Where a container's output goes.
+enum Target {
+    /// Straight into the step's log.
+    Now(StepLog),
+    /// A pre-started step: nothing may be seen before it is released, when its log arrives;
+    /// what it printed before is held until then, and dropped if it never is.
+    AtRelease(oneshot::Receiver<StepLog>),
+}
+
+/// Turns a container's output into its log until the container's stdio closes; returns how
+/// many bytes it printed.
+/// Attach options for a step container: its output as a stream from now on (like
+/// `docker run`), and stdin too for a pre-started container's gate.
+fn attach_options(stdin: bool) -> bollard::query_parameters::AttachContainerOptions {
+    AttachContainerOptionsBuilder::new()
+        .stream(true)
+        .stdin(stdin)
+        .stdout(true)
+        .stderr(true)
+        .logs(false)
+        .build()
+}
+
+async fn forward_output(mut output: OutputStream, container: String, target: Target) -> u64 {
+    let mut lines = match target {
+        Target::Now(log) => Lines::new(&log),
+        Target::AtRelease(mut released) => {
+            let mut held = Vec::new();
+            let mut ended = false;
+            let log = loop {
+                tokio::select! {
+                    log = &mut released => match log {
+                        Ok(log) => break log,
+                        // Discarded: what it printed is never seen.
+                        Err(_) => return 0,
+                    },
+                    item = output.next(), if !ended => match item {
+                        Some(Ok(chunk)) => held.push(chunk),
+                        Some(Err(e)) => {
+                            tracing::debug!("output stream of {container} ended: {e}");
+                            ended = true;
+                        }
+                        None => ended = true,
+                    },
+                }
+            };
+            let mut lines = Lines::new(&log);
+            for chunk in held {
+                lines.push(chunk);
+            }
+            if ended {
+                return lines.finish();
+            }
+            lines
+        }
+    };
     while let Some(item) = output.next().await {
         match item {
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                stdout.push(&message)
-            }
-            Ok(LogOutput::StdErr { message }) => stderr.push(&message),
-            Ok(LogOutput::StdIn { .. }) => {}
+            Ok(chunk) => lines.push(chunk),
             Err(e) => {
                 tracing::debug!("output stream of {container} ended: {e}");
                 break;
             }
         }
     }
-    stdout.finish();
-    stderr.finish();
+    lines.finish()
+}
+
+/// A container's stdout and stderr on their way into its log.
+struct Lines {
+    // One splitter per stream: interleaved chunks of stdout and stderr must not be glued
+    // into one line.
+    stdout: LogStream,
+    stderr: LogStream,
+    bytes: u64,
+}
+
+impl Lines {
+    fn new(log: &StepLog) -> Lines {
+        Lines {
+            stdout: log.stream(),
+            stderr: log.stream(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, chunk: LogOutput) {
+        let (stream, message) = match chunk {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                (&mut self.stdout, message)
+            }
+            LogOutput::StdErr { message } => (&mut self.stderr, message),
+            LogOutput::StdIn { .. } => return,
+        };
+        self.bytes += message.len() as u64;
+        stream.push(&message);
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stdout.finish();
+        self.stderr.finish();
+        self.bytes
+    }
 }
 
 #[cfg(test)]

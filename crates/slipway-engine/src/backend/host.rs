@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use slipway_spec::plan::StepPlan;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -66,6 +67,36 @@ impl HostBackend {
 
 impl Backend for HostBackend {
     type Process = HostProcess;
+    /// A process starts in a few milliseconds: nothing to hide, nothing to prepare.
+    type Prepared = std::convert::Infallible;
+
+    fn can_prepare(&self, _step: &StepPlan) -> bool {
+        false
+    }
+
+    async fn prepare(
+        &self,
+        step: &StepSpec<'_>,
+        _abort: &CancellationToken,
+    ) -> Result<Self::Prepared, EngineError> {
+        Err(EngineError::refused(
+            &step.plan.name,
+            "exec pipelines do not pre-start steps",
+        ))
+    }
+
+    async fn release(
+        &self,
+        prepared: Self::Prepared,
+        _failed: bool,
+        _log: StepLog,
+    ) -> Result<HostProcess, EngineError> {
+        match prepared {}
+    }
+
+    async fn discard(&self, prepared: Self::Prepared) {
+        match prepared {}
+    }
 
     async fn setup(&self) -> Result<(), EngineError> {
         Ok(())

@@ -6,5 +6,6 @@ mod clone;
 mod docker;
 mod host;
 mod orphans;
+mod prestart;
 mod scheduling;
 mod support;

@@ -1,0 +1,127 @@
+//! The token endpoint (`/v2/token`), Docker's token authentication: `GET` with optional
+//! Basic credentials and `scope=` parameters (what `docker login/push/pull` and skopeo use),
+//! and the OAuth2 password grant by `POST`. The token grants, per requested repository,
+//! the requested actions the principal has; a repository it may not touch is listed with
+//! no actions.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::{Action, Principal, Scope};
+use crate::error::{ApiError, ErrorCode};
+use crate::name::RepoName;
+use crate::registry::Shared;
+
+use super::{Identity, Query, access, header_str};
+
+/// Largest form body accepted by `POST /v2/token`.
+const MAX_FORM: usize = 64 * 1024;
+
+pub(crate) async fn get(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let query = Query::parse(request.uri().query());
+    let headers = request.headers();
+    let identity = match header_str(headers, axum::http::header::AUTHORIZATION) {
+        None => Identity::Principal(Principal::anonymous()),
+        Some(value) => {
+            let credentials = value
+                .trim()
+                .strip_prefix("Basic ")
+                .or_else(|| value.trim().strip_prefix("basic "));
+            let found = match credentials {
+                Some(c) => access::basic_identity(&shared, c).await,
+                None => None,
+            };
+            match found {
+                Some(p) => p,
+                None => return bad_credentials(&shared, headers),
+            }
+        }
+    };
+    issue(&shared, &identity, &query)
+}
+
+pub(crate) async fn post(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let body = match axum::body::to_bytes(request.into_body(), MAX_FORM).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(ErrorCode::Unsupported, "token request body too large")
+                .with_status(StatusCode::BAD_REQUEST)
+                .into_response();
+        }
+    };
+    let form = Query::parse(std::str::from_utf8(&body).ok());
+    if form.get("grant_type") != Some("password") {
+        return ApiError::new(
+            ErrorCode::Unsupported,
+            "only grant_type=password is supported; use GET with Basic credentials",
+        )
+        .with_status(StatusCode::BAD_REQUEST)
+        .into_response();
+    }
+    let user = form.get("username").unwrap_or("");
+    let password = form.get("password").unwrap_or("");
+    match shared.authenticator.authenticate(user, password).await {
+        Some(p) if !p.is_anonymous() => issue(&shared, &Identity::Principal(p), &form),
+        _ => bad_credentials(&shared, &headers),
+    }
+}
+
+fn bad_credentials(shared: &Shared, headers: &axum::http::HeaderMap) -> Response {
+    let mut e = ApiError::new(ErrorCode::Unauthorized, "incorrect username or password");
+    e.challenge = Some(format!(
+        "Basic realm=\"{}\"",
+        access::base_url(shared, headers)
+    ));
+    e.into_response()
+}
+
+fn issue(shared: &Shared, identity: &Identity, query: &Query) -> Response {
+    let requested = Scope::parse_all(query.all("scope"));
+    let granted: Vec<Scope> = requested
+        .into_iter()
+        .filter_map(|scope| grant(shared, identity, scope))
+        .collect();
+    let ttl = shared.config.token_ttl;
+    let (token, claims) = shared.signer.issue(identity.name(), granted, ttl);
+    let issued_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(claims.iat);
+    axum::Json(serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": ttl.as_secs(),
+        "issued_at": humantime::format_rfc3339_seconds(issued_at).to_string(),
+    }))
+    .into_response()
+}
+
+/// The part of `scope` the principal gets; `None` drops scopes of unknown kinds or names.
+fn grant(shared: &Shared, identity: &Identity, mut scope: Scope) -> Option<Scope> {
+    match scope.kind.as_str() {
+        "repository" => {
+            let repo = RepoName::parse(&scope.name)?;
+            scope
+                .actions
+                .retain(|&action| identity.may(shared, repo.as_str(), action));
+            Some(scope)
+        }
+        // `registry:catalog:*`: the whole catalog, for principals who may pull everything.
+        "registry" if scope.name == "catalog" => {
+            let all = match identity {
+                Identity::Principal(p) => p.grants.iter().any(|g| {
+                    g.repositories == crate::auth::RepoPattern::All
+                        && g.actions.contains(&Action::Pull)
+                }),
+                Identity::Token(claims) => claims
+                    .access
+                    .iter()
+                    .any(|s| s.kind == "registry" && s.name == "catalog" && !s.actions.is_empty()),
+            };
+            scope.actions = if all { vec![Action::Pull] } else { Vec::new() };
+            Some(scope)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,351 @@
+//! Online garbage collection and retention.
+//!
+//! A run (1) applies [`RetentionRule`]s: deletes tags beyond the last N matching a
+//! pattern, then untagged manifests older than a given age; (2) marks every blob that a
+//! remaining manifest refers to; (3) deletes unmarked blobs, and upload sessions idle for
+//! longer than [`GcOptions::upload_max_age`]. With [`GcOptions::dry_run`] nothing is
+//! changed and the report lists what would be.
+//!
+//! It runs while the registry serves, so it must not delete what a concurrent push needs:
+//! - blobs of uploads in progress are under `uploads/`, never swept (only sessions idle
+//!   for `upload_max_age` are);
+//! - blobs younger than [`GcOptions::blob_grace`] are kept, so the layers of a push whose
+//!   manifest has not arrived yet survive;
+//! - while a run is active, every manifest push, upload commit and mount first records its
+//!   digests in the run's protected set ([`GcGuard::protect`]) and only then checks that
+//!   the blobs it needs exist; the sweep deletes a blob only after checking that set under
+//!   the same lock. So either the sweep sees the digest and keeps the blob, or the push
+//!   sees the blob gone and fails with `MANIFEST_BLOB_UNKNOWN` (the client uploads again);
+//!   never a manifest pointing at a deleted blob.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::auth::RepoPattern;
+use crate::digest::Digest;
+use crate::error::RegistryError;
+use crate::name::RepoName;
+use crate::storage::FsStore;
+use crate::storage::fs::unix_secs;
+use crate::token::unix_now;
+use crate::uploads::Uploads;
+
+/// Which tags and manifests of matching repositories to let go.
+#[derive(Debug, Clone)]
+pub struct RetentionRule {
+    pub repositories: RepoPattern,
+    /// Tags the `keep_last` count applies to: `*` and `?` wildcards (`*` for all).
+    pub tag_pattern: String,
+    /// Keep the N most recently pushed tags matching `tag_pattern`; delete the others.
+    pub keep_last: Option<usize>,
+    /// Delete manifests no tag reaches (directly, through an index, or as a referrer of a
+    /// kept manifest) that were pushed longer ago than this.
+    pub untagged_older_than: Option<Duration>,
+}
+
+/// How a run behaves.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub dry_run: bool,
+    pub retention: Vec<RetentionRule>,
+    /// Unreferenced blobs younger than this are kept (default 1 hour).
+    pub blob_grace: Duration,
+    /// Upload sessions without a write for this long are deleted (default 24 hours).
+    pub upload_max_age: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> GcOptions {
+        GcOptions {
+            dry_run: false,
+            retention: Vec::new(),
+            blob_grace: Duration::from_secs(3600),
+            upload_max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// What a run deleted (or, in a dry run, would delete).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub tags: Vec<(String, String)>,
+    pub manifests: Vec<(String, Digest)>,
+    pub blobs: Vec<(Digest, u64)>,
+    pub uploads: Vec<String>,
+    /// Bytes of the deleted blobs and uploads.
+    pub freed_bytes: u64,
+}
+
+/// The protected set of the active run, shared with the request handlers.
+#[derive(Debug, Default)]
+pub struct GcGuard {
+    active: Mutex<Option<HashSet<Digest>>>,
+}
+
+impl GcGuard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashSet<Digest>>> {
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records digests a request is about to rely on; a no-op when no run is active.
+    pub fn protect<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
+        if let Some(set) = self.lock().as_mut() {
+            set.extend(digests.into_iter().cloned());
+        }
+    }
+
+    fn begin(&self) -> bool {
+        let mut active = self.lock();
+        if active.is_some() {
+            return false;
+        }
+        *active = Some(HashSet::new());
+        true
+    }
+
+    fn end(&self) {
+        *self.lock() = None;
+    }
+
+    /// Runs `delete` unless `digest` is protected, holding the lock so no request can
+    /// start relying on it in between.
+    fn delete_unless_protected(
+        &self,
+        digest: &Digest,
+        delete: impl FnOnce() -> std::io::Result<bool>,
+    ) -> std::io::Result<bool> {
+        let active = self.lock();
+        if active.as_ref().is_some_and(|set| set.contains(digest)) {
+            return Ok(false);
+        }
+        delete()
+    }
+}
+
+/// Ends the run even if it fails half-way.
+struct RunGuard<'a>(&'a GcGuard);
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// `*` any run of characters, `?` one character, everything else literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// One garbage-collection run (blocking; call from a blocking thread).
+pub(crate) fn run(
+    store: &FsStore,
+    uploads: &Uploads,
+    guard: &GcGuard,
+    options: &GcOptions,
+) -> Result<GcReport, RegistryError> {
+    if !guard.begin() {
+        return Err(RegistryError::Busy);
+    }
+    let _end = RunGuard(guard);
+    let io = |action: &'static str| {
+        let root = store.root().to_path_buf();
+        move |e| RegistryError::io(root, action, e)
+    };
+    let start = unix_now();
+    let mut report = GcReport {
+        dry_run: options.dry_run,
+        ..GcReport::default()
+    };
+    let mut marked: HashSet<Digest> = HashSet::new();
+    let (repos, _) = store.repositories_page(None, usize::MAX, |_| true);
+
+    for name in repos {
+        let Some(repo) = RepoName::parse(&name) else {
+            continue;
+        };
+        let rules: Vec<&RetentionRule> = options
+            .retention
+            .iter()
+            .filter(|r| r.repositories.matches(&name))
+            .collect();
+
+        // 1. Tags beyond keep_last.
+        let mut tags = Vec::new();
+        for tag in store
+            .tags(&repo)
+            .map_err(io("listing tags"))?
+            .unwrap_or_default()
+        {
+            if let Some(info) = store.tag(&repo, &tag).map_err(io("reading a tag"))? {
+                tags.push((tag, info));
+            }
+        }
+        let mut dropped_tags: BTreeSet<String> = BTreeSet::new();
+        for rule in &rules {
+            let Some(keep) = rule.keep_last else { continue };
+            let mut matching: Vec<_> = tags
+                .iter()
+                .filter(|(t, _)| glob_match(&rule.tag_pattern, t))
+                .collect();
+            matching.sort_by(|a, b| b.1.updated_at.cmp(&a.1.updated_at).then(b.0.cmp(&a.0)));
+            for (tag, _) in matching.into_iter().skip(keep) {
+                dropped_tags.insert(tag.clone());
+            }
+        }
+        for tag in &dropped_tags {
+            if !options.dry_run {
+                store.delete_tag(&repo, tag).map_err(io("deleting a tag"))?;
+            }
+            report.tags.push((name.clone(), tag.clone()));
+        }
+
+        // 2. Which manifests are reachable from the remaining tags.
+        let mut metas = Vec::new();
+        for digest in store.manifests(&repo).map_err(io("listing manifests"))? {
+            if let Some(meta) = store
+                .manifest(&repo, &digest)
+                .map_err(io("reading a manifest"))?
+            {
+                metas.push((digest, meta));
+            }
+        }
+        let mut live: HashSet<Digest> = tags
+            .iter()
+            .filter(|(t, _)| !dropped_tags.contains(t))
+            .map(|(_, i)| i.digest.clone())
+            .collect();
+        loop {
+            let before = live.len();
+            for (digest, meta) in &metas {
+                if live.contains(digest) {
+                    live.extend(meta.references.iter().cloned());
+                } else if meta.subject.as_ref().is_some_and(|s| live.contains(s)) {
+                    live.insert(digest.clone());
+                }
+            }
+            if live.len() == before {
+                break;
+            }
+        }
+
+        // 3. Untagged manifests past their age.
+        let max_age = rules.iter().filter_map(|r| r.untagged_older_than).min();
+        for (digest, meta) in &metas {
+            let expired = max_age.is_some_and(|age| meta.pushed_at + age.as_secs() < start);
+            if live.contains(digest) || !expired {
+                marked.insert(digest.clone());
+                marked.extend(meta.references.iter().cloned());
+                continue;
+            }
+            let deleted = if options.dry_run {
+                true
+            } else {
+                guard
+                    .delete_unless_protected(digest, || {
+                        if let Some(subject) = &meta.subject {
+                            store.remove_referrer(&repo, subject, digest)?;
+                        }
+                        store.delete_manifest(&repo, digest)
+                    })
+                    .map_err(io("deleting a manifest"))?
+            };
+            if deleted {
+                report.manifests.push((name.clone(), digest.clone()));
+            } else {
+                marked.insert(digest.clone());
+                marked.extend(meta.references.iter().cloned());
+            }
+        }
+    }
+
+    // 4. Sweep blobs nothing refers to.
+    let grace_start = start.saturating_sub(options.blob_grace.as_secs());
+    let mut swept: HashSet<Digest> = HashSet::new();
+    for digest in store.all_blobs().map_err(io("listing blobs"))? {
+        if marked.contains(&digest) {
+            continue;
+        }
+        let path = store.blob_path(&digest);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let modified = meta.modified().map(unix_secs).unwrap_or(u64::MAX);
+        if modified >= grace_start {
+            continue;
+        }
+        let deleted = if options.dry_run {
+            true
+        } else {
+            guard
+                .delete_unless_protected(&digest, || store.delete_blob(&digest))
+                .map_err(io("deleting a blob"))?
+        };
+        if deleted {
+            report.freed_bytes += meta.len();
+            report.blobs.push((digest.clone(), meta.len()));
+            swept.insert(digest);
+        }
+    }
+    if !options.dry_run && !swept.is_empty() {
+        let (repos, _) = store.repositories_page(None, usize::MAX, |_| true);
+        for repo in repos.iter().filter_map(|r| RepoName::parse(r)) {
+            for digest in store.linked_blobs(&repo).map_err(io("listing links"))? {
+                if swept.contains(&digest) && store.blob_size(&digest).ok().flatten().is_none() {
+                    store
+                        .unlink_blob(&repo, &digest)
+                        .map_err(io("unlinking a blob"))?;
+                }
+            }
+        }
+    }
+
+    // 5. Abandoned uploads.
+    let upload_cutoff = start.saturating_sub(options.upload_max_age.as_secs());
+    for (id, _started) in uploads.on_disk().map_err(io("listing uploads"))? {
+        let data = store.uploads_dir().join(&id).join("data");
+        let (size, modified) = match std::fs::metadata(&data) {
+            Ok(m) => (m.len(), m.modified().map(unix_secs).unwrap_or(0)),
+            Err(_) => (0, 0),
+        };
+        if modified >= upload_cutoff {
+            continue;
+        }
+        if !options.dry_run {
+            if !uploads.forget(&id) {
+                continue; // a request is using it right now
+            }
+            let dir = store.uploads_dir().join(&id);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(RegistryError::io(dir, "deleting an abandoned upload", e));
+            }
+        }
+        report.freed_bytes += size;
+        report.uploads.push(id);
+    }
+    Ok(report)
+}

@@ -1,0 +1,79 @@
+//! Slipway's built-in image registry: the OCI Distribution API (v1.1, plus what Docker
+//! clients need) under `/v2/`, so `docker login/push/pull` and skopeo work against the
+//! Slipway server itself, with no Harbor or `registry:2` beside it.
+//!
+//! Entry points: [`Registry::open`] with a [`RegistryConfig`] and an [`Authenticator`]
+//! (the caller decides who a username/token pair is; [`StaticAuthenticator`] is a fixed
+//! list), then [`Registry::router`] to serve or mount the routes, [`Registry::subscribe`]
+//! for [`RegistryEvent`]s (pushes and deletes), [`Registry::issue_token`] for short-lived
+//! pipeline tokens.
+//!
+//! How it is organised:
+//! - [`api`](crate::api) (private): routes, parsed from the path because repository names
+//!   contain `/`; `blobs` (fetch, uploads, mount), `manifests` (fetch with `Accept`
+//!   negotiation, push, delete, referrers), `listing` (tags, catalog), `token` (the token
+//!   endpoint), `access` (authentication, authorisation, challenges).
+//! - [`storage`]: the content-addressed filesystem store and its layout.
+//! - [`uploads`]: upload sessions, streamed to disk and hashed as they arrive.
+//! - [`manifest`]: manifest parsing and validation; [`range`]: `Content-Range`;
+//!   [`digest`]: digests and hashers; [`name`]: repository names, tags, references.
+//! - [`auth`] (principals, grants, the authenticator trait) and [`token`] (HMAC-signed JWTs).
+//! - [`events`]: push/delete events and distribution's notification envelope.
+//! - [`gc`]: online garbage collection, retention rules, dry run.
+//!
+//! Storage layout (under [`RegistryConfig::root`]):
+//!
+//! ```text
+//! token.key                                      HMAC key of bearer tokens (0600)
+//! blobs/<alg>/<hex[..2]>/<hex>                   content, named by its digest
+//! uploads/<id>/{data,info.json}                  uploads in progress
+//! repositories.idx                               every repository name, one a line
+//! repositories/<name>/_layers/<alg>/<hex>        blob linked into the repository
+//! repositories/<name>/_manifests/revisions/<alg>/<hex>   manifest metadata (media type, size,
+//!                                                push time, subject, references)
+//! repositories/<name>/_manifests/tags/<tag>      digest the tag points at
+//! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>.json   referrer descriptors
+//! ```
+//!
+//! Catalog pagination reads `repositories.idx`, loaded once at open into a sorted set and
+//! appended (and fsynced) before a new repository gets any content; a page is a range of
+//! that set from `last` on, so listing never walks the store.
+//!
+//! Invariants:
+//! - **No partial blob is ever visible.** Upload bytes go to `uploads/<id>/data`; a blob
+//!   appears under `blobs/` only by `rename` after an fsync and a digest check of exactly
+//!   those bytes, so a crash or kill leaves at most an upload directory behind. Two clients
+//!   pushing the same blob write separate uploads and rename identical content.
+//! - **Uploads resume.** A session's bytes are on disk; after a restart its status and
+//!   hash are recovered from them, so a chunked upload continues where its data ends.
+//!   Chunks must arrive in order (`Content-Range` start = current size, else 416).
+//! - **Manifests are stored byte-exact** and served with the media type they were pushed
+//!   with; their digest is of those bytes. Every manifest response carries
+//!   `Docker-Content-Digest`.
+//! - **Repository isolation.** A blob or manifest is only readable through a repository it
+//!   was pushed or mounted into, and a mount needs pull access to the source repository.
+//! - **Deny by default.** Every request needs a grant for its repository and action
+//!   (`pull`, `push`, `delete`) unless the repository is configured for anonymous pull;
+//!   bad credentials get 401 with a `Bearer` challenge, missing permission 403 `DENIED`.
+//! - Streaming: blobs are never held in memory whole; they are hashed while written.
+
+mod api;
+pub mod auth;
+pub mod digest;
+mod error;
+pub mod events;
+pub mod gc;
+pub mod manifest;
+pub mod name;
+pub mod range;
+mod registry;
+pub mod storage;
+pub mod token;
+pub mod uploads;
+
+pub use auth::{Action, Authenticator, Grant, Principal, RepoPattern, Scope, StaticAuthenticator};
+pub use digest::Digest;
+pub use error::{ApiError, ErrorCode, RegistryError};
+pub use events::{EventAction, EventTarget, RegistryEvent};
+pub use gc::{GcOptions, GcReport, RetentionRule};
+pub use registry::{Registry, RegistryConfig};

@@ -1,0 +1,114 @@
+//! The one integration-test binary of slipway-server (one binary keeps link time down).
+
+mod corpus;
+mod generic;
+mod parse;
+mod robustness;
+mod signature;
+
+use std::path::PathBuf;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use slipway_server::webhook::{Hook, Parsed, Provider};
+
+/// `../shared/corpus/webhooks` beside the clone. `None` (and a message) when absent, as in a
+/// user's checkout.
+pub fn corpus_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/webhooks");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipping: ../shared/corpus not found ({} is not beside this checkout)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// One real delivery of the corpus: `NAME.json` and what `NAME.meta.json` says of it.
+#[derive(Debug)]
+pub struct Case {
+    /// `github/push_tag`.
+    pub name: String,
+    pub provider: Provider,
+    pub header_name: String,
+    pub event_header: String,
+    pub body: Vec<u8>,
+    pub expect: Value,
+}
+
+/// Every case of the corpus, sorted by name; `None` when the corpus is absent.
+pub fn corpus() -> Option<Vec<Case>> {
+    let dir = corpus_dir()?;
+    let mut cases = Vec::new();
+    for sub in ["github", "gitea", "gitlab"] {
+        let entries = std::fs::read_dir(dir.join(sub)).expect("corpus directory readable");
+        for entry in entries {
+            let path = entry.expect("corpus entry").path();
+            let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(stem) = file.strip_suffix(".meta.json") else {
+                continue;
+            };
+            let meta: Value = serde_json::from_slice(&std::fs::read(&path).expect("meta readable"))
+                .expect("meta is JSON");
+            let body = std::fs::read(dir.join(sub).join(format!("{stem}.json")))
+                .expect("body beside its meta");
+            let provider = Provider::parse(meta["provider"].as_str().expect("meta.provider"))
+                .expect("known provider");
+            cases.push(Case {
+                name: format!("{sub}/{stem}"),
+                provider,
+                header_name: meta["header_name"]
+                    .as_str()
+                    .expect("header_name")
+                    .to_owned(),
+                event_header: meta["event_header"]
+                    .as_str()
+                    .expect("event_header")
+                    .to_owned(),
+                body,
+                expect: meta["expect"].clone(),
+            });
+        }
+    }
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    Some(cases)
+}
+
+pub const KEY: &[u8] = b"an-example-webhook-secret-of-32-bytes!";
+
+/// Lowercase hex HMAC-SHA256, computed here independently of the crate.
+pub fn hmac_hex(key: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Headers as a list of pairs.
+pub fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The hook of a delivery that must build.
+pub fn build(parsed: Result<Parsed, slipway_server::webhook::WebhookError>) -> Box<Hook> {
+    match parsed {
+        Ok(Parsed::Build(hook)) => hook,
+        other => panic!("expected a build, got {other:?}"),
+    }
+}
+
+/// The reason of a delivery that must be ignored.
+pub fn ignored(parsed: Result<Parsed, slipway_server::webhook::WebhookError>) -> String {
+    match parsed {
+        Ok(Parsed::Ignored { reason }) => reason,
+        other => panic!("expected to be ignored, got {other:?}"),
+    }
+}
