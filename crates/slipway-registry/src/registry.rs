@@ -1,5 +1,6 @@
 //! [`Registry`]: opening the store, the router, events and tokens for the embedding program.
 
+use crate::Digest;
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -85,6 +86,24 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn is_public(&self, repo: &str) -> bool {
         self.config.anonymous_pull.iter().any(|p| p.matches(repo))
+    }
+
+    /// A delete event: deletes carry no media type or size.
+    pub(crate) fn emit_delete(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        tag: Option<String>,
+        identity: &Identity,
+    ) {
+        let target = EventTarget {
+            media_type: String::new(),
+            size: 0,
+            digest: digest.clone(),
+            repository: repository.to_owned(),
+            tag,
+        };
+        self.emit(EventAction::Delete, target, identity);
     }
 
     pub(crate) fn emit(&self, action: EventAction, target: EventTarget, identity: &Identity) {

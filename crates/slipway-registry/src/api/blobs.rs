@@ -14,7 +14,7 @@ use tokio_util::io::ReaderStream;
 use crate::auth::Action;
 use crate::digest::Digest;
 use crate::error::{ApiError, ErrorCode};
-use crate::events::{EventAction, EventTarget};
+
 use crate::name::RepoName;
 use crate::range::{ContentRange, resolve_request_range, upload_range_header};
 use crate::registry::Shared;
@@ -109,17 +109,7 @@ pub(crate) async fn delete(
     if !removed {
         return Err(blob_unknown(digest));
     }
-    shared.emit(
-        EventAction::Delete,
-        EventTarget {
-            media_type: String::new(),
-            size: 0,
-            digest: digest.clone(),
-            repository: repo.to_string(),
-            tag: None,
-        },
-        identity,
-    );
+    shared.emit_delete(&repo.to_string(), digest, None, identity);
     Ok(respond(
         StatusCode::ACCEPTED,
         &[("Docker-Content-Digest", digest.to_string())],

@@ -284,17 +284,7 @@ pub(crate) async fn delete(
             (d.clone(), None)
         }
     };
-    shared.emit(
-        EventAction::Delete,
-        EventTarget {
-            media_type: String::new(),
-            size: 0,
-            digest: digest.clone(),
-            repository: repo.to_string(),
-            tag: target,
-        },
-        identity,
-    );
+    shared.emit_delete(&repo.to_string(), &digest, target, identity);
     Ok(respond(StatusCode::ACCEPTED, &[], Body::empty()))
 }
 
