@@ -2,7 +2,7 @@
 //! `tokio::sync::broadcast` channel the embedding server subscribes to
 //! ([`crate::Registry::subscribe`]); [`RegistryEvent::envelope`] renders events in
 //! distribution's notification format (`application/vnd.docker.distribution.events.v1+json`)
-//! for webhooks.
+//! for webhooks, which [`crate::notify::Notifier`] delivers.
 
 use serde::Serialize;
 

@@ -5,11 +5,11 @@
 //! Entry points: [`Registry::open`] with a [`RegistryConfig`] and an [`Authenticator`]
 //! (the caller decides who a username/token pair is; [`StaticAuthenticator`] is a fixed
 //! list), then [`Registry::router`] to serve or mount the routes, [`Registry::subscribe`]
-//! for [`RegistryEvent`]s (pushes and deletes), [`Registry::issue_token`] for short-lived
-//! pipeline tokens.
+//! for [`RegistryEvent`]s (pushes and deletes), [`Notifier::spawn`] to deliver those events
+//! to webhooks, [`Registry::issue_token`] for short-lived pipeline tokens.
 //!
 //! How it is organised:
-//! - [`api`](crate::api) (private): routes, parsed from the path because repository names
+//! - `api` (private): routes, parsed from the path because repository names
 //!   contain `/`; `blobs` (fetch, uploads, mount), `manifests` (fetch with `Accept`
 //!   negotiation, push, delete, referrers), `listing` (tags, catalog), `token` (the token
 //!   endpoint), `access` (authentication, authorisation, challenges).
@@ -19,6 +19,11 @@
 //!   [`digest`]: digests and hashers; [`name`]: repository names, tags, references.
 //! - [`auth`] (principals, grants, the authenticator trait) and [`token`] (HMAC-signed JWTs).
 //! - [`events`]: push/delete events and distribution's notification envelope.
+//! - [`notify`]: webhook delivery. Each endpoint gets the envelope (`{"events":[...]}`,
+//!   `Content-Type: application/vnd.docker.distribution.events.v1+json`, small batches)
+//!   by POST from a background task, retried with capped exponential backoff on connection
+//!   errors and non-2xx answers (5 attempts by default), failures logged; it never blocks
+//!   a request, and events an endpoint falls behind on are dropped with a warning.
 //! - [`gc`]: online garbage collection, retention rules, dry run.
 //!
 //! Storage layout (under [`RegistryConfig::root`]):
@@ -65,6 +70,7 @@ pub mod events;
 pub mod gc;
 pub mod manifest;
 pub mod name;
+pub mod notify;
 pub mod range;
 mod registry;
 pub mod storage;
@@ -76,4 +82,5 @@ pub use digest::Digest;
 pub use error::{ApiError, ErrorCode, RegistryError};
 pub use events::{EventAction, EventTarget, RegistryEvent};
 pub use gc::{GcOptions, GcReport, RetentionRule};
+pub use notify::{Notifier, NotifyEndpoint};
 pub use registry::{Registry, RegistryConfig};

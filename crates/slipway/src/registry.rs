@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use slipway_registry::{Registry, RegistryConfig, RepoPattern, StaticAuthenticator};
+use slipway_registry::{
+    Notifier, NotifyEndpoint, Registry, RegistryConfig, RepoPattern, StaticAuthenticator,
+};
 
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
@@ -29,6 +31,10 @@ pub struct RegistryArgs {
     /// URL clients reach the registry at, for the token realm (default: the Host header).
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Webhook to POST push/delete events to, in distribution's notification format
+    /// (retried with backoff, 5 attempts); repeatable.
+    #[arg(long = "notify", value_name = "URL")]
+    pub notify: Vec<String>,
 }
 
 pub fn run(args: RegistryArgs) -> Result<ExitCode> {
@@ -52,7 +58,12 @@ pub fn run(args: RegistryArgs) -> Result<ExitCode> {
         .iter()
         .map(|p| RepoPattern::parse(p))
         .collect();
-    config.public_url = args.public_url;
+    for url in &args.notify {
+        if !url.starts_with("http://") {
+            bail!("--notify `{url}` must be an http:// URL");
+        }
+    }
+    config.public_url = args.public_url.clone();
     let registry = Registry::open(config, Arc::new(auth))
         .with_context(|| format!("opening the registry in {}", args.data_dir.display()))?;
 
@@ -66,6 +77,15 @@ pub fn run(args: RegistryArgs) -> Result<ExitCode> {
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         println!("slipway registry listening on http://{addr}");
+        let source = args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let _notifier = Notifier::spawn(
+            registry.subscribe(),
+            args.notify.iter().map(NotifyEndpoint::new).collect(),
+            source,
+        );
         axum::serve(listener, registry.router())
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

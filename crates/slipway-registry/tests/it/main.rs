@@ -8,6 +8,7 @@ mod auth;
 mod crash;
 mod docker;
 mod gc;
+mod notify;
 mod props;
 mod skopeo;
 mod support;
