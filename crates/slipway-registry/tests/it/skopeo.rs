@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{ADMIN_TOKEN, Docker, TestServer, client, run, sha256, text, unique};
+use crate::support::{
+    ADMIN_TOKEN, Docker, TestServer, assert_files_named_by_digest, client, run, sha256, text,
+    unique,
+};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -96,16 +99,7 @@ fn skopeo_copies_an_oci_image_in_and_out_byte_exact() {
     assert_eq!(index["manifests"][0]["digest"], digest);
     assert_eq!(index["manifests"][0]["mediaType"], OCI_MANIFEST);
     // Every blob came back identical.
-    for entry in std::fs::read_dir(back.join("blobs/sha256")).expect("blobs") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("name")
-            .to_string();
-        let data = std::fs::read(&path).expect("blob");
-        assert_eq!(sha256(&data).hex(), name);
-    }
+    assert_files_named_by_digest(&back.join("blobs/sha256"), "sha256");
 }
 
 #[test]

@@ -249,26 +249,31 @@ pub fn assert_blobs_verified(root: &Path) {
             continue;
         };
         for prefix in prefixes {
-            let prefix = prefix.expect("entry").path();
-            for entry in std::fs::read_dir(&prefix).expect("read prefix") {
-                let path = entry.expect("entry").path();
-                let name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .expect("name")
-                    .to_string();
-                let data = std::fs::read(&path).expect("read blob");
-                let expected: Digest = format!("{alg}:{name}").parse().unwrap_or_else(|e| {
-                    panic!("stray file {} in the blob store: {e}", path.display())
-                });
-                let actual = Digest::of(expected.algorithm(), &data);
-                assert_eq!(
-                    actual,
-                    expected,
-                    "blob {} does not match its name",
-                    path.display()
-                );
-            }
+            assert_files_named_by_digest(&prefix.expect("entry").path(), alg);
         }
+    }
+}
+
+/// Every file directly in `dir` hashes (with `alg`) to its own name, as content-addressed
+/// stores (ours, an OCI layout's `blobs/sha256`) promise.
+pub fn assert_files_named_by_digest(dir: &Path, alg: &str) {
+    for entry in std::fs::read_dir(dir).expect("read blob dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string();
+        let data = std::fs::read(&path).expect("read blob");
+        let expected: Digest = format!("{alg}:{name}")
+            .parse()
+            .unwrap_or_else(|e| panic!("stray file {} in the blob store: {e}", path.display()));
+        let actual = Digest::of(expected.algorithm(), &data);
+        assert_eq!(
+            actual,
+            expected,
+            "blob {} does not match its name",
+            path.display()
+        );
     }
 }
