@@ -2,10 +2,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The state of a step, a pipeline or a whole build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -23,6 +23,25 @@ impl Status {
     /// Whether this outcome counts as "the build is failing" for `run_on` / `status` conditions.
     pub fn is_failed(self) -> bool {
         matches!(self, Status::Failure | Status::Killed | Status::Error)
+    }
+
+    /// Reads [`Status::as_str`]'s names.
+    pub fn parse(text: &str) -> Option<Status> {
+        Some(match text {
+            "pending" => Status::Pending,
+            "running" => Status::Running,
+            "success" => Status::Success,
+            "failure" => Status::Failure,
+            "skipped" => Status::Skipped,
+            "killed" => Status::Killed,
+            "error" => Status::Error,
+            _ => return None,
+        })
+    }
+
+    /// Whether nothing more will happen to it.
+    pub fn is_done(self) -> bool {
+        !matches!(self, Status::Pending | Status::Running)
     }
 
     pub fn as_str(self) -> &'static str {

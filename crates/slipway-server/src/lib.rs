@@ -1,19 +1,26 @@
-//! The Slipway server. It will own the HTTP server (REST API, webhooks endpoint, SSE), the
-//! store (SQLite / PostgreSQL), the build queue and scheduler, secrets, users and tokens,
-//! the event bus and the web UI, and it will mount the registry and wire deploy, proxy,
-//! notify and logs (see `DESIGN.md`).
+//! The Slipway server: git-host webhooks in, builds queued in the database, stages leased
+//! to runners, logs and states streamed back, and the REST API and web UI over all of it.
 //!
-//! For now it holds one module, [`webhook`]: git-host webhook deliveries (GitHub,
-//! Gitea/Forgejo, GitLab and a generic JSON trigger) verified and parsed into a
-//! [`webhook::Hook`] — the facts a build will be created from — or an
-//! [`webhook::Parsed::Ignored`] with the reason. That module is pure (no IO, no async):
-//! the HTTP handler, the delivery log and the build it creates come later and call it.
+//! Modules (each owns one concern):
+//! - [`webhook`]: git-host deliveries verified and parsed into a [`webhook::Hook`]. Pure.
+//! - [`store`]: the database (SQLite or PostgreSQL): repositories, builds, stages, steps,
+//!   secrets, runners, tokens.
+//! - [`mirror`]: per-repository bare git mirrors (git CLI): fetch, read the pipeline file
+//!   at a commit, changed files, branches and tags.
+//! - [`secrets`]: the AEAD that encrypts secrets at rest.
+//! - [`status`]: commit statuses back to GitHub, Gitea and GitLab.
+//! - [`logstore`]: build logs on disk, appended exactly once per line number, followed live.
 //!
 //! Invariants of [`webhook`]: nothing panics on any body or header value (a property test
 //! feeds it arbitrary bytes); a signature is only accepted when it matches in constant
 //! time; every error maps to one HTTP status ([`webhook::WebhookError::status`]: 401 for
-//! signatures, 400 for bodies) and names the header, JSON position or field at fault; a deleted ref
-//! never becomes a build; and a tag is built from exactly one of the deliveries a host
-//! sends for it.
+//! signatures, 400 for bodies) and names the header, JSON position or field at fault; a
+//! deleted ref never becomes a build; and a tag is built from exactly one of the deliveries
+//! a host sends for it.
 
+pub mod logstore;
+pub mod mirror;
+pub mod secrets;
+pub mod status;
+pub mod store;
 pub mod webhook;

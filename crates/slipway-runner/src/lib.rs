@@ -1,0 +1,3 @@
+//! The Slipway runner (being written).
+
+pub mod protocol;

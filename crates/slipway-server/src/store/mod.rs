@@ -1,0 +1,278 @@
+//! The server's database: repositories, builds, stages, steps, secrets, runners and tokens,
+//! in SQLite (the default, a file in the data dir) or PostgreSQL (`postgres://…`).
+//!
+//! One implementation serves both: [`Store`] runs the same SQL through sqlx's `Any` driver
+//! (`$1` placeholders, which SQLite accepts too); only the migrations differ
+//! (`migrations/sqlite/*.sql`, `migrations/postgres/*.sql`, applied in order at
+//! [`Store::open`] and recorded in `schema_migrations`). Times are unix milliseconds
+//! (`i64`), flags are `0`/`1` integers, structured values are JSON text.
+//!
+//! Invariants:
+//! - **Build numbers** are per repository, start at 1 and have no gaps or repeats: the next
+//!   number is taken inside the transaction that inserts the build.
+//! - **A build is created whole or not at all**: build, stages, steps and the delivery id
+//!   in one transaction. A delivery id already recorded for the repository makes
+//!   [`Store::create_build`] fail with [`StoreError::DuplicateDelivery`] and change nothing.
+//! - **A lease has one holder**: [`Store::lease_stage`] is a compare-and-set on
+//!   `status = 'pending'`, so two runners polling at once cannot both get a stage; every
+//!   later change to a leased stage names its attempt and is refused for another attempt.
+//! - Secrets are stored as ciphertext only (see `crate::secrets`); tokens as SHA-256 hashes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use slipway_engine::Status;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot open the database at `{url}`: {message}")]
+    Open { url: String, message: String },
+    #[error("migration {name} failed: {message}")]
+    Migration { name: String, message: String },
+    /// A unique name is taken (repository name, secret name of a repository, ...).
+    #[error("{what} `{name}` already exists")]
+    Conflict { what: &'static str, name: String },
+    /// The delivery id was already recorded for this repository; its build is named.
+    #[error("delivery `{delivery_id}` was already received (build id {build_id})")]
+    DuplicateDelivery { delivery_id: String, build_id: i64 },
+    #[error("a stored value is corrupt ({what}): {message}")]
+    Corrupt { what: String, message: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A repository Slipway builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repo {
+    pub id: i64,
+    /// `owner/name` (GitLab: the full group path).
+    pub name: String,
+    /// `github`, `gitea`, `gitlab` or `generic`.
+    pub provider: String,
+    pub clone_url: String,
+    /// The pipeline file; `None` means `.slipway.yml`, then `.drone.yml`.
+    pub config_path: Option<String>,
+    /// HMAC secret (or GitLab token) the git host signs deliveries with.
+    pub webhook_secret: String,
+    pub default_branch: String,
+    /// Host volumes and privileged steps allowed.
+    pub trusted: bool,
+    /// Cancel pending builds of a branch when a newer push to it arrives.
+    pub auto_cancel: bool,
+    /// At most this many stages of this repository run at once; 0 = no limit.
+    pub max_running: i64,
+    /// Base URL of the git host's API for commit statuses (`https://api.github.com`,
+    /// `https://gitea.example/api/v1`, `https://gitlab.example/api/v4`); `None` = no statuses.
+    pub status_url: Option<String>,
+    /// The API token for statuses, encrypted like a secret (base64 of nonce + ciphertext).
+    pub status_token: Option<String>,
+    pub created: i64,
+}
+
+/// What [`Store::create_repo`] needs; ids and times are the store's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewRepo {
+    pub name: String,
+    pub provider: String,
+    pub clone_url: String,
+    pub config_path: Option<String>,
+    pub webhook_secret: String,
+    pub default_branch: String,
+    pub trusted: bool,
+    pub auto_cancel: bool,
+    pub max_running: i64,
+    pub status_url: Option<String>,
+    pub status_token: Option<String>,
+}
+
+/// One build of a repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    pub id: i64,
+    pub repo_id: i64,
+    /// Per repository, from 1.
+    pub number: i64,
+    pub status: Status,
+    /// `push`, `tag`, `pull_request`, `promote`, `rollback`, `cron`, `custom`.
+    pub event: String,
+    /// The full git ref.
+    pub reference: String,
+    pub branch: String,
+    pub commit: String,
+    /// First line is enough for lists; the whole message is in `context`.
+    pub message: String,
+    pub author: String,
+    /// `webhook`, `@user` (manual), `restart of #N`, ...
+    pub trigger: String,
+    /// `promote`/`rollback` target.
+    pub deploy_to: String,
+    /// The delivery that created it, if a webhook did.
+    pub delivery_id: Option<String>,
+    /// The build's `slipway_spec::BuildContext` as JSON (everything the pipeline saw).
+    pub context: serde_json::Value,
+    /// Why the build could not run (a broken pipeline file: its lint messages, one a line).
+    pub error: Option<String>,
+    pub created: i64,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+}
+
+/// What [`Store::create_build`] needs besides the compiled pipelines. The number is
+/// assigned by the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewBuild {
+    pub repo_id: i64,
+    pub event: String,
+    pub reference: String,
+    pub branch: String,
+    pub commit: String,
+    pub message: String,
+    pub author: String,
+    pub trigger: String,
+    pub deploy_to: String,
+    pub delivery_id: Option<String>,
+}
+
+/// The part of a new build that depends on its number (`${DRONE_BUILD_NUMBER}` is
+/// substituted into the pipeline file): made by the closure given to
+/// [`Store::create_build`], inside its transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompiledBuild {
+    /// `Pending` normally; `Error` (with `error`) for a broken pipeline file; `Skipped`
+    /// when no pipeline matched.
+    pub status: Status,
+    pub error: Option<String>,
+    /// The `slipway_spec::BuildContext` as JSON.
+    pub context: serde_json::Value,
+    pub stages: Vec<NewStage>,
+}
+
+/// One pipeline of a new build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewStage {
+    pub name: String,
+    /// `Pending`, or `Skipped` when its trigger did not match.
+    pub status: Status,
+    /// Names of stages of the same build that must finish first.
+    pub depends_on: Vec<String>,
+    /// Labels a runner must have (`key` -> `value`).
+    pub labels: BTreeMap<String, String>,
+    /// The compiled `slipway_spec::plan::PipelinePlan` as JSON.
+    pub plan: serde_json::Value,
+    /// `clone`, then services, then steps, in plan order.
+    pub steps: Vec<String>,
+}
+
+/// One pipeline of a build, as queued and run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub id: i64,
+    pub build_id: i64,
+    pub repo_id: i64,
+    /// 1-based position in the file.
+    pub number: i64,
+    pub name: String,
+    pub status: Status,
+    pub depends_on: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub plan: serde_json::Value,
+    /// 0 until first leased; then the attempt currently (or last) running.
+    pub attempt: i64,
+    pub runner_id: Option<i64>,
+    /// Unix ms at which the current lease ends unless renewed.
+    pub lease_expires: Option<i64>,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+    pub created: i64,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+}
+
+/// One step (or service, or the `clone` pseudo-step) of a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: i64,
+    pub stage_id: i64,
+    /// 1-based position within the stage.
+    pub number: i64,
+    pub name: String,
+    pub status: Status,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+}
+
+/// A repository secret as stored: the value only as ciphertext.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretRow {
+    pub id: i64,
+    pub repo_id: i64,
+    pub name: String,
+    /// base64 of nonce + ciphertext (see `crate::secrets`).
+    pub ciphertext: String,
+    /// Given to pull-request builds too.
+    pub allow_pull_request: bool,
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// A runner that registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Runner {
+    pub id: i64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: i64,
+    pub version: String,
+    pub last_seen: i64,
+    pub created: i64,
+}
+
+/// An API token: only its SHA-256 (hex) is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: i64,
+    pub name: String,
+    pub hash: String,
+    /// `admin`, `runner`, or `read`.
+    pub scope: String,
+    pub created: i64,
+}
+
+/// An image a build pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub id: i64,
+    pub build_id: i64,
+    /// `host/repo:tag`.
+    pub image: String,
+    pub digest: String,
+    pub created: i64,
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub pending_stages: i64,
+    pub running_stages: i64,
+    pub builds_total: i64,
+    pub runners: i64,
+}
+
+/// The database, SQLite or PostgreSQL. Cheap to clone (a pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: sqlx::AnyPool,
+    backend: Backend,
+}
+
+/// Which engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
