@@ -64,10 +64,121 @@ DOCKERFILE
   rm -rf "$dir"
 }
 
+# PostgreSQL for the store's tests: Debian's `postgresql` package, a cluster listening on
+# 127.0.0.1:5432 only (started with pg_ctlcluster, or pg_ctl as the postgres user: no
+# systemd needed), role `slipway`/`slipway` with CREATEDB. Exports SLIPWAY_TEST_POSTGRES_URL
+# (tests make a fresh database per test from it). A URL already set is used as it is. When
+# PostgreSQL cannot be made to work it says so and unsets the URL: those tests then skip.
+SLIPWAY_PG_DEFAULT_URL="postgres://slipway:slipway@127.0.0.1:5432/postgres"
+
+pg_as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
+
+pg_url_works() {
+  command -v psql >/dev/null 2>&1 || return 1
+  psql "$1" -qAtX -c 'SELECT 1' >/dev/null 2>&1
+}
+
+ensure_postgres() {
+  if [ -n "${SLIPWAY_TEST_POSTGRES_URL:-}" ]; then
+    pg_url_works "$SLIPWAY_TEST_POSTGRES_URL" && return 0
+    echo "warning: SLIPWAY_TEST_POSTGRES_URL is set but does not answer; PostgreSQL tests will fail" >&2
+    return 0
+  fi
+  if pg_url_works "$SLIPWAY_PG_DEFAULT_URL"; then
+    export SLIPWAY_TEST_POSTGRES_URL="$SLIPWAY_PG_DEFAULT_URL"
+    return 0
+  fi
+  if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+    say "installing postgresql"
+    as_root apt-get update -qq
+    # The package's postinst may try to start the cluster with invoke-rc.d; without an init
+    # system that fails harmlessly (policy-rc.d aside), so its status is not trusted here.
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null || true
+  fi
+  local bin ver conf data
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$bin" ] || [ ! -x "$bin/pg_ctl" ]; then
+    echo "warning: PostgreSQL could not be installed; its tests will skip" >&2
+    unset SLIPWAY_TEST_POSTGRES_URL
+    return 0
+  fi
+  ver=$(basename "$(dirname "$bin")")
+  conf=/etc/postgresql/$ver/main
+  data=/var/lib/postgresql/$ver/main
+  as_root install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+    say "starting PostgreSQL $ver on 127.0.0.1:5432"
+    if [ ! -f "$conf/postgresql.conf" ] && command -v pg_createcluster >/dev/null 2>&1; then
+      as_root pg_createcluster "$ver" main -p 5432 >/dev/null
+    fi
+    if [ -f "$conf/postgresql.conf" ]; then
+      # Debian's postgresql.conf reads conf.d/ last, so this wins over its defaults.
+      as_root install -d -o postgres -g postgres "$conf/conf.d"
+      printf "listen_addresses = '127.0.0.1'\nport = 5432\n" |
+        as_root tee "$conf/conf.d/slipway-test.conf" >/dev/null
+      if command -v pg_ctlcluster >/dev/null 2>&1; then
+        as_root pg_ctlcluster "$ver" main start >/dev/null 2>&1 || true
+      fi
+      if ! pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+        pg_as_postgres "$bin/pg_ctl" -D "$data" -w -t 60 -l /tmp/slipway-postgresql.log \
+          -o "-c config_file=$conf/postgresql.conf -c listen_addresses=127.0.0.1 -c port=5432" \
+          start >/dev/null 2>&1 || true
+      fi
+    else
+      # No Debian cluster tooling: a plain cluster of our own.
+      data=/var/lib/postgresql/slipway-test
+      if [ ! -f "$data/PG_VERSION" ]; then
+        as_root install -d -o postgres -g postgres -m 0700 "$data"
+        pg_as_postgres "$bin/initdb" -D "$data" -A scram-sha-256 --pwfile=<(echo postgres) >/dev/null
+        printf 'local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n' |
+          as_root tee "$data/pg_hba.conf" >/dev/null
+      fi
+      pg_as_postgres "$bin/pg_ctl" -D "$data" -w -t 60 -l /tmp/slipway-postgresql.log \
+        -o "-c listen_addresses=127.0.0.1 -c port=5432 -c unix_socket_directories=/var/run/postgresql" \
+        start >/dev/null 2>&1 || true
+    fi
+    local i
+    for i in $(seq 1 60); do
+      pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+  fi
+  pg_as_postgres psql -qAtX -p 5432 -d postgres -v ON_ERROR_STOP=1 >/dev/null 2>&1 <<'SQL' || true
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'slipway') THEN
+    CREATE ROLE slipway LOGIN PASSWORD 'slipway' CREATEDB;
+  ELSE
+    ALTER ROLE slipway LOGIN PASSWORD 'slipway' CREATEDB;
+  END IF;
+END
+$$;
+SQL
+  if pg_url_works "$SLIPWAY_PG_DEFAULT_URL"; then
+    export SLIPWAY_TEST_POSTGRES_URL="$SLIPWAY_PG_DEFAULT_URL"
+  else
+    echo "warning: PostgreSQL did not come up on 127.0.0.1:5432 (see /var/log/postgresql or /tmp/slipway-postgresql.log); its tests will skip" >&2
+    unset SLIPWAY_TEST_POSTGRES_URL
+  fi
+}
+
+# Headless Chromium and its WebDriver for the web UI's browser tests
+# (crates/slipway-server/tests/it/browser.rs), from Debian.
+ensure_chromium() {
+  if [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/chromium ]; then return; fi
+  say "installing chromium and chromium-driver"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 prepare_machine() {
   ensure_packages
   ensure_dockerd
   ensure_base_image
+  ensure_postgres
+  ensure_chromium
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slipway-target}"
 }
 

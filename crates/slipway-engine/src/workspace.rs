@@ -53,6 +53,10 @@ pub(crate) struct CloneSpec<'a> {
 /// `git fetch --depth N origin <commit>` (local paths become `file://` URLs there, because
 /// git ignores depth for plain local paths); if the server refuses to serve a commit by id,
 /// it falls back to a full fetch.
+///
+/// Either way, a commit that is still missing afterwards (one reachable only from a ref that
+/// a clone does not copy: a pull request's `refs/pull/N/head`, GitLab's
+/// `refs/merge-requests/N/head`) is fetched as well, see [`fetch_missing`].
 pub(crate) async fn clone(
     spec: &CloneSpec<'_>,
     dir: &Path,
@@ -95,7 +99,10 @@ pub(crate) async fn clone(
             let mut args: Vec<String> = args.into_iter().map(String::from).collect();
             args.extend([source.clone(), dir_s.clone()]);
             git(&args, log, abort).await.map_err(fail)?;
-            git(&git_in(&["checkout", "-q", spec.commit]), log, abort)
+            let target = fetch_missing(spec.commit, &dir_s, log, abort, true)
+                .await
+                .map_err(fail)?;
+            git(&git_in(&["checkout", "-q", target]), log, abort)
                 .await
                 .map_err(fail)?;
         }
@@ -130,13 +137,95 @@ pub(crate) async fn clone(
                 git(&git_in(&["fetch", "-q", "origin"]), log, abort)
                     .await
                     .map_err(fail)?;
-                git(&git_in(&["checkout", "-q", spec.commit]), log, abort)
+                // The commit by id was refused already: only the every-ref fetch is left.
+                let target = fetch_missing(spec.commit, &dir_s, log, abort, false)
+                    .await
+                    .map_err(fail)?;
+                git(&git_in(&["checkout", "-q", target]), log, abort)
                     .await
                     .map_err(fail)?;
             }
         }
     }
     Ok(())
+}
+
+/// Makes sure `commit` (an id or a ref name) can be checked out in the repository `dir`,
+/// whose `origin` is the source; returns what to check out.
+///
+/// `git clone` copies only branches and tags, so over a URL (`file://` included) a commit
+/// reachable only from another ref, such as a pull request's `refs/pull/7/head`, is not in
+/// the clone (a clone of a plain local path copies every object, so there it is). When
+/// `git cat-file` does not find it:
+/// 1. if `by_id`, `git fetch origin <commit>`, then check out `FETCH_HEAD`: servers speaking
+///    git protocol v2 (git 2.26+ by default, GitHub, Gitea/Forgejo, GitLab) serve any
+///    commit that is reachable from one of their refs, and a ref name works too;
+/// 2. if that is refused (or `by_id` is false because the caller tried it already), every
+///    ref of the remote (`+refs/*:refs/slipway/*`, kept apart from the local branches),
+///    then check out `commit`.
+///
+/// The runner protocol names the ref a commit comes from, but [`crate::RunOptions`] has no
+/// place for it, so the commit is fetched by id instead of by ref; the effect is the same.
+async fn fetch_missing<'a>(
+    commit: &'a str,
+    dir: &str,
+    log: &StepLog,
+    abort: &CancellationToken,
+    by_id: bool,
+) -> Result<&'a str, String> {
+    if has_commit(dir, commit).await {
+        return Ok(commit);
+    }
+    let git_in = |args: &[&str]| -> Vec<String> {
+        ["-C", dir]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    if by_id {
+        log.line(&format!(
+            "{commit} is not on a branch or tag of the repository; fetching it by id"
+        ));
+        let fetched = git(
+            &git_in(&["fetch", "-q", "--no-tags", "origin", commit]),
+            log,
+            abort,
+        )
+        .await;
+        match fetched {
+            Ok(()) => return Ok("FETCH_HEAD"),
+            Err(e) if abort.is_cancelled() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    log.line("fetching every ref of the remote to find the commit");
+    git(
+        &git_in(&[
+            "fetch",
+            "-q",
+            "--no-tags",
+            "origin",
+            "+refs/*:refs/slipway/*",
+        ]),
+        log,
+        abort,
+    )
+    .await?;
+    Ok(commit)
+}
+
+/// Whether `commit` names a commit in the repository `dir` (no output, nothing logged).
+async fn has_commit(dir: &str, commit: &str) -> bool {
+    let status = Command::new("git")
+        .args(["-C", dir, "cat-file", "-e", &format!("{commit}^{{commit}}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await;
+    status.is_ok_and(|s| s.success())
 }
 
 /// Runs git, logging the command and its output; `Err` carries stderr.
@@ -193,7 +282,91 @@ fn redact(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::event::Event;
+    use crate::mask::Masker;
+
+    fn run_git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A repository whose `main` has one commit, and a second commit (returned) that only
+    /// `refs/pull/1/head` reaches, as on GitHub.
+    fn repo_with_pull_request(dir: &Path) -> String {
+        run_git(dir, &["init", "-q", "-b", "main"]);
+        std::fs::write(dir.join("main.txt"), "main\n").expect("write");
+        run_git(dir, &["add", "."]);
+        run_git(dir, &["commit", "-q", "-m", "main"]);
+        run_git(dir, &["checkout", "-q", "-b", "topic"]);
+        std::fs::write(dir.join("pr.txt"), "pr\n").expect("write");
+        run_git(dir, &["add", "."]);
+        run_git(dir, &["commit", "-q", "-m", "pr"]);
+        let pr = run_git(dir, &["rev-parse", "HEAD"]);
+        run_git(dir, &["update-ref", "refs/pull/1/head", &pr]);
+        run_git(dir, &["checkout", "-q", "main"]);
+        run_git(dir, &["branch", "-q", "-D", "topic"]);
+        pr
+    }
+
+    async fn clone_into(repo: &Path, commit: &str, depth: Option<u32>) -> (PathBuf, Vec<String>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink_lines = lines.clone();
+        let sink = Arc::new(move |e: Event| {
+            if let Event::Log { line, .. } = e {
+                sink_lines.lock().expect("lock").push(line);
+            }
+        });
+        let log = StepLog::new(
+            "p",
+            "clone",
+            sink,
+            Arc::new(Masker::new(Vec::<String>::new())),
+        );
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let url = PathBuf::from(format!("file://{}", repo.display()));
+        let spec = CloneSpec {
+            repo: &url,
+            commit,
+            depth,
+        };
+        let result = clone(&spec, &dir, &log, &CancellationToken::new()).await;
+        let lines = lines.lock().expect("lock").clone();
+        assert!(result.is_ok(), "{result:?}\n{lines:#?}");
+        (dir, lines)
+    }
+
+    #[tokio::test]
+    async fn checks_out_a_commit_only_a_pull_request_ref_reaches() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let pr = repo_with_pull_request(repo.path());
+        for depth in [None, Some(1)] {
+            let (dir, lines) = clone_into(repo.path(), &pr, depth).await;
+            assert_eq!(run_git(&dir, &["rev-parse", "HEAD"]), pr, "{lines:#?}");
+            assert!(dir.join("pr.txt").exists(), "{depth:?}");
+            if depth.is_none() {
+                // The clone alone does not have it: the extra fetch ran.
+                assert!(
+                    lines.iter().any(|l| l.contains("fetching it by id")),
+                    "{lines:#?}"
+                );
+            }
+            remove(&dir).await;
+        }
+    }
 
     #[test]
     fn recognises_urls() {

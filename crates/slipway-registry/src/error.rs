@@ -16,6 +16,8 @@ pub enum RegistryError {
         action: &'static str,
         error: std::io::Error,
     },
+    #[error("blob storage {location}: {reason}")]
+    Storage { location: String, reason: String },
     #[error("a garbage collection is already running; wait for it to finish")]
     Busy,
     #[error("registry storage at {path} is damaged: {reason}")]

@@ -11,14 +11,20 @@
 //!   for `upload_max_age` are);
 //! - blobs younger than [`GcOptions::blob_grace`] are kept, so the layers of a push whose
 //!   manifest has not arrived yet survive;
-//! - while a run is active, every manifest push, upload commit and mount first records its
-//!   digests in the run's protected set ([`GcGuard::protect`]) and only then checks that
-//!   the blobs it needs exist; the sweep deletes a blob only after checking that set under
-//!   the same lock. So either the sweep sees the digest and keeps the blob, or the push
-//!   sees the blob gone and fails with `MANIFEST_BLOB_UNKNOWN` (the client uploads again);
-//!   never a manifest pointing at a deleted blob.
+//! - every manifest push, upload commit and mount first pins its digests
+//!   ([`GcGuard::protect`]) and only then checks that the blobs it needs exist, keeping the
+//!   pin until its metadata is written. A run starts with the pinned digests as its
+//!   protected set, and digests pinned during the run are added to it and stay there until
+//!   the run ends. The sweep deletes a blob only after checking that set under the same
+//!   lock. So either the sweep sees the digest and keeps the blob, or the push sees the
+//!   blob gone and fails with `MANIFEST_BLOB_UNKNOWN` (the client uploads again); never a
+//!   manifest pointing at a deleted blob, even when the push checked just before the run
+//!   began.
+//!
+//! Blob deletes go through the [`BlobStore`] (files, or S3 `DELETE`s); metadata stays on
+//! the filesystem store.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,8 +32,8 @@ use crate::auth::RepoPattern;
 use crate::digest::Digest;
 use crate::error::RegistryError;
 use crate::name::RepoName;
-use crate::storage::FsStore;
 use crate::storage::fs::unix_secs;
+use crate::storage::{BlobStore, FsStore};
 use crate::token::unix_now;
 use crate::uploads::Uploads;
 
@@ -78,37 +84,80 @@ pub struct GcReport {
     pub freed_bytes: u64,
 }
 
-/// The protected set of the active run, shared with the request handlers.
+/// What requests rely on, shared between the request handlers and the runs.
 #[derive(Debug, Default)]
 pub struct GcGuard {
-    active: Mutex<Option<HashSet<Digest>>>,
+    state: Mutex<GuardState>,
+}
+
+#[derive(Debug, Default)]
+struct GuardState {
+    /// The protected set of the active run, if one is running.
+    active: Option<HashSet<Digest>>,
+    /// Digests that requests in flight rely on, with how many requests do.
+    pinned: HashMap<Digest, usize>,
+}
+
+/// Keeps the digests given to [`GcGuard::protect`] pinned until dropped (the end of the
+/// request that relies on them).
+#[derive(Debug)]
+#[must_use = "the digests are only pinned while this lives"]
+pub struct Pin<'a> {
+    guard: &'a GcGuard,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut state = self.guard.lock();
+        for digest in &self.digests {
+            if let Some(count) = state.pinned.get_mut(digest) {
+                *count -= 1;
+                if *count == 0 {
+                    state.pinned.remove(digest);
+                }
+            }
+        }
+    }
 }
 
 impl GcGuard {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashSet<Digest>>> {
-        self.active
+    fn lock(&self) -> std::sync::MutexGuard<'_, GuardState> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records digests a request is about to rely on; a no-op when no run is active.
-    pub fn protect<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
-        if let Some(set) = self.lock().as_mut() {
-            set.extend(digests.into_iter().cloned());
+    /// Records digests a request is about to rely on, before it checks that they exist.
+    /// They are pinned until the returned guard is dropped, and stay protected until the
+    /// end of the active run (or of the run that starts while they are pinned): a run that
+    /// begins after the request's check but before its metadata is written still sees them.
+    pub fn protect<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) -> Pin<'_> {
+        let digests: Vec<Digest> = digests.into_iter().cloned().collect();
+        let mut state = self.lock();
+        for digest in &digests {
+            *state.pinned.entry(digest.clone()).or_insert(0) += 1;
+        }
+        if let Some(set) = state.active.as_mut() {
+            set.extend(digests.iter().cloned());
+        }
+        Pin {
+            guard: self,
+            digests,
         }
     }
 
     fn begin(&self) -> bool {
-        let mut active = self.lock();
-        if active.is_some() {
+        let mut state = self.lock();
+        if state.active.is_some() {
             return false;
         }
-        *active = Some(HashSet::new());
+        state.active = Some(state.pinned.keys().cloned().collect());
         true
     }
 
     fn end(&self) {
-        *self.lock() = None;
+        self.lock().active = None;
     }
 
     /// Runs `delete` unless `digest` is protected, holding the lock so no request can
@@ -118,8 +167,12 @@ impl GcGuard {
         digest: &Digest,
         delete: impl FnOnce() -> std::io::Result<bool>,
     ) -> std::io::Result<bool> {
-        let active = self.lock();
-        if active.as_ref().is_some_and(|set| set.contains(digest)) {
+        let state = self.lock();
+        if state
+            .active
+            .as_ref()
+            .is_some_and(|set| set.contains(digest))
+        {
             return Ok(false);
         }
         delete()
@@ -161,7 +214,9 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 /// One garbage-collection run (blocking; call from a blocking thread).
 pub(crate) fn run(
+    runtime: &tokio::runtime::Handle,
     store: &FsStore,
+    blobs: &BlobStore,
     uploads: &Uploads,
     guard: &GcGuard,
     options: &GcOptions,
@@ -173,6 +228,13 @@ pub(crate) fn run(
     let io = |action: &'static str| {
         let root = store.root().to_path_buf();
         move |e| RegistryError::io(root, action, e)
+    };
+    let blob_io = |action: &'static str| {
+        let location = blobs.location();
+        move |e: std::io::Error| RegistryError::Storage {
+            location,
+            reason: format!("{action}: {e}"),
+        }
     };
     let start = unix_now();
     let mut report = GcReport {
@@ -284,36 +346,39 @@ pub(crate) fn run(
     // 4. Sweep blobs nothing refers to.
     let grace_start = start.saturating_sub(options.blob_grace.as_secs());
     let mut swept: HashSet<Digest> = HashSet::new();
-    for digest in store.all_blobs().map_err(io("listing blobs"))? {
-        if marked.contains(&digest) {
-            continue;
-        }
-        let path = store.blob_path(&digest);
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        let modified = meta.modified().map(unix_secs).unwrap_or(u64::MAX);
-        if modified >= grace_start {
+    let listed = runtime
+        .block_on(blobs.list())
+        .map_err(blob_io("listing blobs"))?;
+    for blob in listed {
+        if marked.contains(&blob.digest) || blob.modified >= grace_start {
             continue;
         }
         let deleted = if options.dry_run {
             true
         } else {
             guard
-                .delete_unless_protected(&digest, || store.delete_blob(&digest))
-                .map_err(io("deleting a blob"))?
+                .delete_unless_protected(&blob.digest, || {
+                    runtime.block_on(blobs.delete(&blob.digest))
+                })
+                .map_err(blob_io("deleting a blob"))?
         };
         if deleted {
-            report.freed_bytes += meta.len();
-            report.blobs.push((digest.clone(), meta.len()));
-            swept.insert(digest);
+            report.freed_bytes += blob.size;
+            report.blobs.push((blob.digest.clone(), blob.size));
+            swept.insert(blob.digest);
         }
     }
     if !options.dry_run && !swept.is_empty() {
         let (repos, _) = store.repositories_page(None, usize::MAX, |_| true);
         for repo in repos.iter().filter_map(|r| RepoName::parse(r)) {
             for digest in store.linked_blobs(&repo).map_err(io("listing links"))? {
-                if swept.contains(&digest) && store.blob_size(&digest).ok().flatten().is_none() {
+                if swept.contains(&digest)
+                    && runtime
+                        .block_on(blobs.size(&digest))
+                        .ok()
+                        .flatten()
+                        .is_none()
+                {
                     store
                         .unlink_blob(&repo, &digest)
                         .map_err(io("unlinking a blob"))?;

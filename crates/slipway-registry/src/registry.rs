@@ -16,7 +16,7 @@ use crate::auth::{Authenticator, RepoPattern, Scope};
 use crate::error::RegistryError;
 use crate::events::{EventAction, EventTarget, RegistryEvent};
 use crate::gc::{GcGuard, GcOptions, GcReport};
-use crate::storage::{FsStore, random_id};
+use crate::storage::{BlobStore, FsStore, StorageConfig, random_id};
 use crate::token::{TokenSigner, unix_now};
 use crate::uploads::Uploads;
 
@@ -39,6 +39,9 @@ pub struct RegistryConfig {
     pub anonymous_pull: Vec<RepoPattern>,
     /// Largest manifest accepted (distribution's default is 4 MiB).
     pub max_manifest_bytes: usize,
+    /// Where blob content goes: `blobs/` under `root` (the default) or, with the `s3`
+    /// feature, a bucket. Metadata and upload sessions always stay under `root`.
+    pub storage: StorageConfig,
 }
 
 impl fmt::Debug for RegistryConfig {
@@ -51,6 +54,7 @@ impl fmt::Debug for RegistryConfig {
             .field("token_ttl", &self.token_ttl)
             .field("anonymous_pull", &self.anonymous_pull)
             .field("max_manifest_bytes", &self.max_manifest_bytes)
+            .field("storage", &self.storage)
             .finish()
     }
 }
@@ -67,6 +71,7 @@ impl RegistryConfig {
             token_ttl: Duration::from_secs(15 * 60),
             anonymous_pull: Vec::new(),
             max_manifest_bytes: 4 * 1024 * 1024,
+            storage: StorageConfig::Filesystem,
         }
     }
 }
@@ -76,6 +81,7 @@ impl RegistryConfig {
 pub(crate) struct Shared {
     pub(crate) config: RegistryConfig,
     pub(crate) store: FsStore,
+    pub(crate) blobs: BlobStore,
     pub(crate) uploads: Uploads,
     pub(crate) signer: TokenSigner,
     pub(crate) authenticator: Arc<dyn Authenticator>,
@@ -147,13 +153,15 @@ impl Registry {
             None => load_or_create_key(&config.root.join("token.key"))?,
         };
         let store = FsStore::open(&config.root)?;
+        let blobs = BlobStore::open(&config.storage, &store)?;
         let signer = TokenSigner::new(key, "slipway", config.service.clone());
         let (events, _) = broadcast::channel(1024);
         Ok(Registry {
             shared: Arc::new(Shared {
-                uploads: Uploads::new(store.clone()),
+                uploads: Uploads::new(store.clone(), blobs.clone()),
                 config,
                 store,
+                blobs,
                 signer,
                 authenticator,
                 events,
@@ -184,8 +192,16 @@ impl Registry {
     /// [`crate::gc`]); with `options.dry_run` only reports what it would delete.
     pub async fn collect_garbage(&self, options: GcOptions) -> Result<GcReport, RegistryError> {
         let shared = self.shared.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            crate::gc::run(&shared.store, &shared.uploads, &shared.gc, &options)
+            crate::gc::run(
+                &runtime,
+                &shared.store,
+                &shared.blobs,
+                &shared.uploads,
+                &shared.gc,
+                &options,
+            )
         })
         .await
         .map_err(|e| RegistryError::Io {
@@ -195,9 +211,14 @@ impl Registry {
         })?
     }
 
-    /// The storage (for the UI and tools).
+    /// The metadata store (for the UI and tools).
     pub fn store(&self) -> &FsStore {
         &self.shared.store
+    }
+
+    /// The blob content store (filesystem or S3).
+    pub fn blobs(&self) -> &BlobStore {
+        &self.shared.blobs
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::name::RepoName;
-use crate::storage::{FsStore, random_id};
+use crate::storage::{BlobStore, FsStore, random_id};
 use crate::token::unix_now;
 
 /// One upload in progress.
@@ -62,6 +62,7 @@ pub type SessionHandle = Arc<tokio::sync::Mutex<Session>>;
 #[derive(Debug)]
 pub struct Uploads {
     store: FsStore,
+    blobs: BlobStore,
     sessions: Mutex<HashMap<String, SessionHandle>>,
 }
 
@@ -74,9 +75,10 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Uploads {
-    pub fn new(store: FsStore) -> Uploads {
+    pub fn new(store: FsStore, blobs: BlobStore) -> Uploads {
         Uploads {
             store,
+            blobs,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -227,7 +229,8 @@ impl Uploads {
             .await
     }
 
-    /// Fsyncs the data, checks it against `digest`, and moves it into the blob store. The
+    /// Checks the data against `digest` and hands it to the blob store (which fsyncs and
+    /// renames it, or uploads it to the bucket). The
     /// session is gone afterwards, whether this succeeded or not (like distribution, a
     /// failed commit cancels the upload). Returns the blob's size.
     pub async fn finish(&self, session: &mut Session, digest: &Digest) -> Result<u64, UploadError> {
@@ -243,12 +246,8 @@ impl Uploads {
                 actual,
             })
         } else {
-            let digest = digest.clone();
-            self.store
-                .blocking(move |store| {
-                    File::open(&data)?.sync_all()?;
-                    store.commit_blob(&data, &digest)
-                })
+            self.blobs
+                .commit_file(&data, digest, session.size)
                 .await
                 .map_err(UploadError::Io)
         };

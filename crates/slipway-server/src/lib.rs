@@ -10,6 +10,11 @@
 //! - [`secrets`]: the AEAD that encrypts secrets at rest.
 //! - [`status`]: commit statuses back to GitHub, Gitea and GitLab.
 //! - [`logstore`]: build logs on disk, appended exactly once per line number, followed live.
+//! - [`builds`]: builds from start to end (create, settle stages, finish, cancel, restart,
+//!   promote, commit statuses); [`queue`]: stages leased to runners and what they report.
+//! - [`api`]: the HTTP routes (webhooks, runner protocol, REST, SSE, UI pages); [`ui`]:
+//!   templates and assets; [`events`]: the in-process event bus; [`auth`]: tokens.
+//! - [`app`]: [`app::Server`], everything opened under the data dir; [`config`].
 //!
 //! Invariants of [`webhook`]: nothing panics on any body or header value (a property test
 //! feeds it arbitrary bytes); a signature is only accepted when it matches in constant
@@ -18,9 +23,25 @@
 //! deleted ref never becomes a build; and a tag is built from exactly one of the deliveries
 //! a host sends for it.
 
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod builds;
+pub mod config;
+pub mod events;
 pub mod logstore;
 pub mod mirror;
 pub mod secrets;
 pub mod status;
+pub mod queue;
 pub mod store;
+pub mod ui;
 pub mod webhook;
+
+/// Now, in unix milliseconds (the store's unit of time).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

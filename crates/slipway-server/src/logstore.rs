@@ -1,1 +1,571 @@
-//! (being written)
+//! Build logs on disk: one append-only file per step and attempt, each line written exactly
+//! once, and followed live.
+//!
+//! Layout under the log root: `<build id>/<stage id>/<attempt>/<step>.log`, one line of
+//! output per line of file (the engine guarantees lines hold no `\n`). The step name is
+//! percent-encoded for the file name. The raw download of a step's log is that file.
+//!
+//! Invariants:
+//! - **Exactly once.** Runners number the lines of a (stage, attempt, step) from 0. A batch
+//!   is appended only from the next number the file lacks: lines already stored are skipped
+//!   (a batch resent after a lost acknowledgement), and a batch that starts beyond the end is
+//!   refused with [`LogError::Gap`], so no line is lost, duplicated or reordered.
+//! - **On disk before acknowledged.** [`LogStore::append`] returns after the bytes were
+//!   written and `fdatasync`ed (unless opened with `durable = false`, for benchmarks).
+//! - **Crash safe.** The line count of a file is recovered by reading it when first opened;
+//!   a torn last line (no `\n`, from a crash mid-write) is cut off, so the runner resends it.
+//! - **Live.** Every append is published on a broadcast channel ([`LogStore::subscribe`]);
+//!   a follower reads the file first and then takes published lines from where the file
+//!   ended, so it sees every line once, in order ([`LogStore::follow`]).
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+/// Which log: one step of one attempt of one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LogKey {
+    pub build_id: i64,
+    pub stage_id: i64,
+    pub attempt: i64,
+    pub step: String,
+}
+
+/// Lines appended to one log, as published to followers.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub key: LogKey,
+    pub first_seq: u64,
+    pub lines: Arc<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(
+        "log line {got} of step `{step}` is ahead of the stored log, which ends at line {expected}"
+    )]
+    Gap {
+        step: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// What [`LogStore::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Lines written now (the rest of the batch was already stored).
+    pub appended: usize,
+    /// The number the next line must have.
+    pub next_seq: u64,
+}
+
+struct OpenLog {
+    file: std::fs::File,
+    next_seq: u64,
+}
+
+/// The log files of every build. Cheap to clone.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    durable: bool,
+    open: Mutex<HashMap<LogKey, Arc<Mutex<OpenLog>>>>,
+    published: broadcast::Sender<Appended>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Logs under `root` (created when missing).
+    pub fn open(root: impl Into<PathBuf>, durable: bool) -> Result<LogStore, LogError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| LogError::Io {
+            action: "creating",
+            path: root.clone(),
+            source,
+        })?;
+        let (published, _) = broadcast::channel(1024);
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                root,
+                durable,
+                open: Mutex::new(HashMap::new()),
+                published,
+            }),
+        })
+    }
+
+    /// The file of one step's log (it may not exist yet).
+    pub fn path(&self, key: &LogKey) -> PathBuf {
+        self.inner
+            .root
+            .join(key.build_id.to_string())
+            .join(key.stage_id.to_string())
+            .join(key.attempt.to_string())
+            .join(format!("{}.log", encode_name(&key.step)))
+    }
+
+    /// Appends the lines numbered `first_seq..` that are not stored yet. Blocking file IO
+    /// runs on the blocking pool.
+    pub async fn append(
+        &self,
+        key: &LogKey,
+        first_seq: u64,
+        lines: Vec<String>,
+    ) -> Result<AppendOutcome, LogError> {
+        let this = self.clone();
+        let key = key.clone();
+        let task_key = key.clone();
+        let (outcome, fresh) =
+            tokio::task::spawn_blocking(move || this.append_blocking(&task_key, first_seq, lines))
+                .await
+                .map_err(|e| LogError::Io {
+                    action: "appending to",
+                    path: self.path(&key),
+                    source: io::Error::other(e.to_string()),
+                })??;
+        if let Some((first, lines)) = fresh {
+            // Nobody listening is fine.
+            let _ = self.inner.published.send(Appended {
+                key,
+                first_seq: first,
+                lines: Arc::new(lines),
+            });
+        }
+        Ok(outcome)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn append_blocking(
+        &self,
+        key: &LogKey,
+        first_seq: u64,
+        lines: Vec<String>,
+    ) -> Result<(AppendOutcome, Option<(u64, Vec<String>)>), LogError> {
+        let log = self.open_log(key)?;
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        if first_seq > log.next_seq {
+            return Err(LogError::Gap {
+                step: key.step.clone(),
+                expected: log.next_seq,
+                got: first_seq,
+            });
+        }
+        let skip = usize::try_from(log.next_seq - first_seq).unwrap_or(usize::MAX);
+        if skip >= lines.len() {
+            return Ok((
+                AppendOutcome {
+                    appended: 0,
+                    next_seq: log.next_seq,
+                },
+                None,
+            ));
+        }
+        let fresh: Vec<String> = lines.into_iter().skip(skip).collect();
+        let mut buf = Vec::with_capacity(fresh.iter().map(|l| l.len() + 1).sum());
+        for line in &fresh {
+            // A line never holds `\n` (the engine splits on it); a stray `\r\n` pair or
+            // bare `\n` from elsewhere would break numbering, so it is replaced.
+            buf.extend(line.bytes().map(|b| if b == b'\n' { b' ' } else { b }));
+            buf.push(b'\n');
+        }
+        let path = self.path(key);
+        let io_err = |source| LogError::Io {
+            action: "writing",
+            path: path.clone(),
+            source,
+        };
+        log.file.write_all(&buf).map_err(io_err)?;
+        if self.inner.durable {
+            log.file.sync_data().map_err(io_err)?;
+        }
+        let first = log.next_seq;
+        log.next_seq += fresh.len() as u64;
+        Ok((
+            AppendOutcome {
+                appended: fresh.len(),
+                next_seq: log.next_seq,
+            },
+            Some((first, fresh)),
+        ))
+    }
+
+    fn open_log(&self, key: &LogKey) -> Result<Arc<Mutex<OpenLog>>, LogError> {
+        let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = open.get(key) {
+            return Ok(log.clone());
+        }
+        let path = self.path(key);
+        let io_err = |action, source| LogError::Io {
+            action,
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_err("creating the directory of", e))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err("opening", e))?;
+        let (lines, complete_len) =
+            count_complete_lines(&mut file).map_err(|e| io_err("reading", e))?;
+        let len = file.metadata().map_err(|e| io_err("reading", e))?.len();
+        if complete_len < len {
+            tracing::warn!(
+                "{}: cutting off a torn last line ({} bytes)",
+                path.display(),
+                len - complete_len
+            );
+            file.set_len(complete_len)
+                .map_err(|e| io_err("truncating", e))?;
+        }
+        let log = Arc::new(Mutex::new(OpenLog {
+            file,
+            next_seq: lines,
+        }));
+        open.insert(key.clone(), log.clone());
+        Ok(log)
+    }
+
+    /// Forgets the open file of a log that is complete (its step finished); it is reopened,
+    /// and recounted, if more lines come.
+    pub fn close(&self, key: &LogKey) {
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Every line of a log from `from_seq` on (an empty list when there is no log).
+    pub async fn read_from(&self, key: &LogKey, from_seq: u64) -> Result<Vec<String>, LogError> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || read_lines(&path, from_seq))
+            .await
+            .map_err(|e| LogError::Io {
+                action: "reading",
+                path: self.path(key),
+                source: io::Error::other(e.to_string()),
+            })?
+    }
+
+    /// Published appends, for live views. Subscribe *before* reading the file (see
+    /// [`LogStore::follow`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Appended> {
+        self.inner.published.subscribe()
+    }
+
+    /// A follower of one log: the stored lines first, then live ones, each once and in
+    /// order, as `(seq, line)`.
+    pub fn follow(&self, key: LogKey) -> Follower {
+        Follower {
+            receiver: self.subscribe(),
+            store: self.clone(),
+            key,
+            next_seq: 0,
+            backlog: std::collections::VecDeque::new(),
+            caught_up: false,
+        }
+    }
+}
+
+/// See [`LogStore::follow`].
+#[derive(Debug)]
+pub struct Follower {
+    receiver: broadcast::Receiver<Appended>,
+    store: LogStore,
+    key: LogKey,
+    next_seq: u64,
+    backlog: std::collections::VecDeque<String>,
+    caught_up: bool,
+}
+
+impl Follower {
+    /// The next line, waiting for it if needed. `None` only when the store is gone.
+    pub async fn next(&mut self) -> Option<Result<(u64, String), LogError>> {
+        loop {
+            if let Some(line) = self.backlog.pop_front() {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                return Some(Ok((seq, line)));
+            }
+            if !self.caught_up {
+                // Lines published after the subscription are either in the file now or
+                // will come through the receiver; those with a seq below `next_seq` are
+                // dropped there.
+                match self.store.read_from(&self.key, self.next_seq).await {
+                    Ok(lines) => self.backlog.extend(lines),
+                    Err(e) => return Some(Err(e)),
+                }
+                self.caught_up = true;
+                continue;
+            }
+            match self.receiver.recv().await {
+                Ok(appended) if appended.key == self.key => {
+                    let end = appended.first_seq + appended.lines.len() as u64;
+                    if end <= self.next_seq {
+                        continue;
+                    }
+                    if appended.first_seq > self.next_seq {
+                        // Missed some (cannot happen without a lag, but be safe): reread.
+                        self.caught_up = false;
+                        continue;
+                    }
+                    let skip =
+                        usize::try_from(self.next_seq - appended.first_seq).unwrap_or(usize::MAX);
+                    self.backlog
+                        .extend(appended.lines.iter().skip(skip).cloned());
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => self.caught_up = false,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Lines already known to exist have all been returned (used to end a stream once the
+    /// step has finished: after that, nothing new can arrive).
+    pub async fn drain_stored(&mut self) -> Result<Vec<(u64, String)>, LogError> {
+        let mut out = Vec::new();
+        for line in std::mem::take(&mut self.backlog) {
+            out.push((self.next_seq, line));
+            self.next_seq += 1;
+        }
+        for line in self.store.read_from(&self.key, self.next_seq).await? {
+            out.push((self.next_seq, line));
+            self.next_seq += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// Number of `\n`-terminated lines and the byte length they span.
+fn count_complete_lines(file: &mut std::fs::File) -> io::Result<(u64, u64)> {
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut reader = io::BufReader::with_capacity(1 << 16, &mut *file);
+    let mut lines = 0u64;
+    let mut complete = 0u64;
+    let mut offset = 0u64;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        for (i, &b) in buf.iter().enumerate() {
+            if b == b'\n' {
+                lines += 1;
+                complete = offset + i as u64 + 1;
+            }
+        }
+        offset += n as u64;
+        reader.consume(n);
+    }
+    Ok((lines, complete))
+}
+
+fn read_lines(path: &Path, from_seq: u64) -> Result<Vec<String>, LogError> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LogError::Io {
+                action: "opening",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut reader = io::BufReader::with_capacity(1 << 16, file);
+    let mut out = Vec::new();
+    let mut seq = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| LogError::Io {
+                action: "reading",
+                path: path.to_owned(),
+                source,
+            })?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            // The end, or a line still being written: not a line yet.
+            break;
+        }
+        if seq >= from_seq {
+            buf.pop();
+            out.push(String::from_utf8_lossy(&buf).into_owned());
+        }
+        seq += 1;
+    }
+    Ok(out)
+}
+
+/// Keeps `[A-Za-z0-9._-]`, percent-encodes the rest, so any step name is one safe file name.
+fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(step: &str) -> LogKey {
+        LogKey {
+            build_id: 1,
+            stage_id: 2,
+            attempt: 1,
+            step: step.to_owned(),
+        }
+    }
+
+    fn lines(range: std::ops::Range<u32>) -> Vec<String> {
+        range.map(|i| format!("line {i}")).collect()
+    }
+
+    #[tokio::test]
+    async fn appends_once_skips_resent_and_refuses_gaps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path(), true).expect("open");
+        let k = key("build");
+        let out = store.append(&k, 0, lines(0..3)).await.expect("append");
+        assert_eq!(
+            out,
+            AppendOutcome {
+                appended: 3,
+                next_seq: 3
+            }
+        );
+        // Resent batch overlapping the end: only the new part is written.
+        let out = store.append(&k, 1, lines(1..5)).await.expect("append");
+        assert_eq!(
+            out,
+            AppendOutcome {
+                appended: 2,
+                next_seq: 5
+            }
+        );
+        let out = store.append(&k, 0, lines(0..2)).await.expect("append");
+        assert_eq!(out.appended, 0);
+        let err = store.append(&k, 7, lines(7..8)).await.expect_err("gap");
+        assert!(
+            matches!(
+                err,
+                LogError::Gap {
+                    expected: 5,
+                    got: 7,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(store.read_from(&k, 0).await.expect("read"), lines(0..5));
+        assert_eq!(store.read_from(&k, 3).await.expect("read"), lines(3..5));
+    }
+
+    #[tokio::test]
+    async fn recovers_count_and_cuts_torn_line_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k = key("test step/with odd:name");
+        let path = {
+            let store = LogStore::open(dir.path(), true).expect("open");
+            store.append(&k, 0, lines(0..4)).await.expect("append");
+            store.path(&k)
+        };
+        // A crash mid-write leaves half a line.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open log");
+        f.write_all(b"line 4 half").expect("write");
+        drop(f);
+        let store = LogStore::open(dir.path(), true).expect("reopen");
+        let out = store.append(&k, 4, lines(4..6)).await.expect("append");
+        assert_eq!(
+            out,
+            AppendOutcome {
+                appended: 2,
+                next_seq: 6
+            }
+        );
+        assert_eq!(store.read_from(&k, 0).await.expect("read"), lines(0..6));
+    }
+
+    #[tokio::test]
+    async fn follower_sees_stored_then_live_lines_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path(), false).expect("open");
+        let k = key("s");
+        store.append(&k, 0, lines(0..3)).await.expect("append");
+        let mut follower = store.follow(k.clone());
+        let writer = store.clone();
+        let wk = k.clone();
+        let task = tokio::spawn(async move {
+            for i in 3..50u32 {
+                // Each batch overlaps the previous one by one line, like a resend.
+                let first = i.saturating_sub(1);
+                writer
+                    .append(&wk, u64::from(first), lines(first..i + 1))
+                    .await
+                    .expect("append");
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 50 {
+            let (seq, line) = follower.next().await.expect("open").expect("line");
+            assert_eq!(seq, got.len() as u64);
+            got.push(line);
+        }
+        task.await.expect("writer");
+        assert_eq!(got, lines(0..50));
+        // Another log's lines do not reach this follower.
+        store
+            .append(&key("other"), 0, lines(0..1))
+            .await
+            .expect("append");
+        assert!(follower.drain_stored().await.expect("drain").is_empty());
+    }
+
+    #[test]
+    fn names_are_encoded_into_one_file_name() {
+        assert_eq!(encode_name("build"), "build");
+        assert_eq!(encode_name("a/b c"), "a%2Fb%20c");
+        assert_eq!(encode_name(".."), "%2E.");
+        assert_eq!(encode_name(""), "%00");
+    }
+}

@@ -1,12 +1,14 @@
 //! The `slipway` binary: flags and output only; the work is done by the library crates.
 
 mod build_args;
+mod client;
 mod exec;
 mod lint;
 mod plan;
 mod printer;
 mod registry;
 mod secrets_file;
+mod up;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,33 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Serve the built-in image registry (OCI Distribution, `docker login/push/pull`) alone.
     Registry(registry::RegistryArgs),
+    /// Start everything on one port: server, UI, webhooks, registry and a runner.
+    Up(up::UpArgs),
+    /// Start the server without a runner (runners join with `slipway runner`).
+    Server(up::ServerArgs),
+    /// Run stages for a server: `slipway runner --server URL --token T`.
+    Runner(up::RunnerArgs),
+    /// Repositories: `repo add NAME --clone-url URL`, `repo ls`.
+    Repo {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: client::RepoCommand,
+    },
+    /// Repository secrets: `secret add REPO NAME`, `secret ls REPO`, `secret rm REPO NAME`.
+    Secret {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: client::SecretCommand,
+    },
+    /// Builds: `ls`, `show`, `logs [-f]`, `run`, `restart`, `cancel`, `promote`.
+    Build {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: client::BuildCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +72,12 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Registry(args) => registry::run(args),
+        Command::Up(args) => up::up(args),
+        Command::Server(args) => up::server(args),
+        Command::Runner(args) => up::runner(args),
+        Command::Repo { api, command } => client::repo(api, command),
+        Command::Secret { api, command } => client::secret(api, command),
+        Command::Build { api, command } => client::build(api, command),
     };
     match result {
         Ok(code) => code,

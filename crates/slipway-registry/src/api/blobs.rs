@@ -1,15 +1,12 @@
 //! Blob routes: fetch, delete, and uploads (monolithic, chunked, single-POST, cross-repository
 //! mount, status, cancel).
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use crate::auth::Action;
 use crate::digest::Digest;
@@ -21,9 +18,6 @@ use crate::registry::Shared;
 use crate::uploads::{Session, UploadError};
 
 use super::{Identity, Query, header_str, respond};
-
-/// Read buffer for streaming blobs out.
-const READ_CHUNK: usize = 256 * 1024;
 
 fn blob_unknown(digest: &Digest) -> ApiError {
     ApiError::new(
@@ -50,13 +44,12 @@ pub(crate) async fn get(
     if !shared.store.blob_linked(repo, digest) {
         return Err(blob_unknown(digest));
     }
-    let path = shared.store.blob_path(digest);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(blob_unknown(digest)),
-        Err(e) => return Err(ApiError::internal("opening a blob", e)),
-    };
-    let size = file.metadata().await?.len();
+    let size = shared
+        .blobs
+        .size(digest)
+        .await
+        .map_err(|e| ApiError::internal("looking up a blob", e))?
+        .ok_or_else(|| blob_unknown(digest))?;
     let mut out_headers = vec![
         ("Docker-Content-Digest", digest.to_string()),
         ("Content-Type", "application/octet-stream".to_string()),
@@ -86,10 +79,12 @@ pub(crate) async fn get(
     if head {
         return Ok(respond(status, &out_headers, Body::empty()));
     }
-    if start > 0 {
-        file.seek(SeekFrom::Start(start)).await?;
-    }
-    let stream = ReaderStream::with_capacity(file.take(len), READ_CHUNK);
+    let stream = shared
+        .blobs
+        .read(digest, start, len)
+        .await
+        .map_err(|e| ApiError::internal("reading a blob", e))?
+        .ok_or_else(|| blob_unknown(digest))?;
     Ok(respond(status, &out_headers, Body::from_stream(stream)))
 }
 
@@ -163,11 +158,11 @@ pub(crate) async fn start_upload(
         let mount: Digest = mount.parse().map_err(|e: crate::digest::DigestError| {
             ApiError::new(ErrorCode::DigestInvalid, e.to_string())
         })?;
-        shared.gc.protect([&mount]);
+        let _pin = shared.gc.protect([&mount]);
         if let Some(from) = query.get("from").and_then(RepoName::parse)
             && identity.may(shared, from.as_str(), Action::Pull)
             && shared.store.blob_linked(&from, &mount)
-            && shared.store.blob_size(&mount)?.is_some()
+            && shared.blobs.size(&mount).await?.is_some()
         {
             let (r, d) = (repo.clone(), mount.clone());
             shared.store.blocking(move |s| s.link_blob(&r, &d)).await?;
@@ -268,7 +263,7 @@ async fn commit(
     session: &mut Session,
     digest: &Digest,
 ) -> Result<Response, ApiError> {
-    shared.gc.protect([digest]);
+    let _pin = shared.gc.protect([digest]);
     match shared.uploads.finish(session, digest).await {
         Ok(_) => {}
         Err(UploadError::DigestMismatch { expected, actual }) => {

@@ -80,14 +80,12 @@ pub(crate) async fn get(
     if head {
         return Ok(respond(StatusCode::OK, &out, Body::empty()));
     }
-    let path = shared.store.blob_path(&digest);
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(manifest_unknown(repo, reference));
-        }
-        Err(e) => return Err(ApiError::internal("reading a manifest", e)),
-    };
+    let bytes = shared
+        .blobs
+        .read_all(&digest)
+        .await
+        .map_err(|e| ApiError::internal("reading a manifest", e))?
+        .ok_or_else(|| manifest_unknown(repo, reference))?;
     Ok(respond(StatusCode::OK, &out, Body::from(bytes)))
 }
 
@@ -128,17 +126,18 @@ pub(crate) async fn put(
 
     // Everything it refers to must already be in this repository. Protect it from a
     // concurrent garbage collection first, then check (see `gc`).
-    shared.gc.protect(
+    // The pin lasts until the metadata is written, at the end of this function.
+    let _pin = shared.gc.protect(
         std::iter::once(&digest)
             .chain(parsed.blobs.iter().map(|b| &b.digest))
             .chain(parsed.manifests.iter().map(|m| &m.digest)),
     );
     let (r, p) = (repo.clone(), parsed.clone());
-    let missing = shared
+    let mut missing = shared
         .store
         .blocking(move |s| {
             for blob in &p.blobs {
-                if !s.blob_linked(&r, &blob.digest) || s.blob_size(&blob.digest)?.is_none() {
+                if !s.blob_linked(&r, &blob.digest) {
                     return Ok(Some(blob.digest.clone()));
                 }
             }
@@ -150,6 +149,14 @@ pub(crate) async fn put(
             Ok(None)
         })
         .await?;
+    if missing.is_none() {
+        for blob in &parsed.blobs {
+            if shared.blobs.size(&blob.digest).await?.is_none() {
+                missing = Some(blob.digest.clone());
+                break;
+            }
+        }
+    }
     if let Some(missing) = missing {
         let what = if parsed.kind == Kind::Index {
             "manifest"
@@ -193,13 +200,13 @@ pub(crate) async fn put(
         Reference::Digest(_) => None,
     };
     {
-        let (r, d, tag, body) = (repo.clone(), digest.clone(), tag.clone(), body.clone());
+        // Order matters for crash safety: content, then metadata, then the tag.
+        shared.blobs.put_bytes(&digest, body.clone()).await?;
+        let (r, d, tag) = (repo.clone(), digest.clone(), tag.clone());
         let referrer = referrer.clone();
         shared
             .store
             .blocking(move |s| {
-                // Order matters for crash safety: content, then metadata, then the tag.
-                s.put_blob_bytes(&d, &body)?;
                 s.link_blob(&r, &d)?;
                 s.put_manifest(&r, &d, &meta)?;
                 if let Some((subject, descriptor)) = &referrer {

@@ -1,4 +1,6 @@
-//! The filesystem store. Layout under the registry root:
+//! The filesystem store: metadata and upload sessions always, blob content too unless
+//! another [`super::BlobStore`] is configured (then `blobs/` stays empty). Layout under the
+//! registry root:
 //!
 //! ```text
 //! blobs/<alg>/<hex[..2]>/<hex>                    verified content, immutable once renamed here
@@ -203,6 +205,23 @@ impl FsStore {
                         out.push(d);
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every blob with its size and modification time (for garbage collection).
+    pub fn blob_infos(&self) -> io::Result<Vec<super::BlobInfo>> {
+        let mut out = Vec::new();
+        for digest in self.all_blobs()? {
+            match fs::metadata(self.blob_path(&digest)) {
+                Ok(meta) => out.push(super::BlobInfo {
+                    size: meta.len(),
+                    modified: meta.modified().map(unix_secs).unwrap_or(u64::MAX),
+                    digest,
+                }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(out)

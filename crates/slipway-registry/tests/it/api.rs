@@ -19,8 +19,12 @@ pub struct Api {
 
 impl Api {
     pub fn new() -> Api {
+        Api::with_server(TestServer::start())
+    }
+
+    pub fn with_server(server: TestServer) -> Api {
         Api {
-            server: TestServer::start(),
+            server,
             http: client(),
         }
     }

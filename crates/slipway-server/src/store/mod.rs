@@ -23,6 +23,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use slipway_engine::Status;
 
+mod builds;
+mod misc;
+mod open;
+mod queue;
+mod rows;
+
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -275,4 +281,14 @@ pub struct Store {
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// What [`Store::update_step`] writes: `status` always, the rest only when `Some`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepUpdate {
+    pub status: Status,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
 }

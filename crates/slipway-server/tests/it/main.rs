@@ -2,9 +2,13 @@
 
 mod corpus;
 mod generic;
+mod mirror;
 mod parse;
 mod robustness;
+mod secrets;
 mod signature;
+mod store;
+mod status;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,484 @@
+//! Running one leased stage: the engine, the event sink and queue, the uploader, the
+//! heartbeat and the final `/done`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use slipway_engine::{Event, EventSink, RunOptions, Status, WorkspaceSource};
+use tokio_util::sync::CancellationToken;
+
+use crate::RunnerError;
+use crate::client::{CallError, Client, GaveUp, REQUEST_TIMEOUT, Verdict, retry};
+use crate::protocol::{
+    BatchAck, EventBatch, Heartbeat, HeartbeatResponse, Lease, LogLine, StageDone, WorkspaceSpec,
+};
+use crate::queue::{EventQueue, Item, Limits};
+
+/// What every stage of a runner shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub client: Client,
+    pub runner_id: i64,
+    pub heartbeat: Duration,
+    pub work_root: PathBuf,
+    pub limits: Limits,
+    pub fatal: Fatal,
+}
+
+/// An error that stops the whole runner (a refused token), and the token that stops polling.
+#[derive(Debug)]
+pub(crate) struct Fatal {
+    pub stop: CancellationToken,
+    error: Mutex<Option<RunnerError>>,
+}
+
+impl Fatal {
+    pub(crate) fn new(stop: CancellationToken) -> Fatal {
+        Fatal {
+            stop,
+            error: Mutex::new(None),
+        }
+    }
+
+    /// Records the first fatal error and stops polling.
+    pub(crate) fn raise(&self, error: RunnerError) {
+        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            tracing::error!("{error}; stopping the runner");
+            *slot = Some(error);
+        }
+        self.stop.cancel();
+    }
+
+    pub(crate) fn take(&self) -> Option<RunnerError> {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+pub(crate) fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn now_millis() -> i64 {
+    unix_millis(SystemTime::now())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| format!("cannot encode a request: {e}"))
+}
+
+/// The state of one stage as its tasks see it.
+#[derive(Debug)]
+struct Stage {
+    id: i64,
+    attempt: u32,
+    title: String,
+    queue: Arc<EventQueue>,
+    /// Given to the engine: cancels the run (status killed).
+    engine_cancel: CancellationToken,
+    /// Nothing more is to be said to the server about this stage: `/done` was acknowledged,
+    /// or the stage was lost. Stops the heartbeat and every retry loop.
+    end: CancellationToken,
+    lost: AtomicBool,
+    /// The server refused the stage's events for good: reported in `/done` as an error.
+    rejected: Mutex<Option<String>>,
+}
+
+impl Stage {
+    fn path(&self, what: &str) -> String {
+        format!("/api/runner/stages/{}/{what}", self.id)
+    }
+
+    /// The server asked for the stage to be cancelled.
+    fn cancel_requested(&self) {
+        if !self.engine_cancel.is_cancelled() {
+            tracing::info!(
+                "stage {} (attempt {}): cancelled by the server",
+                self.title,
+                self.attempt
+            );
+            self.engine_cancel.cancel();
+        }
+    }
+
+    /// The stage is not ours any more: kill it, forget its events, say nothing more.
+    fn lose(&self, why: &str) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                "stage {} (attempt {}): {why}; stopping it without reporting",
+                self.title,
+                self.attempt
+            );
+        }
+        self.engine_cancel.cancel();
+        self.queue.discard();
+        self.end.cancel();
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Reacts to a failure that retrying cannot fix.
+    fn failed(&self, shared: &Shared, error: CallError) {
+        match error.verdict() {
+            Verdict::LeaseLost => self.lose(&format!("the lease is lost ({error})")),
+            Verdict::Unauthorized => {
+                shared.fatal.raise(RunnerError::Unauthorized {
+                    url: error.url().to_string(),
+                    message: error.message(),
+                });
+                self.lose("the server refused the runner token");
+            }
+            Verdict::Rejected | Verdict::Retry => self.reject(error.to_string()),
+        }
+    }
+
+    /// The server will not take the stage's events: stop the run and report an error.
+    fn reject(&self, message: String) {
+        tracing::error!(
+            "stage {} (attempt {}): {message}; stopping it",
+            self.title,
+            self.attempt
+        );
+        let mut slot = self.rejected.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert(message);
+        self.engine_cancel.cancel();
+        self.queue.discard();
+    }
+
+    fn rejection(&self) -> Option<String> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Turns engine events into queue items. Never blocks (see [`EventQueue::push`]).
+struct StageSink {
+    queue: Arc<EventQueue>,
+}
+
+impl EventSink for StageSink {
+    fn event(&self, event: Event) {
+        let item = match event {
+            // The server learns the stage's result from `/done`.
+            Event::PipelineStarted { .. } | Event::PipelineFinished { .. } => return,
+            Event::StepStarted { step, .. } => Item::Started {
+                step,
+                time: now_millis(),
+            },
+            Event::Log {
+                step, time, line, ..
+            } => Item::Line {
+                step,
+                line: LogLine {
+                    time: unix_millis(time),
+                    line,
+                },
+            },
+            Event::StepFinished {
+                step,
+                status,
+                exit_code,
+                ..
+            } => Item::Finished {
+                step,
+                status,
+                exit_code,
+                time: now_millis(),
+            },
+        };
+        self.queue.push(item);
+    }
+}
+
+fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> RunOptions {
+    let workspace = match &lease.workspace {
+        // The engine clones, then makes sure the commit is there even when only
+        // `reference` (a pull request's ref) reaches it: see its workspace module.
+        WorkspaceSpec::Git { url, commit, .. } => WorkspaceSource::Git {
+            repo: PathBuf::from(url),
+            commit: commit.clone(),
+            depth: None,
+        },
+        WorkspaceSpec::Empty => WorkspaceSource::Empty,
+    };
+    RunOptions {
+        workspace,
+        secrets: lease.secrets.clone(),
+        trusted: lease.trusted,
+        cancel,
+        work_root,
+        default_step_timeout: lease.step_timeout_secs.map(Duration::from_secs),
+        build_timeout: lease.stage_timeout_secs.map(Duration::from_secs),
+    }
+}
+
+/// Runs a leased stage to its end and reports it. Never fails: every problem is reported to
+/// the server (or logged, when the server is the problem).
+pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) {
+    let stage = Arc::new(Stage {
+        id: lease.stage_id,
+        attempt: lease.attempt,
+        title: lease.title.clone(),
+        queue: Arc::new(EventQueue::new(shared.limits)),
+        engine_cancel: CancellationToken::new(),
+        end: CancellationToken::new(),
+        lost: AtomicBool::new(false),
+        rejected: Mutex::new(None),
+    });
+    tracing::info!(
+        "stage {} (attempt {}) started",
+        stage.title,
+        stage.attempt
+    );
+
+    let uploader = tokio::spawn(upload(shared.clone(), stage.clone()));
+    let heartbeat = tokio::spawn(heartbeat(shared.clone(), stage.clone()));
+    let options = run_options(
+        &lease,
+        shared.work_root.clone(),
+        stage.engine_cancel.clone(),
+    );
+    let sink = Arc::new(StageSink {
+        queue: stage.queue.clone(),
+    });
+    let result = slipway_engine::run(&lease.plan, options, sink).await;
+
+    // Everything the engine said is queued: let the uploader send the rest.
+    stage.queue.close();
+    if let Err(e) = uploader.await {
+        stage.reject(format!("the log uploader stopped unexpectedly: {e}"));
+    }
+    let dropped = stage.queue.dropped();
+    if dropped > 0 {
+        tracing::warn!(
+            "stage {} (attempt {}): {dropped} log lines were dropped while the server was unreachable",
+            stage.title,
+            stage.attempt
+        );
+    }
+
+    let (status, error) = match (stage.rejection(), result) {
+        (Some(message), _) => (
+            Status::Error,
+            Some(format!("the server refused the stage's events: {message}")),
+        ),
+        (None, Ok(report)) => match report.pipelines.first() {
+            Some(pipeline) => (pipeline.status, pipeline.error.clone()),
+            None => (report.status, None),
+        },
+        (None, Err(e)) => (Status::Error, Some(e.to_string())),
+    };
+
+    if !stage.is_lost() {
+        send_done(&shared, &stage, status, error.clone()).await;
+    }
+    stage.end.cancel();
+    let _ = heartbeat.await;
+
+    if stage.is_lost() {
+        tracing::info!(
+            "stage {} (attempt {}) abandoned (engine result: {status})",
+            stage.title,
+            stage.attempt
+        );
+    } else {
+        match error {
+            Some(error) => tracing::info!(
+                "stage {} (attempt {}) finished: {status}: {error}",
+                stage.title,
+                stage.attempt
+            ),
+            None => tracing::info!(
+                "stage {} (attempt {}) finished: {status}",
+                stage.title,
+                stage.attempt
+            ),
+        }
+    }
+}
+
+/// Sends the queued events, one batch at a time, each until acknowledged.
+async fn upload(shared: Arc<Shared>, stage: Arc<Stage>) {
+    let mut seqs = HashMap::new();
+    let path = stage.path("events");
+    let what = format!("sending events of stage {}", stage.title);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            () = stage.end.cancelled() => return,
+            batch = stage.queue.next_batch(&mut seqs) => batch,
+        };
+        let Some(events) = batch else { return };
+        let body = match encode(&EventBatch {
+            runner_id: shared.runner_id,
+            attempt: stage.attempt,
+            events,
+        }) {
+            Ok(body) => body,
+            Err(e) => return stage.reject(e),
+        };
+        // The same bytes every time: the server dedups resent lines by their numbers.
+        let sent = retry(&what, &stage.end, || {
+            let body = body.clone();
+            let path = &path;
+            let client = &shared.client;
+            async move {
+                client
+                    .post(path, body, REQUEST_TIMEOUT)
+                    .await?
+                    .json::<BatchAck>()
+            }
+        })
+        .await;
+        match sent {
+            Ok(ack) => {
+                if ack.cancel {
+                    stage.cancel_requested();
+                }
+            }
+            Err(GaveUp::Stopped) => return,
+            Err(GaveUp::Failed(e)) => return stage.failed(&shared, e),
+        }
+    }
+}
+
+/// Renews the lease every `heartbeat` until the stage ends; learns of cancellation.
+async fn heartbeat(shared: Arc<Shared>, stage: Arc<Stage>) {
+    let path = stage.path("heartbeat");
+    let what = format!("heartbeat of stage {}", stage.title);
+    let body = match encode(&Heartbeat {
+        runner_id: shared.runner_id,
+        attempt: stage.attempt,
+    }) {
+        Ok(body) => body,
+        Err(e) => return stage.reject(e),
+    };
+    loop {
+        tokio::select! {
+            () = stage.end.cancelled() => return,
+            () = tokio::time::sleep(shared.heartbeat) => {}
+        }
+        let answer = retry(&what, &stage.end, || {
+            let body = body.clone();
+            let path = &path;
+            let client = &shared.client;
+            async move {
+                client
+                    .post(path, body, REQUEST_TIMEOUT)
+                    .await?
+                    .json::<HeartbeatResponse>()
+            }
+        })
+        .await;
+        match answer {
+            Ok(response) => {
+                if response.cancel {
+                    stage.cancel_requested();
+                }
+            }
+            Err(GaveUp::Stopped) => return,
+            Err(GaveUp::Failed(e)) => match e.verdict() {
+                Verdict::LeaseLost | Verdict::Unauthorized => return stage.failed(&shared, e),
+                // A refused heartbeat is not worth killing the build for; the lease will
+                // tell if it matters.
+                Verdict::Rejected | Verdict::Retry => {
+                    tracing::warn!("{what}: {e}");
+                }
+            },
+        }
+    }
+}
+
+/// Reports the stage's result until acknowledged (or the lease turns out to be lost).
+async fn send_done(shared: &Shared, stage: &Stage, status: Status, error: Option<String>) {
+    let body = match encode(&StageDone {
+        runner_id: shared.runner_id,
+        attempt: stage.attempt,
+        status,
+        error,
+    }) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!("stage {}: {e}", stage.title);
+            return;
+        }
+    };
+    let path = stage.path("done");
+    let what = format!("reporting the end of stage {}", stage.title);
+    let sent = retry(&what, &stage.end, || {
+        let body = body.clone();
+        let path = &path;
+        async move {
+            shared.client.post(path, body, REQUEST_TIMEOUT).await?;
+            Ok(())
+        }
+    })
+    .await;
+    match sent {
+        Ok(()) | Err(GaveUp::Stopped) => {}
+        Err(GaveUp::Failed(e)) => match e.verdict() {
+            Verdict::LeaseLost | Verdict::Unauthorized => stage.failed(shared, e),
+            Verdict::Rejected | Verdict::Retry => tracing::error!(
+                "stage {} (attempt {}): the server refused its result: {e}",
+                stage.title,
+                stage.attempt
+            ),
+        },
+    }
+}
+
+/// A `200` poll answer that is not a [`Lease`] this runner understands: the stage is leased
+/// to us all the same, so report it as an error if its id can be read, rather than leaving
+/// it to time out.
+pub(crate) async fn refuse_lease(shared: &Shared, body: &[u8], error: &CallError) {
+    tracing::error!("cannot read a lease from the server: {error}");
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let id = value.get("stage_id").and_then(serde_json::Value::as_i64);
+    let attempt = value
+        .get("attempt")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|a| u32::try_from(a).ok());
+    let (Some(id), Some(attempt)) = (id, attempt) else {
+        return;
+    };
+    let title = value
+        .get("title")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    let stage = Stage {
+        id,
+        attempt,
+        title,
+        queue: Arc::new(EventQueue::new(shared.limits)),
+        engine_cancel: CancellationToken::new(),
+        end: shared.fatal.stop.child_token(),
+        lost: AtomicBool::new(false),
+        rejected: Mutex::new(None),
+    };
+    let message = format!(
+        "runner {} (protocol {}) cannot read the lease: {}",
+        env!("CARGO_PKG_VERSION"),
+        crate::protocol::PROTOCOL_VERSION,
+        error.message()
+    );
+    send_done(shared, &stage, Status::Error, Some(message)).await;
+}

@@ -1,0 +1,164 @@
+//! Server-sent events: a build's state changes, and one step's log followed live.
+//!
+//! Both streams start with what is already known (the current states; the stored lines) and
+//! continue with live changes, so a page that connects late or reconnects misses nothing.
+//! Each message's `data` is one JSON object with a `kind`:
+//! - build events: `step` `{stage, step, status, exit_code, started, finished}`, `stage`
+//!   `{stage, status, attempt}`, `build` `{status, finished}`; the stream ends after the
+//!   build's final `build` message.
+//! - log stream: `line` `{seq, line}`, then `end` once the step has finished (or its stage
+//!   was handed to another attempt).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use slipway_engine::Status;
+use tokio::sync::{broadcast, mpsc};
+
+use super::ApiError;
+use crate::app::AppState;
+use crate::events::ServerEvent;
+use crate::logstore::LogKey;
+use crate::store::Build;
+
+fn sse(rx: mpsc::Receiver<Event>) -> Response {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn data(value: &serde_json::Value) -> Event {
+    Event::default().data(value.to_string())
+}
+
+/// `GET …/builds/{n}/events`.
+pub async fn build_events(state: Arc<AppState>, build: Build) -> Result<Response, ApiError> {
+    // Subscribe before taking the snapshot, so nothing falls between the two.
+    let mut events = state.events.subscribe();
+    let stages = state.store.stages(build.id).await?;
+    let steps = state.store.steps_of_build(build.id).await?;
+    let (tx, rx) = mpsc::channel(256);
+    let mut snapshot = Vec::new();
+    for stage in &stages {
+        snapshot.push(json!({"kind": "stage", "stage": stage.number, "status": stage.status, "attempt": stage.attempt}));
+        for step in steps.iter().filter(|s| s.stage_id == stage.id) {
+            snapshot.push(json!({"kind": "step", "stage": stage.number, "step": step.name,
+                "status": step.status, "exit_code": step.exit_code,
+                "started": step.started, "finished": step.finished}));
+        }
+    }
+    snapshot.push(json!({"kind": "build", "status": build.status, "finished": build.finished}));
+    let build_id = build.id;
+    let already_done = build.status.is_done();
+    tokio::spawn(async move {
+        for value in snapshot {
+            if tx.send(data(&value)).await.is_err() {
+                return;
+            }
+        }
+        if already_done {
+            return;
+        }
+        loop {
+            let event = match events.recv().await {
+                Ok(event) if event.build_id() == build_id => event,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let finished = matches!(&event, ServerEvent::Build { status, .. } if status.is_done());
+            let value = serde_json::to_value(&event).unwrap_or_default();
+            if tx.send(data(&value)).await.is_err() || finished {
+                return;
+            }
+        }
+    });
+    Ok(sse(rx))
+}
+
+/// `GET …/logs/{stage}/{step}/stream`.
+pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, ApiError> {
+    let mut events = state.events.subscribe();
+    let mut follower = state.logs.follow(key.clone());
+    let stage = state
+        .store
+        .stage(key.stage_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such stage"))?;
+    let step_done = || async {
+        match state.store.steps(key.stage_id).await {
+            Ok(steps) => steps
+                .iter()
+                .find(|s| s.name == key.step)
+                .is_none_or(|s| s.status.is_done()),
+            Err(_) => true,
+        }
+    };
+    // A past attempt, or a step that already ended: its log is complete.
+    let complete = stage.attempt != key.attempt || step_done().await;
+    let (tx, rx) = mpsc::channel(1024);
+    let stage_number = stage.number;
+    let step = key.step.clone();
+    tokio::spawn(async move {
+        let line = |seq: u64, line: String| data(&json!({"kind": "line", "seq": seq, "line": line}));
+        if complete {
+            if let Ok(lines) = follower.drain_stored().await {
+                for (seq, l) in lines {
+                    if tx.send(line(seq, l)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(data(&json!({"kind": "end"}))).await;
+            return;
+        }
+        loop {
+            tokio::select! {
+                next = follower.next() => match next {
+                    Some(Ok((seq, l))) => {
+                        if tx.send(line(seq, l)).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                },
+                event = events.recv() => {
+                    let ended = match event {
+                        Ok(ServerEvent::Step { build_id, stage, step: s, status, .. })
+                            if build_id == key.build_id && stage == stage_number && s == step =>
+                        {
+                            status.is_done()
+                        }
+                        Ok(ServerEvent::Stage { build_id, stage, status, .. })
+                            if build_id == key.build_id && stage == stage_number =>
+                        {
+                            status == Status::Pending || status.is_done()
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => false,
+                        Err(broadcast::error::RecvError::Closed) => true,
+                    };
+                    if ended {
+                        // Everything the step wrote is on disk before its end is published.
+                        if let Ok(lines) = follower.drain_stored().await {
+                            for (seq, l) in lines {
+                                if tx.send(line(seq, l)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        let _ = tx.send(data(&json!({"kind": "end"}))).await;
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(sse(rx))
+}

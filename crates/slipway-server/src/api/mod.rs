@@ -1,0 +1,319 @@
+//! HTTP: the router and what every handler shares (errors, callers, repository paths).
+//!
+//! | prefix | what | auth |
+//! |---|---|---|
+//! | `POST /hook` | git-host webhooks ([`hooks`]) | the delivery's signature |
+//! | `/api/runner/…` | the runner protocol ([`runner`]) | a runner (or admin) token |
+//! | `/api/…` | the REST API ([`rest`]), SSE ([`live`]) | `Authorization: Bearer <token>` or the UI's cookie |
+//! | `/v2/…` | the image registry | registry tokens (Basic with a Slipway token) |
+//! | `/`, `/repos/…`, `/runners`, `/login` | the web UI ([`pages`]) | the `slipway_token` cookie |
+//! | `/healthz`, `/metrics` | health, Prometheus | none |
+//!
+//! Repository names contain `/` (`owner/name`, GitLab groups `a/b/c`), so routes under a
+//! repository are one wildcard, split by [`RepoPath::parse`].
+
+pub mod hooks;
+pub mod live;
+pub mod pages;
+pub mod rest;
+pub mod runner;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::auth;
+use crate::store::{StoreError, Token};
+
+/// The cookie the UI keeps the token in.
+pub const COOKIE: &str = "slipway_token";
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let registry = state.registry.router();
+    let app = Router::new()
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .route("/hook", post(hooks::receive))
+        .route("/api/runner/register", post(runner::register))
+        .route("/api/runner/poll", post(runner::poll))
+        .route("/api/runner/stages/{id}/heartbeat", post(runner::heartbeat))
+        .route("/api/runner/stages/{id}/events", post(runner::events))
+        .route("/api/runner/stages/{id}/done", post(runner::done))
+        .route("/api/repos", get(rest::list_repos).post(rest::add_repo))
+        .route(
+            "/api/repos/{*path}",
+            get(rest::repo_get)
+                .post(rest::repo_post)
+                .patch(rest::repo_patch)
+                .delete(rest::repo_delete),
+        )
+        .route("/api/runners", get(rest::list_runners))
+        .merge(pages::routes())
+        .with_state(state);
+    // The registry's routes carry their own state.
+    app.merge(registry)
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    match state.store.queue_stats().await {
+        Ok(s) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            format!(
+                "# HELP slipway_stages_pending Stages waiting for a runner.\n\
+                 # TYPE slipway_stages_pending gauge\n\
+                 slipway_stages_pending {}\n\
+                 # HELP slipway_stages_running Stages running on a runner.\n\
+                 # TYPE slipway_stages_running gauge\n\
+                 slipway_stages_running {}\n\
+                 # HELP slipway_builds_total Builds created.\n\
+                 # TYPE slipway_builds_total counter\n\
+                 slipway_builds_total {}\n\
+                 # HELP slipway_runners Runners registered.\n\
+                 # TYPE slipway_runners gauge\n\
+                 slipway_runners {}\n",
+                s.pending_stages, s.running_stages, s.builds_total, s.runners
+            ),
+        )
+            .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// An error answer: `{"code": …, "message": …}` with a status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid token is needed: send `Authorization: Bearer <token>` (see `slipway up` output)",
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!("{}: {}", self.code, self.message);
+        }
+        (
+            self.status,
+            axum::Json(ErrorBody {
+                code: self.code,
+                message: &self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<crate::builds::BuildError> for ApiError {
+    fn from(e: crate::builds::BuildError) -> ApiError {
+        match e {
+            crate::builds::BuildError::Store(e) => e.into(),
+            crate::builds::BuildError::StillRunning(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            crate::builds::BuildError::Invalid(m) => ApiError::bad_request(m),
+        }
+    }
+}
+
+/// The token a request presents: `Authorization: Bearer …`, else the UI cookie.
+pub fn presented_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let value = value.trim();
+        if let Some(t) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        {
+            return Some(t.trim().to_owned());
+        }
+    }
+    cookie(headers, COOKIE)
+}
+
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// An authenticated API caller with the admin scope.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Token);
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = presented_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let token = auth::check(&state.store, &presented)
+            .await
+            .ok_or_else(ApiError::unauthorized)?;
+        if token.scope != auth::SCOPE_ADMIN {
+            return Err(ApiError::forbidden(format!(
+                "token `{}` has scope `{}`; this needs an admin token",
+                token.name, token.scope
+            )));
+        }
+        Ok(Admin(token))
+    }
+}
+
+/// A runner (or an admin) speaking the runner protocol.
+#[derive(Debug, Clone)]
+pub struct RunnerCaller(pub Token);
+
+impl FromRequestParts<Arc<AppState>> for RunnerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = presented_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let token = auth::check(&state.store, &presented)
+            .await
+            .ok_or_else(ApiError::unauthorized)?;
+        if token.scope != auth::SCOPE_RUNNER && token.scope != auth::SCOPE_ADMIN {
+            return Err(ApiError::forbidden("this needs a runner token"));
+        }
+        Ok(RunnerCaller(token))
+    }
+}
+
+/// A path under a repository: `owner/name[/group…]` then what is asked of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoPath {
+    pub repo: String,
+    pub rest: Vec<String>,
+}
+
+/// Words that end a repository name in a path.
+const KEYWORDS: &[&str] = &["builds", "secrets", "refs", "settings", "run"];
+
+impl RepoPath {
+    pub fn parse(path: &str) -> Option<RepoPath> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if segments.len() < 2 || segments.iter().any(|s| s.is_empty()) {
+            return None;
+        }
+        let mut end = 2;
+        while end < segments.len() && !KEYWORDS.contains(&segments[end]) {
+            end += 1;
+        }
+        Some(RepoPath {
+            repo: segments[..end].join("/"),
+            rest: segments[end..].iter().map(|s| (*s).to_owned()).collect(),
+        })
+    }
+
+    pub fn rest(&self) -> Vec<&str> {
+        self.rest.iter().map(String::as_str).collect()
+    }
+}
+
+/// A repository as the API shows it: never the status token; the webhook secret only
+/// where asked for.
+pub fn repo_json(repo: &crate::store::Repo, state: &AppState, with_secret: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(repo).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("status_token");
+        obj.insert("has_status_token".into(), repo.status_token.is_some().into());
+        if !with_secret {
+            obj.remove("webhook_secret");
+        }
+        obj.insert("webhook_url".into(), webhook_url(state).into());
+    }
+    v
+}
+
+pub fn webhook_url(state: &AppState) -> String {
+    format!("{}/hook", state.config.public_url.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_paths_split_at_the_first_keyword() {
+        let p = RepoPath::parse("team/app/builds/3/logs/1/clone").expect("path");
+        assert_eq!(p.repo, "team/app");
+        assert_eq!(p.rest(), ["builds", "3", "logs", "1", "clone"]);
+        let p = RepoPath::parse("group/sub/app/secrets").expect("path");
+        assert_eq!(p.repo, "group/sub/app");
+        assert_eq!(p.rest(), ["secrets"]);
+        assert_eq!(RepoPath::parse("team/app").expect("path").rest.len(), 0);
+        assert!(RepoPath::parse("solo").is_none());
+        assert!(RepoPath::parse("a//b").is_none());
+    }
+}

@@ -1,0 +1,431 @@
+//! The web UI's routes: each page is a template of [`crate::ui`] filled from the store,
+//! each button an HTML form that posts and redirects back (so everything but live updates
+//! works without JavaScript). The token is kept in an HttpOnly, SameSite=Strict cookie,
+//! which is also what protects the forms from cross-site posts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::rest::{self, AddRepo, RepoSettings, RunRequest, SecretRequest, find_build, find_repo};
+use super::{ApiError, COOKIE, RepoPath};
+use crate::app::AppState;
+use crate::auth;
+use crate::builds;
+use crate::store::Token;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(index))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", get(logout))
+        .route("/repos/new", get(new_repo_page))
+        .route("/repos", axum::routing::post(add_repo))
+        .route("/repos/{*path}", get(repo_page).post(repo_form))
+        .route("/runners", get(runners_page))
+        .route("/static/{*path}", get(asset))
+}
+
+/// A signed-in admin, or a redirect to the login page.
+#[derive(Debug)]
+pub struct PageUser(pub Token);
+
+#[derive(Debug)]
+pub struct ToLogin;
+
+impl IntoResponse for ToLogin {
+    fn into_response(self) -> Response {
+        Redirect::to("/login").into_response()
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for PageUser {
+    type Rejection = ToLogin;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = super::presented_token(&parts.headers).ok_or(ToLogin)?;
+        let token = auth::check(&state.store, &presented).await.ok_or(ToLogin)?;
+        if token.scope != auth::SCOPE_ADMIN {
+            return Err(ToLogin);
+        }
+        Ok(PageUser(token))
+    }
+}
+
+/// A page, or the error page with the error's status.
+fn render(state: &AppState, template: &str, title: &str, user: Option<&Token>, mut ctx: Value) -> Response {
+    if let Some(obj) = ctx.as_object_mut() {
+        obj.insert("title".into(), title.into());
+        obj.insert(
+            "user".into(),
+            user.map_or(Value::Null, |t| json!({"name": t.name})),
+        );
+    }
+    match state.ui.render(template, ctx) {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!("rendering {template}: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering {template}: {e}")).into_response()
+        }
+    }
+}
+
+fn error_page(state: &AppState, user: Option<&Token>, e: ApiError) -> Response {
+    let status = e.status;
+    let mut page = render(
+        state,
+        "error.html",
+        "Error",
+        user,
+        json!({"status": status.as_u16(), "message": e.message}),
+    );
+    *page.status_mut() = status;
+    page
+}
+
+async fn index(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> Response {
+    let result: Result<Value, ApiError> = async {
+        let mut repos = Vec::new();
+        for repo in state.store.repos().await? {
+            let last = state.store.builds(repo.id, 1, None).await?.into_iter().next();
+            repos.push(json!({"repo": repo, "last_build": last}));
+        }
+        let builds: Vec<Value> = state
+            .store
+            .recent_builds(20)
+            .await?
+            .into_iter()
+            .map(|(build, repo)| json!({"build": build, "repo": repo}))
+            .collect();
+        Ok(json!({"repos": repos, "builds": builds}))
+    }
+    .await;
+    match result {
+        Ok(ctx) => render(&state, "index.html", "Repositories", Some(&user), ctx),
+        Err(e) => error_page(&state, Some(&user), e),
+    }
+}
+
+async fn login_page(State(state): State<Arc<AppState>>) -> Response {
+    render(&state, "login.html", "Sign in", None, json!({"error": null}))
+}
+
+async fn login(State(state): State<Arc<AppState>>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let presented = form.get("token").map(|t| t.trim().to_owned()).unwrap_or_default();
+    match auth::check(&state.store, &presented).await {
+        Some(token) if token.scope == auth::SCOPE_ADMIN => {
+            let cookie = format!("{COOKIE}={presented}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+        }
+        _ => {
+            let mut page = render(
+                &state,
+                "login.html",
+                "Sign in",
+                None,
+                json!({"error": "That token is not an admin token of this server."}),
+            );
+            *page.status_mut() = StatusCode::UNAUTHORIZED;
+            page
+        }
+    }
+}
+
+async fn logout() -> Response {
+    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+async fn new_repo_page(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> Response {
+    render(&state, "new_repo.html", "Add a repository", Some(&user), json!({}))
+}
+
+fn field(form: &HashMap<String, String>, name: &str) -> Option<String> {
+    form.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+fn checked(form: &HashMap<String, String>, name: &str) -> bool {
+    form.get(name).is_some_and(|v| v == "on" || v == "true" || v == "1")
+}
+
+async fn add_repo(
+    State(state): State<Arc<AppState>>,
+    PageUser(user): PageUser,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let req = AddRepo {
+        name: field(&form, "name").unwrap_or_default(),
+        clone_url: field(&form, "clone_url").unwrap_or_default(),
+        provider: field(&form, "provider"),
+        config_path: field(&form, "config_path"),
+        default_branch: field(&form, "default_branch"),
+        trusted: false,
+        auto_cancel: false,
+        max_running: 0,
+        status_url: None,
+        status_token: None,
+        webhook_secret: None,
+    };
+    match rest::create_repo(&state, req).await {
+        Ok(repo) => Redirect::to(&format!("/repos/{}/settings", repo.name)).into_response(),
+        Err(e) => error_page(&state, Some(&user), e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize, Default)]
+pub struct PageQuery {
+    before: Option<i64>,
+}
+
+async fn repo_page(
+    State(state): State<Arc<AppState>>,
+    PageUser(user): PageUser,
+    Path(path): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    match repo_page_inner(&state, &user, &path, query).await {
+        Ok(page) => page,
+        Err(e) => error_page(&state, Some(&user), e),
+    }
+}
+
+async fn repo_page_inner(
+    state: &Arc<AppState>,
+    user: &Token,
+    path: &str,
+    query: PageQuery,
+) -> Result<Response, ApiError> {
+    let path = RepoPath::parse(path).ok_or_else(|| ApiError::not_found("no such page"))?;
+    let repo = find_repo(state, &path.repo).await?;
+    let webhook_url = super::webhook_url(state);
+    Ok(match path.rest().as_slice() {
+        [] => {
+            let page = 25;
+            let builds = state.store.builds(repo.id, page, query.before).await?;
+            let next_before = (builds.len() as i64 == page)
+                .then(|| builds.last().map(|b| b.number))
+                .flatten();
+            render(
+                state,
+                "repo.html",
+                &repo.name,
+                Some(user),
+                json!({"repo": repo, "builds": builds, "webhook_url": webhook_url, "next_before": next_before}),
+            )
+        }
+        ["builds", n] => {
+            let build = find_build(state, &repo, n).await?;
+            let stages = state.store.stages(build.id).await?;
+            let steps = state.store.steps_of_build(build.id).await?;
+            let stages: Vec<Value> = stages
+                .iter()
+                .map(|s| {
+                    let own: Vec<&crate::store::Step> =
+                        steps.iter().filter(|st| st.stage_id == s.id).collect();
+                    json!({"stage": s, "steps": own})
+                })
+                .collect();
+            let artifacts = state.store.artifacts(build.id).await?;
+            render(
+                state,
+                "build.html",
+                &format!("{} #{}", repo.name, build.number),
+                Some(user),
+                json!({"repo": repo, "build": build, "stages": stages, "artifacts": artifacts,
+                       "registry_host": state.host}),
+            )
+        }
+        ["run"] => {
+            let (branches, tags) = match state.mirrors.fetch(repo.id, &repo.clone_url, &[]).await {
+                Ok(()) => match state.mirrors.refs(repo.id).await {
+                    Ok(refs) => (refs.branches, refs.tags),
+                    Err(_) => (Vec::new(), Vec::new()),
+                },
+                Err(e) => {
+                    tracing::warn!("{}: {e}", repo.name);
+                    (Vec::new(), Vec::new())
+                }
+            };
+            render(
+                state,
+                "run.html",
+                "Run pipeline",
+                Some(user),
+                json!({"repo": repo, "branches": branches, "tags": tags}),
+            )
+        }
+        ["secrets"] => {
+            let secrets: Vec<Value> = state
+                .store
+                .secrets(repo.id)
+                .await?
+                .into_iter()
+                .map(|s| json!({"name": s.name, "allow_pull_request": s.allow_pull_request, "updated": s.updated}))
+                .collect();
+            render(
+                state,
+                "secrets.html",
+                "Secrets",
+                Some(user),
+                json!({"repo": repo, "secrets": secrets}),
+            )
+        }
+        ["settings"] => render(
+            state,
+            "settings.html",
+            "Settings",
+            Some(user),
+            json!({"repo": repo, "webhook_url": webhook_url}),
+        ),
+        _ => return Err(ApiError::not_found("no such page")),
+    })
+}
+
+async fn repo_form(
+    State(state): State<Arc<AppState>>,
+    PageUser(user): PageUser,
+    Path(path): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    match repo_form_inner(&state, &user, &path, form).await {
+        Ok(to) => Redirect::to(&to).into_response(),
+        Err(e) => error_page(&state, Some(&user), e),
+    }
+}
+
+/// `KEY=VALUE` lines (blank lines and `#` comments skipped).
+pub fn parse_params(text: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut params = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| {
+            ApiError::bad_request(format!("parameter line {}: `{line}` is not KEY=VALUE", i + 1))
+        })?;
+        params.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(params)
+}
+
+async fn repo_form_inner(
+    state: &Arc<AppState>,
+    user: &Token,
+    path: &str,
+    form: HashMap<String, String>,
+) -> Result<String, ApiError> {
+    let path = RepoPath::parse(path).ok_or_else(|| ApiError::not_found("no such page"))?;
+    let repo = find_repo(state, &path.repo).await?;
+    let build_url = |n: i64| format!("/repos/{}/builds/{n}", repo.name);
+    Ok(match path.rest().as_slice() {
+        ["run"] => {
+            let kind = field(&form, "kind").unwrap_or_else(|| "branch".into());
+            let pick = |name: &str| if kind == name { field(&form, name) } else { None };
+            let req = RunRequest {
+                branch: pick("branch"),
+                tag: pick("tag"),
+                commit: pick("commit"),
+                params: parse_params(form.get("params").map_or("", String::as_str))?,
+            };
+            let target = req.target(&repo)?;
+            let build = builds::run_manual(state, &repo, target, req.params, &user.name).await?;
+            build_url(build.number)
+        }
+        ["builds", n, "restart"] => {
+            let build = find_build(state, &repo, n).await?;
+            build_url(builds::restart(state, &repo, &build, &user.name).await?.number)
+        }
+        ["builds", n, "cancel"] => {
+            let build = find_build(state, &repo, n).await?;
+            builds::cancel(state, &build).await?;
+            build_url(build.number)
+        }
+        ["builds", n, "promote"] => {
+            let build = find_build(state, &repo, n).await?;
+            let target = field(&form, "target").unwrap_or_default();
+            let params = parse_params(form.get("params").map_or("", String::as_str))?;
+            build_url(
+                builds::promote(state, &repo, &build, &target, params, &user.name)
+                    .await?
+                    .number,
+            )
+        }
+        ["secrets"] => {
+            let req = SecretRequest {
+                name: field(&form, "name").unwrap_or_default(),
+                value: form.get("value").cloned().unwrap_or_default(),
+                allow_pull_request: checked(&form, "allow_pull_request"),
+            };
+            rest::put_secret(state, &repo, &req).await?;
+            format!("/repos/{}/secrets", repo.name)
+        }
+        ["secrets", name, "delete"] => {
+            state.store.delete_secret(repo.id, name).await?;
+            format!("/repos/{}/secrets", repo.name)
+        }
+        ["settings"] => {
+            let settings = RepoSettings {
+                clone_url: field(&form, "clone_url"),
+                config_path: Some(field(&form, "config_path").unwrap_or_default()),
+                default_branch: field(&form, "default_branch"),
+                trusted: Some(checked(&form, "trusted")),
+                auto_cancel: Some(checked(&form, "auto_cancel")),
+                max_running: field(&form, "max_running").and_then(|v| v.parse().ok()),
+                status_url: Some(field(&form, "status_url").unwrap_or_default()),
+                status_token: field(&form, "status_token"),
+            };
+            rest::update_settings(state, repo.clone(), settings).await?;
+            format!("/repos/{}/settings", repo.name)
+        }
+        _ => return Err(ApiError::not_found("no such page")),
+    })
+}
+
+async fn runners_page(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> Response {
+    let result: Result<Value, ApiError> = async {
+        let running = state.store.running_stages().await?;
+        let now = crate::now_ms();
+        let online_window = crate::app::millis(state.config.poll_wait) * 2 + 10_000;
+        let runners: Vec<Value> = state
+            .store
+            .runners()
+            .await?
+            .into_iter()
+            .map(|r| {
+                let n = running.iter().filter(|s| s.runner_id == Some(r.id)).count();
+                json!({"runner": r, "online": now - r.last_seen < online_window, "running": n})
+            })
+            .collect();
+        Ok(json!({"runners": runners}))
+    }
+    .await;
+    match result {
+        Ok(ctx) => render(&state, "runners.html", "Runners", Some(&user), ctx),
+        Err(e) => error_page(&state, Some(&user), e),
+    }
+}
+
+async fn asset(Path(path): Path<String>) -> Response {
+    match crate::ui::Ui::asset(&format!("/static/{path}")) {
+        Some((content_type, bytes)) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}

@@ -1,0 +1,539 @@
+//! The REST API under `/api/` (JSON; an admin token).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /api/repos` | repositories |
+//! | `POST /api/repos` `{name, clone_url, provider?, config_path?, default_branch?, …}` | the repository with `webhook_url` and `webhook_secret` |
+//! | `GET /api/repos/{repo}` · `PATCH` settings · `DELETE` is refused (not yet) | |
+//! | `GET /api/repos/{repo}/builds?limit=&before=` | builds, newest first |
+//! | `POST /api/repos/{repo}/builds` `{branch|tag|commit, params}` | a manual build |
+//! | `GET /api/repos/{repo}/builds/{n}` | the build with its stages and steps |
+//! | `POST /api/repos/{repo}/builds/{n}/restart` · `/cancel` · `/promote {target, params}` | |
+//! | `GET /api/repos/{repo}/builds/{n}/events` | SSE of state changes ([`super::live`]) |
+//! | `GET /api/repos/{repo}/builds/{n}/logs/{stage}/{step}[?attempt=]` | the raw log |
+//! | `GET /api/repos/{repo}/builds/{n}/logs/{stage}/{step}/stream` | SSE: stored lines, then live |
+//! | `GET /api/repos/{repo}/refs` | branches and tags |
+//! | `GET/POST /api/repos/{repo}/secrets` · `DELETE …/secrets/{name}` | secrets (values never shown) |
+//! | `GET /api/runners` | runners |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Admin, ApiError, RepoPath, repo_json};
+use crate::app::AppState;
+use crate::builds::{self, ManualRef};
+use crate::logstore::LogKey;
+use crate::store::{Build, NewRepo, Repo};
+use crate::webhook::Provider;
+
+pub async fn list_repos(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let repos = state.store.repos().await?;
+    Ok(Json(Value::Array(
+        repos.iter().map(|r| repo_json(r, &state, false)).collect(),
+    )))
+}
+
+/// The body of `POST /api/repos` (also the UI form and `slipway repo add`).
+#[derive(Debug, Deserialize)]
+pub struct AddRepo {
+    pub name: String,
+    pub clone_url: String,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub config_path: Option<String>,
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    #[serde(default)]
+    pub trusted: bool,
+    #[serde(default)]
+    pub auto_cancel: bool,
+    #[serde(default)]
+    pub max_running: i64,
+    #[serde(default)]
+    pub status_url: Option<String>,
+    #[serde(default)]
+    pub status_token: Option<String>,
+    /// A given webhook secret (else a random one).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+}
+
+pub async fn add_repo(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Json(req): Json<AddRepo>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let repo = create_repo(&state, req).await?;
+    Ok((StatusCode::CREATED, Json(repo_json(&repo, &state, true))))
+}
+
+/// Checks and stores a new repository.
+pub async fn create_repo(state: &AppState, req: AddRepo) -> Result<Repo, ApiError> {
+    let name = req.name.trim().trim_matches('/').to_owned();
+    if RepoPath::parse(&name).is_none_or(|p| !p.rest.is_empty()) {
+        return Err(ApiError::bad_request(format!(
+            "repository name `{name}` must be `owner/name` (GitLab groups: `group/sub/name`), without the words builds, secrets, refs, settings or run"
+        )));
+    }
+    if req.clone_url.trim().is_empty() {
+        return Err(ApiError::bad_request("clone_url is needed"));
+    }
+    let provider = match req.provider.as_deref().map(str::trim) {
+        None | Some("") => Provider::GitHub,
+        Some(p) => Provider::parse(p).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "provider `{p}` is not one of github, gitea, gitlab, generic"
+            ))
+        })?,
+    };
+    let status_token = req
+        .status_token
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.trim().to_owned());
+    let new = NewRepo {
+        name: name.clone(),
+        provider: provider.as_str().to_owned(),
+        clone_url: req.clone_url.trim().to_owned(),
+        config_path: req.config_path.filter(|p| !p.trim().is_empty()),
+        webhook_secret: req
+            .webhook_secret
+            .filter(|s| s.len() >= 16)
+            .unwrap_or_else(crate::auth::generate),
+        default_branch: req
+            .default_branch
+            .filter(|b| !b.trim().is_empty())
+            .unwrap_or_else(|| "main".to_owned()),
+        trusted: req.trusted,
+        auto_cancel: req.auto_cancel,
+        max_running: req.max_running.max(0),
+        status_url: req.status_url.filter(|u| !u.trim().is_empty()),
+        status_token: None,
+    };
+    let mut repo = state.store.create_repo(&new).await?;
+    if let Some(token) = status_token {
+        repo.status_token = Some(
+            state
+                .secrets
+                .seal(&token, &builds::status_token_aad(repo.id)),
+        );
+        state.store.update_repo(&repo).await?;
+    }
+    tracing::info!("repository {} added ({})", repo.name, repo.provider);
+    Ok(repo)
+}
+
+pub async fn list_runners(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(serde_json::to_value(state.store.runners().await?).unwrap_or_default()))
+}
+
+pub async fn find_repo(state: &AppState, name: &str) -> Result<Repo, ApiError> {
+    state
+        .store
+        .repo_by_name(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no repository `{name}`")))
+}
+
+pub async fn find_build(state: &AppState, repo: &Repo, number: &str) -> Result<Build, ApiError> {
+    let n: i64 = number
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`{number}` is not a build number")))?;
+    state
+        .store
+        .build_by_number(repo.id, n)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{} has no build #{n}", repo.name)))
+}
+
+/// The build with its stages (each with its steps) and artifacts.
+pub async fn build_json(state: &AppState, build: &Build) -> Result<Value, ApiError> {
+    let stages = state.store.stages(build.id).await?;
+    let steps = state.store.steps_of_build(build.id).await?;
+    let artifacts = state.store.artifacts(build.id).await?;
+    let stages: Vec<Value> = stages
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("plan");
+                let own: Vec<&crate::store::Step> =
+                    steps.iter().filter(|st| st.stage_id == s.id).collect();
+                obj.insert(
+                    "steps".into(),
+                    serde_json::to_value(own).unwrap_or_default(),
+                );
+            }
+            v
+        })
+        .collect();
+    let mut v = serde_json::to_value(build).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("stages".into(), Value::Array(stages));
+        obj.insert(
+            "artifacts".into(),
+            serde_json::to_value(artifacts).unwrap_or_default(),
+        );
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct ListQuery {
+    pub limit: Option<i64>,
+    pub before: Option<i64>,
+    pub attempt: Option<i64>,
+}
+
+pub async fn repo_get(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    Path(path): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let path = RepoPath::parse(&path).ok_or_else(|| ApiError::not_found("no such path"))?;
+    let repo = find_repo(&state, &path.repo).await?;
+    match path.rest().as_slice() {
+        [] => Ok(Json(repo_json(&repo, &state, true)).into_response()),
+        ["builds"] => {
+            let limit = query.limit.unwrap_or(25).clamp(1, 200);
+            let builds = state.store.builds(repo.id, limit, query.before).await?;
+            Ok(Json(serde_json::to_value(builds).unwrap_or_default()).into_response())
+        }
+        ["builds", n] => {
+            let build = find_build(&state, &repo, n).await?;
+            Ok(Json(build_json(&state, &build).await?).into_response())
+        }
+        ["builds", n, "events"] => {
+            let build = find_build(&state, &repo, n).await?;
+            Ok(super::live::build_events(state.clone(), build).await?)
+        }
+        ["builds", n, "logs", stage, step] => {
+            let build = find_build(&state, &repo, n).await?;
+            let key = log_key(&state, &build, stage, step, query.attempt).await?;
+            raw_log(&state, &key).await
+        }
+        ["builds", n, "logs", stage, step, "stream"] => {
+            let build = find_build(&state, &repo, n).await?;
+            let key = log_key(&state, &build, stage, step, query.attempt).await?;
+            super::live::log_stream(state.clone(), key).await
+        }
+        ["refs"] => {
+            state
+                .mirrors
+                .fetch(repo.id, &repo.clone_url, &[])
+                .await
+                .map_err(|e| ApiError::bad_request(format!("fetching {}: {e}", repo.clone_url)))?;
+            let refs = state
+                .mirrors
+                .refs(repo.id)
+                .await
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Ok(Json(json!({"branches": refs.branches, "tags": refs.tags})).into_response())
+        }
+        ["secrets"] => {
+            let secrets: Vec<Value> = state
+                .store
+                .secrets(repo.id)
+                .await?
+                .into_iter()
+                .map(|s| {
+                    json!({"name": s.name, "allow_pull_request": s.allow_pull_request,
+                           "created": s.created, "updated": s.updated})
+                })
+                .collect();
+            Ok(Json(Value::Array(secrets)).into_response())
+        }
+        _ => {
+            let _ = admin;
+            Err(ApiError::not_found("no such path"))
+        }
+    }
+}
+
+/// The log of one step: `stage` is the stage's number in the build, `step` its name;
+/// `attempt` defaults to the stage's current one.
+pub async fn log_key(
+    state: &AppState,
+    build: &Build,
+    stage: &str,
+    step: &str,
+    attempt: Option<i64>,
+) -> Result<LogKey, ApiError> {
+    let number: i64 = stage
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`{stage}` is not a stage number")))?;
+    let stage = state
+        .store
+        .stages(build.id)
+        .await?
+        .into_iter()
+        .find(|s| s.number == number)
+        .ok_or_else(|| ApiError::not_found(format!("build #{} has no stage {number}", build.number)))?;
+    let step = percent_decode(step);
+    Ok(LogKey {
+        build_id: build.id,
+        stage_id: stage.id,
+        attempt: attempt.unwrap_or(stage.attempt.max(1)),
+        step,
+    })
+}
+
+async fn raw_log(state: &AppState, key: &LogKey) -> Result<Response, ApiError> {
+    let path = state.logs.path(key);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            bytes,
+        )
+            .into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            Vec::new(),
+        )
+            .into_response()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("reading {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// `%20` and friends in a path segment (step names may hold spaces).
+pub fn percent_decode(text: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The body of `POST …/builds` (manual run).
+#[derive(Debug, Deserialize, Default)]
+pub struct RunRequest {
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub commit: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+impl RunRequest {
+    pub fn target(&self, repo: &Repo) -> Result<ManualRef, ApiError> {
+        let given = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        match (given(&self.branch), given(&self.tag), given(&self.commit)) {
+            (Some(b), None, None) => Ok(ManualRef::Branch(b)),
+            (None, Some(t), None) => Ok(ManualRef::Tag(t)),
+            (None, None, Some(c)) => Ok(ManualRef::Commit(c)),
+            (None, None, None) => Ok(ManualRef::Branch(repo.default_branch.clone())),
+            _ => Err(ApiError::bad_request(
+                "give one of branch, tag or commit, not several",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct PromoteRequest {
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SecretRequest {
+    pub name: String,
+    pub value: String,
+    #[serde(default)]
+    pub allow_pull_request: bool,
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the JSON body: {e}")))
+}
+
+pub async fn repo_post(
+    State(state): State<Arc<AppState>>,
+    Admin(token): Admin,
+    Path(path): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let path = RepoPath::parse(&path).ok_or_else(|| ApiError::not_found("no such path"))?;
+    let repo = find_repo(&state, &path.repo).await?;
+    let user = token.name.clone();
+    match path.rest().as_slice() {
+        ["builds"] => {
+            let req: RunRequest = json_body(&body)?;
+            let target = req.target(&repo)?;
+            let build = builds::run_manual(&state, &repo, target, req.params, &user).await?;
+            Ok((StatusCode::CREATED, Json(build_json(&state, &build).await?)).into_response())
+        }
+        ["builds", n, "restart"] => {
+            let build = find_build(&state, &repo, n).await?;
+            let new = builds::restart(&state, &repo, &build, &user).await?;
+            Ok((StatusCode::CREATED, Json(build_json(&state, &new).await?)).into_response())
+        }
+        ["builds", n, "cancel"] => {
+            let build = find_build(&state, &repo, n).await?;
+            builds::cancel(&state, &build).await?;
+            let build = find_build(&state, &repo, n).await?;
+            Ok(Json(build_json(&state, &build).await?).into_response())
+        }
+        ["builds", n, "promote"] => {
+            let build = find_build(&state, &repo, n).await?;
+            let req: PromoteRequest = json_body(&body)?;
+            let new = builds::promote(&state, &repo, &build, &req.target, req.params, &user).await?;
+            Ok((StatusCode::CREATED, Json(build_json(&state, &new).await?)).into_response())
+        }
+        ["secrets"] => {
+            let req: SecretRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("the JSON body: {e}")))?;
+            put_secret(&state, &repo, &req).await?;
+            Ok((StatusCode::CREATED, Json(json!({"name": req.name}))).into_response())
+        }
+        _ => Err(ApiError::not_found("no such path")),
+    }
+}
+
+/// Checks a secret's name and stores its value sealed.
+pub async fn put_secret(state: &AppState, repo: &Repo, req: &SecretRequest) -> Result<(), ApiError> {
+    let name = req.name.trim();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        return Err(ApiError::bad_request(format!(
+            "secret name `{name}` may only hold letters, digits, `_`, `-` and `.`"
+        )));
+    }
+    let sealed = state
+        .secrets
+        .seal(&req.value, &builds::secret_aad(repo.id, name));
+    state
+        .store
+        .put_secret(repo.id, name, &sealed, req.allow_pull_request, crate::now_ms())
+        .await?;
+    Ok(())
+}
+
+/// The body of `PATCH /api/repos/{repo}`: only the fields given change.
+#[derive(Debug, Deserialize, Default)]
+pub struct RepoSettings {
+    pub clone_url: Option<String>,
+    pub config_path: Option<String>,
+    pub default_branch: Option<String>,
+    pub trusted: Option<bool>,
+    pub auto_cancel: Option<bool>,
+    pub max_running: Option<i64>,
+    pub status_url: Option<String>,
+    pub status_token: Option<String>,
+}
+
+/// Applies settings; a blank status token keeps the old one.
+pub async fn update_settings(
+    state: &AppState,
+    mut repo: Repo,
+    s: RepoSettings,
+) -> Result<Repo, ApiError> {
+    if let Some(v) = s.clone_url.filter(|v| !v.trim().is_empty()) {
+        repo.clone_url = v.trim().to_owned();
+    }
+    if let Some(v) = s.config_path {
+        repo.config_path = Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+    }
+    if let Some(v) = s.default_branch.filter(|v| !v.trim().is_empty()) {
+        repo.default_branch = v.trim().to_owned();
+    }
+    if let Some(v) = s.trusted {
+        repo.trusted = v;
+    }
+    if let Some(v) = s.auto_cancel {
+        repo.auto_cancel = v;
+    }
+    if let Some(v) = s.max_running {
+        repo.max_running = v.max(0);
+    }
+    if let Some(v) = s.status_url {
+        repo.status_url = Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+    }
+    if let Some(v) = s.status_token.filter(|v| !v.trim().is_empty()) {
+        repo.status_token = Some(
+            state
+                .secrets
+                .seal(v.trim(), &builds::status_token_aad(repo.id)),
+        );
+    }
+    state.store.update_repo(&repo).await?;
+    Ok(repo)
+}
+
+pub async fn repo_patch(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(path): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let path = RepoPath::parse(&path).ok_or_else(|| ApiError::not_found("no such path"))?;
+    if !path.rest.is_empty() {
+        return Err(ApiError::not_found("no such path"));
+    }
+    let repo = find_repo(&state, &path.repo).await?;
+    let settings: RepoSettings = json_body(&body)?;
+    let repo = update_settings(&state, repo, settings).await?;
+    Ok(Json(repo_json(&repo, &state, true)))
+}
+
+pub async fn repo_delete(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(path): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let path = RepoPath::parse(&path).ok_or_else(|| ApiError::not_found("no such path"))?;
+    let repo = find_repo(&state, &path.repo).await?;
+    match path.rest().as_slice() {
+        ["secrets", name] => {
+            if state.store.delete_secret(repo.id, name).await? {
+                Ok(StatusCode::NO_CONTENT)
+            } else {
+                Err(ApiError::not_found(format!("{} has no secret `{name}`", repo.name)))
+            }
+        }
+        _ => Err(ApiError::not_found("no such path")),
+    }
+}

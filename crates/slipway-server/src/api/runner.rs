@@ -1,0 +1,120 @@
+//! The runner protocol's endpoints (see `slipway_runner::protocol` for the contract).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use slipway_runner::protocol::{
+    EventBatch, Heartbeat, HeartbeatResponse, LEASE_LOST, LOG_GAP, PROTOCOL_VERSION, PollRequest,
+    RegisterRequest, RegisterResponse, StageDone,
+};
+
+use super::{ApiError, RunnerCaller};
+use crate::app::AppState;
+use crate::logstore::LogError;
+use crate::queue::{self, QueueError};
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> ApiError {
+        match e {
+            QueueError::LeaseLost { .. } => {
+                ApiError::new(StatusCode::CONFLICT, LEASE_LOST, e.to_string())
+            }
+            QueueError::Log(LogError::Gap { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, LOG_GAP, e.to_string())
+            }
+            QueueError::Store(e) => e.into(),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    _caller: RunnerCaller,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    if req.protocol != PROTOCOL_VERSION {
+        return Err(ApiError::bad_request(format!(
+            "runner `{}` speaks protocol {} but this server speaks {PROTOCOL_VERSION}: run the same Slipway version on both",
+            req.name, req.protocol
+        )));
+    }
+    if req.name.trim().is_empty() {
+        return Err(ApiError::bad_request("a runner needs a name"));
+    }
+    let runner = state
+        .store
+        .register_runner(
+            req.name.trim(),
+            &req.labels,
+            i64::from(req.capacity.max(1)),
+            &req.version,
+            crate::now_ms(),
+        )
+        .await?;
+    tracing::info!(
+        "runner {} (id {}) registered: capacity {}, labels {:?}",
+        runner.name,
+        runner.id,
+        runner.capacity,
+        runner.labels
+    );
+    Ok(Json(RegisterResponse {
+        runner_id: runner.id,
+        lease_secs: state.config.lease.as_secs().max(1),
+        heartbeat_secs: state.config.heartbeat().as_secs().max(1),
+    }))
+}
+
+pub async fn poll(
+    State(state): State<Arc<AppState>>,
+    _caller: RunnerCaller,
+    Json(req): Json<PollRequest>,
+) -> Result<Response, ApiError> {
+    let runner = state
+        .store
+        .runner(req.runner_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("runner {} is not registered", req.runner_id)))?;
+    state.store.touch_runner(runner.id, crate::now_ms()).await?;
+    match queue::poll(&state, &runner).await? {
+        Some(lease) => Ok(Json(lease).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+pub async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    _caller: RunnerCaller,
+    Path(id): Path<i64>,
+    Json(req): Json<Heartbeat>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let cancel = queue::heartbeat(&state, id, req.runner_id, req.attempt).await?;
+    Ok(Json(HeartbeatResponse { cancel }))
+}
+
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    _caller: RunnerCaller,
+    Path(id): Path<i64>,
+    Json(batch): Json<EventBatch>,
+) -> Result<Response, ApiError> {
+    Ok(Json(queue::events(&state, id, batch).await?).into_response())
+}
+
+pub async fn done(
+    State(state): State<Arc<AppState>>,
+    _caller: RunnerCaller,
+    Path(id): Path<i64>,
+    Json(req): Json<StageDone>,
+) -> Result<StatusCode, ApiError> {
+    queue::done(&state, id, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,194 @@
+//! The server as a whole: opens every part under the data dir, serves the router, and runs
+//! the background tasks (lease reaper, commit statuses).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth;
+use crate::config::ServerConfig;
+use crate::events::EventBus;
+use crate::logstore::LogStore;
+use crate::mirror::Mirrors;
+use crate::secrets::SecretBox;
+use crate::status::StatusClient;
+use crate::store::Store;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Logs(#[from] crate::logstore::LogError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
+    #[error(transparent)]
+    Registry(#[from] slipway_registry::RegistryError),
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every handler and task.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: ServerConfig,
+    pub store: Arc<Store>,
+    pub logs: LogStore,
+    pub mirrors: Mirrors,
+    pub secrets: SecretBox,
+    pub events: EventBus,
+    /// Woken whenever a stage may have become ready (created, a dependency finished, a
+    /// lease expired), so long-polling runners look again.
+    pub queue: Notify,
+    pub statuses: StatusClient,
+    pub ui: crate::ui::Ui,
+    pub registry: slipway_registry::Registry,
+    /// The runner token (plain), for the embedded runner of `slipway up`.
+    pub runner_token: String,
+    /// The host part of `public_url` (`DRONE_SYSTEM_HOST`, registry host).
+    pub host: String,
+}
+
+/// An opened server.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub state: Arc<AppState>,
+    first_admin_token: Option<String>,
+}
+
+impl Server {
+    /// Opens (creating when new) everything under `config.data_dir`.
+    pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
+        let data = config.data_dir.clone();
+        std::fs::create_dir_all(&data).map_err(|source| ServerError::DataDir {
+            path: data.clone(),
+            source,
+        })?;
+        let url = match &config.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", data.join("slipway.db").display()),
+        };
+        let store = Arc::new(Store::open(&url).await?);
+        let secrets = match &config.secret_key {
+            Some(key) => SecretBox::from_key_text(key)?,
+            None => SecretBox::load_or_create(&data.join("secret.key"))?,
+        };
+        let logs = LogStore::open(data.join("logs"), config.durable_logs)?;
+        let mirrors = Mirrors::new(data.join("mirrors"));
+
+        let mut first_admin_token = None;
+        match &config.admin_token {
+            Some(token) => {
+                auth::ensure(&store, "admin", token, auth::SCOPE_ADMIN).await?;
+            }
+            None => {
+                let tokens = store.tokens().await?;
+                if !tokens.iter().any(|t| t.scope == auth::SCOPE_ADMIN) {
+                    let token = auth::generate();
+                    auth::ensure(&store, "admin", &token, auth::SCOPE_ADMIN).await?;
+                    first_admin_token = Some(token);
+                }
+            }
+        }
+        let runner_token = match &config.runner_token {
+            Some(token) => token.clone(),
+            // Kept sealed in the data dir so the embedded runner survives restarts.
+            None => stored_runner_token(&data, &secrets)?,
+        };
+        auth::ensure(&store, "runners", &runner_token, auth::SCOPE_RUNNER).await?;
+
+        let host = host_of(&config.public_url);
+        let mut registry_config = slipway_registry::RegistryConfig::new(data.join("registry"));
+        registry_config.public_url = Some(config.public_url.clone());
+        let registry = slipway_registry::Registry::open(
+            registry_config,
+            Arc::new(auth::RegistryAuth {
+                store: store.clone(),
+            }),
+        )?;
+
+        // Runners that were working when the server stopped get a full lease to reconnect.
+        let extended = store
+            .extend_running_leases(crate::now_ms() + millis(config.lease))
+            .await?;
+        if extended > 0 {
+            tracing::info!("{extended} stages were running: waiting for their runners");
+        }
+
+        let state = Arc::new(AppState {
+            config,
+            store,
+            logs,
+            mirrors,
+            secrets,
+            events: EventBus::default(),
+            queue: Notify::new(),
+            statuses: StatusClient::new(),
+            ui: crate::ui::Ui::new(),
+            registry,
+            runner_token,
+            host,
+        });
+        Ok(Server {
+            state,
+            first_admin_token,
+        })
+    }
+
+    /// The admin token generated at this start, if the store had none (print it once).
+    pub fn first_admin_token(&self) -> Option<&str> {
+        self.first_admin_token.as_deref()
+    }
+
+    /// Every route: API, webhooks, runner protocol, UI, registry, health and metrics.
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(self.state.clone())
+    }
+
+    /// Starts the background tasks; they stop when `shutdown` is cancelled.
+    pub fn spawn_background(&self, shutdown: CancellationToken) {
+        tokio::spawn(crate::queue::reap_expired_leases(
+            self.state.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::builds::post_commit_statuses(
+            self.state.clone(),
+            shutdown,
+        ));
+    }
+}
+
+fn stored_runner_token(
+    data: &std::path::Path,
+    secrets: &SecretBox,
+) -> Result<String, ServerError> {
+    let path = data.join("runner.token");
+    if let Ok(sealed) = std::fs::read_to_string(&path)
+        && let Ok(token) = secrets.open(sealed.trim(), "runner-token")
+    {
+        return Ok(token);
+    }
+    let token = auth::generate();
+    let sealed = secrets.seal(&token, "runner-token");
+    std::fs::write(&path, sealed).map_err(|source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(token)
+}
+
+/// `http://host:port/x` → `host:port`.
+pub fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

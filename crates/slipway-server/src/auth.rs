@@ -1,0 +1,77 @@
+//! API tokens: made random, stored as SHA-256 hashes, checked on every request; and the
+//! registry's view of them, so `docker login HOST -u admin -p <token>` works with a
+//! Slipway token.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use slipway_registry::auth::BoxFuture;
+use slipway_registry::{Authenticator, Principal};
+
+use crate::store::{Store, Token};
+
+/// Token scopes, from most to least powerful.
+pub const SCOPE_ADMIN: &str = "admin";
+/// May only speak the runner protocol.
+pub const SCOPE_RUNNER: &str = "runner";
+
+/// A new random token: 32 bytes, hex.
+pub fn generate() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// What the store keeps of a token.
+pub fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
+}
+
+/// The token behind a presented secret, if any.
+pub async fn check(store: &Store, presented: &str) -> Option<Token> {
+    if presented.trim().is_empty() {
+        return None;
+    }
+    match store.token_by_hash(&hash(presented)).await {
+        Ok(token) => token,
+        Err(e) => {
+            tracing::error!("checking a token: {e}");
+            None
+        }
+    }
+}
+
+/// Makes sure a token with this secret exists (for `--admin-token` and friends).
+pub async fn ensure(
+    store: &Store,
+    name: &str,
+    secret: &str,
+    scope: &str,
+) -> Result<Token, crate::store::StoreError> {
+    let h = hash(secret);
+    if let Some(t) = store.token_by_hash(&h).await? {
+        return Ok(t);
+    }
+    store.create_token(name, &h, scope, crate::now_ms()).await
+}
+
+/// Registry credentials are Slipway tokens: an admin token may do everything (any user
+/// name, `admin` by convention); other tokens nothing in the registry.
+#[derive(Debug, Clone)]
+pub struct RegistryAuth {
+    pub store: Arc<Store>,
+}
+
+impl Authenticator for RegistryAuth {
+    fn authenticate<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a str,
+    ) -> BoxFuture<'a, Option<Principal>> {
+        Box::pin(async move {
+            let token = check(&self.store, password).await?;
+            (token.scope == SCOPE_ADMIN).then(|| Principal::admin(username))
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! The in-process event bus: state changes of builds, stages and steps, published by the
+//! code that makes them and consumed by whoever listens (live UI, commit statuses). Log
+//! lines travel separately ([`crate::logstore::LogStore::subscribe`]) so a chatty step
+//! cannot crowd state changes out of the channel.
+
+use serde::Serialize;
+use slipway_engine::Status;
+use tokio::sync::broadcast;
+
+/// One state change.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ServerEvent {
+    Build {
+        build_id: i64,
+        repo_id: i64,
+        number: i64,
+        status: Status,
+        finished: Option<i64>,
+    },
+    Stage {
+        build_id: i64,
+        stage: i64,
+        status: Status,
+        attempt: i64,
+    },
+    Step {
+        build_id: i64,
+        stage: i64,
+        step: String,
+        status: Status,
+        exit_code: Option<i64>,
+        started: Option<i64>,
+        finished: Option<i64>,
+    },
+}
+
+impl ServerEvent {
+    pub fn build_id(&self) -> i64 {
+        match self {
+            ServerEvent::Build { build_id, .. }
+            | ServerEvent::Stage { build_id, .. }
+            | ServerEvent::Step { build_id, .. } => *build_id,
+        }
+    }
+}
+
+/// Cheap to clone; publishing with nobody listening is fine.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    sender: broadcast::Sender<ServerEvent>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        let (sender, _) = broadcast::channel(4096);
+        EventBus { sender }
+    }
+}
+
+impl EventBus {
+    pub fn publish(&self, event: ServerEvent) {
+        let _ = self.sender.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ServerEvent> {
+        self.sender.subscribe()
+    }
+}

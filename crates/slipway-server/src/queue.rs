@@ -1,0 +1,441 @@
+//! The build queue seen from the runners: which pending stage a polling runner gets, its
+//! lease, what the runner reports back, and what happens when a runner disappears.
+//!
+//! The queue is the `stages` table: nothing is held only in memory, so a server restart
+//! loses no queued or running stage. Memory holds only a [`tokio::sync::Notify`] that wakes
+//! long-polling runners when a stage may have become ready.
+//!
+//! Invariants:
+//! - A stage is handed out only when every stage it depends on is done, the build is not
+//!   being cancelled, the runner has every label the stage asks for, and its repository is
+//!   under its concurrency limit; oldest first.
+//! - Leasing is a compare-and-set in the store, so two polling runners never get the same
+//!   stage. Every report about a stage names its attempt; one for an attempt that is no
+//!   longer current is answered with `lease_lost`, so a runner that was presumed dead cannot
+//!   overwrite its successor's work.
+//! - A lease that expires (no heartbeat) puts the stage back in the queue with its steps
+//!   reset, up to [`crate::config::ServerConfig::max_attempts`] attempts in all; then the
+//!   stage fails. Logs of earlier attempts stay on disk under their attempt number.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipway_engine::Status;
+use slipway_runner::protocol::{
+    BatchAck, EventBatch, Lease, StageDone, StageEvent, WorkspaceSpec,
+};
+use slipway_spec::Plan;
+use slipway_spec::plan::PipelinePlan;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{AppState, millis};
+use crate::builds;
+use crate::events::ServerEvent;
+use crate::logstore::{LogError, LogKey};
+use crate::store::{Runner, Stage, StepUpdate, StoreError};
+
+/// Why a runner's request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("stage {stage} attempt {attempt} is no longer leased to this runner")]
+    LeaseLost { stage: i64, attempt: i64 },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stage {0}: {1}")]
+    Corrupt(i64, String),
+}
+
+impl From<builds::BuildError> for QueueError {
+    fn from(e: builds::BuildError) -> Self {
+        match e {
+            builds::BuildError::Store(e) => QueueError::Store(e),
+            other => QueueError::Corrupt(0, other.to_string()),
+        }
+    }
+}
+
+/// Waits up to the poll window for a stage this runner may run, and leases it.
+pub async fn poll(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Lease>, QueueError> {
+    let deadline = tokio::time::Instant::now() + state.config.poll_wait;
+    loop {
+        // Registered before looking, so a notification between the look and the wait is
+        // not missed.
+        let notified = state.queue.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(lease) = try_lease(state, runner).await? {
+            return Ok(Some(lease));
+        }
+        // Also look again now and then: a concurrency slot frees up without a notice when
+        // another server process (PostgreSQL deployments) finishes a stage.
+        let wake = (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline);
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
+}
+
+/// Whether a runner with `labels` may run a stage asking for `wanted`.
+pub fn labels_match(wanted: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+async fn try_lease(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Lease>, QueueError> {
+    let pending = state.store.pending_stages(500).await?;
+    let mut build_stages: BTreeMap<i64, Vec<Stage>> = BTreeMap::new();
+    for stage in pending {
+        if !labels_match(&stage.labels, &runner.labels) {
+            continue;
+        }
+        if stage.cancel_requested {
+            continue;
+        }
+        if !build_stages.contains_key(&stage.build_id) {
+            let stages = state.store.stages(stage.build_id).await?;
+            build_stages.insert(stage.build_id, stages);
+        }
+        let siblings = &build_stages[&stage.build_id];
+        if builds::dependencies_outcome(siblings, &stage).is_none() {
+            continue;
+        }
+        let Some(repo) = state.store.repo(stage.repo_id).await? else {
+            continue;
+        };
+        if repo.max_running > 0 && state.store.running_count(repo.id).await? >= repo.max_running
+        {
+            continue;
+        }
+        let now = crate::now_ms();
+        let expires = now + millis(state.config.lease);
+        let Some(leased) = state
+            .store
+            .lease_stage(stage.id, runner.id, expires, now)
+            .await?
+        else {
+            continue; // Another runner won it.
+        };
+        match lease_for(state, &repo, &leased).await {
+            Ok(lease) => {
+                if let Some(build) = state.store.build(leased.build_id).await? {
+                    if build.status == Status::Pending {
+                        state
+                            .store
+                            .set_build_status(build.id, Status::Running, Some(now), None)
+                            .await?;
+                        if let Some(build) = state.store.build(build.id).await? {
+                            builds::publish_build(state, &build);
+                        }
+                    }
+                }
+                builds::publish_stage(state, &leased, Status::Running).await;
+                tracing::info!(
+                    "stage {} ({}) attempt {} leased to runner {}",
+                    leased.id,
+                    lease.title,
+                    leased.attempt,
+                    runner.name
+                );
+                return Ok(Some(lease));
+            }
+            Err(message) => {
+                // The stage cannot run at all (a secret that does not decrypt, a corrupt
+                // plan): fail it rather than hand it out again and again.
+                tracing::error!("stage {}: {message}", leased.id);
+                state
+                    .store
+                    .finish_stage(leased.id, Some(leased.attempt), Status::Error, Some(&message), now)
+                    .await?;
+                state.store.finish_open_steps(leased.id, now).await?;
+                builds::publish_stage(state, &leased, Status::Error).await;
+                builds::settle(state, leased.build_id).await?;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Everything a runner needs for one leased stage.
+async fn lease_for(
+    state: &Arc<AppState>,
+    repo: &crate::store::Repo,
+    stage: &Stage,
+) -> Result<Lease, String> {
+    let mut pipeline: PipelinePlan = serde_json::from_value(stage.plan.clone())
+        .map_err(|e| format!("the stored plan is unreadable: {e}"))?;
+    // Dependencies between stages are the server's business.
+    pipeline.depends_on.clear();
+    let build = state
+        .store
+        .build(stage.build_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("build {} is gone", stage.build_id))?;
+    let pull_request = build.event == "pull_request";
+
+    let wanted: Vec<&str> = pipeline
+        .steps
+        .iter()
+        .chain(&pipeline.services)
+        .flat_map(|s| s.secrets.iter().map(|r| r.secret.as_str()))
+        .collect();
+    let mut secrets = BTreeMap::new();
+    if !wanted.is_empty() {
+        for row in state
+            .store
+            .secrets(repo.id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if !wanted.contains(&row.name.as_str()) {
+                continue;
+            }
+            if pull_request && !row.allow_pull_request {
+                continue;
+            }
+            let value = state
+                .secrets
+                .open(&row.ciphertext, &builds::secret_aad(repo.id, &row.name))
+                .map_err(|e| format!("secret `{}` does not decrypt: {e}", row.name))?;
+            secrets.insert(row.name, value);
+        }
+    }
+    let workspace = if pipeline.clone.disable {
+        WorkspaceSpec::Empty
+    } else {
+        WorkspaceSpec::Git {
+            url: repo.clone_url.clone(),
+            reference: build.reference.clone(),
+            commit: build.commit.clone(),
+        }
+    };
+    Ok(Lease {
+        stage_id: stage.id,
+        attempt: u32::try_from(stage.attempt).unwrap_or(u32::MAX),
+        title: format!("{}#{} {}", repo.name, build.number, stage.name),
+        plan: Plan {
+            pipelines: vec![pipeline],
+        },
+        workspace,
+        secrets,
+        trusted: repo.trusted,
+        step_timeout_secs: None,
+        stage_timeout_secs: None,
+    })
+}
+
+/// The stage, if `runner_id` holds its lease for `attempt`.
+async fn leased(
+    state: &AppState,
+    stage_id: i64,
+    runner_id: i64,
+    attempt: u32,
+) -> Result<Stage, QueueError> {
+    let attempt = i64::from(attempt);
+    let lost = QueueError::LeaseLost {
+        stage: stage_id,
+        attempt,
+    };
+    let Some(stage) = state.store.stage(stage_id).await? else {
+        return Err(lost);
+    };
+    if stage.status != Status::Running
+        || stage.attempt != attempt
+        || stage.runner_id != Some(runner_id)
+    {
+        return Err(lost);
+    }
+    Ok(stage)
+}
+
+/// Extends the lease; answers whether the build was cancelled.
+pub async fn heartbeat(
+    state: &AppState,
+    stage_id: i64,
+    runner_id: i64,
+    attempt: u32,
+) -> Result<bool, QueueError> {
+    let expires = crate::now_ms() + millis(state.config.lease);
+    state.store.touch_runner(runner_id, crate::now_ms()).await?;
+    match state
+        .store
+        .renew_lease(stage_id, i64::from(attempt), runner_id, expires)
+        .await?
+    {
+        Some(cancel) => Ok(cancel),
+        None => Err(QueueError::LeaseLost {
+            stage: stage_id,
+            attempt: i64::from(attempt),
+        }),
+    }
+}
+
+/// Applies a batch of step states and log lines, in order. Logs are on disk when this
+/// returns.
+pub async fn events(
+    state: &AppState,
+    stage_id: i64,
+    batch: EventBatch,
+) -> Result<BatchAck, QueueError> {
+    let stage = leased(state, stage_id, batch.runner_id, batch.attempt).await?;
+    for event in batch.events {
+        match event {
+            StageEvent::StepStarted { step, time } => {
+                let update = StepUpdate {
+                    status: Status::Running,
+                    exit_code: None,
+                    error: None,
+                    started: Some(time),
+                    finished: None,
+                };
+                state.store.update_step(stage.id, &step, &update).await?;
+                publish_step(state, &stage, &step, &update);
+            }
+            StageEvent::Log {
+                step,
+                first_seq,
+                lines,
+            } => {
+                let key = LogKey {
+                    build_id: stage.build_id,
+                    stage_id: stage.id,
+                    attempt: stage.attempt,
+                    step,
+                };
+                let lines = lines.into_iter().map(|l| l.line).collect();
+                state.logs.append(&key, first_seq, lines).await?;
+            }
+            StageEvent::StepFinished {
+                step,
+                status,
+                exit_code,
+                time,
+                error,
+            } => {
+                let update = StepUpdate {
+                    status,
+                    exit_code,
+                    error,
+                    started: None,
+                    finished: Some(time),
+                };
+                state.store.update_step(stage.id, &step, &update).await?;
+                publish_step(state, &stage, &step, &update);
+                state.logs.close(&LogKey {
+                    build_id: stage.build_id,
+                    stage_id: stage.id,
+                    attempt: stage.attempt,
+                    step,
+                });
+            }
+        }
+    }
+    let cancel = heartbeat(state, stage_id, batch.runner_id, batch.attempt).await?;
+    Ok(BatchAck { cancel })
+}
+
+fn publish_step(state: &AppState, stage: &Stage, step: &str, update: &StepUpdate) {
+    state.events.publish(ServerEvent::Step {
+        build_id: stage.build_id,
+        stage: stage.number,
+        step: step.to_owned(),
+        status: update.status,
+        exit_code: update.exit_code,
+        started: update.started,
+        finished: update.finished,
+    });
+}
+
+/// The runner's final word on a stage. Repeating it (a lost acknowledgement) is harmless.
+pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Result<(), QueueError> {
+    let attempt = i64::from(done.attempt);
+    let now = crate::now_ms();
+    let finished = state
+        .store
+        .finish_stage(stage_id, Some(attempt), done.status, done.error.as_deref(), now)
+        .await?;
+    let Some(stage) = state.store.stage(stage_id).await? else {
+        return Err(QueueError::LeaseLost {
+            stage: stage_id,
+            attempt,
+        });
+    };
+    if !finished {
+        // Already finished by this same attempt: a resent /done.
+        if stage.attempt == attempt && stage.status.is_done() {
+            return Ok(());
+        }
+        return Err(QueueError::LeaseLost {
+            stage: stage_id,
+            attempt,
+        });
+    }
+    state.store.finish_open_steps(stage_id, now).await?;
+    tracing::info!("stage {stage_id} attempt {attempt} finished: {}", done.status);
+    builds::publish_stage(state, &stage, done.status).await;
+    builds::settle(state, stage.build_id).await?;
+    state.queue.notify_waiters();
+    Ok(())
+}
+
+/// Every second: stages whose runner stopped heartbeating go back to the queue, or fail
+/// after their last attempt.
+pub async fn reap_expired_leases(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = reap_once(&state).await {
+            tracing::warn!("checking leases: {e}");
+        }
+    }
+}
+
+async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
+    let now = crate::now_ms();
+    for stage in state.store.expired_leases(now).await? {
+        if stage.attempt < state.config.max_attempts && !stage.cancel_requested {
+            if state.store.requeue_stage(stage.id, stage.attempt).await? {
+                tracing::warn!(
+                    "stage {} attempt {}: the runner stopped answering; queued again",
+                    stage.id,
+                    stage.attempt
+                );
+                builds::publish_stage(state, &stage, Status::Pending).await;
+                state.queue.notify_waiters();
+            }
+        } else {
+            let (status, message) = if stage.cancel_requested {
+                (Status::Killed, "cancelled; the runner stopped answering".to_owned())
+            } else {
+                (
+                    Status::Error,
+                    format!(
+                        "the runner stopped answering (lease expired) on attempt {} of {}",
+                        stage.attempt, state.config.max_attempts
+                    ),
+                )
+            };
+            if state
+                .store
+                .finish_stage(stage.id, Some(stage.attempt), status, Some(&message), now)
+                .await?
+            {
+                tracing::warn!("stage {}: {message}", stage.id);
+                state.store.finish_open_steps(stage.id, now).await?;
+                builds::publish_stage(state, &stage, status).await;
+                builds::settle(state, stage.build_id).await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,349 @@
+//! Repositories and builds (with the creation of a build's stages and steps).
+
+use slipway_engine::Status;
+
+use super::rows::{self, flag, json_text, now_ms};
+use super::{Build, CompiledBuild, NewBuild, NewRepo, Repo, Result, Stage, Store, StoreError};
+
+impl Store {
+    // ---------------------------------------------------------------- repositories
+
+    /// Adds a repository. [`StoreError::Conflict`] when the name is taken.
+    pub async fn create_repo(&self, new: &NewRepo) -> Result<Repo> {
+        let row = sqlx::query(
+            "INSERT INTO repos (name, provider, clone_url, config_path, webhook_secret, \
+             default_branch, trusted, auto_cancel, max_running, status_url, status_token, \
+             build_counter, created) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12) RETURNING *",
+        )
+        .bind(&new.name)
+        .bind(&new.provider)
+        .bind(&new.clone_url)
+        .bind(&new.config_path)
+        .bind(&new.webhook_secret)
+        .bind(&new.default_branch)
+        .bind(flag(new.trusted))
+        .bind(flag(new.auto_cancel))
+        .bind(new.max_running)
+        .bind(&new.status_url)
+        .bind(&new.status_token)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if rows::is_unique_violation(&e) {
+                StoreError::Conflict {
+                    what: "repository",
+                    name: new.name.clone(),
+                }
+            } else {
+                e.into()
+            }
+        })?;
+        rows::repo(&row)
+    }
+
+    pub async fn repo(&self, id: i64) -> Result<Option<Repo>> {
+        sqlx::query("SELECT * FROM repos WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::repo)
+            .transpose()
+    }
+
+    pub async fn repo_by_name(&self, name: &str) -> Result<Option<Repo>> {
+        sqlx::query("SELECT * FROM repos WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::repo)
+            .transpose()
+    }
+
+    /// Every repository, by name.
+    pub async fn repos(&self) -> Result<Vec<Repo>> {
+        let rows = sqlx::query("SELECT * FROM repos ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::repo)
+    }
+
+    /// Writes every field of `repo` but `id`, `name` and `created`.
+    pub async fn update_repo(&self, repo: &Repo) -> Result<()> {
+        sqlx::query(
+            "UPDATE repos SET provider = $2, clone_url = $3, config_path = $4, \
+             webhook_secret = $5, default_branch = $6, trusted = $7, auto_cancel = $8, \
+             max_running = $9, status_url = $10, status_token = $11 WHERE id = $1",
+        )
+        .bind(repo.id)
+        .bind(&repo.provider)
+        .bind(&repo.clone_url)
+        .bind(&repo.config_path)
+        .bind(&repo.webhook_secret)
+        .bind(&repo.default_branch)
+        .bind(flag(repo.trusted))
+        .bind(flag(repo.auto_cancel))
+        .bind(repo.max_running)
+        .bind(&repo.status_url)
+        .bind(&repo.status_token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- builds
+
+    /// The id of the build a delivery created, if it was recorded for this repository.
+    pub async fn delivery_build(&self, repo_id: i64, delivery_id: &str) -> Result<Option<i64>> {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM builds WHERE repo_id = $1 AND delivery_id = $2")
+                .bind(repo_id)
+                .bind(delivery_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(id)
+    }
+
+    /// Creates a build whole, in one transaction: takes the repository's next number,
+    /// calls `compile(number)` for the status, context and stages, and inserts the build,
+    /// its stages (numbered 1.. in the given order) and their steps (pending, numbered 1..).
+    ///
+    /// A delivery id already recorded for the repository is
+    /// [`StoreError::DuplicateDelivery`] and changes nothing (`compile` is not called); a
+    /// missing repository is `Database(RowNotFound)`. On any error nothing is left behind
+    /// and the number is not used up.
+    ///
+    /// A build or stage created with a done status (`Error`, `Skipped`) gets `finished`
+    /// set to its creation time.
+    pub async fn create_build<F>(&self, new: &NewBuild, compile: F) -> Result<(Build, Vec<Stage>)>
+    where
+        F: FnOnce(i64) -> CompiledBuild + Send,
+    {
+        let mut tx = self.begin().await?;
+        // Write first: on PostgreSQL this locks the repository row until commit, so
+        // concurrent creates for one repository queue here (and then see each other's
+        // delivery ids); on SQLite the transaction already holds the write lock.
+        let number: Option<i64> = sqlx::query_scalar(
+            "UPDATE repos SET build_counter = build_counter + 1 WHERE id = $1 \
+             RETURNING build_counter",
+        )
+        .bind(new.repo_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(number) = number else {
+            return Err(sqlx::Error::RowNotFound.into());
+        };
+        if let Some(delivery_id) = &new.delivery_id {
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM builds WHERE repo_id = $1 AND delivery_id = $2",
+            )
+            .bind(new.repo_id)
+            .bind(delivery_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(build_id) = existing {
+                tx.rollback().await?;
+                return Err(StoreError::DuplicateDelivery {
+                    delivery_id: delivery_id.clone(),
+                    build_id,
+                });
+            }
+        }
+
+        let compiled = compile(number);
+        let now = now_ms();
+        let done_at = |status: Status| status.is_done().then_some(now);
+        let inserted = sqlx::query(
+            "INSERT INTO builds (repo_id, number, status, event, reference, branch, commit_sha, \
+             message, author, build_trigger, deploy_to, delivery_id, context, error, created, \
+             started, finished) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, $16) \
+             RETURNING *",
+        )
+        .bind(new.repo_id)
+        .bind(number)
+        .bind(compiled.status.as_str())
+        .bind(&new.event)
+        .bind(&new.reference)
+        .bind(&new.branch)
+        .bind(&new.commit)
+        .bind(&new.message)
+        .bind(&new.author)
+        .bind(&new.trigger)
+        .bind(&new.deploy_to)
+        .bind(&new.delivery_id)
+        .bind(json_text(&compiled.context, "build context")?)
+        .bind(&compiled.error)
+        .bind(now)
+        .bind(done_at(compiled.status))
+        .fetch_one(&mut *tx)
+        .await;
+        let build_row = match inserted {
+            Ok(row) => row,
+            Err(e) if rows::is_unique_violation(&e) => {
+                // Only reachable if the row lock above did not serialize us (it does on
+                // both engines); answer as for a duplicate all the same.
+                drop(tx);
+                if let Some(delivery_id) = &new.delivery_id
+                    && let Some(build_id) = self.delivery_build(new.repo_id, delivery_id).await?
+                {
+                    return Err(StoreError::DuplicateDelivery {
+                        delivery_id: delivery_id.clone(),
+                        build_id,
+                    });
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let build = rows::build(&build_row)?;
+
+        let mut stages = Vec::with_capacity(compiled.stages.len());
+        for (index, stage) in compiled.stages.iter().enumerate() {
+            let row = sqlx::query(
+                "INSERT INTO stages (build_id, repo_id, number, name, status, depends_on, labels, \
+                 plan, attempt, runner_id, lease_expires, cancel_requested, error, created, \
+                 started, finished) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, NULL, NULL, 0, NULL, $9, NULL, $10) \
+                 RETURNING *",
+            )
+            .bind(build.id)
+            .bind(new.repo_id)
+            .bind(position(index))
+            .bind(&stage.name)
+            .bind(stage.status.as_str())
+            .bind(json_text(&stage.depends_on, "stage depends_on")?)
+            .bind(json_text(&stage.labels, "stage labels")?)
+            .bind(json_text(&stage.plan, "stage plan")?)
+            .bind(now)
+            .bind(done_at(stage.status))
+            .fetch_one(&mut *tx)
+            .await?;
+            let stored = rows::stage(&row)?;
+            for (step_index, name) in stage.steps.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO steps (stage_id, number, name, status) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(stored.id)
+                .bind(position(step_index))
+                .bind(name)
+                .bind(Status::Pending.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            stages.push(stored);
+        }
+        tx.commit().await?;
+        Ok((build, stages))
+    }
+
+    pub async fn build(&self, id: i64) -> Result<Option<Build>> {
+        sqlx::query("SELECT * FROM builds WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::build)
+            .transpose()
+    }
+
+    pub async fn build_by_number(&self, repo_id: i64, number: i64) -> Result<Option<Build>> {
+        sqlx::query("SELECT * FROM builds WHERE repo_id = $1 AND number = $2")
+            .bind(repo_id)
+            .bind(number)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::build)
+            .transpose()
+    }
+
+    /// A repository's builds, newest (highest number) first, at most `limit`, only those
+    /// numbered below `before_number` when given (the next page).
+    pub async fn builds(
+        &self,
+        repo_id: i64,
+        limit: i64,
+        before_number: Option<i64>,
+    ) -> Result<Vec<Build>> {
+        let rows = sqlx::query(
+            "SELECT * FROM builds WHERE repo_id = $1 AND number < $2 \
+             ORDER BY number DESC LIMIT $3",
+        )
+        .bind(repo_id)
+        .bind(before_number.unwrap_or(i64::MAX))
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows::all(&rows, rows::build)
+    }
+
+    /// Pending builds of a branch and event numbered below `below_number`, oldest first
+    /// (what a newer push auto-cancels).
+    pub async fn pending_builds_on_branch(
+        &self,
+        repo_id: i64,
+        branch: &str,
+        event: &str,
+        below_number: i64,
+    ) -> Result<Vec<Build>> {
+        let rows = sqlx::query(
+            "SELECT * FROM builds WHERE repo_id = $1 AND branch = $2 AND event = $3 \
+             AND number < $4 AND status = 'pending' ORDER BY number",
+        )
+        .bind(repo_id)
+        .bind(branch)
+        .bind(event)
+        .bind(below_number)
+        .fetch_all(&self.pool)
+        .await?;
+        rows::all(&rows, rows::build)
+    }
+
+    /// Sets a build's status; `started` is written only when given and not yet set,
+    /// `finished` only when given.
+    pub async fn set_build_status(
+        &self,
+        id: i64,
+        status: Status,
+        started: Option<i64>,
+        finished: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE builds SET status = $2, started = COALESCE(started, $3), \
+             finished = COALESCE($4, finished) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(started)
+        .bind(finished)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest builds of all repositories (highest id first), with the repository name.
+    pub async fn recent_builds(&self, limit: i64) -> Result<Vec<(Build, String)>> {
+        let rows = sqlx::query(
+            "SELECT builds.*, repos.name AS repo_name FROM builds \
+             JOIN repos ON repos.id = builds.repo_id ORDER BY builds.id DESC LIMIT $1",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                use sqlx::Row;
+                Ok((rows::build(row)?, row.try_get::<String, _>("repo_name")?))
+            })
+            .collect()
+    }
+}
+
+/// 1-based position of the `index`th element.
+fn position(index: usize) -> i64 {
+    i64::try_from(index).map_or(i64::MAX, |i| i + 1)
+}

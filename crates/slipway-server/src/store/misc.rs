@@ -1,0 +1,225 @@
+//! Secrets, runners, tokens, artifacts and the queue counts.
+
+use std::collections::BTreeMap;
+
+use super::rows::{self, flag, json_text};
+use super::{Artifact, QueueStats, Result, Runner, SecretRow, Store, StoreError, Token};
+
+impl Store {
+    // ---------------------------------------------------------------- secrets
+
+    /// Adds the secret `name` of a repository, or replaces its value and flag (keeping its
+    /// id and `created`).
+    pub async fn put_secret(
+        &self,
+        repo_id: i64,
+        name: &str,
+        ciphertext: &str,
+        allow_pull_request: bool,
+        now: i64,
+    ) -> Result<SecretRow> {
+        let row = sqlx::query(
+            "INSERT INTO secrets (repo_id, name, ciphertext, allow_pull_request, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (repo_id, name) DO UPDATE SET ciphertext = excluded.ciphertext, \
+             allow_pull_request = excluded.allow_pull_request, updated = excluded.updated \
+             RETURNING *",
+        )
+        .bind(repo_id)
+        .bind(name)
+        .bind(ciphertext)
+        .bind(flag(allow_pull_request))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        rows::secret(&row)
+    }
+
+    /// A repository's secrets, by name.
+    pub async fn secrets(&self, repo_id: i64) -> Result<Vec<SecretRow>> {
+        let rows = sqlx::query("SELECT * FROM secrets WHERE repo_id = $1 ORDER BY name")
+            .bind(repo_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::secret)
+    }
+
+    /// Whether there was such a secret.
+    pub async fn delete_secret(&self, repo_id: i64, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM secrets WHERE repo_id = $1 AND name = $2")
+            .bind(repo_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---------------------------------------------------------------- runners
+
+    /// Registers a runner by name; registering a known name again updates its labels,
+    /// capacity, version and last-seen time and keeps its id and `created`.
+    pub async fn register_runner(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        capacity: i64,
+        version: &str,
+        now: i64,
+    ) -> Result<Runner> {
+        let row = sqlx::query(
+            "INSERT INTO runners (name, labels, capacity, version, last_seen, created) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
+             capacity = excluded.capacity, version = excluded.version, \
+             last_seen = excluded.last_seen RETURNING *",
+        )
+        .bind(name)
+        .bind(json_text(labels, "runner labels")?)
+        .bind(capacity)
+        .bind(version)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        rows::runner(&row)
+    }
+
+    pub async fn runner(&self, id: i64) -> Result<Option<Runner>> {
+        sqlx::query("SELECT * FROM runners WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::runner)
+            .transpose()
+    }
+
+    /// Every runner, by name.
+    pub async fn runners(&self) -> Result<Vec<Runner>> {
+        let rows = sqlx::query("SELECT * FROM runners ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::runner)
+    }
+
+    pub async fn touch_runner(&self, id: i64, now: i64) -> Result<()> {
+        sqlx::query("UPDATE runners SET last_seen = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- tokens
+
+    /// Stores a token by its hash. [`StoreError::Conflict`] (`what: "token"`, the name)
+    /// when that hash is already stored.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        hash: &str,
+        scope: &str,
+        now: i64,
+    ) -> Result<Token> {
+        let row = sqlx::query(
+            "INSERT INTO tokens (name, hash, scope, created) VALUES ($1, $2, $3, $4) RETURNING *",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(scope)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if rows::is_unique_violation(&e) {
+                StoreError::Conflict {
+                    what: "token",
+                    name: name.to_owned(),
+                }
+            } else {
+                e.into()
+            }
+        })?;
+        rows::token(&row)
+    }
+
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>> {
+        sqlx::query("SELECT * FROM tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::token)
+            .transpose()
+    }
+
+    /// Every token, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<Token>> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::token)
+    }
+
+    /// Whether there was such a token.
+    pub async fn delete_token(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM tokens WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---------------------------------------------------------------- artifacts
+
+    pub async fn add_artifact(
+        &self,
+        build_id: i64,
+        image: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<Artifact> {
+        let row = sqlx::query(
+            "INSERT INTO artifacts (build_id, image, digest, created) VALUES ($1, $2, $3, $4) \
+             RETURNING *",
+        )
+        .bind(build_id)
+        .bind(image)
+        .bind(digest)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        rows::artifact(&row)
+    }
+
+    /// A build's artifacts, in the order they were added.
+    pub async fn artifacts(&self, build_id: i64) -> Result<Vec<Artifact>> {
+        let rows = sqlx::query("SELECT * FROM artifacts WHERE build_id = $1 ORDER BY id")
+            .bind(build_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::artifact)
+    }
+
+    // ---------------------------------------------------------------- stats
+
+    /// Counts for `/metrics`.
+    pub async fn queue_stats(&self) -> Result<QueueStats> {
+        let (pending_stages, running_stages, builds_total, runners): (i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT \
+                 (SELECT COUNT(*) FROM stages WHERE status = 'pending'), \
+                 (SELECT COUNT(*) FROM stages WHERE status = 'running'), \
+                 (SELECT COUNT(*) FROM builds), \
+                 (SELECT COUNT(*) FROM runners)",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(QueueStats {
+            pending_stages,
+            running_stages,
+            builds_total,
+            runners,
+        })
+    }
+}

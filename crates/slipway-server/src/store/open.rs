@@ -1,0 +1,261 @@
+//! Opening the pool (SQLite or PostgreSQL by URL scheme) and applying the migrations.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, Connection, Transaction};
+
+use super::{Backend, Result, Store, StoreError};
+
+/// The migrations of one engine, in the order they are applied. A name is recorded in
+/// `schema_migrations` once applied and never run again; never edit an applied one, add
+/// the next file instead.
+type Migrations = &'static [(&'static str, &'static str)];
+
+const SQLITE_MIGRATIONS: Migrations = &[(
+    "0001_init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+const POSTGRES_MIGRATIONS: Migrations = &[(
+    "0001_init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+/// Set on every SQLite connection: wait up to 30 s for another writer, enforce foreign
+/// keys, and fsync every commit (`FULL`: with WAL, `NORMAL` could lose the last
+/// acknowledged transactions on power loss, and nothing acknowledged may be lost).
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL";
+
+/// The URL with its password replaced by `***`, for messages.
+pub(super) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..scheme_end + 3],
+        &userinfo[..colon],
+        &rest[at..]
+    )
+}
+
+fn open_error(url: &str, message: impl std::fmt::Display) -> StoreError {
+    StoreError::Open {
+        url: redact(url),
+        message: message.to_string(),
+    }
+}
+
+fn is_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// `sqlite://PATH` with `mode=rwc` unless a mode is given, so a missing file is created.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+impl Store {
+    /// Opens the database at `url` and applies the migrations it lacks.
+    ///
+    /// - `sqlite://PATH` (relative or absolute; `sqlite:///abs/path.db`): the file is created
+    ///   when missing; WAL journal, a 30 s busy timeout, foreign keys on. `sqlite::memory:`
+    ///   gives a private in-memory database (one connection).
+    /// - `postgres://user:pass@host:port/db` (or `postgresql://`).
+    ///
+    /// Any other scheme, or a database that cannot be reached, is [`StoreError::Open`]
+    /// naming the URL (password hidden).
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let store = if url.starts_with("sqlite:") {
+            Self::open_sqlite(url).await?
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::open_postgres(url).await?
+        } else {
+            return Err(open_error(
+                url,
+                "unsupported database URL: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB",
+            ));
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Which engine this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn open_sqlite(url: &str) -> Result<Store> {
+        let memory = is_memory(url);
+        let full = if memory {
+            url.to_owned()
+        } else {
+            sqlite_url(url)
+        };
+        let options: AnyConnectOptions = full.parse().map_err(|e| open_error(url, e))?;
+        if !memory {
+            // WAL is a property of the file; switching to it needs an exclusive lock that
+            // busy_timeout does not wait for, so it is done once here, before the pool.
+            let mut conn = sqlx::AnyConnection::connect_with(&options)
+                .await
+                .map_err(|e| open_error(url, e))?;
+            sqlx::raw_sql("PRAGMA journal_mode = WAL")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| open_error(url, e))?;
+            conn.close().await.map_err(|e| open_error(url, e))?;
+        }
+        let mut pool = AnyPoolOptions::new().after_connect(|conn, _meta| {
+            Box::pin(async move {
+                sqlx::Executor::execute(&mut *conn, SQLITE_PRAGMAS).await?;
+                Ok(())
+            })
+        });
+        pool = if memory {
+            // Every connection would be a database of its own: keep exactly one, forever.
+            pool.max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            pool.max_connections(8)
+        };
+        let pool = pool
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        Ok(Store {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    async fn open_postgres(url: &str) -> Result<Store> {
+        let options: AnyConnectOptions = url.parse().map_err(|e| open_error(url, e))?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    /// A transaction that, on SQLite, holds the write lock from its first statement
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then writes fails
+    /// with SQLITE_BUSY instead of waiting when another writer committed in between.
+    pub(super) async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Applies, in order, every migration of this engine not yet in `schema_migrations`,
+    /// each in its own transaction together with its record. Claiming the name first
+    /// (`INSERT … ON CONFLICT DO NOTHING`) makes two processes opening the same database
+    /// at once apply it once: the second waits for the first and then finds it recorded.
+    async fn migrate(&self) -> Result<()> {
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let failed = |name: &str, e: sqlx::Error| StoreError::Migration {
+            name: name.to_owned(),
+            message: e.to_string(),
+        };
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (name TEXT PRIMARY KEY, applied BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| failed("schema_migrations", e))?;
+        for (name, sql) in migrations {
+            let mut tx = self.begin().await.map_err(|e| match e {
+                StoreError::Database(e) => failed(name, e),
+                other => other,
+            })?;
+            let claimed = sqlx::query(
+                "INSERT INTO schema_migrations (name, applied) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(*name)
+            .bind(super::rows::now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| failed(name, e))?
+            .rows_affected();
+            if claimed == 0 {
+                tx.rollback().await.map_err(|e| failed(name, e))?;
+                continue;
+            }
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| failed(name, e))?;
+            tx.commit().await.map_err(|e| failed(name, e))?;
+            tracing::info!(migration = name, "applied database migration");
+        }
+        Ok(())
+    }
+
+    /// The migrations recorded as applied, by name, with the unix ms they were applied at.
+    pub async fn applied_migrations(&self) -> Result<Vec<(String, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT name, applied FROM schema_migrations ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://slipway:secret@127.0.0.1:5432/db?sslmode=disable"),
+            "postgres://slipway:***@127.0.0.1:5432/db?sslmode=disable"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert_eq!(redact("mysql://a:b@c"), "mysql://a:***@c");
+        assert_eq!(redact("nonsense"), "nonsense");
+    }
+
+    #[test]
+    fn sqlite_urls_get_rwc() {
+        assert_eq!(sqlite_url("sqlite:///x.db"), "sqlite:///x.db?mode=rwc");
+        assert_eq!(
+            sqlite_url("sqlite:///x.db?cache=shared"),
+            "sqlite:///x.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(sqlite_url("sqlite:///x.db?mode=ro"), "sqlite:///x.db?mode=ro");
+    }
+}

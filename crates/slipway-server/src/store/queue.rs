@@ -1,0 +1,270 @@
+//! Stages (the queue and runner leases) and steps.
+//!
+//! Every state change of a stage is one compare-and-set `UPDATE … WHERE id = $1 AND
+//! status = …` whose `rows_affected` (or `RETURNING` row) says whether it applied: correct
+//! on both engines without row locks or `SKIP LOCKED`.
+
+use slipway_engine::Status;
+
+use super::rows;
+use super::{Result, Stage, Step, StepUpdate, Store};
+
+impl Store {
+    // ---------------------------------------------------------------- stages
+
+    /// A build's stages, by number.
+    pub async fn stages(&self, build_id: i64) -> Result<Vec<Stage>> {
+        let rows = sqlx::query("SELECT * FROM stages WHERE build_id = $1 ORDER BY number")
+            .bind(build_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::stage)
+    }
+
+    pub async fn stage(&self, id: i64) -> Result<Option<Stage>> {
+        sqlx::query("SELECT * FROM stages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::stage)
+            .transpose()
+    }
+
+    /// Pending stages, oldest (lowest id) first, at most `limit`.
+    pub async fn pending_stages(&self, limit: i64) -> Result<Vec<Stage>> {
+        let rows = sqlx::query("SELECT * FROM stages WHERE status = 'pending' ORDER BY id LIMIT $1")
+            .bind(limit.max(0))
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::stage)
+    }
+
+    /// Running stages, oldest first.
+    pub async fn running_stages(&self) -> Result<Vec<Stage>> {
+        let rows = sqlx::query("SELECT * FROM stages WHERE status = 'running' ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::stage)
+    }
+
+    /// How many stages of a repository are running.
+    pub async fn running_count(&self, repo_id: i64) -> Result<i64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM stages WHERE repo_id = $1 AND status = 'running'",
+        )
+        .bind(repo_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    /// Leases a pending stage to a runner: pending → running, `attempt + 1`, the runner,
+    /// the lease end, `started` if not yet set. The updated stage, or `None` when it was not
+    /// pending (another runner won, or it was cancelled).
+    pub async fn lease_stage(
+        &self,
+        stage_id: i64,
+        runner_id: i64,
+        lease_expires: i64,
+        now: i64,
+    ) -> Result<Option<Stage>> {
+        sqlx::query(
+            "UPDATE stages SET status = 'running', attempt = attempt + 1, runner_id = $2, \
+             lease_expires = $3, started = COALESCE(started, $4) \
+             WHERE id = $1 AND status = 'pending' RETURNING *",
+        )
+        .bind(stage_id)
+        .bind(runner_id)
+        .bind(lease_expires)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(rows::stage)
+        .transpose()
+    }
+
+    /// Extends the lease of a running stage held by `runner_id` in `attempt`.
+    /// `Some(cancel_requested)`, or `None` when the lease is lost (the stage is not running,
+    /// or runs another attempt or on another runner).
+    pub async fn renew_lease(
+        &self,
+        stage_id: i64,
+        attempt: i64,
+        runner_id: i64,
+        lease_expires: i64,
+    ) -> Result<Option<bool>> {
+        let cancel: Option<i64> = sqlx::query_scalar(
+            "UPDATE stages SET lease_expires = $4 \
+             WHERE id = $1 AND status = 'running' AND attempt = $2 AND runner_id = $3 \
+             RETURNING cancel_requested",
+        )
+        .bind(stage_id)
+        .bind(attempt)
+        .bind(runner_id)
+        .bind(lease_expires)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(cancel.map(|c| c != 0))
+    }
+
+    /// Ends a stage with `status` (and `error` when given): `finished = now`, lease
+    /// cleared. With `Some(attempt)` only if it is running that attempt (a runner
+    /// reporting); with `None` only if it is not done yet (pending or running: skipping or
+    /// cancelling). Whether it applied.
+    pub async fn finish_stage(
+        &self,
+        stage_id: i64,
+        attempt: Option<i64>,
+        status: Status,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let done = match attempt {
+            Some(attempt) => sqlx::query(
+                "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
+                 lease_expires = NULL WHERE id = $1 AND status = 'running' AND attempt = $5",
+            )
+            .bind(stage_id)
+            .bind(status.as_str())
+            .bind(error)
+            .bind(now)
+            .bind(attempt)
+            .execute(&self.pool)
+            .await?,
+            None => sqlx::query(
+                "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
+                 lease_expires = NULL WHERE id = $1 AND status IN ('pending', 'running')",
+            )
+            .bind(stage_id)
+            .bind(status.as_str())
+            .bind(error)
+            .bind(now)
+            .execute(&self.pool)
+            .await?,
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Running stages whose lease ended before `now`.
+    pub async fn expired_leases(&self, now: i64) -> Result<Vec<Stage>> {
+        let rows = sqlx::query(
+            "SELECT * FROM stages WHERE status = 'running' AND lease_expires < $1 ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows::all(&rows, rows::stage)
+    }
+
+    /// Puts a running stage back in the queue if it still runs `attempt`: pending, no
+    /// runner or lease, every step pending again without exit code, error or times. The
+    /// attempt number stays, so the next lease is `attempt + 1`. Whether it applied.
+    pub async fn requeue_stage(&self, stage_id: i64, attempt: i64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE stages SET status = 'pending', runner_id = NULL, lease_expires = NULL \
+             WHERE id = $1 AND status = 'running' AND attempt = $2",
+        )
+        .bind(stage_id)
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE steps SET status = 'pending', exit_code = NULL, error = NULL, \
+             started = NULL, finished = NULL WHERE stage_id = $1",
+        )
+        .bind(stage_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Sets the lease of every running stage to `lease_expires` (at server start, so the
+    /// runners get time to reconnect). How many.
+    pub async fn extend_running_leases(&self, lease_expires: i64) -> Result<u64> {
+        let done = sqlx::query("UPDATE stages SET lease_expires = $1 WHERE status = 'running'")
+            .bind(lease_expires)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Flags every stage of a build that is not done as cancel-requested. How many.
+    pub async fn request_cancel(&self, build_id: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE stages SET cancel_requested = 1 \
+             WHERE build_id = $1 AND status IN ('pending', 'running')",
+        )
+        .bind(build_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    // ---------------------------------------------------------------- steps
+
+    /// A stage's steps, by number.
+    pub async fn steps(&self, stage_id: i64) -> Result<Vec<Step>> {
+        let rows = sqlx::query("SELECT * FROM steps WHERE stage_id = $1 ORDER BY number")
+            .bind(stage_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::all(&rows, rows::step)
+    }
+
+    /// Every step of a build, by stage number, then step number.
+    pub async fn steps_of_build(&self, build_id: i64) -> Result<Vec<Step>> {
+        let rows = sqlx::query(
+            "SELECT steps.* FROM steps JOIN stages ON stages.id = steps.stage_id \
+             WHERE stages.build_id = $1 ORDER BY stages.number, steps.number",
+        )
+        .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows::all(&rows, rows::step)
+    }
+
+    /// Updates the step `name` of a stage: the status always, the other fields when given.
+    /// Whether such a step exists.
+    pub async fn update_step(&self, stage_id: i64, name: &str, update: &StepUpdate) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE steps SET status = $3, exit_code = COALESCE($4, exit_code), \
+             error = COALESCE($5, error), started = COALESCE($6, started), \
+             finished = COALESCE($7, finished) WHERE stage_id = $1 AND name = $2",
+        )
+        .bind(stage_id)
+        .bind(name)
+        .bind(update.status.as_str())
+        .bind(update.exit_code)
+        .bind(&update.error)
+        .bind(update.started)
+        .bind(update.finished)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Closes the steps a stage left open: pending → skipped, running → killed with
+    /// `finished = now`.
+    pub async fn finish_open_steps(&self, stage_id: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE steps SET \
+             finished = CASE WHEN status = 'running' THEN $2 ELSE finished END, \
+             status = CASE WHEN status = 'running' THEN 'killed' ELSE 'skipped' END \
+             WHERE stage_id = $1 AND status IN ('pending', 'running')",
+        )
+        .bind(stage_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

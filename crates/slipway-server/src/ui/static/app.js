@@ -1,0 +1,404 @@
+// Slipway web UI: relative times, copy buttons, and the live build page (SSE).
+// Plain JavaScript, no build step. Log text is only ever put into the page through
+// textContent, never parsed as HTML. Selectors are documented in ui/mod.rs.
+"use strict";
+(function () {
+  var ICONS = {
+    pending: "\u25CB", running: "\u25D4", success: "\u2713", failure: "\u2717",
+    killed: "\u25A0", error: "!", skipped: "\u21B7", online: "\u25CF", offline: "\u25CB"
+  };
+  var FINISHED = { success: 1, failure: 1, killed: 1, error: 1, skipped: 1 };
+  var FAILED = { failure: 1, killed: 1, error: 1 };
+
+  function each(root, selector, fn) {
+    Array.prototype.forEach.call(root.querySelectorAll(selector), fn);
+  }
+  function cssString(s) {
+    return '"' + String(s).replace(/\\/g, "\\\\").replace(/"/g, '\\"') + '"';
+  }
+
+  // ---- durations and times -------------------------------------------------------------
+  function formatDuration(ms) {
+    var s = Math.max(0, Math.floor(ms / 1000));
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
+    return Math.floor(s / 3600) + "h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
+  }
+  function formatAgo(ms) {
+    var s = Math.round((Date.now() - ms) / 1000);
+    if (s < 0) s = 0;
+    if (s < 45) return "just now";
+    var m = Math.round(s / 60);
+    if (m < 60) return m + " min ago";
+    var h = Math.round(m / 60);
+    if (h < 24) return h + (h === 1 ? " hour ago" : " hours ago");
+    var d = Math.round(h / 24);
+    if (d < 30) return d + (d === 1 ? " day ago" : " days ago");
+    return new Date(ms).toLocaleDateString();
+  }
+  function tickDurations() {
+    var now = Date.now();
+    each(document, ".duration[data-started]:not([data-finished])", function (el) {
+      el.textContent = formatDuration(now - Number(el.dataset.started));
+    });
+  }
+  function tickAgo() {
+    each(document, "time[data-ago]", function (el) {
+      var ms = Date.parse(el.getAttribute("datetime"));
+      if (isNaN(ms)) return;
+      el.textContent = formatAgo(ms);
+      el.title = new Date(ms).toLocaleString();
+    });
+  }
+  function setDuration(el, started, finished) {
+    if (!el) return;
+    if (started == null) { el.textContent = "\u2013"; delete el.dataset.started; return; }
+    el.dataset.started = String(started);
+    if (finished != null) {
+      el.dataset.finished = String(finished);
+      el.textContent = formatDuration(finished - started);
+    } else {
+      delete el.dataset.finished;
+      el.textContent = formatDuration(Date.now() - started);
+    }
+  }
+
+  // ---- badges ----------------------------------------------------------------------------
+  function makeBadge(status) {
+    var known = Object.prototype.hasOwnProperty.call(ICONS, status);
+    var b = document.createElement("span");
+    b.className = "badge status-" + (known ? status : "unknown");
+    b.dataset.status = status;
+    var icon = document.createElement("span");
+    icon.className = "icon";
+    icon.setAttribute("aria-hidden", "true");
+    icon.textContent = known ? ICONS[status] : "?";
+    var label = document.createElement("span");
+    label.className = "label";
+    label.textContent = status;
+    b.appendChild(icon);
+    b.appendChild(label);
+    return b;
+  }
+  function setBadge(container, status) {
+    if (!container || !status) return;
+    var old = container.querySelector(".badge");
+    if (old && old.dataset.status === status) return;
+    var b = makeBadge(status);
+    if (old) old.replaceWith(b); else container.prepend(b);
+  }
+
+  // ---- ANSI SGR -> spans -----------------------------------------------------------------
+  var COLORS = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
+  // CSI sequences, OSC sequences (BEL or ST terminated) and other two-byte escapes.
+  var ESCAPES = /\x1b\[([0-9;:?<=>]*)[ -\/]*([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]?/g;
+
+  function applySgr(state, params) {
+    var codes = params === "" ? [0] : params.split(/[;:]/).map(function (c) { return c === "" ? 0 : Number(c); });
+    for (var i = 0; i < codes.length; i++) {
+      var c = codes[i];
+      if (c === 0) { state.fg = null; state.bg = null; state.bold = false; }
+      else if (c === 1) state.bold = true;
+      else if (c === 22) state.bold = false;
+      else if (c >= 30 && c <= 37) state.fg = "ansi-fg-" + COLORS[c - 30];
+      else if (c === 39) state.fg = null;
+      else if (c >= 40 && c <= 47) state.bg = "ansi-bg-" + COLORS[c - 40];
+      else if (c === 49) state.bg = null;
+      else if (c >= 90 && c <= 97) state.fg = "ansi-fg-bright-" + COLORS[c - 90];
+      else if (c >= 100 && c <= 107) state.bg = "ansi-bg-" + COLORS[c - 100];
+      else if (c === 38 || c === 48) {
+        // 256-colour / true-colour: skip their arguments, keep the current colour.
+        if (codes[i + 1] === 5) i += 2; else if (codes[i + 1] === 2) i += 4;
+      }
+    }
+  }
+  function pushText(parent, text, state) {
+    if (!text) return;
+    var classes = [];
+    if (state.fg) classes.push(state.fg);
+    if (state.bg) classes.push(state.bg);
+    if (state.bold) classes.push("ansi-bold");
+    var span = document.createElement("span");
+    if (classes.length) span.className = classes.join(" ");
+    span.textContent = text;
+    parent.appendChild(span);
+  }
+  // Renders one log line into `parent`; `state` carries colours across lines.
+  function renderAnsi(parent, line, state) {
+    // A carriage return redraws the line: keep what was drawn last.
+    var cr = line.replace(/\r+$/, "").lastIndexOf("\r");
+    if (cr >= 0) line = line.slice(cr + 1);
+    line = line.replace(/\r/g, "");
+    var last = 0, m;
+    ESCAPES.lastIndex = 0;
+    while ((m = ESCAPES.exec(line)) !== null) {
+      pushText(parent, line.slice(last, m.index), state);
+      if (m[2] === "m" && m[0].charAt(1) === "[") applySgr(state, m[1] || "");
+      last = ESCAPES.lastIndex;
+      if (m[0].length === 0) ESCAPES.lastIndex++;
+    }
+    pushText(parent, line.slice(last), state);
+  }
+
+  // ---- log panels --------------------------------------------------------------------------
+  function LogView(panel) {
+    this.panel = panel;
+    this.el = panel.querySelector(".log");
+    this.seen = Object.create(null);
+    this.count = 0;
+    this.state = { fg: null, bg: null, bold: false };
+    this.source = null;
+    this.ended = false;
+  }
+  LogView.prototype.start = function () {
+    if (this.source || this.ended || !this.el || !window.EventSource) return;
+    var status = this.panel.dataset.status;
+    if (status === "skipped") return;
+    var self = this;
+    var src = new EventSource(this.el.dataset.stream);
+    this.source = src;
+    src.onmessage = function (ev) {
+      var msg;
+      try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      if (msg.kind === "line") self.append(msg.seq, msg.line);
+      else if (msg.kind === "end") self.end();
+    };
+    src.onerror = function () {
+      // CONNECTING: the browser retries by itself (lines already shown are skipped by seq).
+      if (src.readyState === EventSource.CLOSED) {
+        self.source = null;
+        if (!self.count) self.note("The log is not available.");
+      }
+    };
+  };
+  LogView.prototype.atBottom = function () {
+    var el = this.el;
+    return el.scrollHeight - el.scrollTop - el.clientHeight < 8;
+  };
+  LogView.prototype.note = function (text) {
+    var n = this.el.querySelector(".log-note");
+    if (!n) { n = document.createElement("p"); n.className = "log-note"; this.el.appendChild(n); }
+    n.textContent = text;
+  };
+  LogView.prototype.append = function (seq, text) {
+    if (seq == null || this.seen[seq]) return;
+    this.seen[seq] = true;
+    var stick = this.atBottom();
+    var note = this.el.querySelector(".log-note");
+    if (note) note.remove();
+    this.count++;
+    var line = document.createElement("div");
+    line.className = "line";
+    line.dataset.seq = String(seq);
+    var ln = document.createElement("span");
+    ln.className = "ln";
+    ln.textContent = String(this.count);
+    var body = document.createElement("span");
+    body.className = "text";
+    renderAnsi(body, String(text == null ? "" : text), this.state);
+    line.appendChild(ln);
+    line.appendChild(body);
+    // Lines arrive in order; one that is older than the last shown goes in its place.
+    var next = null;
+    var lastLine = this.el.lastElementChild;
+    if (lastLine && lastLine.classList.contains("line") && Number(lastLine.dataset.seq) > seq) {
+      each(this.el, ".line", function (l) {
+        if (!next && Number(l.dataset.seq) > seq) next = l;
+      });
+    }
+    this.el.insertBefore(line, next);
+    if (next) this.renumber();
+    if (stick) this.el.scrollTop = this.el.scrollHeight;
+  };
+  LogView.prototype.renumber = function () {
+    var i = 0;
+    each(this.el, ".line > .ln", function (ln) { ln.textContent = String(++i); });
+  };
+  LogView.prototype.end = function () {
+    this.ended = true;
+    if (this.source) { this.source.close(); this.source = null; }
+    var stick = this.atBottom();
+    if (!this.count) this.note("No output.");
+    if (!this.el.querySelector(".log-end")) {
+      var e = document.createElement("div");
+      e.className = "log-end";
+      e.textContent = "end of log";
+      this.el.appendChild(e);
+    }
+    if (stick) this.el.scrollTop = this.el.scrollHeight;
+    this.panel.dataset.ended = "true";
+  };
+
+  // ---- build page ----------------------------------------------------------------------------
+  function BuildPage(root) {
+    this.root = root;
+    this.views = Object.create(null);
+    this.chosen = false; // the reader picked a step: stop following the running one
+    this.current = null;
+    this.events = null;
+    var logs = root.querySelector(".logs");
+    if (logs) logs.classList.add("js");
+  }
+  BuildPage.prototype.key = function (stage, step) { return stage + "\u0000" + step; };
+  BuildPage.prototype.panelFor = function (stage, step) {
+    return this.root.querySelector('.log-panel[data-stage="' + stage + '"][data-step=' + cssString(step) + "]");
+  };
+  BuildPage.prototype.open = function (panel, byReader) {
+    if (!panel) return;
+    if (byReader) this.chosen = true;
+    if (this.current === panel) return;
+    each(this.root, ".log-panel.open", function (p) { p.classList.remove("open"); });
+    each(this.root, ".step.selected", function (s) { s.classList.remove("selected"); });
+    panel.classList.add("open");
+    this.current = panel;
+    var stage = panel.dataset.stage, step = panel.dataset.step;
+    var stepEl = this.root.querySelector('.step[data-stage="' + stage + '"][data-step=' + cssString(step) + "]");
+    if (stepEl) stepEl.classList.add("selected");
+    var k = this.key(stage, step);
+    if (!this.views[k]) this.views[k] = new LogView(panel);
+    var view = this.views[k];
+    view.start();
+    view.el.scrollTop = view.el.scrollHeight;
+  };
+  // The hash's panel, else the running step, else the first failed one, else the last.
+  BuildPage.prototype.pick = function () {
+    var panels = Array.prototype.slice.call(this.root.querySelectorAll(".log-panel"));
+    if (!panels.length) return null;
+    var running = panels.filter(function (p) { return p.dataset.status === "running"; });
+    if (running.length) return running[running.length - 1];
+    var failed = panels.filter(function (p) { return FAILED[p.dataset.status]; });
+    if (failed.length) return failed[0];
+    var ran = panels.filter(function (p) { return p.dataset.status !== "pending" && p.dataset.status !== "skipped"; });
+    return ran.length ? ran[ran.length - 1] : panels[panels.length - 1];
+  };
+  BuildPage.prototype.init = function () {
+    var self = this;
+    each(this.root, "a.step-link", function (a) {
+      a.addEventListener("click", function (ev) {
+        var id = a.getAttribute("href").slice(1);
+        var panel = document.getElementById(id);
+        if (!panel) return;
+        ev.preventDefault();
+        if (history.replaceState) history.replaceState(null, "", "#" + id);
+        self.open(panel, true);
+        if (window.matchMedia && window.matchMedia("(max-width: 759px)").matches) {
+          panel.scrollIntoView({ block: "start" });
+        }
+      });
+    });
+    each(this.root, ".wrap-toggle", function (box) {
+      box.addEventListener("change", function () {
+        var log = box.closest(".log-panel").querySelector(".log");
+        log.classList.toggle("wrap", box.checked);
+      });
+    });
+    var hash = location.hash && location.hash.slice(1);
+    var fromHash = hash ? document.getElementById(hash) : null;
+    if (fromHash && fromHash.classList.contains("log-panel")) this.open(fromHash, true);
+    else this.open(this.pick(), false);
+    if (this.root.dataset.events && window.EventSource) this.listen(this.root.dataset.events);
+  };
+  BuildPage.prototype.listen = function (url) {
+    var self = this;
+    var src = new EventSource(url);
+    this.events = src;
+    src.onmessage = function (ev) {
+      var msg;
+      try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      self.apply(msg);
+    };
+  };
+  BuildPage.prototype.apply = function (msg) {
+    var root = this.root;
+    if (msg.kind === "step") {
+      var sel = '[data-stage="' + msg.stage + '"][data-step=' + cssString(msg.step) + "]";
+      each(root, ".step" + sel, function (el) {
+        if (msg.status) { el.dataset.status = msg.status; setBadge(el.querySelector(".step-link"), msg.status); }
+        if ("started" in msg || "finished" in msg) setDuration(el.querySelector(".duration"), msg.started, msg.finished);
+        if ("exit_code" in msg) {
+          var ec = el.querySelector(".exit-code");
+          if (ec) {
+            ec.hidden = msg.exit_code == null;
+            ec.textContent = msg.exit_code == null ? "" : "exit " + msg.exit_code;
+          }
+        }
+      });
+      var panel = root.querySelector(".log-panel" + sel);
+      if (panel && msg.status) {
+        panel.dataset.status = msg.status;
+        // Follow the running step until the reader picks one.
+        if (msg.status === "running" && !this.chosen) this.open(panel, false);
+      }
+    } else if (msg.kind === "stage") {
+      each(root, '.stage[data-stage="' + msg.stage + '"]', function (el) {
+        if (msg.status) { el.dataset.status = msg.status; setBadge(el.querySelector(".stage-status"), msg.status); }
+        if ("started" in msg || "finished" in msg) setDuration(el.querySelector(".stage-time .duration"), msg.started, msg.finished);
+      });
+    } else if (msg.kind === "build") {
+      if (msg.status) {
+        root.dataset.status = msg.status;
+        setBadge(document.getElementById("build-status"), msg.status);
+      }
+      var d = root.querySelector("#build-duration .duration");
+      if (d && msg.finished != null && d.dataset.started) setDuration(d, Number(d.dataset.started), msg.finished);
+      else if (d && msg.started != null) setDuration(d, msg.started, msg.finished);
+      if (msg.status && FINISHED[msg.status]) this.finish();
+    }
+  };
+  BuildPage.prototype.finish = function () {
+    var cancel = document.getElementById("cancel-form");
+    if (cancel) cancel.remove();
+    var promote = document.getElementById("promote-form");
+    if (promote) promote.hidden = false;
+    if (this.events) { this.events.close(); this.events = null; }
+    // Running clocks stop where they are.
+    each(this.root, ".duration[data-started]:not([data-finished])", function (el) {
+      el.dataset.finished = String(Date.now());
+    });
+  };
+
+  // ---- every page ----------------------------------------------------------------------------
+  function copyButtons() {
+    each(document, "button[data-copy]", function (b) {
+      b.addEventListener("click", function () {
+        var text = b.dataset.copy;
+        var done = function () { var t = b.textContent; b.textContent = "Copied"; setTimeout(function () { b.textContent = t; }, 1200); };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(text).then(done, function () {});
+        } else {
+          var input = b.parentNode.querySelector("input");
+          if (input) { input.select(); try { document.execCommand("copy"); done(); } catch (e) { /* selected for the reader */ } }
+        }
+      });
+    });
+  }
+  function runForm() {
+    var form = document.getElementById("run-form");
+    if (!form) return;
+    each(form, "[data-kind]", function (field) {
+      var pick = function () {
+        var radio = form.querySelector('input[name="kind"][value="' + field.dataset.kind + '"]');
+        if (radio && !radio.disabled) radio.checked = true;
+      };
+      field.addEventListener("focus", pick);
+      field.addEventListener("change", pick);
+    });
+  }
+
+  function start() {
+    tickAgo();
+    tickDurations();
+    setInterval(tickDurations, 1000);
+    setInterval(tickAgo, 30000);
+    copyButtons();
+    runForm();
+    var root = document.getElementById("build");
+    if (root) {
+      var page = new BuildPage(root);
+      window.slipwayBuild = page;
+      page.init();
+    }
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

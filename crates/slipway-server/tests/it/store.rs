@@ -1,0 +1,1337 @@
+//! The store, one suite run against both engines: every test below is run as
+//! `store::sqlite::NAME` (a fresh file in a temp dir) and `store::postgres::NAME` (a fresh
+//! database per test, created from `SLIPWAY_TEST_POSTGRES_URL` and dropped when the test
+//! passes; a failed test leaves it, uniquely named, to look at). Without that variable the
+//! PostgreSQL variants print a message and pass.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use slipway_engine::Status;
+use slipway_server::store::{
+    Backend, CompiledBuild, NewBuild, NewRepo, NewStage, Repo, StepUpdate, Store, StoreError,
+};
+use sqlx::{Connection, Row};
+
+// ------------------------------------------------------------------------ harness
+
+/// One fresh database of one engine.
+pub struct TestDb {
+    url: String,
+    backend: Backend,
+    /// PostgreSQL: the URL the database was created from, and its name.
+    postgres: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// `postgres://u:p@h:port/DB?query` with DB replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..host_end], name);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("slipway.db").display());
+        TestDb {
+            url,
+            backend: Backend::Sqlite,
+            postgres: None,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Option<TestDb> {
+        let Ok(admin) = std::env::var("SLIPWAY_TEST_POSTGRES_URL") else {
+            eprintln!("skipping: SLIPWAY_TEST_POSTGRES_URL not set");
+            return None;
+        };
+        sqlx::any::install_default_drivers();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos();
+        let name = format!(
+            "slipway_test_{}_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            nanos % 1_000_000_000_000
+        );
+        let mut conn = sqlx::AnyConnection::connect(&admin)
+            .await
+            .expect("SLIPWAY_TEST_POSTGRES_URL answers");
+        let mut tries = 0;
+        loop {
+            // CREATE DATABASE can fail while another one copies the template at that moment.
+            match sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if tries < 10 => {
+                    tries += 1;
+                    eprintln!("CREATE DATABASE {name} failed ({e}), retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(e) => panic!("cannot create test database {name}: {e}"),
+            }
+        }
+        conn.close().await.expect("close admin connection");
+        Some(TestDb {
+            url: with_database(&admin, &name),
+            backend: Backend::Postgres,
+            postgres: Some((admin, name)),
+            _dir: None,
+        })
+    }
+
+    async fn open(&self) -> Store {
+        let store = Store::open(&self.url).await.expect("store opens");
+        assert_eq!(store.backend(), self.backend);
+        store
+    }
+
+    /// A connection of our own, beside the store's pool, to look at the tables directly.
+    async fn raw(&self) -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.url)
+            .await
+            .expect("raw connection")
+    }
+
+    async fn finish(self) {
+        if let Some((admin, name)) = &self.postgres {
+            let mut conn = sqlx::AnyConnection::connect(admin)
+                .await
+                .expect("admin connection");
+            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .expect("drop test database");
+            conn.close().await.expect("close admin connection");
+        }
+    }
+}
+
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite();
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(db) = super::TestDb::postgres().await else {
+                        return;
+                    };
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+both_engines!(
+    repositories,
+    build_creation_and_queries,
+    build_with_error_and_skipped_stage,
+    build_status_and_listing,
+    build_numbers_have_no_gaps_under_concurrency,
+    numbers_are_per_repository,
+    duplicate_delivery_changes_nothing,
+    create_build_for_a_missing_repository_leaves_nothing,
+    lease_has_exactly_one_winner,
+    lease_lifecycle,
+    requeue_resets_steps,
+    cancel_and_finish_without_attempt,
+    steps_updates,
+    secrets,
+    runners,
+    tokens,
+    artifacts_and_stats,
+    reopen_runs_no_migration_twice,
+    unknown_status_is_corrupt,
+);
+
+// ------------------------------------------------------------------------ helpers
+
+fn new_repo(name: &str) -> NewRepo {
+    NewRepo {
+        name: name.to_owned(),
+        provider: "gitea".to_owned(),
+        clone_url: format!("https://git.example/{name}.git"),
+        config_path: None,
+        webhook_secret: "hook-secret".to_owned(),
+        default_branch: "main".to_owned(),
+        trusted: false,
+        auto_cancel: true,
+        max_running: 0,
+        status_url: None,
+        status_token: None,
+    }
+}
+
+fn new_build(repo_id: i64, delivery: Option<&str>) -> NewBuild {
+    NewBuild {
+        repo_id,
+        event: "push".to_owned(),
+        reference: "refs/heads/main".to_owned(),
+        branch: "main".to_owned(),
+        commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+        message: "fix: the thing".to_owned(),
+        author: "alice".to_owned(),
+        trigger: "webhook".to_owned(),
+        deploy_to: String::new(),
+        delivery_id: delivery.map(str::to_owned),
+    }
+}
+
+fn new_stage(name: &str, steps: &[&str]) -> NewStage {
+    NewStage {
+        name: name.to_owned(),
+        status: Status::Pending,
+        depends_on: Vec::new(),
+        labels: BTreeMap::from([("os".to_owned(), "linux".to_owned())]),
+        plan: json!({"name": name, "steps": steps}),
+        steps: steps.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// A pending build of two stages: `build` (clone, compile, test) and `deploy` (clone,
+/// push), `deploy` depending on `build`.
+fn two_stages(number: i64) -> CompiledBuild {
+    let mut deploy = new_stage("deploy", &["clone", "push"]);
+    deploy.depends_on = vec!["build".to_owned()];
+    CompiledBuild {
+        status: Status::Pending,
+        error: None,
+        context: json!({"build": {"number": number}}),
+        stages: vec![new_stage("build", &["clone", "compile", "test"]), deploy],
+    }
+}
+
+/// Repository `acme/app` with one two-stage build; returns the store, repo id, build id
+/// and the first stage's id.
+async fn one_build(db: &TestDb) -> (Store, i64, i64, i64) {
+    let store = db.open().await;
+    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let (build, stages) = store
+        .create_build(&new_build(repo.id, None), two_stages)
+        .await
+        .expect("build");
+    (store, repo.id, build.id, stages[0].id)
+}
+
+const TABLES: &[&str] = &[
+    "repos",
+    "builds",
+    "stages",
+    "steps",
+    "secrets",
+    "runners",
+    "tokens",
+    "artifacts",
+    "schema_migrations",
+];
+
+/// Row count of every table, and every repository's build counter.
+async fn snapshot(db: &TestDb) -> Vec<(String, i64)> {
+    let mut conn = db.raw().await;
+    let mut out = Vec::new();
+    for table in TABLES {
+        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        out.push(((*table).to_owned(), count));
+    }
+    let counters = sqlx::query("SELECT id, build_counter FROM repos ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .expect("counters");
+    for row in counters {
+        let id: i64 = row.get("id");
+        out.push((format!("repo {id} build_counter"), row.get("build_counter")));
+    }
+    conn.close().await.expect("close");
+    out
+}
+
+// ------------------------------------------------------------------------ repositories
+
+async fn repositories(db: &TestDb) {
+    let store = db.open().await;
+    assert!(store.repos().await.expect("repos").is_empty());
+    let mut spec = new_repo("zeta/svc");
+    spec.config_path = Some(".ci.yml".to_owned());
+    spec.trusted = true;
+    spec.max_running = 2;
+    spec.status_url = Some("https://api.github.com".to_owned());
+    spec.status_token = Some("c2VjcmV0".to_owned());
+    let zeta = store.create_repo(&spec).await.expect("create zeta");
+    assert!(zeta.id > 0);
+    assert_eq!(zeta.name, "zeta/svc");
+    assert_eq!(zeta.config_path.as_deref(), Some(".ci.yml"));
+    assert!(zeta.trusted);
+    assert!(zeta.auto_cancel);
+    assert_eq!(zeta.max_running, 2);
+    assert_eq!(zeta.status_token.as_deref(), Some("c2VjcmV0"));
+    assert!(zeta.created > 1_600_000_000_000, "created is unix ms");
+    let alpha = store
+        .create_repo(&new_repo("alpha/web"))
+        .await
+        .expect("create alpha");
+    assert_ne!(alpha.id, zeta.id);
+    assert_eq!(alpha.config_path, None);
+
+    match store.create_repo(&new_repo("zeta/svc")).await {
+        Err(StoreError::Conflict { what, name }) => {
+            assert_eq!(what, "repository");
+            assert_eq!(name, "zeta/svc");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    assert_eq!(store.repo(zeta.id).await.expect("repo"), Some(zeta.clone()));
+    assert_eq!(store.repo(9999).await.expect("repo"), None);
+    assert_eq!(
+        store.repo_by_name("alpha/web").await.expect("by name"),
+        Some(alpha.clone())
+    );
+    assert_eq!(store.repo_by_name("nope/nope").await.expect("by name"), None);
+    let names: Vec<String> = store
+        .repos()
+        .await
+        .expect("repos")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["alpha/web", "zeta/svc"]);
+
+    let changed = Repo {
+        name: "ignored/rename".to_owned(),
+        created: 1,
+        provider: "github".to_owned(),
+        clone_url: "https://github.com/zeta/svc.git".to_owned(),
+        config_path: None,
+        webhook_secret: "new-secret".to_owned(),
+        default_branch: "trunk".to_owned(),
+        trusted: false,
+        auto_cancel: false,
+        max_running: 5,
+        status_url: None,
+        status_token: None,
+        ..zeta.clone()
+    };
+    store.update_repo(&changed).await.expect("update");
+    let stored = store.repo(zeta.id).await.expect("repo").expect("exists");
+    assert_eq!(
+        stored,
+        Repo {
+            name: zeta.name.clone(),
+            created: zeta.created,
+            ..changed
+        }
+    );
+}
+
+// ------------------------------------------------------------------------ builds
+
+async fn build_creation_and_queries(db: &TestDb) {
+    let store = db.open().await;
+    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let called = AtomicBool::new(false);
+    let (build, stages) = store
+        .create_build(&new_build(repo.id, Some("delivery-1")), |number| {
+            called.store(true, Ordering::SeqCst);
+            assert_eq!(number, 1);
+            two_stages(number)
+        })
+        .await
+        .expect("create");
+    assert!(called.load(Ordering::SeqCst));
+    assert_eq!(build.number, 1);
+    assert_eq!(build.repo_id, repo.id);
+    assert_eq!(build.status, Status::Pending);
+    assert_eq!(build.event, "push");
+    assert_eq!(build.reference, "refs/heads/main");
+    assert_eq!(build.branch, "main");
+    assert_eq!(build.commit, "0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(build.message, "fix: the thing");
+    assert_eq!(build.author, "alice");
+    assert_eq!(build.trigger, "webhook");
+    assert_eq!(build.deploy_to, "");
+    assert_eq!(build.delivery_id.as_deref(), Some("delivery-1"));
+    assert_eq!(build.context, json!({"build": {"number": 1}}));
+    assert_eq!(build.error, None);
+    assert_eq!((build.started, build.finished), (None, None));
+
+    assert_eq!(stages.len(), 2);
+    assert_eq!(stages[0].number, 1);
+    assert_eq!(stages[0].name, "build");
+    assert_eq!(stages[1].number, 2);
+    assert_eq!(stages[1].name, "deploy");
+    assert_eq!(stages[1].depends_on, ["build"]);
+    for stage in &stages {
+        assert_eq!(stage.build_id, build.id);
+        assert_eq!(stage.repo_id, repo.id);
+        assert_eq!(stage.status, Status::Pending);
+        assert_eq!(stage.attempt, 0);
+        assert_eq!((stage.runner_id, stage.lease_expires), (None, None));
+        assert!(!stage.cancel_requested);
+        assert_eq!(stage.labels.get("os").map(String::as_str), Some("linux"));
+        assert_eq!(stage.plan["name"], json!(stage.name));
+    }
+
+    assert_eq!(store.build(build.id).await.expect("build"), Some(build.clone()));
+    assert_eq!(store.build(build.id + 100).await.expect("build"), None);
+    assert_eq!(
+        store.build_by_number(repo.id, 1).await.expect("by number"),
+        Some(build.clone())
+    );
+    assert_eq!(store.build_by_number(repo.id, 2).await.expect("by number"), None);
+    assert_eq!(store.stages(build.id).await.expect("stages"), stages);
+    assert_eq!(
+        store.stage(stages[1].id).await.expect("stage"),
+        Some(stages[1].clone())
+    );
+    assert_eq!(store.stage(stages[1].id + 100).await.expect("stage"), None);
+    assert_eq!(
+        store
+            .delivery_build(repo.id, "delivery-1")
+            .await
+            .expect("delivery"),
+        Some(build.id)
+    );
+    assert_eq!(
+        store
+            .delivery_build(repo.id, "delivery-2")
+            .await
+            .expect("delivery"),
+        None
+    );
+
+    let steps = store.steps(stages[0].id).await.expect("steps");
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["clone", "compile", "test"]);
+    for (i, step) in steps.iter().enumerate() {
+        assert_eq!(step.number, i as i64 + 1);
+        assert_eq!(step.stage_id, stages[0].id);
+        assert_eq!(step.status, Status::Pending);
+        assert_eq!((step.exit_code, &step.error), (None, &None));
+        assert_eq!((step.started, step.finished), (None, None));
+    }
+    let all = store.steps_of_build(build.id).await.expect("steps of build");
+    let order: Vec<(i64, &str)> = all
+        .iter()
+        .map(|s| (s.stage_id, s.name.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (stages[0].id, "clone"),
+            (stages[0].id, "compile"),
+            (stages[0].id, "test"),
+            (stages[1].id, "clone"),
+            (stages[1].id, "push"),
+        ]
+    );
+
+    // A build without stages is fine too.
+    let (empty, none) = store
+        .create_build(&new_build(repo.id, None), |n| CompiledBuild {
+            stages: Vec::new(),
+            ..two_stages(n)
+        })
+        .await
+        .expect("empty build");
+    assert_eq!(empty.number, 2);
+    assert!(none.is_empty());
+    assert!(store.steps_of_build(empty.id).await.expect("steps").is_empty());
+}
+
+async fn build_with_error_and_skipped_stage(db: &TestDb) {
+    let store = db.open().await;
+    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let (broken, stages) = store
+        .create_build(&new_build(repo.id, None), |_| CompiledBuild {
+            status: Status::Error,
+            error: Some(".drone.yml:3:1: error: bad".to_owned()),
+            context: json!({}),
+            stages: Vec::new(),
+        })
+        .await
+        .expect("error build");
+    assert_eq!(broken.status, Status::Error);
+    assert_eq!(broken.error.as_deref(), Some(".drone.yml:3:1: error: bad"));
+    assert_eq!(broken.finished, Some(broken.created));
+    assert!(stages.is_empty());
+
+    let (build, stages) = store
+        .create_build(&new_build(repo.id, None), |n| {
+            let mut compiled = two_stages(n);
+            compiled.stages[1].status = Status::Skipped;
+            compiled
+        })
+        .await
+        .expect("build");
+    assert_eq!(build.number, 2);
+    assert_eq!(stages[0].status, Status::Pending);
+    assert_eq!(stages[0].finished, None);
+    assert_eq!(stages[1].status, Status::Skipped);
+    assert_eq!(stages[1].finished, Some(stages[1].created));
+    let pending = store.pending_stages(10).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, stages[0].id);
+}
+
+async fn build_status_and_listing(db: &TestDb) {
+    let store = db.open().await;
+    let app = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let lib = store.create_repo(&new_repo("acme/lib")).await.expect("repo");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut spec = new_build(app.id, None);
+        if i == 3 {
+            spec.branch = "feature".to_owned();
+        }
+        if i == 4 {
+            spec.event = "tag".to_owned();
+        }
+        let (build, _) = store.create_build(&spec, two_stages).await.expect("build");
+        ids.push(build.id);
+    }
+    let (lib_build, _) = store
+        .create_build(&new_build(lib.id, None), two_stages)
+        .await
+        .expect("lib build");
+
+    let numbers = |builds: Vec<slipway_server::store::Build>| -> Vec<i64> {
+        builds.into_iter().map(|b| b.number).collect()
+    };
+    assert_eq!(
+        numbers(store.builds(app.id, 10, None).await.expect("builds")),
+        [5, 4, 3, 2, 1]
+    );
+    assert_eq!(
+        numbers(store.builds(app.id, 2, None).await.expect("builds")),
+        [5, 4]
+    );
+    assert_eq!(
+        numbers(store.builds(app.id, 2, Some(4)).await.expect("builds")),
+        [3, 2]
+    );
+    assert_eq!(
+        numbers(store.builds(app.id, 10, Some(1)).await.expect("builds")),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        numbers(store.builds(lib.id, 10, None).await.expect("builds")),
+        [1]
+    );
+
+    // Pending pushes to main below #5: #1, #2, #3 (#4 is another branch, #5 a tag).
+    assert_eq!(
+        numbers(
+            store
+                .pending_builds_on_branch(app.id, "main", "push", 5)
+                .await
+                .expect("pending")
+        ),
+        [1, 2, 3]
+    );
+    store
+        .set_build_status(ids[1], Status::Running, Some(1000), None)
+        .await
+        .expect("status");
+    assert_eq!(
+        numbers(
+            store
+                .pending_builds_on_branch(app.id, "main", "push", 3)
+                .await
+                .expect("pending")
+        ),
+        [1]
+    );
+    let running = store.build(ids[1]).await.expect("build").expect("exists");
+    assert_eq!(running.status, Status::Running);
+    assert_eq!((running.started, running.finished), (Some(1000), None));
+    // started is never overwritten; finished only when given.
+    store
+        .set_build_status(ids[1], Status::Success, Some(2000), Some(3000))
+        .await
+        .expect("status");
+    store
+        .set_build_status(ids[1], Status::Failure, None, None)
+        .await
+        .expect("status");
+    let done = store.build(ids[1]).await.expect("build").expect("exists");
+    assert_eq!(done.status, Status::Failure);
+    assert_eq!((done.started, done.finished), (Some(1000), Some(3000)));
+
+    let recent = store.recent_builds(3).await.expect("recent");
+    let seen: Vec<(i64, &str)> = recent
+        .iter()
+        .map(|(b, name)| (b.id, name.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (lib_build.id, "acme/lib"),
+            (ids[4], "acme/app"),
+            (ids[3], "acme/app")
+        ]
+    );
+    assert_eq!(store.recent_builds(100).await.expect("recent").len(), 6);
+}
+
+async fn build_numbers_have_no_gaps_under_concurrency(db: &TestDb) {
+    let store = db.open().await;
+    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let delivery = format!("delivery-{i}");
+            let (build, stages) = store
+                .create_build(&new_build(repo.id, Some(&delivery)), two_stages)
+                .await
+                .expect("concurrent create");
+            assert_eq!(build.context["build"]["number"], json!(build.number));
+            assert_eq!(stages.len(), 2);
+            build.number
+        }));
+    }
+    let mut numbers = Vec::new();
+    for task in tasks {
+        numbers.push(task.await.expect("task"));
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=20).collect::<Vec<i64>>());
+    let stored: Vec<i64> = store
+        .builds(repo.id, 100, None)
+        .await
+        .expect("builds")
+        .into_iter()
+        .map(|b| b.number)
+        .collect();
+    assert_eq!(stored, (1..=20).rev().collect::<Vec<i64>>());
+    assert_eq!(store.queue_stats().await.expect("stats").pending_stages, 40);
+}
+
+async fn numbers_are_per_repository(db: &TestDb) {
+    let store = db.open().await;
+    let a = store.create_repo(&new_repo("a/a")).await.expect("repo");
+    let b = store.create_repo(&new_repo("b/b")).await.expect("repo");
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = store.clone();
+        let repo_id = if i % 2 == 0 { a.id } else { b.id };
+        tasks.push(tokio::spawn(async move {
+            let (build, _) = store
+                .create_build(&new_build(repo_id, None), two_stages)
+                .await
+                .expect("create");
+            (repo_id, build.number)
+        }));
+    }
+    let mut per_repo: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for task in tasks {
+        let (repo_id, number) = task.await.expect("task");
+        per_repo.entry(repo_id).or_default().push(number);
+    }
+    for numbers in per_repo.values_mut() {
+        numbers.sort_unstable();
+        assert_eq!(*numbers, [1, 2, 3, 4, 5]);
+    }
+}
+
+async fn duplicate_delivery_changes_nothing(db: &TestDb) {
+    let store = db.open().await;
+    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let other = store.create_repo(&new_repo("acme/other")).await.expect("repo");
+    let (first, _) = store
+        .create_build(&new_build(repo.id, Some("abc-123")), two_stages)
+        .await
+        .expect("first");
+    let before = snapshot(db).await;
+    let called = AtomicBool::new(false);
+    let result = store
+        .create_build(&new_build(repo.id, Some("abc-123")), |n| {
+            called.store(true, Ordering::SeqCst);
+            two_stages(n)
+        })
+        .await;
+    match result {
+        Err(StoreError::DuplicateDelivery {
+            delivery_id,
+            build_id,
+        }) => {
+            assert_eq!(delivery_id, "abc-123");
+            assert_eq!(build_id, first.id);
+        }
+        other => panic!("expected DuplicateDelivery, got {other:?}"),
+    }
+    assert!(!called.load(Ordering::SeqCst), "compile not called");
+    assert_eq!(snapshot(db).await, before, "database unchanged");
+
+    // Concurrent repeats of one delivery: exactly one build.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_build(&new_build(repo.id, Some("burst")), two_stages)
+                .await
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => created += 1,
+            Err(StoreError::DuplicateDelivery { delivery_id, .. }) => {
+                assert_eq!(delivery_id, "burst")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(created, 1);
+
+    // The same id for another repository is another delivery; the number has no gap.
+    let (theirs, _) = store
+        .create_build(&new_build(other.id, Some("abc-123")), two_stages)
+        .await
+        .expect("other repo");
+    assert_eq!(theirs.number, 1);
+    let (next, _) = store
+        .create_build(&new_build(repo.id, Some("abc-124")), two_stages)
+        .await
+        .expect("next");
+    assert_eq!(next.number, 3);
+}
+
+async fn create_build_for_a_missing_repository_leaves_nothing(db: &TestDb) {
+    let store = db.open().await;
+    let before = snapshot(db).await;
+    let result = store.create_build(&new_build(4242, None), two_stages).await;
+    assert!(
+        matches!(result, Err(StoreError::Database(sqlx::Error::RowNotFound))),
+        "{result:?}"
+    );
+    assert_eq!(snapshot(db).await, before);
+}
+
+// ------------------------------------------------------------------------ leases
+
+async fn lease_has_exactly_one_winner(db: &TestDb) {
+    let (store, repo_id, _build_id, stage_id) = one_build(db).await;
+    let mut tasks = Vec::new();
+    for runner_id in 1..=20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .lease_stage(stage_id, runner_id, 60_000, 1_000)
+                .await
+                .expect("lease")
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        if let Some(stage) = task.await.expect("task") {
+            winners.push(stage);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one runner gets the stage");
+    let won = &winners[0];
+    assert_eq!(won.id, stage_id);
+    assert_eq!(won.status, Status::Running);
+    assert_eq!(won.attempt, 1);
+    assert_eq!(won.lease_expires, Some(60_000));
+    assert_eq!(won.started, Some(1_000));
+    assert!(won.runner_id.is_some());
+    assert_eq!(store.stage(stage_id).await.expect("stage").as_ref(), Some(won));
+    assert_eq!(store.running_count(repo_id).await.expect("count"), 1);
+    assert_eq!(store.running_count(repo_id + 1).await.expect("count"), 0);
+    let running = store.running_stages().await.expect("running");
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].id, stage_id);
+    let pending = store.pending_stages(10).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_ne!(pending[0].id, stage_id);
+}
+
+async fn lease_lifecycle(db: &TestDb) {
+    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
+    let leased = store
+        .lease_stage(stage_id, 7, 10_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("won");
+    assert_eq!(leased.attempt, 1);
+    assert_eq!(leased.runner_id, Some(7));
+    // Leasing again is refused: it is not pending.
+    assert_eq!(
+        store.lease_stage(stage_id, 8, 10_000, 1_000).await.expect("lease"),
+        None
+    );
+
+    // Renew: only the holder, in its attempt.
+    assert_eq!(store.renew_lease(stage_id, 2, 7, 20_000).await.expect("renew"), None);
+    assert_eq!(store.renew_lease(stage_id, 1, 8, 20_000).await.expect("renew"), None);
+    assert_eq!(
+        store.renew_lease(stage_id, 1, 7, 20_000).await.expect("renew"),
+        Some(false)
+    );
+    assert_eq!(
+        store.stage(stage_id).await.expect("stage").expect("exists").lease_expires,
+        Some(20_000)
+    );
+
+    // Expiry.
+    assert!(store.expired_leases(20_000).await.expect("expired").is_empty());
+    let expired = store.expired_leases(20_001).await.expect("expired");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].id, stage_id);
+
+    // At server start every running lease gets time.
+    assert_eq!(store.extend_running_leases(50_000).await.expect("extend"), 1);
+    assert!(store.expired_leases(40_000).await.expect("expired").is_empty());
+
+    // Cancel is seen by the next renew.
+    assert_eq!(store.request_cancel(build_id).await.expect("cancel"), 2);
+    assert_eq!(
+        store.renew_lease(stage_id, 1, 7, 60_000).await.expect("renew"),
+        Some(true)
+    );
+    assert!(store.stages(build_id).await.expect("stages").iter().all(|s| s.cancel_requested));
+
+    // Finish: refused for another attempt, once for the right one.
+    assert!(
+        !store
+            .finish_stage(stage_id, Some(2), Status::Success, None, 70_000)
+            .await
+            .expect("finish")
+    );
+    assert!(
+        store
+            .finish_stage(stage_id, Some(1), Status::Killed, Some("cancelled"), 70_000)
+            .await
+            .expect("finish")
+    );
+    assert!(
+        !store
+            .finish_stage(stage_id, Some(1), Status::Success, None, 80_000)
+            .await
+            .expect("finish")
+    );
+    let finished = store.stage(stage_id).await.expect("stage").expect("exists");
+    assert_eq!(finished.status, Status::Killed);
+    assert_eq!(finished.error.as_deref(), Some("cancelled"));
+    assert_eq!(finished.finished, Some(70_000));
+    assert_eq!(finished.lease_expires, None);
+    assert_eq!(finished.started, Some(1_000));
+    // A lost lease after the end.
+    assert_eq!(store.renew_lease(stage_id, 1, 7, 90_000).await.expect("renew"), None);
+    assert!(!store.requeue_stage(stage_id, 1).await.expect("requeue"));
+    // Not cancellable any more: done stages are left alone.
+    assert_eq!(store.request_cancel(build_id).await.expect("cancel"), 1);
+    assert!(store.running_stages().await.expect("running").is_empty());
+}
+
+async fn requeue_resets_steps(db: &TestDb) {
+    let (store, _repo_id, _build_id, stage_id) = one_build(db).await;
+    store
+        .lease_stage(stage_id, 3, 10_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("won");
+    for (name, status, exit) in [
+        ("clone", Status::Success, Some(0)),
+        ("compile", Status::Running, None),
+    ] {
+        assert!(
+            store
+                .update_step(
+                    stage_id,
+                    name,
+                    &StepUpdate {
+                        status,
+                        exit_code: exit,
+                        error: Some("x".to_owned()),
+                        started: Some(1_100),
+                        finished: exit.map(|_| 1_200),
+                    },
+                )
+                .await
+                .expect("update")
+        );
+    }
+    assert!(!store.requeue_stage(stage_id, 2).await.expect("wrong attempt"));
+    assert_eq!(
+        store.stage(stage_id).await.expect("stage").expect("exists").status,
+        Status::Running
+    );
+    assert!(store.requeue_stage(stage_id, 1).await.expect("requeue"));
+    let stage = store.stage(stage_id).await.expect("stage").expect("exists");
+    assert_eq!(stage.status, Status::Pending);
+    assert_eq!((stage.runner_id, stage.lease_expires), (None, None));
+    assert_eq!(stage.attempt, 1);
+    for step in store.steps(stage_id).await.expect("steps") {
+        assert_eq!(step.status, Status::Pending, "{}", step.name);
+        assert_eq!((step.exit_code, &step.error), (None, &None));
+        assert_eq!((step.started, step.finished), (None, None));
+    }
+    assert!(!store.requeue_stage(stage_id, 1).await.expect("not running"));
+    let again = store
+        .lease_stage(stage_id, 4, 30_000, 5_000)
+        .await
+        .expect("lease")
+        .expect("won");
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.runner_id, Some(4));
+    assert_eq!(again.started, Some(1_000), "started kept from the first attempt");
+    // The old attempt can do nothing any more.
+    assert_eq!(store.renew_lease(stage_id, 1, 3, 40_000).await.expect("renew"), None);
+    assert!(
+        !store
+            .finish_stage(stage_id, Some(1), Status::Success, None, 6_000)
+            .await
+            .expect("finish")
+    );
+    assert!(
+        store
+            .finish_stage(stage_id, Some(2), Status::Success, None, 6_000)
+            .await
+            .expect("finish")
+    );
+}
+
+async fn cancel_and_finish_without_attempt(db: &TestDb) {
+    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
+    let stages = store.stages(build_id).await.expect("stages");
+    let deploy = stages[1].id;
+    // Pending → skipped without an attempt.
+    assert!(
+        store
+            .finish_stage(deploy, None, Status::Skipped, None, 2_000)
+            .await
+            .expect("skip")
+    );
+    assert!(
+        !store
+            .finish_stage(deploy, None, Status::Killed, None, 3_000)
+            .await
+            .expect("done already")
+    );
+    let skipped = store.stage(deploy).await.expect("stage").expect("exists");
+    assert_eq!(skipped.status, Status::Skipped);
+    assert_eq!(skipped.finished, Some(2_000));
+    assert_eq!(skipped.error, None);
+    // Running → killed without an attempt.
+    store
+        .lease_stage(stage_id, 1, 10_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("won");
+    assert!(
+        store
+            .finish_stage(stage_id, None, Status::Killed, Some("cancelled by @bob"), 4_000)
+            .await
+            .expect("kill")
+    );
+    let killed = store.stage(stage_id).await.expect("stage").expect("exists");
+    assert_eq!(killed.status, Status::Killed);
+    assert_eq!(killed.error.as_deref(), Some("cancelled by @bob"));
+    assert_eq!(killed.lease_expires, None);
+    assert_eq!(store.request_cancel(build_id).await.expect("cancel"), 0);
+}
+
+// ------------------------------------------------------------------------ steps
+
+async fn steps_updates(db: &TestDb) {
+    let (store, _repo_id, _build_id, stage_id) = one_build(db).await;
+    let started = StepUpdate {
+        status: Status::Running,
+        exit_code: None,
+        error: None,
+        started: Some(1_000),
+        finished: None,
+    };
+    assert!(store.update_step(stage_id, "clone", &started).await.expect("update"));
+    assert!(
+        !store
+            .update_step(stage_id, "no-such-step", &started)
+            .await
+            .expect("update")
+    );
+    assert!(
+        store
+            .update_step(
+                stage_id,
+                "clone",
+                &StepUpdate {
+                    status: Status::Failure,
+                    exit_code: Some(2),
+                    error: Some("exit status 2".to_owned()),
+                    started: None,
+                    finished: Some(1_500),
+                },
+            )
+            .await
+            .expect("update")
+    );
+    // Only the status: the rest stays.
+    assert!(
+        store
+            .update_step(
+                stage_id,
+                "clone",
+                &StepUpdate {
+                    status: Status::Success,
+                    exit_code: None,
+                    error: None,
+                    started: None,
+                    finished: None,
+                },
+            )
+            .await
+            .expect("update")
+    );
+    assert!(store.update_step(stage_id, "compile", &started).await.expect("update"));
+    let steps = store.steps(stage_id).await.expect("steps");
+    let clone = &steps[0];
+    assert_eq!(clone.status, Status::Success);
+    assert_eq!(clone.exit_code, Some(2));
+    assert_eq!(clone.error.as_deref(), Some("exit status 2"));
+    assert_eq!((clone.started, clone.finished), (Some(1_000), Some(1_500)));
+
+    store.finish_open_steps(stage_id, 9_000).await.expect("finish open");
+    let steps = store.steps(stage_id).await.expect("steps");
+    let states: Vec<(&str, Status, Option<i64>)> = steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.status, s.finished))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("clone", Status::Success, Some(1_500)),
+            ("compile", Status::Killed, Some(9_000)),
+            ("test", Status::Skipped, None),
+        ]
+    );
+}
+
+// ------------------------------------------------------------------------ the rest
+
+async fn secrets(db: &TestDb) {
+    let store = db.open().await;
+    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let other = store.create_repo(&new_repo("acme/other")).await.expect("repo");
+    let token = store
+        .put_secret(repo.id, "token", "Y2lwaGVy", false, 1_000)
+        .await
+        .expect("put");
+    assert_eq!(token.repo_id, repo.id);
+    assert_eq!(token.name, "token");
+    assert_eq!(token.ciphertext, "Y2lwaGVy");
+    assert!(!token.allow_pull_request);
+    assert_eq!((token.created, token.updated), (1_000, 1_000));
+    store
+        .put_secret(repo.id, "aws_key", "a2V5", true, 1_100)
+        .await
+        .expect("put");
+    store
+        .put_secret(other.id, "token", "b3RoZXI=", false, 1_200)
+        .await
+        .expect("put");
+    let replaced = store
+        .put_secret(repo.id, "token", "bmV3", true, 2_000)
+        .await
+        .expect("replace");
+    assert_eq!(replaced.id, token.id);
+    assert_eq!(replaced.ciphertext, "bmV3");
+    assert!(replaced.allow_pull_request);
+    assert_eq!((replaced.created, replaced.updated), (1_000, 2_000));
+
+    let listed = store.secrets(repo.id).await.expect("secrets");
+    let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["aws_key", "token"]);
+    assert_eq!(listed[1], replaced);
+    assert!(store.delete_secret(repo.id, "token").await.expect("delete"));
+    assert!(!store.delete_secret(repo.id, "token").await.expect("delete"));
+    assert_eq!(store.secrets(repo.id).await.expect("secrets").len(), 1);
+    assert_eq!(store.secrets(other.id).await.expect("secrets").len(), 1);
+}
+
+async fn runners(db: &TestDb) {
+    let store = db.open().await;
+    assert!(store.runners().await.expect("runners").is_empty());
+    let labels = BTreeMap::from([
+        ("arch".to_owned(), "amd64".to_owned()),
+        ("os".to_owned(), "linux".to_owned()),
+    ]);
+    let zulu = store
+        .register_runner("zulu", &labels, 2, "0.1.0", 1_000)
+        .await
+        .expect("register");
+    assert_eq!(zulu.name, "zulu");
+    assert_eq!(zulu.labels, labels);
+    assert_eq!(zulu.capacity, 2);
+    assert_eq!(zulu.version, "0.1.0");
+    assert_eq!((zulu.last_seen, zulu.created), (1_000, 1_000));
+    let alpha = store
+        .register_runner("alpha", &BTreeMap::new(), 1, "0.1.0", 1_100)
+        .await
+        .expect("register");
+    assert!(alpha.labels.is_empty());
+
+    let new_labels = BTreeMap::from([("gpu".to_owned(), "yes".to_owned())]);
+    let again = store
+        .register_runner("zulu", &new_labels, 4, "0.2.0", 5_000)
+        .await
+        .expect("re-register");
+    assert_eq!(again.id, zulu.id, "same name keeps the id");
+    assert_eq!(again.labels, new_labels);
+    assert_eq!((again.capacity, again.version.as_str()), (4, "0.2.0"));
+    assert_eq!((again.last_seen, again.created), (5_000, 1_000));
+
+    store.touch_runner(alpha.id, 9_000).await.expect("touch");
+    let touched = store.runner(alpha.id).await.expect("runner").expect("exists");
+    assert_eq!(touched.last_seen, 9_000);
+    assert_eq!(store.runner(alpha.id + zulu.id + 100).await.expect("runner"), None);
+    let names: Vec<String> = store
+        .runners()
+        .await
+        .expect("runners")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["alpha", "zulu"]);
+}
+
+async fn tokens(db: &TestDb) {
+    let store = db.open().await;
+    let admin = store
+        .create_token("admin", &"a".repeat(64), "admin", 1_000)
+        .await
+        .expect("token");
+    assert_eq!(admin.name, "admin");
+    assert_eq!(admin.hash, "a".repeat(64));
+    assert_eq!(admin.scope, "admin");
+    assert_eq!(admin.created, 1_000);
+    let runner = store
+        .create_token("runner-1", &"b".repeat(64), "runner", 2_000)
+        .await
+        .expect("token");
+    match store
+        .create_token("dup", &"a".repeat(64), "read", 3_000)
+        .await
+    {
+        Err(StoreError::Conflict { what, name }) => {
+            assert_eq!((what, name.as_str()), ("token", "dup"))
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        store.token_by_hash(&"b".repeat(64)).await.expect("by hash"),
+        Some(runner.clone())
+    );
+    assert_eq!(store.token_by_hash("c").await.expect("by hash"), None);
+    assert_eq!(store.tokens().await.expect("tokens"), [admin.clone(), runner.clone()]);
+    assert!(store.delete_token(admin.id).await.expect("delete"));
+    assert!(!store.delete_token(admin.id).await.expect("delete"));
+    assert_eq!(store.tokens().await.expect("tokens"), [runner]);
+    assert_eq!(store.token_by_hash(&"a".repeat(64)).await.expect("by hash"), None);
+}
+
+async fn artifacts_and_stats(db: &TestDb) {
+    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
+    let first = store
+        .add_artifact(build_id, "reg.example/acme/app:1", "sha256:aa", 1_000)
+        .await
+        .expect("artifact");
+    assert_eq!(first.build_id, build_id);
+    assert_eq!(first.image, "reg.example/acme/app:1");
+    assert_eq!(first.digest, "sha256:aa");
+    assert_eq!(first.created, 1_000);
+    let second = store
+        .add_artifact(build_id, "reg.example/acme/app:latest", "sha256:aa", 1_001)
+        .await
+        .expect("artifact");
+    assert_eq!(store.artifacts(build_id).await.expect("artifacts"), [first, second]);
+    assert!(store.artifacts(build_id + 1).await.expect("artifacts").is_empty());
+
+    let stats = store.queue_stats().await.expect("stats");
+    assert_eq!(
+        (stats.pending_stages, stats.running_stages, stats.builds_total, stats.runners),
+        (2, 0, 1, 0)
+    );
+    store
+        .register_runner("r", &BTreeMap::new(), 1, "0", 1)
+        .await
+        .expect("runner");
+    store
+        .lease_stage(stage_id, 1, 10_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("won");
+    let stats = store.queue_stats().await.expect("stats");
+    assert_eq!(
+        (stats.pending_stages, stats.running_stages, stats.builds_total, stats.runners),
+        (1, 1, 1, 1)
+    );
+}
+
+async fn reopen_runs_no_migration_twice(db: &TestDb) {
+    let store = db.open().await;
+    let applied = store.applied_migrations().await.expect("migrations");
+    assert!(!applied.is_empty());
+    assert!(applied.iter().any(|(name, _)| name == "0001_init"));
+    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Opened again, twice at once: nothing is applied again, nothing is lost.
+    let (a, b) = tokio::join!(Store::open(&db.url), Store::open(&db.url));
+    let (a, b) = (a.expect("reopen"), b.expect("reopen"));
+    assert_eq!(a.applied_migrations().await.expect("migrations"), applied);
+    assert_eq!(b.applied_migrations().await.expect("migrations"), applied);
+    assert_eq!(a.repo(repo.id).await.expect("repo"), Some(repo));
+    let mut conn = db.raw().await;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(count, applied.len() as i64);
+}
+
+async fn unknown_status_is_corrupt(db: &TestDb) {
+    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
+    let mut conn = db.raw().await;
+    sqlx::query("UPDATE builds SET status = 'exploded' WHERE id = $1")
+        .bind(build_id)
+        .execute(&mut conn)
+        .await
+        .expect("update");
+    sqlx::query("UPDATE stages SET labels = 'not json' WHERE id = $1")
+        .bind(stage_id)
+        .execute(&mut conn)
+        .await
+        .expect("update");
+    match store.build(build_id).await {
+        Err(StoreError::Corrupt { what, message }) => {
+            assert!(what.contains("builds.status"), "{what}");
+            assert!(message.contains("exploded"), "{message}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        store.stage(stage_id).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+// ------------------------------------------------------------------------ engine-independent
+
+#[tokio::test]
+async fn open_refuses_unknown_schemes_naming_the_url() {
+    let err = Store::open("mysql://root:hunter2@db.example/slipway")
+        .await
+        .expect_err("mysql is not supported");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(text.contains("mysql://root:***@db.example/slipway"), "{text}");
+    assert!(!text.contains("hunter2"), "password hidden: {text}");
+
+    let err = Store::open("slipway.db").await.expect_err("no scheme");
+    assert!(err.to_string().contains("`slipway.db`"), "{err}");
+}
+
+#[tokio::test]
+async fn open_reports_unreachable_databases_naming_the_url() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("missing-dir/slipway.db").display()
+    );
+    let err = Store::open(&url).await.expect_err("parent directory missing");
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(err.to_string().contains(&url), "{err}");
+
+    // Port 1: nothing listens there.
+    let err = Store::open("postgres://slipway:pw@127.0.0.1:1/slipway")
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("postgres://slipway:***@127.0.0.1:1/slipway"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_creates_the_file_and_uses_wal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("new.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = Store::open(&url).await.expect("open");
+    assert_eq!(store.backend(), Backend::Sqlite);
+    assert!(path.exists());
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("raw");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .expect("journal mode");
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_works() {
+    let store = Store::open("sqlite::memory:").await.expect("open");
+    let repo = store.create_repo(&new_repo("mem/ory")).await.expect("repo");
+    let store2 = store.clone();
+    let (build, _) = store2
+        .create_build(&new_build(repo.id, None), two_stages)
+        .await
+        .expect("build");
+    assert_eq!(store.build(build.id).await.expect("build"), Some(build));
+}
+
+#[test]
+fn test_database_urls() {
+    assert_eq!(
+        with_database("postgres://u:p@h:5432/postgres", "t1"),
+        "postgres://u:p@h:5432/t1"
+    );
+    assert_eq!(
+        with_database("postgres://u:p@h/postgres?sslmode=disable", "t1"),
+        "postgres://u:p@h/t1?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h", "t1"), "postgres://h/t1");
+}

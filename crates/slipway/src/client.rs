@@ -1,0 +1,463 @@
+//! `slipway repo …`, `slipway secret …` and `slipway build …`: the REST API from the
+//! command line. Data goes to stdout (JSON with `--json`), messages to stderr.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The server's URL.
+    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// An admin token.
+    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print JSON for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Add a repository; prints the webhook URL and secret to paste into the git host.
+    Add {
+        /// `owner/name`, as the git host names it.
+        name: String,
+        #[arg(long)]
+        clone_url: String,
+        /// github, gitea (also Forgejo, Gogs), gitlab or generic.
+        #[arg(long, default_value = "github")]
+        provider: String,
+        /// The pipeline file (default: .slipway.yml, then .drone.yml).
+        #[arg(long)]
+        config_path: Option<String>,
+        #[arg(long)]
+        default_branch: Option<String>,
+        /// Allow host volumes and privileged steps.
+        #[arg(long)]
+        trusted: bool,
+        /// Cancel pending builds of a branch superseded by a newer push.
+        #[arg(long)]
+        auto_cancel: bool,
+        /// Commit statuses: the host's API base URL (e.g. https://api.github.com).
+        #[arg(long)]
+        status_url: Option<String>,
+        /// Commit statuses: an API token of the host.
+        #[arg(long, env = "SLIPWAY_STATUS_TOKEN", hide_env_values = true)]
+        status_token: Option<String>,
+    },
+    /// List repositories.
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Add or replace a secret (the value from --value or standard input).
+    Add {
+        repo: String,
+        name: String,
+        #[arg(long)]
+        value: Option<String>,
+        /// Give it to pull-request builds too.
+        #[arg(long)]
+        allow_pull_request: bool,
+    },
+    /// List secret names.
+    Ls { repo: String },
+    /// Delete a secret.
+    Rm { repo: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// List builds, newest first.
+    Ls {
+        repo: String,
+        #[arg(long, default_value_t = 25)]
+        limit: i64,
+    },
+    /// One build with its stages and steps.
+    Show { repo: String, number: i64 },
+    /// A step's log (every step of the build without --step); -f follows it live.
+    Logs {
+        repo: String,
+        number: i64,
+        /// Stage number (default 1).
+        #[arg(long, default_value_t = 1)]
+        stage: i64,
+        #[arg(long)]
+        step: Option<String>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Run the pipeline for a branch, tag or commit, with parameters.
+    Run {
+        repo: String,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        commit: Option<String>,
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+    },
+    /// Build the same commit again.
+    Restart { repo: String, number: i64 },
+    /// Stop a build.
+    Cancel { repo: String, number: i64 },
+    /// Promote a finished build to a target (promote event, DRONE_DEPLOY_TO).
+    Promote {
+        repo: String,
+        number: i64,
+        #[arg(long)]
+        target: String,
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+    },
+}
+
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    fn new(args: &ApiArgs) -> Result<Client> {
+        let Some(token) = args.token.clone() else {
+            bail!("no token: pass --token or set SLIPWAY_TOKEN (the admin token `slipway up` printed)");
+        };
+        let http = reqwest::blocking::Client::builder()
+            .timeout(None)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("making the HTTP client")?;
+        Ok(Client {
+            base: args.server.trim_end_matches('/').to_owned(),
+            token,
+            http,
+        })
+    }
+
+    fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<reqwest::blocking::Response> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        } else if method != reqwest::Method::GET {
+            req = req.header(reqwest::header::CONTENT_LENGTH, "0");
+        }
+        let resp = req
+            .send()
+            .with_context(|| format!("{method} {url}: is the server running?"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            bail!("{method} {url}: {status}: {message}");
+        }
+        Ok(resp)
+    }
+
+    fn json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.send(method, path, body)?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        resp.json().with_context(|| format!("reading the answer of {url}"))
+    }
+}
+
+fn params(list: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for p in list {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("--param `{p}` must be KEY=VALUE");
+        };
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub fn repo(api: ApiArgs, command: RepoCommand) -> Result<ExitCode> {
+    let client = Client::new(&api)?;
+    match command {
+        RepoCommand::Add {
+            name,
+            clone_url,
+            provider,
+            config_path,
+            default_branch,
+            trusted,
+            auto_cancel,
+            status_url,
+            status_token,
+        } => {
+            let repo = client.json(
+                reqwest::Method::POST,
+                "/api/repos",
+                Some(json!({"name": name, "clone_url": clone_url, "provider": provider,
+                    "config_path": config_path, "default_branch": default_branch,
+                    "trusted": trusted, "auto_cancel": auto_cancel,
+                    "status_url": status_url, "status_token": status_token})),
+            )?;
+            if api.json {
+                print_json(&repo);
+            } else {
+                println!("added {}", repo["name"].as_str().unwrap_or_default());
+                println!("webhook URL:    {}", repo["webhook_url"].as_str().unwrap_or_default());
+                println!("webhook secret: {}", repo["webhook_secret"].as_str().unwrap_or_default());
+                println!("content type:   application/json; events: push, tag, pull request");
+            }
+        }
+        RepoCommand::Ls => {
+            let repos = client.json(reqwest::Method::GET, "/api/repos", None)?;
+            if api.json {
+                print_json(&repos);
+            } else {
+                for r in repos.as_array().into_iter().flatten() {
+                    println!(
+                        "{}\t{}\t{}",
+                        r["name"].as_str().unwrap_or_default(),
+                        r["provider"].as_str().unwrap_or_default(),
+                        r["clone_url"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn secret(api: ApiArgs, command: SecretCommand) -> Result<ExitCode> {
+    let client = Client::new(&api)?;
+    match command {
+        SecretCommand::Add {
+            repo,
+            name,
+            value,
+            allow_pull_request,
+        } => {
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let mut v = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut v)
+                        .context("reading the secret's value from standard input")?;
+                    v.strip_suffix('\n').map(str::to_owned).unwrap_or(v)
+                }
+            };
+            client.json(
+                reqwest::Method::POST,
+                &format!("/api/repos/{repo}/secrets"),
+                Some(json!({"name": name, "value": value, "allow_pull_request": allow_pull_request})),
+            )?;
+            eprintln!("secret {name} saved for {repo}");
+        }
+        SecretCommand::Ls { repo } => {
+            let list = client.json(reqwest::Method::GET, &format!("/api/repos/{repo}/secrets"), None)?;
+            if api.json {
+                print_json(&list);
+            } else {
+                for s in list.as_array().into_iter().flatten() {
+                    let pr = if s["allow_pull_request"].as_bool() == Some(true) {
+                        "\tpull requests too"
+                    } else {
+                        ""
+                    };
+                    println!("{}{pr}", s["name"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        SecretCommand::Rm { repo, name } => {
+            client.json(
+                reqwest::Method::DELETE,
+                &format!("/api/repos/{repo}/secrets/{name}"),
+                None,
+            )?;
+            eprintln!("secret {name} deleted from {repo}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build_line(b: &Value) -> String {
+    let message = b["message"].as_str().unwrap_or_default();
+    format!(
+        "#{}\t{}\t{}\t{}\t{}\t{}",
+        b["number"],
+        b["status"].as_str().unwrap_or_default(),
+        b["event"].as_str().unwrap_or_default(),
+        b["reference"].as_str().unwrap_or_default(),
+        b["commit"].as_str().unwrap_or_default().get(..8).unwrap_or_default(),
+        message.lines().next().unwrap_or_default()
+    )
+}
+
+fn print_build(api: &ApiArgs, b: &Value) {
+    if api.json {
+        print_json(b);
+        return;
+    }
+    println!("{}", build_line(b));
+    if let Some(error) = b["error"].as_str() {
+        println!("  error: {error}");
+    }
+    for stage in b["stages"].as_array().into_iter().flatten() {
+        println!(
+            "  stage {} {}: {}",
+            stage["number"],
+            stage["name"].as_str().unwrap_or_default(),
+            stage["status"].as_str().unwrap_or_default()
+        );
+        for step in stage["steps"].as_array().into_iter().flatten() {
+            let code = step["exit_code"].as_i64().map(|c| format!(" (exit {c})")).unwrap_or_default();
+            println!(
+                "    {}: {}{code}",
+                step["name"].as_str().unwrap_or_default(),
+                step["status"].as_str().unwrap_or_default()
+            );
+        }
+    }
+}
+
+pub fn build(api: ApiArgs, command: BuildCommand) -> Result<ExitCode> {
+    let client = Client::new(&api)?;
+    match command {
+        BuildCommand::Ls { repo, limit } => {
+            let builds = client.json(
+                reqwest::Method::GET,
+                &format!("/api/repos/{repo}/builds?limit={limit}"),
+                None,
+            )?;
+            if api.json {
+                print_json(&builds);
+            } else {
+                for b in builds.as_array().into_iter().flatten() {
+                    println!("{}", build_line(b));
+                }
+            }
+        }
+        BuildCommand::Show { repo, number } => {
+            let b = client.json(reqwest::Method::GET, &format!("/api/repos/{repo}/builds/{number}"), None)?;
+            print_build(&api, &b);
+        }
+        BuildCommand::Logs {
+            repo,
+            number,
+            stage,
+            step,
+            follow,
+        } => {
+            let steps: Vec<String> = match step {
+                Some(s) => vec![s],
+                None => {
+                    let b = client.json(reqwest::Method::GET, &format!("/api/repos/{repo}/builds/{number}"), None)?;
+                    b["stages"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|s| s["number"].as_i64() == Some(stage))
+                        .flat_map(|s| s["steps"].as_array().cloned().unwrap_or_default())
+                        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                        .collect()
+                }
+            };
+            for name in steps {
+                let path = format!("/api/repos/{repo}/builds/{number}/logs/{stage}/{}", encode(&name));
+                if follow {
+                    follow_log(&client, &format!("{path}/stream"))?;
+                } else {
+                    let text = client.send(reqwest::Method::GET, &path, None)?.text().context("reading the log")?;
+                    print!("{text}");
+                }
+            }
+        }
+        BuildCommand::Run {
+            repo,
+            branch,
+            tag,
+            commit,
+            params: p,
+        } => {
+            let b = client.json(
+                reqwest::Method::POST,
+                &format!("/api/repos/{repo}/builds"),
+                Some(json!({"branch": branch, "tag": tag, "commit": commit, "params": params(&p)?})),
+            )?;
+            print_build(&api, &b);
+        }
+        BuildCommand::Restart { repo, number } => {
+            let b = client.json(reqwest::Method::POST, &format!("/api/repos/{repo}/builds/{number}/restart"), None)?;
+            print_build(&api, &b);
+        }
+        BuildCommand::Cancel { repo, number } => {
+            let b = client.json(reqwest::Method::POST, &format!("/api/repos/{repo}/builds/{number}/cancel"), None)?;
+            print_build(&api, &b);
+        }
+        BuildCommand::Promote {
+            repo,
+            number,
+            target,
+            params: p,
+        } => {
+            let b = client.json(
+                reqwest::Method::POST,
+                &format!("/api/repos/{repo}/builds/{number}/promote"),
+                Some(json!({"target": target, "params": params(&p)?})),
+            )?;
+            print_build(&api, &b);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Step names in a path segment.
+fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Prints a log stream's lines until its `end`.
+fn follow_log(client: &Client, path: &str) -> Result<()> {
+    let resp = client.send(reqwest::Method::GET, path, None)?;
+    let reader = std::io::BufReader::new(resp);
+    for line in reader.lines() {
+        let line = line.context("reading the log stream")?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
+            continue;
+        };
+        match v["kind"].as_str() {
+            Some("line") => println!("{}", v["line"].as_str().unwrap_or_default()),
+            Some("end") => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! `slipway up`, `slipway server` and `slipway runner`: the server with an embedded runner,
+//! the server alone, and a runner alone.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use slipway_server::app::Server;
+use slipway_server::config::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on (port 0 picks a free port; the URL is printed).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "SLIPWAY_LISTEN")]
+    pub listen: SocketAddr,
+    /// Data directory: database, logs, mirrors, registry, keys.
+    #[arg(long, default_value = "./slipway-data", env = "SLIPWAY_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// `postgres://user:pass@host/db` to use PostgreSQL instead of SQLite in the data dir.
+    #[arg(long, env = "SLIPWAY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The URL users and git hosts reach this server at (default: from --listen).
+    #[arg(long, env = "SLIPWAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The admin token (default: generated on first start and printed once).
+    #[arg(long, env = "SLIPWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// The token runners register with (default: generated and kept in the data dir).
+    #[arg(long, env = "SLIPWAY_RUNNER_TOKEN", hide_env_values = true)]
+    pub runner_token: Option<String>,
+    /// Lease of a stage without heartbeat, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Print the start-up facts (url, admin token, runner token) as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Stages the embedded runner runs at once.
+    #[arg(long, default_value_t = 2)]
+    pub capacity: u32,
+    /// A label of the embedded runner, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// The server's URL.
+    #[arg(long, env = "SLIPWAY_SERVER")]
+    pub server: String,
+    /// The runner token (`slipway server` prints it).
+    #[arg(long, env = "SLIPWAY_RUNNER_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// This runner's name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stages run at once.
+    #[arg(long, default_value_t = 2)]
+    pub capacity: u32,
+    /// A label, KEY=VALUE (repeatable): stages asking for labels only run where all match.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Where workspaces are made.
+    #[arg(long, env = "SLIPWAY_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    slipway_spec::parse::parse_duration(text)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is not a duration (e.g. 30s, 2m)"))
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in labels {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("--label `{l}` must be KEY=VALUE");
+        };
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::warn!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+pub fn up(args: UpArgs) -> Result<ExitCode> {
+    let labels = parse_labels(&args.labels)?;
+    serve(args.server, Some((args.capacity, labels)))
+}
+
+pub fn server(args: ServerArgs) -> Result<ExitCode> {
+    serve(args, None)
+}
+
+fn serve(args: ServerArgs, embedded: Option<(u32, BTreeMap<String, String>)>) -> Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let local = if addr.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", addr.port())
+        } else {
+            format!("http://{addr}")
+        };
+        let public_url = args.public_url.clone().unwrap_or_else(|| local.clone());
+        let mut config = ServerConfig::new(&args.data_dir, public_url.clone());
+        config.database_url = args.database_url.clone();
+        config.admin_token = args.admin_token.clone();
+        config.runner_token = args.runner_token.clone();
+        config.lease = args.lease;
+        let server = Server::open(config)
+            .await
+            .with_context(|| format!("opening the server's data in {}", args.data_dir.display()))?;
+        let shutdown = shutdown_on_signal();
+        server.spawn_background(shutdown.clone());
+
+        let admin = server.first_admin_token().map(str::to_owned);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "url": public_url,
+                    "listen": addr.to_string(),
+                    "admin_token": admin,
+                    "runner_token": if embedded.is_none() { Some(&server.state.runner_token) } else { None },
+                })
+            );
+        } else {
+            println!("Slipway is up at {public_url}");
+            match &admin {
+                Some(token) => println!("admin token (shown once, keep it): {token}"),
+                None if args.admin_token.is_some() => println!("admin token: as given"),
+                None => println!("admin token: the one printed at the first start"),
+            }
+            if embedded.is_none() {
+                println!("runner token: {}", server.state.runner_token);
+            }
+            println!("webhook URL for git hosts: {}/hook", public_url.trim_end_matches('/'));
+        }
+
+        let router = server.router();
+        let serve_shutdown = shutdown.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
+                .await
+        });
+
+        if let Some((capacity, labels)) = embedded {
+            let runner = slipway_runner::RunnerConfig {
+                server: local.clone(),
+                token: server.state.runner_token.clone(),
+                name: format!("embedded@{}", hostname()),
+                labels,
+                capacity,
+                work_root: absolute(&args.data_dir)?.join("workspaces"),
+                poll_timeout: server.state.config.poll_wait,
+            };
+            let runner_shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = slipway_runner::run(runner, runner_shutdown).await {
+                    tracing::error!("embedded runner stopped: {e}");
+                }
+            });
+        }
+        match http.await {
+            Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving HTTP")),
+            Err(e) => Err(anyhow::Error::new(e).context("the HTTP task")),
+        }
+    })
+}
+
+pub fn runner(args: RunnerArgs) -> Result<ExitCode> {
+    let labels = parse_labels(&args.labels)?;
+    let work_root = match args.work_dir {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join("slipway-runner"),
+    };
+    runtime()?.block_on(async move {
+        let shutdown = shutdown_on_signal();
+        let config = slipway_runner::RunnerConfig {
+            server: args.server.trim_end_matches('/').to_owned(),
+            token: args.token,
+            name: args.name.unwrap_or_else(hostname),
+            labels,
+            capacity: args.capacity.max(1),
+            work_root,
+            poll_timeout: Duration::from_secs(25),
+        };
+        slipway_runner::run(config, shutdown)
+            .await
+            .context("the runner stopped")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "runner".to_owned())
+}
+
+fn absolute(path: &std::path::Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(path))
+}

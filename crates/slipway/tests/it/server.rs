@@ -1,0 +1,333 @@
+//! `slipway up` end to end: a local bare repository, a GitHub push webhook with a valid
+//! signature, the build run in Docker by the embedded runner, logs stored, commit statuses
+//! posted to a stand-in that speaks GitHub's statuses API; and the webhook refusals.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::{git, git_repo, slipway, test_image};
+
+const ADMIN: &str = "test-admin-token-0123456789abcdef";
+
+/// A running `slipway up`; killed on drop.
+pub struct Up {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `slipway up` on a free loopback port with `data_dir`.
+pub fn start_up(data_dir: &Path, extra: &[&str]) -> Up {
+    let mut child = slipway()
+        .args(["up", "--listen", "127.0.0.1:0", "--json", "--admin-token", ADMIN])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("slipway up starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("first line of slipway up");
+    let facts: Value = serde_json::from_str(&line).expect("slipway up --json prints JSON");
+    let url = facts["url"].as_str().expect("url").to_owned();
+    Up { child, url }
+}
+
+pub fn api(up: &Up, args: &[&str]) -> Value {
+    let out = slipway()
+        .args(args)
+        .args(["--server", &up.url, "--token", ADMIN, "--json"])
+        .output()
+        .expect("slipway runs");
+    let (stdout, stderr) = super::text(&out);
+    assert!(out.status.success(), "slipway {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("JSON from {args:?}: {e}: {stdout}"))
+}
+
+/// What the GitHub stand-in received: (path, authorization header, body).
+type Posted = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// A stand-in for GitHub's `POST /repos/{owner}/{repo}/statuses/{sha}`, answering 201 with a
+/// status object as GitHub documents it.
+fn github_standin() -> (String, Posted, std::thread::JoinHandle<()>) {
+    let posted: Posted = Arc::default();
+    let seen = posted.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/repos/{owner}/{repo}/statuses/{sha}",
+                axum::routing::post(
+                    move |uri: axum::http::Uri,
+                          headers: axum::http::HeaderMap,
+                          body: axum::body::Bytes| {
+                        let seen = seen.clone();
+                        async move {
+                            let auth = headers
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned();
+                            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            let state = body["state"].clone();
+                            seen.lock()
+                                .expect("lock")
+                                .push((uri.path().to_owned(), auth, body));
+                            (
+                                axum::http::StatusCode::CREATED,
+                                axum::Json(json!({"id": 1, "state": state, "context": "slipway"})),
+                            )
+                        }
+                    },
+                ),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    let addr = rx.recv().expect("stand-in address");
+    (format!("http://{addr}"), posted, handle)
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A push event body in GitHub's format (the fields GitHub sends that Slipway reads).
+fn github_push(repo: &str, clone_url: &str, before: &str, after: &str, message: &str) -> Vec<u8> {
+    let (owner, name) = repo.split_once('/').expect("owner/name");
+    serde_json::to_vec(&json!({
+        "ref": "refs/heads/main",
+        "before": before,
+        "after": after,
+        "created": false,
+        "deleted": false,
+        "forced": false,
+        "base_ref": null,
+        "compare": format!("https://github.com/{repo}/compare/{before}...{after}"),
+        "commits": [{"id": after, "message": message, "timestamp": "2026-12-01T10:00:00Z",
+            "url": format!("https://github.com/{repo}/commit/{after}"),
+            "author": {"name": "Dev One", "email": "dev@example.invalid", "username": "devone"},
+            "committer": {"name": "Dev One", "email": "dev@example.invalid", "username": "devone"},
+            "added": [".drone.yml"], "removed": [], "modified": []}],
+        "head_commit": {"id": after, "tree_id": after, "distinct": true, "message": message,
+            "timestamp": "2026-12-01T10:00:00Z",
+            "url": format!("https://github.com/{repo}/commit/{after}"),
+            "author": {"name": "Dev One", "email": "dev@example.invalid", "username": "devone"},
+            "committer": {"name": "Dev One", "email": "dev@example.invalid", "username": "devone"},
+            "added": [".drone.yml"], "removed": [], "modified": []},
+        "repository": {"id": 1, "name": name, "full_name": repo, "private": true,
+            "owner": {"login": owner, "name": owner},
+            "html_url": format!("https://github.com/{repo}"),
+            "clone_url": clone_url, "ssh_url": format!("git@github.com:{repo}.git"),
+            "default_branch": "main", "master_branch": "main"},
+        "pusher": {"name": "devone", "email": "dev@example.invalid"},
+        "sender": {"login": "devone", "id": 2, "avatar_url": "https://avatars.example.invalid/u/2"}
+    }))
+    .expect("JSON")
+}
+
+struct Delivery<'a> {
+    body: &'a [u8],
+    signature: String,
+    id: &'a str,
+    event: &'a str,
+}
+
+fn deliver(url: &str, d: &Delivery) -> (u16, Value) {
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{url}/hook"))
+        .header("Content-Type", "application/json")
+        .header("X-GitHub-Event", d.event)
+        .header("X-GitHub-Delivery", d.id)
+        .header("X-Hub-Signature-256", &d.signature)
+        .header("User-Agent", "GitHub-Hookshot/abc")
+        .body(d.body.to_vec())
+        .send()
+        .expect("webhook delivered");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn head(dir: &Path) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .expect("git");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn wait_for_build(up: &Up, repo: &str, number: i64, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let build = api(up, &["build", "show", repo, &number.to_string()]);
+        let status = build["status"].as_str().unwrap_or_default().to_owned();
+        if !["pending", "running"].contains(&status.as_str()) {
+            return build;
+        }
+        assert!(Instant::now() < deadline, "build #{number} still {status}: {build}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Row counts of every table, to show a request changed nothing.
+fn db_counts(up: &Up, repo: &str) -> Value {
+    let builds = api(up, &["build", "ls", repo, "--limit", "200"]);
+    json!({"builds": builds.as_array().map(Vec::len), "repos": api(up, &["repo", "ls"]).as_array().map(Vec::len)})
+}
+
+#[test]
+fn github_push_builds_in_docker_with_logs_and_statuses() {
+    let image = test_image();
+    let pipeline = format!(
+        "kind: pipeline\nname: default\nsteps:\n- name: greet\n  image: {image}\n  commands:\n  - echo hello from $DRONE_REPO at $DRONE_COMMIT_SHA\n  - echo build $DRONE_BUILD_NUMBER on $DRONE_BRANCH\n  - test -f app.txt && cat app.txt\n"
+    );
+    let work = git_repo(&[(".drone.yml", &pipeline), ("app.txt", "the app\n")]);
+    let bare = tempfile::tempdir().expect("tempdir");
+    let bare_path = bare.path().join("app.git");
+    let status = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(work.path())
+        .arg(&bare_path)
+        .status()
+        .expect("git clone --bare");
+    assert!(status.success());
+    let clone_url = format!("file://{}", bare_path.display());
+    let sha = head(work.path());
+
+    let (standin, posted, _standin_thread) = github_standin();
+    let data = tempfile::tempdir().expect("data dir");
+    let up = start_up(data.path(), &["--lease", "10s"]);
+
+    let repo = api(
+        &up,
+        &[
+            "repo", "add", "team/app", "--clone-url", &clone_url, "--provider", "github",
+            "--status-url", &standin, "--status-token", "gh-token-123",
+        ],
+    );
+    let secret = repo["webhook_secret"].as_str().expect("webhook_secret").to_owned();
+    assert!(repo["webhook_url"].as_str().expect("webhook_url").ends_with("/hook"));
+
+    let zero = "0000000000000000000000000000000000000000";
+    let body = github_push("team/app", &clone_url, zero, &sha, "add the app");
+    let before = db_counts(&up, "team/app");
+
+    // Refusals change nothing.
+    let bad = Delivery { body: &body, signature: sign("not-the-secret", &body), id: "d-bad", event: "push" };
+    assert_eq!(deliver(&up.url, &bad).0, 401);
+    let other = github_push("team/unknown", &clone_url, zero, &sha, "x");
+    let unknown = Delivery { body: &other, signature: sign(&secret, &other), id: "d-unknown", event: "push" };
+    assert_eq!(deliver(&up.url, &unknown).0, 404);
+    let garbage = b"{not json";
+    let malformed = Delivery { body: garbage, signature: sign(&secret, garbage), id: "d-garbage", event: "push" };
+    assert_eq!(deliver(&up.url, &malformed).0, 400);
+    let ping = br#"{"zen":"hi","repository":{"full_name":"team/app"}}"#;
+    let ping = Delivery { body: ping, signature: sign(&secret, ping), id: "d-ping", event: "ping" };
+    let (code, answer) = deliver(&up.url, &ping);
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(db_counts(&up, "team/app"), before);
+
+    // The real delivery builds.
+    let good = Delivery { body: &body, signature: sign(&secret, &body), id: "d-1", event: "push" };
+    let (code, answer) = deliver(&up.url, &good);
+    assert_eq!(code, 201, "{answer}");
+    assert_eq!(answer["build"], 1);
+
+    let build = wait_for_build(&up, "team/app", 1, Duration::from_secs(120));
+    assert_eq!(build["status"], "success", "{build:#}");
+    assert_eq!(build["commit"], sha.as_str());
+    assert_eq!(build["event"], "push");
+    let steps: Vec<(String, String)> = build["stages"][0]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap_or_default().to_owned(), s["status"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    assert_eq!(
+        steps,
+        [("clone".to_owned(), "success".to_owned()), ("greet".to_owned(), "success".to_owned())]
+    );
+
+    // Logs are stored and downloadable.
+    let out = slipway()
+        .args(["build", "logs", "team/app", "1", "--step", "greet"])
+        .args(["--server", &up.url, "--token", ADMIN])
+        .output()
+        .expect("slipway build logs");
+    let (log, stderr) = super::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            format!("hello from team/app at {sha}").as_str(),
+            "build 1 on main",
+            "the app"
+        ]
+    );
+
+    // A redelivery does not build again.
+    let before = db_counts(&up, "team/app");
+    let (code, answer) = deliver(&up.url, &good);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["duplicate"], true);
+    assert_eq!(db_counts(&up, "team/app"), before);
+
+    // `[skip ci]` pushes are not built.
+    std::fs::write(work.path().join("app.txt"), "v2\n").expect("write");
+    git(work.path(), &["-c", "user.name=T", "-c", "user.email=t@e.invalid", "commit", "-qam", "docs [skip ci]"]);
+    let sha2 = head(work.path());
+    let skip = github_push("team/app", &clone_url, &sha, &sha2, "docs [skip ci]");
+    let skip = Delivery { body: &skip, signature: sign(&secret, &skip), id: "d-2", event: "push" };
+    assert_eq!(deliver(&up.url, &skip).0, 202);
+    assert_eq!(db_counts(&up, "team/app"), before);
+
+    // Statuses reached the stand-in: pending/running first, success last, for that commit.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = posted.lock().expect("lock").clone();
+        if seen.last().is_some_and(|(_, _, b)| b["state"] == "success") {
+            for (path, auth, body) in &seen {
+                assert_eq!(path, &format!("/repos/team/app/statuses/{sha}"));
+                assert_eq!(auth, "Bearer gh-token-123");
+                assert!(
+                    body["target_url"].as_str().is_some_and(|u| u.ends_with("/repos/team/app/builds/1")),
+                    "{body}"
+                );
+            }
+            assert_eq!(seen[0].2["state"], "pending");
+            break;
+        }
+        assert!(Instant::now() < deadline, "statuses seen: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
