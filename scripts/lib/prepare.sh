@@ -98,7 +98,7 @@ ensure_postgres() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null || true
   fi
   local bin ver conf data
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1) || true
   if [ -z "$bin" ] || [ ! -x "$bin/pg_ctl" ]; then
     echo "warning: PostgreSQL could not be installed; its tests will skip" >&2
     unset SLIPWAY_TEST_POSTGRES_URL
@@ -111,7 +111,7 @@ ensure_postgres() {
   if ! pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
     say "starting PostgreSQL $ver on 127.0.0.1:5432"
     if [ ! -f "$conf/postgresql.conf" ] && command -v pg_createcluster >/dev/null 2>&1; then
-      as_root pg_createcluster "$ver" main -p 5432 >/dev/null
+      as_root pg_createcluster "$ver" main -p 5432 >/dev/null || true
     fi
     if [ -f "$conf/postgresql.conf" ]; then
       # Debian's postgresql.conf reads conf.d/ last, so this wins over its defaults.
@@ -131,9 +131,8 @@ ensure_postgres() {
       data=/var/lib/postgresql/slipway-test
       if [ ! -f "$data/PG_VERSION" ]; then
         as_root install -d -o postgres -g postgres -m 0700 "$data"
-        pg_as_postgres "$bin/initdb" -D "$data" -A scram-sha-256 --pwfile=<(echo postgres) >/dev/null
-        printf 'local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n' |
-          as_root tee "$data/pg_hba.conf" >/dev/null
+        pg_as_postgres "$bin/initdb" -D "$data" --auth-local=peer --auth-host=scram-sha-256 \
+          >/dev/null || true
       fi
       pg_as_postgres "$bin/pg_ctl" -D "$data" -w -t 60 -l /tmp/slipway-postgresql.log \
         -o "-c listen_addresses=127.0.0.1 -c port=5432 -c unix_socket_directories=/var/run/postgresql" \

@@ -390,10 +390,15 @@ pub(crate) fn run(
     // 5. Abandoned uploads.
     let upload_cutoff = start.saturating_sub(options.upload_max_age.as_secs());
     for (id, _started) in uploads.on_disk().map_err(io("listing uploads"))? {
-        let data = store.uploads_dir().join(&id).join("data");
-        let (size, modified) = match std::fs::metadata(&data) {
+        let dir = store.uploads_dir().join(&id);
+        // No `data` yet: the session is being created right now (its directory is new);
+        // judge it by the directory, and skip it if that is gone too.
+        let (size, modified) = match std::fs::metadata(dir.join("data")) {
             Ok(m) => (m.len(), m.modified().map(unix_secs).unwrap_or(0)),
-            Err(_) => (0, 0),
+            Err(_) => match std::fs::metadata(&dir) {
+                Ok(m) => (0, m.modified().map(unix_secs).unwrap_or(u64::MAX)),
+                Err(_) => continue,
+            },
         };
         if modified >= upload_cutoff {
             continue;
@@ -402,7 +407,6 @@ pub(crate) fn run(
             if !uploads.forget(&id) {
                 continue; // a request is using it right now
             }
-            let dir = store.uploads_dir().join(&id);
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

@@ -13,7 +13,15 @@
 //!   contain `/`; `blobs` (fetch, uploads, mount), `manifests` (fetch with `Accept`
 //!   negotiation, push, delete, referrers), `listing` (tags, catalog), `token` (the token
 //!   endpoint), `access` (authentication, authorisation, challenges).
-//! - [`storage`]: the content-addressed filesystem store and its layout.
+//! - [`storage`]: [`storage::FsStore`], the filesystem store of metadata (links, manifest
+//!   records, tags, referrers, the catalog index) and upload sessions, and
+//!   [`storage::BlobStore`], the content-addressed blob store: `blobs/` on the filesystem by
+//!   default, or (cargo feature `s3`) an S3-compatible bucket, chosen by
+//!   [`RegistryConfig::storage`]. The S3 client is `storage::s3` (path-style requests over
+//!   `reqwest`, multipart uploads for large blobs, `ListObjectsV2` for garbage collection)
+//!   with the hand-written SigV4 signer of `storage::sigv4`; configure it with
+//!   `S3Config::from_url("s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1",
+//!   access_key, secret_key)`.
 //! - [`uploads`]: upload sessions, streamed to disk and hashed as they arrive.
 //! - [`manifest`]: manifest parsing and validation; [`range`]: `Content-Range`;
 //!   [`digest`]: digests and hashers; [`name`]: repository names, tags, references.
@@ -40,6 +48,9 @@
 //! repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>.json   referrer descriptors
 //! ```
 //!
+//! With the S3 backend, `blobs/…` is in the bucket instead, as objects
+//! `<prefix>blobs/<alg>/<hex[..2]>/<hex>`; everything else stays under the root.
+//!
 //! Catalog pagination reads `repositories.idx`, loaded once at open into a sorted set and
 //! appended (and fsynced) before a new repository gets any content; a page is a range of
 //! that set from `last` on, so listing never walks the store.
@@ -48,7 +59,11 @@
 //! - **No partial blob is ever visible.** Upload bytes go to `uploads/<id>/data`; a blob
 //!   appears under `blobs/` only by `rename` after an fsync and a digest check of exactly
 //!   those bytes, so a crash or kill leaves at most an upload directory behind. Two clients
-//!   pushing the same blob write separate uploads and rename identical content.
+//!   pushing the same blob write separate uploads and rename identical content. With S3 the
+//!   upload is still received, fsynced and verified on local disk; only then is it sent to
+//!   the bucket, where an object becomes visible only when its `PUT` (or multipart
+//!   `CompleteMultipartUpload`) succeeds, and the server checks the payload's SHA-256 too.
+//!   Blob GETs are streamed from the bucket through the registry (no presigned redirect).
 //! - **Uploads resume.** A session's bytes are on disk; after a restart its status and
 //!   hash are recovered from them, so a chunked upload continues where its data ends.
 //!   Chunks must arrive in order (`Content-Range` start = current size, else 416).
@@ -60,7 +75,11 @@
 //! - **Deny by default.** Every request needs a grant for its repository and action
 //!   (`pull`, `push`, `delete`) unless the repository is configured for anonymous pull;
 //!   bad credentials get 401 with a `Bearer` challenge, missing permission 403 `DENIED`.
-//! - Streaming: blobs are never held in memory whole; they are hashed while written.
+//! - Streaming: blobs are never held in memory whole; they are hashed while written (an S3
+//!   multipart upload holds one part, 16 MiB by default, at a time).
+//! - **Garbage collection never deletes what a push in flight relies on**: uploads live
+//!   outside `blobs/`, committed blobs get a grace period counted from their commit, and
+//!   digests a request is about to rely on are pinned for the run (see [`gc`]).
 
 mod api;
 pub mod auth;

@@ -140,7 +140,8 @@ impl Client {
         let url = self.url(path);
         let transport = |e: reqwest::Error| CallError::Transport {
             url: url.clone(),
-            reason: error_chain(&e),
+            // The URL is in our message already.
+            reason: error_chain(&e.without_url()),
         };
         let response = self
             .http
@@ -162,7 +163,14 @@ impl Client {
             Err(_) => {
                 let text = String::from_utf8_lossy(&body);
                 let text: String = text.trim().chars().take(300).collect();
-                (None, if text.is_empty() { "(no body)".into() } else { text })
+                (
+                    None,
+                    if text.is_empty() {
+                        "(no body)".into()
+                    } else {
+                        text
+                    },
+                )
             }
         };
         Err(CallError::Status {
@@ -241,7 +249,9 @@ where
         match result {
             Ok(value) => {
                 if failures > 0 {
-                    tracing::info!("{what}: the server answered again after {failures} failed attempts");
+                    tracing::info!(
+                        "{what}: the server answered again after {failures} failed attempts"
+                    );
                 }
                 return Ok(value);
             }

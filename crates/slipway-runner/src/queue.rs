@@ -273,16 +273,15 @@ fn compact(state: &mut State, limits: &Limits) {
     let mut marker: Option<(String, u64, i64)> = None;
     let mut dropped = 0u64;
 
-    let flush = |marker: &mut Option<(String, u64, i64)>,
-                 out: &mut VecDeque<Item>,
-                 state: &mut State| {
-        if let Some((step, count, time)) = marker.take() {
-            let item = Item::Dropped { step, count, time };
-            state.lines += 1;
-            state.bytes += size(&item);
-            out.push_back(item);
-        }
-    };
+    let flush =
+        |marker: &mut Option<(String, u64, i64)>, out: &mut VecDeque<Item>, state: &mut State| {
+            if let Some((step, count, time)) = marker.take() {
+                let item = Item::Dropped { step, count, time };
+                state.lines += 1;
+                state.bytes += size(&item);
+                out.push_back(item);
+            }
+        };
 
     for item in old {
         let in_head = kept_lines < keep_lines && kept_bytes < keep_bytes;
@@ -398,9 +397,15 @@ mod tests {
         assert_eq!(batches.len(), 1);
         let batch = &batches[0];
         assert_eq!(batch.len(), 5, "{batch:#?}");
-        assert!(matches!(&batch[1], StageEvent::Log { step, first_seq: 0, lines } if step == "a" && lines.len() == 2));
-        assert!(matches!(&batch[2], StageEvent::Log { step, first_seq: 0, lines } if step == "b" && lines.len() == 1));
-        assert!(matches!(&batch[3], StageEvent::Log { step, first_seq: 2, lines } if step == "a" && lines.len() == 1));
+        assert!(
+            matches!(&batch[1], StageEvent::Log { step, first_seq: 0, lines } if step == "a" && lines.len() == 2)
+        );
+        assert!(
+            matches!(&batch[2], StageEvent::Log { step, first_seq: 0, lines } if step == "b" && lines.len() == 1)
+        );
+        assert!(
+            matches!(&batch[3], StageEvent::Log { step, first_seq: 2, lines } if step == "a" && lines.len() == 1)
+        );
         assert!(matches!(&batch[4], StageEvent::StepFinished { .. }));
     }
 
@@ -442,8 +447,14 @@ mod tests {
         let mut seqs = HashMap::new();
         let batches = drain(&queue, &mut seqs).await;
         let events: Vec<&StageEvent> = batches.iter().flatten().collect();
-        assert!(matches!(events.first(), Some(StageEvent::StepStarted { .. })));
-        assert!(matches!(events.last(), Some(StageEvent::StepFinished { .. })));
+        assert!(matches!(
+            events.first(),
+            Some(StageEvent::StepStarted { .. })
+        ));
+        assert!(matches!(
+            events.last(),
+            Some(StageEvent::StepFinished { .. })
+        ));
         let lines = flatten(&batches);
         assert!(lines.len() <= 100, "{}", lines.len());
         // Contiguous numbers, the oldest half and the newest lines kept.
@@ -452,7 +463,10 @@ mod tests {
         }
         let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
         let expected_head: Vec<String> = (0..50).map(|i| i.to_string()).collect();
-        assert_eq!(texts[..50], expected_head.iter().map(String::as_str).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            texts[..50],
+            expected_head.iter().map(String::as_str).collect::<Vec<_>>()[..]
+        );
         assert_eq!(texts.last(), Some(&"999"));
         // Markers account for every line that is missing.
         let mut dropped = 0;

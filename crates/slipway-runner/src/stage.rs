@@ -241,11 +241,7 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) {
         lost: AtomicBool::new(false),
         rejected: Mutex::new(None),
     });
-    tracing::info!(
-        "stage {} (attempt {}) started",
-        stage.title,
-        stage.attempt
-    );
+    tracing::info!("stage {} (attempt {}) started", stage.title, stage.attempt);
 
     let uploader = tokio::spawn(upload(shared.clone(), stage.clone()));
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), stage.clone()));

@@ -164,10 +164,7 @@ impl Server {
     }
 }
 
-fn stored_runner_token(
-    data: &std::path::Path,
-    secrets: &SecretBox,
-) -> Result<String, ServerError> {
+fn stored_runner_token(data: &std::path::Path, secrets: &SecretBox) -> Result<String, ServerError> {
     let path = data.join("runner.token");
     if let Ok(sealed) = std::fs::read_to_string(&path)
         && let Ok(token) = secrets.open(sealed.trim(), "runner-token")

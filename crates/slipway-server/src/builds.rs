@@ -284,7 +284,11 @@ pub async fn settle(state: &Arc<AppState>, build_id: i64) -> Result<(), BuildErr
                 continue;
             };
             let run_on = run_on_of(stage);
-            let runs = if failed { run_on.failure } else { run_on.success };
+            let runs = if failed {
+                run_on.failure
+            } else {
+                run_on.success
+            };
             if !runs {
                 let now = crate::now_ms();
                 if state
@@ -363,7 +367,12 @@ async fn finish_build(
         .set_build_status(build_id, status, None, Some(now))
         .await?;
     if let Some(build) = state.store.build(build_id).await? {
-        tracing::info!("build {} #{} finished: {}", build.repo_id, build.number, status);
+        tracing::info!(
+            "build {} #{} finished: {}",
+            build.repo_id,
+            build.number,
+            status
+        );
         publish_build(state, &build);
     }
     // Stages of other builds may have waited on this repository's concurrency limit.
@@ -579,7 +588,12 @@ async fn post_status(
     let (Some(url), Some(sealed)) = (&repo.status_url, &repo.status_token) else {
         return Ok(());
     };
-    let Some(build) = state.store.build(build_id).await.map_err(|e| e.to_string())? else {
+    let Some(build) = state
+        .store
+        .build(build_id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(());
     };
     let Some(provider) = Provider::parse(&repo.provider) else {

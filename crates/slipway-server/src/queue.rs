@@ -22,9 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_engine::Status;
-use slipway_runner::protocol::{
-    BatchAck, EventBatch, Lease, StageDone, StageEvent, WorkspaceSpec,
-};
+use slipway_runner::protocol::{BatchAck, EventBatch, Lease, StageDone, StageEvent, WorkspaceSpec};
 use slipway_spec::Plan;
 use slipway_spec::plan::PipelinePlan;
 use tokio_util::sync::CancellationToken;
@@ -97,19 +95,19 @@ async fn try_lease(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Leas
         if stage.cancel_requested {
             continue;
         }
-        if !build_stages.contains_key(&stage.build_id) {
-            let stages = state.store.stages(stage.build_id).await?;
-            build_stages.insert(stage.build_id, stages);
-        }
-        let siblings = &build_stages[&stage.build_id];
+        let siblings = match build_stages.entry(stage.build_id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(state.store.stages(stage.build_id).await?)
+            }
+        };
         if builds::dependencies_outcome(siblings, &stage).is_none() {
             continue;
         }
         let Some(repo) = state.store.repo(stage.repo_id).await? else {
             continue;
         };
-        if repo.max_running > 0 && state.store.running_count(repo.id).await? >= repo.max_running
-        {
+        if repo.max_running > 0 && state.store.running_count(repo.id).await? >= repo.max_running {
             continue;
         }
         let now = crate::now_ms();
@@ -123,15 +121,15 @@ async fn try_lease(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Leas
         };
         match lease_for(state, &repo, &leased).await {
             Ok(lease) => {
-                if let Some(build) = state.store.build(leased.build_id).await? {
-                    if build.status == Status::Pending {
-                        state
-                            .store
-                            .set_build_status(build.id, Status::Running, Some(now), None)
-                            .await?;
-                        if let Some(build) = state.store.build(build.id).await? {
-                            builds::publish_build(state, &build);
-                        }
+                if let Some(build) = state.store.build(leased.build_id).await?
+                    && build.status == Status::Pending
+                {
+                    state
+                        .store
+                        .set_build_status(build.id, Status::Running, Some(now), None)
+                        .await?;
+                    if let Some(build) = state.store.build(build.id).await? {
+                        builds::publish_build(state, &build);
                     }
                 }
                 builds::publish_stage(state, &leased, Status::Running).await;
@@ -150,7 +148,13 @@ async fn try_lease(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Leas
                 tracing::error!("stage {}: {message}", leased.id);
                 state
                     .store
-                    .finish_stage(leased.id, Some(leased.attempt), Status::Error, Some(&message), now)
+                    .finish_stage(
+                        leased.id,
+                        Some(leased.attempt),
+                        Status::Error,
+                        Some(&message),
+                        now,
+                    )
                     .await?;
                 state.store.finish_open_steps(leased.id, now).await?;
                 builds::publish_stage(state, &leased, Status::Error).await;
@@ -358,7 +362,13 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
     let now = crate::now_ms();
     let finished = state
         .store
-        .finish_stage(stage_id, Some(attempt), done.status, done.error.as_deref(), now)
+        .finish_stage(
+            stage_id,
+            Some(attempt),
+            done.status,
+            done.error.as_deref(),
+            now,
+        )
         .await?;
     let Some(stage) = state.store.stage(stage_id).await? else {
         return Err(QueueError::LeaseLost {
@@ -377,7 +387,10 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
         });
     }
     state.store.finish_open_steps(stage_id, now).await?;
-    tracing::info!("stage {stage_id} attempt {attempt} finished: {}", done.status);
+    tracing::info!(
+        "stage {stage_id} attempt {attempt} finished: {}",
+        done.status
+    );
     builds::publish_stage(state, &stage, done.status).await;
     builds::settle(state, stage.build_id).await?;
     state.queue.notify_waiters();
@@ -415,7 +428,10 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
             }
         } else {
             let (status, message) = if stage.cancel_requested {
-                (Status::Killed, "cancelled; the runner stopped answering".to_owned())
+                (
+                    Status::Killed,
+                    "cancelled; the runner stopped answering".to_owned(),
+                )
             } else {
                 (
                     Status::Error,

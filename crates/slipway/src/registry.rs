@@ -35,6 +35,12 @@ pub struct RegistryArgs {
     /// (retried with backoff, 5 attempts); repeatable.
     #[arg(long = "notify", value_name = "URL")]
     pub notify: Vec<String>,
+    /// Where blob content goes (default: `registry/blobs` in the data directory):
+    /// `s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION]`, path-style, with the keys in
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Metadata stays in the data directory.
+    #[cfg(feature = "s3")]
+    #[arg(long, value_name = "URL", env = "SLIPWAY_REGISTRY_STORAGE")]
+    pub storage: Option<String>,
 }
 
 pub fn run(args: RegistryArgs) -> Result<ExitCode> {
@@ -64,6 +70,17 @@ pub fn run(args: RegistryArgs) -> Result<ExitCode> {
         }
     }
     config.public_url = args.public_url.clone();
+    #[cfg(feature = "s3")]
+    if let Some(url) = &args.storage {
+        let key = |name: &str| std::env::var(name).unwrap_or_default();
+        let s3 = slipway_registry::storage::s3::S3Config::from_url(
+            url,
+            &key("AWS_ACCESS_KEY_ID"),
+            &key("AWS_SECRET_ACCESS_KEY"),
+        )
+        .context("--storage")?;
+        config.storage = slipway_registry::storage::StorageConfig::S3(s3);
+    }
     let registry = Registry::open(config, Arc::new(auth))
         .with_context(|| format!("opening the registry in {}", args.data_dir.display()))?;
 

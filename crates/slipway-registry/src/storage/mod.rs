@@ -111,7 +111,12 @@ impl BlobStore {
             BlobStore::Fs(fs) => {
                 let (f, d) = (file.to_path_buf(), digest.clone());
                 fs.blocking(move |s| {
-                    std::fs::File::open(&f)?.sync_all()?;
+                    // The blob's age (for the grace period of garbage collection) counts
+                    // from now, not from the last chunk: a slow client's upload may have
+                    // been written long before it is closed.
+                    let file = std::fs::File::options().write(true).open(&f)?;
+                    file.set_modified(std::time::SystemTime::now())?;
+                    file.sync_all()?;
                     s.commit_blob(&f, &d)
                 })
                 .await

@@ -278,7 +278,15 @@ fn gc_racing_pushes_never_deletes_blobs_of_uploads_or_of_manifests_pushed_during
     let swept = std::sync::Mutex::new(Vec::new());
     // (tag, config, layer, status, body)
     let outcomes = std::sync::Mutex::new(Vec::new());
+    /// Stops the runs however the pushing side ends (a failed assertion included).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         scope.spawn(|| {
             let rt = runtime();
             while !stop.load(Ordering::SeqCst) {
@@ -359,7 +367,6 @@ fn gc_racing_pushes_never_deletes_blobs_of_uploads_or_of_manifests_pushed_during
             .lock()
             .expect("lock")
             .push(("uploaded".to_string(), blobs, status, body));
-        stop.store(true, Ordering::SeqCst);
     });
     // One more run with nothing in flight: whatever is referenced now must survive it too.
     runtime()

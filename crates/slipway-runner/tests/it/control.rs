@@ -68,8 +68,10 @@ async fn lease_lost_stops_the_stage_without_done() {
     .await;
     // Once the stage is over, the runner's only poll loop polls again.
     let polls = fake.record().polls;
-    fake.wait_for("the next poll", Duration::from_secs(30), |r| r.polls > polls)
-        .await;
+    fake.wait_for("the next poll", Duration::from_secs(30), |r| {
+        r.polls > polls
+    })
+    .await;
     let took = started.elapsed();
     // Give a /done that should not come a chance to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -82,7 +84,12 @@ async fn lease_lost_stops_the_stage_without_done() {
         .iter()
         .filter(|q| q.status.as_u16() == 409)
         .count();
-    assert_eq!(conflicts, 1, "no events after the lease was lost: {}", summary(&record));
+    assert_eq!(
+        conflicts,
+        1,
+        "no events after the lease was lost: {}",
+        summary(&record)
+    );
     assert!(took < Duration::from_secs(40), "took {took:?}");
 }
 

@@ -59,9 +59,17 @@ async fn server_errors_and_lost_acks_lose_and_duplicate_nothing() {
     assert_eq!(record.requests[5].body, record.requests[7].body);
     assert_ne!(record.requests[0].body, record.requests[1].body);
     // The lost acks made the server see lines twice; it kept them once.
-    assert!(record.duplicates.get("burst").copied().unwrap_or(0) > 0, "{}", summary(&record));
+    assert!(
+        record.duplicates.get("burst").copied().unwrap_or(0) > 0,
+        "{}",
+        summary(&record)
+    );
     drop(record);
-    assert!(fake.lines("burst") == expected, "lines differ: {:?}", fake.lines("burst"));
+    assert!(
+        fake.lines("burst") == expected,
+        "lines differ: {:?}",
+        fake.lines("burst")
+    );
 }
 
 #[tokio::test]
@@ -94,7 +102,11 @@ async fn an_outage_of_seconds_loses_and_duplicates_nothing() {
     proxy.set_down(true);
     let during = fake.record().requests.len();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(fake.record().requests.len(), during, "nothing gets through while down");
+    assert_eq!(
+        fake.record().requests.len(),
+        during,
+        "nothing gets through while down"
+    );
     proxy.set_down(false);
     let done = fake.wait_done(Duration::from_secs(120)).await;
     runner.stop().await.expect("the runner stops cleanly");
@@ -108,5 +120,9 @@ async fn an_outage_of_seconds_loses_and_duplicates_nothing() {
         "+ i=1; while [ $i -le {count} ]; do echo tick $i; i=$((i+1)); sleep 0.01; done"
     )];
     expected.extend((1..=count).map(|i| format!("tick {i}")));
-    assert!(fake.lines("ticker") == expected, "lines differ: {:?}", fake.lines("ticker"));
+    assert!(
+        fake.lines("ticker") == expected,
+        "lines differ: {:?}",
+        fake.lines("ticker")
+    );
 }

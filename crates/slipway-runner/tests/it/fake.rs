@@ -93,14 +93,18 @@ impl Fake {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}: {:#?}", summary(&self.record()));
+                panic!(
+                    "timed out waiting for {what}: {:#?}",
+                    summary(&self.record())
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn wait_done(&self, timeout: Duration) -> StageDone {
-        self.wait_for("/done", timeout, |r| !r.done.is_empty()).await;
+        self.wait_for("/done", timeout, |r| !r.done.is_empty())
+            .await;
         self.record().done[0].1.clone()
     }
 
@@ -119,7 +123,12 @@ pub fn summary(r: &Record) -> String {
     let logs: BTreeMap<&String, (usize, Vec<&String>)> = r
         .logs
         .iter()
-        .map(|(k, v)| (k, (v.len(), v.iter().rev().take(5).map(|l| &l.line).collect())))
+        .map(|(k, v)| {
+            (
+                k,
+                (v.len(), v.iter().rev().take(5).map(|l| &l.line).collect()),
+            )
+        })
         .collect();
     format!(
         "polls {}, heartbeats {}, events requests {} ({:?}), logs (count, last lines) {logs:?}, \
@@ -127,7 +136,10 @@ pub fn summary(r: &Record) -> String {
         r.polls,
         r.heartbeats,
         r.requests.len(),
-        r.requests.iter().map(|q| q.status.as_u16()).collect::<Vec<_>>(),
+        r.requests
+            .iter()
+            .map(|q| q.status.as_u16())
+            .collect::<Vec<_>>(),
         r.steps,
         r.done,
         r.problems
@@ -145,11 +157,12 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn authorized(headers: &HeaderMap) -> Result<(), Response> {
+/// The answer to give when the request does not carry the runner token.
+fn unauthorized(headers: &HeaderMap) -> Option<Response> {
     let expected = format!("Bearer {TOKEN}");
     match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(value) if value == expected => Ok(()),
-        _ => Err(error(
+        Some(value) if value == expected => None,
+        _ => Some(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "bad runner token",
@@ -158,7 +171,7 @@ fn authorized(headers: &HeaderMap) -> Result<(), Response> {
 }
 
 async fn register(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorized(&headers) {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     let Ok(request) = serde_json::from_slice::<RegisterRequest>(&body) else {
@@ -175,7 +188,7 @@ async fn register(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes
 }
 
 async fn poll(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&headers) {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     fake.record().polls += 1;
@@ -191,7 +204,7 @@ async fn poll(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Response {
 }
 
 async fn heartbeat(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorized(&headers) {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     if serde_json::from_slice::<Heartbeat>(&body).is_err() {
@@ -215,7 +228,7 @@ async fn events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorized(&headers) {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     let index = fake.events_count.fetch_add(1, Ordering::SeqCst);
@@ -231,9 +244,9 @@ async fn events(
     if let Some(previous) = record.pending_resend.take()
         && previous != body
     {
-        record
-            .problems
-            .push(format!("events request {index} is not a resend of the failed one"));
+        record.problems.push(format!(
+            "events request {index} is not a resend of the failed one"
+        ));
     }
     let answer = |record: &mut Record, status: StatusCode, response: Response| {
         record.requests.push(Received {
@@ -250,11 +263,17 @@ async fn events(
         return answer(&mut record, StatusCode::CONFLICT, r);
     }
     if fail {
-        let r = error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "injected failure");
+        let r = error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "injected failure",
+        );
         return answer(&mut record, StatusCode::INTERNAL_SERVER_ERROR, r);
     }
     let Ok(batch) = serde_json::from_slice::<EventBatch>(&body) else {
-        record.problems.push(format!("events request {index} does not parse"));
+        record
+            .problems
+            .push(format!("events request {index} does not parse"));
         let r = error(StatusCode::BAD_REQUEST, "bad_request", "bad batch");
         return answer(&mut record, StatusCode::BAD_REQUEST, r);
     };
@@ -326,7 +345,7 @@ async fn done(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorized(&headers) {
+    if let Some(r) = unauthorized(&headers) {
         return r;
     }
     let Ok(done) = serde_json::from_slice::<StageDone>(&body) else {

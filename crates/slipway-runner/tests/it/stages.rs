@@ -71,11 +71,20 @@ async fn a_stage_streams_every_line_once_in_order_then_reports_success() {
         ]
     );
     let registration = &record.registrations[0];
-    assert_eq!(registration.protocol, slipway_runner::protocol::PROTOCOL_VERSION);
+    assert_eq!(
+        registration.protocol,
+        slipway_runner::protocol::PROTOCOL_VERSION
+    );
     assert_eq!(registration.name, "test-runner");
     assert_eq!(registration.capacity, 1);
-    assert_eq!(registration.labels.get("zone").map(String::as_str), Some("test"));
-    assert_eq!(registration.labels.get("os").map(String::as_str), Some("linux"));
+    assert_eq!(
+        registration.labels.get("zone").map(String::as_str),
+        Some("test")
+    );
+    assert_eq!(
+        registration.labels.get("os").map(String::as_str),
+        Some("linux")
+    );
     assert!(registration.labels.contains_key("arch"));
     // Times are unix milliseconds, and a step ends after it starts.
     let times: Vec<i64> = record

@@ -90,13 +90,18 @@ pub async fn receive(
     match builds::create(&state, &repo, request).await {
         Ok(build) => Ok((
             StatusCode::CREATED,
-            Json(json!({"build": build.number, "status": build.status, "url": format!(
-                "{}/repos/{}/builds/{}",
-                state.config.public_url.trim_end_matches('/'), repo.name, build.number
-            )})),
+            Json(
+                json!({"build": build.number, "status": build.status, "url": format!(
+                    "{}/repos/{}/builds/{}",
+                    state.config.public_url.trim_end_matches('/'), repo.name, build.number
+                )}),
+            ),
         )),
         // Two deliveries with the same id raced; the other one built.
-        Err(builds::BuildError::Store(StoreError::DuplicateDelivery { delivery_id, build_id })) => {
+        Err(builds::BuildError::Store(StoreError::DuplicateDelivery {
+            delivery_id,
+            build_id,
+        })) => {
             let number = state.store.build(build_id).await?.map(|b| b.number);
             Ok((
                 StatusCode::OK,

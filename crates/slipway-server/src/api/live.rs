@@ -49,9 +49,11 @@ pub async fn build_events(state: Arc<AppState>, build: Build) -> Result<Response
     for stage in &stages {
         snapshot.push(json!({"kind": "stage", "stage": stage.number, "status": stage.status, "attempt": stage.attempt}));
         for step in steps.iter().filter(|s| s.stage_id == stage.id) {
-            snapshot.push(json!({"kind": "step", "stage": stage.number, "step": step.name,
+            snapshot.push(
+                json!({"kind": "step", "stage": stage.number, "step": step.name,
                 "status": step.status, "exit_code": step.exit_code,
-                "started": step.started, "finished": step.finished}));
+                "started": step.started, "finished": step.finished}),
+            );
         }
     }
     snapshot.push(json!({"kind": "build", "status": build.status, "finished": build.finished}));
@@ -107,7 +109,8 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
     let stage_number = stage.number;
     let step = key.step.clone();
     tokio::spawn(async move {
-        let line = |seq: u64, line: String| data(&json!({"kind": "line", "seq": seq, "line": line}));
+        let line =
+            |seq: u64, line: String| data(&json!({"kind": "line", "seq": seq, "line": line}));
         if complete {
             if let Ok(lines) = follower.drain_stored().await {
                 for (seq, l) in lines {

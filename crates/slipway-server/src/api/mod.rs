@@ -153,7 +153,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -283,11 +285,18 @@ impl RepoPath {
 
 /// A repository as the API shows it: never the status token; the webhook secret only
 /// where asked for.
-pub fn repo_json(repo: &crate::store::Repo, state: &AppState, with_secret: bool) -> serde_json::Value {
+pub fn repo_json(
+    repo: &crate::store::Repo,
+    state: &AppState,
+    with_secret: bool,
+) -> serde_json::Value {
     let mut v = serde_json::to_value(repo).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         obj.remove("status_token");
-        obj.insert("has_status_token".into(), repo.status_token.is_some().into());
+        obj.insert(
+            "has_status_token".into(),
+            repo.status_token.is_some().into(),
+        );
         if !with_secret {
             obj.remove("webhook_secret");
         }

@@ -25,7 +25,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(index))
         .route("/login", get(login_page).post(login))
-        .route("/logout", get(logout))
+        .route("/logout", get(logout).post(logout))
         .route("/repos/new", get(new_repo_page))
         .route("/repos", axum::routing::post(add_repo))
         .route("/repos/{*path}", get(repo_page).post(repo_form))
@@ -63,7 +63,13 @@ impl FromRequestParts<Arc<AppState>> for PageUser {
 }
 
 /// A page, or the error page with the error's status.
-fn render(state: &AppState, template: &str, title: &str, user: Option<&Token>, mut ctx: Value) -> Response {
+fn render(
+    state: &AppState,
+    template: &str,
+    title: &str,
+    user: Option<&Token>,
+    mut ctx: Value,
+) -> Response {
     if let Some(obj) = ctx.as_object_mut() {
         obj.insert("title".into(), title.into());
         obj.insert(
@@ -75,7 +81,11 @@ fn render(state: &AppState, template: &str, title: &str, user: Option<&Token>, m
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!("rendering {template}: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering {template}: {e}")).into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("rendering {template}: {e}"),
+            )
+                .into_response()
         }
     }
 }
@@ -97,7 +107,12 @@ async fn index(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> 
     let result: Result<Value, ApiError> = async {
         let mut repos = Vec::new();
         for repo in state.store.repos().await? {
-            let last = state.store.builds(repo.id, 1, None).await?.into_iter().next();
+            let last = state
+                .store
+                .builds(repo.id, 1, None)
+                .await?
+                .into_iter()
+                .next();
             repos.push(json!({"repo": repo, "last_build": last}));
         }
         let builds: Vec<Value> = state
@@ -117,14 +132,27 @@ async fn index(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> 
 }
 
 async fn login_page(State(state): State<Arc<AppState>>) -> Response {
-    render(&state, "login.html", "Sign in", None, json!({"error": null}))
+    render(
+        &state,
+        "login.html",
+        "Sign in",
+        None,
+        json!({"error": null}),
+    )
 }
 
-async fn login(State(state): State<Arc<AppState>>, Form(form): Form<HashMap<String, String>>) -> Response {
-    let presented = form.get("token").map(|t| t.trim().to_owned()).unwrap_or_default();
+async fn login(
+    State(state): State<Arc<AppState>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let presented = form
+        .get("token")
+        .map(|t| t.trim().to_owned())
+        .unwrap_or_default();
     match auth::check(&state.store, &presented).await {
         Some(token) if token.scope == auth::SCOPE_ADMIN => {
-            let cookie = format!("{COOKIE}={presented}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
+            let cookie =
+                format!("{COOKIE}={presented}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }
         _ => {
@@ -147,15 +175,24 @@ async fn logout() -> Response {
 }
 
 async fn new_repo_page(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> Response {
-    render(&state, "new_repo.html", "Add a repository", Some(&user), json!({}))
+    render(
+        &state,
+        "new_repo.html",
+        "Add a repository",
+        Some(&user),
+        json!({}),
+    )
 }
 
 fn field(form: &HashMap<String, String>, name: &str) -> Option<String> {
-    form.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    form.get(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 fn checked(form: &HashMap<String, String>, name: &str) -> bool {
-    form.get(name).is_some_and(|v| v == "on" || v == "true" || v == "1")
+    form.get(name)
+        .is_some_and(|v| v == "on" || v == "true" || v == "1")
 }
 
 async fn add_repo(
@@ -312,7 +349,10 @@ pub fn parse_params(text: &str) -> Result<BTreeMap<String, String>, ApiError> {
             continue;
         }
         let (k, v) = line.split_once('=').ok_or_else(|| {
-            ApiError::bad_request(format!("parameter line {}: `{line}` is not KEY=VALUE", i + 1))
+            ApiError::bad_request(format!(
+                "parameter line {}: `{line}` is not KEY=VALUE",
+                i + 1
+            ))
         })?;
         params.insert(k.trim().to_owned(), v.trim().to_owned());
     }
@@ -331,7 +371,13 @@ async fn repo_form_inner(
     Ok(match path.rest().as_slice() {
         ["run"] => {
             let kind = field(&form, "kind").unwrap_or_else(|| "branch".into());
-            let pick = |name: &str| if kind == name { field(&form, name) } else { None };
+            let pick = |name: &str| {
+                if kind == name {
+                    field(&form, name)
+                } else {
+                    None
+                }
+            };
             let req = RunRequest {
                 branch: pick("branch"),
                 tag: pick("tag"),
@@ -344,7 +390,11 @@ async fn repo_form_inner(
         }
         ["builds", n, "restart"] => {
             let build = find_build(state, &repo, n).await?;
-            build_url(builds::restart(state, &repo, &build, &user.name).await?.number)
+            build_url(
+                builds::restart(state, &repo, &build, &user.name)
+                    .await?
+                    .number,
+            )
         }
         ["builds", n, "cancel"] => {
             let build = find_build(state, &repo, n).await?;

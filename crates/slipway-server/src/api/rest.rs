@@ -138,7 +138,9 @@ pub async fn list_runners(
     State(state): State<Arc<AppState>>,
     _admin: Admin,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(serde_json::to_value(state.store.runners().await?).unwrap_or_default()))
+    Ok(Json(
+        serde_json::to_value(state.store.runners().await?).unwrap_or_default(),
+    ))
 }
 
 pub async fn find_repo(state: &AppState, name: &str) -> Result<Repo, ApiError> {
@@ -283,7 +285,9 @@ pub async fn log_key(
         .await?
         .into_iter()
         .find(|s| s.number == number)
-        .ok_or_else(|| ApiError::not_found(format!("build #{} has no stage {number}", build.number)))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("build #{} has no stage {number}", build.number))
+        })?;
     let step = percent_decode(step);
     Ok(LogKey {
         build_id: build.id,
@@ -296,11 +300,9 @@ pub async fn log_key(
 async fn raw_log(state: &AppState, key: &LogKey) -> Result<Response, ApiError> {
     let path = state.logs.path(key);
     match tokio::fs::read(&path).await {
-        Ok(bytes) => Ok((
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            bytes,
-        )
-            .into_response()),
+        Ok(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             Vec::new(),
@@ -351,7 +353,11 @@ pub struct RunRequest {
 
 impl RunRequest {
     pub fn target(&self, repo: &Repo) -> Result<ManualRef, ApiError> {
-        let given = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let given = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
         match (given(&self.branch), given(&self.tag), given(&self.commit)) {
             (Some(b), None, None) => Ok(ManualRef::Branch(b)),
             (None, Some(t), None) => Ok(ManualRef::Tag(t)),
@@ -417,7 +423,8 @@ pub async fn repo_post(
         ["builds", n, "promote"] => {
             let build = find_build(&state, &repo, n).await?;
             let req: PromoteRequest = json_body(&body)?;
-            let new = builds::promote(&state, &repo, &build, &req.target, req.params, &user).await?;
+            let new =
+                builds::promote(&state, &repo, &build, &req.target, req.params, &user).await?;
             Ok((StatusCode::CREATED, Json(build_json(&state, &new).await?)).into_response())
         }
         ["secrets"] => {
@@ -431,7 +438,11 @@ pub async fn repo_post(
 }
 
 /// Checks a secret's name and stores its value sealed.
-pub async fn put_secret(state: &AppState, repo: &Repo, req: &SecretRequest) -> Result<(), ApiError> {
+pub async fn put_secret(
+    state: &AppState,
+    repo: &Repo,
+    req: &SecretRequest,
+) -> Result<(), ApiError> {
     let name = req.name.trim();
     if name.is_empty()
         || !name
@@ -447,7 +458,13 @@ pub async fn put_secret(state: &AppState, repo: &Repo, req: &SecretRequest) -> R
         .seal(&req.value, &builds::secret_aad(repo.id, name));
     state
         .store
-        .put_secret(repo.id, name, &sealed, req.allow_pull_request, crate::now_ms())
+        .put_secret(
+            repo.id,
+            name,
+            &sealed,
+            req.allow_pull_request,
+            crate::now_ms(),
+        )
         .await?;
     Ok(())
 }
@@ -531,7 +548,10 @@ pub async fn repo_delete(
             if state.store.delete_secret(repo.id, name).await? {
                 Ok(StatusCode::NO_CONTENT)
             } else {
-                Err(ApiError::not_found(format!("{} has no secret `{name}`", repo.name)))
+                Err(ApiError::not_found(format!(
+                    "{} has no secret `{name}`",
+                    repo.name
+                )))
             }
         }
         _ => Err(ApiError::not_found("no such path")),

@@ -78,11 +78,9 @@ pub async fn poll(
     _caller: RunnerCaller,
     Json(req): Json<PollRequest>,
 ) -> Result<Response, ApiError> {
-    let runner = state
-        .store
-        .runner(req.runner_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("runner {} is not registered", req.runner_id)))?;
+    let runner = state.store.runner(req.runner_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("runner {} is not registered", req.runner_id))
+    })?;
     state.store.touch_runner(runner.id, crate::now_ms()).await?;
     match queue::poll(&state, &runner).await? {
         Some(lease) => Ok(Json(lease).into_response()),

@@ -137,13 +137,12 @@ impl Store {
             return Err(sqlx::Error::RowNotFound.into());
         };
         if let Some(delivery_id) = &new.delivery_id {
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM builds WHERE repo_id = $1 AND delivery_id = $2",
-            )
-            .bind(new.repo_id)
-            .bind(delivery_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let existing: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM builds WHERE repo_id = $1 AND delivery_id = $2")
+                    .bind(new.repo_id)
+                    .bind(delivery_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if let Some(build_id) = existing {
                 tx.rollback().await?;
                 return Err(StoreError::DuplicateDelivery {

@@ -17,6 +17,16 @@
 //!   `status = 'pending'`, so two runners polling at once cannot both get a stage; every
 //!   later change to a leased stage names its attempt and is refused for another attempt.
 //! - Secrets are stored as ciphertext only (see `crate::secrets`); tokens as SHA-256 hashes.
+//!
+//! The SQL uses only what both engines share: `$N` placeholders, `RETURNING`,
+//! `ON CONFLICT … DO UPDATE/NOTHING`, columns of type BIGINT and TEXT (all the `Any` driver
+//! carries; no SUM, whose PostgreSQL type is NUMERIC). On SQLite every transaction is
+//! `BEGIN IMMEDIATE` and writes take turns under a 30 s busy timeout; on PostgreSQL the
+//! write that starts a transaction (the repository's build counter, a stage's status)
+//! locks the row it changes. Code: `open` (URLs, pool, migrations), `builds`
+//! (repositories, builds), `queue` (stages, leases, steps), `misc` (secrets, runners,
+//! tokens, artifacts, counts), `rows` (decoding, where a bad stored value becomes
+//! [`StoreError::Corrupt`]).
 
 use std::collections::BTreeMap;
 

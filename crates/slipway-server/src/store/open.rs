@@ -140,7 +140,7 @@ impl Store {
             pool.max_connections(8)
         };
         let pool = pool
-            .acquire_timeout(Duration::from_secs(60))
+            .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await
             .map_err(|e| open_error(url, e))?;
@@ -152,9 +152,15 @@ impl Store {
 
     async fn open_postgres(url: &str) -> Result<Store> {
         let options: AnyConnectOptions = url.parse().map_err(|e| open_error(url, e))?;
+        // One plain connection first: the pool retries a refused connection until its
+        // acquire timeout, this fails at once with the server's (or the network's) answer.
+        let conn = sqlx::AnyConnection::connect_with(&options)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        conn.close().await.map_err(|e| open_error(url, e))?;
         let pool = AnyPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(60))
+            .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await
             .map_err(|e| open_error(url, e))?;
@@ -256,6 +262,9 @@ mod tests {
             sqlite_url("sqlite:///x.db?cache=shared"),
             "sqlite:///x.db?cache=shared&mode=rwc"
         );
-        assert_eq!(sqlite_url("sqlite:///x.db?mode=ro"), "sqlite:///x.db?mode=ro");
+        assert_eq!(
+            sqlite_url("sqlite:///x.db?mode=ro"),
+            "sqlite:///x.db?mode=ro"
+        );
     }
 }

@@ -33,10 +33,11 @@ impl Store {
 
     /// Pending stages, oldest (lowest id) first, at most `limit`.
     pub async fn pending_stages(&self, limit: i64) -> Result<Vec<Stage>> {
-        let rows = sqlx::query("SELECT * FROM stages WHERE status = 'pending' ORDER BY id LIMIT $1")
-            .bind(limit.max(0))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM stages WHERE status = 'pending' ORDER BY id LIMIT $1")
+                .bind(limit.max(0))
+                .fetch_all(&self.pool)
+                .await?;
         rows::all(&rows, rows::stage)
     }
 
@@ -121,29 +122,21 @@ impl Store {
         error: Option<&str>,
         now: i64,
     ) -> Result<bool> {
-        let done = match attempt {
-            Some(attempt) => sqlx::query(
-                "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
-                 lease_expires = NULL WHERE id = $1 AND status = 'running' AND attempt = $5",
-            )
-            .bind(stage_id)
-            .bind(status.as_str())
-            .bind(error)
-            .bind(now)
-            .bind(attempt)
-            .execute(&self.pool)
-            .await?,
-            None => sqlx::query(
-                "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
-                 lease_expires = NULL WHERE id = $1 AND status IN ('pending', 'running')",
-            )
-            .bind(stage_id)
-            .bind(status.as_str())
-            .bind(error)
-            .bind(now)
-            .execute(&self.pool)
-            .await?,
+        const SET: &str = "UPDATE stages SET status = $2, error = COALESCE($3, error), \
+                           finished = $4, lease_expires = NULL WHERE id = $1";
+        let sql = match attempt {
+            Some(_) => format!("{SET} AND status = 'running' AND attempt = $5"),
+            None => format!("{SET} AND status IN ('pending', 'running')"),
         };
+        let mut query = sqlx::query(&sql)
+            .bind(stage_id)
+            .bind(status.as_str())
+            .bind(error)
+            .bind(now);
+        if let Some(attempt) = attempt {
+            query = query.bind(attempt);
+        }
+        let done = query.execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -234,7 +227,12 @@ impl Store {
 
     /// Updates the step `name` of a stage: the status always, the other fields when given.
     /// Whether such a step exists.
-    pub async fn update_step(&self, stage_id: i64, name: &str, update: &StepUpdate) -> Result<bool> {
+    pub async fn update_step(
+        &self,
+        stage_id: i64,
+        name: &str,
+        update: &StepUpdate,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE steps SET status = $3, exit_code = COALESCE($4, exit_code), \
              error = COALESCE($5, error), started = COALESCE($6, started), \

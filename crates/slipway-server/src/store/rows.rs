@@ -9,9 +9,7 @@ use slipway_engine::Status;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{
-    Artifact, Build, Repo, Result, Runner, SecretRow, Stage, Step, StoreError, Token,
-};
+use super::{Artifact, Build, Repo, Result, Runner, SecretRow, Stage, Step, StoreError, Token};
 
 /// Now, in unix milliseconds.
 pub(super) fn now_ms() -> i64 {
@@ -47,14 +45,20 @@ fn corrupt(table: &str, column: &str, row: &AnyRow, message: impl ToString) -> S
 
 fn status(row: &AnyRow, table: &str) -> Result<Status> {
     let text: String = row.try_get("status")?;
-    Status::parse(&text).ok_or_else(|| corrupt(table, "status", row, format!("unknown status `{text}`")))
+    Status::parse(&text)
+        .ok_or_else(|| corrupt(table, "status", row, format!("unknown status `{text}`")))
 }
 
 fn boolean(row: &AnyRow, table: &str, column: &str) -> Result<bool> {
     match row.try_get::<i64, _>(column)? {
         0 => Ok(false),
         1 => Ok(true),
-        other => Err(corrupt(table, column, row, format!("flag is {other}, not 0 or 1"))),
+        other => Err(corrupt(
+            table,
+            column,
+            row,
+            format!("flag is {other}, not 0 or 1"),
+        )),
     }
 }
 

@@ -6,8 +6,8 @@
 //! message) when chromedriver is not installed, so a test skips. [`Browser::eval`] runs a
 //! script and returns its JSON value, [`Browser::wait_for`] polls a script until it returns
 //! something truthy, [`Browser::screenshot`] saves a PNG. [`Browser::close`] ends the
-//! session; dropping a `Browser` (also on a panic) kills chromedriver and everything it
-//! started (its own process group).
+//! session; dropping a `Browser` (also on a panic) ends a session still open (so Chromium
+//! quits) and kills chromedriver.
 //!
 //! ```ignore
 //! let Some(browser) = Browser::start(1280, 900).await else { return };
@@ -43,6 +43,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 #[derive(Debug)]
 pub struct Browser {
     client: Option<Client>,
+    /// chromedriver's port and the session id, to end the session from `Drop`.
+    port: u16,
+    session: Option<String>,
     driver: Child,
     _profile: tempfile::TempDir,
 }
@@ -52,7 +55,9 @@ impl Browser {
     /// when `/usr/bin/chromedriver` is absent (`scripts/lib/prepare.sh` installs it).
     pub async fn start(width: u32, height: u32) -> Option<Browser> {
         if !Path::new(CHROMEDRIVER).exists() {
-            eprintln!("skipping: {CHROMEDRIVER} not found (apt-get install chromium chromium-driver)");
+            eprintln!(
+                "skipping: {CHROMEDRIVER} not found (apt-get install chromium chromium-driver)"
+            );
             return None;
         }
         let port = free_port();
@@ -65,10 +70,11 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let driver = command.spawn().expect("chromedriver starts");
         let mut browser = Browser {
             client: None,
+            port,
+            session: None,
             driver,
             _profile: profile,
         };
@@ -100,6 +106,7 @@ impl Browser {
                     .unwrap_or_default();
                 panic!("WebDriver session on {url}: {e}\nchromedriver log:\n{log}")
             });
+        browser.session = client.session_id().await.ok().flatten();
         browser.client = Some(client);
         Some(browser)
     }
@@ -157,12 +164,32 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // chromedriver leads its own process group: take Chromium down with it.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.driver.id())])
-            .status();
+        // Still open (a test panicked): end the session so that Chromium quits, with a plain
+        // blocking request since Drop cannot await. Then chromedriver goes.
+        if self.client.take().is_some()
+            && let Some(session) = self.session.take()
+        {
+            delete_session(self.port, &session);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// `DELETE /session/{id}` to chromedriver, waiting at most a few seconds for its answer.
+fn delete_session(port: u16, session: &str) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        // The reply's first bytes mean the session is gone.
+        let mut buf = [0u8; 512];
+        let _ = stream.read(&mut buf);
     }
 }
 
@@ -198,7 +225,10 @@ async fn wait_ready(port: u16) {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "chromedriver did not get ready on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not get ready on port {port}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -235,7 +265,7 @@ fn sample_step(number: i64, name: &str, status: Status, started: Option<i64>) ->
         exit_code: (status == Status::Success).then_some(0),
         error: None,
         started,
-        finished: (status == Status::Success).then_some(NOW + 4_000),
+        finished: (status == Status::Success).then(|| started.unwrap_or(NOW) + 4_000),
     }
 }
 
@@ -262,11 +292,15 @@ fn sample_stage(number: i64, name: &str, status: Status, started: Option<i64>) -
 }
 
 /// The context of `build.html` for a running build #7 of `team/app`.
-fn build_page_context() -> Value {
-    let now = std::time::SystemTime::now()
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64;
+        .expect("clock after 1970");
+    i64::try_from(since.as_millis()).expect("ms fit i64")
+}
+
+fn build_page_context() -> Value {
+    let now = now_ms();
     let build = Build {
         id: 7,
         repo_id: 1,
@@ -316,6 +350,8 @@ fn build_page_context() -> Value {
 struct Fake {
     ui: Arc<Ui>,
     phase: watch::Receiver<u32>,
+    /// When the test began (unix ms): the events' times are relative to it.
+    started: i64,
     log_connections: Arc<Mutex<u32>>,
     posts: Arc<Mutex<Vec<String>>>,
 }
@@ -324,8 +360,17 @@ struct Fake {
 fn log_script() -> Vec<(u32, Option<(u64, &'static str)>)> {
     vec![
         (0, Some((1, "+ cargo build --release"))),
-        (0, Some((2, "\u{1b}[31merror: red line\u{1b}[0m after reset"))),
-        (0, Some((3, "<img src=x onerror=alert(1)> \u{1b}[1;32mbold green\u{1b}[0m\u{1b}[2K"))),
+        (
+            0,
+            Some((2, "\u{1b}[31merror: red line\u{1b}[0m after reset")),
+        ),
+        (
+            0,
+            Some((
+                3,
+                "<img src=x onerror=alert(1)> \u{1b}[1;32mbold green\u{1b}[0m\u{1b}[2K",
+            )),
+        ),
         (1, Some((4, "   Compiling slipway v0.1.0"))),
         (1, Some((5, "\u{1b}]0;title\u{7}warning: unused variable"))),
         (2, Some((6, "    Finished `release` profile"))),
@@ -334,18 +379,30 @@ fn log_script() -> Vec<(u32, Option<(u64, &'static str)>)> {
     ]
 }
 
-/// Build events and the phase that releases each.
-fn event_script() -> Vec<(u32, Value)> {
+/// Build events and the phase that releases each (times relative to `now`, unix ms).
+fn event_script(now: i64) -> Vec<(u32, Value)> {
     vec![
         (0, json!({"kind": "stage", "stage": 1, "status": "running"})),
-        (3, json!({"kind": "step", "stage": 1, "step": "build", "status": "success",
-                   "exit_code": 0, "started": NOW, "finished": NOW + 63_000})),
-        (3, json!({"kind": "step", "stage": 1, "step": "deploy", "status": "running",
-                   "exit_code": null, "started": NOW + 63_000, "finished": null})),
-        (4, json!({"kind": "step", "stage": 1, "step": "deploy", "status": "killed",
-                   "exit_code": 137, "started": NOW + 63_000, "finished": NOW + 64_000})),
+        (
+            3,
+            json!({"kind": "step", "stage": 1, "step": "build", "status": "success",
+                   "exit_code": 0, "started": now - 63_000, "finished": now}),
+        ),
+        (
+            3,
+            json!({"kind": "step", "stage": 1, "step": "deploy", "status": "running",
+                   "exit_code": null, "started": now, "finished": null}),
+        ),
+        (
+            4,
+            json!({"kind": "step", "stage": 1, "step": "deploy", "status": "killed",
+                   "exit_code": 137, "started": now, "finished": now + 1_000}),
+        ),
         (4, json!({"kind": "stage", "stage": 1, "status": "killed"})),
-        (4, json!({"kind": "build", "status": "killed", "finished": NOW + 64_000})),
+        (
+            4,
+            json!({"kind": "build", "status": "killed", "finished": now + 1_000}),
+        ),
     ]
 }
 
@@ -375,7 +432,11 @@ fn play(
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         // Reconnect quickly; the browser's default is 3 s.
-        if tx.send(Bytes::from_static(b"retry: 200\n\n")).await.is_err() {
+        if tx
+            .send(Bytes::from_static(b"retry: 200\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut sent = 0;
@@ -416,7 +477,7 @@ async fn asset(UrlPath(file): UrlPath<String>) -> Response {
 }
 
 async fn events(State(fake): State<Fake>) -> Response {
-    let script = event_script()
+    let script = event_script(fake.started)
         .into_iter()
         .map(|(at, v)| (at, sse_frame(&v)))
         .collect();
@@ -448,7 +509,9 @@ async fn log_stream(State(fake): State<Fake>) -> Response {
 async fn other_log_stream() -> Response {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        let _ = tx.send(sse_frame(&json!({"kind": "line", "seq": 1, "line": "ok"}))).await;
+        let _ = tx
+            .send(sse_frame(&json!({"kind": "line", "seq": 1, "line": "ok"})))
+            .await;
         let _ = tx.send(sse_frame(&json!({"kind": "end"}))).await;
     });
     sse(rx)
@@ -467,8 +530,14 @@ async fn serve(fake: Fake) -> SocketAddr {
         .route("/repos/team/app/builds/7", get(page))
         .route("/static/{file}", get(asset))
         .route("/api/repos/team/app/builds/7/events", get(events))
-        .route("/api/repos/team/app/builds/7/logs/1/build/stream", get(log_stream))
-        .route("/api/repos/team/app/builds/7/logs/{stage}/{step}/stream", get(other_log_stream))
+        .route(
+            "/api/repos/team/app/builds/7/logs/1/build/stream",
+            get(log_stream),
+        )
+        .route(
+            "/api/repos/team/app/builds/7/logs/{stage}/{step}/stream",
+            get(other_log_stream),
+        )
         .route("/repos/team/app/builds/7/cancel", post(cancel))
         .with_state(fake);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -489,6 +558,7 @@ async fn browser_build_page_streams_logs_and_cancels() {
     let fake = Fake {
         ui: Arc::new(Ui::new()),
         phase,
+        started: now_ms(),
         log_connections: Arc::new(Mutex::new(0)),
         posts: Arc::new(Mutex::new(Vec::new())),
     };
@@ -501,12 +571,19 @@ async fn browser_build_page_streams_logs_and_cancels() {
 
     // The running step's panel opens by itself and streams the first lines.
     browser
-        .wait_for("lines 1-3", "return document.querySelectorAll('#log-1-build .line').length >= 3;")
+        .wait_for(
+            "lines 1-3",
+            "return document.querySelectorAll('#log-1-build .line').length >= 3;",
+        )
         .await;
     let open = browser
         .eval("return document.querySelector('.log-panel.open').id")
         .await;
-    assert_eq!(open, json!("panel-1-build"), "the running step's panel is open");
+    assert_eq!(
+        open,
+        json!("panel-1-build"),
+        "the running step's panel is open"
+    );
     assert_eq!(browser.eval(SEQS).await, json!([1, 2, 3]));
 
     // ANSI red becomes a span with a red class and a red colour; escapes are not shown.
@@ -545,7 +622,10 @@ async fn browser_build_page_streams_logs_and_cancels() {
     // lines 1-5 again: each is shown once.
     phase_tx.send(1).expect("phase 1");
     browser
-        .wait_for("lines 4-5", "return document.querySelectorAll('#log-1-build .line').length >= 5;")
+        .wait_for(
+            "lines 4-5",
+            "return document.querySelectorAll('#log-1-build .line').length >= 5;",
+        )
         .await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while *fake.log_connections.lock().expect("lock") < 2 {
@@ -553,15 +633,28 @@ async fn browser_build_page_streams_logs_and_cancels() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(browser.eval(SEQS).await, json!([1, 2, 3, 4, 5]), "no duplicates after reconnecting");
+    assert_eq!(
+        browser.eval(SEQS).await,
+        json!([1, 2, 3, 4, 5]),
+        "no duplicates after reconnecting"
+    );
     let line5 = browser
-        .eval("return document.querySelector('#log-1-build .line[data-seq=\"5\"] .text').textContent")
+        .eval(
+            "return document.querySelector('#log-1-build .line[data-seq=\"5\"] .text').textContent",
+        )
         .await;
-    assert_eq!(line5, json!("warning: unused variable"), "OSC sequences are stripped");
+    assert_eq!(
+        line5,
+        json!("warning: unused variable"),
+        "OSC sequences are stripped"
+    );
 
     phase_tx.send(2).expect("phase 2");
     browser
-        .wait_for("line 6", "return document.querySelectorAll('#log-1-build .line').length >= 6;")
+        .wait_for(
+            "line 6",
+            "return document.querySelectorAll('#log-1-build .line').length >= 6;",
+        )
         .await;
 
     // Line 7, end; the step turns success (exit 0) and the next one runs.
@@ -574,7 +667,10 @@ async fn browser_build_page_streams_logs_and_cancels() {
         )
         .await;
     browser
-        .wait_for("the end of the log", "return document.querySelector('#log-1-build .log-end') !== null;")
+        .wait_for(
+            "the end of the log",
+            "return document.querySelector('#log-1-build .log-end') !== null;",
+        )
         .await;
     assert_eq!(browser.eval(SEQS).await, json!([1, 2, 3, 4, 5, 6, 7]));
     let exit = browser
@@ -587,38 +683,68 @@ async fn browser_build_page_streams_logs_and_cancels() {
     assert_eq!(duration, json!("1m 03s"));
     // The panel followed the running step (the reader has not picked one).
     browser
-        .wait_for("the deploy panel to open", "return document.querySelector('.log-panel.open').id === 'panel-1-deploy';")
+        .wait_for(
+            "the deploy panel to open",
+            "return document.querySelector('.log-panel.open').id === 'panel-1-deploy';",
+        )
         .await;
     // After `end`, the ended log stream is not reopened.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(*fake.log_connections.lock().expect("lock"), 2, "no reconnect after end");
+    assert_eq!(
+        *fake.log_connections.lock().expect("lock"),
+        2,
+        "no reconnect after end"
+    );
 
     // Back to the build step's log by clicking it (the stream is kept: still 7 lines).
     browser
         .client()
-        .find(Locator::Css(".step[data-stage=\"1\"][data-step=\"build\"] a.step-link"))
+        .find(Locator::Css(
+            ".step[data-stage=\"1\"][data-step=\"build\"] a.step-link",
+        ))
         .await
         .expect("the build step link")
         .click()
         .await
         .expect("click");
     browser
-        .wait_for("the build panel to reopen", "return document.querySelector('.log-panel.open').id === 'panel-1-build';")
+        .wait_for(
+            "the build panel to reopen",
+            "return document.querySelector('.log-panel.open').id === 'panel-1-build';",
+        )
         .await;
     assert_eq!(browser.eval(SEQS).await, json!([1, 2, 3, 4, 5, 6, 7]));
 
     browser.eval("window.scrollTo(0, 0); return true;").await;
     let shots = Path::new("/tmp");
-    browser.screenshot(&shots.join("slipway-build-page-desktop.png")).await;
-    browser.client().set_window_size(390, 844).await.expect("phone size");
+    browser
+        .screenshot(&shots.join("slipway-build-page-desktop.png"))
+        .await;
+    browser
+        .client()
+        .set_window_size(390, 844)
+        .await
+        .expect("phone size");
     tokio::time::sleep(Duration::from_millis(300)).await;
     browser.eval("window.scrollTo(0, 0); return true;").await;
-    browser.screenshot(&shots.join("slipway-build-page.png")).await;
+    browser
+        .screenshot(&shots.join("slipway-build-page.png"))
+        .await;
+    browser
+        .eval("document.getElementById('panel-1-build').scrollIntoView(); return true;")
+        .await;
+    browser
+        .screenshot(&shots.join("slipway-build-page-phone-log.png"))
+        .await;
     let overflow = browser
         .eval("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
         .await;
     assert_eq!(overflow, json!(0), "no sideways scrolling on a phone");
-    browser.client().set_window_size(1280, 900).await.expect("desktop size");
+    browser
+        .client()
+        .set_window_size(1280, 900)
+        .await
+        .expect("desktop size");
 
     // Cancel submits its form.
     browser

@@ -1,5 +1,6 @@
 //! The one integration-test binary of slipway-server (one binary keeps link time down).
 
+mod browser;
 mod corpus;
 mod generic;
 mod mirror;
@@ -7,8 +8,8 @@ mod parse;
 mod robustness;
 mod secrets;
 mod signature;
-mod store;
 mod status;
+mod store;
 
 use std::path::PathBuf;
 

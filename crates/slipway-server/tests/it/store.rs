@@ -240,7 +240,10 @@ fn two_stages(number: i64) -> CompiledBuild {
 /// and the first stage's id.
 async fn one_build(db: &TestDb) -> (Store, i64, i64, i64) {
     let store = db.open().await;
-    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
     let (build, stages) = store
         .create_build(&new_build(repo.id, None), two_stages)
         .await
@@ -324,7 +327,10 @@ async fn repositories(db: &TestDb) {
         store.repo_by_name("alpha/web").await.expect("by name"),
         Some(alpha.clone())
     );
-    assert_eq!(store.repo_by_name("nope/nope").await.expect("by name"), None);
+    assert_eq!(
+        store.repo_by_name("nope/nope").await.expect("by name"),
+        None
+    );
     let names: Vec<String> = store
         .repos()
         .await
@@ -365,7 +371,10 @@ async fn repositories(db: &TestDb) {
 
 async fn build_creation_and_queries(db: &TestDb) {
     let store = db.open().await;
-    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
     let called = AtomicBool::new(false);
     let (build, stages) = store
         .create_build(&new_build(repo.id, Some("delivery-1")), |number| {
@@ -409,13 +418,19 @@ async fn build_creation_and_queries(db: &TestDb) {
         assert_eq!(stage.plan["name"], json!(stage.name));
     }
 
-    assert_eq!(store.build(build.id).await.expect("build"), Some(build.clone()));
+    assert_eq!(
+        store.build(build.id).await.expect("build"),
+        Some(build.clone())
+    );
     assert_eq!(store.build(build.id + 100).await.expect("build"), None);
     assert_eq!(
         store.build_by_number(repo.id, 1).await.expect("by number"),
         Some(build.clone())
     );
-    assert_eq!(store.build_by_number(repo.id, 2).await.expect("by number"), None);
+    assert_eq!(
+        store.build_by_number(repo.id, 2).await.expect("by number"),
+        None
+    );
     assert_eq!(store.stages(build.id).await.expect("stages"), stages);
     assert_eq!(
         store.stage(stages[1].id).await.expect("stage"),
@@ -447,11 +462,11 @@ async fn build_creation_and_queries(db: &TestDb) {
         assert_eq!((step.exit_code, &step.error), (None, &None));
         assert_eq!((step.started, step.finished), (None, None));
     }
-    let all = store.steps_of_build(build.id).await.expect("steps of build");
-    let order: Vec<(i64, &str)> = all
-        .iter()
-        .map(|s| (s.stage_id, s.name.as_str()))
-        .collect();
+    let all = store
+        .steps_of_build(build.id)
+        .await
+        .expect("steps of build");
+    let order: Vec<(i64, &str)> = all.iter().map(|s| (s.stage_id, s.name.as_str())).collect();
     assert_eq!(
         order,
         [
@@ -473,12 +488,21 @@ async fn build_creation_and_queries(db: &TestDb) {
         .expect("empty build");
     assert_eq!(empty.number, 2);
     assert!(none.is_empty());
-    assert!(store.steps_of_build(empty.id).await.expect("steps").is_empty());
+    assert!(
+        store
+            .steps_of_build(empty.id)
+            .await
+            .expect("steps")
+            .is_empty()
+    );
 }
 
 async fn build_with_error_and_skipped_stage(db: &TestDb) {
     let store = db.open().await;
-    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
     let (broken, stages) = store
         .create_build(&new_build(repo.id, None), |_| CompiledBuild {
             status: Status::Error,
@@ -513,8 +537,14 @@ async fn build_with_error_and_skipped_stage(db: &TestDb) {
 
 async fn build_status_and_listing(db: &TestDb) {
     let store = db.open().await;
-    let app = store.create_repo(&new_repo("acme/app")).await.expect("repo");
-    let lib = store.create_repo(&new_repo("acme/lib")).await.expect("repo");
+    let app = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
+    let lib = store
+        .create_repo(&new_repo("acme/lib"))
+        .await
+        .expect("repo");
     let mut ids = Vec::new();
     for i in 0..5 {
         let mut spec = new_build(app.id, None);
@@ -613,7 +643,10 @@ async fn build_status_and_listing(db: &TestDb) {
 
 async fn build_numbers_have_no_gaps_under_concurrency(db: &TestDb) {
     let store = db.open().await;
-    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
     let mut tasks = Vec::new();
     for i in 0..20 {
         let store = store.clone();
@@ -674,8 +707,14 @@ async fn numbers_are_per_repository(db: &TestDb) {
 
 async fn duplicate_delivery_changes_nothing(db: &TestDb) {
     let store = db.open().await;
-    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
-    let other = store.create_repo(&new_repo("acme/other")).await.expect("repo");
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
+    let other = store
+        .create_repo(&new_repo("acme/other"))
+        .await
+        .expect("repo");
     let (first, _) = store
         .create_build(&new_build(repo.id, Some("abc-123")), two_stages)
         .await
@@ -775,7 +814,10 @@ async fn lease_has_exactly_one_winner(db: &TestDb) {
     assert_eq!(won.lease_expires, Some(60_000));
     assert_eq!(won.started, Some(1_000));
     assert!(won.runner_id.is_some());
-    assert_eq!(store.stage(stage_id).await.expect("stage").as_ref(), Some(won));
+    assert_eq!(
+        store.stage(stage_id).await.expect("stage").as_ref(),
+        Some(won)
+    );
     assert_eq!(store.running_count(repo_id).await.expect("count"), 1);
     assert_eq!(store.running_count(repo_id + 1).await.expect("count"), 0);
     let running = store.running_stages().await.expect("running");
@@ -797,39 +839,87 @@ async fn lease_lifecycle(db: &TestDb) {
     assert_eq!(leased.runner_id, Some(7));
     // Leasing again is refused: it is not pending.
     assert_eq!(
-        store.lease_stage(stage_id, 8, 10_000, 1_000).await.expect("lease"),
+        store
+            .lease_stage(stage_id, 8, 10_000, 1_000)
+            .await
+            .expect("lease"),
         None
     );
 
     // Renew: only the holder, in its attempt.
-    assert_eq!(store.renew_lease(stage_id, 2, 7, 20_000).await.expect("renew"), None);
-    assert_eq!(store.renew_lease(stage_id, 1, 8, 20_000).await.expect("renew"), None);
     assert_eq!(
-        store.renew_lease(stage_id, 1, 7, 20_000).await.expect("renew"),
+        store
+            .renew_lease(stage_id, 2, 7, 20_000)
+            .await
+            .expect("renew"),
+        None
+    );
+    assert_eq!(
+        store
+            .renew_lease(stage_id, 1, 8, 20_000)
+            .await
+            .expect("renew"),
+        None
+    );
+    assert_eq!(
+        store
+            .renew_lease(stage_id, 1, 7, 20_000)
+            .await
+            .expect("renew"),
         Some(false)
     );
     assert_eq!(
-        store.stage(stage_id).await.expect("stage").expect("exists").lease_expires,
+        store
+            .stage(stage_id)
+            .await
+            .expect("stage")
+            .expect("exists")
+            .lease_expires,
         Some(20_000)
     );
 
     // Expiry.
-    assert!(store.expired_leases(20_000).await.expect("expired").is_empty());
+    assert!(
+        store
+            .expired_leases(20_000)
+            .await
+            .expect("expired")
+            .is_empty()
+    );
     let expired = store.expired_leases(20_001).await.expect("expired");
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].id, stage_id);
 
     // At server start every running lease gets time.
-    assert_eq!(store.extend_running_leases(50_000).await.expect("extend"), 1);
-    assert!(store.expired_leases(40_000).await.expect("expired").is_empty());
+    assert_eq!(
+        store.extend_running_leases(50_000).await.expect("extend"),
+        1
+    );
+    assert!(
+        store
+            .expired_leases(40_000)
+            .await
+            .expect("expired")
+            .is_empty()
+    );
 
     // Cancel is seen by the next renew.
     assert_eq!(store.request_cancel(build_id).await.expect("cancel"), 2);
     assert_eq!(
-        store.renew_lease(stage_id, 1, 7, 60_000).await.expect("renew"),
+        store
+            .renew_lease(stage_id, 1, 7, 60_000)
+            .await
+            .expect("renew"),
         Some(true)
     );
-    assert!(store.stages(build_id).await.expect("stages").iter().all(|s| s.cancel_requested));
+    assert!(
+        store
+            .stages(build_id)
+            .await
+            .expect("stages")
+            .iter()
+            .all(|s| s.cancel_requested)
+    );
 
     // Finish: refused for another attempt, once for the right one.
     assert!(
@@ -857,7 +947,13 @@ async fn lease_lifecycle(db: &TestDb) {
     assert_eq!(finished.lease_expires, None);
     assert_eq!(finished.started, Some(1_000));
     // A lost lease after the end.
-    assert_eq!(store.renew_lease(stage_id, 1, 7, 90_000).await.expect("renew"), None);
+    assert_eq!(
+        store
+            .renew_lease(stage_id, 1, 7, 90_000)
+            .await
+            .expect("renew"),
+        None
+    );
     assert!(!store.requeue_stage(stage_id, 1).await.expect("requeue"));
     // Not cancellable any more: done stages are left alone.
     assert_eq!(store.request_cancel(build_id).await.expect("cancel"), 1);
@@ -892,9 +988,19 @@ async fn requeue_resets_steps(db: &TestDb) {
                 .expect("update")
         );
     }
-    assert!(!store.requeue_stage(stage_id, 2).await.expect("wrong attempt"));
+    assert!(
+        !store
+            .requeue_stage(stage_id, 2)
+            .await
+            .expect("wrong attempt")
+    );
     assert_eq!(
-        store.stage(stage_id).await.expect("stage").expect("exists").status,
+        store
+            .stage(stage_id)
+            .await
+            .expect("stage")
+            .expect("exists")
+            .status,
         Status::Running
     );
     assert!(store.requeue_stage(stage_id, 1).await.expect("requeue"));
@@ -915,9 +1021,19 @@ async fn requeue_resets_steps(db: &TestDb) {
         .expect("won");
     assert_eq!(again.attempt, 2);
     assert_eq!(again.runner_id, Some(4));
-    assert_eq!(again.started, Some(1_000), "started kept from the first attempt");
+    assert_eq!(
+        again.started,
+        Some(1_000),
+        "started kept from the first attempt"
+    );
     // The old attempt can do nothing any more.
-    assert_eq!(store.renew_lease(stage_id, 1, 3, 40_000).await.expect("renew"), None);
+    assert_eq!(
+        store
+            .renew_lease(stage_id, 1, 3, 40_000)
+            .await
+            .expect("renew"),
+        None
+    );
     assert!(
         !store
             .finish_stage(stage_id, Some(1), Status::Success, None, 6_000)
@@ -961,7 +1077,13 @@ async fn cancel_and_finish_without_attempt(db: &TestDb) {
         .expect("won");
     assert!(
         store
-            .finish_stage(stage_id, None, Status::Killed, Some("cancelled by @bob"), 4_000)
+            .finish_stage(
+                stage_id,
+                None,
+                Status::Killed,
+                Some("cancelled by @bob"),
+                4_000
+            )
             .await
             .expect("kill")
     );
@@ -983,7 +1105,12 @@ async fn steps_updates(db: &TestDb) {
         started: Some(1_000),
         finished: None,
     };
-    assert!(store.update_step(stage_id, "clone", &started).await.expect("update"));
+    assert!(
+        store
+            .update_step(stage_id, "clone", &started)
+            .await
+            .expect("update")
+    );
     assert!(
         !store
             .update_step(stage_id, "no-such-step", &started)
@@ -1023,7 +1150,12 @@ async fn steps_updates(db: &TestDb) {
             .await
             .expect("update")
     );
-    assert!(store.update_step(stage_id, "compile", &started).await.expect("update"));
+    assert!(
+        store
+            .update_step(stage_id, "compile", &started)
+            .await
+            .expect("update")
+    );
     let steps = store.steps(stage_id).await.expect("steps");
     let clone = &steps[0];
     assert_eq!(clone.status, Status::Success);
@@ -1031,7 +1163,10 @@ async fn steps_updates(db: &TestDb) {
     assert_eq!(clone.error.as_deref(), Some("exit status 2"));
     assert_eq!((clone.started, clone.finished), (Some(1_000), Some(1_500)));
 
-    store.finish_open_steps(stage_id, 9_000).await.expect("finish open");
+    store
+        .finish_open_steps(stage_id, 9_000)
+        .await
+        .expect("finish open");
     let steps = store.steps(stage_id).await.expect("steps");
     let states: Vec<(&str, Status, Option<i64>)> = steps
         .iter()
@@ -1051,8 +1186,14 @@ async fn steps_updates(db: &TestDb) {
 
 async fn secrets(db: &TestDb) {
     let store = db.open().await;
-    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
-    let other = store.create_repo(&new_repo("acme/other")).await.expect("repo");
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
+    let other = store
+        .create_repo(&new_repo("acme/other"))
+        .await
+        .expect("repo");
     let token = store
         .put_secret(repo.id, "token", "Y2lwaGVy", false, 1_000)
         .await
@@ -1122,9 +1263,19 @@ async fn runners(db: &TestDb) {
     assert_eq!((again.last_seen, again.created), (5_000, 1_000));
 
     store.touch_runner(alpha.id, 9_000).await.expect("touch");
-    let touched = store.runner(alpha.id).await.expect("runner").expect("exists");
+    let touched = store
+        .runner(alpha.id)
+        .await
+        .expect("runner")
+        .expect("exists");
     assert_eq!(touched.last_seen, 9_000);
-    assert_eq!(store.runner(alpha.id + zulu.id + 100).await.expect("runner"), None);
+    assert_eq!(
+        store
+            .runner(alpha.id + zulu.id + 100)
+            .await
+            .expect("runner"),
+        None
+    );
     let names: Vec<String> = store
         .runners()
         .await
@@ -1163,11 +1314,17 @@ async fn tokens(db: &TestDb) {
         Some(runner.clone())
     );
     assert_eq!(store.token_by_hash("c").await.expect("by hash"), None);
-    assert_eq!(store.tokens().await.expect("tokens"), [admin.clone(), runner.clone()]);
+    assert_eq!(
+        store.tokens().await.expect("tokens"),
+        [admin.clone(), runner.clone()]
+    );
     assert!(store.delete_token(admin.id).await.expect("delete"));
     assert!(!store.delete_token(admin.id).await.expect("delete"));
     assert_eq!(store.tokens().await.expect("tokens"), [runner]);
-    assert_eq!(store.token_by_hash(&"a".repeat(64)).await.expect("by hash"), None);
+    assert_eq!(
+        store.token_by_hash(&"a".repeat(64)).await.expect("by hash"),
+        None
+    );
 }
 
 async fn artifacts_and_stats(db: &TestDb) {
@@ -1184,12 +1341,26 @@ async fn artifacts_and_stats(db: &TestDb) {
         .add_artifact(build_id, "reg.example/acme/app:latest", "sha256:aa", 1_001)
         .await
         .expect("artifact");
-    assert_eq!(store.artifacts(build_id).await.expect("artifacts"), [first, second]);
-    assert!(store.artifacts(build_id + 1).await.expect("artifacts").is_empty());
+    assert_eq!(
+        store.artifacts(build_id).await.expect("artifacts"),
+        [first, second]
+    );
+    assert!(
+        store
+            .artifacts(build_id + 1)
+            .await
+            .expect("artifacts")
+            .is_empty()
+    );
 
     let stats = store.queue_stats().await.expect("stats");
     assert_eq!(
-        (stats.pending_stages, stats.running_stages, stats.builds_total, stats.runners),
+        (
+            stats.pending_stages,
+            stats.running_stages,
+            stats.builds_total,
+            stats.runners
+        ),
         (2, 0, 1, 0)
     );
     store
@@ -1203,7 +1374,12 @@ async fn artifacts_and_stats(db: &TestDb) {
         .expect("won");
     let stats = store.queue_stats().await.expect("stats");
     assert_eq!(
-        (stats.pending_stages, stats.running_stages, stats.builds_total, stats.runners),
+        (
+            stats.pending_stages,
+            stats.running_stages,
+            stats.builds_total,
+            stats.runners
+        ),
         (1, 1, 1, 1)
     );
 }
@@ -1213,7 +1389,10 @@ async fn reopen_runs_no_migration_twice(db: &TestDb) {
     let applied = store.applied_migrations().await.expect("migrations");
     assert!(!applied.is_empty());
     assert!(applied.iter().any(|(name, _)| name == "0001_init"));
-    let repo = store.create_repo(&new_repo("acme/app")).await.expect("repo");
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
     drop(store);
     tokio::time::sleep(Duration::from_millis(5)).await;
     // Opened again, twice at once: nothing is applied again, nothing is lost.
@@ -1265,7 +1444,10 @@ async fn open_refuses_unknown_schemes_naming_the_url() {
         .expect_err("mysql is not supported");
     let text = err.to_string();
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
-    assert!(text.contains("mysql://root:***@db.example/slipway"), "{text}");
+    assert!(
+        text.contains("mysql://root:***@db.example/slipway"),
+        "{text}"
+    );
     assert!(!text.contains("hunter2"), "password hidden: {text}");
 
     let err = Store::open("slipway.db").await.expect_err("no scheme");
@@ -1279,7 +1461,9 @@ async fn open_reports_unreachable_databases_naming_the_url() {
         "sqlite://{}",
         dir.path().join("missing-dir/slipway.db").display()
     );
-    let err = Store::open(&url).await.expect_err("parent directory missing");
+    let err = Store::open(&url)
+        .await
+        .expect_err("parent directory missing");
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
     assert!(err.to_string().contains(&url), "{err}");
 
@@ -1289,7 +1473,8 @@ async fn open_reports_unreachable_databases_naming_the_url() {
         .expect_err("nothing listens");
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
     assert!(
-        err.to_string().contains("postgres://slipway:***@127.0.0.1:1/slipway"),
+        err.to_string()
+            .contains("postgres://slipway:***@127.0.0.1:1/slipway"),
         "{err}"
     );
 }

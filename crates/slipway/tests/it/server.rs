@@ -289,8 +289,11 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
     assert_eq!(
         log.lines().collect::<Vec<_>>(),
         [
+            "+ echo hello from $DRONE_REPO at $DRONE_COMMIT_SHA",
             format!("hello from team/app at {sha}").as_str(),
+            "+ echo build $DRONE_BUILD_NUMBER on $DRONE_BRANCH",
             "build 1 on main",
+            "+ test -f app.txt && cat app.txt",
             "the app"
         ]
     );
