@@ -211,6 +211,26 @@ impl Registry {
         })?
     }
 
+    /// Deletes a tag for `actor` (the UI's delete button) and emits the delete event, as
+    /// `DELETE /v2/<name>/manifests/<tag>` would. `Ok(false)` when there was no such tag.
+    pub fn delete_tag(&self, repo: &str, tag: &str, actor: &str) -> Result<bool, RegistryError> {
+        let Some(name) = crate::name::RepoName::parse(repo) else {
+            return Ok(false);
+        };
+        let dir = self.shared.config.root.clone();
+        let io = |e| RegistryError::io(&dir, "deleting a tag", e);
+        let Some(info) = self.shared.store.tag(&name, tag).map_err(io)? else {
+            return Ok(false);
+        };
+        let deleted = self.shared.store.delete_tag(&name, tag).map_err(io)?;
+        if deleted {
+            let identity = Identity::Principal(crate::auth::Principal::admin(actor));
+            self.shared
+                .emit_delete(repo, &info.digest, Some(tag.to_owned()), &identity);
+        }
+        Ok(deleted)
+    }
+
     /// The metadata store (for the UI and tools).
     pub fn store(&self) -> &FsStore {
         &self.shared.store

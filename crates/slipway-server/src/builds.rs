@@ -128,6 +128,10 @@ pub async fn create(
         stages.len(),
         build.status
     );
+    for stage in stages.iter().filter(|s| s.status == Status::Skipped) {
+        // Its trigger did not match: its steps will never run.
+        state.store.finish_open_steps(stage.id, now).await?;
+    }
     publish_build(state, &build);
     if build.status == Status::Pending {
         if repo.auto_cancel && build.event == "push" {

@@ -30,6 +30,11 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/repos", axum::routing::post(add_repo))
         .route("/repos/{*path}", get(repo_page).post(repo_form))
         .route("/runners", get(runners_page))
+        .route("/registry", get(registry_page))
+        .route(
+            "/registry/{*path}",
+            get(registry_repo_page).post(registry_form),
+        )
         .route("/static/{*path}", get(asset))
 }
 
@@ -477,5 +482,108 @@ async fn asset(Path(path): Path<String>) -> Response {
         )
             .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn registry_page(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> Response {
+    let store = state.registry.store();
+    let (names, _) = store.repositories_page(None, 10_000, |_| true);
+    let repositories: Vec<Value> = names
+        .into_iter()
+        .map(|name| {
+            let tags = slipway_registry::name::RepoName::parse(&name)
+                .and_then(|n| store.tags(&n).ok().flatten())
+                .map_or(0, |t| t.len());
+            json!({"name": name, "tags": tags})
+        })
+        .collect();
+    render(
+        &state,
+        "registry.html",
+        "Registry",
+        Some(&user),
+        json!({"repositories": repositories}),
+    )
+}
+
+async fn registry_repo_page(
+    State(state): State<Arc<AppState>>,
+    PageUser(user): PageUser,
+    Path(name): Path<String>,
+) -> Response {
+    match registry_tags(&state, &name).await {
+        Ok(tags) => render(
+            &state,
+            "registry_repo.html",
+            &name,
+            Some(&user),
+            json!({"name": name, "registry_host": state.host, "tags": tags}),
+        ),
+        Err(e) => error_page(&state, Some(&user), e),
+    }
+}
+
+/// Each tag with its digest, push time and image size (the manifest and every blob and
+/// child manifest it refers to).
+async fn registry_tags(state: &AppState, name: &str) -> Result<Vec<Value>, ApiError> {
+    let store = state.registry.store();
+    let repo = slipway_registry::name::RepoName::parse(name)
+        .ok_or_else(|| ApiError::not_found(format!("`{name}` is not a repository name")))?;
+    let internal = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("registry {name}: {e}"),
+        )
+    };
+    let tags = store
+        .tags(&repo)
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no repository `{name}` in the registry")))?;
+    let mut out = Vec::new();
+    for tag in tags {
+        let Some(info) = store.tag(&repo, &tag).map_err(internal)? else {
+            continue;
+        };
+        let mut size = 0u64;
+        if let Some(meta) = store.manifest(&repo, &info.digest).map_err(internal)? {
+            size += meta.size;
+            for reference in &meta.references {
+                size += state
+                    .registry
+                    .blobs()
+                    .size(reference)
+                    .await
+                    .map_err(internal)?
+                    .unwrap_or(0);
+            }
+        }
+        out.push(
+            json!({"tag": tag, "digest": info.digest.to_string(), "size": size,
+                        "pushed": info.updated_at.saturating_mul(1000)}),
+        );
+    }
+    Ok(out)
+}
+
+async fn registry_form(
+    State(state): State<Arc<AppState>>,
+    PageUser(user): PageUser,
+    Path(path): Path<String>,
+) -> Response {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [name @ .., "tags", tag, "delete"] if !name.is_empty() => {
+            let name = name.join("/");
+            match state.registry.delete_tag(&name, tag, &user.name) {
+                Ok(_) => Redirect::to(&format!("/registry/{name}")).into_response(),
+                Err(e) => error_page(
+                    &state,
+                    Some(&user),
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+                ),
+            }
+        }
+        _ => error_page(&state, Some(&user), ApiError::not_found("no such page")),
     }
 }

@@ -3,6 +3,7 @@
 mod browser;
 mod corpus;
 mod generic;
+mod live_ui;
 mod mirror;
 mod parse;
 mod robustness;

@@ -313,7 +313,7 @@ fn sigint_cancels_and_cleans_up() {
 }
 
 /// Containers, networks and volumes whose owner label names process `pid`.
-fn owned_by(pid: u32) -> Vec<String> {
+pub fn owned_by(pid: u32) -> Vec<String> {
     let needle = format!(":{pid}:");
     let mut found = Vec::new();
     for (kind, format) in [

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `slipway` binary: the real CLI against the real Docker engine.
 
 mod cli;
+mod cluster;
 mod exec;
 mod server;
 

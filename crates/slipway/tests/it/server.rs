@@ -14,7 +14,7 @@ use sha2::Sha256;
 
 use super::{git, git_repo, slipway, test_image};
 
-const ADMIN: &str = "test-admin-token-0123456789abcdef";
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
 /// A running `slipway up`; killed on drop.
 pub struct Up {
@@ -114,14 +114,14 @@ fn github_standin() -> (String, Posted, std::thread::JoinHandle<()>) {
     (format!("http://{addr}"), posted, handle)
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
+pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// A push event body in GitHub's format (the fields GitHub sends that Slipway reads).
-fn github_push(repo: &str, clone_url: &str, before: &str, after: &str, message: &str) -> Vec<u8> {
+pub fn github_push(repo: &str, clone_url: &str, before: &str, after: &str, message: &str) -> Vec<u8> {
     let (owner, name) = repo.split_once('/').expect("owner/name");
     serde_json::to_vec(&json!({
         "ref": "refs/heads/main",
@@ -154,14 +154,14 @@ fn github_push(repo: &str, clone_url: &str, before: &str, after: &str, message: 
     .expect("JSON")
 }
 
-struct Delivery<'a> {
-    body: &'a [u8],
-    signature: String,
-    id: &'a str,
-    event: &'a str,
+pub struct Delivery<'a> {
+    pub body: &'a [u8],
+    pub signature: String,
+    pub id: &'a str,
+    pub event: &'a str,
 }
 
-fn deliver(url: &str, d: &Delivery) -> (u16, Value) {
+pub fn deliver(url: &str, d: &Delivery) -> (u16, Value) {
     let resp = reqwest::blocking::Client::new()
         .post(format!("{url}/hook"))
         .header("Content-Type", "application/json")
@@ -176,7 +176,7 @@ fn deliver(url: &str, d: &Delivery) -> (u16, Value) {
     (status, resp.json().unwrap_or(Value::Null))
 }
 
-fn head(dir: &Path) -> String {
+pub fn head(dir: &Path) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -333,4 +333,46 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
         assert!(Instant::now() < deadline, "statuses seen: {seen:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `docker` with a private config dir, so logins do not touch the user's.
+fn docker(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .env("DOCKER_CONFIG", config)
+        .args(args)
+        .output()
+        .expect("docker runs")
+}
+
+#[test]
+fn slipway_up_serves_the_registry_with_its_admin_token() {
+    let data = tempfile::tempdir().expect("data dir");
+    let up = start_up(data.path(), &[]);
+    let host = up.url.trim_start_matches("http://").to_owned();
+    let config = tempfile::tempdir().expect("docker config");
+    let cfg = config.path();
+
+    let bad = docker(cfg, &["login", &host, "-u", "admin", "-p", "wrong-password-000000"]);
+    assert!(!bad.status.success(), "a wrong password must not log in");
+    let good = docker(cfg, &["login", &host, "-u", "admin", "-p", ADMIN]);
+    assert!(good.status.success(), "{}", super::text(&good).1);
+
+    let image = format!("{host}/team/base:1");
+    assert!(docker(cfg, &["tag", &test_image(), &image]).status.success());
+    let push = docker(cfg, &["push", &image]);
+    assert!(push.status.success(), "{}", super::text(&push).1);
+    assert!(docker(cfg, &["rmi", &image]).status.success());
+    let pull = docker(cfg, &["pull", &image]);
+    assert!(pull.status.success(), "{}", super::text(&pull).1);
+    let _ = docker(cfg, &["rmi", &image]);
+
+    // The UI lists it, with the pull command.
+    let page = reqwest::blocking::Client::new()
+        .get(format!("{}/registry/team/base", up.url))
+        .header("Cookie", format!("slipway_token={ADMIN}"))
+        .send()
+        .expect("registry page")
+        .text()
+        .expect("page text");
+    assert!(page.contains(&format!("docker pull {host}/team/base:1")), "{page}");
 }
