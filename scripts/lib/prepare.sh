@@ -184,7 +184,7 @@ prepare_machine() {
 # Builds the release binary (for the demo and benchmarks) and prints its path.
 build_release() {
   say "building slipway (release)"
-  cargo build --release --locked -q -p slipway
+  cargo build --release --locked -q -p slipway || return 1
   printf '%s\n' "$CARGO_TARGET_DIR/release/slipway"
 }
 

@@ -29,6 +29,16 @@ pub enum EngineError {
         hint: &'static str,
     },
 
+    /// A known plugin that is not native yet, whose image is not on the engine: pulling it
+    /// is not attempted (it would hang on an offline runner).
+    #[error(
+        "plugin `{plugin}` is not available natively yet and its image cannot be pulled here \
+         (`{image}` is not on this runner's Docker engine); load the image on the runner \
+         (`docker pull {image}` or `docker load`), or turn native plugins off to pull plugin \
+         images as usual"
+    )]
+    PluginUnavailable { plugin: String, image: String },
+
     #[error("cloning {repo} at `{commit}` failed: {stderr}")]
     Clone {
         repo: String,

@@ -68,7 +68,9 @@ impl std::fmt::Display for Status {
 /// Every pipeline that is not skipped gets `PipelineStarted` .. `PipelineFinished`; every
 /// step, service and the `clone` pseudo-step that starts gets `StepStarted` .. `StepFinished`
 /// with its `Log` lines in between. Skipped steps and pipelines only get their `*Finished`
-/// event (status `Skipped`), so a consumer learns about every entry of the plan.
+/// event (status `Skipped`), so a consumer learns about every entry of the plan. A native
+/// `plugins/docker` step that pushed also sends one `Artifact` per pushed image, between its
+/// last `Log` and its `StepFinished`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
@@ -98,6 +100,16 @@ pub enum Event {
     PipelineFinished {
         pipeline: String,
         status: Status,
+    },
+    /// A native `plugins/docker` step pushed an image: `image` is the repository as pushed
+    /// (`127.0.0.1:5000/team/app`), `tags` every tag pushed for it, `digest` the manifest
+    /// digest the registry accepted (`sha256:...`), so `image@digest` pulls exactly it.
+    Artifact {
+        pipeline: String,
+        step: String,
+        image: String,
+        tags: Vec<String>,
+        digest: String,
     },
 }
 

@@ -66,6 +66,7 @@ mod error;
 mod event;
 pub mod log;
 pub mod mask;
+mod native;
 mod options;
 mod scheduler;
 mod script;
@@ -82,7 +83,7 @@ pub use error::EngineError;
 pub use event::{BuildReport, Event, EventSink, PipelineReport, Status, StepReport};
 pub use log::LineSplitter;
 pub use mask::Masker;
-pub use options::{RunOptions, WorkspaceSource};
+pub use options::{RegistryCredential, RunOptions, WorkspaceSource};
 
 use abort::Abort;
 
@@ -130,7 +131,12 @@ pub async fn run(
         plan,
         options: &options,
         sink,
-        masker: Arc::new(Masker::new(options.secrets.values())),
+        masker: Arc::new(Masker::new(
+            options
+                .secrets
+                .values()
+                .chain(options.own_registry.iter().map(|own| &own.password)),
+        )),
         docker,
         build_id: &build_id,
         build_dir: &build_dir,

@@ -1,5 +1,6 @@
 //! What the caller decides about a build: where the source comes from, which secrets exist,
-//! how much trust and time it gets, and how to stop it.
+//! how much trust and time it gets, whether well-known plugins run natively and with which
+//! credential they reach the server's own registry, and how to stop it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +26,35 @@ pub struct RunOptions {
     pub default_step_timeout: Option<Duration>,
     /// Time limit for the whole build, on top of each pipeline's `timeout_secs`.
     pub build_timeout: Option<Duration>,
+    /// Run well-known plugin steps (`plugins/docker`) natively, with no plugin container,
+    /// and fail known plugins that are not native yet at once when their image is not on
+    /// the engine (instead of a pull that could hang offline). `true` is the default
+    /// callers should use; `false` runs every plugin image as an ordinary container.
+    pub native_plugins: bool,
+    /// The server's own registry: a native `plugins/docker` step without `registry` (and
+    /// an unqualified `repo`), or with this `host`, pushes there with this credential
+    /// (a short-lived token), whatever `username`/`password` it names. Its password is
+    /// masked like a secret.
+    pub own_registry: Option<RegistryCredential>,
+}
+
+/// A registry and the account to push to it with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredential {
+    /// `host[:port]`, as in image references (`127.0.0.1:5000`, `registry.example.com`).
+    pub host: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .field("password", &"******")
+            .finish()
+    }
 }
 
 /// Where the workspace's content comes from.

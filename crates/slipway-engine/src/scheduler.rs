@@ -263,6 +263,7 @@ impl Build<'_> {
                     pipeline,
                     &workspace,
                     self.options.trusted,
+                    self.options.native_plugins,
                     &self.images,
                 );
                 self.run_with(&backend, pipeline, &workspace, abort).await
@@ -595,6 +596,18 @@ impl Build<'_> {
         let step = spec.plan;
         spec.set_build_status(failed);
         let (log, started) = self.begin(pipeline, &spec);
+        if let Some(plugin) = crate::native::native_plugin(step)
+            && let Some(host) = backend.native_host()
+        {
+            // Never pre-started (it has no `commands`); discarded should that change.
+            if let Some(prepared) = prepared {
+                backend.discard(prepared).await;
+            }
+            let report = self
+                .run_native(plugin, host, &spec, &log, started, abort)
+                .await;
+            return StepOutcome::Finished(report);
+        }
         let released = match prepared {
             Some(prepared) => backend
                 .release(prepared, failed, log.clone())
@@ -658,6 +671,54 @@ impl Build<'_> {
         };
         backend.remove(process).await;
         StepOutcome::Finished(self.finish(&log, started, status, exit_code, error))
+    }
+
+    /// Runs a native plugin step (see [`crate::native`]) within its time limit. It fails
+    /// with exit code 1 and the reason in its log and report.
+    async fn run_native(
+        &self,
+        plugin: crate::native::NativePlugin,
+        host: crate::native::NativeHost<'_>,
+        spec: &StepSpec<'_>,
+        log: &StepLog,
+        started: Instant,
+        abort: &Abort,
+    ) -> StepReport {
+        enum Ended {
+            Done(Result<(), String>),
+            TimedOut(Duration),
+            Aborted,
+        }
+        let limit = spec
+            .plan
+            .timeout_secs
+            .map(Duration::from_secs)
+            .or(self.options.default_step_timeout);
+        let work = crate::native::run(plugin, host, spec, log, self.options.own_registry.as_ref());
+        // Dropping the work on a time-out or abort closes its requests to the engine, which
+        // stops the build or push under way.
+        let ended = tokio::select! {
+            result = work => Ended::Done(result),
+            limit = sleep_for(limit) => Ended::TimedOut(limit),
+            () = abort.aborted() => Ended::Aborted,
+        };
+        match ended {
+            Ended::Done(Ok(())) => self.finish(log, started, Status::Success, Some(0), None),
+            Ended::Done(Err(error)) => {
+                log.text(&format!("error: {error}"));
+                self.finish(log, started, Status::Failure, Some(1), Some(error))
+            }
+            Ended::TimedOut(limit) => {
+                let reason = format!("step timed out after {}", human(limit));
+                log.line(&reason);
+                self.finish(log, started, Status::Killed, None, Some(reason))
+            }
+            Ended::Aborted => {
+                let reason = abort.reason();
+                log.line(&reason);
+                self.finish(log, started, Status::Killed, None, Some(reason))
+            }
+        }
     }
 
     /// A step or service that could not be started: Killed if that was because of an abort

@@ -176,7 +176,9 @@ impl EventSink for StageSink {
     fn event(&self, event: Event) {
         let item = match event {
             // The server learns the stage's result from `/done`.
-            Event::PipelineStarted { .. } | Event::PipelineFinished { .. } => return,
+            Event::PipelineStarted { .. }
+            | Event::PipelineFinished { .. }
+            | Event::Artifact { .. } => return,
             Event::StepStarted { step, .. } => Item::Started {
                 step,
                 time: now_millis(),
@@ -225,6 +227,8 @@ fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> 
         work_root,
         default_step_timeout: lease.step_timeout_secs.map(Duration::from_secs),
         build_timeout: lease.stage_timeout_secs.map(Duration::from_secs),
+        native_plugins: true,
+        own_registry: None,
     }
 }
 

@@ -431,11 +431,21 @@ pub async fn restart(
 ) -> Result<Build, BuildError> {
     let mut ctx = context_of(build);
     ctx.parent = u64::try_from(build.number).unwrap_or_default();
+    create_by_user(state, repo, ctx, user).await
+}
+
+/// A build a person asked for (no delivery id; trigger `@user`).
+async fn create_by_user(
+    state: &Arc<AppState>,
+    repo: &Repo,
+    context: BuildContext,
+    user: &str,
+) -> Result<Build, BuildError> {
     create(
         state,
         repo,
         BuildRequest {
-            context: ctx,
+            context,
             delivery_id: None,
             trigger: format!("@{user}"),
         },
@@ -466,16 +476,7 @@ pub async fn promote(
     ctx.target = target.to_owned();
     ctx.parent = u64::try_from(build.number).unwrap_or_default();
     ctx.params.extend(params);
-    create(
-        state,
-        repo,
-        BuildRequest {
-            context: ctx,
-            delivery_id: None,
-            trigger: format!("@{user}"),
-        },
-    )
-    .await
+    create_by_user(state, repo, ctx, user).await
 }
 
 /// What a manual run builds.
@@ -536,16 +537,7 @@ pub async fn run_manual(
         params,
         ..BuildContext::default()
     };
-    create(
-        state,
-        repo,
-        BuildRequest {
-            context: ctx,
-            delivery_id: None,
-            trigger: format!("@{user}"),
-        },
-    )
-    .await
+    create_by_user(state, repo, ctx, user).await
 }
 
 /// Posts build states to the git host of repositories that have a status API configured.

@@ -115,6 +115,8 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
             work_root: std::env::temp_dir().join("slipway-exec"),
             default_step_timeout: args.step_timeout,
             build_timeout: args.timeout,
+            native_plugins: true,
+            own_registry: None,
         };
         slipway_engine::run(&plan, options, sink).await
     })?;

@@ -171,6 +171,17 @@ impl EventSink for TerminalPrinter {
                     fmt_duration(duration)
                 ));
             }
+            Event::Artifact {
+                pipeline,
+                step,
+                image,
+                tags,
+                digest,
+            } => self.line(&format!(
+                "{}image {image}:{} ({digest})",
+                self.prefix(&pipeline, &step),
+                tags.join(",")
+            )),
             Event::PipelineFinished { pipeline, status } => {
                 if self.multi {
                     self.line(&format!(

@@ -82,6 +82,9 @@ pub(crate) struct DockerBackend<'a> {
     pipeline: &'a PipelinePlan,
     workspace: PathBuf,
     trusted: bool,
+    /// Native plugins are on: plugin steps run natively, known plugins that are not native
+    /// fail at once when their image is missing.
+    native_plugins: bool,
     images: &'a KnownImages,
     created: Mutex<Created>,
     /// Container removals running in the background; each yields the name it removed.
@@ -133,6 +136,7 @@ impl<'a> DockerBackend<'a> {
         pipeline: &'a PipelinePlan,
         workspace: &Path,
         trusted: bool,
+        native_plugins: bool,
         images: &'a KnownImages,
     ) -> Self {
         DockerBackend {
@@ -142,6 +146,7 @@ impl<'a> DockerBackend<'a> {
             pipeline,
             workspace: workspace.to_path_buf(),
             trusted,
+            native_plugins,
             images,
             created: Mutex::default(),
             removals: Mutex::default(),
@@ -268,6 +273,31 @@ impl<'a> DockerBackend<'a> {
         note: &(dyn Fn(&str) + Sync),
         abort: &CancellationToken,
     ) -> Result<(), EngineError> {
+        // A known plugin that is not native yet is not pulled: on an offline runner the
+        // pull would hang, and the message says what to do instead.
+        let plugin = self
+            .native_plugins
+            .then(|| crate::native::unavailable_plugin(image))
+            .flatten();
+        if let Some(plugin) = plugin
+            && !self.images.contains(image)
+        {
+            match self.docker.inspect_image(image).await {
+                Ok(_) => self.images.insert(image),
+                Err(e) if is_not_found(&e) => {
+                    return Err(EngineError::PluginUnavailable {
+                        plugin: plugin.to_string(),
+                        image: image.to_string(),
+                    });
+                }
+                Err(e) => {
+                    return Err(EngineError::docker(
+                        format!("inspecting image `{image}`"),
+                        e,
+                    ));
+                }
+            }
+        }
         let present = match pull {
             PullPolicy::Always => false,
             PullPolicy::IfNotExists | PullPolicy::Never if self.images.contains(image) => true,
@@ -490,7 +520,7 @@ impl<'a> DockerBackend<'a> {
 
 /// `repo[:tag]` or `repo@digest` as the pull API wants them: repository and tag (or
 /// digest), `latest` when neither is given (an empty tag would pull every tag).
-fn split_reference(image: &str) -> (&str, &str) {
+pub(crate) fn split_reference(image: &str) -> (&str, &str) {
     if let Some((repository, digest)) = image.split_once('@') {
         return (repository, digest);
     }
@@ -504,6 +534,14 @@ fn split_reference(image: &str) -> (&str, &str) {
 impl Backend for DockerBackend<'_> {
     type Process = DockerProcess;
     type Prepared = PreparedContainer;
+
+    fn native_host(&self) -> Option<crate::native::NativeHost<'_>> {
+        self.native_plugins.then_some(crate::native::NativeHost {
+            docker: &self.docker,
+            workspace: &self.workspace,
+            container_workspace: &self.pipeline.workspace,
+        })
+    }
 
     fn can_prepare(&self, step: &StepPlan) -> bool {
         // Docker fills an empty named volume with what the image has at the mount point when

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::EngineError;
 use crate::log::StepLog;
+use crate::native::NativeHost;
 use crate::script::script;
 
 /// Runs the steps and services of one pipeline.
@@ -58,6 +59,13 @@ pub(crate) trait Backend: Send + Sync {
     /// Gets rid of a prepared step that is not going to run (kills and removes it, possibly
     /// in the background; [`Backend::teardown`] waits for that).
     fn discard(&self, prepared: Self::Prepared) -> impl Future<Output = ()> + Send;
+
+    /// Where native plugin steps run, when this backend runs them at all (Docker pipelines
+    /// with native plugins on): the engine and the workspace. `None`: plugin images run as
+    /// ordinary steps.
+    fn native_host(&self) -> Option<NativeHost<'_>> {
+        None
+    }
 
     /// Creates what the pipeline shares (Docker: its network and temp volumes).
     fn setup(&self) -> impl Future<Output = Result<(), EngineError>> + Send;

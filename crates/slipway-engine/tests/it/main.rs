@@ -4,6 +4,7 @@
 
 mod clone;
 mod docker;
+mod docker_plugin;
 mod host;
 mod orphans;
 mod prestart;

@@ -88,6 +88,8 @@ pub fn options(work_root: &Path) -> RunOptions {
         work_root: work_root.to_path_buf(),
         default_step_timeout: None,
         build_timeout: None,
+        native_plugins: true,
+        own_registry: None,
     }
 }
 

@@ -109,24 +109,15 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
     let stage_number = stage.number;
     let step = key.step.clone();
     tokio::spawn(async move {
-        let line =
-            |seq: u64, line: String| data(&json!({"kind": "line", "seq": seq, "line": line}));
         if complete {
-            if let Ok(lines) = follower.drain_stored().await {
-                for (seq, l) in lines {
-                    if tx.send(line(seq, l)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            let _ = tx.send(data(&json!({"kind": "end"}))).await;
+            finish_log(&mut follower, &tx).await;
             return;
         }
         loop {
             tokio::select! {
                 next = follower.next() => match next {
                     Some(Ok((seq, l))) => {
-                        if tx.send(line(seq, l)).await.is_err() {
+                        if tx.send(log_line(seq, l)).await.is_err() {
                             return;
                         }
                     }
@@ -149,14 +140,7 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
                     };
                     if ended {
                         // Everything the step wrote is on disk before its end is published.
-                        if let Ok(lines) = follower.drain_stored().await {
-                            for (seq, l) in lines {
-                                if tx.send(line(seq, l)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        let _ = tx.send(data(&json!({"kind": "end"}))).await;
+                        finish_log(&mut follower, &tx).await;
                         return;
                     }
                 }
@@ -164,4 +148,20 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
         }
     });
     Ok(sse(rx))
+}
+
+fn log_line(seq: u64, line: String) -> Event {
+    data(&json!({"kind": "line", "seq": seq, "line": line}))
+}
+
+/// Sends the lines of a complete log not sent yet, then `end`.
+async fn finish_log(follower: &mut crate::logstore::Follower, tx: &mpsc::Sender<Event>) {
+    if let Ok(lines) = follower.drain_stored().await {
+        for (seq, l) in lines {
+            if tx.send(log_line(seq, l)).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = tx.send(data(&json!({"kind": "end"}))).await;
 }

@@ -205,6 +205,14 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// The stored token behind the request's token, whatever its scope.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Token, ApiError> {
+    let presented = presented_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+    auth::check(&state.store, &presented)
+        .await
+        .ok_or_else(ApiError::unauthorized)
+}
+
 /// An authenticated API caller with the admin scope.
 #[derive(Debug, Clone)]
 pub struct Admin(pub Token);
@@ -216,10 +224,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let presented = presented_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-        let token = auth::check(&state.store, &presented)
-            .await
-            .ok_or_else(ApiError::unauthorized)?;
+        let token = authenticate(parts, state).await?;
         if token.scope != auth::SCOPE_ADMIN {
             return Err(ApiError::forbidden(format!(
                 "token `{}` has scope `{}`; this needs an admin token",
@@ -241,10 +246,7 @@ impl FromRequestParts<Arc<AppState>> for RunnerCaller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let presented = presented_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-        let token = auth::check(&state.store, &presented)
-            .await
-            .ok_or_else(ApiError::unauthorized)?;
+        let token = authenticate(parts, state).await?;
         if token.scope != auth::SCOPE_RUNNER && token.scope != auth::SCOPE_ADMIN {
             return Err(ApiError::forbidden("this needs a runner token"));
         }

@@ -307,13 +307,7 @@ async fn repo_page_inner(
             )
         }
         ["secrets"] => {
-            let secrets: Vec<Value> = state
-                .store
-                .secrets(repo.id)
-                .await?
-                .into_iter()
-                .map(|s| json!({"name": s.name, "allow_pull_request": s.allow_pull_request, "updated": s.updated}))
-                .collect();
+            let secrets = rest::secret_list(state, &repo).await?;
             render(
                 state,
                 "secrets.html",

@@ -162,6 +162,16 @@ pub async fn find_build(state: &AppState, repo: &Repo, number: &str) -> Result<B
         .ok_or_else(|| ApiError::not_found(format!("{} has no build #{n}", repo.name)))
 }
 
+/// A build as the API shows it: the stored fields, plus `ref` (Drone's name for
+/// `reference`).
+pub fn build_value(build: &Build) -> Value {
+    let mut v = serde_json::to_value(build).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("ref".into(), build.reference.clone().into());
+    }
+    v
+}
+
 /// The build with its stages (each with its steps) and artifacts.
 pub async fn build_json(state: &AppState, build: &Build) -> Result<Value, ApiError> {
     let stages = state.store.stages(build.id).await?;
@@ -183,7 +193,7 @@ pub async fn build_json(state: &AppState, build: &Build) -> Result<Value, ApiErr
             v
         })
         .collect();
-    let mut v = serde_json::to_value(build).unwrap_or_default();
+    let mut v = build_value(build);
     if let Some(obj) = v.as_object_mut() {
         obj.insert("stages".into(), Value::Array(stages));
         obj.insert(
@@ -203,7 +213,7 @@ pub struct ListQuery {
 
 pub async fn repo_get(
     State(state): State<Arc<AppState>>,
-    admin: Admin,
+    _admin: Admin,
     Path(path): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
@@ -214,7 +224,8 @@ pub async fn repo_get(
         ["builds"] => {
             let limit = query.limit.unwrap_or(25).clamp(1, 200);
             let builds = state.store.builds(repo.id, limit, query.before).await?;
-            Ok(Json(serde_json::to_value(builds).unwrap_or_default()).into_response())
+            let list: Vec<Value> = builds.iter().map(build_value).collect();
+            Ok(Json(Value::Array(list)).into_response())
         }
         ["builds", n] => {
             let build = find_build(&state, &repo, n).await?;
@@ -247,23 +258,8 @@ pub async fn repo_get(
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             Ok(Json(json!({"branches": refs.branches, "tags": refs.tags})).into_response())
         }
-        ["secrets"] => {
-            let secrets: Vec<Value> = state
-                .store
-                .secrets(repo.id)
-                .await?
-                .into_iter()
-                .map(|s| {
-                    json!({"name": s.name, "allow_pull_request": s.allow_pull_request,
-                           "created": s.created, "updated": s.updated})
-                })
-                .collect();
-            Ok(Json(Value::Array(secrets)).into_response())
-        }
-        _ => {
-            let _ = admin;
-            Err(ApiError::not_found("no such path"))
-        }
+        ["secrets"] => Ok(Json(Value::Array(secret_list(&state, &repo).await?)).into_response()),
+        _ => Err(ApiError::not_found("no such path")),
     }
 }
 
@@ -435,6 +431,20 @@ pub async fn repo_post(
         }
         _ => Err(ApiError::not_found("no such path")),
     }
+}
+
+/// A repository's secrets without their values.
+pub async fn secret_list(state: &AppState, repo: &Repo) -> Result<Vec<Value>, ApiError> {
+    Ok(state
+        .store
+        .secrets(repo.id)
+        .await?
+        .into_iter()
+        .map(|s| {
+            json!({"name": s.name, "allow_pull_request": s.allow_pull_request,
+                   "created": s.created, "updated": s.updated})
+        })
+        .collect())
 }
 
 /// Checks a secret's name and stores its value sealed.

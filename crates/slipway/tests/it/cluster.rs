@@ -183,17 +183,15 @@ fn show(url: &str, repo: &str, number: i64) -> Value {
 }
 
 fn wait_for_build(url: &str, repo: &str, number: i64, timeout: Duration) -> Value {
-    let mut last = Value::Null;
     let deadline = Instant::now() + timeout;
     loop {
         let build = show(url, repo, number);
         if !["pending", "running"].contains(&build["status"].as_str().unwrap_or_default()) {
             return build;
         }
-        last = build;
         assert!(
             Instant::now() < deadline,
-            "build #{number} did not finish: {last:#}"
+            "build #{number} did not finish: {build:#}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -449,7 +447,7 @@ fn cluster_server_restart_mid_build_loses_no_log_line() {
     let listen = format!("127.0.0.1:{port}");
     // A lease long enough to outlast the outage plus the runner's retry backoff: this test
     // is about reconnecting, not about expiry.
-    let mut server = start_server(data.path(), &listen, "10s");
+    let mut server = start_server(data.path(), &listen, "3s");
     let url = server.url.clone();
     let mut runner = start_runner(&url, "runner-only", &[], work.path());
     let ids = runner_ids(&url, &["runner-only"]);
@@ -468,7 +466,7 @@ fn cluster_server_restart_mid_build_loses_no_log_line() {
     server.proc.kill();
     std::thread::sleep(Duration::from_secs(2));
     runner.assert_alive();
-    let restarted = start_server(data.path(), &listen, "10s");
+    let restarted = start_server(data.path(), &listen, "3s");
     assert_eq!(restarted.url, url);
 
     let build = wait_for_build(&url, "team/count", number, Duration::from_secs(90));

@@ -1,0 +1,237 @@
+//! Native plugins: well-known Drone plugin images the engine runs itself, with the
+//! runner's Docker engine, instead of as a plugin container.
+//!
+//! Owns which steps are native ([`native_plugin`]), which known plugin images are not
+//! native yet ([`unavailable_plugin`]), and running a native step ([`run`]). Today there
+//! is one native plugin, `plugins/docker` ([`docker`]): build the workspace's Dockerfile,
+//! tag, push, report the pushed image as an [`Event::Artifact`](crate::Event::Artifact).
+//!
+//! Invariants:
+//! - A step is native only when native plugins are on ([`crate::RunOptions::native_plugins`]),
+//!   its pipeline is a Docker pipeline, it has no `commands` (with `commands` it is an
+//!   ordinary step that happens to use the plugin's image) and its image is a native
+//!   plugin's, whatever the tag or Docker Hub prefix (`plugins/docker`,
+//!   `plugins/docker:20`, `docker.io/plugins/docker`).
+//! - A native step creates no container, network or volume; what it leaves in the engine
+//!   is the image it built (tagged as its `repo`), which later builds reuse as layer cache.
+//! - Its first log line says it runs natively; every line it writes goes through the
+//!   build's masker and also masks the step's own `password` setting, which may be
+//!   written in clear in a legacy file.
+//! - It honours the step's time limit and the build's cancellation like any step: the
+//!   work is dropped, which closes the requests to the engine, which stops the build or
+//!   push.
+
+pub(crate) mod context;
+pub(crate) mod docker;
+pub(crate) mod dockerignore;
+pub(crate) mod settings;
+pub(crate) mod tags;
+
+use std::path::Path;
+
+use bollard::Docker;
+use slipway_spec::plan::StepPlan;
+
+use crate::backend::StepSpec;
+use crate::log::StepLog;
+use crate::mask::Masker;
+use crate::options::RegistryCredential;
+
+/// A plugin the engine runs itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NativePlugin {
+    /// `plugins/docker`: build and push an image.
+    Docker,
+}
+
+impl NativePlugin {
+    pub(crate) fn image(self) -> &'static str {
+        match self {
+            NativePlugin::Docker => "plugins/docker",
+        }
+    }
+}
+
+/// Plugin images that are known but not native yet: exact names, then name prefixes.
+const KNOWN_PLUGINS: &[&str] = &[
+    "peloton/drone-rancher",
+    "clem109/drone-wechat",
+    "lizheming/drone-wechat",
+    "drillster/drone-rsync",
+    "drillster/drone-volume-cache",
+    "meltwater/drone-cache",
+    "homoluctus/drone-slack",
+];
+const KNOWN_PLUGIN_PREFIXES: &[&str] = &["plugins/", "appleboy/drone-"];
+
+/// The repository part of an image reference without Docker Hub's implicit prefixes, tag
+/// or digest: `docker.io/plugins/docker:latest` -> `plugins/docker`.
+pub(crate) fn image_name(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    let image = match image[name_start..].find(':') {
+        Some(i) => &image[..name_start + i],
+        None => image,
+    };
+    let image = ["docker.io/", "index.docker.io/", "registry-1.docker.io/"]
+        .iter()
+        .find_map(|prefix| image.strip_prefix(prefix))
+        .unwrap_or(image);
+    image.strip_prefix("library/").unwrap_or(image)
+}
+
+/// The native plugin `step` is, if it is one (see the module invariants; the caller checks
+/// that native plugins are on and the pipeline is a Docker one).
+pub(crate) fn native_plugin(step: &StepPlan) -> Option<NativePlugin> {
+    if !step.commands.is_empty() {
+        return None;
+    }
+    match image_name(&step.image) {
+        "plugins/docker" => Some(NativePlugin::Docker),
+        _ => None,
+    }
+}
+
+/// Whether `image` is a known plugin that is not native yet: its name for the message.
+pub(crate) fn unavailable_plugin(image: &str) -> Option<&str> {
+    let name = image_name(image);
+    let known =
+        KNOWN_PLUGINS.contains(&name) || KNOWN_PLUGIN_PREFIXES.iter().any(|p| name.starts_with(p));
+    (known && name != NativePlugin::Docker.image()).then_some(name)
+}
+
+/// What a native step needs from the pipeline it runs in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NativeHost<'a> {
+    pub docker: &'a Docker,
+    /// The pipeline's workspace on this host.
+    pub workspace: &'a Path,
+    /// The same directory as steps see it (`/drone/src`), for absolute paths in settings.
+    pub container_workspace: &'a str,
+}
+
+/// Why a native step failed. Messages name the setting, file or registry at fault and
+/// never hold a credential in clear (they are masked again on their way out anyway).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PluginError {
+    #[error("setting `{setting}`: {reason}")]
+    Setting { setting: String, reason: String },
+
+    #[error("{0}")]
+    Context(String),
+
+    #[error("building the image failed: {0}")]
+    Build(String),
+
+    #[error("pushing {image} to {registry} failed: {message}{hint}")]
+    Push {
+        image: String,
+        registry: String,
+        message: String,
+        hint: String,
+    },
+
+    #[error("Docker engine error while {action}: {error}")]
+    Docker {
+        action: String,
+        error: bollard::errors::Error,
+    },
+}
+
+impl PluginError {
+    pub(crate) fn setting(setting: &str, reason: impl Into<String>) -> PluginError {
+        PluginError::Setting {
+            setting: setting.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn docker(action: impl Into<String>, error: bollard::errors::Error) -> PluginError {
+        PluginError::Docker {
+            action: action.into(),
+            error,
+        }
+    }
+}
+
+/// A native step's log: the step's log plus masking of the step's own credentials.
+#[derive(Debug, Clone)]
+pub(crate) struct NativeLog {
+    log: StepLog,
+    mask: Masker,
+}
+
+impl NativeLog {
+    pub(crate) fn new(log: StepLog, credentials: &[&str]) -> NativeLog {
+        NativeLog {
+            log,
+            mask: Masker::new(credentials),
+        }
+    }
+
+    pub(crate) fn line(&self, line: &str) {
+        self.log.line(&self.mask.mask(line));
+    }
+
+    pub(crate) fn mask(&self, text: &str) -> String {
+        self.mask.mask_text(text)
+    }
+
+    pub(crate) fn step_log(&self) -> &StepLog {
+        &self.log
+    }
+}
+
+/// Runs a native step to its end. `Err` is a step failure, with the message for its log
+/// and report.
+pub(crate) async fn run(
+    plugin: NativePlugin,
+    host: NativeHost<'_>,
+    spec: &StepSpec<'_>,
+    log: &StepLog,
+    own_registry: Option<&RegistryCredential>,
+) -> Result<(), String> {
+    match plugin {
+        NativePlugin::Docker => docker::run(host, spec, log, own_registry).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names() {
+        assert_eq!(image_name("plugins/docker"), "plugins/docker");
+        assert_eq!(image_name("plugins/docker:latest"), "plugins/docker");
+        assert_eq!(
+            image_name("docker.io/plugins/docker:20.10"),
+            "plugins/docker"
+        );
+        assert_eq!(image_name("plugins/docker@sha256:abc"), "plugins/docker");
+        assert_eq!(
+            image_name("127.0.0.1:5000/plugins/docker"),
+            "127.0.0.1:5000/plugins/docker"
+        );
+        assert_eq!(image_name("docker.io/library/alpine:3"), "alpine");
+    }
+
+    #[test]
+    fn known_plugins() {
+        assert_eq!(
+            unavailable_plugin("peloton/drone-rancher"),
+            Some("peloton/drone-rancher")
+        );
+        assert_eq!(
+            unavailable_plugin("clem109/drone-wechat:latest"),
+            Some("clem109/drone-wechat")
+        );
+        assert_eq!(unavailable_plugin("plugins/slack"), Some("plugins/slack"));
+        assert_eq!(
+            unavailable_plugin("appleboy/drone-ssh"),
+            Some("appleboy/drone-ssh")
+        );
+        assert_eq!(unavailable_plugin("plugins/docker"), None);
+        assert_eq!(unavailable_plugin("golang:1.22"), None);
+    }
+}
