@@ -78,11 +78,13 @@ n = int(n)
 commits = open(commits_file).read().split()
 
 # --- Docker's start events, by container labels ---
-started = {}  # key -> timeNano
+started = {}  # key -> timeNano of the container's start
+created = {}  # key -> timeNano of the container's create; "net:NAME" -> network create
 cond = threading.Condition()
 events = subprocess.Popen(
-    ["docker", "events", "--filter", "type=container", "--filter", "event=start",
-     "--format", "{{json .}}"], stdout=subprocess.PIPE, text=True)
+    ["docker", "events", "--filter", "type=container", "--filter", "type=network",
+     "--filter", "event=start", "--filter", "event=create", "--format", "{{json .}}"],
+    stdout=subprocess.PIPE, text=True)
 
 def read_events():
     for line in events.stdout:
@@ -91,15 +93,24 @@ def read_events():
         except ValueError:
             continue
         a = e.get("Actor", {}).get("Attributes", {})
+        if e.get("Type") == "network":
+            with cond:
+                created["net:" + a.get("name", "")] = int(e["timeNano"])
+            continue
         key = None
         if a.get("io.slipway.managed") == "true" and a.get("io.slipway.step") == "run":
             key = a.get("io.slipway.pipeline")
         elif a.get("io.slipway.bench") == run:
             key = a.get("io.slipway.bench.key")
-        if key:
-            with cond:
+        if not key:
+            continue
+        with cond:
+            if e.get("Action") == "create":
+                # The engine names a step's container `<its network>-s<N>-<step>`.
+                created[key] = (int(e["timeNano"]), a.get("name", "").rsplit("-s", 1)[0])
+            else:
                 started[key] = int(e["timeNano"])
-                cond.notify_all()
+            cond.notify_all()
 
 threading.Thread(target=read_events, daemon=True).start()
 time.sleep(0.5)  # let `docker events` subscribe
@@ -189,7 +200,8 @@ def deliver(i):
     with urllib.request.urlopen(req, timeout=30) as r:
         answer = json.load(r)
     t_answer = time.time_ns()
-    latency = (wait_start(f"hook-{run}-{i}") - t0) / 1e6
+    key = f"hook-{run}-{i}"
+    latency = (wait_start(key) - t0) / 1e6
     number = answer["build"]
     deadline = time.time() + 60
     while True:
@@ -205,19 +217,24 @@ def deliver(i):
     # Where the time went: the 201 answer (mirror fetch, compile, store), the lease (the
     # stage's `started`, server clock in ms), the container's start.
     leased = b["stages"][0]["started"] - t0 / 1e6
-    return latency, (t_answer - t0) / 1e6, leased
+    with cond:
+        c_ns, network = created.get(key, (0, ""))
+        n_ns = created.get("net:" + network, 0)
+    return latency, (t_answer - t0) / 1e6, leased, (n_ns - t0) / 1e6, (c_ns - t0) / 1e6
 
 try:
     deliver(0)  # warm-up: clones the mirror, first lease
     bare_api(0)
-    hook, api, cli = [], [], []
+    hook, api, cli, steps = [], [], [], []
     for i in range(1, n + 1):
         api.append(bare_api(i))
         cli.append(bare_cli(i))
-        latency, answered, leased = deliver(i)
+        latency, *phases = deliver(i)
         hook.append(latency)
-        print(f"  {i:2}: webhook->start {latency:6.1f} ms (201 after {answered:5.1f}, leased after"
-              f" {leased:5.1f})   bare API start {api[-1]:6.1f} ms   docker run start"
+        steps.append(phases)
+        print(f"  {i:2}: webhook->start {latency:6.1f} ms (201 {phases[0]:5.1f}, leased"
+              f" {phases[1]:5.1f}, network created {phases[2]:5.1f}, container created"
+              f" {phases[3]:5.1f})   bare API start {api[-1]:6.1f} ms   docker run start"
               f" {cli[-1]:6.1f} ms", file=sys.stderr)
 finally:
     events.terminate()
@@ -231,5 +248,8 @@ mh, ma, mc = statistics.median(hook), statistics.median(api), statistics.median(
 print(f"webhook -> first step container started (n={n}): median {mh:.1f} ms, p90 {p90(hook):.1f} ms")
 print(f"bare container start, API create+start:     median {ma:.1f} ms, p90 {p90(api):.1f} ms")
 print(f"bare container start, docker run --rm CLI:  median {mc:.1f} ms (for reference)")
+med = [statistics.median(p[k] for p in steps) for k in range(4)]
+print(f"  where (median ms after the POST): 201 answer {med[0]:.1f}, stage leased {med[1]:.1f},"
+      f" network created {med[2]:.1f}, container created {med[3]:.1f}, started {mh:.1f}")
 print(f"Slipway beyond the container start: {mh:.1f} - {ma:.1f} = {mh - ma:.1f} ms (target < 250 ms)")
 PY

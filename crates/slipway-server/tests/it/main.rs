@@ -3,6 +3,7 @@
 mod browser;
 mod corpus;
 mod generic;
+mod hooks;
 mod live_ui;
 mod mirror;
 mod parse;
