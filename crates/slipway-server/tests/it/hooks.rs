@@ -54,18 +54,21 @@ async fn deliver(client: &reqwest::Client, url: &str, d: &Delivery<'_>) -> (u16,
         .header(d.event_header.0, d.event_header.1)
         .body(d.body.to_vec());
     req = match d.provider {
-        Provider::GitHub => req
-            .header("X-GitHub-Delivery", d.id)
-            .header("X-Hub-Signature-256", format!("sha256={}", hmac_hex(d.secret, d.body))),
+        Provider::GitHub => req.header("X-GitHub-Delivery", d.id).header(
+            "X-Hub-Signature-256",
+            format!("sha256={}", hmac_hex(d.secret, d.body)),
+        ),
         Provider::Gitea => req
             .header("X-Gitea-Delivery", d.id)
             .header("X-Gitea-Signature", hmac_hex(d.secret, d.body)),
-        Provider::GitLab => req
-            .header("X-Gitlab-Event-UUID", d.id)
-            .header("X-Gitlab-Token", String::from_utf8_lossy(d.secret).into_owned()),
-        Provider::Generic => req
-            .header("Idempotency-Key", d.id)
-            .header("X-Slipway-Signature", format!("sha256={}", hmac_hex(d.secret, d.body))),
+        Provider::GitLab => req.header("X-Gitlab-Event-UUID", d.id).header(
+            "X-Gitlab-Token",
+            String::from_utf8_lossy(d.secret).into_owned(),
+        ),
+        Provider::Generic => req.header("Idempotency-Key", d.id).header(
+            "X-Slipway-Signature",
+            format!("sha256={}", hmac_hex(d.secret, d.body)),
+        ),
     };
     let resp = req.send().await.expect("delivered");
     let status = resp.status().as_u16();
@@ -77,7 +80,11 @@ async fn deliver(client: &reqwest::Client, url: &str, d: &Delivery<'_>) -> (u16,
 fn bare_repo(dir: &Path) -> String {
     let work = dir.join("work");
     std::fs::create_dir_all(&work).expect("mkdir");
-    std::fs::write(work.join(".drone.yml"), "kind: pipeline\nsteps:\n- name: a\n  image: x\n  commands: [true]\n").expect("write");
+    std::fs::write(
+        work.join(".drone.yml"),
+        "kind: pipeline\nsteps:\n- name: a\n  image: x\n  commands: [true]\n",
+    )
+    .expect("write");
     let git = |args: &[&str], cwd: &Path| {
         let ok = Command::new("git")
             .args(["-c", "user.name=T", "-c", "user.email=t@e.invalid"])
@@ -168,7 +175,12 @@ async fn corpus_deliveries_build_once_and_refusals_change_nothing() {
         } else {
             assert_eq!(status, 202, "{}: {answer}", case.name);
             assert!(answer["ignored"].is_string(), "{}: {answer}", case.name);
-            assert_eq!(table_counts(&db).await, before, "{}: ignored delivery", case.name);
+            assert_eq!(
+                table_counts(&db).await,
+                before,
+                "{}: ignored delivery",
+                case.name
+            );
         }
 
         // Refusals of the same body write nothing either.
@@ -189,7 +201,10 @@ async fn corpus_deliveries_build_once_and_refusals_change_nothing() {
         assert_eq!(status, 400, "{}: {answer}", case.name);
         assert_eq!(table_counts(&db).await, before, "{}: refusals", case.name);
     }
-    assert!(built >= 10, "the corpus has many building deliveries, saw {built}");
+    assert!(
+        built >= 10,
+        "the corpus has many building deliveries, saw {built}"
+    );
 
     // A repository nobody added: 404, nothing written.
     let before = table_counts(&db).await;
@@ -203,6 +218,11 @@ async fn corpus_deliveries_build_once_and_refusals_change_nothing() {
     };
     let (status, answer) = deliver(&client, &url, &unknown).await;
     assert_eq!(status, 404, "{answer}");
-    assert!(answer["message"].as_str().is_some_and(|m| m.contains("nobody/unknown")), "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nobody/unknown")),
+        "{answer}"
+    );
     assert_eq!(table_counts(&db).await, before);
 }
