@@ -106,6 +106,11 @@ impl Server {
         let host = host_of(&config.public_url);
         let mut registry_config = slipway_registry::RegistryConfig::new(data.join("registry"));
         registry_config.public_url = Some(config.public_url.clone());
+        registry_config.anonymous_pull = config
+            .registry_anonymous_pull
+            .iter()
+            .map(|p| slipway_registry::RepoPattern::parse(p))
+            .collect();
         let registry = slipway_registry::Registry::open(
             registry_config,
             Arc::new(auth::RegistryAuth {
@@ -159,8 +164,58 @@ impl Server {
         ));
         tokio::spawn(crate::builds::post_commit_statuses(
             self.state.clone(),
-            shutdown,
+            shutdown.clone(),
         ));
+        tokio::spawn(forward_registry_events(
+            self.state.clone(),
+            shutdown.clone(),
+        ));
+        if !self.state.config.registry_notify.is_empty() {
+            let endpoints = self
+                .state
+                .config
+                .registry_notify
+                .iter()
+                .map(slipway_registry::NotifyEndpoint::new)
+                .collect();
+            let notifier = slipway_registry::Notifier::spawn(
+                self.state.registry.subscribe(),
+                endpoints,
+                self.state.config.public_url.clone(),
+            );
+            // Delivery stops when the notifier is dropped: keep it until shutdown.
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                drop(notifier);
+            });
+        }
+    }
+}
+
+/// Registry pushes and deletes onto the server's event bus.
+async fn forward_registry_events(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut events = state.registry.subscribe();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(e) => state.events.publish(crate::events::ServerEvent::Image {
+                action: match e.action {
+                    slipway_registry::EventAction::Push => "push".to_owned(),
+                    slipway_registry::EventAction::Delete => "delete".to_owned(),
+                },
+                repository: e.target.repository,
+                tag: e.target.tag,
+                digest: e.target.digest.to_string(),
+                actor: e.actor,
+            }),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("{n} registry events were not forwarded (too many at once)");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

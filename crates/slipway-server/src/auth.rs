@@ -15,6 +15,17 @@ use crate::store::{Store, Token};
 pub const SCOPE_ADMIN: &str = "admin";
 /// May only speak the runner protocol.
 pub const SCOPE_RUNNER: &str = "runner";
+/// `robot:<namespace>`: may only pull and push registry repositories below the namespace.
+pub const SCOPE_ROBOT_PREFIX: &str = "robot:";
+
+/// Checks a scope given by a user: `admin`, `runner` or `robot:<namespace>`.
+pub fn valid_scope(scope: &str) -> bool {
+    scope == SCOPE_ADMIN
+        || scope == SCOPE_RUNNER
+        || scope
+            .strip_prefix(SCOPE_ROBOT_PREFIX)
+            .is_some_and(|ns| !ns.is_empty() && !ns.contains('*') && !ns.ends_with('/'))
+}
 
 /// A new random token: 32 bytes, hex.
 pub fn generate() -> String {
@@ -57,7 +68,8 @@ pub async fn ensure(
 }
 
 /// Registry credentials are Slipway tokens: an admin token may do everything (any user
-/// name, `admin` by convention); other tokens nothing in the registry.
+/// name, `admin` by convention), a robot token pull and push below its namespace, other
+/// tokens nothing in the registry.
 #[derive(Debug, Clone)]
 pub struct RegistryAuth {
     pub store: Arc<Store>,
@@ -71,7 +83,11 @@ impl Authenticator for RegistryAuth {
     ) -> BoxFuture<'a, Option<Principal>> {
         Box::pin(async move {
             let token = check(&self.store, password).await?;
-            (token.scope == SCOPE_ADMIN).then(|| Principal::admin(username))
+            if token.scope == SCOPE_ADMIN {
+                return Some(Principal::admin(username));
+            }
+            let namespace = token.scope.strip_prefix(SCOPE_ROBOT_PREFIX)?;
+            Some(Principal::robot(token.name, namespace))
         })
     }
 }

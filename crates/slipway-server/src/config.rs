@@ -28,6 +28,10 @@ pub struct ServerConfig {
     pub max_attempts: i64,
     /// Write log batches with fdatasync before acknowledging them.
     pub durable_logs: bool,
+    /// Registry repositories anyone may pull: `*`, `team/*` or a name.
+    pub registry_anonymous_pull: Vec<String>,
+    /// Webhooks that get the registry's push and delete events (distribution's envelope).
+    pub registry_notify: Vec<String>,
 }
 
 impl ServerConfig {
@@ -43,6 +47,8 @@ impl ServerConfig {
             poll_wait: Duration::from_secs(25),
             max_attempts: 2,
             durable_logs: true,
+            registry_anonymous_pull: Vec::new(),
+            registry_notify: Vec::new(),
         }
     }
 

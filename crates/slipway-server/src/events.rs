@@ -1,5 +1,6 @@
-//! The in-process event bus: state changes of builds, stages and steps, published by the
-//! code that makes them and consumed by whoever listens (live UI, commit statuses). Log
+//! The in-process event bus: state changes of builds, stages and steps, and the registry's
+//! pushes and deletes, published by the code that makes them and consumed by whoever
+//! listens (live UI, commit statuses; deploy triggers and notifications later). Log
 //! lines travel separately ([`crate::logstore::LogStore::subscribe`]) so a chatty step
 //! cannot crowd state changes out of the channel.
 
@@ -33,14 +34,25 @@ pub enum ServerEvent {
         started: Option<i64>,
         finished: Option<i64>,
     },
+    /// The registry stored or deleted a manifest (`image.pushed` / `image.deleted`).
+    Image {
+        /// `push` or `delete`.
+        action: String,
+        repository: String,
+        tag: Option<String>,
+        digest: String,
+        actor: String,
+    },
 }
 
 impl ServerEvent {
-    pub fn build_id(&self) -> i64 {
+    /// The build it is about; `None` for registry events.
+    pub fn build_id(&self) -> Option<i64> {
         match self {
             ServerEvent::Build { build_id, .. }
             | ServerEvent::Stage { build_id, .. }
-            | ServerEvent::Step { build_id, .. } => *build_id,
+            | ServerEvent::Step { build_id, .. } => Some(*build_id),
+            ServerEvent::Image { .. } => None,
         }
     }
 }

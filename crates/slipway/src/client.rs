@@ -13,7 +13,12 @@ use serde_json::{Value, json};
 #[derive(Debug, Args)]
 pub struct ApiArgs {
     /// The server's URL.
-    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "SLIPWAY_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub server: String,
     /// An admin token.
     #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true, global = true)]
@@ -75,6 +80,24 @@ pub enum SecretCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; prints its secret once.
+    Add {
+        name: String,
+        /// A registry robot: may only pull and push below this namespace.
+        #[arg(long, conflicts_with = "scope")]
+        robot: Option<String>,
+        /// `admin` (the default) or `runner`.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// List tokens (names and scopes; secrets are not kept).
+    Ls,
+    /// Revoke a token by id.
+    Rm { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BuildCommand {
     /// List builds, newest first.
     Ls {
@@ -132,7 +155,9 @@ struct Client {
 impl Client {
     fn new(args: &ApiArgs) -> Result<Client> {
         let Some(token) = args.token.clone() else {
-            bail!("no token: pass --token or set SLIPWAY_TOKEN (the admin token `slipway up` printed)");
+            bail!(
+                "no token: pass --token or set SLIPWAY_TOKEN (the admin token `slipway up` printed)"
+            );
         };
         let http = reqwest::blocking::Client::builder()
             .timeout(None)
@@ -146,9 +171,17 @@ impl Client {
         })
     }
 
-    fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<reqwest::blocking::Response> {
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::blocking::Response> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.token);
         if let Some(body) = body {
             req = req.json(&body);
         } else if method != reqwest::Method::GET {
@@ -175,7 +208,8 @@ impl Client {
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
-        resp.json().with_context(|| format!("reading the answer of {url}"))
+        resp.json()
+            .with_context(|| format!("reading the answer of {url}"))
     }
 }
 
@@ -211,17 +245,25 @@ pub fn repo(api: ApiArgs, command: RepoCommand) -> Result<ExitCode> {
             let repo = client.json(
                 reqwest::Method::POST,
                 "/api/repos",
-                Some(json!({"name": name, "clone_url": clone_url, "provider": provider,
+                Some(
+                    json!({"name": name, "clone_url": clone_url, "provider": provider,
                     "config_path": config_path, "default_branch": default_branch,
                     "trusted": trusted, "auto_cancel": auto_cancel,
-                    "status_url": status_url, "status_token": status_token})),
+                    "status_url": status_url, "status_token": status_token}),
+                ),
             )?;
             if api.json {
                 print_json(&repo);
             } else {
                 println!("added {}", repo["name"].as_str().unwrap_or_default());
-                println!("webhook URL:    {}", repo["webhook_url"].as_str().unwrap_or_default());
-                println!("webhook secret: {}", repo["webhook_secret"].as_str().unwrap_or_default());
+                println!(
+                    "webhook URL:    {}",
+                    repo["webhook_url"].as_str().unwrap_or_default()
+                );
+                println!(
+                    "webhook secret: {}",
+                    repo["webhook_secret"].as_str().unwrap_or_default()
+                );
                 println!("content type:   application/json; events: push, tag, pull request");
             }
         }
@@ -266,12 +308,18 @@ pub fn secret(api: ApiArgs, command: SecretCommand) -> Result<ExitCode> {
             client.json(
                 reqwest::Method::POST,
                 &format!("/api/repos/{repo}/secrets"),
-                Some(json!({"name": name, "value": value, "allow_pull_request": allow_pull_request})),
+                Some(
+                    json!({"name": name, "value": value, "allow_pull_request": allow_pull_request}),
+                ),
             )?;
             eprintln!("secret {name} saved for {repo}");
         }
         SecretCommand::Ls { repo } => {
-            let list = client.json(reqwest::Method::GET, &format!("/api/repos/{repo}/secrets"), None)?;
+            let list = client.json(
+                reqwest::Method::GET,
+                &format!("/api/repos/{repo}/secrets"),
+                None,
+            )?;
             if api.json {
                 print_json(&list);
             } else {
@@ -297,6 +345,50 @@ pub fn secret(api: ApiArgs, command: SecretCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn token(api: ApiArgs, command: TokenCommand) -> Result<ExitCode> {
+    let client = Client::new(&api)?;
+    match command {
+        TokenCommand::Add { name, robot, scope } => {
+            let scope = match (robot, scope) {
+                (Some(ns), _) => format!("robot:{ns}"),
+                (None, Some(scope)) => scope,
+                (None, None) => "admin".to_owned(),
+            };
+            let token = client.json(
+                reqwest::Method::POST,
+                "/api/tokens",
+                Some(json!({"name": name, "scope": scope})),
+            )?;
+            if api.json {
+                print_json(&token);
+            } else {
+                println!("{}", token["token"].as_str().unwrap_or_default());
+                eprintln!("token {name} ({scope}) made; its secret is shown only now");
+            }
+        }
+        TokenCommand::Ls => {
+            let tokens = client.json(reqwest::Method::GET, "/api/tokens", None)?;
+            if api.json {
+                print_json(&tokens);
+            } else {
+                for t in tokens.as_array().into_iter().flatten() {
+                    println!(
+                        "{}\t{}\t{}",
+                        t["id"],
+                        t["name"].as_str().unwrap_or_default(),
+                        t["scope"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        TokenCommand::Rm { id } => {
+            client.json(reqwest::Method::DELETE, &format!("/api/tokens/{id}"), None)?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn build_line(b: &Value) -> String {
     let message = b["message"].as_str().unwrap_or_default();
     format!(
@@ -305,7 +397,11 @@ fn build_line(b: &Value) -> String {
         b["status"].as_str().unwrap_or_default(),
         b["event"].as_str().unwrap_or_default(),
         b["reference"].as_str().unwrap_or_default(),
-        b["commit"].as_str().unwrap_or_default().get(..8).unwrap_or_default(),
+        b["commit"]
+            .as_str()
+            .unwrap_or_default()
+            .get(..8)
+            .unwrap_or_default(),
         message.lines().next().unwrap_or_default()
     )
 }
@@ -327,7 +423,10 @@ fn print_build(api: &ApiArgs, b: &Value) {
             stage["status"].as_str().unwrap_or_default()
         );
         for step in stage["steps"].as_array().into_iter().flatten() {
-            let code = step["exit_code"].as_i64().map(|c| format!(" (exit {c})")).unwrap_or_default();
+            let code = step["exit_code"]
+                .as_i64()
+                .map(|c| format!(" (exit {c})"))
+                .unwrap_or_default();
             println!(
                 "    {}: {}{code}",
                 step["name"].as_str().unwrap_or_default(),
@@ -355,7 +454,11 @@ pub fn build(api: ApiArgs, command: BuildCommand) -> Result<ExitCode> {
             }
         }
         BuildCommand::Show { repo, number } => {
-            let b = client.json(reqwest::Method::GET, &format!("/api/repos/{repo}/builds/{number}"), None)?;
+            let b = client.json(
+                reqwest::Method::GET,
+                &format!("/api/repos/{repo}/builds/{number}"),
+                None,
+            )?;
             print_build(&api, &b);
         }
         BuildCommand::Logs {
@@ -368,7 +471,11 @@ pub fn build(api: ApiArgs, command: BuildCommand) -> Result<ExitCode> {
             let steps: Vec<String> = match step {
                 Some(s) => vec![s],
                 None => {
-                    let b = client.json(reqwest::Method::GET, &format!("/api/repos/{repo}/builds/{number}"), None)?;
+                    let b = client.json(
+                        reqwest::Method::GET,
+                        &format!("/api/repos/{repo}/builds/{number}"),
+                        None,
+                    )?;
                     b["stages"]
                         .as_array()
                         .into_iter()
@@ -380,11 +487,17 @@ pub fn build(api: ApiArgs, command: BuildCommand) -> Result<ExitCode> {
                 }
             };
             for name in steps {
-                let path = format!("/api/repos/{repo}/builds/{number}/logs/{stage}/{}", encode(&name));
+                let path = format!(
+                    "/api/repos/{repo}/builds/{number}/logs/{stage}/{}",
+                    encode(&name)
+                );
                 if follow {
                     follow_log(&client, &format!("{path}/stream"))?;
                 } else {
-                    let text = client.send(reqwest::Method::GET, &path, None)?.text().context("reading the log")?;
+                    let text = client
+                        .send(reqwest::Method::GET, &path, None)?
+                        .text()
+                        .context("reading the log")?;
                     print!("{text}");
                 }
             }
@@ -399,16 +512,26 @@ pub fn build(api: ApiArgs, command: BuildCommand) -> Result<ExitCode> {
             let b = client.json(
                 reqwest::Method::POST,
                 &format!("/api/repos/{repo}/builds"),
-                Some(json!({"branch": branch, "tag": tag, "commit": commit, "params": params(&p)?})),
+                Some(
+                    json!({"branch": branch, "tag": tag, "commit": commit, "params": params(&p)?}),
+                ),
             )?;
             print_build(&api, &b);
         }
         BuildCommand::Restart { repo, number } => {
-            let b = client.json(reqwest::Method::POST, &format!("/api/repos/{repo}/builds/{number}/restart"), None)?;
+            let b = client.json(
+                reqwest::Method::POST,
+                &format!("/api/repos/{repo}/builds/{number}/restart"),
+                None,
+            )?;
             print_build(&api, &b);
         }
         BuildCommand::Cancel { repo, number } => {
-            let b = client.json(reqwest::Method::POST, &format!("/api/repos/{repo}/builds/{number}/cancel"), None)?;
+            let b = client.json(
+                reqwest::Method::POST,
+                &format!("/api/repos/{repo}/builds/{number}/cancel"),
+                None,
+            )?;
             print_build(&api, &b);
         }
         BuildCommand::Promote {

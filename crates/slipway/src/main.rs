@@ -55,6 +55,13 @@ enum Command {
         #[command(subcommand)]
         command: client::SecretCommand,
     },
+    /// API tokens: `token add NAME [--robot NAMESPACE]`, `token ls`, `token rm ID`.
+    Token {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: client::TokenCommand,
+    },
     /// Builds: `ls`, `show`, `logs [-f]`, `run`, `restart`, `cancel`, `promote`.
     Build {
         #[command(flatten)]
@@ -78,6 +85,7 @@ fn main() -> ExitCode {
         Command::Repo { api, command } => client::repo(api, command),
         Command::Secret { api, command } => client::secret(api, command),
         Command::Build { api, command } => client::build(api, command),
+        Command::Token { api, command } => client::token(api, command),
     };
     match result {
         Ok(code) => code,

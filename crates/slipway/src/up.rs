@@ -36,6 +36,12 @@ pub struct ServerArgs {
     /// Lease of a stage without heartbeat, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Registry repositories anyone may pull: `*`, `NAMESPACE/*` or a name (repeatable).
+    #[arg(long = "registry-anonymous-pull", value_name = "PATTERN")]
+    pub registry_anonymous_pull: Vec<String>,
+    /// A webhook for the registry's push/delete events, distribution's format (repeatable).
+    #[arg(long = "registry-notify", value_name = "URL")]
+    pub registry_notify: Vec<String>,
     /// Print the start-up facts (url, admin token, runner token) as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -142,6 +148,8 @@ fn serve(args: ServerArgs, embedded: Option<(u32, BTreeMap<String, String>)>) ->
         config.admin_token = args.admin_token.clone();
         config.runner_token = args.runner_token.clone();
         config.lease = args.lease;
+        config.registry_anonymous_pull = args.registry_anonymous_pull.clone();
+        config.registry_notify = args.registry_notify.clone();
         let server = Server::open(config)
             .await
             .with_context(|| format!("opening the server's data in {}", args.data_dir.display()))?;

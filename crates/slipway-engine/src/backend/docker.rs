@@ -129,6 +129,7 @@ impl std::fmt::Debug for PreparedContainer {
 }
 
 impl<'a> DockerBackend<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         docker: Docker,
         build_id: &'a str,

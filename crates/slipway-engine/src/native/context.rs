@@ -137,7 +137,7 @@ fn walk(
         };
         let path = entry.path();
         let meta = std::fs::symlink_metadata(&path).map_err(|e| at(&path, e))?;
-        let kept = spec.always.iter().any(|a| *a == child);
+        let kept = spec.always.contains(&child);
         let excluded = !kept && spec.rules.excluded(&child);
         let file_type = meta.file_type();
         if file_type.is_dir() {

@@ -246,12 +246,19 @@ async fn build_and_push(
     }
     let mut labels: HashMap<String, String> = HashMap::new();
     if settings.flag("auto_label")?.unwrap_or(true) {
-        let var = |name: &str| env.get(name).cloned().unwrap_or_default();
+        // Each label is a step of its own in the classic builder (a container commit), so
+        // labels without a value are left out rather than set empty.
         let prefix = "org.opencontainers.image";
         labels.insert(format!("{prefix}.created"), rfc3339(SystemTime::now()));
-        labels.insert(format!("{prefix}.revision"), var("DRONE_COMMIT_SHA"));
-        labels.insert(format!("{prefix}.source"), var("DRONE_REMOTE_URL"));
-        labels.insert(format!("{prefix}.url"), var("DRONE_REPO_LINK"));
+        for (label, var) in [
+            ("revision", "DRONE_COMMIT_SHA"),
+            ("source", "DRONE_REMOTE_URL"),
+            ("url", "DRONE_REPO_LINK"),
+        ] {
+            if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
+                labels.insert(format!("{prefix}.{label}"), value.clone());
+            }
+        }
         for item in settings.list(&["label_schema"]).unwrap_or_default() {
             if let Some((key, value)) = item.split_once('=') {
                 labels.insert(format!("{prefix}.{key}"), value.to_string());
@@ -695,7 +702,15 @@ async fn build(
                     image_id = Some(found);
                 }
             }
-            Err(bollard::errors::Error::DockerStreamError { error }) => {
+            // A failing instruction ends the stream with its message; a Dockerfile the
+            // engine cannot parse is refused with 400 before anything runs.
+            Err(
+                bollard::errors::Error::DockerStreamError { error }
+                | bollard::errors::Error::DockerResponseServerError {
+                    status_code: 400,
+                    message: error,
+                },
+            ) => {
                 failure = Some(PluginError::Build(error.trim().to_string()));
                 break;
             }

@@ -70,7 +70,7 @@ pub async fn build_events(state: Arc<AppState>, build: Build) -> Result<Response
         }
         loop {
             let event = match events.recv().await {
-                Ok(event) if event.build_id() == build_id => event,
+                Ok(event) if event.build_id() == Some(build_id) => event,
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,

@@ -55,6 +55,11 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(rest::repo_delete),
         )
         .route("/api/runners", get(rest::list_runners))
+        .route("/api/tokens", get(rest::list_tokens).post(rest::add_token))
+        .route(
+            "/api/tokens/{id}",
+            axum::routing::delete(rest::delete_token),
+        )
         .merge(pages::routes())
         .with_state(state);
     // The registry's routes carry their own state.

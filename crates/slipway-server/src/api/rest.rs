@@ -15,6 +15,7 @@
 //! | `GET /api/repos/{repo}/refs` | branches and tags |
 //! | `GET/POST /api/repos/{repo}/secrets` · `DELETE …/secrets/{name}` | secrets (values never shown) |
 //! | `GET /api/runners` | runners |
+//! | `GET /api/tokens` · `POST {name, scope}` · `DELETE /api/tokens/{id}` | API tokens (`admin`, `runner`, `robot:<namespace>`); the secret only in the POST answer |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -565,5 +566,70 @@ pub async fn repo_delete(
             }
         }
         _ => Err(ApiError::not_found("no such path")),
+    }
+}
+
+/// The body of `POST /api/tokens`.
+#[derive(Debug, Deserialize)]
+pub struct AddToken {
+    pub name: String,
+    /// `admin`, `runner` or `robot:<namespace>`.
+    pub scope: String,
+}
+
+pub async fn add_token(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Json(req): Json<AddToken>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = req.name.trim();
+    if name.is_empty() {
+        return Err(ApiError::bad_request("a token needs a name"));
+    }
+    if !crate::auth::valid_scope(&req.scope) {
+        return Err(ApiError::bad_request(format!(
+            "scope `{}` is not one of admin, runner, robot:<namespace>",
+            req.scope
+        )));
+    }
+    let secret = crate::auth::generate();
+    let token = state
+        .store
+        .create_token(
+            name,
+            &crate::auth::hash(&secret),
+            &req.scope,
+            crate::now_ms(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": token.id, "name": token.name, "scope": token.scope, "token": secret})),
+    ))
+}
+
+pub async fn list_tokens(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let tokens: Vec<Value> = state
+        .store
+        .tokens()
+        .await?
+        .into_iter()
+        .map(|t| json!({"id": t.id, "name": t.name, "scope": t.scope, "created": t.created}))
+        .collect();
+    Ok(Json(Value::Array(tokens)))
+}
+
+pub async fn delete_token(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    if state.store.delete_token(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no token {id}")))
     }
 }

@@ -447,7 +447,7 @@ fn cluster_server_restart_mid_build_loses_no_log_line() {
     let listen = format!("127.0.0.1:{port}");
     // A lease long enough to outlast the outage plus the runner's retry backoff: this test
     // is about reconnecting, not about expiry.
-    let mut server = start_server(data.path(), &listen, "3s");
+    let mut server = start_server(data.path(), &listen, "10s");
     let url = server.url.clone();
     let mut runner = start_runner(&url, "runner-only", &[], work.path());
     let ids = runner_ids(&url, &["runner-only"]);
@@ -466,7 +466,7 @@ fn cluster_server_restart_mid_build_loses_no_log_line() {
     server.proc.kill();
     std::thread::sleep(Duration::from_secs(2));
     runner.assert_alive();
-    let restarted = start_server(data.path(), &listen, "3s");
+    let restarted = start_server(data.path(), &listen, "10s");
     assert_eq!(restarted.url, url);
 
     let build = wait_for_build(&url, "team/count", number, Duration::from_secs(90));

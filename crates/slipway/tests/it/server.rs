@@ -32,7 +32,14 @@ impl Drop for Up {
 /// Starts `slipway up` on a free loopback port with `data_dir`.
 pub fn start_up(data_dir: &Path, extra: &[&str]) -> Up {
     let mut child = slipway()
-        .args(["up", "--listen", "127.0.0.1:0", "--json", "--admin-token", ADMIN])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+            "--admin-token",
+            ADMIN,
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
@@ -121,7 +128,13 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 /// A push event body in GitHub's format (the fields GitHub sends that Slipway reads).
-pub fn github_push(repo: &str, clone_url: &str, before: &str, after: &str, message: &str) -> Vec<u8> {
+pub fn github_push(
+    repo: &str,
+    clone_url: &str,
+    before: &str,
+    after: &str,
+    message: &str,
+) -> Vec<u8> {
     let (owner, name) = repo.split_once('/').expect("owner/name");
     serde_json::to_vec(&json!({
         "ref": "refs/heads/main",
@@ -194,7 +207,10 @@ fn wait_for_build(up: &Up, repo: &str, number: i64, timeout: Duration) -> Value 
         if !["pending", "running"].contains(&status.as_str()) {
             return build;
         }
-        assert!(Instant::now() < deadline, "build #{number} still {status}: {build}");
+        assert!(
+            Instant::now() < deadline,
+            "build #{number} still {status}: {build}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -231,34 +247,76 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
     let repo = api(
         &up,
         &[
-            "repo", "add", "team/app", "--clone-url", &clone_url, "--provider", "github",
-            "--status-url", &standin, "--status-token", "gh-token-123",
+            "repo",
+            "add",
+            "team/app",
+            "--clone-url",
+            &clone_url,
+            "--provider",
+            "github",
+            "--status-url",
+            &standin,
+            "--status-token",
+            "gh-token-123",
         ],
     );
-    let secret = repo["webhook_secret"].as_str().expect("webhook_secret").to_owned();
-    assert!(repo["webhook_url"].as_str().expect("webhook_url").ends_with("/hook"));
+    let secret = repo["webhook_secret"]
+        .as_str()
+        .expect("webhook_secret")
+        .to_owned();
+    assert!(
+        repo["webhook_url"]
+            .as_str()
+            .expect("webhook_url")
+            .ends_with("/hook")
+    );
 
     let zero = "0000000000000000000000000000000000000000";
     let body = github_push("team/app", &clone_url, zero, &sha, "add the app");
     let before = db_counts(&up, "team/app");
 
     // Refusals change nothing.
-    let bad = Delivery { body: &body, signature: sign("not-the-secret", &body), id: "d-bad", event: "push" };
+    let bad = Delivery {
+        body: &body,
+        signature: sign("not-the-secret", &body),
+        id: "d-bad",
+        event: "push",
+    };
     assert_eq!(deliver(&up.url, &bad).0, 401);
     let other = github_push("team/unknown", &clone_url, zero, &sha, "x");
-    let unknown = Delivery { body: &other, signature: sign(&secret, &other), id: "d-unknown", event: "push" };
+    let unknown = Delivery {
+        body: &other,
+        signature: sign(&secret, &other),
+        id: "d-unknown",
+        event: "push",
+    };
     assert_eq!(deliver(&up.url, &unknown).0, 404);
     let garbage = b"{not json";
-    let malformed = Delivery { body: garbage, signature: sign(&secret, garbage), id: "d-garbage", event: "push" };
+    let malformed = Delivery {
+        body: garbage,
+        signature: sign(&secret, garbage),
+        id: "d-garbage",
+        event: "push",
+    };
     assert_eq!(deliver(&up.url, &malformed).0, 400);
     let ping = br#"{"zen":"hi","repository":{"full_name":"team/app"}}"#;
-    let ping = Delivery { body: ping, signature: sign(&secret, ping), id: "d-ping", event: "ping" };
+    let ping = Delivery {
+        body: ping,
+        signature: sign(&secret, ping),
+        id: "d-ping",
+        event: "ping",
+    };
     let (code, answer) = deliver(&up.url, &ping);
     assert_eq!(code, 202, "{answer}");
     assert_eq!(db_counts(&up, "team/app"), before);
 
     // The real delivery builds.
-    let good = Delivery { body: &body, signature: sign(&secret, &body), id: "d-1", event: "push" };
+    let good = Delivery {
+        body: &body,
+        signature: sign(&secret, &body),
+        id: "d-1",
+        event: "push",
+    };
     let (code, answer) = deliver(&up.url, &good);
     assert_eq!(code, 201, "{answer}");
     assert_eq!(answer["build"], 1);
@@ -271,11 +329,19 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
         .as_array()
         .expect("steps")
         .iter()
-        .map(|s| (s["name"].as_str().unwrap_or_default().to_owned(), s["status"].as_str().unwrap_or_default().to_owned()))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                s["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         steps,
-        [("clone".to_owned(), "success".to_owned()), ("greet".to_owned(), "success".to_owned())]
+        [
+            ("clone".to_owned(), "success".to_owned()),
+            ("greet".to_owned(), "success".to_owned())
+        ]
     );
 
     // Logs are stored and downloadable.
@@ -307,10 +373,26 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
 
     // `[skip ci]` pushes are not built.
     std::fs::write(work.path().join("app.txt"), "v2\n").expect("write");
-    git(work.path(), &["-c", "user.name=T", "-c", "user.email=t@e.invalid", "commit", "-qam", "docs [skip ci]"]);
+    git(
+        work.path(),
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e.invalid",
+            "commit",
+            "-qam",
+            "docs [skip ci]",
+        ],
+    );
     let sha2 = head(work.path());
     let skip = github_push("team/app", &clone_url, &sha, &sha2, "docs [skip ci]");
-    let skip = Delivery { body: &skip, signature: sign(&secret, &skip), id: "d-2", event: "push" };
+    let skip = Delivery {
+        body: &skip,
+        signature: sign(&secret, &skip),
+        id: "d-2",
+        event: "push",
+    };
     assert_eq!(deliver(&up.url, &skip).0, 202);
     assert_eq!(db_counts(&up, "team/app"), before);
 
@@ -323,7 +405,9 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
                 assert_eq!(path, &format!("/repos/team/app/statuses/{sha}"));
                 assert_eq!(auth, "Bearer gh-token-123");
                 assert!(
-                    body["target_url"].as_str().is_some_and(|u| u.ends_with("/repos/team/app/builds/1")),
+                    body["target_url"]
+                        .as_str()
+                        .is_some_and(|u| u.ends_with("/repos/team/app/builds/1")),
                     "{body}"
                 );
             }
@@ -352,19 +436,47 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
     let config = tempfile::tempdir().expect("docker config");
     let cfg = config.path();
 
-    let bad = docker(cfg, &["login", &host, "-u", "admin", "-p", "wrong-password-000000"]);
+    let bad = docker(
+        cfg,
+        &["login", &host, "-u", "admin", "-p", "wrong-password-000000"],
+    );
     assert!(!bad.status.success(), "a wrong password must not log in");
     let good = docker(cfg, &["login", &host, "-u", "admin", "-p", ADMIN]);
     assert!(good.status.success(), "{}", super::text(&good).1);
 
     let image = format!("{host}/team/base:1");
-    assert!(docker(cfg, &["tag", &test_image(), &image]).status.success());
+    assert!(
+        docker(cfg, &["tag", &test_image(), &image])
+            .status
+            .success()
+    );
     let push = docker(cfg, &["push", &image]);
     assert!(push.status.success(), "{}", super::text(&push).1);
     assert!(docker(cfg, &["rmi", &image]).status.success());
     let pull = docker(cfg, &["pull", &image]);
     assert!(pull.status.success(), "{}", super::text(&pull).1);
     let _ = docker(cfg, &["rmi", &image]);
+
+    // A robot token pushes below its namespace only.
+    let robot = api(&up, &["token", "add", "ci-bot", "--robot", "bots"]);
+    let secret = robot["token"].as_str().expect("token secret").to_owned();
+    let robot_cfg = tempfile::tempdir().expect("docker config");
+    let rcfg = robot_cfg.path();
+    let login = docker(rcfg, &["login", &host, "-u", "ci-bot", "-p", &secret]);
+    assert!(login.status.success(), "{}", super::text(&login).1);
+    let allowed = format!("{host}/bots/tool:1");
+    let denied = format!("{host}/team/tool:1");
+    for tag in [&allowed, &denied] {
+        assert!(docker(rcfg, &["tag", &test_image(), tag]).status.success());
+    }
+    let ok = docker(rcfg, &["push", &allowed]);
+    assert!(ok.status.success(), "{}", super::text(&ok).1);
+    let refused = docker(rcfg, &["push", &denied]);
+    assert!(
+        !refused.status.success(),
+        "a robot of `bots` must not push to team/"
+    );
+    let _ = docker(rcfg, &["rmi", &allowed, &denied]);
 
     // The UI lists it, with the pull command.
     let page = reqwest::blocking::Client::new()
@@ -374,5 +486,8 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
         .expect("registry page")
         .text()
         .expect("page text");
-    assert!(page.contains(&format!("docker pull {host}/team/base:1")), "{page}");
+    assert!(
+        page.contains(&format!("docker pull {host}/team/base:1")),
+        "{page}"
+    );
 }

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Benchmark: scheduler overhead per stage. 1,000 stages of a no-op `type: exec` pipeline
+# (clone disabled, one step `true` run as a host process, no containers) through
+# `slipway server` and 4 `slipway runner` processes of capacity 1, all on 127.0.0.1:
+# BUILDS builds (default 10) of a file of PIPELINES independent pipelines (default 100,
+# `---` documents), triggered one after the other through the REST API (manual builds of
+# `main`: each fetches the mirror, reads and compiles the file, stores 100 stages).
+#
+#   wall        = last build's `finished` - the moment the first trigger was sent
+#   slot        = wall x 4 runners / 1,000 stages     (what one stage costs a runner slot)
+#   engine      = what the engine itself needs for one such stage, measured in the same
+#                 run: `slipway exec --json` of a one-pipeline file, REPS times, from its
+#                 first event to `pipeline_finished` (the engine's own clock)
+#   overhead    = slot - engine       (target: under 5 ms a stage)
+# Also printed, for reference: the whole `slipway exec` process (start to exit, which adds
+# process start, compile and runtime set-up), and the median lease-to-done time of a stage
+# as the server recorded it (`started`/`finished` of the stages in the API).
+#
+# SLIPWAY_BIN=path skips the release build (a binary built elsewhere).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/prepare.sh
+prepare_machine
+bin="${SLIPWAY_BIN:-$(build_release)}"
+BUILDS="${BUILDS:-10}"
+PIPELINES="${PIPELINES:-100}"
+RUNNERS=4
+REPS="${REPS:-30}"
+ADMIN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+pipeline() { # name
+  printf 'kind: pipeline\ntype: exec\nname: %s\nclone:\n  disable: true\nsteps:\n- name: noop\n  commands: ["true"]\n' "$1"
+}
+
+# --- the repository ---
+src="$work/src"
+git init -q -b main "$src"
+for i in $(seq 1 "$PIPELINES"); do
+  [ "$i" -gt 1 ] && echo "---"
+  pipeline "p$i"
+done >"$src/.drone.yml"
+git -C "$src" add -A
+git -C "$src" -c user.name=b -c user.email=b@example.invalid commit -q -m bench
+git clone -q --bare "$src" "$work/app.git"
+
+# --- the engine alone: a one-pipeline file, outside any git repository ---
+mkdir -p "$work/one"
+pipeline one >"$work/one/.slipway.yml"
+
+# --- slipway server + 4 runners ---
+mkfifo "$work/server.out"
+RUST_LOG=warn "$bin" server --listen 127.0.0.1:0 --json --admin-token "$ADMIN" \
+  --data-dir "$work/data" >"$work/server.out" 2>"$work/server.log" &
+pids+=("$!")
+exec 3<"$work/server.out"
+read -r -t 30 facts <&3 || { cat "$work/server.log" >&2; exit 1; }
+cat <&3 >/dev/null &
+pids+=("$!")
+url=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$facts")
+runner_token=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["runner_token"])' "$facts")
+for r in $(seq 1 "$RUNNERS"); do
+  mkdir -p "$work/runner-$r"
+  RUST_LOG=warn "$bin" runner --server "$url" --token "$runner_token" --capacity 1 \
+    --name "bench-runner-$r" --work-dir "$work/runner-$r" >"$work/runner-$r.log" 2>&1 &
+  pids+=("$!")
+done
+"$bin" repo add bench/sched --clone-url "file://$work/app.git" \
+  --server "$url" --token "$ADMIN" --json >/dev/null
+say "slipway server at $url, $RUNNERS runners; $BUILDS builds x $PIPELINES stages"
+
+python3 - "$url" "$ADMIN" "$BUILDS" "$PIPELINES" "$RUNNERS" "$REPS" "$bin" "$work/one" <<'PY'
+import json, statistics, subprocess, sys, time, urllib.request
+
+url, admin, builds, pipelines, runners, reps, bin, one = sys.argv[1:]
+builds, pipelines, runners, reps = int(builds), int(pipelines), int(runners), int(reps)
+stages = builds * pipelines
+
+def api(method, path, body=None):
+    req = urllib.request.Request(url + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {admin}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.load(r)
+
+deadline = time.time() + 30
+while len(api("GET", "/api/runners")) < runners:
+    if time.time() > deadline:
+        raise SystemExit("the runners did not register")
+    time.sleep(0.1)
+time.sleep(0.5)  # every runner is in its long poll
+
+# --- through the server ---
+t0 = time.time() * 1000
+numbers = [api("POST", "/api/repos/bench/sched/builds", {"branch": "main"})["number"]
+           for _ in range(builds)]
+t_triggered = time.time() * 1000
+deadline = time.time() + 600
+while True:
+    done = [api("GET", f"/api/repos/bench/sched/builds/{n}") for n in numbers]
+    if all(b["status"] not in ("pending", "running") for b in done):
+        break
+    if time.time() > deadline:
+        raise SystemExit("the builds did not finish in 10 minutes")
+    time.sleep(0.2)
+bad = [b for b in done if b["status"] != "success"]
+if bad:
+    raise SystemExit(f"build #{bad[0]['number']} ended {bad[0]['status']}: {bad[0].get('error')}")
+all_stages = [s for b in done for s in b["stages"]]
+assert len(all_stages) == stages, len(all_stages)
+wall = max(b["finished"] for b in done) - t0
+slot = wall * runners / stages
+lease_to_done = statistics.median(s["finished"] - s["started"] for s in all_stages)
+per_runner = {}
+for s in all_stages:
+    per_runner[s["runner_id"]] = per_runner.get(s["runner_id"], 0) + 1
+
+# --- the engine alone, same machine, same run ---
+engine, process = [], []
+for _ in range(reps):
+    a = time.time()
+    out = subprocess.run([bin, "exec", "--json"], cwd=one, check=True,
+                         capture_output=True, text=True).stdout
+    process.append((time.time() - a) * 1000)
+    times = [e["time"] for e in map(json.loads, out.splitlines()) if "time" in e]
+    engine.append(max(times) - min(times))
+engine_ms, process_ms = statistics.median(engine), statistics.median(process)
+
+print(f"{stages} no-op exec stages ({builds} builds x {pipelines}) through {runners} runners of capacity 1")
+print(f"  triggers sent in {t_triggered - t0:.0f} ms; stages per runner: {sorted(per_runner.values())}")
+print(f"  wall, first trigger to last build finished: {wall / 1000:.2f} s")
+print(f"  per stage per runner slot: {wall:.0f} ms x {runners} / {stages} = {slot:.2f} ms")
+print(f"  engine alone per stage (slipway exec, first event to pipeline_finished, median of {reps}): {engine_ms:.2f} ms")
+print(f"    (whole slipway exec process: {process_ms:.1f} ms; server's lease-to-done per stage: {lease_to_done:.1f} ms)")
+print(f"scheduler overhead per stage: {slot:.2f} - {engine_ms:.2f} = {slot - engine_ms:.2f} ms (target < 5 ms)")
+PY
