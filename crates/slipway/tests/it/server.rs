@@ -364,6 +364,34 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
         ]
     );
 
+    // Every page of the UI renders for a signed-in admin, and sends others to the login.
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for (page, expect) in [
+        ("/", "team/app"),
+        ("/repos/team/app", "add the app"),
+        ("/repos/team/app/builds/1", "greet"),
+        ("/repos/team/app/run", "main"),
+        ("/repos/team/app/secrets", "Secrets"),
+        ("/repos/team/app/settings", "/hook"),
+        ("/repos/new", "clone_url"),
+        ("/runners", "embedded@"),
+        ("/registry", "Registry"),
+    ] {
+        let resp = http
+            .get(format!("{}{page}", up.url))
+            .header("Cookie", format!("slipway_token={ADMIN}"))
+            .send()
+            .expect("page");
+        assert_eq!(resp.status().as_u16(), 200, "{page}");
+        let body = resp.text().expect("page text");
+        assert!(body.contains(expect), "{page} lacks {expect:?}");
+        let anonymous = http.get(format!("{}{page}", up.url)).send().expect("page");
+        assert_eq!(anonymous.status().as_u16(), 303, "{page} without a token");
+    }
+
     // A redelivery does not build again.
     let before = db_counts(&up, "team/app");
     let (code, answer) = deliver(&up.url, &good);
