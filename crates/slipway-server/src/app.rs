@@ -16,6 +16,10 @@ use crate::secrets::SecretBox;
 use crate::status::StatusClient;
 use crate::store::Store;
 
+/// How much longer than a lease a runner has to come back after a server restart: its
+/// retries back off up to 5 s, so a short lease alone could expire before the first retry.
+const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -118,9 +122,10 @@ impl Server {
             }),
         )?;
 
-        // Runners that were working when the server stopped get a full lease to reconnect.
+        // Runners that were working when the server stopped get a full lease, plus the
+        // longest retry pause of a runner, to reconnect.
         let extended = store
-            .extend_running_leases(crate::now_ms() + millis(config.lease))
+            .extend_running_leases(crate::now_ms() + millis(config.lease) + millis(RECONNECT_GRACE))
             .await?;
         if extended > 0 {
             tracing::info!("{extended} stages were running: waiting for their runners");
