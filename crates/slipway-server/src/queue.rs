@@ -299,7 +299,7 @@ pub async fn events(
                     finished: None,
                 };
                 state.store.update_step(stage.id, &step, &update).await?;
-                publish_step(state, &stage, &step, &update);
+                publish_step(state, &stage, &step).await?;
             }
             StageEvent::Log {
                 step,
@@ -330,7 +330,7 @@ pub async fn events(
                     finished: Some(time),
                 };
                 state.store.update_step(stage.id, &step, &update).await?;
-                publish_step(state, &stage, &step, &update);
+                publish_step(state, &stage, &step).await?;
                 state.logs.close(&LogKey {
                     build_id: stage.build_id,
                     stage_id: stage.id,
@@ -344,16 +344,22 @@ pub async fn events(
     Ok(BatchAck { cancel })
 }
 
-fn publish_step(state: &AppState, stage: &Stage, step: &str, update: &StepUpdate) {
-    state.events.publish(ServerEvent::Step {
-        build_id: stage.build_id,
-        stage: stage.number,
-        step: step.to_owned(),
-        status: update.status,
-        exit_code: update.exit_code,
-        started: update.started,
-        finished: update.finished,
-    });
+/// Publishes the step as stored now (an update carries only what changed: a finish has no
+/// start time, but a live page needs both).
+async fn publish_step(state: &AppState, stage: &Stage, step: &str) -> Result<(), QueueError> {
+    let steps = state.store.steps(stage.id).await?;
+    if let Some(row) = steps.into_iter().find(|s| s.name == step) {
+        state.events.publish(ServerEvent::Step {
+            build_id: stage.build_id,
+            stage: stage.number,
+            step: row.name,
+            status: row.status,
+            exit_code: row.exit_code,
+            started: row.started,
+            finished: row.finished,
+        });
+    }
+    Ok(())
 }
 
 /// The runner's final word on a stage. Repeating it (a lost acknowledgement) is harmless.

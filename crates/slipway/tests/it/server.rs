@@ -343,6 +343,13 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
             ("greet".to_owned(), "success".to_owned())
         ]
     );
+    for step in build["stages"][0]["steps"].as_array().expect("steps") {
+        let (started, finished) = (step["started"].as_i64(), step["finished"].as_i64());
+        assert!(
+            started.is_some() && finished >= started,
+            "step times: {step}"
+        );
+    }
 
     // Logs are stored and downloadable.
     let out = slipway()
