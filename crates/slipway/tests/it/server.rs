@@ -223,6 +223,36 @@ fn db_counts(up: &Up, repo: &str) -> Value {
 
 #[test]
 fn github_push_builds_in_docker_with_logs_and_statuses() {
+    push_to_build(&[]);
+}
+
+/// The same story with the store in PostgreSQL (a fresh database), as `--database-url`
+/// gives it.
+#[test]
+fn github_push_builds_with_the_store_in_postgresql() {
+    let Ok(base) = std::env::var("SLIPWAY_TEST_POSTGRES_URL") else {
+        eprintln!("skipping: SLIPWAY_TEST_POSTGRES_URL not set");
+        return;
+    };
+    let db = format!("slipway_e2e_{}", std::process::id());
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .args([base.as_str(), "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "{sql}: {}", super::text(&out).1);
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {db}"));
+    psql(&format!("CREATE DATABASE {db}"));
+    let url = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{db}"),
+        None => panic!("SLIPWAY_TEST_POSTGRES_URL has no database part: {base}"),
+    };
+    push_to_build(&["--database-url", &url]);
+    psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+}
+
+fn push_to_build(extra: &[&str]) {
     let image = test_image();
     let pipeline = format!(
         "kind: pipeline\nname: default\nsteps:\n- name: greet\n  image: {image}\n  commands:\n  - echo hello from $DRONE_REPO at $DRONE_COMMIT_SHA\n  - echo build $DRONE_BUILD_NUMBER on $DRONE_BRANCH\n  - test -f app.txt && cat app.txt\n"
@@ -242,7 +272,9 @@ fn github_push_builds_in_docker_with_logs_and_statuses() {
 
     let (standin, posted, _standin_thread) = github_standin();
     let data = tempfile::tempdir().expect("data dir");
-    let up = start_up(data.path(), &["--lease", "10s"]);
+    let mut args = vec!["--lease", "10s"];
+    args.extend_from_slice(extra);
+    let up = start_up(data.path(), &args);
 
     let repo = api(
         &up,
