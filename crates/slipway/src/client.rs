@@ -79,6 +79,35 @@ pub enum SecretCommand {
     Rm { repo: String, name: String },
 }
 
+/// `slipway gc`: the registry's garbage collection and retention, run by the server.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// List what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep only the N most recently pushed tags (matching --tags) of each repository.
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    /// Tags --keep-last applies to (`*`, `?` wildcards).
+    #[arg(long, default_value = "*")]
+    pub tags: String,
+    /// Repositories the rule applies to: `*`, `team/*` or a name.
+    #[arg(long, default_value = "*")]
+    pub repos: String,
+    /// Also delete untagged manifests pushed longer ago than this (e.g. 7d, 12h).
+    #[arg(long, value_parser = parse_age)]
+    pub untagged_older_than: Option<u64>,
+}
+
+/// `90`, `30s`, `10m`, `12h`, `7d` as seconds.
+fn parse_age(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not an age (e.g. 7d, 12h, 30m)");
+    if let Some(days) = text.strip_suffix('d') {
+        return days.parse::<u64>().map(|d| d * 86_400).map_err(|_| bad());
+    }
+    slipway_spec::parse::parse_duration(text).ok_or_else(bad)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Make a token; prints its secret once.
@@ -342,6 +371,39 @@ pub fn secret(api: ApiArgs, command: SecretCommand) -> Result<ExitCode> {
             eprintln!("secret {name} deleted from {repo}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn gc(api: ApiArgs, args: GcArgs) -> Result<ExitCode> {
+    let client = Client::new(&api)?;
+    let mut rules = Vec::new();
+    if args.keep_last.is_some() || args.untagged_older_than.is_some() {
+        rules.push(json!({"repositories": args.repos, "tags": args.tags,
+            "keep_last": args.keep_last, "untagged_older_than_secs": args.untagged_older_than}));
+    }
+    let report = client.json(
+        reqwest::Method::POST,
+        "/api/registry/gc",
+        Some(json!({"dry_run": args.dry_run, "rules": rules})),
+    )?;
+    if api.json {
+        print_json(&report);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    for tag in report["tags"].as_array().into_iter().flatten() {
+        println!("{verb} tag {}", tag.as_str().unwrap_or_default());
+    }
+    for m in report["manifests"].as_array().into_iter().flatten() {
+        println!("{verb} manifest {}", m.as_str().unwrap_or_default());
+    }
+    let blobs = report["blobs"].as_array().map_or(0, Vec::len);
+    let freed = report["freed_bytes"].as_u64().unwrap_or(0);
+    println!("{verb} {blobs} blobs, {freed} bytes");
     Ok(ExitCode::SUCCESS)
 }
 

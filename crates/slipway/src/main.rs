@@ -55,6 +55,13 @@ enum Command {
         #[command(subcommand)]
         command: client::SecretCommand,
     },
+    /// Registry garbage collection and retention on a running server (`--dry-run` lists).
+    Gc {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(flatten)]
+        args: client::GcArgs,
+    },
     /// API tokens: `token add NAME [--robot NAMESPACE]`, `token ls`, `token rm ID`.
     Token {
         #[command(flatten)]
@@ -86,6 +93,7 @@ fn main() -> ExitCode {
         Command::Secret { api, command } => client::secret(api, command),
         Command::Build { api, command } => client::build(api, command),
         Command::Token { api, command } => client::token(api, command),
+        Command::Gc { api, args } => client::gc(api, args),
     };
     match result {
         Ok(code) => code,

@@ -650,6 +650,18 @@ impl Backend for DockerBackend<'_> {
     }
 
     async fn setup(&self) -> Result<(), EngineError> {
+        // A pipeline of native plugin steps only starts no container: it needs no network
+        // and no volumes (their creation and removal would be most of its overhead).
+        let all_native = self.native_plugins
+            && self.pipeline.services.is_empty()
+            && self
+                .pipeline
+                .steps
+                .iter()
+                .all(|step| crate::native::native_plugin(step).is_some());
+        if all_native {
+            return Ok(());
+        }
         let labels = cleanup::labels(self.build_id, &self.pipeline.name);
         let network = self.network_name();
         self.created().network = Some(network.clone());

@@ -56,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/runners", get(rest::list_runners))
         .route("/api/tokens", get(rest::list_tokens).post(rest::add_token))
+        .route("/api/registry/gc", post(rest::registry_gc))
         .route(
             "/api/tokens/{id}",
             axum::routing::delete(rest::delete_token),

@@ -15,6 +15,7 @@
 //! | `GET /api/repos/{repo}/refs` | branches and tags |
 //! | `GET/POST /api/repos/{repo}/secrets` · `DELETE …/secrets/{name}` | secrets (values never shown) |
 //! | `GET /api/runners` | runners |
+//! | `POST /api/registry/gc {dry_run, rules: [{repositories, tags, keep_last, untagged_older_than_secs}], blob_grace_secs}` | registry garbage collection and retention, online; the report |
 //! | `GET /api/tokens` · `POST {name, scope}` · `DELETE /api/tokens/{id}` | API tokens (`admin`, `runner`, `robot:<namespace>`); the secret only in the POST answer |
 
 use std::collections::BTreeMap;
@@ -632,4 +633,68 @@ pub async fn delete_token(
     } else {
         Err(ApiError::not_found(format!("no token {id}")))
     }
+}
+
+/// One retention rule of `POST /api/registry/gc`.
+#[derive(Debug, Deserialize)]
+pub struct GcRule {
+    /// `*`, `team/*` or a repository name.
+    #[serde(default = "star")]
+    pub repositories: String,
+    /// Tags `keep_last` counts: `*` and `?` wildcards.
+    #[serde(default = "star")]
+    pub tags: String,
+    pub keep_last: Option<usize>,
+    pub untagged_older_than_secs: Option<u64>,
+}
+
+fn star() -> String {
+    "*".to_owned()
+}
+
+/// The body of `POST /api/registry/gc`.
+#[derive(Debug, Deserialize, Default)]
+pub struct GcRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub rules: Vec<GcRule>,
+    pub blob_grace_secs: Option<u64>,
+}
+
+pub async fn registry_gc(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: GcRequest = json_body(&body)?;
+    let mut options = slipway_registry::GcOptions {
+        dry_run: req.dry_run,
+        ..Default::default()
+    };
+    if let Some(secs) = req.blob_grace_secs {
+        options.blob_grace = std::time::Duration::from_secs(secs);
+    }
+    for rule in req.rules {
+        options.retention.push(slipway_registry::RetentionRule {
+            repositories: slipway_registry::RepoPattern::parse(&rule.repositories),
+            tag_pattern: rule.tags,
+            keep_last: rule.keep_last,
+            untagged_older_than: rule
+                .untagged_older_than_secs
+                .map(std::time::Duration::from_secs),
+        });
+    }
+    let report =
+        state.registry.collect_garbage(options).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+    Ok(Json(json!({
+        "dry_run": report.dry_run,
+        "tags": report.tags.iter().map(|(r, t)| format!("{r}:{t}")).collect::<Vec<_>>(),
+        "manifests": report.manifests.iter().map(|(r, d)| format!("{r}@{d}")).collect::<Vec<_>>(),
+        "blobs": report.blobs.iter().map(|(d, size)| json!({"digest": d.to_string(), "size": size})).collect::<Vec<_>>(),
+        "uploads": report.uploads,
+        "freed_bytes": report.freed_bytes,
+    })))
 }

@@ -557,4 +557,62 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
         page.contains(&format!("docker pull {host}/team/base:1")),
         "{page}"
     );
+
+    // Retention: keep the last tag of team/*; the dry run lists, the real run deletes.
+    for tag in ["2", "3"] {
+        // Tags are ordered by push time, which has a resolution of one second.
+        std::thread::sleep(Duration::from_millis(1100));
+        let image = format!("{host}/team/base:{tag}");
+        assert!(
+            docker(cfg, &["tag", &test_image(), &image])
+                .status
+                .success()
+        );
+        let push = docker(cfg, &["push", &image]);
+        assert!(push.status.success(), "{}", super::text(&push).1);
+        let _ = docker(cfg, &["rmi", &image]);
+    }
+    let tags = |up: &Up| -> Vec<String> {
+        let out = reqwest::blocking::Client::new()
+            .get(format!("{}/v2/team/base/tags/list", up.url))
+            .basic_auth("admin", Some(ADMIN))
+            .send()
+            .expect("tags list");
+        let v: Value = out.json().expect("tags JSON");
+        v["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect()
+    };
+    let dry = api(
+        &up,
+        &["gc", "--dry-run", "--keep-last", "1", "--repos", "team/*"],
+    );
+    let listed: Vec<&str> = dry["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(listed, ["team/base:1", "team/base:2"], "{dry}");
+    assert_eq!(tags(&up), ["1", "2", "3"], "a dry run deletes nothing");
+    api(&up, &["gc", "--keep-last", "2", "--repos", "team/*"]);
+    assert_eq!(tags(&up), ["2", "3"]);
+
+    // The UI's delete button.
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = http
+        .post(format!("{}/registry/team/base/tags/2/delete", up.url))
+        .header("Cookie", format!("slipway_token={ADMIN}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("")
+        .send()
+        .expect("delete form");
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(tags(&up), ["3"]);
 }
