@@ -16,6 +16,13 @@
 //!   bollard, for `type: docker`) and `host` (processes, for `type: exec`).
 //! - `workspace`: the per-pipeline host directory and the git clone, reported as the
 //!   pseudo-step `clone`.
+//! - `native`: native plugins. A Docker-pipeline step with `image: plugins/docker` and no
+//!   `commands` is run by the engine itself when [`RunOptions::native_plugins`] is on: the
+//!   workspace's build context (minus `.dockerignore`) streamed as a tar to the engine's
+//!   build API, tagged, pushed with the step's credentials (or
+//!   [`RunOptions::own_registry`]'s for the server's registry), reported as
+//!   [`Event::Artifact`]. Known plugins that are not native yet fail at once when their
+//!   image is not on the engine, rather than attempting a pull.
 //! - [`mask`] and [`log`]: [`Masker`] and [`LineSplitter`], output bytes to masked lines.
 //! - [`cleanup`]: ownership labels, [`remove_orphans`].
 //!
@@ -54,6 +61,10 @@
 //!   step. A pre-start that fails in any way is forgotten and the step is started the
 //!   normal way when due. Pre-started containers are recorded and labelled like any other,
 //!   so the cleanup invariant covers them.
+//! - **Native steps** create no container, network or volume (a pipeline of native steps
+//!   only gets no network either); the image a `plugins/docker` step builds stays in the
+//!   engine's image store as layer cache. Their log lines are masked like all others, and
+//!   also mask the step's own `password` setting when it is written in clear.
 //! - **Removal off the critical path.** A finished step's container is removed in the
 //!   background, so the next step does not wait for it; a pipeline's teardown waits for all
 //!   of these removals before removing the rest.

@@ -28,8 +28,8 @@
 //!   duplicate a line, and nothing is skipped. A step's `StepFinished` follows its lines.
 //! - **Live but batched.** A batch is built as soon as something is queued (no fixed
 //!   delay); while a batch is in flight the queue keeps filling, and the next batch takes up
-//!   to ~1,000 lines or ~512 KiB, consecutive lines of a step coalesced into one `Log`.
-//! - **Bounded memory.** The queue holds at most 100,000 lines / 64 MiB per stage. Beyond
+//!   to ~5,000 lines or ~512 KiB, consecutive lines of a step coalesced into one `Log`.
+//! - **Bounded memory.** The queue holds at most 1,000,000 lines / 64 MiB per stage. Beyond
 //!   that (only when the server has been unreachable for long) lines from the middle are
 //!   dropped and replaced by `… N lines dropped while the server was unreachable …`; the
 //!   oldest lines, the newest ones and all step starts and ends are kept. The engine's sink

@@ -78,9 +78,11 @@ pub(crate) struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_lines: 100_000,
+            // Bounded by bytes first: a step can print faster than one uploader ships, and
+            // 200,000 lines of a fast step must not be dropped while the server is reachable.
+            max_lines: 1_000_000,
             max_bytes: 64 << 20,
-            batch_lines: 1_000,
+            batch_lines: 5_000,
             batch_bytes: 512 << 10,
         }
     }

@@ -95,14 +95,17 @@ async fn try_lease(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Leas
         if stage.cancel_requested {
             continue;
         }
-        let siblings = match build_stages.entry(stage.build_id) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(state.store.stages(stage.build_id).await?)
+        // Siblings only matter to a stage that depends on some (most depend on none).
+        if !stage.depends_on.is_empty() {
+            let siblings = match build_stages.entry(stage.build_id) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(state.store.stages(stage.build_id).await?)
+                }
+            };
+            if builds::dependencies_outcome(siblings, &stage).is_none() {
+                continue;
             }
-        };
-        if builds::dependencies_outcome(siblings, &stage).is_none() {
-            continue;
         }
         let Some(repo) = state.store.repo(stage.repo_id).await? else {
             continue;

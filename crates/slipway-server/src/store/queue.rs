@@ -31,13 +31,19 @@ impl Store {
             .transpose()
     }
 
-    /// Pending stages, oldest (lowest id) first, at most `limit`.
+    /// Pending stages, oldest (lowest id) first, at most `limit`, *without their plans*
+    /// (`plan` is `null`): every poll reads this list and needs only the rest to choose;
+    /// [`Store::lease_stage`] returns the chosen stage whole.
     pub async fn pending_stages(&self, limit: i64) -> Result<Vec<Stage>> {
-        let rows =
-            sqlx::query("SELECT * FROM stages WHERE status = 'pending' ORDER BY id LIMIT $1")
-                .bind(limit.max(0))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, build_id, repo_id, number, name, status, depends_on, labels, \
+             'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
+             created, started, finished \
+             FROM stages WHERE status = 'pending' ORDER BY id LIMIT $1",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
         rows::all(&rows, rows::stage)
     }
 
