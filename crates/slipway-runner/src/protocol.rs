@@ -85,6 +85,36 @@ pub struct Lease {
     pub trusted: bool,
     pub step_timeout_secs: Option<u64>,
     pub stage_timeout_secs: Option<u64>,
+    /// Run well-known plugins (`plugins/docker`) natively (a server setting).
+    #[serde(default = "yes")]
+    pub native_plugins: bool,
+    /// The server's own registry and a short-lived credential for it, valid while the stage
+    /// runs: native `plugins/docker` steps push there by default, and other steps may use
+    /// it as the secret `slipway_registry_password` (user `slipway_registry_username`).
+    #[serde(default)]
+    pub registry: Option<RegistryAccess>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A registry and an account for it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAccess {
+    /// `host:port` as in image names.
+    pub host: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAccess")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What to put in the workspace before the first step.
@@ -142,6 +172,13 @@ pub enum StageEvent {
         /// Unix milliseconds.
         time: i64,
         error: Option<String>,
+    },
+    /// A step pushed an image: `image` is `host/repo` without a tag, `tags` what was pushed.
+    Artifact {
+        step: String,
+        image: String,
+        tags: Vec<String>,
+        digest: String,
     },
 }
 

@@ -45,6 +45,13 @@ pub(crate) enum Item {
         exit_code: Option<i64>,
         time: i64,
     },
+    /// An image a step pushed; never dropped, like starts and ends.
+    Artifact {
+        step: String,
+        image: String,
+        tags: Vec<String>,
+        digest: String,
+    },
 }
 
 /// Roughly what an item adds to a JSON batch, for the byte limits.
@@ -221,6 +228,17 @@ impl EventQueue {
                     time,
                     error: None,
                 }),
+                Item::Artifact {
+                    step,
+                    image,
+                    tags,
+                    digest,
+                } => events.push(StageEvent::Artifact {
+                    step,
+                    image,
+                    tags,
+                    digest,
+                }),
                 Item::Line { step, line } => append_line(&mut events, seqs, step, line),
                 Item::Dropped { step, count, time } => {
                     let line = LogLine {
@@ -312,7 +330,7 @@ fn compact(state: &mut State, limits: &Limits) {
                 (step, 1, line.time)
             }
             Item::Dropped { step, count, time } => (step, count, time),
-            Item::Started { .. } | Item::Finished { .. } => continue,
+            Item::Started { .. } | Item::Finished { .. } | Item::Artifact { .. } => continue,
         };
         match &mut marker {
             Some((s, n, _)) if *s == step => *n += count,

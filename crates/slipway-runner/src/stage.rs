@@ -176,9 +176,19 @@ impl EventSink for StageSink {
     fn event(&self, event: Event) {
         let item = match event {
             // The server learns the stage's result from `/done`.
-            Event::PipelineStarted { .. }
-            | Event::PipelineFinished { .. }
-            | Event::Artifact { .. } => return,
+            Event::PipelineStarted { .. } | Event::PipelineFinished { .. } => return,
+            Event::Artifact {
+                step,
+                image,
+                tags,
+                digest,
+                ..
+            } => Item::Artifact {
+                step,
+                image,
+                tags,
+                digest,
+            },
             Event::StepStarted { step, .. } => Item::Started {
                 step,
                 time: now_millis(),
@@ -227,8 +237,15 @@ fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> 
         work_root,
         default_step_timeout: lease.step_timeout_secs.map(Duration::from_secs),
         build_timeout: lease.stage_timeout_secs.map(Duration::from_secs),
-        native_plugins: true,
-        own_registry: None,
+        native_plugins: lease.native_plugins,
+        own_registry: lease
+            .registry
+            .as_ref()
+            .map(|r| slipway_engine::RegistryCredential {
+                host: r.host.clone(),
+                username: r.username.clone(),
+                password: r.password.clone(),
+            }),
     }
 }
 

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub registry_anonymous_pull: Vec<String>,
     /// Webhooks that get the registry's push and delete events (distribution's envelope).
     pub registry_notify: Vec<String>,
+    /// Run well-known plugin steps (`plugins/docker`) natively on the runners.
+    pub native_plugins: bool,
 }
 
 impl ServerConfig {
@@ -49,6 +51,7 @@ impl ServerConfig {
             durable_logs: true,
             registry_anonymous_pull: Vec::new(),
             registry_notify: Vec::new(),
+            native_plugins: true,
         }
     }
 

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_engine::Status;
-use slipway_runner::protocol::{BatchAck, EventBatch, Lease, StageDone, StageEvent, WorkspaceSpec};
+use slipway_runner::protocol::{
+    BatchAck, EventBatch, Lease, RegistryAccess, StageDone, StageEvent, WorkspaceSpec,
+};
 use slipway_spec::Plan;
 use slipway_spec::plan::PipelinePlan;
 use tokio_util::sync::CancellationToken;
@@ -222,7 +224,19 @@ async fn lease_for(
             commit: build.commit.clone(),
         }
     };
+    let registry = if needs_registry(&pipeline) {
+        let access = pipeline_registry_access(state, repo, stage)
+            .await
+            .map_err(|e| format!("making the stage's registry token: {e}"))?;
+        secrets.insert(REGISTRY_USER_SECRET.to_owned(), access.username.clone());
+        secrets.insert(REGISTRY_PASSWORD_SECRET.to_owned(), access.password.clone());
+        Some(access)
+    } else {
+        None
+    };
     Ok(Lease {
+        registry,
+        native_plugins: state.config.native_plugins,
         stage_id: stage.id,
         attempt: u32::try_from(stage.attempt).unwrap_or(u32::MAX),
         title: format!("{}#{} {}", repo.name, build.number, stage.name),
@@ -235,6 +249,65 @@ async fn lease_for(
         step_timeout_secs: None,
         stage_timeout_secs: None,
     })
+}
+
+/// The secrets a step can name to log in to the server's registry with the stage's token.
+pub const REGISTRY_USER_SECRET: &str = "slipway_registry_username";
+pub const REGISTRY_PASSWORD_SECRET: &str = "slipway_registry_password";
+
+/// Whether a stage pushes images: a `plugins/docker` step, or a step naming the registry
+/// secrets. Only those stages get a registry token.
+fn needs_registry(pipeline: &PipelinePlan) -> bool {
+    pipeline.steps.iter().any(|s| {
+        let image = s.image.trim_start_matches("docker.io/");
+        image == "plugins/docker"
+            || image.starts_with("plugins/docker:")
+            || image.starts_with("plugins/docker@")
+            || s.secrets
+                .iter()
+                .any(|r| r.secret == REGISTRY_PASSWORD_SECRET)
+    })
+}
+
+/// The name of the token a stage's attempt pushes with; revoked when the attempt ends.
+fn pipeline_token_name(stage_id: i64, attempt: i64) -> String {
+    format!("pipeline:{stage_id}:{attempt}")
+}
+
+/// A token that may pull and push below the repository's owner namespace (`team/` for
+/// `team/app`), for this attempt of the stage only.
+async fn pipeline_registry_access(
+    state: &AppState,
+    repo: &crate::store::Repo,
+    stage: &Stage,
+) -> Result<RegistryAccess, StoreError> {
+    let namespace = repo.name.split('/').next().unwrap_or(&repo.name);
+    let secret = crate::auth::generate();
+    state
+        .store
+        .create_token(
+            &pipeline_token_name(stage.id, stage.attempt),
+            &crate::auth::hash(&secret),
+            &format!("{}{namespace}", crate::auth::SCOPE_ROBOT_PREFIX),
+            crate::now_ms(),
+        )
+        .await?;
+    Ok(RegistryAccess {
+        host: state.host.clone(),
+        username: format!("pipeline-{}", stage.id),
+        password: secret,
+    })
+}
+
+/// Revokes the registry tokens of a stage (every attempt), once it stops running.
+pub async fn revoke_pipeline_tokens(state: &AppState, stage_id: i64) -> Result<(), StoreError> {
+    let prefix = format!("pipeline:{stage_id}:");
+    for token in state.store.tokens().await? {
+        if token.name.starts_with(&prefix) {
+            state.store.delete_token(token.id).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The stage, if `runner_id` holds its lease for `attempt`.
@@ -318,6 +391,26 @@ pub async fn events(
                 let lines = lines.into_iter().map(|l| l.line).collect();
                 state.logs.append(&key, first_seq, lines).await?;
             }
+            StageEvent::Artifact {
+                image,
+                tags,
+                digest,
+                ..
+            } => {
+                let now = crate::now_ms();
+                if tags.is_empty() {
+                    state
+                        .store
+                        .add_artifact(stage.build_id, &format!("{image}@{digest}"), &digest, now)
+                        .await?;
+                }
+                for tag in tags {
+                    state
+                        .store
+                        .add_artifact(stage.build_id, &format!("{image}:{tag}"), &digest, now)
+                        .await?;
+                }
+            }
             StageEvent::StepFinished {
                 step,
                 status,
@@ -396,6 +489,7 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
         });
     }
     state.store.finish_open_steps(stage_id, now).await?;
+    revoke_pipeline_tokens(state, stage_id).await?;
     tracing::info!(
         "stage {stage_id} attempt {attempt} finished: {}",
         done.status
@@ -427,6 +521,7 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
     for stage in state.store.expired_leases(now).await? {
         if stage.attempt < state.config.max_attempts && !stage.cancel_requested {
             if state.store.requeue_stage(stage.id, stage.attempt).await? {
+                revoke_pipeline_tokens(state, stage.id).await?;
                 tracing::warn!(
                     "stage {} attempt {}: the runner stopped answering; queued again",
                     stage.id,
@@ -457,6 +552,7 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
             {
                 tracing::warn!("stage {}: {message}", stage.id);
                 state.store.finish_open_steps(stage.id, now).await?;
+                revoke_pipeline_tokens(state, stage.id).await?;
                 builds::publish_stage(state, &stage, status).await;
                 builds::settle(state, stage.build_id).await?;
             }

@@ -42,6 +42,9 @@ pub struct ServerArgs {
     /// A webhook for the registry's push/delete events, distribution's format (repeatable).
     #[arg(long = "registry-notify", value_name = "URL")]
     pub registry_notify: Vec<String>,
+    /// Run `plugins/docker` steps as ordinary containers instead of natively.
+    #[arg(long)]
+    pub no_native_plugins: bool,
     /// Print the start-up facts (url, admin token, runner token) as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -150,6 +153,7 @@ fn serve(args: ServerArgs, embedded: Option<(u32, BTreeMap<String, String>)>) ->
         config.lease = args.lease;
         config.registry_anonymous_pull = args.registry_anonymous_pull.clone();
         config.registry_notify = args.registry_notify.clone();
+        config.native_plugins = !args.no_native_plugins;
         let server = Server::open(config)
             .await
             .with_context(|| format!("opening the server's data in {}", args.data_dir.display()))?;

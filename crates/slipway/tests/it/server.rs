@@ -616,3 +616,101 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
     assert_eq!(resp.status().as_u16(), 303);
     assert_eq!(tags(&up), ["3"]);
 }
+
+/// Issue 5 through the server: a compile step, then `plugins/docker` with no registry,
+/// pushed natively to the server's own registry with the stage's short-lived token; the
+/// artifact is recorded on the build, `docker pull` of the tag gives that digest, and the
+/// token is revoked once the stage ends.
+#[test]
+fn plugins_docker_pushes_to_the_built_in_registry_with_a_pipeline_token() {
+    let image = test_image();
+    let pipeline = format!(
+        "kind: pipeline\nname: default\nsteps:\n- name: compile\n  image: {image}\n  commands:\n  - mkdir -p dist\n  - echo built $DRONE_COMMIT_SHA > dist/app.txt\n- name: publish\n  image: plugins/docker\n  settings:\n    repo: team/app\n    tags:\n    - latest\n    - ${{DRONE_BRANCH}}-${{DRONE_BUILD_NUMBER}}\n"
+    );
+    let dockerfile = format!("FROM {image}\nCOPY dist/app.txt /app.txt\n");
+    let work = git_repo(&[(".drone.yml", &pipeline), ("Dockerfile", &dockerfile)]);
+    let bare = tempfile::tempdir().expect("tempdir");
+    let bare_path = bare.path().join("app.git");
+    let ok = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(work.path())
+        .arg(&bare_path)
+        .status()
+        .expect("git clone --bare")
+        .success();
+    assert!(ok);
+    let data = tempfile::tempdir().expect("data dir");
+    let up = start_up(data.path(), &[]);
+    let host = up.url.trim_start_matches("http://").to_owned();
+    let clone_url = format!("file://{}", bare_path.display());
+    api(&up, &["repo", "add", "team/app", "--clone-url", &clone_url]);
+    api(&up, &["build", "run", "team/app", "--branch", "main"]);
+    let build = wait_for_build(&up, "team/app", 1, Duration::from_secs(180));
+    assert_eq!(build["status"], "success", "{build:#}");
+
+    let artifacts = build["artifacts"].as_array().expect("artifacts");
+    let images: Vec<&str> = artifacts
+        .iter()
+        .filter_map(|a| a["image"].as_str())
+        .collect();
+    let tagged = format!("{host}/team/app:main-1");
+    assert!(images.contains(&tagged.as_str()), "{artifacts:?}");
+    assert!(
+        images.contains(&format!("{host}/team/app:latest").as_str()),
+        "{artifacts:?}"
+    );
+    let digest = artifacts
+        .iter()
+        .find(|a| a["image"] == tagged.as_str())
+        .and_then(|a| a["digest"].as_str())
+        .expect("digest")
+        .to_owned();
+
+    let config = tempfile::tempdir().expect("docker config");
+    let cfg = config.path();
+    assert!(
+        docker(cfg, &["login", &host, "-u", "admin", "-p", ADMIN])
+            .status
+            .success()
+    );
+    let _ = docker(cfg, &["rmi", &tagged]);
+    let pull = docker(cfg, &["pull", &tagged]);
+    assert!(pull.status.success(), "{}", super::text(&pull).1);
+    let inspect = docker(
+        cfg,
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            &tagged,
+        ],
+    );
+    let repo_digests = super::text(&inspect).0;
+    assert!(
+        repo_digests.contains(&digest),
+        "{repo_digests} lacks {digest}"
+    );
+    let _ = docker(cfg, &["rmi", &tagged, &format!("{host}/team/app:latest")]);
+
+    // The stage's registry token is gone with the stage.
+    let tokens = api(&up, &["token", "ls"]);
+    assert!(
+        tokens.as_array().expect("tokens").iter().all(|t| !t["name"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("pipeline:")),
+        "{tokens}"
+    );
+    // The log says it ran natively.
+    let out = slipway()
+        .args(["build", "logs", "team/app", "1", "--step", "publish"])
+        .args(["--server", &up.url, "--token", ADMIN])
+        .output()
+        .expect("logs");
+    assert!(
+        super::text(&out).0.contains("runs natively"),
+        "{}",
+        super::text(&out).0
+    );
+}
