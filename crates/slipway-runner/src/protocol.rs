@@ -93,6 +93,11 @@ pub struct Lease {
     /// it as the secret `slipway_registry_password` (user `slipway_registry_username`).
     #[serde(default)]
     pub registry: Option<RegistryAccess>,
+    /// Whose `cache` volumes the stage mounts (dependency caches kept between builds):
+    /// `repo-<id>` for builds of the repository's own branches and tags, `repo-<id>-pr` for
+    /// pull requests, so an untrusted change never writes what trusted builds read.
+    #[serde(default)]
+    pub cache_scope: Option<String>,
 }
 
 fn yes() -> bool {

@@ -234,8 +234,14 @@ async fn lease_for(
     } else {
         None
     };
+    let cache_scope = if pull_request {
+        format!("repo-{}-pr", repo.id)
+    } else {
+        format!("repo-{}", repo.id)
+    };
     Ok(Lease {
         registry,
+        cache_scope: Some(cache_scope),
         native_plugins: state.config.native_plugins,
         stage_id: stage.id,
         attempt: u32::try_from(stage.attempt).unwrap_or(u32::MAX),
