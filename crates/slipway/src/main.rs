@@ -79,8 +79,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    // Long-running services say what they do (builds, leases, runners) unless told
+    // otherwise; one-shot commands only warn.
+    let serving = matches!(
+        cli.command,
+        Command::Up(_) | Command::Server(_) | Command::Runner(_) | Command::Registry(_)
+    );
+    // sqlx logs every statement at info.
+    init_tracing(if serving { "info,sqlx=warn" } else { "warn" });
     let result = match cli.command {
         Command::Lint(args) => lint::run(args),
         Command::Plan(args) => plan::run(args),
@@ -105,9 +112,9 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr so stdout stays data; `RUST_LOG` tunes them; NO_COLOR is honoured.
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
