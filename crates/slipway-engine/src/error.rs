@@ -58,6 +58,14 @@ pub enum EngineError {
     #[error("pipeline type `{0}` cannot run locally (only `docker` and `exec` pipelines can)")]
     UnsupportedType(String),
 
+    /// A dependency cache (`cache: {}` volume) could not be used.
+    #[error("cache volume `{volume}` (Docker volume {docker_volume}): {reason}")]
+    Cache {
+        volume: String,
+        docker_volume: String,
+        reason: String,
+    },
+
     /// The step asks for something this build may not do or this backend cannot do.
     #[error("step `{step}`: {reason}")]
     StepRefused { step: String, reason: String },

@@ -25,6 +25,8 @@
 //!   image is not on the engine, rather than attempting a pull.
 //! - [`mask`] and [`log`]: [`Masker`] and [`LineSplitter`], output bytes to masked lines.
 //! - [`cleanup`]: ownership labels, [`remove_orphans`].
+//! - [`cache`]: dependency caches (`cache: {}` volumes): the names and labels of the Docker
+//!   volumes that keep them between builds of one [`RunOptions::cache_scope`].
 //!
 //! Invariants:
 //! - **Cleanup.** Every container, network and volume a build creates carries the labels
@@ -36,6 +38,13 @@
 //!   too. If the `run` future itself is dropped, a best-effort sweep is spawned, and what a
 //!   killed process leaves behind is removed by [`remove_orphans`] (also called at the
 //!   start of every [`run`]), which only touches resources of dead processes of this host.
+//!   The one exception is deliberate: the Docker volumes of dependency caches carry
+//!   `io.slipway.managed=true` and `io.slipway.cache=<scope>` but no owner or build label,
+//!   so no cleanup or sweep removes them; they outlive the build (see [`cache`]).
+//! - **Caches.** A cache volume is shared only by builds of the same
+//!   [`RunOptions::cache_scope`], and no name or key a pipeline file chooses can reach
+//!   another scope's volume. It is never a host path, so untrusted builds may use it.
+//!   Without a scope it is a temp volume.
 //! - **Masking.** Every line of output (steps, services, git) and every error text in the
 //!   report goes through the build's [`Masker`], built from all secret values of the build,
 //!   after being split into lines, so a secret split across reads is still masked.
@@ -45,7 +54,8 @@
 //! - **Pre-started steps.** Starting a container costs hundreds of milliseconds (more on a
 //!   user-defined network), so a Docker step with `commands` (not detached, not skipped by
 //!   the plan, wanted by its `run_on` as the pipeline stands, and not mounting a `temp`
-//!   volume, which Docker might fill from the image while it is still empty) is started
+//!   volume or a cache volume its pipeline created, which Docker might fill from the image
+//!   while it is still empty; a cache that existed before is fine) is started
 //!   ahead of time once all its `depends_on` have started, at most two per pipeline at a
 //!   time: image check or pull, container created with its stdin open, attached, started,
 //!   its script blocked in `read` on stdin before anything else. When the step is due it is
@@ -71,6 +81,7 @@
 
 mod abort;
 mod backend;
+pub mod cache;
 pub mod cleanup;
 mod dag;
 mod error;

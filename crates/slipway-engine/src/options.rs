@@ -36,6 +36,13 @@ pub struct RunOptions {
     /// (a short-lived token), whatever `username`/`password` it names. Its password is
     /// masked like a secret.
     pub own_registry: Option<RegistryCredential>,
+    /// Which dependency caches (`cache: {}` volumes) this build reads and writes: builds
+    /// with the same scope share them, builds with another never see them. The server
+    /// gives `repo-<id>` to branch and tag builds and `repo-<id>-pr` to pull requests (so an
+    /// untrusted change cannot fill the caches trusted builds read); `slipway exec` gives
+    /// `local-<hash of the checkout's path>`. `None`: cache volumes are temp volumes (empty,
+    /// removed after the build), with a warning in the log of each step mounting one.
+    pub cache_scope: Option<String>,
 }
 
 /// A registry and the account to push to it with.

@@ -265,6 +265,7 @@ impl Build<'_> {
                     self.options.trusted,
                     self.options.native_plugins,
                     &self.images,
+                    self.options.cache_scope.as_deref(),
                 );
                 self.run_with(&backend, pipeline, &workspace, abort).await
             }

@@ -246,6 +246,7 @@ fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> 
                 username: r.username.clone(),
                 password: r.password.clone(),
             }),
+        cache_scope: lease.cache_scope.clone(),
     }
 }
 

@@ -196,7 +196,9 @@ fn compile_build(ctx: &BuildContext, file: Result<(String, String), String>) -> 
         .iter()
         .map(|p| NewStage {
             name: p.name.clone(),
-            status: if p.skipped {
+            // A stage that depends on nothing sees a build that is not failing: its
+            // `trigger: status` is decided now, so settling never has to read its plan.
+            status: if p.skipped || (p.depends_on.is_empty() && !p.run_on.success) {
                 Status::Skipped
             } else {
                 Status::Pending
@@ -281,13 +283,21 @@ pub async fn cancel(state: &Arc<AppState>, build: &Build) -> Result<(), BuildErr
 /// (skipped), and finishes the build once every stage is done. Idempotent.
 pub async fn settle(state: &Arc<AppState>, build_id: i64) -> Result<(), BuildError> {
     loop {
-        let stages = state.store.stages(build_id).await?;
+        // Plans are only read for the few stages whose `run_on` must be decided now.
+        let stages = state.store.stage_states(build_id).await?;
         let mut changed = false;
         for stage in stages.iter().filter(|s| s.status == Status::Pending) {
+            if stage.depends_on.is_empty() {
+                // Decided when the build was created (see `compile_build`).
+                continue;
+            }
             let Some(failed) = dependencies_outcome(&stages, stage) else {
                 continue;
             };
-            let run_on = run_on_of(stage);
+            let Some(full) = state.store.stage(stage.id).await? else {
+                continue;
+            };
+            let run_on = run_on_of(&full);
             let runs = if failed {
                 run_on.failure
             } else {

@@ -87,10 +87,40 @@ pub fn labels_match(wanted: &BTreeMap<String, String>, labels: &BTreeMap<String,
     wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// Pending stages are read in pages of this many, oldest first, until one is leased: the
+/// oldest page nearly always has a stage this runner can take.
+const PAGE: i64 = 32;
+/// A poll looks at no more pending stages than this.
+const MAX_SCANNED: usize = 4096;
+
 async fn try_lease(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Lease>, QueueError> {
-    let pending = state.store.pending_stages(500).await?;
+    let mut after = 0;
+    let mut scanned = 0;
     let mut build_stages: BTreeMap<i64, Vec<Stage>> = BTreeMap::new();
-    for stage in pending {
+    let mut repos: BTreeMap<i64, Option<crate::store::Repo>> = BTreeMap::new();
+    loop {
+        let page = state.store.pending_stages(after, PAGE).await?;
+        let full = page.len() as i64 == PAGE;
+        scanned += page.len();
+        after = page.last().map_or(after, |s| s.id);
+        if let Some(lease) = lease_from(state, runner, page, &mut build_stages, &mut repos).await? {
+            return Ok(Some(lease));
+        }
+        if !full || scanned >= MAX_SCANNED {
+            return Ok(None);
+        }
+    }
+}
+
+/// The first stage of `page` this runner may run, leased.
+async fn lease_from(
+    state: &Arc<AppState>,
+    runner: &Runner,
+    page: Vec<Stage>,
+    build_stages: &mut BTreeMap<i64, Vec<Stage>>,
+    repos: &mut BTreeMap<i64, Option<crate::store::Repo>>,
+) -> Result<Option<Lease>, QueueError> {
+    for stage in page {
         if !labels_match(&stage.labels, &runner.labels) {
             continue;
         }
@@ -102,14 +132,20 @@ async fn try_lease(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Leas
             let siblings = match build_stages.entry(stage.build_id) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(state.store.stages(stage.build_id).await?)
+                    e.insert(state.store.stage_states(stage.build_id).await?)
                 }
             };
             if builds::dependencies_outcome(siblings, &stage).is_none() {
                 continue;
             }
         }
-        let Some(repo) = state.store.repo(stage.repo_id).await? else {
+        let repo = match repos.entry(stage.repo_id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(state.store.repo(stage.repo_id).await?)
+            }
+        };
+        let Some(repo) = repo.clone() else {
             continue;
         };
         if repo.max_running > 0 && state.store.running_count(repo.id).await? >= repo.max_running {
@@ -307,12 +343,10 @@ async fn pipeline_registry_access(
 
 /// Revokes the registry tokens of a stage (every attempt), once it stops running.
 pub async fn revoke_pipeline_tokens(state: &AppState, stage_id: i64) -> Result<(), StoreError> {
-    let prefix = format!("pipeline:{stage_id}:");
-    for token in state.store.tokens().await? {
-        if token.name.starts_with(&prefix) {
-            state.store.delete_token(token.id).await?;
-        }
-    }
+    state
+        .store
+        .delete_tokens_named(&format!("pipeline:{stage_id}:"))
+        .await?;
     Ok(())
 }
 
@@ -328,7 +362,7 @@ async fn leased(
         stage: stage_id,
         attempt,
     };
-    let Some(stage) = state.store.stage(stage_id).await? else {
+    let Some(stage) = state.store.stage_state(stage_id).await? else {
         return Err(lost);
     };
     if stage.status != Status::Running
@@ -442,8 +476,10 @@ pub async fn events(
             }
         }
     }
-    let cancel = heartbeat(state, stage_id, batch.runner_id, batch.attempt).await?;
-    Ok(BatchAck { cancel })
+    // Heartbeats renew the lease; a batch only reads it, so logs cost no extra writes.
+    Ok(BatchAck {
+        cancel: stage.cancel_requested,
+    })
 }
 
 /// Publishes the step as stored now (an update carries only what changed: a finish has no
@@ -478,7 +514,7 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
             now,
         )
         .await?;
-    let Some(stage) = state.store.stage(stage_id).await? else {
+    let Some(stage) = state.store.stage_state(stage_id).await? else {
         return Err(QueueError::LeaseLost {
             stage: stage_id,
             attempt,

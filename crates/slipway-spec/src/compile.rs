@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::context::BuildContext;
 use crate::diagnostic::{self, Diagnostic};
 use crate::envsubst;
-use crate::model::{Config, EnvValue, Named, Pipeline, SettingValue, Step};
+use crate::model::{Config, EnvValue, Named, Pipeline, SettingValue, Step, VolumeKind};
 use crate::parse::parse;
 use crate::plan::{
     ClonePlan, PipelinePlan, PipelineType, Plan, SecretEnv, StepPlan, VolumeMount, VolumePlan,
@@ -176,6 +176,19 @@ fn validate_pipeline(p: &Pipeline, diags: &mut Vec<Diagnostic>) {
                     s.name, p.name, first.line
                 ),
             ));
+        }
+    }
+    if p.kind == PipelineType::Exec {
+        for v in &p.volumes {
+            if matches!(v.kind, VolumeKind::Cache { .. }) {
+                diags.push(Diagnostic::error(
+                    v.pos,
+                    format!(
+                        "volume `{}`: cache volumes need a docker pipeline (pipeline `{}` is `type: exec`, whose steps run on the host)",
+                        v.name, p.name
+                    ),
+                ));
+            }
         }
     }
     let needs_image = matches!(p.kind, PipelineType::Docker);
@@ -398,9 +411,11 @@ fn compile_pipeline(
         .iter()
         .map(|v| VolumePlan {
             name: v.name.clone(),
-            source: match &v.host_path {
-                Some(path) => VolumeSource::Host { path: path.clone() },
-                None => VolumeSource::Temp,
+            source: match &v.kind {
+                VolumeKind::Host(Some(path)) => VolumeSource::Host { path: path.clone() },
+                // A host volume without a path was an error; it never gets here.
+                VolumeKind::Temp | VolumeKind::Host(None) => VolumeSource::Temp,
+                VolumeKind::Cache { key } => VolumeSource::Cache { key: key.clone() },
             },
         })
         .collect();

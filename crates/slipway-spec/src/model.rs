@@ -133,11 +133,26 @@ pub struct Mount {
     pub host_path: Option<String>,
 }
 
+/// A pipeline-level volume (`volumes:` of a 1.x pipeline).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volume {
     pub pos: Pos,
     pub name: String,
-    pub host_path: Option<String>,
+    pub kind: VolumeKind,
+}
+
+/// What a pipeline volume is backed by.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VolumeKind {
+    /// `temp: {}` (and the Kubernetes kinds, treated alike): created for the build, removed
+    /// after it.
+    Temp,
+    /// `host: {path}`: a directory of the runner's host (trusted builds only). `None` when
+    /// the path is missing (an error was reported).
+    Host(Option<String>),
+    /// `cache: {key}`, a Slipway addition: kept between builds of the same repository.
+    /// `key` (after substitution; empty means none) keeps several caches of one name.
+    Cache { key: Option<String> },
 }
 
 /// One condition: a value matches when it matches an include pattern (or there are none)

@@ -117,6 +117,9 @@ const STEP_KEYS_IGNORED: &[&str] = &[
     "group",
 ];
 
+/// Keys of a pipeline volume: its name and one kind (`cache` is a Slipway addition).
+const VOLUME_KEYS: &[&str] = &["name", "temp", "host", "cache"];
+
 const CONDITION_KEYS: &[&str] = &[
     "branch", "event", "ref", "repo", "status", "target", "instance", "cron", "action", "paths",
 ];
@@ -652,7 +655,7 @@ impl Reader {
             let mut vol = Volume {
                 pos: item.pos,
                 name: name.to_owned(),
-                host_path: None,
+                kind: VolumeKind::Temp,
             };
             let mut kinds = 0;
             for (k, v) in self.map(item, "a volume") {
@@ -661,10 +664,17 @@ impl Reader {
                     Some("temp") => kinds += 1,
                     Some("host") => {
                         kinds += 1;
-                        vol.host_path = v.get("path").and_then(Node::as_str).map(str::to_owned);
-                        if vol.host_path.is_none() {
+                        let path = v.get("path").and_then(Node::as_str).map(str::to_owned);
+                        if path.is_none() {
                             self.error(v.pos, format!("host volume `{name}` needs `path`"));
                         }
+                        vol.kind = VolumeKind::Host(path);
+                    }
+                    Some("cache") => {
+                        kinds += 1;
+                        vol.kind = VolumeKind::Cache {
+                            key: self.cache_key(v, name),
+                        };
                     }
                     Some("claim" | "config_map" | "secret") => {
                         kinds += 1;
@@ -679,8 +689,9 @@ impl Reader {
                     _ => self.warn(
                         k.pos,
                         format!(
-                            "unknown key `{}` in volume `{name}`",
-                            k.as_str().unwrap_or("?")
+                            "unknown key `{}` in volume `{name}`{}",
+                            k.as_str().unwrap_or("?"),
+                            suggest(k.as_str().unwrap_or(""), VOLUME_KEYS)
                         ),
                     ),
                 }
@@ -688,12 +699,35 @@ impl Reader {
             if kinds != 1 {
                 self.error(
                     item.pos,
-                    format!("volume `{name}` must have exactly one of `temp` or `host`"),
+                    format!("volume `{name}` must have exactly one of `temp`, `host` or `cache`"),
                 );
             }
             out.push(vol);
         }
         out
+    }
+
+    /// The body of a `cache:` volume: `{}` (or nothing), or `{key: TEXT}`. An empty key (a
+    /// `${VAR}` that was empty) is no key.
+    fn cache_key(&mut self, node: &Node, name: &str) -> Option<String> {
+        let mut key = None;
+        for (k, v) in self.map(node, &format!("cache of volume `{name}`")) {
+            match k.as_str() {
+                Some("key") => key = self.string(v, &format!("cache key of volume `{name}`")),
+                other => {
+                    let other = other.unwrap_or("?");
+                    let hint = match suggest(other, &["key"]) {
+                        hint if hint.is_empty() => " (the only key is `key`)".to_owned(),
+                        hint => hint,
+                    };
+                    self.warn(
+                        k.pos,
+                        format!("unknown key `{other}` in cache of volume `{name}`{hint}"),
+                    );
+                }
+            }
+        }
+        key.filter(|k| !k.is_empty())
     }
 
     fn steps(&mut self, node: &Node, what: &str) -> Vec<Step> {

@@ -88,6 +88,15 @@ pub enum VolumeSource {
     Temp,
     /// A directory of the host (`host: {path: ...}`); only allowed for trusted builds.
     Host { path: String },
+    /// A dependency cache kept between builds of the same repository (`cache: {}`, a
+    /// Slipway addition). The engine backs it with a Docker named volume of the build's
+    /// cache scope (one per repository, another one for pull requests), never a host path,
+    /// so untrusted builds may use it. `key` (after substitution) keeps several caches of
+    /// one name, e.g. one per branch.
+    Cache {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
 }
 
 /// A mount of a pipeline volume into one step.

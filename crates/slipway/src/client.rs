@@ -628,21 +628,42 @@ fn encode(name: &str) -> String {
 
 /// Prints a log stream's lines until its `end`.
 fn follow_log(client: &Client, path: &str) -> Result<()> {
+    use std::io::Write;
+
+    #[derive(serde::Deserialize)]
+    struct Message {
+        kind: String,
+        #[serde(default)]
+        line: String,
+    }
     let resp = client.send(reqwest::Method::GET, path, None)?;
-    let reader = std::io::BufReader::new(resp);
-    for line in reader.lines() {
-        let line = line.context("reading the log stream")?;
-        let Some(data) = line.strip_prefix("data:") else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
-            continue;
-        };
-        match v["kind"].as_str() {
-            Some("line") => println!("{}", v["line"].as_str().unwrap_or_default()),
-            Some("end") => break,
-            _ => {}
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, resp);
+    // Buffered, and flushed whenever no more input is waiting, so a live tail stays live
+    // without a write per line.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader
+            .read_line(&mut line)
+            .context("reading the log stream")?
+            == 0
+        {
+            break;
+        }
+        if let Some(data) = line.trim_end().strip_prefix("data:")
+            && let Ok(m) = serde_json::from_str::<Message>(data.trim_start())
+        {
+            match m.kind.as_str() {
+                "line" => writeln!(out, "{}", m.line).context("writing the log")?,
+                "end" => break,
+                _ => {}
+            }
+        }
+        if reader.buffer().is_empty() {
+            out.flush().context("writing the log")?;
         }
     }
+    out.flush().context("writing the log")?;
     Ok(())
 }

@@ -117,6 +117,10 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
             build_timeout: args.timeout,
             native_plugins: true,
             own_registry: None,
+            // Local runs keep their dependency caches per checkout.
+            cache_scope: Some(slipway_engine::cache::local_scope(
+                &toplevel(&repo_dir).unwrap_or_else(|_| repo_dir.clone()),
+            )),
         };
         slipway_engine::run(&plan, options, sink).await
     })?;

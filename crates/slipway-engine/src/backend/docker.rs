@@ -1,5 +1,7 @@
 //! The Docker backend: one bridge network per pipeline, temp volumes, one container per step
-//! and service, all labelled (see [`crate::cleanup`]) and removed at the end.
+//! and service, all labelled (see [`crate::cleanup`]) and removed at the end; and the
+//! dependency caches of the build's scope (see [`crate::cache`]), created when missing and
+//! never removed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,13 +20,14 @@ use bollard::query_parameters::{
     WaitContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt};
-use slipway_spec::plan::{PipelinePlan, PullPolicy, StepPlan, VolumeSource};
+use slipway_spec::plan::{PipelinePlan, PullPolicy, StepPlan, VolumePlan, VolumeSource};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backend, Role, StepSpec, sanitize};
+use crate::cache;
 use crate::cleanup::{self, LABEL_STEP, is_not_found};
 use crate::error::EngineError;
 use crate::log::{LogStream, StepLog};
@@ -86,6 +89,11 @@ pub(crate) struct DockerBackend<'a> {
     /// fail at once when their image is missing.
     native_plugins: bool,
     images: &'a KnownImages,
+    /// [`crate::RunOptions::cache_scope`]: `None` makes cache volumes temp volumes.
+    cache_scope: Option<&'a str>,
+    /// Names of the pipeline's cache volumes whose Docker volume existed before `setup`
+    /// (filled by an earlier build), so steps mounting them may be pre-started.
+    existing_caches: Mutex<HashSet<String>>,
     created: Mutex<Created>,
     /// Container removals running in the background; each yields the name it removed.
     removals: Mutex<Vec<JoinHandle<Option<String>>>>,
@@ -139,6 +147,7 @@ impl<'a> DockerBackend<'a> {
         trusted: bool,
         native_plugins: bool,
         images: &'a KnownImages,
+        cache_scope: Option<&'a str>,
     ) -> Self {
         DockerBackend {
             docker,
@@ -149,6 +158,8 @@ impl<'a> DockerBackend<'a> {
             trusted,
             native_plugins,
             images,
+            cache_scope,
+            existing_caches: Mutex::default(),
             created: Mutex::default(),
             removals: Mutex::default(),
         }
@@ -190,6 +201,75 @@ impl<'a> DockerBackend<'a> {
 
     fn volume_name(&self, index: usize, name: &str) -> String {
         format!("{}-v{index}-{}", self.prefix(), sanitize(name))
+    }
+
+    /// The Docker volume behind pipeline volume number `index`, for the kinds backed by one:
+    /// a per-build name for temp volumes (and for caches when the build has no cache
+    /// scope), the persistent name of the scope for caches.
+    fn docker_volume(&self, index: usize, volume: &VolumePlan) -> Option<String> {
+        match (&volume.source, self.cache_scope) {
+            (VolumeSource::Temp, _) | (VolumeSource::Cache { .. }, None) => {
+                Some(self.volume_name(index, &volume.name))
+            }
+            (VolumeSource::Cache { key }, Some(scope)) => {
+                Some(cache::volume_name(scope, &volume.name, key.as_deref()))
+            }
+            (VolumeSource::Host { .. }, _) => None,
+        }
+    }
+
+    fn existing_caches(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.existing_caches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes sure the Docker volume of a cache exists (creating it, labelled as a cache of
+    /// this scope and of no build, when missing) and remembers whether it was there
+    /// already. A volume of that name that is not this scope's cache is refused rather
+    /// than mounted.
+    async fn ensure_cache(
+        &self,
+        volume: &VolumePlan,
+        scope: &str,
+        key: Option<&str>,
+        docker_volume: &str,
+    ) -> Result<(), EngineError> {
+        let error = |reason: String| EngineError::Cache {
+            volume: volume.name.clone(),
+            docker_volume: docker_volume.to_string(),
+            reason,
+        };
+        match self.docker.inspect_volume(docker_volume).await {
+            Ok(existing) => {
+                let owner = existing.labels.get(cache::LABEL_CACHE).map(String::as_str);
+                if owner != Some(scope) {
+                    return Err(error(format!(
+                        "a Docker volume of this name exists but is not the cache of scope \
+                         `{scope}` (its {} label is {}); remove it with `docker volume rm \
+                         {docker_volume}`",
+                        cache::LABEL_CACHE,
+                        owner.map_or_else(|| "missing".to_string(), |o| format!("`{o}`"))
+                    )));
+                }
+                self.existing_caches().insert(volume.name.clone());
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => {
+                // Creating an existing volume returns it, so a concurrent build creating the
+                // same cache is fine.
+                self.docker
+                    .create_volume(VolumeCreateRequest {
+                        name: Some(docker_volume.to_string()),
+                        labels: Some(cache::labels(scope, &volume.name, key)),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| error(format!("creating it: {e}")))?;
+                Ok(())
+            }
+            Err(e) => Err(error(format!("inspecting it: {e}"))),
+        }
     }
 
     /// The name of a pre-started container: not the one `start` uses, so that falling back
@@ -238,9 +318,9 @@ impl<'a> DockerBackend<'a> {
                 ));
             };
             match &volume.source {
-                VolumeSource::Temp => mounts.push(Mount {
+                VolumeSource::Temp | VolumeSource::Cache { .. } => mounts.push(Mount {
                     target: Some(wanted.path.clone()),
-                    source: Some(self.volume_name(index, &volume.name)),
+                    source: self.docker_volume(index, volume),
                     typ: Some(MountType::VOLUME),
                     ..Default::default()
                 }),
@@ -394,6 +474,18 @@ impl<'a> DockerBackend<'a> {
             ));
         }
         let (mounts, binds) = self.mounts(step)?;
+        if self.cache_scope.is_none() {
+            for volume in self.pipeline.volumes.iter().filter(|v| {
+                matches!(v.source, VolumeSource::Cache { .. })
+                    && plan.volumes.iter().any(|w| w.name == v.name)
+            }) {
+                note(&format!(
+                    "warning: this run has no cache scope, so cache volume `{}` is a temp \
+                     volume: it starts empty and is removed after the build",
+                    volume.name
+                ));
+            }
+        }
         self.ensure_image(&plan.image, plan.pull, note, abort)
             .await?;
 
@@ -549,13 +641,24 @@ impl Backend for DockerBackend<'_> {
         // a container using it is created. Created early, a step could find a volume still
         // empty that its dependencies were about to write to, and get (or give the others)
         // files it would not have had; so steps mounting `temp` volumes start when due.
-        let mounts_temp_volume = step.volumes.iter().any(|wanted| {
-            self.pipeline
-                .volumes
-                .iter()
-                .any(|v| v.name == wanted.name && v.source == VolumeSource::Temp)
+        // A cache volume that existed before this build was filled (image content included)
+        // at its first use, so Docker copies nothing into it any more and an early start
+        // sees exactly what a late one would (should it still be empty, the worst an early
+        // start does is copy the image's files at the mount point into it a little sooner,
+        // which a cache, disposable by definition, can take). A cache created by this build
+        // is empty, like a temp volume, and so is one without a scope (a temp volume).
+        let existing = self.existing_caches();
+        let mounts_empty_volume = step.volumes.iter().any(|wanted| {
+            self.pipeline.volumes.iter().any(|v| {
+                v.name == wanted.name
+                    && match v.source {
+                        VolumeSource::Temp => true,
+                        VolumeSource::Cache { .. } => !existing.contains(&v.name),
+                        VolumeSource::Host { .. } => false,
+                    }
+            })
         });
-        !step.commands.is_empty() && !mounts_temp_volume
+        !step.commands.is_empty() && !mounts_empty_volume
     }
 
     async fn prepare(
@@ -675,10 +778,15 @@ impl Backend for DockerBackend<'_> {
             .await
             .map_err(|e| EngineError::docker(format!("creating network {network}"), e))?;
         for (index, volume) in self.pipeline.volumes.iter().enumerate() {
-            if volume.source != VolumeSource::Temp {
+            let Some(name) = self.docker_volume(index, volume) else {
+                continue;
+            };
+            if let (VolumeSource::Cache { key }, Some(scope)) = (&volume.source, self.cache_scope) {
+                // Not recorded in `created`, and labelled with no build: it outlives the build.
+                self.ensure_cache(volume, scope, key.as_deref(), &name)
+                    .await?;
                 continue;
             }
-            let name = self.volume_name(index, &volume.name);
             self.created().volumes.push(name.clone());
             self.docker
                 .create_volume(VolumeCreateRequest {

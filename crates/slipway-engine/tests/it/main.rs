@@ -2,6 +2,7 @@
 //! host backend). Each test builds its plan by hand, runs it with its own work directory and
 //! checks, besides its own assertions, that nothing labelled with its build id is left.
 
+mod cache;
 mod clone;
 mod docker;
 mod docker_plugin;

@@ -428,3 +428,83 @@ async fn failed_prestart_falls_back_to_a_normal_start() -> TestResult {
     assert!(first_done.is_some() && first_done < missing_started);
     assert_clean(&report.build_id).await
 }
+
+#[tokio::test]
+async fn steps_mounting_a_cache_are_prestarted_once_the_cache_exists() -> TestResult {
+    let scope = unique_scope("prestart");
+    let scopes = CacheScopes(vec![scope.clone()]);
+    let build = || {
+        let mut fill = after(
+            step(
+                "fill",
+                &[
+                    "cat /deps/marker 2>/dev/null || echo none",
+                    "echo filled > /deps/marker",
+                ],
+            ),
+            &["first"],
+        );
+        fill.volumes.push(VolumeMount {
+            name: "deps".into(),
+            path: "/deps".into(),
+        });
+        let mut p = pipeline("prestart-cache", vec![step("first", &["sleep 2"]), fill]);
+        p.volumes.push(VolumePlan {
+            name: "deps".into(),
+            source: VolumeSource::Cache { key: None },
+        });
+        plan(vec![p])
+    };
+    let work = tempfile::tempdir()?;
+    let mut options = options(work.path());
+    options.cache_scope = Some(scope.clone());
+
+    // The first build creates the cache: empty, like a temp volume, so not pre-started.
+    let watched = run_watching(build(), options.clone(), "prestart-cache", Then::Watch).await?;
+    assert_eq!(
+        watched.report.status,
+        Status::Success,
+        "{:#?}",
+        watched.report
+    );
+    assert!(
+        !watched.prestarted.contains_key("fill"),
+        "{:?}",
+        watched.prestarted
+    );
+    assert_eq!(
+        watched.events.logs("fill"),
+        [
+            "+ cat /deps/marker 2>/dev/null || echo none",
+            "none",
+            "+ echo filled > /deps/marker"
+        ]
+    );
+    assert_clean(&watched.report.build_id).await?;
+
+    // The second finds it filled: pre-started, and it sees what the first build left.
+    let watched = run_watching(build(), options, "prestart-cache", Then::Watch).await?;
+    assert_eq!(
+        watched.report.status,
+        Status::Success,
+        "{:#?}",
+        watched.report
+    );
+    assert!(
+        watched.prestarted.contains_key("fill"),
+        "{:?}",
+        watched.prestarted
+    );
+    assert_eq!(
+        watched.events.logs("fill"),
+        [
+            "+ cat /deps/marker 2>/dev/null || echo none",
+            "filled",
+            "+ echo filled > /deps/marker"
+        ]
+    );
+    assert_clean(&watched.report.build_id).await?;
+    drop(scopes);
+    assert!(CacheScopes(vec![scope]).volumes().is_empty());
+    Ok(())
+}

@@ -90,6 +90,7 @@ pub fn options(work_root: &Path) -> RunOptions {
         build_timeout: None,
         native_plugins: true,
         own_registry: None,
+        cache_scope: None,
     }
 }
 
@@ -213,4 +214,58 @@ pub fn assert_work_root_empty(work_root: &Path) -> TestResult {
     let left: Vec<_> = std::fs::read_dir(work_root)?.collect::<Result<_, _>>()?;
     assert!(left.is_empty(), "work root still holds {left:?}");
     Ok(())
+}
+
+/// A cache scope no other test (or earlier run) uses.
+pub fn unique_scope(tag: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "test-{tag}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes every cache volume of the given scopes when dropped, so a failing test leaves
+/// none behind either (the engine itself never removes them).
+pub struct CacheScopes(pub Vec<String>);
+
+impl CacheScopes {
+    /// The cache volumes of these scopes that exist now.
+    pub fn volumes(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for scope in &self.0 {
+            let out = std::process::Command::new("docker")
+                .args(["volume", "ls", "-q", "--filter"])
+                .arg(format!(
+                    "label={}={scope}",
+                    slipway_engine::cache::LABEL_CACHE
+                ))
+                .output()
+                .expect("docker runs");
+            names.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        names
+    }
+}
+
+impl Drop for CacheScopes {
+    fn drop(&mut self) {
+        let volumes = self.volumes();
+        if !volumes.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["volume", "rm", "-f"])
+                .args(&volumes)
+                .output();
+        }
+    }
 }

@@ -329,7 +329,9 @@ fn apply(record: &mut Record, batch: EventBatch) -> Result<(), String> {
                     }
                 }
             }
-            StageEvent::StepStarted { .. } | StageEvent::StepFinished { .. } => {
+            StageEvent::StepStarted { .. }
+            | StageEvent::StepFinished { .. }
+            | StageEvent::Artifact { .. } => {
                 if !record.steps.contains(&event) {
                     record.steps.push(event);
                 }

@@ -59,6 +59,7 @@ async fn a_stage_streams_every_line_once_in_order_then_reports_success() {
                 ("finished", step.as_str(), Some(*status))
             }
             StageEvent::Log { .. } => ("log", "", None),
+            StageEvent::Artifact { .. } => ("artifact", "", None),
         })
         .collect();
     assert_eq!(
@@ -94,7 +95,7 @@ async fn a_stage_streams_every_line_once_in_order_then_reports_success() {
             StageEvent::StepStarted { time, .. } | StageEvent::StepFinished { time, .. } => {
                 Some(*time)
             }
-            StageEvent::Log { .. } => None,
+            StageEvent::Log { .. } | StageEvent::Artifact { .. } => None,
         })
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");

@@ -71,6 +71,9 @@ pub fn lease(plan: Plan, workspace: WorkspaceSpec) -> Lease {
         trusted: false,
         step_timeout_secs: None,
         stage_timeout_secs: Some(300),
+        native_plugins: true,
+        registry: None,
+        cache_scope: None,
     }
 }
 

@@ -81,7 +81,12 @@ pub async fn poll(
     let runner = state.store.runner(req.runner_id).await?.ok_or_else(|| {
         ApiError::not_found(format!("runner {} is not registered", req.runner_id))
     })?;
-    state.store.touch_runner(runner.id, crate::now_ms()).await?;
+    let now = crate::now_ms();
+    // `last_seen` is for the runners page: a few seconds stale is fine, a write per poll
+    // is not.
+    if now - runner.last_seen > 5_000 {
+        state.store.touch_runner(runner.id, now).await?;
+    }
     match queue::poll(&state, &runner).await? {
         Some(lease) => Ok(Json(lease).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),

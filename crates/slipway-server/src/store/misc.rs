@@ -170,6 +170,18 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Deletes every token whose name starts with `prefix`; how many.
+    pub async fn delete_tokens_named(&self, prefix: &str) -> Result<u64> {
+        // `LIKE` would treat `_` and `%` in the prefix as wildcards; `substr` does not.
+        let done = sqlx::query(
+            "DELETE FROM tokens WHERE substr(name, 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT)",
+        )
+        .bind(prefix)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     // ---------------------------------------------------------------- artifacts
 
     pub async fn add_artifact(

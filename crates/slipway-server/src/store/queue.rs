@@ -31,17 +31,51 @@ impl Store {
             .transpose()
     }
 
-    /// Pending stages, oldest (lowest id) first, at most `limit`, *without their plans*
-    /// (`plan` is `null`): every poll reads this list and needs only the rest to choose;
-    /// [`Store::lease_stage`] returns the chosen stage whole.
-    pub async fn pending_stages(&self, limit: i64) -> Result<Vec<Stage>> {
+    /// One stage *without its plan* (`plan` is `null`): what checking a lease needs, read
+    /// for every batch a runner sends.
+    pub async fn stage_state(&self, id: i64) -> Result<Option<Stage>> {
+        sqlx::query(
+            "SELECT id, build_id, repo_id, number, name, status, depends_on, labels, \
+             'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
+             created, started, finished \
+             FROM stages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(rows::stage)
+        .transpose()
+    }
+
+    /// A build's stages by number, *without their plans* (`plan` is `null`): what deciding
+    /// dependencies and the build's end needs, read after every stage that finishes.
+    pub async fn stage_states(&self, build_id: i64) -> Result<Vec<Stage>> {
         let rows = sqlx::query(
             "SELECT id, build_id, repo_id, number, name, status, depends_on, labels, \
              'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
              created, started, finished \
-             FROM stages WHERE status = 'pending' ORDER BY id LIMIT $1",
+             FROM stages WHERE build_id = $1 ORDER BY number",
+        )
+        .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows::all(&rows, rows::stage)
+    }
+
+    /// Pending stages after id `after`, oldest (lowest id) first, at most `limit`, *without
+    /// their plans*
+    /// (`plan` is `null`): every poll reads this list and needs only the rest to choose;
+    /// [`Store::lease_stage`] returns the chosen stage whole.
+    pub async fn pending_stages(&self, after: i64, limit: i64) -> Result<Vec<Stage>> {
+        let rows = sqlx::query(
+            "SELECT id, build_id, repo_id, number, name, status, depends_on, labels, \
+             'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
+             created, started, finished \
+             FROM stages WHERE status = 'pending' AND id > $2 ORDER BY id LIMIT $1",
         )
         .bind(limit.max(0))
+        .bind(after)
         .fetch_all(&self.pool)
         .await?;
         rows::all(&rows, rows::stage)

@@ -530,7 +530,7 @@ async fn build_with_error_and_skipped_stage(db: &TestDb) {
     assert_eq!(stages[0].finished, None);
     assert_eq!(stages[1].status, Status::Skipped);
     assert_eq!(stages[1].finished, Some(stages[1].created));
-    let pending = store.pending_stages(10).await.expect("pending");
+    let pending = store.pending_stages(0, 10).await.expect("pending");
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, stages[0].id);
 }
@@ -823,7 +823,7 @@ async fn lease_has_exactly_one_winner(db: &TestDb) {
     let running = store.running_stages().await.expect("running");
     assert_eq!(running.len(), 1);
     assert_eq!(running[0].id, stage_id);
-    let pending = store.pending_stages(10).await.expect("pending");
+    let pending = store.pending_stages(0, 10).await.expect("pending");
     assert_eq!(pending.len(), 1);
     assert_ne!(pending[0].id, stage_id);
 }

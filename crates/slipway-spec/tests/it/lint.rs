@@ -170,3 +170,77 @@ fn exec_pipelines_need_commands_not_images() {
         ]
     );
 }
+
+#[test]
+fn cache_volumes_lint_clean_and_unknown_cache_keys_are_warnings() {
+    let text = "\
+kind: pipeline
+name: a
+volumes:
+  - name: deps
+    cache: {}
+  - name: cargo
+    cache: {key: main, kee: x}
+  - name: npm
+    cache:
+steps:
+  - name: s
+    image: x
+    volumes: [{name: deps, path: /root/.cargo/registry}]
+";
+    assert_eq!(
+        rendered(text),
+        ["f.yml:7:24: warning: unknown key `kee` in cache of volume `cargo` (did you mean `key`?)"]
+    );
+}
+
+#[test]
+fn bad_cache_volumes_are_errors_with_position() {
+    let text = "\
+kind: pipeline
+name: a
+volumes:
+  - {name: two, temp: {}, cache: {}}
+  - {name: listed, cache: [x]}
+  - {name: keyed, cache: {key: [a, b]}}
+  - {name: odd, cache: {path: /x}}
+steps: [{name: s, image: x}]
+";
+    assert_eq!(
+        rendered(text),
+        [
+            "f.yml:4:5: error: volume `two` must have exactly one of `temp`, `host` or `cache`",
+            "f.yml:5:27: error: cache of volume `listed` must be a mapping, found a list",
+            "f.yml:6:32: error: cache key of volume `keyed` must be text, found a list",
+            "f.yml:7:25: warning: unknown key `path` in cache of volume `odd` (the only key is `key`)",
+        ]
+    );
+}
+
+#[test]
+fn cache_volumes_need_a_docker_pipeline() {
+    let text = "\
+kind: pipeline
+type: exec
+name: host
+volumes:
+  - name: deps
+    cache: {}
+steps:
+  - name: s
+    commands: [ls]
+    volumes: [{name: deps, path: /deps}]
+";
+    let diags = lint(text);
+    let errors: Vec<String> = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.render("f.yml"))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "f.yml:5:5: error: volume `deps`: cache volumes need a docker pipeline (pipeline `host` is `type: exec`, whose steps run on the host)"
+        ]
+    );
+}

@@ -399,3 +399,60 @@ steps:
     assert_eq!(json["pipelines"][0]["steps"][0]["pull"], "always");
     assert_eq!(json["pipelines"][0]["type"], "docker");
 }
+
+#[test]
+fn cache_volumes_in_the_plan() {
+    let text = "\
+kind: pipeline
+name: a
+volumes:
+  - {name: deps, cache: {}}
+  - {name: branch, cache: {key: \"${DRONE_BRANCH}\"}}
+  - {name: tagged, cache: {key: \"${DRONE_TAG}\"}}
+steps:
+  - name: s
+    image: x
+    volumes:
+      - {name: deps, path: /root/.cargo/registry}
+      - {name: branch, path: /drone/src/node_modules}
+";
+    use slipway_spec::plan::VolumeSource;
+    let p = plan(text, &push("feature/x"));
+    let pipeline = &p.pipelines[0];
+    let sources: Vec<(&str, &VolumeSource)> = pipeline
+        .volumes
+        .iter()
+        .map(|v| (v.name.as_str(), &v.source))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("deps", &VolumeSource::Cache { key: None }),
+            (
+                "branch",
+                &VolumeSource::Cache {
+                    key: Some("feature/x".into())
+                }
+            ),
+            // An empty key (no tag on a push) is no key.
+            ("tagged", &VolumeSource::Cache { key: None }),
+        ]
+    );
+    let s = step(pipeline, "s");
+    assert_eq!(s.volumes[1].name, "branch");
+    assert_eq!(s.volumes[1].path, "/drone/src/node_modules");
+
+    let json = serde_json::to_value(&p).expect("serializes");
+    let volumes = &json["pipelines"][0]["volumes"];
+    assert_eq!(
+        volumes[0],
+        serde_json::json!({"name": "deps", "kind": "cache"})
+    );
+    assert_eq!(
+        volumes[1],
+        serde_json::json!({"name": "branch", "kind": "cache", "key": "feature/x"})
+    );
+    // And back: a plan read from JSON (the runner's lease) is the same plan.
+    let back: slipway_spec::Plan = serde_json::from_value(json).expect("deserializes");
+    assert_eq!(back, p);
+}
