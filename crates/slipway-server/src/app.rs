@@ -57,6 +57,10 @@ pub struct AppState {
     pub runner_token: String,
     /// The host part of `public_url` (`DRONE_SYSTEM_HOST`, registry host).
     pub host: String,
+    /// API tokens recently checked.
+    pub tokens: auth::TokenCache,
+    /// Stages holding a registry token right now (so only they pay for revoking it).
+    pub tokened_stages: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 /// An opened server.
@@ -131,6 +135,27 @@ impl Server {
             tracing::info!("{extended} stages were running: waiting for their runners");
         }
 
+        // Registry tokens of stages that were running when the server stopped stay until
+        // those stages end; any others are left over from a crash and are revoked now.
+        let running: std::collections::HashSet<i64> =
+            store.running_stages().await?.iter().map(|s| s.id).collect();
+        let mut tokened = std::collections::HashSet::new();
+        for token in store.tokens().await? {
+            let Some(stage) = token
+                .name
+                .strip_prefix("pipeline:")
+                .and_then(|rest| rest.split(':').next())
+                .and_then(|id| id.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if running.contains(&stage) {
+                tokened.insert(stage);
+            } else {
+                store.delete_token(token.id).await?;
+            }
+        }
+
         let state = Arc::new(AppState {
             config,
             store,
@@ -144,6 +169,8 @@ impl Server {
             registry,
             runner_token,
             host,
+            tokens: auth::TokenCache::default(),
+            tokened_stages: std::sync::Mutex::new(tokened),
         });
         Ok(Server {
             state,

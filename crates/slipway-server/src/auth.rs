@@ -53,6 +53,47 @@ pub async fn check(store: &Store, presented: &str) -> Option<Token> {
     }
 }
 
+/// Tokens recently checked, so the API does not ask the database on every request (a
+/// runner's stage makes several). An entry lives [`TokenCache::TTL`]; deleting a token
+/// clears the cache, so a revoked token stops working at once.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Token, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// [`check`], answered from the cache when it can be.
+    pub async fn check(&self, store: &Store, presented: &str) -> Option<Token> {
+        let key = hash(presented);
+        if let Some((token, at)) = self.lock().get(&key)
+            && at.elapsed() < Self::TTL
+        {
+            return Some(token.clone());
+        }
+        let token = check(store, presented).await?;
+        let mut entries = self.lock();
+        if entries.len() > 10_000 {
+            entries.clear();
+        }
+        entries.insert(key, (token.clone(), std::time::Instant::now()));
+        Some(token)
+    }
+
+    /// Forgets every entry (after a token was deleted).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Token, std::time::Instant)>>
+    {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Makes sure a token with this secret exists (for `--admin-token` and friends).
 pub async fn ensure(
     store: &Store,

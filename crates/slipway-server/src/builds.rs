@@ -283,7 +283,12 @@ pub async fn cancel(state: &Arc<AppState>, build: &Build) -> Result<(), BuildErr
 /// (skipped), and finishes the build once every stage is done. Idempotent.
 pub async fn settle(state: &Arc<AppState>, build_id: i64) -> Result<(), BuildError> {
     loop {
-        // Plans are only read for the few stages whose `run_on` must be decided now.
+        // Plans are only read for the few stages whose `run_on` must be decided now, and
+        // the stage list only when a dependent stage waits or the build may be done.
+        let (open, dependents) = state.store.open_stage_counts(build_id).await?;
+        if open > 0 && dependents == 0 {
+            return Ok(());
+        }
         let stages = state.store.stage_states(build_id).await?;
         let mut changed = false;
         for stage in stages.iter().filter(|s| s.status == Status::Pending) {
@@ -411,7 +416,11 @@ pub async fn publish_stage(state: &AppState, stage: &Stage, status: Status) {
         status,
         attempt: stage.attempt,
     });
-    // Steps may have changed with it (skipped, killed).
+    // Steps may have changed with it (skipped, killed, reset for another attempt); a
+    // stage that just started has not touched them.
+    if status == Status::Running {
+        return;
+    }
     if let Ok(steps) = state.store.steps(stage.id).await {
         for step in steps {
             state.events.publish(ServerEvent::Step {

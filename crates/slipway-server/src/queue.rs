@@ -162,16 +162,16 @@ async fn lease_from(
         };
         match lease_for(state, &repo, &leased).await {
             Ok(lease) => {
-                if let Some(build) = state.store.build(leased.build_id).await?
+                if let Some(mut build) = state.store.build(leased.build_id).await?
                     && build.status == Status::Pending
                 {
                     state
                         .store
                         .set_build_status(build.id, Status::Running, Some(now), None)
                         .await?;
-                    if let Some(build) = state.store.build(build.id).await? {
-                        builds::publish_build(state, &build);
-                    }
+                    build.status = Status::Running;
+                    build.started = build.started.or(Some(now));
+                    builds::publish_build(state, &build);
                 }
                 builds::publish_stage(state, &leased, Status::Running).await;
                 tracing::info!(
@@ -334,6 +334,11 @@ async fn pipeline_registry_access(
             crate::now_ms(),
         )
         .await?;
+    state
+        .tokened_stages
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(stage.id);
     Ok(RegistryAccess {
         host: state.host.clone(),
         username: format!("pipeline-{}", stage.id),
@@ -343,10 +348,18 @@ async fn pipeline_registry_access(
 
 /// Revokes the registry tokens of a stage (every attempt), once it stops running.
 pub async fn revoke_pipeline_tokens(state: &AppState, stage_id: i64) -> Result<(), StoreError> {
-    state
-        .store
-        .delete_tokens_named(&format!("pipeline:{stage_id}:"))
-        .await?;
+    let had = state
+        .tokened_stages
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&stage_id);
+    if had {
+        state
+            .store
+            .delete_tokens_named(&format!("pipeline:{stage_id}:"))
+            .await?;
+        state.tokens.clear();
+    }
     Ok(())
 }
 
@@ -415,7 +428,16 @@ pub async fn events(
                     finished: None,
                 };
                 state.store.update_step(stage.id, &step, &update).await?;
-                publish_step(state, &stage, &step).await?;
+                // A start is all the step has so far: no need to read it back.
+                state.events.publish(ServerEvent::Step {
+                    build_id: stage.build_id,
+                    stage: stage.number,
+                    step,
+                    status: Status::Running,
+                    exit_code: None,
+                    started: Some(time),
+                    finished: None,
+                });
             }
             StageEvent::Log {
                 step,

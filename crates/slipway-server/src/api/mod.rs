@@ -214,7 +214,9 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// The stored token behind the request's token, whatever its scope.
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Token, ApiError> {
     let presented = presented_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-    auth::check(&state.store, &presented)
+    state
+        .tokens
+        .check(&state.store, &presented)
         .await
         .ok_or_else(ApiError::unauthorized)
 }

@@ -628,7 +628,9 @@ pub async fn delete_token(
     _admin: Admin,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    if state.store.delete_token(id).await? {
+    let deleted = state.store.delete_token(id).await?;
+    state.tokens.clear();
+    if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no token {id}")))

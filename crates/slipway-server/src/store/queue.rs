@@ -48,6 +48,21 @@ impl Store {
         .transpose()
     }
 
+    /// Of a build's stages: how many are not done, and how many of those are pending with
+    /// a `depends_on` (waiting on other stages).
+    pub async fn open_stage_counts(&self, build_id: i64) -> Result<(i64, i64)> {
+        let row: (i64, i64) = sqlx::query_as(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN status IN ('pending', 'running') THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN status = 'pending' AND depends_on <> '[]' THEN 1 ELSE 0 END), 0) \
+             FROM stages WHERE build_id = $1",
+        )
+        .bind(build_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
     /// A build's stages by number, *without their plans* (`plan` is `null`): what deciding
     /// dependencies and the build's end needs, read after every stage that finishes.
     pub async fn stage_states(&self, build_id: i64) -> Result<Vec<Stage>> {
