@@ -150,8 +150,22 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
     Ok(sse(rx))
 }
 
+/// One log line as an SSE message. Serialised from a borrowed struct rather than a
+/// `serde_json::Value`: a chatty step sends hundreds of thousands of these.
 fn log_line(seq: u64, line: String) -> Event {
-    data(&json!({"kind": "line", "seq": seq, "line": line}))
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        kind: &'static str,
+        seq: u64,
+        line: &'a str,
+    }
+    let text = serde_json::to_string(&Line {
+        kind: "line",
+        seq,
+        line: &line,
+    })
+    .unwrap_or_default();
+    Event::default().data(text)
 }
 
 /// Sends the lines of a complete log not sent yet, then `end`.
