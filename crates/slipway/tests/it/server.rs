@@ -693,6 +693,17 @@ fn plugins_docker_pushes_to_the_built_in_registry_with_a_pipeline_token() {
     );
     let _ = docker(cfg, &["rmi", &tagged, &format!("{host}/team/app:latest")]);
 
+    // The build page lists the image, linked to its registry page.
+    let page = reqwest::blocking::Client::new()
+        .get(format!("{}/repos/team/app/builds/1", up.url))
+        .header("Cookie", format!("slipway_token={ADMIN}"))
+        .send()
+        .expect("build page")
+        .text()
+        .expect("page text");
+    assert!(page.contains("href=\"/registry/team/app\""), "{page}");
+    assert!(page.contains(&tagged), "{page}");
+
     // The stage's registry token is gone with the stage.
     let tokens = api(&up, &["token", "ls"]);
     assert!(
