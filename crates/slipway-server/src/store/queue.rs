@@ -9,6 +9,12 @@ use slipway_engine::Status;
 use super::rows;
 use super::{Result, Stage, Step, StepUpdate, Store};
 
+/// A stage row without its plan (`plan` reads as `null`): what the queue's frequent reads
+/// need, at a fraction of the bytes.
+const STAGE_STATE: &str = "SELECT id, build_id, repo_id, number, name, status, depends_on, \
+     labels, 'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
+     created, started, finished FROM stages";
+
 impl Store {
     // ---------------------------------------------------------------- stages
 
@@ -34,18 +40,13 @@ impl Store {
     /// One stage *without its plan* (`plan` is `null`): what checking a lease needs, read
     /// for every batch a runner sends.
     pub async fn stage_state(&self, id: i64) -> Result<Option<Stage>> {
-        sqlx::query(
-            "SELECT id, build_id, repo_id, number, name, status, depends_on, labels, \
-             'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
-             created, started, finished \
-             FROM stages WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(rows::stage)
-        .transpose()
+        sqlx::query(&format!("{STAGE_STATE} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::stage)
+            .transpose()
     }
 
     /// Of a build's stages: how many are not done, and how many of those are pending with
@@ -66,12 +67,9 @@ impl Store {
     /// A build's stages by number, *without their plans* (`plan` is `null`): what deciding
     /// dependencies and the build's end needs, read after every stage that finishes.
     pub async fn stage_states(&self, build_id: i64) -> Result<Vec<Stage>> {
-        let rows = sqlx::query(
-            "SELECT id, build_id, repo_id, number, name, status, depends_on, labels, \
-             'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
-             created, started, finished \
-             FROM stages WHERE build_id = $1 ORDER BY number",
-        )
+        let rows = sqlx::query(&format!(
+            "{STAGE_STATE} WHERE build_id = $1 ORDER BY number"
+        ))
         .bind(build_id)
         .fetch_all(&self.pool)
         .await?;
@@ -83,12 +81,9 @@ impl Store {
     /// (`plan` is `null`): every poll reads this list and needs only the rest to choose;
     /// [`Store::lease_stage`] returns the chosen stage whole.
     pub async fn pending_stages(&self, after: i64, limit: i64) -> Result<Vec<Stage>> {
-        let rows = sqlx::query(
-            "SELECT id, build_id, repo_id, number, name, status, depends_on, labels, \
-             'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
-             created, started, finished \
-             FROM stages WHERE status = 'pending' AND id > $2 ORDER BY id LIMIT $1",
-        )
+        let rows = sqlx::query(&format!(
+            "{STAGE_STATE} WHERE status = 'pending' AND id > $2 ORDER BY id LIMIT $1"
+        ))
         .bind(limit.max(0))
         .bind(after)
         .fetch_all(&self.pool)

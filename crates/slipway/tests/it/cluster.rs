@@ -15,7 +15,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::exec::owned_by;
 use super::server::{ADMIN, Delivery, deliver, github_push, head, sign};
-use super::{git_repo, slipway, test_image};
+use super::{slipway, test_image};
 
 const RUNNER_TOKEN: &str = "test-runner-token-0123456789abcdef";
 
@@ -216,32 +216,11 @@ fn numbered(log: &str) -> Vec<u32> {
         .collect()
 }
 
-/// A bare repository holding `.drone.yml` (and the work tree it was cloned from); its
-/// `file://` URL.
-struct Repo {
-    _work: tempfile::TempDir,
-    _bare: tempfile::TempDir,
-    work_path: std::path::PathBuf,
-    clone_url: String,
-}
+type Repo = super::ServedRepo;
 
+/// A served repository holding `.drone.yml`.
 fn bare_repo(pipeline: &str) -> Repo {
-    let work = git_repo(&[(".drone.yml", pipeline)]);
-    let bare = tempfile::tempdir().expect("tempdir");
-    let bare_path = bare.path().join("app.git");
-    let status = Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(work.path())
-        .arg(&bare_path)
-        .status()
-        .expect("git clone --bare");
-    assert!(status.success(), "git clone --bare failed");
-    Repo {
-        work_path: work.path().to_owned(),
-        clone_url: format!("file://{}", bare_path.display()),
-        _work: work,
-        _bare: bare,
-    }
+    super::served_repo(&[(".drone.yml", pipeline)])
 }
 
 /// A step printing `line 1` … `line N`, one every `pause` seconds.
@@ -267,7 +246,7 @@ fn cluster_runners_get_only_stages_matching_their_labels() {
         ));
     }
     let repo = bare_repo(&pipeline);
-    let sha = head(&repo.work_path);
+    let sha = head(repo.work.path());
     let data = tempfile::tempdir().expect("data dir");
     let work_a = tempfile::tempdir().expect("runner a work dir");
     let work_b = tempfile::tempdir().expect("runner b work dir");

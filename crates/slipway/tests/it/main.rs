@@ -68,6 +68,33 @@ pub fn git_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// A git repository of `files` and a bare clone of it, which Slipway is given as a
+/// `file://` clone URL (as a git host would serve it).
+#[derive(Debug)]
+pub struct ServedRepo {
+    pub work: tempfile::TempDir,
+    _bare: tempfile::TempDir,
+    pub clone_url: String,
+}
+
+pub fn served_repo(files: &[(&str, &str)]) -> ServedRepo {
+    let work = git_repo(files);
+    let bare = tempfile::tempdir().expect("temp dir");
+    let bare_path = bare.path().join("app.git");
+    let status = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(work.path())
+        .arg(&bare_path)
+        .status()
+        .expect("git clone --bare");
+    assert!(status.success(), "git clone --bare failed");
+    ServedRepo {
+        clone_url: format!("file://{}", bare_path.display()),
+        work,
+        _bare: bare,
+    }
+}
+
 pub fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .arg("-C")

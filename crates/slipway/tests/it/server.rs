@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use super::{git, git_repo, slipway, test_image};
+use super::{git, slipway, test_image};
 
 pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
@@ -257,17 +257,9 @@ fn push_to_build(extra: &[&str]) {
     let pipeline = format!(
         "kind: pipeline\nname: default\nsteps:\n- name: greet\n  image: {image}\n  commands:\n  - echo hello from $DRONE_REPO at $DRONE_COMMIT_SHA\n  - echo build $DRONE_BUILD_NUMBER on $DRONE_BRANCH\n  - test -f app.txt && cat app.txt\n"
     );
-    let work = git_repo(&[(".drone.yml", &pipeline), ("app.txt", "the app\n")]);
-    let bare = tempfile::tempdir().expect("tempdir");
-    let bare_path = bare.path().join("app.git");
-    let status = Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(work.path())
-        .arg(&bare_path)
-        .status()
-        .expect("git clone --bare");
-    assert!(status.success());
-    let clone_url = format!("file://{}", bare_path.display());
+    let repo = super::served_repo(&[(".drone.yml", &pipeline), ("app.txt", "the app\n")]);
+    let work = &repo.work;
+    let clone_url = repo.clone_url.clone();
     let sha = head(work.path());
 
     let (standin, posted, _standin_thread) = github_standin();
@@ -628,22 +620,14 @@ fn plugins_docker_pushes_to_the_built_in_registry_with_a_pipeline_token() {
         "kind: pipeline\nname: default\nsteps:\n- name: compile\n  image: {image}\n  commands:\n  - mkdir -p dist\n  - echo built $DRONE_COMMIT_SHA > dist/app.txt\n- name: publish\n  image: plugins/docker\n  settings:\n    repo: team/app\n    tags:\n    - latest\n    - ${{DRONE_BRANCH}}-${{DRONE_BUILD_NUMBER}}\n"
     );
     let dockerfile = format!("FROM {image}\nCOPY dist/app.txt /app.txt\n");
-    let work = git_repo(&[(".drone.yml", &pipeline), ("Dockerfile", &dockerfile)]);
-    let bare = tempfile::tempdir().expect("tempdir");
-    let bare_path = bare.path().join("app.git");
-    let ok = Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(work.path())
-        .arg(&bare_path)
-        .status()
-        .expect("git clone --bare")
-        .success();
-    assert!(ok);
+    let served = super::served_repo(&[(".drone.yml", &pipeline), ("Dockerfile", &dockerfile)]);
     let data = tempfile::tempdir().expect("data dir");
     let up = start_up(data.path(), &[]);
     let host = up.url.trim_start_matches("http://").to_owned();
-    let clone_url = format!("file://{}", bare_path.display());
-    api(&up, &["repo", "add", "team/app", "--clone-url", &clone_url]);
+    api(
+        &up,
+        &["repo", "add", "team/app", "--clone-url", &served.clone_url],
+    );
     api(&up, &["build", "run", "team/app", "--branch", "main"]);
     let build = wait_for_build(&up, "team/app", 1, Duration::from_secs(180));
     assert_eq!(build["status"], "success", "{build:#}");
