@@ -474,3 +474,61 @@ fn cluster_server_restart_mid_build_loses_no_log_line() {
     assert_eq!(lines, (1..=60).collect::<Vec<_>>(), "{text}");
     runner.assert_alive();
 }
+
+/// `--auto-cancel`: a newer push to a branch cancels the builds of it still waiting (no
+/// runner here, so every build waits).
+#[test]
+fn cluster_auto_cancel_supersedes_pending_pushes_of_a_branch() {
+    let data = tempfile::tempdir().expect("data dir");
+    let server = start_server(data.path(), "127.0.0.1:0", "30s");
+    let pipeline = format!(
+        "kind: pipeline\nname: default\nsteps:\n- name: a\n  image: {}\n  commands: [true]\n",
+        test_image()
+    );
+    let repo = bare_repo(&pipeline);
+    let added = cli(
+        &server.url,
+        &[
+            "repo",
+            "add",
+            "team/busy",
+            "--clone-url",
+            &repo.clone_url,
+            "--auto-cancel",
+        ],
+    );
+    let secret = added["webhook_secret"].as_str().expect("secret").to_owned();
+    let sha = head(repo.work.path());
+    let zero = "0000000000000000000000000000000000000000";
+    for (i, id) in ["push-1", "push-2"].iter().enumerate() {
+        let body = github_push(
+            "team/busy",
+            &repo.clone_url,
+            zero,
+            &sha,
+            &format!("push {i}"),
+        );
+        let d = Delivery {
+            body: &body,
+            signature: sign(&secret, &body),
+            id,
+            event: "push",
+        };
+        let (status, answer) = deliver(&server.url, &d);
+        assert_eq!(status, 201, "{answer}");
+    }
+    let first = cli(&server.url, &["build", "show", "team/busy", "1"]);
+    let second = cli(&server.url, &["build", "show", "team/busy", "2"]);
+    assert_eq!(first["status"], "killed", "{first:#}");
+    assert_eq!(first["stages"][0]["status"], "killed");
+    assert_eq!(second["status"], "pending", "{second:#}");
+    // A manual run is not a push: it supersedes nothing.
+    cli(
+        &server.url,
+        &["build", "run", "team/busy", "--branch", "main"],
+    );
+    assert_eq!(
+        cli(&server.url, &["build", "show", "team/busy", "2"])["status"],
+        "pending"
+    );
+}

@@ -709,3 +709,273 @@ fn plugins_docker_pushes_to_the_built_in_registry_with_a_pipeline_token() {
         super::text(&out).0
     );
 }
+
+/// The rest of a build's life through the CLI: a secret reaches its step masked (and stays
+/// back from a pull request), restart and promote make new builds with the right event and
+/// target, cancel kills a running step, a broken pipeline file gives an `error` build with
+/// its lint messages, and `/healthz` and `/metrics` answer.
+#[test]
+fn secrets_restart_promote_cancel_and_broken_files() {
+    let image = test_image();
+    let pipeline = format!(
+        "kind: pipeline\nname: default\nsteps:\n- name: use\n  image: {image}\n  environment:\n    TOKEN:\n      from_secret: deploy_token\n  commands:\n  - echo token=$TOKEN event=$DRONE_BUILD_EVENT target=$DRONE_DEPLOY_TO\n  - test \"$SLOW\" != yes || sleep 60\n"
+    );
+    let served = super::served_repo(&[(".drone.yml", &pipeline)]);
+    let data = tempfile::tempdir().expect("data dir");
+    let up = start_up(data.path(), &[]);
+    api(
+        &up,
+        &["repo", "add", "team/life", "--clone-url", &served.clone_url],
+    );
+    let secret = slipway()
+        .args([
+            "secret",
+            "add",
+            "team/life",
+            "deploy_token",
+            "--value",
+            "s3cr3t-deploy-value",
+        ])
+        .args(["--server", &up.url, "--token", ADMIN])
+        .output()
+        .expect("secret add");
+    assert!(secret.status.success(), "{}", super::text(&secret).1);
+    let listed = api(&up, &["secret", "ls", "team/life"]);
+    assert_eq!(listed[0]["name"], "deploy_token");
+    assert!(
+        !listed.to_string().contains("s3cr3t"),
+        "values are never listed"
+    );
+
+    let log_of = |n: i64| -> String {
+        let out = slipway()
+            .args([
+                "build",
+                "logs",
+                "team/life",
+                &n.to_string(),
+                "--step",
+                "use",
+            ])
+            .args(["--server", &up.url, "--token", ADMIN])
+            .output()
+            .expect("logs");
+        super::text(&out).0
+    };
+
+    api(&up, &["build", "run", "team/life", "--branch", "main"]);
+    let first = wait_for_build(&up, "team/life", 1, Duration::from_secs(120));
+    assert_eq!(first["status"], "success", "{first:#}");
+    assert!(
+        log_of(1).contains("token=****** event=custom target="),
+        "{}",
+        log_of(1)
+    );
+    assert!(!log_of(1).contains("s3cr3t"));
+
+    let restarted = api(&up, &["build", "restart", "team/life", "1"]);
+    assert_eq!(restarted["number"], 2);
+    assert_eq!(restarted["commit"], first["commit"]);
+    assert_eq!(
+        wait_for_build(&up, "team/life", 2, Duration::from_secs(120))["status"],
+        "success"
+    );
+
+    let promoted = api(
+        &up,
+        &[
+            "build",
+            "promote",
+            "team/life",
+            "1",
+            "--target",
+            "production",
+        ],
+    );
+    assert_eq!(promoted["event"], "promote");
+    assert_eq!(promoted["deploy_to"], "production");
+    assert_eq!(
+        wait_for_build(&up, "team/life", 3, Duration::from_secs(120))["status"],
+        "success"
+    );
+    assert!(
+        log_of(3).contains("event=promote target=production"),
+        "{}",
+        log_of(3)
+    );
+
+    // Cancel a step that would sleep a minute.
+    api(
+        &up,
+        &[
+            "build",
+            "run",
+            "team/life",
+            "--branch",
+            "main",
+            "--param",
+            "SLOW=yes",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api(&up, &["build", "show", "team/life", "4"])["stages"][0]["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "use"))
+        .is_none_or(|s| s["status"] != "running")
+    {
+        assert!(Instant::now() < deadline, "step never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let asked = Instant::now();
+    api(&up, &["build", "cancel", "team/life", "4"]);
+    let cancelled = wait_for_build(&up, "team/life", 4, Duration::from_secs(30));
+    assert_eq!(cancelled["status"], "killed", "{cancelled:#}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+
+    // A broken pipeline file: an `error` build whose error names file, line and column.
+    std::fs::write(
+        served.work.path().join(".drone.yml"),
+        "kind: pipeline\nsteps:\n- name: a\n  image: x\n  depends_on: [nope]\n  commands: [true]\n",
+    )
+    .expect("write");
+    git(
+        served.work.path(),
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e.invalid",
+            "commit",
+            "-qam",
+            "break it",
+        ],
+    );
+    git(
+        served.work.path(),
+        &[
+            "push",
+            "-q",
+            served.clone_url.trim_start_matches("file://"),
+            "main",
+        ],
+    );
+    api(&up, &["build", "run", "team/life", "--branch", "main"]);
+    let broken = wait_for_build(&up, "team/life", 5, Duration::from_secs(30));
+    assert_eq!(broken["status"], "error", "{broken:#}");
+    let error = broken["error"].as_str().expect("error text");
+    assert!(error.starts_with(".drone.yml:5:"), "{error}");
+    assert!(error.contains("nope"), "{error}");
+
+    // Health and metrics.
+    let http = reqwest::blocking::Client::new();
+    let health = http
+        .get(format!("{}/healthz", up.url))
+        .send()
+        .expect("healthz");
+    assert_eq!(health.text().expect("text"), "ok\n");
+    let metrics = http
+        .get(format!("{}/metrics", up.url))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert!(metrics.contains("slipway_builds_total 5"), "{metrics}");
+    assert!(metrics.contains("slipway_runners 1"), "{metrics}");
+}
+
+/// A pull request builds the commit only its `refs/pull/N/head` reaches, and gets only the
+/// secrets marked `--allow-pull-request`.
+#[test]
+fn pull_requests_build_their_head_without_withheld_secrets() {
+    let image = test_image();
+    let pipeline = format!(
+        "kind: pipeline\nname: default\nsteps:\n- name: show\n  image: {image}\n  environment:\n    KEPT:\n      from_secret: deploy_token\n    GIVEN:\n      from_secret: pr_token\n  commands:\n  - echo kept=[$KEPT] given=[$GIVEN] pr=$DRONE_PULL_REQUEST\n  - cat feature.txt\n"
+    );
+    let served = super::served_repo(&[(".drone.yml", &pipeline)]);
+    let work = served.work.path();
+    let bare = served.clone_url.trim_start_matches("file://").to_owned();
+    // The change lives on a branch of a fork: the repository only has it as the PR's ref.
+    git(work, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(work.join("feature.txt"), "from the pull request\n").expect("write");
+    git(work, &["add", "feature.txt"]);
+    git(
+        work,
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e.invalid",
+            "commit",
+            "-qm",
+            "feature",
+        ],
+    );
+    git(work, &["push", "-q", &bare, "feature:refs/pull/1/head"]);
+    let head_sha = head(work);
+
+    let data = tempfile::tempdir().expect("data dir");
+    let up = start_up(data.path(), &[]);
+    let repo = api(
+        &up,
+        &["repo", "add", "team/pr", "--clone-url", &served.clone_url],
+    );
+    let secret = repo["webhook_secret"].as_str().expect("secret").to_owned();
+    for (name, value, allow) in [
+        ("deploy_token", "kept-back-value", false),
+        ("pr_token", "given-value", true),
+    ] {
+        let mut args = vec!["secret", "add", "team/pr", name, "--value", value];
+        if allow {
+            args.push("--allow-pull-request");
+        }
+        let out = slipway()
+            .args(&args)
+            .args(["--server", &up.url, "--token", ADMIN])
+            .output()
+            .expect("secret add");
+        assert!(out.status.success(), "{}", super::text(&out).1);
+    }
+    let body = serde_json::to_vec(&json!({
+        "action": "opened",
+        "number": 1,
+        "pull_request": {
+            "number": 1, "title": "Add the feature", "html_url": "https://github.com/team/pr/pull/1",
+            "user": {"login": "contributor", "avatar_url": ""},
+            "head": {"ref": "feature", "sha": head_sha, "repo": {"full_name": "someone/pr", "clone_url": "https://github.com/someone/pr.git"}},
+            "base": {"ref": "main", "sha": "0000000000000000000000000000000000000000", "repo": {"full_name": "team/pr"}}
+        },
+        "repository": {"full_name": "team/pr", "name": "pr", "owner": {"login": "team"},
+            "html_url": "https://github.com/team/pr", "clone_url": "https://github.com/team/pr.git",
+            "default_branch": "main", "private": false},
+        "sender": {"login": "contributor"}
+    }))
+    .expect("JSON");
+    let d = Delivery {
+        body: &body,
+        signature: sign(&secret, &body),
+        id: "pr-1",
+        event: "pull_request",
+    };
+    let (status, answer) = deliver(&up.url, &d);
+    assert_eq!(status, 201, "{answer}");
+    let build = wait_for_build(&up, "team/pr", 1, Duration::from_secs(120));
+    assert_eq!(build["status"], "success", "{build:#}");
+    assert_eq!(build["event"], "pull_request");
+    assert_eq!(build["ref"], "refs/pull/1/head");
+    let out = slipway()
+        .args(["build", "logs", "team/pr", "1", "--step", "show"])
+        .args(["--server", &up.url, "--token", ADMIN])
+        .output()
+        .expect("logs");
+    let log = super::text(&out).0;
+    assert!(log.contains("kept=[] given=[******] pr=1"), "{log}");
+    assert!(log.contains("from the pull request"), "{log}");
+    assert!(
+        !log.contains("kept-back-value") && !log.contains("given-value"),
+        "{log}"
+    );
+}
