@@ -346,6 +346,24 @@ impl Follower {
         }
     }
 
+    /// The next lines: at least one (waiting for it if needed), and with it every line
+    /// already at hand, at most `max`. `None` only when the store is gone.
+    pub async fn next_chunk(&mut self, max: usize) -> Option<Result<(u64, Vec<String>), LogError>> {
+        let (first, line) = match self.next().await? {
+            Ok(next) => next,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut lines = vec![line];
+        while lines.len() < max.max(1) {
+            let Some(line) = self.backlog.pop_front() else {
+                break;
+            };
+            self.next_seq += 1;
+            lines.push(line);
+        }
+        Some(Ok((first, lines)))
+    }
+
     /// Lines already known to exist have all been returned (used to end a stream once the
     /// step has finished: after that, nothing new can arrive).
     pub async fn drain_stored(&mut self) -> Result<Vec<(u64, String)>, LogError> {
@@ -559,6 +577,22 @@ mod tests {
             .await
             .expect("append");
         assert!(follower.drain_stored().await.expect("drain").is_empty());
+    }
+
+    #[tokio::test]
+    async fn chunks_take_every_line_at_hand_up_to_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::open(dir.path(), false).expect("open");
+        let k = key("s");
+        store.append(&k, 0, lines(0..7)).await.expect("append");
+        let mut follower = store.follow(k.clone());
+        let (first, got) = follower.next_chunk(5).await.expect("open").expect("chunk");
+        assert_eq!((first, got), (0, lines(0..5)));
+        let (first, got) = follower.next_chunk(5).await.expect("open").expect("chunk");
+        assert_eq!((first, got), (5, lines(5..7)));
+        store.append(&k, 7, lines(7..8)).await.expect("append");
+        let (first, got) = follower.next_chunk(5).await.expect("open").expect("chunk");
+        assert_eq!((first, got), (7, lines(7..8)));
     }
 
     #[test]

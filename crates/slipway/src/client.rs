@@ -635,6 +635,8 @@ fn follow_log(client: &Client, path: &str) -> Result<()> {
         kind: String,
         #[serde(default)]
         line: String,
+        #[serde(default)]
+        lines: Vec<String>,
     }
     let resp = client.send(reqwest::Method::GET, path, None)?;
     let mut reader = std::io::BufReader::with_capacity(1 << 16, resp);
@@ -656,6 +658,11 @@ fn follow_log(client: &Client, path: &str) -> Result<()> {
         {
             match m.kind.as_str() {
                 "line" => writeln!(out, "{}", m.line).context("writing the log")?,
+                "lines" => {
+                    for line in &m.lines {
+                        writeln!(out, "{line}").context("writing the log")?;
+                    }
+                }
                 "end" => break,
                 _ => {}
             }

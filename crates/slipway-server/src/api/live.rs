@@ -6,8 +6,9 @@
 //! - build events: `step` `{stage, step, status, exit_code, started, finished}`, `stage`
 //!   `{stage, status, attempt}`, `build` `{status, finished}`; the stream ends after the
 //!   build's final `build` message.
-//! - log stream: `line` `{seq, line}`, then `end` once the step has finished (or its stage
-//!   was handed to another attempt).
+//! - log stream: `line` `{seq, line}` or, for several lines at once, `lines` `{seq, lines}`
+//!   (`seq` numbers the first), then `end` once the step has finished (or its stage was
+//!   handed to another attempt).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -115,9 +116,9 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
         }
         loop {
             tokio::select! {
-                next = follower.next() => match next {
-                    Some(Ok((seq, l))) => {
-                        if tx.send(log_line(seq, l)).await.is_err() {
+                next = follower.next_chunk(LINES_PER_MESSAGE) => match next {
+                    Some(Ok((seq, lines))) => {
+                        if tx.send(log_lines(seq, lines)).await.is_err() {
                             return;
                         }
                     }
@@ -150,31 +151,57 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
     Ok(sse(rx))
 }
 
-/// One log line as an SSE message. Serialised from a borrowed struct rather than a
-/// `serde_json::Value`: a chatty step sends hundreds of thousands of these.
-fn log_line(seq: u64, line: String) -> Event {
+/// Most lines one `lines` message carries.
+const LINES_PER_MESSAGE: usize = 500;
+
+/// Log lines as one SSE message: `line` `{seq, line}` for one, `lines` `{seq, lines}` (the
+/// first line's number and the lines in order) for several, so a chatty step costs a
+/// message per batch rather than per line. Serialised from borrowed structs rather than a
+/// `serde_json::Value`.
+fn log_lines(seq: u64, lines: Vec<String>) -> Event {
     #[derive(serde::Serialize)]
-    struct Line<'a> {
+    struct One<'a> {
         kind: &'static str,
         seq: u64,
         line: &'a str,
     }
-    let text = serde_json::to_string(&Line {
-        kind: "line",
-        seq,
-        line: &line,
-    })
+    #[derive(serde::Serialize)]
+    struct Many<'a> {
+        kind: &'static str,
+        seq: u64,
+        lines: &'a [String],
+    }
+    let text = match lines.as_slice() {
+        [line] => serde_json::to_string(&One {
+            kind: "line",
+            seq,
+            line,
+        }),
+        lines => serde_json::to_string(&Many {
+            kind: "lines",
+            seq,
+            lines,
+        }),
+    }
     .unwrap_or_default();
     Event::default().data(text)
 }
 
 /// Sends the lines of a complete log not sent yet, then `end`.
 async fn finish_log(follower: &mut crate::logstore::Follower, tx: &mpsc::Sender<Event>) {
-    if let Ok(lines) = follower.drain_stored().await {
-        for (seq, l) in lines {
-            if tx.send(log_line(seq, l)).await.is_err() {
+    if let Ok(lines) = follower.drain_stored().await
+        && let Some(&(first, _)) = lines.first()
+    {
+        let mut seq = first;
+        let mut texts: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
+        while !texts.is_empty() {
+            let rest = texts.split_off(texts.len().min(LINES_PER_MESSAGE));
+            let n = texts.len() as u64;
+            if tx.send(log_lines(seq, texts)).await.is_err() {
                 return;
             }
+            seq += n;
+            texts = rest;
         }
     }
     let _ = tx.send(data(&json!({"kind": "end"}))).await;

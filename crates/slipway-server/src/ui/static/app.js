@@ -161,7 +161,9 @@
       var msg;
       try { msg = JSON.parse(ev.data); } catch (e) { return; }
       if (msg.kind === "line") self.append(msg.seq, msg.line);
-      else if (msg.kind === "end") self.end();
+      else if (msg.kind === "lines") {
+        for (var i = 0; i < msg.lines.length; i++) self.append(msg.seq + i, msg.lines[i]);
+      } else if (msg.kind === "end") self.end();
     };
     src.onerror = function () {
       // CONNECTING: the browser retries by itself (lines already shown are skipped by seq).
