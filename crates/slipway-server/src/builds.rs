@@ -273,6 +273,8 @@ pub async fn cancel(state: &Arc<AppState>, build: &Build) -> Result<(), BuildErr
                 .await?
         {
             state.store.finish_open_steps(stage.id, now).await?;
+            // It may have been leased (and given a registry token) just now.
+            crate::queue::revoke_pipeline_tokens(state, stage.id).await?;
             publish_stage(state, &stage, Status::Killed).await;
         }
     }
@@ -381,10 +383,10 @@ async fn finish_build(
     }
     let status = aggregate(stages);
     let now = crate::now_ms();
-    state
-        .store
-        .set_build_status(build_id, status, None, Some(now))
-        .await?;
+    // Two settles at once (two stages ending together) finish it once.
+    if !state.store.finish_build(build_id, status, now).await? {
+        return Ok(());
+    }
     if let Some(build) = state.store.build(build_id).await? {
         tracing::info!(
             "build {} #{} finished: {}",

@@ -260,6 +260,16 @@ impl LogStore {
             .remove(key);
     }
 
+    /// Forgets the open files of every step of one attempt of a stage (it ended, was
+    /// requeued or given up), so nothing stays open for a step that never reported its end.
+    pub fn close_stage(&self, stage_id: i64, attempt: i64) {
+        self.inner
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !(k.stage_id == stage_id && k.attempt == attempt));
+    }
+
     /// Every line of a log from `from_seq` on (an empty list when there is no log).
     pub async fn read_from(&self, key: &LogKey, from_seq: u64) -> Result<Vec<String>, LogError> {
         let path = self.path(key);
@@ -443,8 +453,23 @@ fn read_lines(path: &Path, from_seq: u64) -> Result<Vec<String>, LogError> {
     Ok(out)
 }
 
+/// Longest encoded step name kept whole; longer ones are cut and given a hash of the whole
+/// name, so every name fits a file name (255 bytes) with `.log`.
+const MAX_ENCODED_NAME: usize = 200;
+
 /// Keeps `[A-Za-z0-9._-]`, percent-encodes the rest, so any step name is one safe file name.
 fn encode_name(name: &str) -> String {
+    let encoded = encode_bytes(name);
+    if encoded.len() <= MAX_ENCODED_NAME {
+        return encoded;
+    }
+    use sha2::Digest as _;
+    let hash = hex::encode(&sha2::Sha256::digest(name.as_bytes())[..8]);
+    // The encoding is ASCII, so any byte offset is a character boundary.
+    format!("{}~{hash}", &encoded[..MAX_ENCODED_NAME - 17])
+}
+
+fn encode_bytes(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && !out.is_empty()) {
@@ -597,6 +622,10 @@ mod tests {
 
     #[test]
     fn names_are_encoded_into_one_file_name() {
+        let long = "構".repeat(40);
+        let other = format!("{}x", "構".repeat(39));
+        assert!(encode_name(&long).len() <= MAX_ENCODED_NAME);
+        assert_ne!(encode_name(&long), encode_name(&other));
         assert_eq!(encode_name("build"), "build");
         assert_eq!(encode_name("a/b c"), "a%2Fb%20c");
         assert_eq!(encode_name(".."), "%2E.");

@@ -46,6 +46,9 @@ pub enum QueueError {
     Store(#[from] StoreError),
     #[error("stage {0}: {1}")]
     Corrupt(i64, String),
+    /// The runner sent something the protocol does not allow.
+    #[error("{0}")]
+    BadReport(String),
 }
 
 impl From<builds::BuildError> for QueueError {
@@ -125,6 +128,18 @@ async fn lease_from(
             continue;
         }
         if stage.cancel_requested {
+            // Cancelled while it waited (or while its lease was being taken back): it
+            // will never run.
+            let now = crate::now_ms();
+            if state
+                .store
+                .finish_stage(stage.id, None, Status::Killed, Some("cancelled"), now)
+                .await?
+            {
+                state.store.finish_open_steps(stage.id, now).await?;
+                builds::publish_stage(state, &stage, Status::Killed).await;
+                builds::settle(state, stage.build_id).await?;
+            }
             continue;
         }
         // Siblings only matter to a stage that depends on some (most depend on none).
@@ -162,15 +177,10 @@ async fn lease_from(
         };
         match lease_for(state, &repo, &leased).await {
             Ok(lease) => {
-                if let Some(mut build) = state.store.build(leased.build_id).await?
-                    && build.status == Status::Pending
+                // Only a pending build starts: one cancelled meanwhile stays finished.
+                if state.store.start_build(leased.build_id, now).await?
+                    && let Some(build) = state.store.build(leased.build_id).await?
                 {
-                    state
-                        .store
-                        .set_build_status(build.id, Status::Running, Some(now), None)
-                        .await?;
-                    build.status = Status::Running;
-                    build.started = build.started.or(Some(now));
                     builds::publish_build(state, &build);
                 }
                 builds::publish_stage(state, &leased, Status::Running).await;
@@ -260,7 +270,9 @@ async fn lease_for(
             commit: build.commit.clone(),
         }
     };
-    let registry = if needs_registry(&pipeline) {
+    // A pull request's change is untrusted: it gets no credential that could overwrite
+    // the images trusted builds publish (a push from it fails as unauthorised).
+    let registry = if needs_registry(&pipeline) && !pull_request {
         let access = pipeline_registry_access(state, repo, stage)
             .await
             .map_err(|e| format!("making the stage's registry token: {e}"))?;
@@ -526,6 +538,23 @@ async fn publish_step(state: &AppState, stage: &Stage, step: &str) -> Result<(),
 pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Result<(), QueueError> {
     let attempt = i64::from(done.attempt);
     let now = crate::now_ms();
+    if !done.status.is_done() {
+        return Err(QueueError::BadReport(format!(
+            "a stage cannot end `{}`: report success, failure, killed, error or skipped",
+            done.status
+        )));
+    }
+    // Only the runner holding the stage may end it (a resent report of its own end is
+    // answered below).
+    if let Some(current) = state.store.stage_state(stage_id).await?
+        && current.status == Status::Running
+        && current.runner_id != Some(done.runner_id)
+    {
+        return Err(QueueError::LeaseLost {
+            stage: stage_id,
+            attempt,
+        });
+    }
     let finished = state
         .store
         .finish_stage(
@@ -553,6 +582,7 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
         });
     }
     state.store.finish_open_steps(stage_id, now).await?;
+    state.logs.close_stage(stage_id, attempt);
     revoke_pipeline_tokens(state, stage_id).await?;
     tracing::info!(
         "stage {stage_id} attempt {attempt} finished: {}",
@@ -584,7 +614,12 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
     let now = crate::now_ms();
     for stage in state.store.expired_leases(now).await? {
         if stage.attempt < state.config.max_attempts && !stage.cancel_requested {
-            if state.store.requeue_stage(stage.id, stage.attempt).await? {
+            if state
+                .store
+                .requeue_stage(stage.id, stage.attempt, now)
+                .await?
+            {
+                state.logs.close_stage(stage.id, stage.attempt);
                 revoke_pipeline_tokens(state, stage.id).await?;
                 tracing::warn!(
                     "stage {} attempt {}: the runner stopped answering; queued again",
@@ -616,6 +651,7 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
             {
                 tracing::warn!("stage {}: {message}", stage.id);
                 state.store.finish_open_steps(stage.id, now).await?;
+                state.logs.close_stage(stage.id, stage.attempt);
                 revoke_pipeline_tokens(state, stage.id).await?;
                 builds::publish_stage(state, &stage, status).await;
                 builds::settle(state, stage.build_id).await?;

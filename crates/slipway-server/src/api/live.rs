@@ -41,9 +41,11 @@ fn data(value: &serde_json::Value) -> Event {
 
 /// `GET …/builds/{n}/events`.
 pub async fn build_events(state: Arc<AppState>, build: Build) -> Result<Response, ApiError> {
-    // Subscribe before taking the snapshot, so nothing falls between the two.
+    // Subscribe before taking the snapshot, so nothing falls between the two; the build is
+    // read again for the same reason.
     let mut events = state.events.subscribe();
-    let stages = state.store.stages(build.id).await?;
+    let build = state.store.build(build.id).await?.unwrap_or(build);
+    let stages = state.store.stage_states(build.id).await?;
     let steps = state.store.steps_of_build(build.id).await?;
     let (tx, rx) = mpsc::channel(256);
     let mut snapshot = Vec::new();
@@ -70,10 +72,25 @@ pub async fn build_events(state: Arc<AppState>, build: Build) -> Result<Response
             return;
         }
         loop {
-            let event = match events.recv().await {
+            let received = tokio::select! {
+                // The page went away.
+                () = tx.closed() => return,
+                received = events.recv() => received,
+            };
+            let event = match received {
                 Ok(event) if event.build_id() == Some(build_id) => event,
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Events were missed, maybe the last one: ask the store.
+                    match state.store.build(build_id).await {
+                        Ok(Some(b)) if b.status.is_done() => {
+                            let value = json!({"kind": "build", "status": b.status, "finished": b.finished});
+                            let _ = tx.send(data(&value)).await;
+                            return;
+                        }
+                        _ => continue,
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             let finished = matches!(&event, ServerEvent::Build { status, .. } if status.is_done());
@@ -104,8 +121,11 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
             Err(_) => true,
         }
     };
-    // A past attempt, or a step that already ended: its log is complete.
-    let complete = stage.attempt != key.attempt || step_done().await;
+    // A past attempt, a stage that is over, or a step that already ended: its log is
+    // complete. A stage not leased yet (attempt 0) is followed, as its attempt 1 will be.
+    let complete = stage.attempt > key.attempt
+        || stage.status.is_done()
+        || (stage.attempt == key.attempt && step_done().await);
     let (tx, rx) = mpsc::channel(1024);
     let stage_number = stage.number;
     let step = key.step.clone();
@@ -116,6 +136,7 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
         }
         loop {
             tokio::select! {
+                () = tx.closed() => return,
                 next = follower.next_chunk(LINES_PER_MESSAGE) => match next {
                     Some(Ok((seq, lines))) => {
                         if tx.send(log_lines(seq, lines)).await.is_err() {
@@ -136,7 +157,9 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
                         {
                             status == Status::Pending || status.is_done()
                         }
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => false,
+                        Ok(_) => false,
+                        // Missed events, maybe this step's end: ask the store.
+                        Err(broadcast::error::RecvError::Lagged(_)) => step_ended(&state, &key).await,
                         Err(broadcast::error::RecvError::Closed) => true,
                     };
                     if ended {
@@ -205,4 +228,21 @@ async fn finish_log(follower: &mut crate::logstore::Follower, tx: &mpsc::Sender<
         }
     }
     let _ = tx.send(data(&json!({"kind": "end"}))).await;
+}
+
+/// Whether a step's log can get no more lines (its step or its attempt is over).
+async fn step_ended(state: &AppState, key: &LogKey) -> bool {
+    let Ok(Some(stage)) = state.store.stage_state(key.stage_id).await else {
+        return true;
+    };
+    if stage.attempt != key.attempt || stage.status.is_done() {
+        return true;
+    }
+    match state.store.steps(key.stage_id).await {
+        Ok(steps) => steps
+            .iter()
+            .find(|s| s.name == key.step)
+            .is_none_or(|s| s.status.is_done()),
+        Err(_) => true,
+    }
 }

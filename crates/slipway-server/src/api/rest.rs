@@ -237,15 +237,18 @@ pub async fn repo_get(
             let build = find_build(&state, &repo, n).await?;
             Ok(super::live::build_events(state.clone(), build).await?)
         }
-        ["builds", n, "logs", stage, step] => {
+        // The router has percent-decoded the path, so a step name with `/` (sent as `%2F`)
+        // spans several segments: the step is everything after the stage number, less a
+        // trailing `stream`.
+        ["builds", n, "logs", stage, step @ .., "stream"] if !step.is_empty() => {
             let build = find_build(&state, &repo, n).await?;
-            let key = log_key(&state, &build, stage, step, query.attempt).await?;
-            raw_log(&state, &key).await
-        }
-        ["builds", n, "logs", stage, step, "stream"] => {
-            let build = find_build(&state, &repo, n).await?;
-            let key = log_key(&state, &build, stage, step, query.attempt).await?;
+            let key = log_key(&state, &build, stage, &step.join("/"), query.attempt).await?;
             super::live::log_stream(state.clone(), key).await
+        }
+        ["builds", n, "logs", stage, step @ ..] if !step.is_empty() => {
+            let build = find_build(&state, &repo, n).await?;
+            let key = log_key(&state, &build, stage, &step.join("/"), query.attempt).await?;
+            raw_log(&state, &key).await
         }
         ["refs"] => {
             state
@@ -286,7 +289,7 @@ pub async fn log_key(
         .ok_or_else(|| {
             ApiError::not_found(format!("build #{} has no stage {number}", build.number))
         })?;
-    let step = percent_decode(step);
+    let step = step.to_owned();
     Ok(LogKey {
         build_id: build.id,
         stage_id: stage.id,
@@ -312,31 +315,6 @@ async fn raw_log(state: &AppState, key: &LogKey) -> Result<Response, ApiError> {
             format!("reading {}: {e}", path.display()),
         )),
     }
-}
-
-/// `%20` and friends in a path segment (step names may hold spaces).
-pub fn percent_decode(text: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push(hi << 4 | lo);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The body of `POST …/builds` (manual run).

@@ -26,6 +26,7 @@ impl From<QueueError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, LOG_GAP, e.to_string())
             }
             QueueError::Store(e) => e.into(),
+            QueueError::BadReport(m) => ApiError::bad_request(m),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -324,6 +324,35 @@ impl Store {
         Ok(())
     }
 
+    /// `pending` → `running` (with `started`), only if the build is still pending: a build
+    /// cancelled meanwhile stays finished. Whether it changed.
+    pub async fn start_build(&self, id: i64, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE builds SET status = 'running', started = COALESCE(started, $2) \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets a final status, only if the build is not finished yet, so two settles at once
+    /// finish it once. Whether it changed.
+    pub async fn finish_build(&self, id: i64, status: Status, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE builds SET status = $2, finished = $3 \
+             WHERE id = $1 AND status IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The newest builds of all repositories (highest id first), with the repository name.
     pub async fn recent_builds(&self, limit: i64) -> Result<Vec<(Build, String)>> {
         let rows = sqlx::query(

@@ -204,14 +204,18 @@ impl Store {
     /// Puts a running stage back in the queue if it still runs `attempt`: pending, no
     /// runner or lease, every step pending again without exit code, error or times. The
     /// attempt number stays, so the next lease is `attempt + 1`. Whether it applied.
-    pub async fn requeue_stage(&self, stage_id: i64, attempt: i64) -> Result<bool> {
+    pub async fn requeue_stage(&self, stage_id: i64, attempt: i64, now: i64) -> Result<bool> {
         let mut tx = self.begin().await?;
+        // Only a lease that is still expired (no heartbeat came in since it was read) of a
+        // stage nobody cancelled meanwhile goes back to the queue.
         let done = sqlx::query(
             "UPDATE stages SET status = 'pending', runner_id = NULL, lease_expires = NULL \
-             WHERE id = $1 AND status = 'running' AND attempt = $2",
+             WHERE id = $1 AND status = 'running' AND attempt = $2 \
+             AND cancel_requested = 0 AND lease_expires < $3",
         )
         .bind(stage_id)
         .bind(attempt)
+        .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -954,7 +954,12 @@ async fn lease_lifecycle(db: &TestDb) {
             .expect("renew"),
         None
     );
-    assert!(!store.requeue_stage(stage_id, 1).await.expect("requeue"));
+    assert!(
+        !store
+            .requeue_stage(stage_id, 1, 999_999)
+            .await
+            .expect("requeue")
+    );
     // Not cancellable any more: done stages are left alone.
     assert_eq!(store.request_cancel(build_id).await.expect("cancel"), 1);
     assert!(store.running_stages().await.expect("running").is_empty());
@@ -990,9 +995,16 @@ async fn requeue_resets_steps(db: &TestDb) {
     }
     assert!(
         !store
-            .requeue_stage(stage_id, 2)
+            .requeue_stage(stage_id, 2, 20_000)
             .await
             .expect("wrong attempt")
+    );
+    // A lease renewed since it was seen expired is not taken away.
+    assert!(
+        !store
+            .requeue_stage(stage_id, 1, 5_000)
+            .await
+            .expect("lease still valid")
     );
     assert_eq!(
         store
@@ -1003,7 +1015,12 @@ async fn requeue_resets_steps(db: &TestDb) {
             .status,
         Status::Running
     );
-    assert!(store.requeue_stage(stage_id, 1).await.expect("requeue"));
+    assert!(
+        store
+            .requeue_stage(stage_id, 1, 20_000)
+            .await
+            .expect("requeue")
+    );
     let stage = store.stage(stage_id).await.expect("stage").expect("exists");
     assert_eq!(stage.status, Status::Pending);
     assert_eq!((stage.runner_id, stage.lease_expires), (None, None));
@@ -1013,7 +1030,12 @@ async fn requeue_resets_steps(db: &TestDb) {
         assert_eq!((step.exit_code, &step.error), (None, &None));
         assert_eq!((step.started, step.finished), (None, None));
     }
-    assert!(!store.requeue_stage(stage_id, 1).await.expect("not running"));
+    assert!(
+        !store
+            .requeue_stage(stage_id, 1, 20_000)
+            .await
+            .expect("not running")
+    );
     let again = store
         .lease_stage(stage_id, 4, 30_000, 5_000)
         .await

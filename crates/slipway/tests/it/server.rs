@@ -718,7 +718,7 @@ fn plugins_docker_pushes_to_the_built_in_registry_with_a_pipeline_token() {
 fn secrets_restart_promote_cancel_and_broken_files() {
     let image = test_image();
     let pipeline = format!(
-        "kind: pipeline\nname: default\nsteps:\n- name: use\n  image: {image}\n  environment:\n    TOKEN:\n      from_secret: deploy_token\n  commands:\n  - echo token=$TOKEN event=$DRONE_BUILD_EVENT target=$DRONE_DEPLOY_TO\n  - test \"$SLOW\" != yes || sleep 60\n"
+        "kind: pipeline\nname: default\nsteps:\n- name: use\n  image: {image}\n  environment:\n    TOKEN:\n      from_secret: deploy_token\n  commands:\n  - echo token=$TOKEN event=$DRONE_BUILD_EVENT target=$DRONE_DEPLOY_TO\n  - test \"$SLOW\" != yes || sleep 60\n- name: check/it\n  image: {image}\n  commands:\n  - echo slash ok\n"
     );
     let served = super::served_repo(&[(".drone.yml", &pipeline)]);
     let data = tempfile::tempdir().expect("data dir");
@@ -772,6 +772,17 @@ fn secrets_restart_promote_cancel_and_broken_files() {
         log_of(1)
     );
     assert!(!log_of(1).contains("s3cr3t"));
+    // A step name with `/` is one step, in the API and the CLI.
+    let out = slipway()
+        .args(["build", "logs", "team/life", "1", "--step", "check/it"])
+        .args(["--server", &up.url, "--token", ADMIN])
+        .output()
+        .expect("logs");
+    assert!(
+        super::text(&out).0.contains("slash ok"),
+        "{:?}",
+        super::text(&out)
+    );
 
     let restarted = api(&up, &["build", "restart", "team/life", "1"]);
     assert_eq!(restarted["number"], 2);
@@ -893,7 +904,7 @@ fn secrets_restart_promote_cancel_and_broken_files() {
 fn pull_requests_build_their_head_without_withheld_secrets() {
     let image = test_image();
     let pipeline = format!(
-        "kind: pipeline\nname: default\nsteps:\n- name: show\n  image: {image}\n  environment:\n    KEPT:\n      from_secret: deploy_token\n    GIVEN:\n      from_secret: pr_token\n  commands:\n  - echo kept=[$KEPT] given=[$GIVEN] pr=$DRONE_PULL_REQUEST\n  - cat feature.txt\n"
+        "kind: pipeline\nname: default\nsteps:\n- name: show\n  image: {image}\n  environment:\n    KEPT:\n      from_secret: deploy_token\n    GIVEN:\n      from_secret: pr_token\n    REGISTRY:\n      from_secret: slipway_registry_password\n  commands:\n  - echo kept=[$KEPT] given=[$GIVEN] pr=$DRONE_PULL_REQUEST registry=[$REGISTRY]\n  - cat feature.txt\n"
     );
     let served = super::served_repo(&[(".drone.yml", &pipeline)]);
     let work = served.work.path();
@@ -972,7 +983,11 @@ fn pull_requests_build_their_head_without_withheld_secrets() {
         .output()
         .expect("logs");
     let log = super::text(&out).0;
-    assert!(log.contains("kept=[] given=[******] pr=1"), "{log}");
+    // No registry credential either: a pull request must not push over trusted images.
+    assert!(
+        log.contains("kept=[] given=[******] pr=1 registry=[]"),
+        "{log}"
+    );
     assert!(log.contains("from the pull request"), "{log}");
     assert!(
         !log.contains("kept-back-value") && !log.contains("given-value"),
