@@ -376,11 +376,7 @@ fn push_to_build(extra: &[&str]) {
     }
 
     // Logs are stored and downloadable.
-    let out = slipway()
-        .args(["build", "logs", "team/app", "1", "--step", "greet"])
-        .args(["--server", &up.url, "--token", ADMIN])
-        .output()
-        .expect("slipway build logs");
+    let out = run_cli(&up, &["build", "logs", "team/app", "1", "--step", "greet"]);
     let (log, stderr) = super::text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
@@ -476,6 +472,15 @@ fn push_to_build(extra: &[&str]) {
         assert!(Instant::now() < deadline, "statuses seen: {seen:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `slipway ARGS --server URL --token ADMIN` (no `--json`): its output.
+fn run_cli(up: &Up, args: &[&str]) -> std::process::Output {
+    slipway()
+        .args(args)
+        .args(["--server", &up.url, "--token", ADMIN])
+        .output()
+        .expect("slipway runs")
 }
 
 /// `docker` with a private config dir, so logins do not touch the user's.
@@ -698,11 +703,10 @@ fn plugins_docker_pushes_to_the_built_in_registry_with_a_pipeline_token() {
         "{tokens}"
     );
     // The log says it ran natively.
-    let out = slipway()
-        .args(["build", "logs", "team/app", "1", "--step", "publish"])
-        .args(["--server", &up.url, "--token", ADMIN])
-        .output()
-        .expect("logs");
+    let out = run_cli(
+        &up,
+        &["build", "logs", "team/app", "1", "--step", "publish"],
+    );
     assert!(
         super::text(&out).0.contains("runs natively"),
         "{}",
@@ -727,18 +731,17 @@ fn secrets_restart_promote_cancel_and_broken_files() {
         &up,
         &["repo", "add", "team/life", "--clone-url", &served.clone_url],
     );
-    let secret = slipway()
-        .args([
+    let secret = run_cli(
+        &up,
+        &[
             "secret",
             "add",
             "team/life",
             "deploy_token",
             "--value",
             "s3cr3t-deploy-value",
-        ])
-        .args(["--server", &up.url, "--token", ADMIN])
-        .output()
-        .expect("secret add");
+        ],
+    );
     assert!(secret.status.success(), "{}", super::text(&secret).1);
     let listed = api(&up, &["secret", "ls", "team/life"]);
     assert_eq!(listed[0]["name"], "deploy_token");
@@ -748,18 +751,17 @@ fn secrets_restart_promote_cancel_and_broken_files() {
     );
 
     let log_of = |n: i64| -> String {
-        let out = slipway()
-            .args([
+        let out = run_cli(
+            &up,
+            &[
                 "build",
                 "logs",
                 "team/life",
                 &n.to_string(),
                 "--step",
                 "use",
-            ])
-            .args(["--server", &up.url, "--token", ADMIN])
-            .output()
-            .expect("logs");
+            ],
+        );
         super::text(&out).0
     };
 
@@ -773,11 +775,10 @@ fn secrets_restart_promote_cancel_and_broken_files() {
     );
     assert!(!log_of(1).contains("s3cr3t"));
     // A step name with `/` is one step, in the API and the CLI.
-    let out = slipway()
-        .args(["build", "logs", "team/life", "1", "--step", "check/it"])
-        .args(["--server", &up.url, "--token", ADMIN])
-        .output()
-        .expect("logs");
+    let out = run_cli(
+        &up,
+        &["build", "logs", "team/life", "1", "--step", "check/it"],
+    );
     assert!(
         super::text(&out).0.contains("slash ok"),
         "{:?}",
@@ -943,11 +944,7 @@ fn pull_requests_build_their_head_without_withheld_secrets() {
         if allow {
             args.push("--allow-pull-request");
         }
-        let out = slipway()
-            .args(&args)
-            .args(["--server", &up.url, "--token", ADMIN])
-            .output()
-            .expect("secret add");
+        let out = run_cli(&up, &args);
         assert!(out.status.success(), "{}", super::text(&out).1);
     }
     let body = serde_json::to_vec(&json!({
@@ -977,11 +974,7 @@ fn pull_requests_build_their_head_without_withheld_secrets() {
     assert_eq!(build["status"], "success", "{build:#}");
     assert_eq!(build["event"], "pull_request");
     assert_eq!(build["ref"], "refs/pull/1/head");
-    let out = slipway()
-        .args(["build", "logs", "team/pr", "1", "--step", "show"])
-        .args(["--server", &up.url, "--token", ADMIN])
-        .output()
-        .expect("logs");
+    let out = run_cli(&up, &["build", "logs", "team/pr", "1", "--step", "show"]);
     let log = super::text(&out).0;
     // No registry credential either: a pull request must not push over trusted images.
     assert!(
