@@ -50,6 +50,9 @@ pub enum RepoCommand {
         /// Cancel pending builds of a branch superseded by a newer push.
         #[arg(long)]
         auto_cancel: bool,
+        /// At most this many stages of the repository run at once (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        max_running: i64,
         /// Commit statuses: the host's API base URL (e.g. https://api.github.com).
         #[arg(long)]
         status_url: Option<String>,
@@ -268,6 +271,7 @@ pub fn repo(api: ApiArgs, command: RepoCommand) -> Result<ExitCode> {
             default_branch,
             trusted,
             auto_cancel,
+            max_running,
             status_url,
             status_token,
         } => {
@@ -277,7 +281,7 @@ pub fn repo(api: ApiArgs, command: RepoCommand) -> Result<ExitCode> {
                 Some(
                     json!({"name": name, "clone_url": clone_url, "provider": provider,
                     "config_path": config_path, "default_branch": default_branch,
-                    "trusted": trusted, "auto_cancel": auto_cancel,
+                    "trusted": trusted, "auto_cancel": auto_cancel, "max_running": max_running,
                     "status_url": status_url, "status_token": status_token}),
                 ),
             )?;

@@ -532,3 +532,65 @@ fn cluster_auto_cancel_supersedes_pending_pushes_of_a_branch() {
         "pending"
     );
 }
+
+/// `--max-running 1`: two independent stages of one repository never run at once, even with
+/// two idle runners.
+#[test]
+fn cluster_max_running_keeps_a_repository_to_its_limit() {
+    let data = tempfile::tempdir().expect("data dir");
+    let server = start_server(data.path(), "127.0.0.1:0", "30s");
+    let work = tempfile::tempdir().expect("work dir");
+    let _a = start_runner(&server.url, "runner-a", &[], &work.path().join("a"));
+    let _b = start_runner(&server.url, "runner-b", &[], &work.path().join("b"));
+    let image = test_image();
+    let pipeline = ["one", "two"]
+        .iter()
+        .map(|name| {
+            format!(
+                "kind: pipeline\nname: {name}\nclone:\n  disable: true\nsteps:\n- name: s\n  image: {image}\n  commands: [sleep 1]\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let repo = bare_repo(&pipeline);
+    cli(
+        &server.url,
+        &[
+            "repo",
+            "add",
+            "team/limited",
+            "--clone-url",
+            &repo.clone_url,
+            "--max-running",
+            "1",
+        ],
+    );
+    cli(
+        &server.url,
+        &["build", "run", "team/limited", "--branch", "main"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let build = loop {
+        let build = cli(&server.url, &["build", "show", "team/limited", "1"]);
+        if !["pending", "running"].contains(&build["status"].as_str().unwrap_or_default()) {
+            break build;
+        }
+        assert!(Instant::now() < deadline, "build never finished: {build:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(build["status"], "success", "{build:#}");
+    let mut spans: Vec<(i64, i64)> = build["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            (
+                s["started"].as_i64().expect("started"),
+                s["finished"].as_i64().expect("finished"),
+            )
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 2);
+    assert!(spans[1].0 >= spans[0].1, "stages overlapped: {spans:?}");
+}
