@@ -61,6 +61,11 @@ pub struct AppState {
     pub tokens: auth::TokenCache,
     /// Stages holding a registry token right now (so only they pay for revoking it).
     pub tokened_stages: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// When running steps started, by (stage id, step): a step's end is published with its
+    /// start without reading it back. Entries go with the step's end (or the stage's).
+    pub step_starts: std::sync::Mutex<std::collections::HashMap<(i64, String), i64>>,
+    /// Registered runners by id, for polls (labels, last seen).
+    pub runners: std::sync::Mutex<std::collections::HashMap<i64, crate::store::Runner>>,
 }
 
 /// An opened server.
@@ -171,6 +176,8 @@ impl Server {
             host,
             tokens: auth::TokenCache::default(),
             tokened_stages: std::sync::Mutex::new(tokened),
+            step_starts: std::sync::Mutex::default(),
+            runners: std::sync::Mutex::default(),
         });
         Ok(Server {
             state,

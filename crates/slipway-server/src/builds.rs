@@ -438,6 +438,40 @@ pub async fn publish_stage(state: &AppState, stage: &Stage, status: Status) {
     }
 }
 
+/// [`publish_stage`] for a stage that just ended, from the steps as read just before
+/// its open ones were closed (pending ones end skipped, running ones killed at `now`), so
+/// nothing is read again.
+pub fn publish_stage_with_steps(
+    state: &AppState,
+    stage: &Stage,
+    status: Status,
+    steps: Vec<crate::store::Step>,
+    now: i64,
+) {
+    state.events.publish(ServerEvent::Stage {
+        build_id: stage.build_id,
+        stage: stage.number,
+        status,
+        attempt: stage.attempt,
+    });
+    for step in steps {
+        let (status, finished) = match step.status {
+            Status::Pending => (Status::Skipped, step.finished),
+            Status::Running => (Status::Killed, Some(now)),
+            done => (done, step.finished),
+        };
+        state.events.publish(ServerEvent::Step {
+            build_id: stage.build_id,
+            stage: stage.number,
+            step: step.name,
+            status,
+            exit_code: step.exit_code,
+            started: step.started,
+            finished,
+        });
+    }
+}
+
 /// The context a finished build ran with, for restarts and promotions.
 pub fn context_of(build: &Build) -> BuildContext {
     serde_json::from_value(build.context.clone()).unwrap_or_default()

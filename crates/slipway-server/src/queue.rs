@@ -440,6 +440,11 @@ pub async fn events(
                     finished: None,
                 };
                 state.store.update_step(stage.id, &step, &update).await?;
+                state
+                    .step_starts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((stage.id, step.clone()), time);
                 // A start is all the step has so far: no need to read it back.
                 state.events.publish(ServerEvent::Step {
                     build_id: stage.build_id,
@@ -500,7 +505,24 @@ pub async fn events(
                     finished: Some(time),
                 };
                 state.store.update_step(stage.id, &step, &update).await?;
-                publish_step(state, &stage, &step).await?;
+                let started = state
+                    .step_starts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(stage.id, step.clone()));
+                match started {
+                    Some(started) => state.events.publish(ServerEvent::Step {
+                        build_id: stage.build_id,
+                        stage: stage.number,
+                        step: step.clone(),
+                        status,
+                        exit_code,
+                        started: Some(started),
+                        finished: Some(time),
+                    }),
+                    // Started before a server restart: the store knows when.
+                    None => publish_step(state, &stage, &step).await?,
+                }
                 state.logs.close(&LogKey {
                     build_id: stage.build_id,
                     stage_id: stage.id,
@@ -534,6 +556,16 @@ async fn publish_step(state: &AppState, stage: &Stage, step: &str) -> Result<(),
     Ok(())
 }
 
+/// Drops the remembered start times of a stage's steps (it ended or went back to the
+/// queue).
+fn forget_step_starts(state: &AppState, stage_id: i64) {
+    state
+        .step_starts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(stage, _), _| *stage != stage_id);
+}
+
 /// The runner's final word on a stage. Repeating it (a lost acknowledgement) is harmless.
 pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Result<(), QueueError> {
     let attempt = i64::from(done.attempt);
@@ -546,10 +578,13 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
     }
     // Only the runner holding the stage may end it (a resent report of its own end is
     // answered below).
-    if let Some(current) = state.store.stage_state(stage_id).await?
-        && current.status == Status::Running
-        && current.runner_id != Some(done.runner_id)
-    {
+    let Some(current) = state.store.stage_state(stage_id).await? else {
+        return Err(QueueError::LeaseLost {
+            stage: stage_id,
+            attempt,
+        });
+    };
+    if current.status == Status::Running && current.runner_id != Some(done.runner_id) {
         return Err(QueueError::LeaseLost {
             stage: stage_id,
             attempt,
@@ -565,15 +600,12 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
             now,
         )
         .await?;
-    let Some(stage) = state.store.stage_state(stage_id).await? else {
-        return Err(QueueError::LeaseLost {
-            stage: stage_id,
-            attempt,
-        });
-    };
     if !finished {
         // Already finished by this same attempt: a resent /done.
-        if stage.attempt == attempt && stage.status.is_done() {
+        if let Some(stage) = state.store.stage_state(stage_id).await?
+            && stage.attempt == attempt
+            && stage.status.is_done()
+        {
             return Ok(());
         }
         return Err(QueueError::LeaseLost {
@@ -581,14 +613,26 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
             attempt,
         });
     }
-    state.store.finish_open_steps(stage_id, now).await?;
+    // What was read before the finish is the stage, but for its end.
+    let stage = Stage {
+        status: done.status,
+        finished: Some(now),
+        lease_expires: None,
+        ..current
+    };
+    // Steps the runner never reported (it gave up half-way) are closed; usually none are.
+    let steps = state.store.steps(stage_id).await?;
+    if steps.iter().any(|s| !s.status.is_done()) {
+        state.store.finish_open_steps(stage_id, now).await?;
+    }
     state.logs.close_stage(stage_id, attempt);
+    forget_step_starts(state, stage_id);
     revoke_pipeline_tokens(state, stage_id).await?;
     tracing::info!(
         "stage {stage_id} attempt {attempt} finished: {}",
         done.status
     );
-    builds::publish_stage(state, &stage, done.status).await;
+    builds::publish_stage_with_steps(state, &stage, done.status, steps, now);
     builds::settle(state, stage.build_id).await?;
     state.queue.notify_waiters();
     Ok(())
@@ -620,6 +664,7 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
                 .await?
             {
                 state.logs.close_stage(stage.id, stage.attempt);
+                forget_step_starts(state, stage.id);
                 revoke_pipeline_tokens(state, stage.id).await?;
                 tracing::warn!(
                     "stage {} attempt {}: the runner stopped answering; queued again",
@@ -652,6 +697,7 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
                 tracing::warn!("stage {}: {message}", stage.id);
                 state.store.finish_open_steps(stage.id, now).await?;
                 state.logs.close_stage(stage.id, stage.attempt);
+                forget_step_starts(state, stage.id);
                 revoke_pipeline_tokens(state, stage.id).await?;
                 builds::publish_stage(state, &stage, status).await;
                 builds::settle(state, stage.build_id).await?;

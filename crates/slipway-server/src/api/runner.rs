@@ -60,6 +60,11 @@ pub async fn register(
             crate::now_ms(),
         )
         .await?;
+    state
+        .runners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(runner.id, runner.clone());
     tracing::info!(
         "runner {} (id {}) registered: capacity {}, labels {:?}",
         runner.name,
@@ -79,15 +84,30 @@ pub async fn poll(
     _caller: RunnerCaller,
     Json(req): Json<PollRequest>,
 ) -> Result<Response, ApiError> {
-    let runner = state.store.runner(req.runner_id).await?.ok_or_else(|| {
-        ApiError::not_found(format!("runner {} is not registered", req.runner_id))
-    })?;
+    let cached = state
+        .runners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&req.runner_id)
+        .cloned();
+    let mut runner = match cached {
+        Some(runner) => runner,
+        None => state.store.runner(req.runner_id).await?.ok_or_else(|| {
+            ApiError::not_found(format!("runner {} is not registered", req.runner_id))
+        })?,
+    };
     let now = crate::now_ms();
     // `last_seen` is for the runners page: a few seconds stale is fine, a write per poll
     // is not.
     if now - runner.last_seen > 5_000 {
         state.store.touch_runner(runner.id, now).await?;
+        runner.last_seen = now;
     }
+    state
+        .runners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(runner.id, runner.clone());
     match queue::poll(&state, &runner).await? {
         Some(lease) => Ok(Json(lease).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
