@@ -73,6 +73,28 @@ fn now_millis() -> i64 {
     unix_millis(SystemTime::now())
 }
 
+/// POSTs the same body until the server answers, and reads its JSON answer (see
+/// [`retry`] for what is retried).
+async fn post_retried<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    stage: &Stage,
+    what: &str,
+    path: &str,
+    body: &Bytes,
+) -> Result<T, GaveUp> {
+    retry(what, &stage.end, || {
+        let body = body.clone();
+        async move {
+            shared
+                .client
+                .post(path, body, REQUEST_TIMEOUT)
+                .await?
+                .json::<T>()
+        }
+    })
+    .await
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
     serde_json::to_vec(value)
         .map(Bytes::from)
@@ -352,18 +374,8 @@ async fn upload(shared: Arc<Shared>, stage: Arc<Stage>) {
             Err(e) => return stage.reject(e),
         };
         // The same bytes every time: the server dedups resent lines by their numbers.
-        let sent = retry(&what, &stage.end, || {
-            let body = body.clone();
-            let path = &path;
-            let client = &shared.client;
-            async move {
-                client
-                    .post(path, body, REQUEST_TIMEOUT)
-                    .await?
-                    .json::<BatchAck>()
-            }
-        })
-        .await;
+        let sent: Result<BatchAck, GaveUp> =
+            post_retried(&shared, &stage, &what, &path, &body).await;
         match sent {
             Ok(ack) => {
                 if ack.cancel {
@@ -392,18 +404,8 @@ async fn heartbeat(shared: Arc<Shared>, stage: Arc<Stage>) {
             () = stage.end.cancelled() => return,
             () = tokio::time::sleep(shared.heartbeat) => {}
         }
-        let answer = retry(&what, &stage.end, || {
-            let body = body.clone();
-            let path = &path;
-            let client = &shared.client;
-            async move {
-                client
-                    .post(path, body, REQUEST_TIMEOUT)
-                    .await?
-                    .json::<HeartbeatResponse>()
-            }
-        })
-        .await;
+        let answer: Result<HeartbeatResponse, GaveUp> =
+            post_retried(&shared, &stage, &what, &path, &body).await;
         match answer {
             Ok(response) => {
                 if response.cancel {

@@ -265,7 +265,7 @@ async fn auto_cancel(state: &Arc<AppState>, repo: &Repo, build: &Build) {
 pub async fn cancel(state: &Arc<AppState>, build: &Build) -> Result<(), BuildError> {
     state.store.request_cancel(build.id).await?;
     let now = crate::now_ms();
-    for stage in state.store.stages(build.id).await? {
+    for stage in state.store.stage_states(build.id).await? {
         if stage.status == Status::Pending
             && state
                 .store
@@ -412,35 +412,19 @@ pub fn publish_build(state: &AppState, build: &Build) {
 }
 
 pub async fn publish_stage(state: &AppState, stage: &Stage, status: Status) {
-    state.events.publish(ServerEvent::Stage {
-        build_id: stage.build_id,
-        stage: stage.number,
-        status,
-        attempt: stage.attempt,
-    });
     // Steps may have changed with it (skipped, killed, reset for another attempt); a
     // stage that just started has not touched them.
-    if status == Status::Running {
-        return;
-    }
-    if let Ok(steps) = state.store.steps(stage.id).await {
-        for step in steps {
-            state.events.publish(ServerEvent::Step {
-                build_id: stage.build_id,
-                stage: stage.number,
-                step: step.name,
-                status: step.status,
-                exit_code: step.exit_code,
-                started: step.started,
-                finished: step.finished,
-            });
-        }
-    }
+    let steps = if status == Status::Running {
+        Vec::new()
+    } else {
+        state.store.steps(stage.id).await.unwrap_or_default()
+    };
+    publish_stage_with_steps(state, stage, status, steps, crate::now_ms());
 }
 
-/// [`publish_stage`] for a stage that just ended, from the steps as read just before
-/// its open ones were closed (pending ones end skipped, running ones killed at `now`), so
-/// nothing is read again.
+/// Publishes a stage's new status and its `steps` as given. For a stage that just ended
+/// from steps read before its open ones were closed, pending ones are published skipped
+/// and running ones killed at `now`, as the store now has them, so nothing is read again.
 pub fn publish_stage_with_steps(
     state: &AppState,
     stage: &Stage,
@@ -454,11 +438,12 @@ pub fn publish_stage_with_steps(
         status,
         attempt: stage.attempt,
     });
+    let ended = status.is_done();
     for step in steps {
         let (status, finished) = match step.status {
-            Status::Pending => (Status::Skipped, step.finished),
-            Status::Running => (Status::Killed, Some(now)),
-            done => (done, step.finished),
+            Status::Pending if ended => (Status::Skipped, step.finished),
+            Status::Running if ended => (Status::Killed, Some(now)),
+            current => (current, step.finished),
         };
         state.events.publish(ServerEvent::Step {
             build_id: stage.build_id,

@@ -109,23 +109,10 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
     let mut follower = state.logs.follow(key.clone());
     let stage = state
         .store
-        .stage(key.stage_id)
+        .stage_state(key.stage_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such stage"))?;
-    let step_done = || async {
-        match state.store.steps(key.stage_id).await {
-            Ok(steps) => steps
-                .iter()
-                .find(|s| s.name == key.step)
-                .is_none_or(|s| s.status.is_done()),
-            Err(_) => true,
-        }
-    };
-    // A past attempt, a stage that is over, or a step that already ended: its log is
-    // complete. A stage not leased yet (attempt 0) is followed, as its attempt 1 will be.
-    let complete = stage.attempt > key.attempt
-        || stage.status.is_done()
-        || (stage.attempt == key.attempt && step_done().await);
+    let complete = log_complete(&state, &key).await;
     let (tx, rx) = mpsc::channel(1024);
     let stage_number = stage.number;
     let step = key.step.clone();
@@ -159,7 +146,7 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
                         }
                         Ok(_) => false,
                         // Missed events, maybe this step's end: ask the store.
-                        Err(broadcast::error::RecvError::Lagged(_)) => step_ended(&state, &key).await,
+                        Err(broadcast::error::RecvError::Lagged(_)) => log_complete(&state, &key).await,
                         Err(broadcast::error::RecvError::Closed) => true,
                     };
                     if ended {
@@ -230,13 +217,18 @@ async fn finish_log(follower: &mut crate::logstore::Follower, tx: &mpsc::Sender<
     let _ = tx.send(data(&json!({"kind": "end"}))).await;
 }
 
-/// Whether a step's log can get no more lines (its step or its attempt is over).
-async fn step_ended(state: &AppState, key: &LogKey) -> bool {
+/// Whether a step's log can get no more lines: its attempt is a past one, its stage is
+/// over, or the step has ended. A stage not leased yet (attempt 0) is not complete: its
+/// first attempt is what a follower waits for.
+async fn log_complete(state: &AppState, key: &LogKey) -> bool {
     let Ok(Some(stage)) = state.store.stage_state(key.stage_id).await else {
         return true;
     };
-    if stage.attempt != key.attempt || stage.status.is_done() {
+    if stage.attempt > key.attempt || stage.status.is_done() {
         return true;
+    }
+    if stage.attempt < key.attempt {
+        return false;
     }
     match state.store.steps(key.stage_id).await {
         Ok(steps) => steps

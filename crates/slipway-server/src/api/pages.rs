@@ -267,7 +267,7 @@ async fn repo_page_inner(
         }
         ["builds", n] => {
             let build = find_build(state, &repo, n).await?;
-            let stages = state.store.stages(build.id).await?;
+            let stages = state.store.stage_states(build.id).await?;
             let steps = state.store.steps_of_build(build.id).await?;
             let stages: Vec<Value> = stages
                 .iter()

@@ -176,7 +176,7 @@ pub fn build_value(build: &Build) -> Value {
 
 /// The build with its stages (each with its steps) and artifacts.
 pub async fn build_json(state: &AppState, build: &Build) -> Result<Value, ApiError> {
-    let stages = state.store.stages(build.id).await?;
+    let stages = state.store.stage_states(build.id).await?;
     let steps = state.store.steps_of_build(build.id).await?;
     let artifacts = state.store.artifacts(build.id).await?;
     let stages: Vec<Value> = stages
@@ -282,7 +282,7 @@ pub async fn log_key(
         .map_err(|_| ApiError::bad_request(format!("`{stage}` is not a stage number")))?;
     let stage = state
         .store
-        .stages(build.id)
+        .stage_states(build.id)
         .await?
         .into_iter()
         .find(|s| s.number == number)

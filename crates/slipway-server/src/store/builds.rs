@@ -302,28 +302,6 @@ impl Store {
         rows::all(&rows, rows::build)
     }
 
-    /// Sets a build's status; `started` is written only when given and not yet set,
-    /// `finished` only when given.
-    pub async fn set_build_status(
-        &self,
-        id: i64,
-        status: Status,
-        started: Option<i64>,
-        finished: Option<i64>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE builds SET status = $2, started = COALESCE(started, $3), \
-             finished = COALESCE($4, finished) WHERE id = $1",
-        )
-        .bind(id)
-        .bind(status.as_str())
-        .bind(started)
-        .bind(finished)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// `pending` → `running` (with `started`), only if the build is still pending: a build
     /// cancelled meanwhile stays finished. Whether it changed.
     pub async fn start_build(&self, id: i64, now: i64) -> Result<bool> {

@@ -596,10 +596,7 @@ async fn build_status_and_listing(db: &TestDb) {
         ),
         [1, 2, 3]
     );
-    store
-        .set_build_status(ids[1], Status::Running, Some(1000), None)
-        .await
-        .expect("status");
+    assert!(store.start_build(ids[1], 1000).await.expect("start"));
     assert_eq!(
         numbers(
             store
@@ -612,17 +609,29 @@ async fn build_status_and_listing(db: &TestDb) {
     let running = store.build(ids[1]).await.expect("build").expect("exists");
     assert_eq!(running.status, Status::Running);
     assert_eq!((running.started, running.finished), (Some(1000), None));
-    // started is never overwritten; finished only when given.
-    store
-        .set_build_status(ids[1], Status::Success, Some(2000), Some(3000))
-        .await
-        .expect("status");
-    store
-        .set_build_status(ids[1], Status::Failure, None, None)
-        .await
-        .expect("status");
+    // Only a pending build starts, and a build finishes once: started is never
+    // overwritten, and a second end (two settles at once) changes nothing.
+    assert!(!store.start_build(ids[1], 2000).await.expect("start again"));
+    assert!(
+        store
+            .finish_build(ids[1], Status::Success, 3000)
+            .await
+            .expect("finish")
+    );
+    assert!(
+        !store
+            .finish_build(ids[1], Status::Failure, 4000)
+            .await
+            .expect("finish again")
+    );
+    assert!(
+        !store
+            .start_build(ids[1], 5000)
+            .await
+            .expect("start a finished build")
+    );
     let done = store.build(ids[1]).await.expect("build").expect("exists");
-    assert_eq!(done.status, Status::Failure);
+    assert_eq!(done.status, Status::Success);
     assert_eq!((done.started, done.finished), (Some(1000), Some(3000)));
 
     let recent = store.recent_builds(3).await.expect("recent");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::exec::owned_by;
-use super::server::{ADMIN, Delivery, deliver, github_push, head, sign};
+use super::server::{ADMIN, Delivery, deliver, github_push, head};
 use super::{slipway, test_image};
 
 const RUNNER_TOKEN: &str = "test-runner-token-0123456789abcdef";
@@ -272,12 +272,7 @@ fn cluster_runners_get_only_stages_matching_their_labels() {
     let secret = added["webhook_secret"].as_str().expect("webhook_secret");
     let zero = "0000000000000000000000000000000000000000";
     let body = github_push("team/pools", &repo.clone_url, zero, &sha, "four stages");
-    let delivery = Delivery {
-        body: &body,
-        signature: sign(secret, &body),
-        id: "cluster-labels-1",
-        event: "push",
-    };
+    let delivery = Delivery::signed(secret, &body, "cluster-labels-1", "push");
     let (code, answer) = deliver(&server.url, &delivery);
     assert_eq!(code, 201, "{answer}");
     let number = answer["build"].as_i64().expect("build number");
@@ -508,12 +503,7 @@ fn cluster_auto_cancel_supersedes_pending_pushes_of_a_branch() {
             &sha,
             &format!("push {i}"),
         );
-        let d = Delivery {
-            body: &body,
-            signature: sign(&secret, &body),
-            id,
-            event: "push",
-        };
+        let d = Delivery::signed(&secret, &body, id, "push");
         let (status, answer) = deliver(&server.url, &d);
         assert_eq!(status, 201, "{answer}");
     }

@@ -174,6 +174,18 @@ pub struct Delivery<'a> {
     pub event: &'a str,
 }
 
+impl<'a> Delivery<'a> {
+    /// A delivery of `body` signed with `secret`, as GitHub signs it.
+    pub fn signed(secret: &str, body: &'a [u8], id: &'a str, event: &'a str) -> Delivery<'a> {
+        Delivery {
+            body,
+            signature: sign(secret, body),
+            id,
+            event,
+        }
+    }
+}
+
 pub fn deliver(url: &str, d: &Delivery) -> (u16, Value) {
     let resp = reqwest::blocking::Client::new()
         .post(format!("{url}/hook"))
@@ -300,47 +312,22 @@ fn push_to_build(extra: &[&str]) {
     let before = db_counts(&up, "team/app");
 
     // Refusals change nothing.
-    let bad = Delivery {
-        body: &body,
-        signature: sign("not-the-secret", &body),
-        id: "d-bad",
-        event: "push",
-    };
+    let bad = Delivery::signed("not-the-secret", &body, "d-bad", "push");
     assert_eq!(deliver(&up.url, &bad).0, 401);
     let other = github_push("team/unknown", &clone_url, zero, &sha, "x");
-    let unknown = Delivery {
-        body: &other,
-        signature: sign(&secret, &other),
-        id: "d-unknown",
-        event: "push",
-    };
+    let unknown = Delivery::signed(&secret, &other, "d-unknown", "push");
     assert_eq!(deliver(&up.url, &unknown).0, 404);
     let garbage = b"{not json";
-    let malformed = Delivery {
-        body: garbage,
-        signature: sign(&secret, garbage),
-        id: "d-garbage",
-        event: "push",
-    };
+    let malformed = Delivery::signed(&secret, garbage, "d-garbage", "push");
     assert_eq!(deliver(&up.url, &malformed).0, 400);
     let ping = br#"{"zen":"hi","repository":{"full_name":"team/app"}}"#;
-    let ping = Delivery {
-        body: ping,
-        signature: sign(&secret, ping),
-        id: "d-ping",
-        event: "ping",
-    };
+    let ping = Delivery::signed(&secret, ping, "d-ping", "ping");
     let (code, answer) = deliver(&up.url, &ping);
     assert_eq!(code, 202, "{answer}");
     assert_eq!(db_counts(&up, "team/app"), before);
 
     // The real delivery builds.
-    let good = Delivery {
-        body: &body,
-        signature: sign(&secret, &body),
-        id: "d-1",
-        event: "push",
-    };
+    let good = Delivery::signed(&secret, &body, "d-1", "push");
     let (code, answer) = deliver(&up.url, &good);
     assert_eq!(code, 201, "{answer}");
     assert_eq!(answer["build"], 1);
@@ -442,12 +429,7 @@ fn push_to_build(extra: &[&str]) {
     );
     let sha2 = head(work.path());
     let skip = github_push("team/app", &clone_url, &sha, &sha2, "docs [skip ci]");
-    let skip = Delivery {
-        body: &skip,
-        signature: sign(&secret, &skip),
-        id: "d-2",
-        event: "push",
-    };
+    let skip = Delivery::signed(&secret, &skip, "d-2", "push");
     assert_eq!(deliver(&up.url, &skip).0, 202);
     assert_eq!(db_counts(&up, "team/app"), before);
 
@@ -962,12 +944,7 @@ fn pull_requests_build_their_head_without_withheld_secrets() {
         "sender": {"login": "contributor"}
     }))
     .expect("JSON");
-    let d = Delivery {
-        body: &body,
-        signature: sign(&secret, &body),
-        id: "pr-1",
-        event: "pull_request",
-    };
+    let d = Delivery::signed(&secret, &body, "pr-1", "pull_request");
     let (status, answer) = deliver(&up.url, &d);
     assert_eq!(status, 201, "{answer}");
     let build = wait_for_build(&up, "team/pr", 1, Duration::from_secs(120));
