@@ -77,11 +77,19 @@ done
   --server "$url" --token "$ADMIN" --json >/dev/null
 say "slipway server at $url, $RUNNERS runners; $BUILDS builds x $PIPELINES stages"
 
-python3 - "$url" "$ADMIN" "$BUILDS" "$PIPELINES" "$RUNNERS" "$REPS" "$bin" "$work/one" <<'PY'
-import json, statistics, subprocess, sys, time, urllib.request
+python3 - "$url" "$ADMIN" "$BUILDS" "$PIPELINES" "$RUNNERS" "$REPS" "$bin" "$work/one" \
+  "${pids[0]}" "${pids[@]:2}" <<'PY'
+import json, os, statistics, subprocess, sys, time, urllib.request
 
-url, admin, builds, pipelines, runners, reps, bin, one = sys.argv[1:]
+url, admin, builds, pipelines, runners, reps, bin, one, server_pid, *runner_pids = sys.argv[1:]
 builds, pipelines, runners, reps = int(builds), int(pipelines), int(runners), int(reps)
+
+def cpu_ms(pid):
+    """User + system CPU of a process and of its waited-for children (a runner's steps)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
 stages = builds * pipelines
 
 def api(method, path, body=None):
@@ -100,6 +108,7 @@ while len(api("GET", "/api/runners")) < runners:
 time.sleep(0.5)  # every runner is in its long poll
 
 # --- through the server ---
+cpu_before = [cpu_ms(server_pid)] + [cpu_ms(p) for p in runner_pids]
 t0 = time.time() * 1000
 numbers = [api("POST", "/api/repos/bench/sched/builds", {"branch": "main"})["number"]
            for _ in range(builds)]
@@ -113,6 +122,9 @@ while True:
     if time.time() > deadline:
         raise SystemExit("the builds did not finish in 10 minutes")
     time.sleep(0.2)
+cpu_after = [cpu_ms(server_pid)] + [cpu_ms(p) for p in runner_pids]
+server_cpu = (cpu_after[0] - cpu_before[0]) / stages
+runner_cpu = sum(a - b for a, b in zip(cpu_after[1:], cpu_before[1:])) / stages
 done = [api("GET", f"/api/repos/bench/sched/builds/{n}") for n in numbers]
 bad = [b for b in done if b["status"] != "success"]
 if bad:
@@ -124,7 +136,13 @@ slot = wall * runners / stages
 lease_to_done = statistics.median(s["finished"] - s["started"] for s in all_stages)
 per_runner = {}
 for s in all_stages:
-    per_runner[s["runner_id"]] = per_runner.get(s["runner_id"], 0) + 1
+    per_runner.setdefault(s["runner_id"], []).append(s)
+# A runner's idle time between the end of one stage and the lease of its next.
+gaps = []
+for mine in per_runner.values():
+    mine.sort(key=lambda s: s["started"])
+    gaps += [b["started"] - a["finished"] for a, b in zip(mine, mine[1:])]
+gap = statistics.median(gaps)
 
 # --- the engine alone, same machine, same run ---
 engine, process = [], []
@@ -138,10 +156,13 @@ for _ in range(reps):
 engine_ms, process_ms = statistics.median(engine), statistics.median(process)
 
 print(f"{stages} no-op exec stages ({builds} builds x {pipelines}) through {runners} runners of capacity 1")
-print(f"  triggers sent in {t_triggered - t0:.0f} ms; stages per runner: {sorted(per_runner.values())}")
+print(f"  triggers sent in {t_triggered - t0:.0f} ms; stages per runner: {sorted(len(v) for v in per_runner.values())}")
 print(f"  wall, first trigger to last build finished: {wall / 1000:.2f} s")
 print(f"  per stage per runner slot: {wall:.0f} ms x {runners} / {stages} = {slot:.2f} ms")
 print(f"  engine alone per stage (slipway exec, first event to pipeline_finished, median of {reps}): {engine_ms:.2f} ms")
-print(f"    (whole slipway exec process: {process_ms:.1f} ms; server's lease-to-done per stage: {lease_to_done:.1f} ms)")
+print(f"    (whole slipway exec process: {process_ms:.1f} ms)")
+print(f"  as the server saw it, medians: lease to done {lease_to_done:.1f} ms, a runner's done to its next lease {gap:.1f} ms")
+print(f"  CPU per stage, triggers included: server {server_cpu:.2f} ms, runners {runner_cpu:.2f} ms"
+      f" (with their step processes), on {os.cpu_count()} cores")
 print(f"scheduler overhead per stage: {slot:.2f} - {engine_ms:.2f} = {slot - engine_ms:.2f} ms (target < 5 ms)")
 PY

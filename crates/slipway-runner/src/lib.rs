@@ -10,15 +10,16 @@
 //!   server answers.
 //! - **Poll**: `capacity` loops, each `POST /api/runner/poll` (the server may hold it for
 //!   [`RunnerConfig::poll_timeout`]; the client waits 10 s longer). `204`: poll again at
-//!   once. `200`: a [`protocol::Lease`], run it, then poll again. So at most `capacity`
-//!   stages run at once.
+//!   once. `200`: a [`protocol::Lease`], run it, then poll again, unless the server handed
+//!   over the next stage in its answer to `/done` (which asks for one while the runner is
+//!   not stopping): then that one runs at once. So at most `capacity` stages run at once.
 //! - **A stage** runs in the engine with a sink that turns engine events into
 //!   [`protocol::StageEvent`]s (step started, log lines, step finished; pipeline events are
 //!   not sent, the result goes in `/done`). Beside the engine run two tasks: the uploader,
 //!   which sends the events, and the heartbeat, every `heartbeat_secs` from the
 //!   registration, which renews the lease until `/done` is acknowledged. When the engine
 //!   returns, the uploader drains the queue, then `/done` carries the pipeline's status (or
-//!   `error` with the message, when the engine could not run at all).
+//!   `error` with the message, when the engine could not run at all) and the last batch.
 //!
 //! Invariants:
 //! - **Order and exactly-once.** A stage's events are queued in the order the engine emits
@@ -26,9 +27,11 @@
 //!   until acknowledged. Log lines are numbered per step from 0 when their batch is built,
 //!   so numbers are contiguous; the server drops lines it already has, so resends never
 //!   duplicate a line, and nothing is skipped. A step's `StepFinished` follows its lines.
-//! - **Live but batched.** A batch is built as soon as something is queued (no fixed
-//!   delay); while a batch is in flight the queue keeps filling, and the next batch takes up
-//!   to ~5,000 lines or ~512 KiB, consecutive lines of a step coalesced into one `Log`.
+//! - **Live but batched.** A batch is built 20 ms after something is queued (at once when
+//!   the queue holds a whole batch or the engine returned); while a batch is in flight the
+//!   queue keeps filling, and the next batch takes up to ~5,000 lines or ~512 KiB,
+//!   consecutive lines of a step coalesced into one `Log`. The batch taken once the engine
+//!   returned goes with `/done`, so a short stage costs one request beside its poll.
 //! - **Bounded memory.** The queue holds at most 1,000,000 lines / 64 MiB per stage. Beyond
 //!   that (only when the server has been unreachable for long) lines from the middle are
 //!   dropped and replaced by `… N lines dropped while the server was unreachable …`; the
@@ -44,7 +47,8 @@
 //!   cancels the engine run: the stage ends `killed`.
 //! - **Shutdown.** Cancelling the `shutdown` token stops polling (a poll in flight is
 //!   abandoned; a stage the server had just leased to it comes back when its lease expires)
-//!   and lets the running stages finish and report; [`run`] returns once they have. To
+//!   and lets the running stages (and any the server handed over with their ends) finish
+//!   and report; [`run`] returns once they have. To
 //!   stop them sooner, drop the future (the engine then removes its containers in the
 //!   background, and the next engine start removes whatever is left).
 
@@ -62,7 +66,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use client::{Backoff, CallError, Client, GaveUp, POLL_MARGIN, REQUEST_TIMEOUT, Verdict, retry};
+use client::{
+    Backoff, CallError, Client, GaveUp, POLL_MARGIN, REQUEST_TIMEOUT, Reply, Verdict, retry,
+};
 use protocol::{Lease, PollRequest, RegisterRequest, RegisterResponse};
 use stage::{Fatal, Shared};
 
@@ -248,7 +254,14 @@ async fn poll_loop(shared: Arc<Shared>, timeout: Duration) {
         }
     };
     let mut refused = Backoff::new();
-    while !stop.is_cancelled() {
+    // A stage the server handed over with the end of the last one: it was asked for before
+    // any stop, so it runs like one that was running.
+    let mut handed: Option<Reply> = None;
+    while handed.is_some() || !stop.is_cancelled() {
+        if let Some(reply) = handed.take() {
+            handed = run_leased(&shared, reply).await;
+            continue;
+        }
         let answer = retry("polling for work", &stop, || {
             let body = body.clone();
             let client = &shared.client;
@@ -280,14 +293,25 @@ async fn poll_loop(shared: Arc<Shared>, timeout: Duration) {
             }
         };
         refused = Backoff::new();
-        match reply.json::<Lease>() {
-            // Its own task, so a panic in a stage does not take this poll slot with it.
-            Ok(lease) => {
-                if let Err(e) = tokio::spawn(stage::run_stage(shared.clone(), lease)).await {
-                    tracing::error!("a stage stopped unexpectedly: {e}");
-                }
+        handed = run_leased(&shared, reply).await;
+    }
+}
+
+/// Runs the stage of a `200` answer (a poll's, or a `/done`'s that handed over the next
+/// stage); the answer that hands over the one after it, if any.
+async fn run_leased(shared: &Arc<Shared>, reply: Reply) -> Option<Reply> {
+    match reply.json::<Lease>() {
+        // Its own task, so a panic in a stage does not take this poll slot with it.
+        Ok(lease) => match tokio::spawn(stage::run_stage(shared.clone(), lease)).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("a stage stopped unexpectedly: {e}");
+                None
             }
-            Err(e) => stage::refuse_lease(&shared, &reply.body, &e).await,
+        },
+        Err(e) => {
+            stage::refuse_lease(shared, &reply.body, &e).await;
+            None
         }
     }
 }

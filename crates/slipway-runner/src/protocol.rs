@@ -9,7 +9,7 @@
 //! | `POST /api/runner/poll` | [`PollRequest`] | `200` [`Lease`], or `204` when nothing matched within the poll window |
 //! | `POST /api/runner/stages/{stage}/heartbeat` | [`Heartbeat`] | [`HeartbeatResponse`] |
 //! | `POST /api/runner/stages/{stage}/events` | [`EventBatch`] | [`BatchAck`] |
-//! | `POST /api/runner/stages/{stage}/done` | [`StageDone`] | `204` |
+//! | `POST /api/runner/stages/{stage}/done` | [`StageDone`] | `204`, or `200` [`Lease`] of the next stage when [`StageDone::next`] asked for one |
 //!
 //! Errors come back as a non-2xx status with a [`ProtocolError`] body. `409` with code
 //! [`LEASE_LOST`] means the stage is no longer this runner's (its lease expired and the stage
@@ -24,7 +24,9 @@
 //! it already has (a resent batch), and answers `409` code [`LOG_GAP`] if a number is ahead
 //! of what it expects (which the runner's ordering rules out). The acknowledgement comes
 //! after the lines are on disk. A step's `StepFinished` is sent after all its lines, so a
-//! finished step's log is complete.
+//! finished step's log is complete. The last batch may travel in `/done` instead
+//! ([`StageDone::events`]); the server applies it, then ends the stage, and answers a resent
+//! `/done` of an ended stage without applying anything again.
 
 use std::collections::BTreeMap;
 
@@ -209,6 +211,14 @@ pub struct StageDone {
     pub status: Status,
     /// Why the stage could not run, if it could not.
     pub error: Option<String>,
+    /// The stage's last events, not sent before: applied first, exactly like an
+    /// [`EventBatch`] (so a short stage needs no events request at all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<StageEvent>,
+    /// The runner has room for another stage now: the answer may hand it one (`200` with a
+    /// [`Lease`], as a poll would) instead of `204`, which saves the poll.
+    #[serde(default)]
+    pub next: bool,
 }
 
 /// The body of every non-2xx answer.

@@ -3,7 +3,10 @@
 //! The sink [`EventQueue::push`]es items in the order the engine emits them; the uploader
 //! takes them out with [`EventQueue::next_batch`], which turns the oldest items into one
 //! batch of [`StageEvent`]s: consecutive lines of one step become one [`StageEvent::Log`],
-//! numbered per step from 0. Numbers are given when a batch is built, and a built batch is
+//! numbered per step from 0. A batch lingers for [`Limits::linger`] after its first item
+//! (unless it is full or the queue closes first), so a short step's start, lines and end
+//! travel together, and a stage that ends within the linger sends all its events with its
+//! end (see [`Batch::last`]). Numbers are given when a batch is built, and a built batch is
 //! never changed (the uploader resends it as it is), so the numbers the server sees are
 //! contiguous whatever happens to the queue.
 //!
@@ -16,6 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use slipway_engine::Status;
 use tokio::sync::Notify;
@@ -80,6 +84,10 @@ pub(crate) struct Limits {
     pub max_bytes: usize,
     pub batch_lines: usize,
     pub batch_bytes: usize,
+    /// How long a batch waits after its first item for more to join it: the price is live
+    /// lines arriving this much later, the gain one request where a short step would take
+    /// several.
+    pub linger: Duration,
 }
 
 impl Default for Limits {
@@ -91,6 +99,7 @@ impl Default for Limits {
             max_bytes: 64 << 20,
             batch_lines: 5_000,
             batch_bytes: 512 << 10,
+            linger: Duration::from_millis(20),
         }
     }
 }
@@ -105,6 +114,14 @@ struct State {
     closed: bool,
     /// Lines dropped so far, over the stage's life.
     dropped: u64,
+}
+
+/// Events taken from the queue, to be sent as one request.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Batch {
+    pub events: Vec<StageEvent>,
+    /// The queue is closed and this was the rest of it: nothing comes after.
+    pub last: bool,
 }
 
 #[derive(Debug)]
@@ -169,19 +186,17 @@ impl EventQueue {
         self.lock().dropped
     }
 
-    /// Waits until something is queued and takes the oldest items as one batch, numbering
-    /// log lines with `seqs` (step -> next number). `None` when closed and empty.
-    pub(crate) async fn next_batch(
-        &self,
-        seqs: &mut HashMap<String, u64>,
-    ) -> Option<Vec<StageEvent>> {
+    /// Waits until something is queued, lingers (see [`Limits::linger`]), and takes the
+    /// oldest items as one batch, numbering log lines with `seqs` (step -> next number).
+    /// `None` when closed and empty.
+    pub(crate) async fn next_batch(&self, seqs: &mut HashMap<String, u64>) -> Option<Batch> {
         loop {
             // Registered before looking, so a push in between is not missed.
             let notified = self.notify.notified();
             {
-                let mut state = self.lock();
+                let state = self.lock();
                 if !state.items.is_empty() {
-                    return Some(self.take_batch(&mut state, seqs));
+                    break;
                 }
                 if state.closed {
                     // Let any other waiter see the end too.
@@ -191,6 +206,36 @@ impl EventQueue {
             }
             notified.await;
         }
+        let deadline = tokio::time::Instant::now() + self.limits.linger;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let state = self.lock();
+                if state.closed || self.is_full(&state) {
+                    break;
+                }
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let mut state = self.lock();
+        if state.items.is_empty() {
+            // Discarded while lingering.
+            self.notify.notify_one();
+            return None;
+        }
+        let events = self.take_batch(&mut state, seqs);
+        Some(Batch {
+            events,
+            last: state.closed && state.items.is_empty(),
+        })
+    }
+
+    /// Whether the queue holds a whole batch already.
+    fn is_full(&self, state: &State) -> bool {
+        state.lines >= self.limits.batch_lines || state.bytes >= self.limits.batch_bytes
     }
 
     fn take_batch(&self, state: &mut State, seqs: &mut HashMap<String, u64>) -> Vec<StageEvent> {
@@ -347,6 +392,8 @@ fn compact(state: &mut State, limits: &Limits) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn line(step: &str, text: &str) -> Item {
@@ -365,6 +412,7 @@ mod tests {
             max_bytes: usize::MAX / 2,
             batch_lines,
             batch_bytes: usize::MAX / 2,
+            linger: Duration::ZERO,
         }
     }
 
@@ -390,7 +438,7 @@ mod tests {
         queue.close();
         let mut batches = Vec::new();
         while let Some(batch) = queue.next_batch(seqs).await {
-            batches.push(batch);
+            batches.push(batch.events);
         }
         batches
     }
@@ -515,6 +563,85 @@ mod tests {
             .filter_map(|t| t.parse().ok())
             .collect();
         assert!(tail.windows(2).all(|w| w[1] == w[0] + 1), "{tail:?}");
+    }
+
+    fn lingering(linger: Duration, batch_lines: usize) -> Limits {
+        Limits {
+            linger,
+            ..small(1_000_000, batch_lines)
+        }
+    }
+
+    fn started(step: &str) -> Item {
+        Item::Started {
+            step: step.into(),
+            time: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waits_the_linger_for_more() {
+        let queue = Arc::new(EventQueue::new(lingering(Duration::from_millis(20), 100)));
+        queue.push(started("s"));
+        let taker = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.next_batch(&mut HashMap::new()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        queue.push(line("s", "within"));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        queue.push(line("s", "after"));
+        let batch = taker.await.expect("taker").expect("a batch");
+        assert!(!batch.last);
+        assert_eq!(batch.events.len(), 2, "{:#?}", batch.events);
+        assert!(
+            matches!(&batch.events[1], StageEvent::Log { lines, .. } if lines.len() == 1 && lines[0].line == "within")
+        );
+        let next = queue
+            .next_batch(&mut HashMap::new())
+            .await
+            .expect("the rest");
+        assert!(
+            matches!(&next.events[..], [StageEvent::Log { lines, .. }] if lines[0].line == "after")
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_ends_the_linger_and_marks_the_last_batch() {
+        // A linger far beyond the test's timeout: only the close can end it.
+        let queue = Arc::new(EventQueue::new(lingering(Duration::from_secs(3600), 100)));
+        queue.push(started("s"));
+        let taker = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.next_batch(&mut HashMap::new()).await })
+        };
+        queue.push(line("s", "x"));
+        queue.close();
+        let batch = tokio::time::timeout(Duration::from_secs(30), taker)
+            .await
+            .expect("the close ends the linger")
+            .expect("taker")
+            .expect("a batch");
+        assert!(batch.last);
+        assert_eq!(batch.events.len(), 2);
+        assert_eq!(queue.next_batch(&mut HashMap::new()).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_goes_without_lingering() {
+        let queue = EventQueue::new(lingering(Duration::from_secs(3600), 3));
+        for i in 0..4 {
+            queue.push(line("s", &i.to_string()));
+        }
+        let batch = tokio::time::timeout(
+            Duration::from_secs(30),
+            queue.next_batch(&mut HashMap::new()),
+        )
+        .await
+        .expect("a full batch does not linger")
+        .expect("a batch");
+        assert!(!batch.last);
+        assert!(matches!(&batch.events[..], [StageEvent::Log { lines, .. }] if lines.len() == 3));
     }
 
     #[tokio::test]

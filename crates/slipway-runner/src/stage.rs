@@ -13,9 +13,10 @@ use slipway_engine::{Event, EventSink, RunOptions, Status, WorkspaceSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::RunnerError;
-use crate::client::{CallError, Client, GaveUp, REQUEST_TIMEOUT, Verdict, retry};
+use crate::client::{CallError, Client, GaveUp, REQUEST_TIMEOUT, Reply, Verdict, retry};
 use crate::protocol::{
-    BatchAck, EventBatch, Heartbeat, HeartbeatResponse, Lease, LogLine, StageDone, WorkspaceSpec,
+    BatchAck, EventBatch, Heartbeat, HeartbeatResponse, Lease, LogLine, StageDone, StageEvent,
+    WorkspaceSpec,
 };
 use crate::queue::{EventQueue, Item, Limits};
 
@@ -273,8 +274,10 @@ fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> 
 }
 
 /// Runs a leased stage to its end and reports it. Never fails: every problem is reported to
-/// the server (or logged, when the server is the problem).
-pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) {
+/// the server (or logged, when the server is the problem). The server's answer to the end
+/// when it hands over the next stage with it (a poll's `200`), unless the runner is
+/// stopping.
+pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) -> Option<Reply> {
     let stage = Arc::new(Stage {
         id: lease.stage_id,
         attempt: lease.attempt,
@@ -299,11 +302,16 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) {
     });
     let result = slipway_engine::run(&lease.plan, options, sink).await;
 
-    // Everything the engine said is queued: let the uploader send the rest.
+    // Everything the engine said is queued: let the uploader send the rest, but for its
+    // last batch, which goes with `/done`.
     stage.queue.close();
-    if let Err(e) = uploader.await {
-        stage.reject(format!("the log uploader stopped unexpectedly: {e}"));
-    }
+    let last_events = match uploader.await {
+        Ok(last) => last,
+        Err(e) => {
+            stage.reject(format!("the log uploader stopped unexpectedly: {e}"));
+            Vec::new()
+        }
+    };
     let dropped = stage.queue.dropped();
     if dropped > 0 {
         tracing::warn!(
@@ -325,9 +333,12 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) {
         (None, Err(e)) => (Status::Error, Some(e.to_string())),
     };
 
-    if !stage.is_lost() {
-        send_done(&shared, &stage, status, error.clone()).await;
-    }
+    let next = if stage.is_lost() {
+        None
+    } else {
+        let room = !shared.fatal.stop.is_cancelled();
+        send_done(&shared, &stage, status, error.clone(), last_events, room).await
+    };
     stage.end.cancel();
     let _ = heartbeat.await;
 
@@ -351,27 +362,37 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) {
             ),
         }
     }
+    next
 }
 
-/// Sends the queued events, one batch at a time, each until acknowledged.
-async fn upload(shared: Arc<Shared>, stage: Arc<Stage>) {
+/// Sends the queued events, one batch at a time, each until acknowledged; returns the
+/// last batch (taken once the queue is closed) unsent, for `/done` to carry.
+async fn upload(shared: Arc<Shared>, stage: Arc<Stage>) -> Vec<StageEvent> {
     let mut seqs = HashMap::new();
     let path = stage.path("events");
     let what = format!("sending events of stage {}", stage.title);
     loop {
         let batch = tokio::select! {
             biased;
-            () = stage.end.cancelled() => return,
+            () = stage.end.cancelled() => return Vec::new(),
             batch = stage.queue.next_batch(&mut seqs) => batch,
         };
-        let Some(events) = batch else { return };
+        let Some(batch) = batch else {
+            return Vec::new();
+        };
+        if batch.last {
+            return batch.events;
+        }
         let body = match encode(&EventBatch {
             runner_id: shared.runner_id,
             attempt: stage.attempt,
-            events,
+            events: batch.events,
         }) {
             Ok(body) => body,
-            Err(e) => return stage.reject(e),
+            Err(e) => {
+                stage.reject(e);
+                return Vec::new();
+            }
         };
         // The same bytes every time: the server dedups resent lines by their numbers.
         let sent: Result<BatchAck, GaveUp> =
@@ -382,8 +403,11 @@ async fn upload(shared: Arc<Shared>, stage: Arc<Stage>) {
                     stage.cancel_requested();
                 }
             }
-            Err(GaveUp::Stopped) => return,
-            Err(GaveUp::Failed(e)) => return stage.failed(&shared, e),
+            Err(GaveUp::Stopped) => return Vec::new(),
+            Err(GaveUp::Failed(e)) => {
+                stage.failed(&shared, e);
+                return Vec::new();
+            }
         }
     }
 }
@@ -425,18 +449,31 @@ async fn heartbeat(shared: Arc<Shared>, stage: Arc<Stage>) {
     }
 }
 
-/// Reports the stage's result until acknowledged (or the lease turns out to be lost).
-async fn send_done(shared: &Shared, stage: &Stage, status: Status, error: Option<String>) {
+/// Reports the stage's result, with its `events` not sent yet, until acknowledged (or the
+/// lease turns out to be lost), asking for the next stage if there is `room`; the answer
+/// if it hands one over. Should the server refuse those events, the result is sent again
+/// without them, as an error saying why.
+async fn send_done(
+    shared: &Shared,
+    stage: &Stage,
+    status: Status,
+    error: Option<String>,
+    events: Vec<StageEvent>,
+    room: bool,
+) -> Option<Reply> {
+    let had_events = !events.is_empty();
     let body = match encode(&StageDone {
         runner_id: shared.runner_id,
         attempt: stage.attempt,
         status,
         error,
+        events,
+        next: room,
     }) {
         Ok(body) => body,
         Err(e) => {
             tracing::error!("stage {}: {e}", stage.title);
-            return;
+            return None;
         }
     };
     let path = stage.path("done");
@@ -444,21 +481,38 @@ async fn send_done(shared: &Shared, stage: &Stage, status: Status, error: Option
     let sent = retry(&what, &stage.end, || {
         let body = body.clone();
         let path = &path;
-        async move {
-            shared.client.post(path, body, REQUEST_TIMEOUT).await?;
-            Ok(())
-        }
+        async move { shared.client.post(path, body, REQUEST_TIMEOUT).await }
     })
     .await;
     match sent {
-        Ok(()) | Err(GaveUp::Stopped) => {}
+        Ok(reply) => (reply.status == reqwest::StatusCode::OK).then_some(reply),
+        Err(GaveUp::Stopped) => None,
         Err(GaveUp::Failed(e)) => match e.verdict() {
-            Verdict::LeaseLost | Verdict::Unauthorized => stage.failed(shared, e),
-            Verdict::Rejected | Verdict::Retry => tracing::error!(
-                "stage {} (attempt {}): the server refused its result: {e}",
-                stage.title,
-                stage.attempt
-            ),
+            Verdict::LeaseLost | Verdict::Unauthorized => {
+                stage.failed(shared, e);
+                None
+            }
+            Verdict::Rejected | Verdict::Retry if had_events => {
+                let message = format!("the server refused the stage's events: {e}");
+                stage.reject(message.clone());
+                Box::pin(send_done(
+                    shared,
+                    stage,
+                    Status::Error,
+                    Some(message),
+                    Vec::new(),
+                    room,
+                ))
+                .await
+            }
+            Verdict::Rejected | Verdict::Retry => {
+                tracing::error!(
+                    "stage {} (attempt {}): the server refused its result: {e}",
+                    stage.title,
+                    stage.attempt
+                );
+                None
+            }
         },
     }
 }
@@ -500,5 +554,13 @@ pub(crate) async fn refuse_lease(shared: &Shared, body: &[u8], error: &CallError
         crate::protocol::PROTOCOL_VERSION,
         error.message()
     );
-    send_done(shared, &stage, Status::Error, Some(message)).await;
+    send_done(
+        shared,
+        &stage,
+        Status::Error,
+        Some(message),
+        Vec::new(),
+        false,
+    )
+    .await;
 }

@@ -33,7 +33,7 @@ use crate::app::{AppState, millis};
 use crate::builds;
 use crate::events::ServerEvent;
 use crate::logstore::{LogError, LogKey};
-use crate::store::{Runner, Stage, StepUpdate, StoreError};
+use crate::store::{ReportWrite, Runner, Stage, StepUpdate, StoreError};
 
 /// Why a runner's request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,11 @@ const PAGE: i64 = 32;
 /// A poll looks at no more pending stages than this.
 const MAX_SCANNED: usize = 4096;
 
-async fn try_lease(state: &Arc<AppState>, runner: &Runner) -> Result<Option<Lease>, QueueError> {
+/// Leases the oldest stage this runner may run, if one is ready now (no waiting).
+pub async fn try_lease(
+    state: &Arc<AppState>,
+    runner: &Runner,
+) -> Result<Option<Lease>, QueueError> {
     let mut after = 0;
     let mut scanned = 0;
     let mut build_stages: BTreeMap<i64, Vec<Stage>> = BTreeMap::new();
@@ -176,12 +180,18 @@ async fn lease_from(
             continue; // Another runner won it.
         };
         match lease_for(state, &repo, &leased).await {
-            Ok(lease) => {
+            Ok((lease, build)) => {
                 // Only a pending build starts: one cancelled meanwhile stays finished.
-                if state.store.start_build(leased.build_id, now).await?
-                    && let Some(build) = state.store.build(leased.build_id).await?
+                if build.status == Status::Pending && state.store.start_build(build.id, now).await?
                 {
-                    builds::publish_build(state, &build);
+                    builds::publish_build(
+                        state,
+                        &crate::store::Build {
+                            status: Status::Running,
+                            started: Some(now),
+                            ..build
+                        },
+                    );
                 }
                 builds::publish_stage(state, &leased, Status::Running).await;
                 tracing::info!(
@@ -216,12 +226,12 @@ async fn lease_from(
     Ok(None)
 }
 
-/// Everything a runner needs for one leased stage.
+/// Everything a runner needs for one leased stage, and the stage's build as read for it.
 async fn lease_for(
     state: &Arc<AppState>,
     repo: &crate::store::Repo,
     stage: &Stage,
-) -> Result<Lease, String> {
+) -> Result<(Lease, crate::store::Build), String> {
     let mut pipeline: PipelinePlan = serde_json::from_value(stage.plan.clone())
         .map_err(|e| format!("the stored plan is unreadable: {e}"))?;
     // Dependencies between stages are the server's business.
@@ -287,7 +297,7 @@ async fn lease_for(
     } else {
         format!("repo-{}", repo.id)
     };
-    Ok(Lease {
+    let lease = Lease {
         registry,
         cache_scope: Some(cache_scope),
         native_plugins: state.config.native_plugins,
@@ -302,7 +312,8 @@ async fn lease_for(
         trusted: repo.trusted,
         step_timeout_secs: None,
         stage_timeout_secs: None,
-    })
+    };
+    Ok((lease, build))
 }
 
 /// The secrets a step can name to log in to the server's registry with the stage's token.
@@ -421,40 +432,82 @@ pub async fn heartbeat(
     }
 }
 
-/// Applies a batch of step states and log lines, in order. Logs are on disk when this
-/// returns.
+/// Applies a batch of step states and log lines. Logs are on disk when this returns.
 pub async fn events(
     state: &AppState,
     stage_id: i64,
     batch: EventBatch,
 ) -> Result<BatchAck, QueueError> {
     let stage = leased(state, stage_id, batch.runner_id, batch.attempt).await?;
-    for event in batch.events {
+    let report = take_events(state, &stage, batch.events).await?;
+    state
+        .store
+        .write_report(stage.build_id, stage.id, &report.writes)
+        .await?;
+    report.publish(state, &stage).await?;
+    // Heartbeats renew the lease; a batch only reads it, so logs cost no extra writes.
+    Ok(BatchAck {
+        cancel: stage.cancel_requested,
+    })
+}
+
+/// What a batch of events does once its log lines are on disk: the store writes (one
+/// transaction) and, after them, what live pages are told.
+struct Report {
+    writes: Vec<ReportWrite>,
+    notices: Vec<Notice>,
+}
+
+enum Notice {
+    Started {
+        step: String,
+        time: i64,
+    },
+    Finished {
+        step: String,
+        status: Status,
+        exit_code: Option<i64>,
+        time: i64,
+    },
+}
+
+/// Appends a batch's log lines, in order, and turns the rest into a [`Report`]. A step
+/// that starts and ends within the batch (a short step) is one write.
+async fn take_events(
+    state: &AppState,
+    stage: &Stage,
+    events: Vec<StageEvent>,
+) -> Result<Report, QueueError> {
+    let ending: std::collections::HashSet<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            StageEvent::StepFinished { step, .. } => Some(step.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut starts = BTreeMap::new();
+    let mut report = Report {
+        writes: Vec::new(),
+        notices: Vec::new(),
+    };
+    for event in events {
         match event {
             StageEvent::StepStarted { step, time } => {
-                let update = StepUpdate {
-                    status: Status::Running,
-                    exit_code: None,
-                    error: None,
-                    started: Some(time),
-                    finished: None,
-                };
-                state.store.update_step(stage.id, &step, &update).await?;
-                state
-                    .step_starts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((stage.id, step.clone()), time);
-                // A start is all the step has so far: no need to read it back.
-                state.events.publish(ServerEvent::Step {
-                    build_id: stage.build_id,
-                    stage: stage.number,
-                    step,
-                    status: Status::Running,
-                    exit_code: None,
-                    started: Some(time),
-                    finished: None,
-                });
+                if ending.contains(&step) {
+                    starts.insert(step.clone(), time);
+                } else {
+                    report.writes.push(ReportWrite::Step {
+                        name: step.clone(),
+                        update: StepUpdate {
+                            status: Status::Running,
+                            exit_code: None,
+                            error: None,
+                            started: Some(time),
+                            finished: None,
+                        },
+                    });
+                }
+                report.notices.push(Notice::Started { step, time });
             }
             StageEvent::Log {
                 step,
@@ -477,17 +530,17 @@ pub async fn events(
                 ..
             } => {
                 let now = crate::now_ms();
-                if tags.is_empty() {
-                    state
-                        .store
-                        .add_artifact(stage.build_id, &format!("{image}@{digest}"), &digest, now)
-                        .await?;
-                }
-                for tag in tags {
-                    state
-                        .store
-                        .add_artifact(stage.build_id, &format!("{image}:{tag}"), &digest, now)
-                        .await?;
+                let names = if tags.is_empty() {
+                    vec![format!("{image}@{digest}")]
+                } else {
+                    tags.iter().map(|tag| format!("{image}:{tag}")).collect()
+                };
+                for image in names {
+                    report.writes.push(ReportWrite::Artifact {
+                        image,
+                        digest: digest.clone(),
+                        now,
+                    });
                 }
             }
             StageEvent::StepFinished {
@@ -497,45 +550,85 @@ pub async fn events(
                 time,
                 error,
             } => {
-                let update = StepUpdate {
-                    status,
-                    exit_code,
-                    error,
-                    started: None,
-                    finished: Some(time),
-                };
-                state.store.update_step(stage.id, &step, &update).await?;
-                let started = state
-                    .step_starts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&(stage.id, step.clone()));
-                match started {
-                    Some(started) => state.events.publish(ServerEvent::Step {
-                        build_id: stage.build_id,
-                        stage: stage.number,
-                        step: step.clone(),
+                report.writes.push(ReportWrite::Step {
+                    name: step.clone(),
+                    update: StepUpdate {
                         status,
                         exit_code,
-                        started: Some(started),
+                        error,
+                        started: starts.remove(&step),
                         finished: Some(time),
-                    }),
-                    // Started before a server restart: the store knows when.
-                    None => publish_step(state, &stage, &step).await?,
-                }
-                state.logs.close(&LogKey {
-                    build_id: stage.build_id,
-                    stage_id: stage.id,
-                    attempt: stage.attempt,
+                    },
+                });
+                report.notices.push(Notice::Finished {
                     step,
+                    status,
+                    exit_code,
+                    time,
                 });
             }
         }
     }
-    // Heartbeats renew the lease; a batch only reads it, so logs cost no extra writes.
-    Ok(BatchAck {
-        cancel: stage.cancel_requested,
-    })
+    Ok(report)
+}
+
+impl Report {
+    /// Tells live pages what the stored writes changed, in the order it happened.
+    async fn publish(self, state: &AppState, stage: &Stage) -> Result<(), QueueError> {
+        for notice in self.notices {
+            match notice {
+                Notice::Started { step, time } => {
+                    state
+                        .step_starts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((stage.id, step.clone()), time);
+                    // A start is all the step has so far: no need to read it back.
+                    state.events.publish(ServerEvent::Step {
+                        build_id: stage.build_id,
+                        stage: stage.number,
+                        step,
+                        status: Status::Running,
+                        exit_code: None,
+                        started: Some(time),
+                        finished: None,
+                    });
+                }
+                Notice::Finished {
+                    step,
+                    status,
+                    exit_code,
+                    time,
+                } => {
+                    let started = state
+                        .step_starts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(stage.id, step.clone()));
+                    match started {
+                        Some(started) => state.events.publish(ServerEvent::Step {
+                            build_id: stage.build_id,
+                            stage: stage.number,
+                            step: step.clone(),
+                            status,
+                            exit_code,
+                            started: Some(started),
+                            finished: Some(time),
+                        }),
+                        // Started before a server restart: the store knows when.
+                        None => publish_step(state, stage, &step).await?,
+                    }
+                    state.logs.close(&LogKey {
+                        build_id: stage.build_id,
+                        stage_id: stage.id,
+                        attempt: stage.attempt,
+                        step,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Publishes the step as stored now (an update carries only what changed: a finish has no
@@ -566,7 +659,8 @@ fn forget_step_starts(state: &AppState, stage_id: i64) {
         .retain(|(stage, _), _| *stage != stage_id);
 }
 
-/// The runner's final word on a stage. Repeating it (a lost acknowledgement) is harmless.
+/// The runner's final word on a stage, with its last events. Repeating it (a lost
+/// acknowledgement) is harmless: an ended stage is not touched again.
 pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Result<(), QueueError> {
     let attempt = i64::from(done.attempt);
     let now = crate::now_ms();
@@ -576,55 +670,45 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
             done.status
         )));
     }
-    // Only the runner holding the stage may end it (a resent report of its own end is
-    // answered below).
-    let Some(current) = state.store.stage_state(stage_id).await? else {
-        return Err(QueueError::LeaseLost {
-            stage: stage_id,
-            attempt,
-        });
+    let lost = QueueError::LeaseLost {
+        stage: stage_id,
+        attempt,
     };
-    if current.status == Status::Running && current.runner_id != Some(done.runner_id) {
-        return Err(QueueError::LeaseLost {
-            stage: stage_id,
-            attempt,
-        });
+    // Only the runner holding the stage may end it; a resent report of its own end is
+    // answered as the first was.
+    let Some(current) = state.store.stage_state(stage_id).await? else {
+        return Err(lost);
+    };
+    if current.attempt == attempt && current.status.is_done() {
+        return Ok(());
     }
-    let finished = state
+    if current.status != Status::Running
+        || current.attempt != attempt
+        || current.runner_id != Some(done.runner_id)
+    {
+        return Err(lost);
+    }
+    let report = take_events(state, &current, done.events).await?;
+    let Some((stage, closed)) = state
         .store
-        .finish_stage(
+        .end_leased_stage(
             stage_id,
-            Some(attempt),
+            attempt,
+            done.runner_id,
             done.status,
             done.error.as_deref(),
+            &report.writes,
             now,
         )
-        .await?;
-    if !finished {
-        // Already finished by this same attempt: a resent /done.
-        if let Some(stage) = state.store.stage_state(stage_id).await?
-            && stage.attempt == attempt
-            && stage.status.is_done()
-        {
-            return Ok(());
-        }
-        return Err(QueueError::LeaseLost {
-            stage: stage_id,
-            attempt,
-        });
-    }
-    // What was read before the finish is the stage, but for its end.
-    let stage = Stage {
-        status: done.status,
-        finished: Some(now),
-        lease_expires: None,
-        ..current
+        .await?
+    else {
+        // Ended meanwhile (the lease expired just now, or a cancel finished it).
+        return match state.store.stage_state(stage_id).await? {
+            Some(stage) if stage.attempt == attempt && stage.status.is_done() => Ok(()),
+            _ => Err(lost),
+        };
     };
-    // Steps the runner never reported (it gave up half-way) are closed; usually none are.
-    let steps = state.store.steps(stage_id).await?;
-    if steps.iter().any(|s| !s.status.is_done()) {
-        state.store.finish_open_steps(stage_id, now).await?;
-    }
+    report.publish(state, &stage).await?;
     state.logs.close_stage(stage_id, attempt);
     forget_step_starts(state, stage_id);
     revoke_pipeline_tokens(state, stage_id).await?;
@@ -632,7 +716,8 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
         "stage {stage_id} attempt {attempt} finished: {}",
         done.status
     );
-    builds::publish_stage_with_steps(state, &stage, done.status, steps, now);
+    // Steps the runner never reported (it gave up half-way) were closed; usually none.
+    builds::publish_stage_with_steps(state, &stage, done.status, closed, now);
     builds::settle(state, stage.build_id).await?;
     state.queue.notify_waiters();
     Ok(())

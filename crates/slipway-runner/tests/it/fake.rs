@@ -57,6 +57,10 @@ pub struct Record {
     /// StepStarted / StepFinished, in order, each once.
     pub steps: Vec<StageEvent>,
     pub done: Vec<(i64, StageDone)>,
+    /// How many polls had come when each `/done` arrived.
+    pub polls_at_done: Vec<usize>,
+    /// Stage ids handed over in answers to `/done`.
+    pub handed: Vec<i64>,
     /// Broken rules: resends that differ, gaps, events after a step finished, ...
     pub problems: Vec<String>,
     /// The body of the last events request answered with a 5xx, which the next one must
@@ -353,7 +357,26 @@ async fn done(
     let Ok(done) = serde_json::from_slice::<StageDone>(&body) else {
         return error(StatusCode::BAD_REQUEST, "bad_request", "bad done");
     };
-    fake.record().done.push((stage, done));
+    let mut record = fake.record();
+    // The last events come with the end: applied as a batch would be.
+    let batch = EventBatch {
+        runner_id: done.runner_id,
+        attempt: done.attempt,
+        events: done.events.clone(),
+    };
+    if let Err(problem) = apply(&mut record, batch) {
+        record.problems.push(problem.clone());
+        return error(StatusCode::CONFLICT, LOG_GAP, &problem);
+    }
+    let next = done.next;
+    let polls = record.polls;
+    record.polls_at_done.push(polls);
+    record.done.push((stage, done));
+    // Like the real server: the next stage, if one waits, with the answer.
+    if next && let Some(lease) = fake.leases.lock().expect("leases lock").pop_front() {
+        record.handed.push(lease.stage_id);
+        return axum::Json(lease).into_response();
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -103,6 +103,43 @@ async fn a_stage_streams_every_line_once_in_order_then_reports_success() {
 }
 
 #[tokio::test]
+async fn the_answer_to_done_can_hand_over_the_next_stage() {
+    let (fake, addr) = fake::start(Script::default()).await;
+    fake.push_lease(lease(
+        plan(&[("first", &["echo one"])], false),
+        WorkspaceSpec::Empty,
+    ));
+    let mut second = lease(
+        plan(&[("second", &["echo two"])], false),
+        WorkspaceSpec::Empty,
+    );
+    second.stage_id = 43;
+    fake.push_lease(second);
+    let runner = start_runner(addr);
+    fake.wait_for("two ends", Duration::from_secs(120), |r| r.done.len() == 2)
+        .await;
+    runner.stop().await.expect("the runner stops cleanly");
+
+    let record = fake.record();
+    assert!(record.problems.is_empty(), "{}", summary(&record));
+    // One poll got the first stage; its /done asked for more and got the second.
+    assert_eq!(record.handed, [43], "{}", summary(&record));
+    assert_eq!(record.polls_at_done, [1, 1], "{}", summary(&record));
+    let ends: Vec<(i64, Status, bool)> = record
+        .done
+        .iter()
+        .map(|(id, d)| (*id, d.status, d.next))
+        .collect();
+    assert_eq!(
+        ends,
+        [(42, Status::Success, true), (43, Status::Success, true)]
+    );
+    drop(record);
+    assert_eq!(fake.lines("first"), ["+ echo one", "one"]);
+    assert_eq!(fake.lines("second"), ["+ echo two", "two"]);
+}
+
+#[tokio::test]
 async fn twenty_thousand_lines_arrive_complete_in_few_batches() {
     let (fake, addr) = fake::start(Script::default()).await;
     fake.push_lease(lease(

@@ -84,17 +84,25 @@ pub async fn poll(
     _caller: RunnerCaller,
     Json(req): Json<PollRequest>,
 ) -> Result<Response, ApiError> {
+    let runner = seen_runner(&state, req.runner_id).await?;
+    lease_answer(queue::poll(&state, &runner).await?)
+}
+
+/// The registered runner `id` (from memory when it can be), marked as seen now.
+async fn seen_runner(state: &AppState, id: i64) -> Result<crate::store::Runner, ApiError> {
     let cached = state
         .runners
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(&req.runner_id)
+        .get(&id)
         .cloned();
     let mut runner = match cached {
         Some(runner) => runner,
-        None => state.store.runner(req.runner_id).await?.ok_or_else(|| {
-            ApiError::not_found(format!("runner {} is not registered", req.runner_id))
-        })?,
+        None => state
+            .store
+            .runner(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("runner {id} is not registered")))?,
     };
     let now = crate::now_ms();
     // `last_seen` is for the runners page: a few seconds stale is fine, a write per poll
@@ -108,7 +116,11 @@ pub async fn poll(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(runner.id, runner.clone());
-    match queue::poll(&state, &runner).await? {
+    Ok(runner)
+}
+
+fn lease_answer(lease: Option<slipway_runner::protocol::Lease>) -> Result<Response, ApiError> {
+    match lease {
         Some(lease) => Ok(Json(lease).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
@@ -138,7 +150,13 @@ pub async fn done(
     _caller: RunnerCaller,
     Path(id): Path<i64>,
     Json(req): Json<StageDone>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
+    let (runner_id, next) = (req.runner_id, req.next);
     queue::done(&state, id, req).await?;
-    Ok(StatusCode::NO_CONTENT)
+    if !next {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    // The runner has room: the next stage, if one is ready now, saves it a poll.
+    let runner = seen_runner(&state, runner_id).await?;
+    lease_answer(queue::try_lease(&state, &runner).await?)
 }

@@ -191,17 +191,7 @@ impl Store {
         digest: &str,
         now: i64,
     ) -> Result<Artifact> {
-        let row = sqlx::query(
-            "INSERT INTO artifacts (build_id, image, digest, created) VALUES ($1, $2, $3, $4) \
-             RETURNING *",
-        )
-        .bind(build_id)
-        .bind(image)
-        .bind(digest)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        rows::artifact(&row)
+        add_artifact_on(&self.pool, build_id, image, digest, now).await
     }
 
     /// A build's artifacts, in the order they were added.
@@ -234,4 +224,24 @@ impl Store {
             runners,
         })
     }
+}
+
+pub(super) async fn add_artifact_on<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    build_id: i64,
+    image: &str,
+    digest: &str,
+    now: i64,
+) -> Result<Artifact> {
+    let row = sqlx::query(
+        "INSERT INTO artifacts (build_id, image, digest, created) VALUES ($1, $2, $3, $4) \
+         RETURNING *",
+    )
+    .bind(build_id)
+    .bind(image)
+    .bind(digest)
+    .bind(now)
+    .fetch_one(executor)
+    .await?;
+    rows::artifact(&row)
 }

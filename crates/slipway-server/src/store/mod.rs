@@ -293,6 +293,20 @@ pub enum Backend {
     Postgres,
 }
 
+/// One change a runner reports about its stage, written with others in one transaction
+/// by [`Store::write_report`] and [`Store::end_leased_stage`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportWrite {
+    /// [`Store::update_step`] of the step `name`.
+    Step { name: String, update: StepUpdate },
+    /// [`Store::add_artifact`] to the stage's build.
+    Artifact {
+        image: String,
+        digest: String,
+        now: i64,
+    },
+}
+
 /// What [`Store::update_step`] writes: `status` always, the rest only when `Some`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepUpdate {

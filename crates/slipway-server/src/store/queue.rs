@@ -5,15 +5,21 @@
 //! on both engines without row locks or `SKIP LOCKED`.
 
 use slipway_engine::Status;
+use sqlx::{Any, Executor};
 
 use super::rows;
-use super::{Result, Stage, Step, StepUpdate, Store};
+use super::{ReportWrite, Result, Stage, Step, StepUpdate, Store};
 
-/// A stage row without its plan (`plan` reads as `null`): what the queue's frequent reads
-/// need, at a fraction of the bytes.
-const STAGE_STATE: &str = "SELECT id, build_id, repo_id, number, name, status, depends_on, \
-     labels, 'null' AS plan, attempt, runner_id, lease_expires, cancel_requested, error, \
-     created, started, finished FROM stages";
+/// The columns of a stage row without its plan (`plan` reads as `null`): what the queue's
+/// frequent reads need, at a fraction of the bytes.
+macro_rules! state_columns {
+    () => {
+        "id, build_id, repo_id, number, name, status, depends_on, labels, 'null' AS plan, \
+         attempt, runner_id, lease_expires, cancel_requested, error, created, started, finished"
+    };
+}
+
+const STAGE_STATE: &str = concat!("SELECT ", state_columns!(), " FROM stages");
 
 impl Store {
     // ---------------------------------------------------------------- stages
@@ -287,36 +293,136 @@ impl Store {
         name: &str,
         update: &StepUpdate,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE steps SET status = $3, exit_code = COALESCE($4, exit_code), \
-             error = COALESCE($5, error), started = COALESCE($6, started), \
-             finished = COALESCE($7, finished) WHERE stage_id = $1 AND name = $2",
-        )
+        update_step_on(&self.pool, stage_id, name, update).await
+    }
+
+    /// Applies a runner's `writes` about one stage of build `build_id`, in order, in one
+    /// transaction: one commit however many there are.
+    pub async fn write_report(
+        &self,
+        build_id: i64,
+        stage_id: i64,
+        writes: &[ReportWrite],
+    ) -> Result<()> {
+        match writes {
+            [] => Ok(()),
+            [one] => apply_write(&self.pool, build_id, stage_id, one).await,
+            many => {
+                let mut tx = self.begin().await?;
+                for write in many {
+                    apply_write(&mut *tx, build_id, stage_id, write).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A runner's end of the stage it leased, in one transaction: if the stage is running
+    /// `attempt` on `runner_id`, it ends with `status` (and `error`), the runner's last
+    /// `writes` are applied, and the steps it left open are closed as by
+    /// [`Store::finish_open_steps`]. The stage as ended (without its plan) and the steps that
+    /// were closed, as they are now; `None`, with nothing written, when the lease is not
+    /// that.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn end_leased_stage(
+        &self,
+        stage_id: i64,
+        attempt: i64,
+        runner_id: i64,
+        status: Status,
+        error: Option<&str>,
+        writes: &[ReportWrite],
+        now: i64,
+    ) -> Result<Option<(Stage, Vec<Step>)>> {
+        let mut tx = self.begin().await?;
+        let ended = sqlx::query(concat!(
+            "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
+             lease_expires = NULL \
+             WHERE id = $1 AND status = 'running' AND attempt = $5 AND runner_id = $6 \
+             RETURNING ",
+            state_columns!()
+        ))
         .bind(stage_id)
-        .bind(name)
-        .bind(update.status.as_str())
-        .bind(update.exit_code)
-        .bind(&update.error)
-        .bind(update.started)
-        .bind(update.finished)
-        .execute(&self.pool)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now)
+        .bind(attempt)
+        .bind(runner_id)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        let Some(ended) = ended else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let stage = rows::stage(&ended)?;
+        for write in writes {
+            apply_write(&mut *tx, stage.build_id, stage_id, write).await?;
+        }
+        let closed = sqlx::query(&format!("{CLOSE_OPEN_STEPS} RETURNING *"))
+            .bind(stage_id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        let closed = rows::all(&closed, rows::step)?;
+        tx.commit().await?;
+        Ok(Some((stage, closed)))
     }
 
     /// Closes the steps a stage left open: pending → skipped, running → killed with
     /// `finished = now`.
     pub async fn finish_open_steps(&self, stage_id: i64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE steps SET \
-             finished = CASE WHEN status = 'running' THEN $2 ELSE finished END, \
-             status = CASE WHEN status = 'running' THEN 'killed' ELSE 'skipped' END \
-             WHERE stage_id = $1 AND status IN ('pending', 'running')",
-        )
-        .bind(stage_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(CLOSE_OPEN_STEPS)
+            .bind(stage_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
+}
+
+/// `$1` stage id, `$2` now: pending steps → skipped, running ones → killed at `now`.
+const CLOSE_OPEN_STEPS: &str = "UPDATE steps SET \
+     finished = CASE WHEN status = 'running' THEN $2 ELSE finished END, \
+     status = CASE WHEN status = 'running' THEN 'killed' ELSE 'skipped' END \
+     WHERE stage_id = $1 AND status IN ('pending', 'running')";
+
+async fn update_step_on<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    stage_id: i64,
+    name: &str,
+    update: &StepUpdate,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE steps SET status = $3, exit_code = COALESCE($4, exit_code), \
+         error = COALESCE($5, error), started = COALESCE($6, started), \
+         finished = COALESCE($7, finished) WHERE stage_id = $1 AND name = $2",
+    )
+    .bind(stage_id)
+    .bind(name)
+    .bind(update.status.as_str())
+    .bind(update.exit_code)
+    .bind(&update.error)
+    .bind(update.started)
+    .bind(update.finished)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+async fn apply_write<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    build_id: i64,
+    stage_id: i64,
+    write: &ReportWrite,
+) -> Result<()> {
+    match write {
+        ReportWrite::Step { name, update } => {
+            update_step_on(executor, stage_id, name, update).await?;
+        }
+        ReportWrite::Artifact { image, digest, now } => {
+            super::misc::add_artifact_on(executor, build_id, image, digest, *now).await?;
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ mod hooks;
 mod live_ui;
 mod mirror;
 mod parse;
+mod protocol;
 mod robustness;
 mod secrets;
 mod signature;

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use slipway_engine::Status;
 use slipway_server::store::{
-    Backend, CompiledBuild, NewBuild, NewRepo, NewStage, Repo, StepUpdate, Store, StoreError,
+    Backend, CompiledBuild, NewBuild, NewRepo, NewStage, Repo, ReportWrite, StepUpdate, Store,
+    StoreError,
 };
 use sqlx::{Connection, Row};
 
@@ -171,6 +172,7 @@ both_engines!(
     requeue_resets_steps,
     cancel_and_finish_without_attempt,
     steps_updates,
+    report_writes_and_leased_end,
     secrets,
     runners,
     tokens,
@@ -1210,6 +1212,157 @@ async fn steps_updates(db: &TestDb) {
             ("compile", Status::Killed, Some(9_000)),
             ("test", Status::Skipped, None),
         ]
+    );
+}
+
+async fn report_writes_and_leased_end(db: &TestDb) {
+    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
+    let runner = store
+        .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
+        .await
+        .expect("runner");
+    let leased = store
+        .lease_stage(stage_id, runner.id, 60_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("leased");
+    let step = |name: &str, status: Status, started: Option<i64>, finished: Option<i64>| {
+        ReportWrite::Step {
+            name: name.to_owned(),
+            update: StepUpdate {
+                status,
+                exit_code: finished.map(|_| 0),
+                error: None,
+                started,
+                finished,
+            },
+        }
+    };
+    // Several writes, one transaction.
+    store
+        .write_report(
+            build_id,
+            stage_id,
+            &[
+                step("clone", Status::Running, Some(1_100), None),
+                step("clone", Status::Success, None, Some(1_200)),
+                ReportWrite::Artifact {
+                    image: "reg.example/acme/app:1".to_owned(),
+                    digest: "sha256:aa".to_owned(),
+                    now: 1_250,
+                },
+                step("compile", Status::Running, Some(1_300), None),
+            ],
+        )
+        .await
+        .expect("write a report");
+    let artifacts = store.artifacts(build_id).await.expect("artifacts");
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!(artifacts[0].image, "reg.example/acme/app:1");
+
+    // The end by another runner or another attempt writes nothing.
+    let compile_done = [step("compile", Status::Success, None, Some(1_400))];
+    for (attempt, runner_id) in [
+        (leased.attempt, runner.id + 1),
+        (leased.attempt + 1, runner.id),
+    ] {
+        let refused = store
+            .end_leased_stage(
+                stage_id,
+                attempt,
+                runner_id,
+                Status::Success,
+                None,
+                &compile_done,
+                2_000,
+            )
+            .await
+            .expect("end");
+        assert!(refused.is_none());
+    }
+    let stage = store
+        .stage_state(stage_id)
+        .await
+        .expect("read")
+        .expect("stage");
+    assert_eq!(stage.status, Status::Running);
+    assert_eq!(
+        store.steps(stage_id).await.expect("steps")[1].status,
+        Status::Running
+    );
+
+    // The holder's end: the last writes, the stage ended, `test` (never started) closed.
+    let (ended, closed) = store
+        .end_leased_stage(
+            stage_id,
+            leased.attempt,
+            runner.id,
+            Status::Success,
+            None,
+            &compile_done,
+            2_000,
+        )
+        .await
+        .expect("end")
+        .expect("the holder ends it");
+    assert_eq!(
+        (ended.id, ended.status, ended.finished, ended.lease_expires),
+        (stage_id, Status::Success, Some(2_000), None)
+    );
+    assert_eq!(
+        closed
+            .iter()
+            .map(|s| (s.name.as_str(), s.status))
+            .collect::<Vec<_>>(),
+        [("test", Status::Skipped)]
+    );
+    let states: Vec<(String, Status, Option<i64>, Option<i64>)> = store
+        .steps(stage_id)
+        .await
+        .expect("steps")
+        .into_iter()
+        .map(|s| (s.name, s.status, s.started, s.finished))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (
+                "clone".to_owned(),
+                Status::Success,
+                Some(1_100),
+                Some(1_200)
+            ),
+            (
+                "compile".to_owned(),
+                Status::Success,
+                Some(1_300),
+                Some(1_400)
+            ),
+            ("test".to_owned(), Status::Skipped, None, None),
+        ]
+    );
+    // Ended once: a second end is refused and changes nothing.
+    let again = store
+        .end_leased_stage(
+            stage_id,
+            leased.attempt,
+            runner.id,
+            Status::Failure,
+            None,
+            &[],
+            3_000,
+        )
+        .await
+        .expect("end again");
+    assert!(again.is_none());
+    let stage = store
+        .stage_state(stage_id)
+        .await
+        .expect("read")
+        .expect("stage");
+    assert_eq!(
+        (stage.status, stage.finished),
+        (Status::Success, Some(2_000))
     );
 }
 

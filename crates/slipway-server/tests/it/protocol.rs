@@ -1,0 +1,360 @@
+//! The runner protocol against the real server (in-process, SQLite in a temporary data
+//! dir, on loopback), with this test as the runner: a stage's last events may come with
+//! its `/done`. They are applied as a batch would be and the stage ends in the same
+//! request; a resent `/done` changes nothing; a `/done` from a runner not holding the
+//! lease, or one whose lines leave a gap, writes nothing at all; a `/done` asking for more
+//! work is answered with the next stage's lease when one waits.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use slipway_server::app::Server;
+use slipway_server::config::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "protocol-admin-token-0123456789abcdef";
+const REPO: &str = "team/proto";
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=T", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .status()
+        .expect("git runs");
+    assert!(status.success(), "git {args:?} failed");
+}
+
+struct Harness {
+    url: String,
+    runner_token: String,
+    http: reqwest::Client,
+    _dirs: Vec<tempfile::TempDir>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Harness {
+    /// A server with one repository whose pipeline has the steps `a` and `b` (exec, no
+    /// clone; nothing runs them but this test).
+    async fn start() -> Harness {
+        let work = tempfile::tempdir().expect("a work tree");
+        std::fs::write(
+            work.path().join(".drone.yml"),
+            "kind: pipeline\ntype: exec\nname: default\nclone:\n  disable: true\nsteps:\n\
+             - name: a\n  commands: [\"true\"]\n- name: b\n  commands: [\"true\"]\n",
+        )
+        .expect("write .drone.yml");
+        git(work.path(), &["init", "-q", "-b", "main"]);
+        git(work.path(), &["add", "-A"]);
+        git(work.path(), &["commit", "-q", "-m", "two steps"]);
+        let bare = tempfile::tempdir().expect("a bare repository dir");
+        let bare_path = bare.path().join("proto.git");
+        let status = Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(work.path())
+            .arg(&bare_path)
+            .status()
+            .expect("git clone --bare");
+        assert!(status.success(), "git clone --bare");
+
+        let data = tempfile::tempdir().expect("a data dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let mut config = ServerConfig::new(data.path().join("data"), url.clone());
+        config.admin_token = Some(ADMIN.to_owned());
+        config.poll_wait = Duration::from_secs(5);
+        let server = Server::open(config).await.expect("the server opens");
+        let shutdown = CancellationToken::new();
+        server.spawn_background(shutdown.clone());
+        let router = server.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let harness = Harness {
+            url,
+            runner_token: server.state.runner_token.clone(),
+            http: reqwest::Client::new(),
+            _dirs: vec![work, bare, data],
+            shutdown,
+        };
+        let (status, body) = harness
+            .admin_post(
+                "/api/repos",
+                json!({"name": REPO, "provider": "generic", "config_path": ".drone.yml",
+                       "clone_url": format!("file://{}", bare_path.display())}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        harness
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.url))
+                .bearer_auth(ADMIN)
+                .json(&body),
+        )
+        .await
+    }
+
+    async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.send(
+            self.http
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(ADMIN),
+        )
+        .await
+    }
+
+    async fn runner_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(format!("{}/api/runner{path}", self.url))
+                .bearer_auth(&self.runner_token)
+                .json(body),
+        )
+        .await
+    }
+
+    async fn register(&self, name: &str) -> i64 {
+        let (status, body) = self
+            .runner_post(
+                "/register",
+                &json!({"name": name, "labels": {"os": "linux", "arch": "amd64"}, "capacity": 1,
+                        "version": "test",
+                        "protocol": slipway_runner::protocol::PROTOCOL_VERSION}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["runner_id"].as_i64().expect("a runner id")
+    }
+
+    /// Runs a build of `main` and leases its stage to `runner`: (build number, stage id).
+    async fn build_and_lease(&self, runner: i64) -> (i64, i64) {
+        let (status, build) = self
+            .admin_post(
+                &format!("/api/repos/{REPO}/builds"),
+                json!({"branch": "main"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{build}");
+        let (status, lease) = self
+            .runner_post("/poll", &json!({"runner_id": runner}))
+            .await;
+        assert_eq!(status, 200, "a lease: {lease}");
+        assert_eq!(lease["attempt"], 1, "{lease}");
+        (
+            build["number"].as_i64().expect("a number"),
+            lease["stage_id"].as_i64().expect("a stage id"),
+        )
+    }
+
+    async fn build(&self, number: i64) -> Value {
+        let (status, build) = self
+            .admin_get(&format!("/api/repos/{REPO}/builds/{number}"))
+            .await;
+        assert_eq!(status, 200, "{build}");
+        build
+    }
+
+    async fn log(&self, number: i64, step: &str) -> String {
+        let response = self
+            .http
+            .get(format!(
+                "{}/api/repos/{REPO}/builds/{number}/logs/1/{step}",
+                self.url
+            ))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("GET the log");
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return String::new();
+        }
+        assert!(response.status().is_success(), "{}", response.status());
+        response.text().await.expect("the log")
+    }
+}
+
+fn line(text: &str) -> Value {
+    json!({"time": 1_700_000_000_000_i64, "line": text})
+}
+
+fn step<'a>(build: &'a Value, name: &str) -> &'a Value {
+    build["stages"][0]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("step `{name}` in {build}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_events_come_with_done_and_a_resent_done_changes_nothing() {
+    let h = Harness::start().await;
+    let runner = h.register("proto-runner").await;
+    let (number, stage) = h.build_and_lease(runner).await;
+
+    // `a` starts in a batch of its own; the rest comes with the end.
+    let (status, ack) = h
+        .runner_post(
+            &format!("/stages/{stage}/events"),
+            &json!({"runner_id": runner, "attempt": 1, "events": [
+                {"type": "step_started", "step": "a", "time": 1_700_000_000_100_i64}]}),
+        )
+        .await;
+    assert_eq!((status, &ack["cancel"]), (200, &json!(false)), "{ack}");
+    let done = json!({"runner_id": runner, "attempt": 1, "status": "failure", "error": null,
+        "events": [
+            {"type": "log", "step": "a", "first_seq": 0, "lines": [line("+ true"), line("a said")]},
+            {"type": "step_finished", "step": "a", "status": "success", "exit_code": 0,
+             "time": 1_700_000_000_200_i64, "error": null},
+            {"type": "step_started", "step": "b", "time": 1_700_000_000_300_i64},
+            {"type": "log", "step": "b", "first_seq": 0, "lines": [line("b failed")]},
+            {"type": "step_finished", "step": "b", "status": "failure", "exit_code": 3,
+             "time": 1_700_000_000_400_i64, "error": null}]});
+    let (status, body) = h.runner_post(&format!("/stages/{stage}/done"), &done).await;
+    assert_eq!(status, 204, "{body}");
+
+    let ended = h.build(number).await;
+    assert_eq!(ended["status"], "failure", "{ended}");
+    assert_eq!(ended["stages"][0]["status"], "failure", "{ended}");
+    let (a, b) = (step(&ended, "a"), step(&ended, "b"));
+    assert_eq!(
+        (&a["status"], &a["exit_code"], &a["started"], &a["finished"]),
+        (
+            &json!("success"),
+            &json!(0),
+            &json!(1_700_000_000_100_i64),
+            &json!(1_700_000_000_200_i64)
+        ),
+        "{a}"
+    );
+    // Started and finished within one report: both times stored.
+    assert_eq!(
+        (&b["status"], &b["exit_code"], &b["started"], &b["finished"]),
+        (
+            &json!("failure"),
+            &json!(3),
+            &json!(1_700_000_000_300_i64),
+            &json!(1_700_000_000_400_i64)
+        ),
+        "{b}"
+    );
+    assert_eq!(h.log(number, "a").await, "+ true\na said\n");
+    assert_eq!(h.log(number, "b").await, "b failed\n");
+
+    // The acknowledgement was lost: the same /done again is answered the same and changes
+    // nothing.
+    let (status, body) = h.runner_post(&format!("/stages/{stage}/done"), &done).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(h.build(number).await, ended);
+    assert_eq!(h.log(number, "a").await, "+ true\na said\n");
+    assert_eq!(h.log(number, "b").await, "b failed\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_not_from_the_lease_holder_or_with_a_gap_writes_nothing() {
+    let h = Harness::start().await;
+    let holder = h.register("holder").await;
+    let other = h.register("other").await;
+    let (number, stage) = h.build_and_lease(holder).await;
+    let before = h.build(number).await;
+    assert_eq!(before["stages"][0]["status"], "running", "{before}");
+
+    let done = |runner: i64, first_seq: u64| {
+        json!({"runner_id": runner, "attempt": 1, "status": "success", "error": null,
+            "events": [
+                {"type": "step_started", "step": "a", "time": 1_700_000_000_100_i64},
+                {"type": "log", "step": "a", "first_seq": first_seq, "lines": [line("x")]},
+                {"type": "step_finished", "step": "a", "status": "success", "exit_code": 0,
+                 "time": 1_700_000_000_200_i64, "error": null}]})
+    };
+    // Another runner, and a wrong attempt: the lease is not theirs.
+    let (status, body) = h
+        .runner_post(&format!("/stages/{stage}/done"), &done(other, 0))
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("lease_lost")),
+        "{body}"
+    );
+    let mut wrong_attempt = done(holder, 0);
+    wrong_attempt["attempt"] = json!(2);
+    let (status, body) = h
+        .runner_post(&format!("/stages/{stage}/done"), &wrong_attempt)
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("lease_lost")),
+        "{body}"
+    );
+    // The holder, but its lines start at 5 where the server has none.
+    let (status, body) = h
+        .runner_post(&format!("/stages/{stage}/done"), &done(holder, 5))
+        .await;
+    assert_eq!((status, &body["code"]), (409, &json!("log_gap")), "{body}");
+
+    assert_eq!(h.build(number).await, before, "nothing was written");
+    assert_eq!(h.log(number, "a").await, "");
+
+    // The holder's own, whole report still ends the stage; asking for more, it gets the
+    // stage of a build that is waiting, as a poll would.
+    let (status, waiting) = h
+        .admin_post(
+            &format!("/api/repos/{REPO}/builds"),
+            json!({"branch": "main"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{waiting}");
+    let mut last = done(holder, 0);
+    last["next"] = json!(true);
+    let (status, next) = h.runner_post(&format!("/stages/{stage}/done"), &last).await;
+    assert_eq!(status, 200, "the next lease: {next}");
+    assert_eq!(next["attempt"], 1, "{next}");
+    assert_ne!(next["stage_id"], json!(stage), "{next}");
+    let waiting = h.build(waiting["number"].as_i64().expect("a number")).await;
+    assert_eq!(
+        (&waiting["stages"][0]["status"], &waiting["stages"][0]["id"]),
+        (&json!("running"), &next["stage_id"]),
+        "{waiting}"
+    );
+    // Nothing else waits: the next end is answered 204 however it asks.
+    let mut second = done(holder, 0);
+    second["next"] = json!(true);
+    let next_stage = next["stage_id"].as_i64().expect("a stage id");
+    let (status, body) = h
+        .runner_post(&format!("/stages/{next_stage}/done"), &second)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let ended = h.build(number).await;
+    assert_eq!(ended["stages"][0]["status"], "success", "{ended}");
+    assert_eq!(step(&ended, "a")["status"], "success", "{ended}");
+    // `b` was never reported: closed as skipped with the stage.
+    assert_eq!(step(&ended, "b")["status"], "skipped", "{ended}");
+    assert_eq!(h.log(number, "a").await, "x\n");
+}
