@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: a step printing 200,000 lines through `slipway up`, every line stored and
 # streamed live, against the same command in `docker run --rm IMAGE sh -c CMD > /dev/null`,
-# side by side in one run (REPS of each, interleaved; medians).
+# side by side in one run (REPS of each, default 5, interleaved; medians).
 #
 # - The step (busybox image): awk printing LINES lines of ~60 bytes ("line N of LINES: ...").
 # - Each build is started through the REST API; at once a client follows the step's live log
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 prepare_machine
 bin="${SLIPWAY_BIN:-$(build_release)}"
 LINES="${LINES:-200000}"
-REPS="${REPS:-3}"
+REPS="${REPS:-5}"
 ADMIN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 CMD="awk 'BEGIN { for (i = 1; i <= $LINES; i++) printf \"line %d of $LINES: the quick brown fox jumps over the lazy dog\\n\", i }'"
 

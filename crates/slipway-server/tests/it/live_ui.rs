@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
 use serde_json::{Value, json};
-use slipway_server::app::Server;
-use slipway_server::config::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::browser::Browser;
+use super::{BareRepo, TestServer, serve};
 
 const ADMIN: &str = "live-ui-admin-token-0123456789abcdef";
 const REPO: &str = "team/live";
@@ -32,17 +31,6 @@ const LINES: &str = "return Array.from(document.querySelectorAll('.log[data-stag
 
 fn test_image() -> String {
     std::env::var("SLIPWAY_TEST_IMAGE").unwrap_or_else(|_| "slipway-test/busybox:latest".into())
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=T", "-c", "user.email=t@example.invalid"])
-        .args(args)
-        .status()
-        .expect("git runs");
-    assert!(status.success(), "git {args:?} failed");
 }
 
 fn now_ms() -> i64 {
@@ -154,39 +142,15 @@ async fn live_build_page_streams_a_docker_step_and_cancels_it() {
          - printf '\\033[31mred\\033[0m\\n'\n  \
          - for i in $(seq 1 100); do echo \"line $i\"; sleep 0.2; done\n"
     );
-    let work = tempfile::tempdir().expect("a work tree");
-    std::fs::write(work.path().join(".drone.yml"), pipeline).expect("write .drone.yml");
-    git(work.path(), &["init", "-q", "-b", "main"]);
-    git(work.path(), &["add", "-A"]);
-    git(work.path(), &["commit", "-q", "-m", "count slowly"]);
-    let bare = tempfile::tempdir().expect("a bare repository dir");
-    let bare_path = bare.path().join("live.git");
-    let status = Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(work.path())
-        .arg(&bare_path)
-        .status()
-        .expect("git clone --bare");
-    assert!(status.success(), "git clone --bare");
-    let clone_url = format!("file://{}", bare_path.display());
+    let repo = BareRepo::with_pipeline(&pipeline);
+    let clone_url = repo.clone_url.clone();
 
     // The server on loopback, and a runner speaking to it.
-    let data = tempfile::tempdir().expect("a data dir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let mut config = ServerConfig::new(data.path().join("data"), url.clone());
-    config.admin_token = Some(ADMIN.to_owned());
-    config.poll_wait = Duration::from_secs(5);
-    config.durable_logs = false;
-    let server = Server::open(config).await.expect("the server opens");
     let shutdown = CancellationToken::new();
-    server.spawn_background(shutdown.clone());
-    let router = server.router();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let TestServer { url, server, data } = serve(ADMIN, &shutdown, |config| {
+        config.durable_logs = false;
+    })
+    .await;
     let runner = slipway_runner::RunnerConfig {
         server: url.clone(),
         token: server.state.runner_token.clone(),

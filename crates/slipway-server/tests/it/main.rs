@@ -120,3 +120,88 @@ pub fn ignored(parsed: Result<Parsed, slipway_server::webhook::WebhookError>) ->
         other => panic!("expected to be ignored, got {other:?}"),
     }
 }
+
+/// A bare repository (served over `file://`) whose one commit on `main` holds `.drone.yml`.
+#[derive(Debug)]
+pub struct BareRepo {
+    pub clone_url: String,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl BareRepo {
+    pub fn with_pipeline(pipeline: &str) -> BareRepo {
+        let work = tempfile::tempdir().expect("a work tree");
+        std::fs::write(work.path().join(".drone.yml"), pipeline).expect("write .drone.yml");
+        git(work.path(), &["init", "-q", "-b", "main"]);
+        git(work.path(), &["add", "-A"]);
+        git(work.path(), &["commit", "-q", "-m", "the pipeline"]);
+        let bare = tempfile::tempdir().expect("a bare repository dir");
+        let bare_path = bare.path().join("repo.git");
+        let status = std::process::Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(work.path())
+            .arg(&bare_path)
+            .status()
+            .expect("git clone --bare");
+        assert!(status.success(), "git clone --bare");
+        BareRepo {
+            clone_url: format!("file://{}", bare_path.display()),
+            _dirs: (work, bare),
+        }
+    }
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=T", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .status()
+        .expect("git runs");
+    assert!(status.success(), "git {args:?} failed");
+}
+
+/// The real server in-process on loopback: data in a temporary dir, `admin` as the admin
+/// token, polls held up to 5 s; `tweak` may change the rest of the configuration. Stops
+/// when `shutdown` is cancelled.
+pub struct TestServer {
+    pub url: String,
+    pub server: slipway_server::app::Server,
+    pub data: tempfile::TempDir,
+}
+
+pub async fn serve(
+    admin: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    tweak: impl FnOnce(&mut slipway_server::config::ServerConfig),
+) -> TestServer {
+    let data = tempfile::tempdir().expect("a data dir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let mut config =
+        slipway_server::config::ServerConfig::new(data.path().join("data"), url.clone());
+    config.admin_token = Some(admin.to_owned());
+    config.poll_wait = std::time::Duration::from_secs(5);
+    tweak(&mut config);
+    let server = slipway_server::app::Server::open(config)
+        .await
+        .expect("the server opens");
+    server.spawn_background(shutdown.clone());
+    let router = server.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    TestServer { url, server, data }
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("url", &self.url)
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
+}

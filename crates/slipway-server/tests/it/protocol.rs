@@ -5,34 +5,20 @@
 //! lease, or one whose lines leave a gap, writes nothing at all; a `/done` asking for more
 //! work is answered with the next stage's lease when one waits.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use slipway_server::app::Server;
-use slipway_server::config::ServerConfig;
 use tokio_util::sync::CancellationToken;
+
+use super::{BareRepo, TestServer, serve};
 
 const ADMIN: &str = "protocol-admin-token-0123456789abcdef";
 const REPO: &str = "team/proto";
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=T", "-c", "user.email=t@example.invalid"])
-        .args(args)
-        .status()
-        .expect("git runs");
-    assert!(status.success(), "git {args:?} failed");
-}
 
 struct Harness {
     url: String,
     runner_token: String,
     http: reqwest::Client,
-    _dirs: Vec<tempfile::TempDir>,
+    repo: BareRepo,
+    _data: tempfile::TempDir,
     shutdown: CancellationToken,
 }
 
@@ -46,53 +32,25 @@ impl Harness {
     /// A server with one repository whose pipeline has the steps `a` and `b` (exec, no
     /// clone; nothing runs them but this test).
     async fn start() -> Harness {
-        let work = tempfile::tempdir().expect("a work tree");
-        std::fs::write(
-            work.path().join(".drone.yml"),
+        let repo = BareRepo::with_pipeline(
             "kind: pipeline\ntype: exec\nname: default\nclone:\n  disable: true\nsteps:\n\
              - name: a\n  commands: [\"true\"]\n- name: b\n  commands: [\"true\"]\n",
-        )
-        .expect("write .drone.yml");
-        git(work.path(), &["init", "-q", "-b", "main"]);
-        git(work.path(), &["add", "-A"]);
-        git(work.path(), &["commit", "-q", "-m", "two steps"]);
-        let bare = tempfile::tempdir().expect("a bare repository dir");
-        let bare_path = bare.path().join("proto.git");
-        let status = Command::new("git")
-            .args(["clone", "-q", "--bare"])
-            .arg(work.path())
-            .arg(&bare_path)
-            .status()
-            .expect("git clone --bare");
-        assert!(status.success(), "git clone --bare");
-
-        let data = tempfile::tempdir().expect("a data dir");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let mut config = ServerConfig::new(data.path().join("data"), url.clone());
-        config.admin_token = Some(ADMIN.to_owned());
-        config.poll_wait = Duration::from_secs(5);
-        let server = Server::open(config).await.expect("the server opens");
+        );
         let shutdown = CancellationToken::new();
-        server.spawn_background(shutdown.clone());
-        let router = server.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let TestServer { url, server, data } = serve(ADMIN, &shutdown, |_| {}).await;
         let harness = Harness {
             url,
             runner_token: server.state.runner_token.clone(),
             http: reqwest::Client::new(),
-            _dirs: vec![work, bare, data],
+            repo,
+            _data: data,
             shutdown,
         };
         let (status, body) = harness
             .admin_post(
                 "/api/repos",
                 json!({"name": REPO, "provider": "generic", "config_path": ".drone.yml",
-                       "clone_url": format!("file://{}", bare_path.display())}),
+                       "clone_url": harness.repo.clone_url}),
             )
             .await;
         assert_eq!(status, 201, "{body}");
