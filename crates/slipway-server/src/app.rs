@@ -66,6 +66,13 @@ pub struct AppState {
     pub step_starts: std::sync::Mutex<std::collections::HashMap<(i64, String), i64>>,
     /// Registered runners by id, for polls (labels, last seen).
     pub runners: std::sync::Mutex<std::collections::HashMap<i64, crate::store::Runner>>,
+    /// Builds this process started, as read when their first stage was leased: the parts
+    /// a lease needs (number, event, ref, commit) never change, so the build's other stages
+    /// are leased without reading it (or starting it) again. See [`crate::queue`].
+    pub running_builds: crate::queue::Recent<crate::store::Build>,
+    /// Stages this process leased, by id: who holds which attempt, so a runner's `/done`
+    /// need not read the stage first (the end itself checks the lease again).
+    pub leased: crate::queue::Recent<crate::queue::LeasedStage>,
 }
 
 /// An opened server.
@@ -177,6 +184,8 @@ impl Server {
             tokens: auth::TokenCache::default(),
             tokened_stages: std::sync::Mutex::new(tokened),
             step_starts: std::sync::Mutex::default(),
+            running_builds: crate::queue::Recent::default(),
+            leased: crate::queue::Recent::default(),
             runners: std::sync::Mutex::default(),
         });
         Ok(Server {

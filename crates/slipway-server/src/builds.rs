@@ -375,6 +375,8 @@ async fn finish_build(
     build_id: i64,
     stages: &[Stage],
 ) -> Result<(), BuildError> {
+    // Every stage is done: nothing more to lease of it.
+    state.running_builds.remove(build_id);
     let Some(build) = state.store.build(build_id).await? else {
         return Ok(());
     };

@@ -2,8 +2,11 @@
 //! lease, what the runner reports back, and what happens when a runner disappears.
 //!
 //! The queue is the `stages` table: nothing is held only in memory, so a server restart
-//! loses no queued or running stage. Memory holds only a [`tokio::sync::Notify`] that wakes
-//! long-polling runners when a stage may have become ready.
+//! loses no queued or running stage. Memory holds a [`tokio::sync::Notify`] that wakes
+//! long-polling runners when a stage may have become ready, and two caches ([`Recent`])
+//! that save reads, never decisions: the builds this process started (what a lease needs
+//! of them never changes) and the leases it handed out (a `/done` that matches one skips
+//! reading the stage; the end is a compare-and-set on the lease all the same).
 //!
 //! Invariants:
 //! - A stage is handed out only when every stage it depends on is done, the build is not
@@ -56,6 +59,70 @@ impl From<builds::BuildError> for QueueError {
         match e {
             builds::BuildError::Store(e) => QueueError::Store(e),
             other => QueueError::Corrupt(0, other.to_string()),
+        }
+    }
+}
+
+/// A small cache by id. Dropped whole when it grows past [`Recent::MAX`] (entries of
+/// builds and stages ended by another server process are never removed one by one), which
+/// costs only the reads it saves.
+#[derive(Debug)]
+pub struct Recent<T>(std::sync::Mutex<std::collections::HashMap<i64, T>>);
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Recent(std::sync::Mutex::default())
+    }
+}
+
+impl<T: Clone> Recent<T> {
+    const MAX: usize = 4096;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, T>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, id: i64) -> Option<T> {
+        self.lock().get(&id).cloned()
+    }
+
+    pub fn insert(&self, id: i64, value: T) {
+        let mut map = self.lock();
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(id, value);
+    }
+
+    pub fn remove(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+}
+
+/// Who holds a stage this process leased, and where its logs and events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeasedStage {
+    pub runner_id: i64,
+    pub key: StageKey,
+}
+
+/// What reporting about a stage needs of it: its logs' and live events' addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageKey {
+    pub id: i64,
+    pub build_id: i64,
+    /// The stage's number in its build.
+    pub number: i64,
+    pub attempt: i64,
+}
+
+impl From<&Stage> for StageKey {
+    fn from(stage: &Stage) -> StageKey {
+        StageKey {
+            id: stage.id,
+            build_id: stage.build_id,
+            number: stage.number,
+            attempt: stage.attempt,
         }
     }
 }
@@ -184,15 +251,21 @@ async fn lease_from(
                 // Only a pending build starts: one cancelled meanwhile stays finished.
                 if build.status == Status::Pending && state.store.start_build(build.id, now).await?
                 {
-                    builds::publish_build(
-                        state,
-                        &crate::store::Build {
-                            status: Status::Running,
-                            started: Some(now),
-                            ..build
-                        },
-                    );
+                    let started = crate::store::Build {
+                        status: Status::Running,
+                        started: Some(now),
+                        ..build
+                    };
+                    builds::publish_build(state, &started);
+                    state.running_builds.insert(started.id, started);
                 }
+                state.leased.insert(
+                    leased.id,
+                    LeasedStage {
+                        runner_id: runner.id,
+                        key: StageKey::from(&leased),
+                    },
+                );
                 builds::publish_stage(state, &leased, Status::Running).await;
                 tracing::info!(
                     "stage {} ({}) attempt {} leased to runner {}",
@@ -236,12 +309,15 @@ async fn lease_for(
         .map_err(|e| format!("the stored plan is unreadable: {e}"))?;
     // Dependencies between stages are the server's business.
     pipeline.depends_on.clear();
-    let build = state
-        .store
-        .build(stage.build_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("build {} is gone", stage.build_id))?;
+    let build = match state.running_builds.get(stage.build_id) {
+        Some(build) => build,
+        None => state
+            .store
+            .build(stage.build_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("build {} is gone", stage.build_id))?,
+    };
     let pull_request = build.event == "pull_request";
 
     let wanted: Vec<&str> = pipeline
@@ -439,12 +515,13 @@ pub async fn events(
     batch: EventBatch,
 ) -> Result<BatchAck, QueueError> {
     let stage = leased(state, stage_id, batch.runner_id, batch.attempt).await?;
-    let report = take_events(state, &stage, batch.events).await?;
+    let key = StageKey::from(&stage);
+    let report = take_events(state, &key, batch.events).await?;
     state
         .store
         .write_report(stage.build_id, stage.id, &report.writes)
         .await?;
-    report.publish(state, &stage).await?;
+    report.publish(state, &key).await?;
     // Heartbeats renew the lease; a batch only reads it, so logs cost no extra writes.
     Ok(BatchAck {
         cancel: stage.cancel_requested,
@@ -475,7 +552,7 @@ enum Notice {
 /// that starts and ends within the batch (a short step) is one write.
 async fn take_events(
     state: &AppState,
-    stage: &Stage,
+    stage: &StageKey,
     events: Vec<StageEvent>,
 ) -> Result<Report, QueueError> {
     let ending: std::collections::HashSet<String> = events
@@ -574,7 +651,7 @@ async fn take_events(
 
 impl Report {
     /// Tells live pages what the stored writes changed, in the order it happened.
-    async fn publish(self, state: &AppState, stage: &Stage) -> Result<(), QueueError> {
+    async fn publish(self, state: &AppState, stage: &StageKey) -> Result<(), QueueError> {
         for notice in self.notices {
             match notice {
                 Notice::Started { step, time } => {
@@ -633,7 +710,7 @@ impl Report {
 
 /// Publishes the step as stored now (an update carries only what changed: a finish has no
 /// start time, but a live page needs both).
-async fn publish_step(state: &AppState, stage: &Stage, step: &str) -> Result<(), QueueError> {
+async fn publish_step(state: &AppState, stage: &StageKey, step: &str) -> Result<(), QueueError> {
     let steps = state.store.steps(stage.id).await?;
     if let Some(row) = steps.into_iter().find(|s| s.name == step) {
         state.events.publish(ServerEvent::Step {
@@ -675,19 +752,26 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
         attempt,
     };
     // Only the runner holding the stage may end it; a resent report of its own end is
-    // answered as the first was.
-    let Some(current) = state.store.stage_state(stage_id).await? else {
-        return Err(lost);
+    // answered as the first was. A lease this process handed out to this runner for this
+    // attempt needs no read: the end below checks it again.
+    let current = match state.leased.get(stage_id) {
+        Some(held) if held.runner_id == done.runner_id && held.key.attempt == attempt => held.key,
+        _ => {
+            let Some(current) = state.store.stage_state(stage_id).await? else {
+                return Err(lost);
+            };
+            if current.attempt == attempt && current.status.is_done() {
+                return Ok(());
+            }
+            if current.status != Status::Running
+                || current.attempt != attempt
+                || current.runner_id != Some(done.runner_id)
+            {
+                return Err(lost);
+            }
+            StageKey::from(&current)
+        }
     };
-    if current.attempt == attempt && current.status.is_done() {
-        return Ok(());
-    }
-    if current.status != Status::Running
-        || current.attempt != attempt
-        || current.runner_id != Some(done.runner_id)
-    {
-        return Err(lost);
-    }
     let report = take_events(state, &current, done.events).await?;
     let Some((stage, closed)) = state
         .store
@@ -702,13 +786,16 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
         )
         .await?
     else {
-        // Ended meanwhile (the lease expired just now, or a cancel finished it).
+        // Ended meanwhile (the lease expired just now, or a cancel finished it), or ended by
+        // this very report before (a resend).
+        state.leased.remove(stage_id);
         return match state.store.stage_state(stage_id).await? {
             Some(stage) if stage.attempt == attempt && stage.status.is_done() => Ok(()),
             _ => Err(lost),
         };
     };
-    report.publish(state, &stage).await?;
+    state.leased.remove(stage_id);
+    report.publish(state, &current).await?;
     state.logs.close_stage(stage_id, attempt);
     forget_step_starts(state, stage_id);
     revoke_pipeline_tokens(state, stage_id).await?;
@@ -750,6 +837,7 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
             {
                 state.logs.close_stage(stage.id, stage.attempt);
                 forget_step_starts(state, stage.id);
+                state.leased.remove(stage.id);
                 revoke_pipeline_tokens(state, stage.id).await?;
                 tracing::warn!(
                     "stage {} attempt {}: the runner stopped answering; queued again",
@@ -783,6 +871,7 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
                 state.store.finish_open_steps(stage.id, now).await?;
                 state.logs.close_stage(stage.id, stage.attempt);
                 forget_step_starts(state, stage.id);
+                state.leased.remove(stage.id);
                 revoke_pipeline_tokens(state, stage.id).await?;
                 builds::publish_stage(state, &stage, status).await;
                 builds::settle(state, stage.build_id).await?;
