@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prepare.sh
+. scripts/lib/bench.sh
 prepare_machine
 if ! command -v docker-registry >/dev/null 2>&1; then
   say "installing docker-registry"
@@ -24,8 +25,8 @@ bin=$(build_release)
 LAYERS="${LAYERS:-5}"
 LAYER_MB="${LAYER_MB:-40}"
 SMALL="${SMALL:-50}"
-TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-id="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+TOKEN="bench-$(random_hex 16)"
+id="$(random_hex 4)"
 work=$(mktemp -d)
 export DOCKER_CONFIG="$work/docker-config"
 mkdir -p "$DOCKER_CONFIG"
@@ -39,7 +40,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 wait_http() {
   for _ in $(seq 1 100); do

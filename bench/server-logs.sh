@@ -20,18 +20,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prepare.sh
+. scripts/lib/bench.sh
 prepare_machine
 bin="${SLIPWAY_BIN:-$(build_release)}"
 LINES="${LINES:-200000}"
 REPS="${REPS:-5}"
-ADMIN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+ADMIN="bench-$(random_hex 16)"
 CMD="awk 'BEGIN { for (i = 1; i <= $LINES; i++) printf \"line %d of $LINES: the quick brown fox jumps over the lazy dog\\n\", i }'"
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_pids
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -20,19 +20,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prepare.sh
+. scripts/lib/bench.sh
 prepare_machine
 bin="${SLIPWAY_BIN:-$(build_release)}"
 BUILDS="${BUILDS:-10}"
 PIPELINES="${PIPELINES:-100}"
 RUNNERS=4
 REPS="${REPS:-30}"
-ADMIN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+ADMIN="bench-$(random_hex 16)"
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_pids
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -24,17 +24,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prepare.sh
+. scripts/lib/bench.sh
 prepare_machine
 bin="${SLIPWAY_BIN:-$(build_release)}"
 N="${N:-20}"
-ADMIN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-run="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+ADMIN="bench-$(random_hex 16)"
+run="$(random_hex 4)"
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_pids
   # Anything of this run left in Docker (the bench's own containers carry io.slipway.bench).
   docker ps -aq --filter "label=io.slipway.bench=$run" | xargs -r docker rm -f >/dev/null 2>&1 || true
   rm -rf "$work"

@@ -6,8 +6,12 @@
 SLIPWAY_BASE_IMAGE="${SLIPWAY_BASE_IMAGE:-slipway-test/busybox:latest}"
 export SLIPWAY_TEST_IMAGE="${SLIPWAY_TEST_IMAGE:-$SLIPWAY_BASE_IMAGE}"
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-[ -n "${NO_COLOR:-}" ] && say() { printf '==> %s\n' "$*" >&2; }
+# Bold only on a terminal, and never with NO_COLOR set.
+if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then
+  say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+else
+  say() { printf '==> %s\n' "$*" >&2; }
+fi
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

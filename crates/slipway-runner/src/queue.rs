@@ -305,7 +305,11 @@ fn append_line(
     step: String,
     line: LogLine,
 ) {
-    let next = seqs.entry(step.clone()).or_insert(0);
+    // Looked up before inserting: an entry per line would allocate the step name each time.
+    let next = match seqs.get_mut(&step) {
+        Some(next) => next,
+        None => seqs.entry(step.clone()).or_insert(0),
+    };
     *next += 1;
     if let Some(StageEvent::Log {
         step: last, lines, ..

@@ -719,60 +719,34 @@ impl Mirrors {
         let mirror = self.existing(repo_id).await?;
         let sha = self.resolve_known(repo_id, &mirror, commit).await?;
         let target = mirror.display().to_string();
-        let base = if is_null_sha(before) {
+        let known_before = if is_null_sha(before) {
             None
         } else {
             self.resolve(&mirror, before.trim()).await?
         };
+        // Nothing to compare with: what `commit` itself changed.
+        let base = match known_before {
+            Some(base) => Some(base),
+            None => self.resolve(&mirror, &format!("{sha}^1")).await?,
+        };
         let out = match base {
             Some(base) => {
-                Git::new(
-                    Some(&mirror),
-                    &[
-                        "diff",
-                        "--name-only",
-                        "--no-renames",
-                        "-z",
-                        &base,
-                        &sha,
-                        "--",
-                    ],
-                    target,
-                )
-                .ok()
-                .await?
+                let diff = [
+                    "diff",
+                    "--name-only",
+                    "--no-renames",
+                    "-z",
+                    &base,
+                    &sha,
+                    "--",
+                ];
+                Git::new(Some(&mirror), &diff, target).ok().await?
             }
+            // A root commit, but `before` was given and is unknown.
+            None if !is_null_sha(before) => return Ok(None),
             None => {
-                let parent = format!("{sha}^1");
-                match self.resolve(&mirror, &parent).await? {
-                    Some(parent) => {
-                        Git::new(
-                            Some(&mirror),
-                            &[
-                                "diff",
-                                "--name-only",
-                                "--no-renames",
-                                "-z",
-                                &parent,
-                                &sha,
-                                "--",
-                            ],
-                            target,
-                        )
-                        .ok()
-                        .await?
-                    }
-                    None if !is_null_sha(before) => return Ok(None),
-                    None => {
-                        Git::new(
-                            Some(&mirror),
-                            &["ls-tree", "-r", "-z", "--name-only", "--full-tree", &sha],
-                            target,
-                        )
-                        .ok()
-                        .await?
-                    }
-                }
+                let tree = ["ls-tree", "-r", "-z", "--name-only", "--full-tree", &sha];
+                Git::new(Some(&mirror), &tree, target).ok().await?
             }
         };
         Ok(Some(nul_separated(&out)))

@@ -453,11 +453,12 @@ pub async fn revoke_pipeline_tokens(state: &AppState, stage_id: i64) -> Result<(
         .unwrap_or_else(|e| e.into_inner())
         .remove(&stage_id);
     if had {
+        // Only the registry takes these (`robot:` scope) and it checks tokens uncached; the
+        // API's token cache admits no robot token, so it keeps its entries.
         state
             .store
             .delete_tokens_named(&format!("pipeline:{stage_id}:"))
             .await?;
-        state.tokens.clear();
     }
     Ok(())
 }
@@ -474,16 +475,17 @@ async fn leased(
         stage: stage_id,
         attempt,
     };
-    let Some(stage) = state.store.stage_state(stage_id).await? else {
-        return Err(lost);
-    };
-    if stage.status != Status::Running
-        || stage.attempt != attempt
-        || stage.runner_id != Some(runner_id)
-    {
-        return Err(lost);
+    match state.store.stage_state(stage_id).await? {
+        Some(stage) if holds(&stage, runner_id, attempt) => Ok(stage),
+        _ => Err(lost),
     }
-    Ok(stage)
+}
+
+/// Whether `runner_id` holds the lease of `stage` for `attempt`.
+fn holds(stage: &Stage, runner_id: i64, attempt: i64) -> bool {
+    stage.status == Status::Running
+        && stage.attempt == attempt
+        && stage.runner_id == Some(runner_id)
 }
 
 /// Extends the lease; answers whether the build was cancelled.
@@ -763,10 +765,7 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
             if current.attempt == attempt && current.status.is_done() {
                 return Ok(());
             }
-            if current.status != Status::Running
-                || current.attempt != attempt
-                || current.runner_id != Some(done.runner_id)
-            {
+            if !holds(&current, done.runner_id, attempt) {
                 return Err(lost);
             }
             StageKey::from(&current)

@@ -76,6 +76,12 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         ),
     };
 
+    // Local runs keep their dependency caches per checkout.
+    let checkout = match &workspace {
+        WorkspaceSource::Git { repo, .. } => repo.clone(),
+        WorkspaceSource::Empty => toplevel(&repo_dir).unwrap_or_else(|_| repo_dir.clone()),
+    };
+
     let mut step_names: Vec<String> = vec!["clone".to_owned()];
     for s in plan
         .pipelines
@@ -117,10 +123,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
             build_timeout: args.timeout,
             native_plugins: true,
             own_registry: None,
-            // Local runs keep their dependency caches per checkout.
-            cache_scope: Some(slipway_engine::cache::local_scope(
-                &toplevel(&repo_dir).unwrap_or_else(|_| repo_dir.clone()),
-            )),
+            cache_scope: Some(slipway_engine::cache::local_scope(&checkout)),
         };
         slipway_engine::run(&plan, options, sink).await
     })?;

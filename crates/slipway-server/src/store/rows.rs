@@ -2,7 +2,6 @@
 //! that is not 0/1 or JSON that does not parse is [`StoreError::Corrupt`], never a panic.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use slipway_engine::Status;
@@ -12,12 +11,7 @@ use sqlx::any::AnyRow;
 use super::{Artifact, Build, Repo, Result, Runner, SecretRow, Stage, Step, StoreError, Token};
 
 /// Now, in unix milliseconds.
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(super) use crate::now_ms;
 
 /// A flag as stored.
 pub(super) fn flag(value: bool) -> i64 {

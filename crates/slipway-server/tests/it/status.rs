@@ -94,6 +94,21 @@ fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
     seen.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Posts every state of `states` in order; what the stand-in saw, one request each.
+async fn post_each(
+    host: &Host,
+    client: &StatusClient,
+    t: &StatusTarget,
+    states: &[(CommitState, &str)],
+) -> Vec<Seen> {
+    for (state, _) in states {
+        post(client, t, *state).await.expect("posted");
+    }
+    let seen = host.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), states.len());
+    seen
+}
+
 async fn post(
     client: &StatusClient,
     t: &StatusTarget,
@@ -124,11 +139,7 @@ async fn status_github_request_and_states() {
         (CommitState::Error, "error"),
         (CommitState::Killed, "error"),
     ];
-    for (state, _) in states {
-        post(&client, &t, state).await.expect("posted");
-    }
-    let seen = host.seen.lock().expect("lock").clone();
-    assert_eq!(seen.len(), states.len());
+    let seen = post_each(&host, &client, &t, &states).await;
     for (s, (_, name)) in seen.iter().zip(states) {
         assert_eq!(s.method, Method::POST);
         assert_eq!(s.path, format!("/repos/octo/hello/statuses/{SHA}"));
@@ -169,11 +180,7 @@ async fn status_gitea_request_and_states() {
         (CommitState::Error, "error"),
         (CommitState::Killed, "error"),
     ];
-    for (state, _) in states {
-        post(&client, &t, state).await.expect("posted");
-    }
-    let seen = host.seen.lock().expect("lock").clone();
-    assert_eq!(seen.len(), states.len());
+    let seen = post_each(&host, &client, &t, &states).await;
     for (s, (_, name)) in seen.iter().zip(states) {
         assert_eq!(s.method, Method::POST);
         assert_eq!(s.path, format!("/api/v1/repos/alice/app/statuses/{SHA}"));
@@ -201,11 +208,7 @@ async fn status_gitlab_request_and_states() {
         (CommitState::Error, "failed"),
         (CommitState::Killed, "canceled"),
     ];
-    for (state, _) in states {
-        post(&client, &t, state).await.expect("posted");
-    }
-    let seen = host.seen.lock().expect("lock").clone();
-    assert_eq!(seen.len(), states.len());
+    let seen = post_each(&host, &client, &t, &states).await;
     for (s, (_, name)) in seen.iter().zip(states) {
         assert_eq!(s.method, Method::POST);
         assert_eq!(

@@ -474,6 +474,17 @@ fn docker(config: &Path, args: &[&str]) -> std::process::Output {
         .expect("docker runs")
 }
 
+/// Tags the test image as `image` and pushes it with the credentials in `config`.
+fn push_test_image(config: &Path, image: &str) {
+    assert!(
+        docker(config, &["tag", &test_image(), image])
+            .status
+            .success()
+    );
+    let push = docker(config, &["push", image]);
+    assert!(push.status.success(), "{}", super::text(&push).1);
+}
+
 #[test]
 fn slipway_up_serves_the_registry_with_its_admin_token() {
     let data = tempfile::tempdir().expect("data dir");
@@ -491,13 +502,7 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
     assert!(good.status.success(), "{}", super::text(&good).1);
 
     let image = format!("{host}/team/base:1");
-    assert!(
-        docker(cfg, &["tag", &test_image(), &image])
-            .status
-            .success()
-    );
-    let push = docker(cfg, &["push", &image]);
-    assert!(push.status.success(), "{}", super::text(&push).1);
+    push_test_image(cfg, &image);
     assert!(docker(cfg, &["rmi", &image]).status.success());
     let pull = docker(cfg, &["pull", &image]);
     assert!(pull.status.success(), "{}", super::text(&pull).1);
@@ -542,13 +547,7 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
         // Tags are ordered by push time, which has a resolution of one second.
         std::thread::sleep(Duration::from_millis(1100));
         let image = format!("{host}/team/base:{tag}");
-        assert!(
-            docker(cfg, &["tag", &test_image(), &image])
-                .status
-                .success()
-        );
-        let push = docker(cfg, &["push", &image]);
-        assert!(push.status.success(), "{}", super::text(&push).1);
+        push_test_image(cfg, &image);
         let _ = docker(cfg, &["rmi", &image]);
     }
     let tags = |up: &Up| -> Vec<String> {
