@@ -36,7 +36,9 @@ use crate::app::{AppState, millis};
 use crate::builds;
 use crate::events::ServerEvent;
 use crate::logstore::{LogError, LogKey};
-use crate::store::{ReportWrite, Runner, Stage, StepUpdate, StoreError};
+use crate::store::{
+    EndedStage, HeadLease, LeasedEnd, ReportWrite, Runner, Stage, StepUpdate, StoreError,
+};
 
 /// Why a runner's request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +170,18 @@ pub async fn try_lease(
     state: &Arc<AppState>,
     runner: &Runner,
 ) -> Result<Option<Lease>, QueueError> {
+    // The common case, a head of the queue any runner may take, in one statement.
+    let now = crate::now_ms();
+    let expires = now + millis(state.config.lease);
+    let head = state
+        .store
+        .lease_head(runner.id, &runner.labels, expires, now)
+        .await?;
+    if let Some(head) = head
+        && let Some(lease) = hand_out_head(state, runner, head).await?
+    {
+        return Ok(Some(lease));
+    }
     let mut after = 0;
     let mut scanned = 0;
     let mut build_stages: BTreeMap<i64, Vec<Stage>> = BTreeMap::new();
@@ -246,57 +260,97 @@ async fn lease_from(
         else {
             continue; // Another runner won it.
         };
-        match lease_for(state, &repo, &leased).await {
-            Ok((lease, build)) => {
-                // Only a pending build starts: one cancelled meanwhile stays finished.
-                if build.status == Status::Pending && state.store.start_build(build.id, now).await?
-                {
-                    let started = crate::store::Build {
-                        status: Status::Running,
-                        started: Some(now),
-                        ..build
-                    };
-                    builds::publish_build(state, &started);
-                    state.running_builds.insert(started.id, started);
-                }
-                state.leased.insert(
-                    leased.id,
-                    LeasedStage {
-                        runner_id: runner.id,
-                        key: StageKey::from(&leased),
-                    },
-                );
-                builds::publish_stage(state, &leased, Status::Running).await;
-                tracing::info!(
-                    "stage {} ({}) attempt {} leased to runner {}",
-                    leased.id,
-                    lease.title,
-                    leased.attempt,
-                    runner.name
-                );
-                return Ok(Some(lease));
-            }
-            Err(message) => {
-                // The stage cannot run at all (a secret that does not decrypt, a corrupt
-                // plan): fail it rather than hand it out again and again.
-                tracing::error!("stage {}: {message}", leased.id);
-                state
-                    .store
-                    .finish_stage(
-                        leased.id,
-                        Some(leased.attempt),
-                        Status::Error,
-                        Some(&message),
-                        now,
-                    )
-                    .await?;
-                state.store.finish_open_steps(leased.id, now).await?;
-                builds::publish_stage(state, &leased, Status::Error).await;
-                builds::settle(state, leased.build_id).await?;
-            }
+        if let Some(lease) = hand_out(state, runner, &repo, leased).await? {
+            return Ok(Some(lease));
         }
     }
     Ok(None)
+}
+
+/// The lease of `head`, a stage [`crate::store::Store::lease_head`] (or the end of the
+/// runner's previous stage) just leased to `runner`; `None` when it cannot run (it failed).
+pub async fn hand_out_head(
+    state: &Arc<AppState>,
+    runner: &Runner,
+    head: Stage,
+) -> Result<Option<Lease>, QueueError> {
+    match state.store.repo(head.repo_id).await? {
+        Some(repo) => hand_out(state, runner, &repo, head).await,
+        None => {
+            fail_leased(state, &head, "its repository is gone".to_owned()).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Makes the lease of a stage just leased to `runner` in the store, starts its build if
+/// it is the first, and tells the live pages; `None` when the stage cannot run at all (a
+/// secret that does not decrypt, a corrupt plan): it fails rather than being handed out
+/// again and again.
+async fn hand_out(
+    state: &Arc<AppState>,
+    runner: &Runner,
+    repo: &crate::store::Repo,
+    leased: Stage,
+) -> Result<Option<Lease>, QueueError> {
+    let now = crate::now_ms();
+    let (lease, build) = match lease_for(state, repo, &leased).await {
+        Ok(made) => made,
+        Err(message) => {
+            fail_leased(state, &leased, message).await?;
+            return Ok(None);
+        }
+    };
+    // Only a pending build starts: one cancelled meanwhile stays finished.
+    if build.status == Status::Pending && state.store.start_build(build.id, now).await? {
+        let started = crate::store::Build {
+            status: Status::Running,
+            started: Some(now),
+            ..build
+        };
+        builds::publish_build(state, &started);
+        state.running_builds.insert(started.id, started);
+    }
+    state.leased.insert(
+        leased.id,
+        LeasedStage {
+            runner_id: runner.id,
+            key: StageKey::from(&leased),
+        },
+    );
+    builds::publish_stage(state, &leased, Status::Running).await;
+    tracing::info!(
+        "stage {} ({}) attempt {} leased to runner {}",
+        leased.id,
+        lease.title,
+        leased.attempt,
+        runner.name
+    );
+    Ok(Some(lease))
+}
+
+/// Ends a stage just leased that cannot run, with `message`.
+async fn fail_leased(
+    state: &Arc<AppState>,
+    leased: &Stage,
+    message: String,
+) -> Result<(), QueueError> {
+    tracing::error!("stage {}: {message}", leased.id);
+    let now = crate::now_ms();
+    state
+        .store
+        .finish_stage(
+            leased.id,
+            Some(leased.attempt),
+            Status::Error,
+            Some(&message),
+            now,
+        )
+        .await?;
+    state.store.finish_open_steps(leased.id, now).await?;
+    builds::publish_stage(state, leased, Status::Error).await;
+    builds::settle(state, leased.build_id).await?;
+    Ok(())
 }
 
 /// Everything a runner needs for one leased stage, and the stage's build as read for it.
@@ -739,8 +793,16 @@ fn forget_step_starts(state: &AppState, stage_id: i64) {
 }
 
 /// The runner's final word on a stage, with its last events. Repeating it (a lost
-/// acknowledgement) is harmless: an ended stage is not touched again.
-pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Result<(), QueueError> {
+/// acknowledgement) is harmless: an ended stage is not touched again. When the runner asked
+/// for its next stage ([`StageDone::next`]; `next_for` is that runner) and the head of the
+/// queue is one it may take, that stage is leased to it in the same transaction and
+/// returned, to be handed out with [`hand_out_head`].
+pub async fn done(
+    state: &Arc<AppState>,
+    stage_id: i64,
+    done: StageDone,
+    next_for: Option<&Runner>,
+) -> Result<Option<Stage>, QueueError> {
     let attempt = i64::from(done.attempt);
     let now = crate::now_ms();
     if !done.status.is_done() {
@@ -763,7 +825,7 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
                 return Err(lost);
             };
             if current.attempt == attempt && current.status.is_done() {
-                return Ok(());
+                return Ok(None);
             }
             if !holds(&current, done.runner_id, attempt) {
                 return Err(lost);
@@ -772,27 +834,33 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
         }
     };
     let report = take_events(state, &current, done.events).await?;
-    let Some((stage, closed)) = state
-        .store
-        .end_leased_stage(
-            stage_id,
-            attempt,
-            done.runner_id,
-            done.status,
-            done.error.as_deref(),
-            &report.writes,
-            now,
-        )
-        .await?
-    else {
+    let end = LeasedEnd {
+        stage_id,
+        attempt,
+        runner_id: done.runner_id,
+        status: done.status,
+        error: done.error.as_deref(),
+        writes: &report.writes,
+        now,
+        next: next_for.filter(|_| done.next).map(|runner| HeadLease {
+            labels: &runner.labels,
+            lease_expires: now + millis(state.config.lease),
+        }),
+    };
+    let Some(ended) = state.store.end_leased_stage(end).await? else {
         // Ended meanwhile (the lease expired just now, or a cancel finished it), or ended by
         // this very report before (a resend).
         state.leased.remove(stage_id);
         return match state.store.stage_state(stage_id).await? {
-            Some(stage) if stage.attempt == attempt && stage.status.is_done() => Ok(()),
+            Some(stage) if stage.attempt == attempt && stage.status.is_done() => Ok(None),
             _ => Err(lost),
         };
     };
+    let EndedStage {
+        stage,
+        closed,
+        next,
+    } = ended;
     state.leased.remove(stage_id);
     report.publish(state, &current).await?;
     state.logs.close_stage(stage_id, attempt);
@@ -806,7 +874,7 @@ pub async fn done(state: &Arc<AppState>, stage_id: i64, done: StageDone) -> Resu
     builds::publish_stage_with_steps(state, &stage, done.status, closed, now);
     builds::settle(state, stage.build_id).await?;
     state.queue.notify_waiters();
-    Ok(())
+    Ok(next)
 }
 
 /// Every second: stages whose runner stopped heartbeating go back to the queue, or fail

@@ -87,11 +87,10 @@ pub fn compile(text: &str, ctx: &BuildContext) -> Result<Compiled, Vec<Diagnosti
         let number_base = plan.pipelines.len();
         for (i, pipeline) in config.pipelines().enumerate() {
             let mut p = compile_pipeline(pipeline, ctx, &vars, combo, number_base + i + 1);
+            // The combination's values are in the stage's environment; they are not in its
+            // labels, which only say which runners may take it.
             if !combo.is_empty() {
                 p.name = format!("matrix-{}", index + 1);
-                for (k, v) in combo {
-                    p.labels.insert(format!("matrix.{k}"), v.clone());
-                }
             }
             plan.pipelines.push(p);
         }

@@ -151,12 +151,29 @@ pub async fn done(
     Path(id): Path<i64>,
     Json(req): Json<StageDone>,
 ) -> Result<Response, ApiError> {
-    let (runner_id, next) = (req.runner_id, req.next);
-    queue::done(&state, id, req).await?;
-    if !next {
+    // The runner has room: the next stage, if one is ready now, saves it a poll. Usually
+    // it is leased with the end. A runner this server does not know still ends its stage.
+    let runner = match req.next {
+        true => Some(seen_runner(&state, req.runner_id).await),
+        false => None,
+    };
+    let head = queue::done(
+        &state,
+        id,
+        req,
+        runner.as_ref().and_then(|r| r.as_ref().ok()),
+    )
+    .await?;
+    let Some(runner) = runner else {
         return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let runner = runner?;
+    let lease = match head {
+        Some(head) => queue::hand_out_head(&state, &runner, head).await?,
+        None => None,
+    };
+    match lease {
+        Some(lease) => lease_answer(Some(lease)),
+        None => lease_answer(queue::try_lease(&state, &runner).await?),
     }
-    // The runner has room: the next stage, if one is ready now, saves it a poll.
-    let runner = seen_runner(&state, runner_id).await?;
-    lease_answer(queue::try_lease(&state, &runner).await?)
 }

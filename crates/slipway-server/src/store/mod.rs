@@ -13,9 +13,10 @@
 //! - **A build is created whole or not at all**: build, stages, steps and the delivery id
 //!   in one transaction. A delivery id already recorded for the repository makes
 //!   [`Store::create_build`] fail with [`StoreError::DuplicateDelivery`] and change nothing.
-//! - **A lease has one holder**: [`Store::lease_stage`] is a compare-and-set on
-//!   `status = 'pending'`, so two runners polling at once cannot both get a stage; every
-//!   later change to a leased stage names its attempt and is refused for another attempt.
+//! - **A lease has one holder**: [`Store::lease_stage`] and [`Store::lease_head`] are a
+//!   compare-and-set on `status = 'pending'`, so two runners polling at once cannot both
+//!   get a stage; every later change to a leased stage names its attempt and is refused for
+//!   another attempt.
 //! - Secrets are stored as ciphertext only (see `crate::secrets`); tokens as SHA-256 hashes.
 //!
 //! The SQL uses only what both engines share: `$N` placeholders, `RETURNING`,
@@ -305,6 +306,43 @@ pub enum ReportWrite {
         digest: String,
         now: i64,
     },
+}
+
+/// A runner's end of the stage it holds, for [`Store::end_leased_stage`].
+#[derive(Debug, Clone, Copy)]
+pub struct LeasedEnd<'a> {
+    pub stage_id: i64,
+    pub attempt: i64,
+    pub runner_id: i64,
+    pub status: Status,
+    pub error: Option<&'a str>,
+    /// The runner's last report about the stage, applied before it ends.
+    pub writes: &'a [ReportWrite],
+    pub now: i64,
+    /// The runner has room for another stage: lease it the head of the queue in the same
+    /// transaction, as [`Store::lease_head`] would.
+    pub next: Option<HeadLease<'a>>,
+}
+
+/// What leasing the head of the queue to a runner needs besides its id.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLease<'a> {
+    /// The runner's labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// The end of the lease.
+    pub lease_expires: i64,
+}
+
+/// What [`Store::end_leased_stage`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndedStage {
+    /// The stage as ended, without its plan.
+    pub stage: Stage,
+    /// The steps the runner left open, as they were closed.
+    pub closed: Vec<Step>,
+    /// The stage leased next to the same runner, whole, when one was asked for and the
+    /// head of the queue was one any runner may take.
+    pub next: Option<Stage>,
 }
 
 /// What [`Store::update_step`] writes: `status` always, the rest only when `Some`.

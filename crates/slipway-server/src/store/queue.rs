@@ -4,11 +4,15 @@
 //! status = …` whose `rows_affected` (or `RETURNING` row) says whether it applied: correct
 //! on both engines without row locks or `SKIP LOCKED`.
 
+use std::collections::BTreeMap;
+
 use slipway_engine::Status;
 use sqlx::{Any, Executor};
 
 use super::rows;
-use super::{ReportWrite, Result, Stage, Step, StepUpdate, Store};
+use super::{
+    EndedStage, HeadLease, LeasedEnd, ReportWrite, Result, Stage, Step, StepUpdate, Store,
+};
 
 /// The columns of a stage row without its plan (`plan` reads as `null`): what the queue's
 /// frequent reads need, at a fraction of the bytes.
@@ -318,23 +322,33 @@ impl Store {
         }
     }
 
-    /// A runner's end of the stage it leased, in one transaction: if the stage is running
-    /// `attempt` on `runner_id`, it ends with `status` (and `error`), the runner's last
-    /// `writes` are applied, and the steps it left open are closed as by
-    /// [`Store::finish_open_steps`]. The stage as ended (without its plan) and the steps that
-    /// were closed, as they are now; `None`, with nothing written, when the lease is not
-    /// that.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn end_leased_stage(
+    /// Leases the oldest pending stage to `runner_id` when it is one the runner may take at
+    /// once: no `depends_on`, no cancel asked for, of a repository without a concurrency
+    /// limit, asking for no label the runner lacks (`runner_labels`). One statement instead
+    /// of reading the queue, the repository and its running count, then leasing. The stage,
+    /// whole; `None` when the queue is empty, its head is another kind of stage (the caller
+    /// then looks through the queue with [`Store::pending_stages`], which keeps the
+    /// oldest-first order), or another runner took the head first.
+    pub async fn lease_head(
         &self,
-        stage_id: i64,
-        attempt: i64,
         runner_id: i64,
-        status: Status,
-        error: Option<&str>,
-        writes: &[ReportWrite],
+        runner_labels: &BTreeMap<String, String>,
+        lease_expires: i64,
         now: i64,
-    ) -> Result<Option<(Stage, Vec<Step>)>> {
+    ) -> Result<Option<Stage>> {
+        let head = HeadLease {
+            labels: runner_labels,
+            lease_expires,
+        };
+        lease_head_on(&self.pool, runner_id, head, now).await
+    }
+
+    /// A runner's end of the stage it leased, in one transaction (one commit): if the stage
+    /// is running `end.attempt` on `end.runner_id`, it ends with `end.status` (and
+    /// `end.error`), the runner's last `end.writes` are applied, the steps it left open are
+    /// closed as by [`Store::finish_open_steps`], and, when `end.next` asks for it, the head
+    /// of the queue is leased to the same runner as by [`Store::lease_head`]. `None`, with nothing written, when the lease is not that.
+    pub async fn end_leased_stage(&self, end: LeasedEnd<'_>) -> Result<Option<EndedStage>> {
         let mut tx = self.begin().await?;
         let ended = sqlx::query(concat!(
             "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
@@ -343,12 +357,12 @@ impl Store {
              RETURNING ",
             state_columns!()
         ))
-        .bind(stage_id)
-        .bind(status.as_str())
-        .bind(error)
-        .bind(now)
-        .bind(attempt)
-        .bind(runner_id)
+        .bind(end.stage_id)
+        .bind(end.status.as_str())
+        .bind(end.error)
+        .bind(end.now)
+        .bind(end.attempt)
+        .bind(end.runner_id)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(ended) = ended else {
@@ -356,17 +370,25 @@ impl Store {
             return Ok(None);
         };
         let stage = rows::stage(&ended)?;
-        for write in writes {
-            apply_write(&mut *tx, stage.build_id, stage_id, write).await?;
+        for write in end.writes {
+            apply_write(&mut *tx, stage.build_id, end.stage_id, write).await?;
         }
         let closed = sqlx::query(&format!("{CLOSE_OPEN_STEPS} RETURNING *"))
-            .bind(stage_id)
-            .bind(now)
+            .bind(end.stage_id)
+            .bind(end.now)
             .fetch_all(&mut *tx)
             .await?;
         let closed = rows::all(&closed, rows::step)?;
+        let next = match end.next {
+            Some(head) => lease_head_on(&mut *tx, end.runner_id, head, end.now).await?,
+            None => None,
+        };
         tx.commit().await?;
-        Ok(Some((stage, closed)))
+        Ok(Some(EndedStage {
+            stage,
+            closed,
+            next,
+        }))
     }
 
     /// Closes the steps a stage left open: pending → skipped, running → killed with
@@ -379,6 +401,69 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// A runner with at most this many labels gets the head of the queue in one statement
+/// ([`Store::lease_head`] matches a stage's labels against every subset of the runner's);
+/// one with more is served by the full look through the queue.
+const HEAD_MAX_LABELS: usize = 8;
+
+/// The head of the queue leased to `runner_id` if it is a stage the runner may take at once
+/// (see [`Store::lease_head`]). The head is chosen and leased in one statement, so on
+/// SQLite, where writes take turns, two runners never race for it; on PostgreSQL the loser
+/// of a race finds the row no longer pending and gets nothing.
+///
+/// A stage's labels are stored as the JSON text of a sorted map, so "asks for no label the
+/// runner lacks" is "its labels text is that of a subset of the runner's labels".
+async fn lease_head_on<'e, E: Executor<'e, Database = Any>>(
+    executor: E,
+    runner_id: i64,
+    head: HeadLease<'_>,
+    now: i64,
+) -> Result<Option<Stage>> {
+    if head.labels.len() > HEAD_MAX_LABELS {
+        return Ok(None);
+    }
+    let subsets = label_subsets(head.labels)?;
+    let placeholders: Vec<String> = (0..subsets.len()).map(|i| format!("${}", i + 4)).collect();
+    let sql = format!(
+        "UPDATE stages SET status = 'running', attempt = attempt + 1, runner_id = $1, \
+         lease_expires = $2, started = COALESCE(started, $3) \
+         WHERE id = (SELECT id FROM stages WHERE status = 'pending' ORDER BY id LIMIT 1) \
+         AND status = 'pending' AND depends_on = '[]' AND cancel_requested = 0 \
+         AND repo_id IN (SELECT id FROM repos WHERE max_running = 0) \
+         AND labels IN ({}) RETURNING *",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(runner_id)
+        .bind(head.lease_expires)
+        .bind(now);
+    for subset in subsets {
+        query = query.bind(subset);
+    }
+    query
+        .fetch_optional(executor)
+        .await?
+        .as_ref()
+        .map(rows::stage)
+        .transpose()
+}
+
+/// The labels text (as stored) of every subset of `labels`, the empty one included.
+fn label_subsets(labels: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let entries: Vec<(&String, &String)> = labels.iter().collect();
+    (0..1u32 << entries.len())
+        .map(|mask| {
+            let subset: BTreeMap<&String, &String> = entries
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, (k, v))| (*k, *v))
+                .collect();
+            rows::json_text(&subset, "runner labels")
+        })
+        .collect()
 }
 
 /// `$1` stage id, `$2` now: pending steps → skipped, running ones → killed at `now`.

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use slipway_engine::Status;
 use slipway_server::store::{
-    Backend, CompiledBuild, NewBuild, NewRepo, NewStage, Repo, ReportWrite, StepUpdate, Store,
-    StoreError,
+    Backend, CompiledBuild, EndedStage, HeadLease, LeasedEnd, NewBuild, NewRepo, NewStage, Repo,
+    ReportWrite, StepUpdate, Store, StoreError,
 };
 use sqlx::{Connection, Row};
 
@@ -173,6 +173,7 @@ both_engines!(
     cancel_and_finish_without_attempt,
     steps_updates,
     report_writes_and_leased_end,
+    lease_head_takes_only_a_head_any_runner_may_run,
     secrets,
     runners,
     tokens,
@@ -1267,15 +1268,16 @@ async fn report_writes_and_leased_end(db: &TestDb) {
         (leased.attempt + 1, runner.id),
     ] {
         let refused = store
-            .end_leased_stage(
+            .end_leased_stage(LeasedEnd {
                 stage_id,
                 attempt,
                 runner_id,
-                Status::Success,
-                None,
-                &compile_done,
-                2_000,
-            )
+                status: Status::Success,
+                error: None,
+                writes: &compile_done,
+                now: 2_000,
+                next: None,
+            })
             .await
             .expect("end");
         assert!(refused.is_none());
@@ -1292,19 +1294,25 @@ async fn report_writes_and_leased_end(db: &TestDb) {
     );
 
     // The holder's end: the last writes, the stage ended, `test` (never started) closed.
-    let (ended, closed) = store
-        .end_leased_stage(
+    let EndedStage {
+        stage: ended,
+        closed,
+        next,
+    } = store
+        .end_leased_stage(LeasedEnd {
             stage_id,
-            leased.attempt,
-            runner.id,
-            Status::Success,
-            None,
-            &compile_done,
-            2_000,
-        )
+            attempt: leased.attempt,
+            runner_id: runner.id,
+            status: Status::Success,
+            error: None,
+            writes: &compile_done,
+            now: 2_000,
+            next: None,
+        })
         .await
         .expect("end")
         .expect("the holder ends it");
+    assert_eq!(next, None, "no next stage was asked for");
     assert_eq!(
         (ended.id, ended.status, ended.finished, ended.lease_expires),
         (stage_id, Status::Success, Some(2_000), None)
@@ -1343,15 +1351,16 @@ async fn report_writes_and_leased_end(db: &TestDb) {
     );
     // Ended once: a second end is refused and changes nothing.
     let again = store
-        .end_leased_stage(
+        .end_leased_stage(LeasedEnd {
             stage_id,
-            leased.attempt,
-            runner.id,
-            Status::Failure,
-            None,
-            &[],
-            3_000,
-        )
+            attempt: leased.attempt,
+            runner_id: runner.id,
+            status: Status::Failure,
+            error: None,
+            writes: &[],
+            now: 3_000,
+            next: None,
+        })
         .await
         .expect("end again");
     assert!(again.is_none());
@@ -1364,6 +1373,237 @@ async fn report_writes_and_leased_end(db: &TestDb) {
         (stage.status, stage.finished),
         (Status::Success, Some(2_000))
     );
+}
+
+/// A build of one stage `name` with the given labels (none: any runner may take it).
+fn one_stage(name: &str, labels: &[(&str, &str)]) -> CompiledBuild {
+    let mut stage = new_stage(name, &["run"]);
+    stage.labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    CompiledBuild {
+        status: Status::Pending,
+        error: None,
+        context: json!({}),
+        stages: vec![stage],
+    }
+}
+
+async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
+    let store = db.open().await;
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
+    let limited = store
+        .create_repo(&NewRepo {
+            max_running: 1,
+            ..new_repo("acme/limited")
+        })
+        .await
+        .expect("repo");
+    let runner = store
+        .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
+        .await
+        .expect("runner");
+    let build =
+        |repo_id: i64, name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+            let store = store.clone();
+            async move {
+                let (_, stages) = store
+                    .create_build(&new_build(repo_id, None), |_| one_stage(name, labels))
+                    .await
+                    .expect("build");
+                stages[0].id
+            }
+        };
+    assert_eq!(
+        store
+            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
+            .await
+            .expect("lease"),
+        None,
+        "an empty queue"
+    );
+
+    // The head asks for a label: not taken here, and nothing behind it either (oldest
+    // first is for the full look through the queue to keep).
+    let labelled = build(repo.id, "arm", &[("arch", "arm64")]).await;
+    let simple = build(repo.id, "simple", &[]).await;
+    assert_eq!(
+        store
+            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
+            .await
+            .expect("lease"),
+        None
+    );
+    assert!(
+        store
+            .finish_stage(labelled, None, Status::Skipped, None, 1_000)
+            .await
+            .expect("skip")
+    );
+
+    // A simple head is leased whole, like `lease_stage` does.
+    let leased = store
+        .lease_head(runner.id, &runner.labels, 60_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("the simple head is leased");
+    assert_eq!(
+        (leased.id, leased.status, leased.attempt, leased.runner_id),
+        (simple, Status::Running, 1, Some(runner.id))
+    );
+    assert_eq!(
+        (leased.lease_expires, leased.started),
+        (Some(60_000), Some(1_000))
+    );
+    assert_eq!(leased.plan["name"], "simple", "the plan comes with it");
+
+    // Labels: a stage asking for some of a runner's labels is that runner's, not another's.
+    let amd64 = store
+        .register_runner(
+            "r2",
+            &BTreeMap::from([
+                ("arch".to_owned(), "amd64".to_owned()),
+                ("os".to_owned(), "linux".to_owned()),
+                ("zone".to_owned(), "b".to_owned()),
+            ]),
+            1,
+            "test",
+            100,
+        )
+        .await
+        .expect("runner");
+    let linux = build(repo.id, "linux", &[("os", "linux"), ("zone", "b")]).await;
+    assert_eq!(
+        store
+            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
+            .await
+            .expect("lease"),
+        None
+    );
+    let leased = store
+        .lease_head(amd64.id, &amd64.labels, 60_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("the runner with those labels gets it");
+    assert_eq!((leased.id, leased.runner_id), (linux, Some(amd64.id)));
+
+    // Heads of a repository with a concurrency limit, or with a cancel asked for, are the
+    // full look's to decide.
+    let in_limited = build(limited.id, "limited", &[]).await;
+    assert_eq!(
+        store
+            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
+            .await
+            .expect("lease"),
+        None
+    );
+    assert!(
+        store
+            .finish_stage(in_limited, None, Status::Skipped, None, 1_000)
+            .await
+            .expect("skip")
+    );
+    let cancelled = build(repo.id, "cancelled", &[]).await;
+    let (cancelled_build, _) = {
+        let stage = store
+            .stage_state(cancelled)
+            .await
+            .expect("read")
+            .expect("stage");
+        (stage.build_id, stage)
+    };
+    assert_eq!(
+        store.request_cancel(cancelled_build).await.expect("cancel"),
+        1
+    );
+    assert_eq!(
+        store
+            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
+            .await
+            .expect("lease"),
+        None
+    );
+    assert!(
+        store
+            .finish_stage(cancelled, None, Status::Killed, None, 1_000)
+            .await
+            .expect("kill")
+    );
+
+    // Ending a stage with the next one asked for: the next head comes in the same
+    // transaction, to the same runner.
+    let after = build(repo.id, "after", &[]).await;
+    let ended = store
+        .end_leased_stage(LeasedEnd {
+            stage_id: simple,
+            attempt: 1,
+            runner_id: runner.id,
+            status: Status::Success,
+            error: None,
+            writes: &[],
+            now: 2_000,
+            next: Some(HeadLease {
+                labels: &runner.labels,
+                lease_expires: 70_000,
+            }),
+        })
+        .await
+        .expect("end")
+        .expect("the holder ends it");
+    assert_eq!(ended.stage.status, Status::Success);
+    let next = ended.next.expect("the next head is leased with the end");
+    assert_eq!(
+        (next.id, next.status, next.runner_id, next.lease_expires),
+        (after, Status::Running, Some(runner.id), Some(70_000))
+    );
+    // Nothing left: an end asking for more gets the end alone.
+    let ended = store
+        .end_leased_stage(LeasedEnd {
+            stage_id: after,
+            attempt: 1,
+            runner_id: runner.id,
+            status: Status::Failure,
+            error: None,
+            writes: &[],
+            now: 3_000,
+            next: Some(HeadLease {
+                labels: &runner.labels,
+                lease_expires: 80_000,
+            }),
+        })
+        .await
+        .expect("end")
+        .expect("the holder ends it");
+    assert_eq!((ended.stage.status, ended.next), (Status::Failure, None));
+    // A refused end leases nothing either.
+    let again = build(repo.id, "again", &[]).await;
+    let refused = store
+        .end_leased_stage(LeasedEnd {
+            stage_id: after,
+            attempt: 1,
+            runner_id: runner.id,
+            status: Status::Success,
+            error: None,
+            writes: &[],
+            now: 4_000,
+            next: Some(HeadLease {
+                labels: &runner.labels,
+                lease_expires: 90_000,
+            }),
+        })
+        .await
+        .expect("end");
+    assert!(refused.is_none());
+    let again = store
+        .stage_state(again)
+        .await
+        .expect("read")
+        .expect("stage");
+    assert_eq!((again.status, again.runner_id), (Status::Pending, None));
 }
 
 // ------------------------------------------------------------------------ the rest

@@ -194,6 +194,12 @@ fn legacy_matrix_keeps_versions_as_written() {
         })
         .collect();
     assert_eq!(images, ["golang:1.10", "golang:1.11", "golang:1.12"]);
+    // Any runner of the platform may take a combination: its values are environment, not
+    // labels a runner would need to have.
+    for p in &plan.pipelines {
+        let labels: Vec<&str> = p.labels.keys().map(String::as_str).collect();
+        assert_eq!(labels, ["arch", "os"], "{}", p.name);
+    }
 }
 
 #[test]
