@@ -151,14 +151,28 @@ pub async fn done(
     Path(id): Path<i64>,
     Json(req): Json<StageDone>,
 ) -> Result<Response, ApiError> {
+    // Run to the end even if the runner hangs up meanwhile: an end that is committed must
+    // also settle its build, and the next stage leased with it must be handed out.
+    tokio::spawn(async move { end_stage(&state, id, req).await })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("ending stage {id}: {e}"),
+            )
+        })?
+}
+
+async fn end_stage(state: &Arc<AppState>, id: i64, req: StageDone) -> Result<Response, ApiError> {
     // The runner has room: the next stage, if one is ready now, saves it a poll. Usually
     // it is leased with the end. A runner this server does not know still ends its stage.
     let runner = match req.next {
-        true => Some(seen_runner(&state, req.runner_id).await),
+        true => Some(seen_runner(state, req.runner_id).await),
         false => None,
     };
     let head = queue::done(
-        &state,
+        state,
         id,
         req,
         runner.as_ref().and_then(|r| r.as_ref().ok()),
@@ -169,11 +183,11 @@ pub async fn done(
     };
     let runner = runner?;
     let lease = match head {
-        Some(head) => queue::hand_out_head(&state, &runner, head).await?,
+        Some(head) => queue::hand_out_head(state, &runner, head).await?,
         None => None,
     };
     match lease {
         Some(lease) => lease_answer(Some(lease)),
-        None => lease_answer(queue::try_lease(&state, &runner).await?),
+        None => lease_answer(queue::try_lease(state, &runner).await?),
     }
 }

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use slipway_engine::Status;
 
 mod builds;
+mod commit;
 mod misc;
 mod open;
 mod queue;
@@ -285,6 +286,8 @@ pub struct QueueStats {
 pub struct Store {
     pool: sqlx::AnyPool,
     backend: Backend,
+    /// SQLite: the task that commits stage ends together (`commit.rs`).
+    ends: Option<commit::EndSender>,
 }
 
 /// Which engine is behind the pool.

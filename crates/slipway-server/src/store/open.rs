@@ -148,9 +148,14 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| open_error(url, e))?;
-        Ok(Store {
+        let store = Store {
             pool,
             backend: Backend::Sqlite,
+            ends: None,
+        };
+        Ok(Store {
+            ends: Some(super::commit::start(store.clone())),
+            ..store
         })
     }
 
@@ -171,6 +176,7 @@ impl Store {
         Ok(Store {
             pool,
             backend: Backend::Postgres,
+            ends: None,
         })
     }
 

@@ -11,7 +11,7 @@ use sqlx::{Any, Executor};
 
 use super::rows;
 use super::{
-    EndedStage, HeadLease, LeasedEnd, ReportWrite, Result, Stage, Step, StepUpdate, Store,
+    Backend, EndedStage, HeadLease, LeasedEnd, ReportWrite, Result, Stage, Step, StepUpdate, Store,
 };
 
 /// The columns of a stage row without its plan (`plan` reads as `null`): what the queue's
@@ -340,7 +340,7 @@ impl Store {
             labels: runner_labels,
             lease_expires,
         };
-        lease_head_on(&self.pool, runner_id, head, now).await
+        lease_head_on(&self.pool, self.backend, runner_id, head, now).await
     }
 
     /// A runner's end of the stage it leased, in one transaction (one commit): if the stage
@@ -348,47 +348,17 @@ impl Store {
     /// `end.error`), the runner's last `end.writes` are applied, the steps it left open are
     /// closed as by [`Store::finish_open_steps`], and, when `end.next` asks for it, the head
     /// of the queue is leased to the same runner as by [`Store::lease_head`]. `None`, with nothing written, when the lease is not that.
+    ///
+    /// On SQLite the ends of several runners that arrive together share one commit (see
+    /// `commit.rs`); each is answered after that commit.
     pub async fn end_leased_stage(&self, end: LeasedEnd<'_>) -> Result<Option<EndedStage>> {
-        let mut tx = self.begin().await?;
-        let ended = sqlx::query(concat!(
-            "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
-             lease_expires = NULL \
-             WHERE id = $1 AND status = 'running' AND attempt = $5 AND runner_id = $6 \
-             RETURNING ",
-            state_columns!()
-        ))
-        .bind(end.stage_id)
-        .bind(end.status.as_str())
-        .bind(end.error)
-        .bind(end.now)
-        .bind(end.attempt)
-        .bind(end.runner_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(ended) = ended else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let stage = rows::stage(&ended)?;
-        for write in end.writes {
-            apply_write(&mut *tx, stage.build_id, end.stage_id, write).await?;
+        if let Some(ends) = &self.ends {
+            return super::commit::send(ends, &end).await;
         }
-        let closed = sqlx::query(&format!("{CLOSE_OPEN_STEPS} RETURNING *"))
-            .bind(end.stage_id)
-            .bind(end.now)
-            .fetch_all(&mut *tx)
-            .await?;
-        let closed = rows::all(&closed, rows::step)?;
-        let next = match end.next {
-            Some(head) => lease_head_on(&mut *tx, end.runner_id, head, end.now).await?,
-            None => None,
-        };
+        let mut tx = self.begin().await?;
+        let ended = end_in(&mut tx, self.backend, end).await?;
         tx.commit().await?;
-        Ok(Some(EndedStage {
-            stage,
-            closed,
-            next,
-        }))
+        Ok(ended)
     }
 
     /// Closes the steps a stage left open: pending → skipped, running → killed with
@@ -403,6 +373,52 @@ impl Store {
     }
 }
 
+/// [`Store::end_leased_stage`] within the transaction `tx`. A refused end (the lease is
+/// not that) writes nothing.
+pub(super) async fn end_in(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    end: LeasedEnd<'_>,
+) -> Result<Option<EndedStage>> {
+    let ended = sqlx::query(concat!(
+        "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
+         lease_expires = NULL \
+         WHERE id = $1 AND status = 'running' AND attempt = $5 AND runner_id = $6 \
+         RETURNING ",
+        state_columns!()
+    ))
+    .bind(end.stage_id)
+    .bind(end.status.as_str())
+    .bind(end.error)
+    .bind(end.now)
+    .bind(end.attempt)
+    .bind(end.runner_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(ended) = ended else {
+        return Ok(None);
+    };
+    let stage = rows::stage(&ended)?;
+    for write in end.writes {
+        apply_write(&mut *tx, stage.build_id, end.stage_id, write).await?;
+    }
+    let closed = sqlx::query(&format!("{CLOSE_OPEN_STEPS} RETURNING *"))
+        .bind(end.stage_id)
+        .bind(end.now)
+        .fetch_all(&mut *tx)
+        .await?;
+    let closed = rows::all(&closed, rows::step)?;
+    let next = match end.next {
+        Some(head) => lease_head_on(&mut *tx, backend, end.runner_id, head, end.now).await?,
+        None => None,
+    };
+    Ok(Some(EndedStage {
+        stage,
+        closed,
+        next,
+    }))
+}
+
 /// A runner with at most this many labels gets the head of the queue in one statement
 /// ([`Store::lease_head`] matches a stage's labels against every subset of the runner's);
 /// one with more is served by the full look through the queue.
@@ -410,13 +426,15 @@ const HEAD_MAX_LABELS: usize = 8;
 
 /// The head of the queue leased to `runner_id` if it is a stage the runner may take at once
 /// (see [`Store::lease_head`]). The head is chosen and leased in one statement, so on
-/// SQLite, where writes take turns, two runners never race for it; on PostgreSQL the loser
-/// of a race finds the row no longer pending and gets nothing.
+/// SQLite, where writes take turns, two runners never race for it. On PostgreSQL the head
+/// is the oldest pending stage no other transaction is leasing (`SKIP LOCKED`), so runners
+/// leasing at once each get their own.
 ///
 /// A stage's labels are stored as the JSON text of a sorted map, so "asks for no label the
 /// runner lacks" is "its labels text is that of a subset of the runner's labels".
 async fn lease_head_on<'e, E: Executor<'e, Database = Any>>(
     executor: E,
+    backend: Backend,
     runner_id: i64,
     head: HeadLease<'_>,
     now: i64,
@@ -426,10 +444,14 @@ async fn lease_head_on<'e, E: Executor<'e, Database = Any>>(
     }
     let subsets = label_subsets(head.labels)?;
     let placeholders: Vec<String> = (0..subsets.len()).map(|i| format!("${}", i + 4)).collect();
+    let lock = match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+    };
     let sql = format!(
         "UPDATE stages SET status = 'running', attempt = attempt + 1, runner_id = $1, \
          lease_expires = $2, started = COALESCE(started, $3) \
-         WHERE id = (SELECT id FROM stages WHERE status = 'pending' ORDER BY id LIMIT 1) \
+         WHERE id = (SELECT id FROM stages WHERE status = 'pending' ORDER BY id LIMIT 1{lock}) \
          AND status = 'pending' AND depends_on = '[]' AND cancel_requested = 0 \
          AND repo_id IN (SELECT id FROM repos WHERE max_running = 0) \
          AND labels IN ({}) RETURNING *",

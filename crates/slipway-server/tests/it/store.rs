@@ -174,6 +174,7 @@ both_engines!(
     steps_updates,
     report_writes_and_leased_end,
     lease_head_takes_only_a_head_any_runner_may_run,
+    ends_arriving_together_are_each_applied_as_alone,
     secrets,
     runners,
     tokens,
@@ -1604,6 +1605,104 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
         .expect("read")
         .expect("stage");
     assert_eq!((again.status, again.runner_id), (Status::Pending, None));
+}
+
+/// Eight runners end their stages at once, each asking for the next; two more ends are
+/// refused. On SQLite they share commits (the store's group commit): each must still be
+/// applied exactly as alone.
+async fn ends_arriving_together_are_each_applied_as_alone(db: &TestDb) {
+    let store = db.open().await;
+    let repo = store
+        .create_repo(&new_repo("acme/app"))
+        .await
+        .expect("repo");
+    let mut stages = Vec::new();
+    for i in 0..16 {
+        let (_, created) = store
+            .create_build(&new_build(repo.id, None), |_| {
+                one_stage(&format!("s{i}"), &[])
+            })
+            .await
+            .expect("build");
+        stages.push(created[0].id);
+    }
+    let mut runners = Vec::new();
+    for (i, stage_id) in stages[..8].iter().enumerate() {
+        let runner = store
+            .register_runner(&format!("r{i}"), &BTreeMap::new(), 1, "test", 100)
+            .await
+            .expect("runner");
+        let leased = store
+            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
+            .await
+            .expect("lease")
+            .expect("leased");
+        assert_eq!(leased.id, *stage_id, "oldest first");
+        runners.push(runner);
+    }
+    let mut ends = Vec::new();
+    for (i, runner) in runners.iter().enumerate() {
+        let store = store.clone();
+        let (stage_id, runner_id, labels) = (stages[i], runner.id, runner.labels.clone());
+        ends.push(tokio::spawn(async move {
+            store
+                .end_leased_stage(LeasedEnd {
+                    stage_id,
+                    attempt: 1,
+                    runner_id,
+                    status: Status::Success,
+                    error: None,
+                    writes: &[],
+                    now: 2_000,
+                    next: Some(HeadLease {
+                        labels: &labels,
+                        lease_expires: 70_000,
+                    }),
+                })
+                .await
+        }));
+    }
+    // Refused: another attempt, and another runner.
+    for (attempt, runner_id) in [(2, runners[0].id), (1, runners[1].id)] {
+        let store = store.clone();
+        let stage_id = stages[0];
+        ends.push(tokio::spawn(async move {
+            store
+                .end_leased_stage(LeasedEnd {
+                    stage_id,
+                    attempt,
+                    runner_id,
+                    status: Status::Failure,
+                    error: Some("refused"),
+                    writes: &[],
+                    now: 2_000,
+                    next: None,
+                })
+                .await
+        }));
+    }
+    let mut next_ids = Vec::new();
+    for (i, end) in ends.into_iter().enumerate() {
+        let ended = end.await.expect("joined").expect("end");
+        if i >= 8 {
+            assert_eq!(ended, None, "a refused end");
+            continue;
+        }
+        let ended = ended.expect("the holder ends it");
+        assert_eq!(
+            (ended.stage.id, ended.stage.status),
+            (stages[i], Status::Success)
+        );
+        let next = ended.next.expect("a next stage for every runner");
+        assert_eq!(next.runner_id, Some(runners[i].id));
+        next_ids.push(next.id);
+    }
+    next_ids.sort();
+    assert_eq!(next_ids, stages[8..], "each next stage leased once");
+    for id in &stages[..8] {
+        let stage = store.stage_state(*id).await.expect("read").expect("stage");
+        assert_eq!((stage.status, stage.error), (Status::Success, None));
+    }
 }
 
 // ------------------------------------------------------------------------ the rest
