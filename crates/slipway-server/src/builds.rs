@@ -47,6 +47,9 @@ pub struct BuildRequest {
     pub delivery_id: Option<String>,
     /// Who or what: `@hook`, `@admin`, ...
     pub trigger: String,
+    /// The mirror was fetched for this request already (a manual run resolves its ref in
+    /// it first), so it is not fetched again.
+    pub fetched: bool,
 }
 
 /// Creates (and queues) a build of `repo` for `request`.
@@ -73,12 +76,20 @@ pub async fn create(
     ctx.created = now / 1000;
     ctx.started = now / 1000;
 
-    // Fetch first: the pipeline file and the changed files come from the mirror.
+    // Fetch first: the pipeline file and the changed files come from the mirror. Branches
+    // and tags always come; a pull request's ref is fetched besides. A build of a bare
+    // commit (a manual run, or its restart) names no ref: its commit is on a branch or tag.
     let extra: Vec<&str> = [ctx.reference.as_str()]
         .into_iter()
-        .filter(|r| !r.is_empty() && !r.starts_with("refs/heads/") && !r.starts_with("refs/tags/"))
+        .filter(|r| {
+            r.starts_with("refs/") && !r.starts_with("refs/heads/") && !r.starts_with("refs/tags/")
+        })
         .collect();
-    let file = match state.mirrors.fetch(repo.id, &repo.clone_url, &extra).await {
+    let fetched = match request.fetched {
+        true => Ok(()),
+        false => state.mirrors.fetch(repo.id, &repo.clone_url, &extra).await,
+    };
+    let file = match fetched {
         Err(e) => Err(format!("could not fetch the repository: {e}")),
         Ok(()) => read_pipeline_file(state, repo, &ctx.commit).await,
     };
@@ -473,7 +484,7 @@ pub async fn restart(
 ) -> Result<Build, BuildError> {
     let mut ctx = context_of(build);
     ctx.parent = u64::try_from(build.number).unwrap_or_default();
-    create_by_user(state, repo, ctx, user).await
+    create_by_user(state, repo, ctx, user, false).await
 }
 
 /// A build a person asked for (no delivery id; trigger `@user`).
@@ -482,6 +493,7 @@ async fn create_by_user(
     repo: &Repo,
     context: BuildContext,
     user: &str,
+    fetched: bool,
 ) -> Result<Build, BuildError> {
     create(
         state,
@@ -490,6 +502,7 @@ async fn create_by_user(
             context,
             delivery_id: None,
             trigger: format!("@{user}"),
+            fetched,
         },
     )
     .await
@@ -518,7 +531,7 @@ pub async fn promote(
     ctx.target = target.to_owned();
     ctx.parent = u64::try_from(build.number).unwrap_or_default();
     ctx.params.extend(params);
-    create_by_user(state, repo, ctx, user).await
+    create_by_user(state, repo, ctx, user, false).await
 }
 
 /// What a manual run builds.
@@ -579,7 +592,7 @@ pub async fn run_manual(
         params,
         ..BuildContext::default()
     };
-    create_by_user(state, repo, ctx, user).await
+    create_by_user(state, repo, ctx, user, true).await
 }
 
 /// Posts build states to the git host of repositories that have a status API configured.

@@ -86,6 +86,7 @@ pub async fn receive(
         context: hook.context(),
         delivery_id: hook.delivery_id.clone(),
         trigger: "@hook".to_owned(),
+        fetched: false,
     };
     match builds::create(&state, &repo, request).await {
         Ok(build) => Ok((

@@ -316,3 +316,50 @@ async fn a_done_not_from_the_lease_holder_or_with_a_gap_writes_nothing() {
     assert_eq!(step(&ended, "b")["status"], "skipped", "{ended}");
     assert_eq!(h.log(number, "a").await, "x\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_run_of_a_commit_builds_that_commit() {
+    let h = Harness::start().await;
+    let (status, by_branch) = h
+        .admin_post(
+            &format!("/api/repos/{REPO}/builds"),
+            json!({"branch": "main"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{by_branch}");
+    let sha = by_branch["commit"].as_str().expect("a commit").to_owned();
+    let (status, by_commit) = h
+        .admin_post(&format!("/api/repos/{REPO}/builds"), json!({"commit": sha}))
+        .await;
+    assert_eq!(status, 201, "{by_commit}");
+    assert_eq!(
+        (
+            &by_commit["status"],
+            &by_commit["commit"],
+            &by_commit["event"]
+        ),
+        (&json!("pending"), &json!(sha), &json!("custom")),
+        "a commit's build is queued like a branch's: {by_commit}"
+    );
+    // Its restart too (the mirror is fetched again then).
+    let number = by_commit["number"].as_i64().expect("a number");
+    let (status, restarted) = h
+        .admin_post(
+            &format!("/api/repos/{REPO}/builds/{number}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{restarted}");
+    let (status, restarted) = h
+        .admin_post(
+            &format!("/api/repos/{REPO}/builds/{number}/restart"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201, "{restarted}");
+    assert_eq!(
+        (&restarted["status"], &restarted["commit"]),
+        (&json!("pending"), &json!(sha)),
+        "{restarted}"
+    );
+}
