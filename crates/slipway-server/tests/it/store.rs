@@ -12,7 +12,7 @@ use serde_json::json;
 use slipway_engine::Status;
 use slipway_server::store::{
     Backend, CompiledBuild, EndedStage, HeadLease, LeasedEnd, NewBuild, NewRepo, NewStage, Repo,
-    ReportWrite, StepUpdate, Store, StoreError,
+    ReportWrite, Runner, StepUpdate, Store, StoreError,
 };
 use sqlx::{Connection, Row};
 
@@ -1391,6 +1391,25 @@ fn one_stage(name: &str, labels: &[(&str, &str)]) -> CompiledBuild {
     }
 }
 
+/// `runner` is given nothing by [`Store::lease_head`] while `stage` heads the queue; then
+/// `stage` is closed with `status`, so that the next one comes to the head.
+async fn head_refused_then_close(store: &Store, runner: &Runner, stage: i64, status: Status) {
+    assert_eq!(
+        store
+            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
+            .await
+            .expect("lease"),
+        None,
+        "stage {stage} heads the queue: not one this runner takes at once"
+    );
+    assert!(
+        store
+            .finish_stage(stage, None, status, None, 1_000)
+            .await
+            .expect("close")
+    );
+}
+
 async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
     let store = db.open().await;
     let repo = store
@@ -1432,19 +1451,7 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
     // first is for the full look through the queue to keep).
     let labelled = build(repo.id, "arm", &[("arch", "arm64")]).await;
     let simple = build(repo.id, "simple", &[]).await;
-    assert_eq!(
-        store
-            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
-            .await
-            .expect("lease"),
-        None
-    );
-    assert!(
-        store
-            .finish_stage(labelled, None, Status::Skipped, None, 1_000)
-            .await
-            .expect("skip")
-    );
+    head_refused_then_close(&store, &runner, labelled, Status::Skipped).await;
 
     // A simple head is leased whole, like `lease_stage` does.
     let leased = store
@@ -1495,45 +1502,19 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
     // Heads of a repository with a concurrency limit, or with a cancel asked for, are the
     // full look's to decide.
     let in_limited = build(limited.id, "limited", &[]).await;
-    assert_eq!(
-        store
-            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
-            .await
-            .expect("lease"),
-        None
-    );
-    assert!(
-        store
-            .finish_stage(in_limited, None, Status::Skipped, None, 1_000)
-            .await
-            .expect("skip")
-    );
+    head_refused_then_close(&store, &runner, in_limited, Status::Skipped).await;
     let cancelled = build(repo.id, "cancelled", &[]).await;
-    let (cancelled_build, _) = {
-        let stage = store
-            .stage_state(cancelled)
-            .await
-            .expect("read")
-            .expect("stage");
-        (stage.build_id, stage)
-    };
+    let cancelled_build = store
+        .stage_state(cancelled)
+        .await
+        .expect("read")
+        .expect("stage")
+        .build_id;
     assert_eq!(
         store.request_cancel(cancelled_build).await.expect("cancel"),
         1
     );
-    assert_eq!(
-        store
-            .lease_head(runner.id, &runner.labels, 60_000, 1_000)
-            .await
-            .expect("lease"),
-        None
-    );
-    assert!(
-        store
-            .finish_stage(cancelled, None, Status::Killed, None, 1_000)
-            .await
-            .expect("kill")
-    );
+    head_refused_then_close(&store, &runner, cancelled, Status::Killed).await;
 
     // Ending a stage with the next one asked for: the next head comes in the same
     // transaction, to the same runner.
