@@ -283,7 +283,6 @@ pub async fn cancel(state: &Arc<AppState>, build: &Build) -> Result<(), BuildErr
                 .finish_stage(stage.id, None, Status::Killed, Some("cancelled"), now)
                 .await?
         {
-            state.store.finish_open_steps(stage.id, now).await?;
             // It may have been leased (and given a registry token) just now.
             crate::queue::revoke_pipeline_tokens(state, stage.id).await?;
             publish_stage(state, &stage, Status::Killed).await;
@@ -328,7 +327,6 @@ pub async fn settle(state: &Arc<AppState>, build_id: i64) -> Result<(), BuildErr
                     .finish_stage(stage.id, None, Status::Skipped, None, now)
                     .await?
                 {
-                    state.store.finish_open_steps(stage.id, now).await?;
                     publish_stage(state, stage, Status::Skipped).await;
                     changed = true;
                 }

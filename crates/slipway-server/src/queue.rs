@@ -224,7 +224,6 @@ async fn lease_from(
                 .finish_stage(stage.id, None, Status::Killed, Some("cancelled"), now)
                 .await?
             {
-                state.store.finish_open_steps(stage.id, now).await?;
                 builds::publish_stage(state, &stage, Status::Killed).await;
                 builds::settle(state, stage.build_id).await?;
             }
@@ -350,7 +349,6 @@ async fn fail_leased(
             now,
         )
         .await?;
-    state.store.finish_open_steps(leased.id, now).await?;
     builds::publish_stage(state, leased, Status::Error).await;
     builds::settle(state, leased.build_id).await?;
     Ok(())
@@ -938,7 +936,6 @@ async fn reap_once(state: &Arc<AppState>) -> Result<(), QueueError> {
                 .await?
             {
                 tracing::warn!("stage {}: {message}", stage.id);
-                state.store.finish_open_steps(stage.id, now).await?;
                 state.logs.close_stage(stage.id, stage.attempt);
                 forget_step_starts(state, stage.id);
                 state.leased.remove(stage.id);

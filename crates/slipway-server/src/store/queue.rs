@@ -171,9 +171,10 @@ impl Store {
     }
 
     /// Ends a stage with `status` (and `error` when given): `finished = now`, lease
-    /// cleared. With `Some(attempt)` only if it is running that attempt (a runner
+    /// cleared, and its open steps closed as by [`Store::finish_open_steps`], in one
+    /// transaction. With `Some(attempt)` only if it is running that attempt (a runner
     /// reporting); with `None` only if it is not done yet (pending or running: skipping or
-    /// cancelling). Whether it applied.
+    /// cancelling). Whether it applied; when not, nothing is written.
     pub async fn finish_stage(
         &self,
         stage_id: i64,
@@ -196,8 +197,18 @@ impl Store {
         if let Some(attempt) = attempt {
             query = query.bind(attempt);
         }
-        let done = query.execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        let mut tx = self.begin().await?;
+        if query.execute(&mut *tx).await?.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(CLOSE_OPEN_STEPS)
+            .bind(stage_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Running stages whose lease ended before `now`.

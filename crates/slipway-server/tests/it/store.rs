@@ -1110,6 +1110,19 @@ async fn cancel_and_finish_without_attempt(db: &TestDb) {
         .await
         .expect("lease")
         .expect("won");
+    let running = StepUpdate {
+        status: Status::Running,
+        exit_code: None,
+        error: None,
+        started: Some(1_500),
+        finished: None,
+    };
+    assert!(
+        store
+            .update_step(stage_id, "clone", &running)
+            .await
+            .expect("step")
+    );
     assert!(
         store
             .finish_stage(
@@ -1121,6 +1134,22 @@ async fn cancel_and_finish_without_attempt(db: &TestDb) {
             )
             .await
             .expect("kill")
+    );
+    // Its open steps were closed with it.
+    let steps: Vec<(String, Status, Option<i64>)> = store
+        .steps(stage_id)
+        .await
+        .expect("steps")
+        .into_iter()
+        .map(|s| (s.name, s.status, s.finished))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("clone".to_owned(), Status::Killed, Some(4_000)),
+            ("compile".to_owned(), Status::Skipped, None),
+            ("test".to_owned(), Status::Skipped, None),
+        ]
     );
     let killed = store.stage(stage_id).await.expect("stage").expect("exists");
     assert_eq!(killed.status, Status::Killed);
