@@ -115,11 +115,28 @@ struct Stage {
     /// or the stage was lost. Stops the heartbeat and every retry loop.
     end: CancellationToken,
     lost: AtomicBool,
+    /// `/done` is on its way: the server may have ended the stage already, so a heartbeat
+    /// answered `lease_lost` now says nothing; the answer to `/done` decides.
+    reporting_end: AtomicBool,
     /// The server refused the stage's events for good: reported in `/done` as an error.
     rejected: Mutex<Option<String>>,
 }
 
 impl Stage {
+    fn new(id: i64, attempt: u32, title: String, shared: &Shared, end: CancellationToken) -> Stage {
+        Stage {
+            id,
+            attempt,
+            title,
+            queue: Arc::new(EventQueue::new(shared.limits)),
+            engine_cancel: CancellationToken::new(),
+            end,
+            lost: AtomicBool::new(false),
+            reporting_end: AtomicBool::new(false),
+            rejected: Mutex::new(None),
+        }
+    }
+
     fn path(&self, what: &str) -> String {
         format!("/api/runner/stages/{}/{what}", self.id)
     }
@@ -278,16 +295,13 @@ fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> 
 /// when it hands over the next stage with it (a poll's `200`), unless the runner is
 /// stopping.
 pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) -> Option<Reply> {
-    let stage = Arc::new(Stage {
-        id: lease.stage_id,
-        attempt: lease.attempt,
-        title: lease.title.clone(),
-        queue: Arc::new(EventQueue::new(shared.limits)),
-        engine_cancel: CancellationToken::new(),
-        end: CancellationToken::new(),
-        lost: AtomicBool::new(false),
-        rejected: Mutex::new(None),
-    });
+    let stage = Arc::new(Stage::new(
+        lease.stage_id,
+        lease.attempt,
+        lease.title.clone(),
+        &shared,
+        CancellationToken::new(),
+    ));
     tracing::info!("stage {} (attempt {}) started", stage.title, stage.attempt);
 
     let uploader = tokio::spawn(upload(shared.clone(), stage.clone()));
@@ -337,6 +351,7 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) -> Option<Reply
         None
     } else {
         let room = !shared.fatal.stop.is_cancelled();
+        stage.reporting_end.store(true, Ordering::SeqCst);
         send_done(&shared, &stage, status, error.clone(), last_events, room).await
     };
     stage.end.cancel();
@@ -438,6 +453,9 @@ async fn heartbeat(shared: Arc<Shared>, stage: Arc<Stage>) {
             }
             Err(GaveUp::Stopped) => return,
             Err(GaveUp::Failed(e)) => match e.verdict() {
+                // The stage ended with the `/done` in flight: losing it now would abort
+                // that request and drop the next stage its answer hands over.
+                Verdict::LeaseLost if stage.reporting_end.load(Ordering::SeqCst) => return,
                 Verdict::LeaseLost | Verdict::Unauthorized => return stage.failed(&shared, e),
                 // A refused heartbeat is not worth killing the build for; the lease will
                 // tell if it matters.
@@ -538,16 +556,7 @@ pub(crate) async fn refuse_lease(shared: &Shared, body: &[u8], error: &CallError
         .and_then(serde_json::Value::as_str)
         .unwrap_or("?")
         .to_string();
-    let stage = Stage {
-        id,
-        attempt,
-        title,
-        queue: Arc::new(EventQueue::new(shared.limits)),
-        engine_cancel: CancellationToken::new(),
-        end: shared.fatal.stop.child_token(),
-        lost: AtomicBool::new(false),
-        rejected: Mutex::new(None),
-    };
+    let stage = Stage::new(id, attempt, title, shared, shared.fatal.stop.child_token());
     let message = format!(
         "runner {} (protocol {}) cannot read the lease: {}",
         env!("CARGO_PKG_VERSION"),

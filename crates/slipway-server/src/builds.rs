@@ -85,9 +85,10 @@ pub async fn create(
             r.starts_with("refs/") && !r.starts_with("refs/heads/") && !r.starts_with("refs/tags/")
         })
         .collect();
-    let fetched = match request.fetched {
-        true => Ok(()),
-        false => state.mirrors.fetch(repo.id, &repo.clone_url, &extra).await,
+    let fetched = if request.fetched {
+        Ok(())
+    } else {
+        state.mirrors.fetch(repo.id, &repo.clone_url, &extra).await
     };
     let file = match fetched {
         Err(e) => Err(format!("could not fetch the repository: {e}")),

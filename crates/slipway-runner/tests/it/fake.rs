@@ -35,6 +35,10 @@ pub struct Script {
     pub cancel_when_started: Option<String>,
     /// Sent in the registration answer.
     pub heartbeat_secs: u64,
+    /// Each answer to `/done` is held this long (after the end is recorded), and meanwhile,
+    /// like the real server once a stage has ended, heartbeats of that stage answer
+    /// `409 lease_lost`.
+    pub done_answer_delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +52,9 @@ pub struct Record {
     pub registrations: Vec<RegisterRequest>,
     pub polls: usize,
     pub heartbeats: usize,
+    /// Heartbeats of a stage whose `/done` had arrived (answered `409 lease_lost` when
+    /// [`Script::done_answer_delay`] is set).
+    pub heartbeats_after_done: usize,
     /// Every events request, in arrival order, with the answer given.
     pub requests: Vec<Received>,
     /// Log lines per step, deduplicated by number.
@@ -207,16 +214,31 @@ async fn poll(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn heartbeat(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn heartbeat(
+    State(fake): State<Arc<Fake>>,
+    Path(stage): Path<i64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Some(r) = unauthorized(&headers) {
         return r;
     }
     if serde_json::from_slice::<Heartbeat>(&body).is_err() {
         return error(StatusCode::BAD_REQUEST, "bad_request", "bad heartbeat");
     }
-    let cancel_step = fake.script().cancel_when_started.clone();
+    let (cancel_step, ended_is_lost) = {
+        let script = fake.script();
+        (
+            script.cancel_when_started.clone(),
+            script.done_answer_delay.is_some(),
+        )
+    };
     let mut record = fake.record();
     record.heartbeats += 1;
+    if ended_is_lost && record.done.iter().any(|(id, _)| *id == stage) {
+        record.heartbeats_after_done += 1;
+        return error(StatusCode::CONFLICT, LEASE_LOST, "the stage has ended");
+    }
     let cancel = cancel_step.is_some_and(|step| {
         record
             .steps
@@ -357,27 +379,40 @@ async fn done(
     let Ok(done) = serde_json::from_slice::<StageDone>(&body) else {
         return error(StatusCode::BAD_REQUEST, "bad_request", "bad done");
     };
-    let mut record = fake.record();
-    // The last events come with the end: applied as a batch would be.
-    let batch = EventBatch {
-        runner_id: done.runner_id,
-        attempt: done.attempt,
-        events: done.events.clone(),
+    let answer = {
+        let mut record = fake.record();
+        // The last events come with the end: applied as a batch would be.
+        let batch = EventBatch {
+            runner_id: done.runner_id,
+            attempt: done.attempt,
+            events: done.events.clone(),
+        };
+        if let Err(problem) = apply(&mut record, batch) {
+            record.problems.push(problem.clone());
+            return error(StatusCode::CONFLICT, LOG_GAP, &problem);
+        }
+        let next = done.next;
+        let polls = record.polls;
+        record.polls_at_done.push(polls);
+        record.done.push((stage, done));
+        // Like the real server: the next stage, if one waits, with the answer.
+        let lease = match next {
+            true => fake.leases.lock().expect("leases lock").pop_front(),
+            false => None,
+        };
+        match lease {
+            Some(lease) => {
+                record.handed.push(lease.stage_id);
+                axum::Json(lease).into_response()
+            }
+            None => StatusCode::NO_CONTENT.into_response(),
+        }
     };
-    if let Err(problem) = apply(&mut record, batch) {
-        record.problems.push(problem.clone());
-        return error(StatusCode::CONFLICT, LOG_GAP, &problem);
+    let delay = fake.script().done_answer_delay;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
     }
-    let next = done.next;
-    let polls = record.polls;
-    record.polls_at_done.push(polls);
-    record.done.push((stage, done));
-    // Like the real server: the next stage, if one waits, with the answer.
-    if next && let Some(lease) = fake.leases.lock().expect("leases lock").pop_front() {
-        record.handed.push(lease.stage_id);
-        return axum::Json(lease).into_response();
-    }
-    StatusCode::NO_CONTENT.into_response()
+    answer
 }
 
 /// Starts the fake on 127.0.0.1 (a free port); it runs until the test's runtime ends.

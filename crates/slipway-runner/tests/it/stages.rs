@@ -103,6 +103,44 @@ async fn a_stage_streams_every_line_once_in_order_then_reports_success() {
 }
 
 #[tokio::test]
+async fn a_heartbeat_refused_while_done_is_answered_loses_nothing() {
+    // The server ends the stage as soon as `/done` arrives; a heartbeat that crosses the
+    // answer is refused `lease_lost`. The runner must still take the next stage that the
+    // answer hands over, and not abandon the one it reported.
+    let (fake, addr) = fake::start(Script {
+        heartbeat_secs: 1,
+        done_answer_delay: Some(Duration::from_millis(2_500)),
+        ..Script::default()
+    })
+    .await;
+    fake.push_lease(lease(
+        plan(&[("first", &["echo one"])], false),
+        WorkspaceSpec::Empty,
+    ));
+    let mut second = lease(
+        plan(&[("second", &["echo two"])], false),
+        WorkspaceSpec::Empty,
+    );
+    second.stage_id = 43;
+    fake.push_lease(second);
+    let runner = start_runner(addr);
+    fake.wait_for("two ends", Duration::from_secs(120), |r| r.done.len() == 2)
+        .await;
+    runner.stop().await.expect("the runner stops cleanly");
+
+    let record = fake.record();
+    assert!(record.problems.is_empty(), "{}", summary(&record));
+    assert!(
+        record.heartbeats_after_done > 0,
+        "a heartbeat crossed the answer: {}",
+        summary(&record)
+    );
+    assert_eq!(record.handed, [43], "{}", summary(&record));
+    let ends: Vec<(i64, Status)> = record.done.iter().map(|(id, d)| (*id, d.status)).collect();
+    assert_eq!(ends, [(42, Status::Success), (43, Status::Success)]);
+}
+
+#[tokio::test]
 async fn the_answer_to_done_can_hand_over_the_next_stage() {
     let (fake, addr) = fake::start(Script::default()).await;
     fake.push_lease(lease(

@@ -167,9 +167,10 @@ pub async fn done(
 async fn end_stage(state: &Arc<AppState>, id: i64, req: StageDone) -> Result<Response, ApiError> {
     // The runner has room: the next stage, if one is ready now, saves it a poll. Usually
     // it is leased with the end. A runner this server does not know still ends its stage.
-    let runner = match req.next {
-        true => Some(seen_runner(state, req.runner_id).await),
-        false => None,
+    let runner = if req.next {
+        Some(seen_runner(state, req.runner_id).await)
+    } else {
+        None
     };
     let head = queue::done(
         state,

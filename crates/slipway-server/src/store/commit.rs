@@ -88,21 +88,20 @@ pub(super) fn start(store: Store) -> EndSender {
     sender
 }
 
-/// Sends `end` to the committing task and waits for its commit.
-pub(super) async fn send(sender: &EndSender, end: &LeasedEnd<'_>) -> Result<Option<EndedStage>> {
+/// Sends `end` to the committing task and waits for its commit. `None` when the task is
+/// gone (it panicked): the caller then applies the end itself, which is refused like a
+/// resent end if the task had committed it after all.
+pub(super) async fn send(
+    sender: &EndSender,
+    end: &LeasedEnd<'_>,
+) -> Option<Result<Option<EndedStage>>> {
     let (reply, answer) = oneshot::channel();
     let request = EndRequest {
         end: OwnedEnd::from_end(end),
         reply,
     };
-    if sender.send(request).is_err() {
-        return Err(gone());
-    }
-    answer.await.map_err(|_| gone())?
-}
-
-fn gone() -> super::StoreError {
-    super::StoreError::Database(sqlx::Error::PoolClosed)
+    sender.send(request).ok()?;
+    answer.await.ok()
 }
 
 async fn commit_ends(store: Store, mut receiver: mpsc::UnboundedReceiver<EndRequest>) {

@@ -25,9 +25,9 @@
 //! `BEGIN IMMEDIATE` and writes take turns under a 30 s busy timeout; on PostgreSQL the
 //! write that starts a transaction (the repository's build counter, a stage's status)
 //! locks the row it changes. Code: `open` (URLs, pool, migrations), `builds`
-//! (repositories, builds), `queue` (stages, leases, steps), `misc` (secrets, runners,
-//! tokens, artifacts, counts), `rows` (decoding, where a bad stored value becomes
-//! [`StoreError::Corrupt`]).
+//! (repositories, builds), `queue` (stages, leases, steps), `commit` (SQLite: the group
+//! commit of the runners' stage ends), `misc` (secrets, runners, tokens, artifacts,
+//! counts), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
 
 use std::collections::BTreeMap;
 
@@ -344,7 +344,7 @@ pub struct EndedStage {
     /// The steps the runner left open, as they were closed.
     pub closed: Vec<Step>,
     /// The stage leased next to the same runner, whole, when one was asked for and the
-    /// head of the queue was one any runner may take.
+    /// head of the queue was one that runner may take.
     pub next: Option<Stage>,
 }
 

@@ -358,13 +358,16 @@ impl Store {
     /// is running `end.attempt` on `end.runner_id`, it ends with `end.status` (and
     /// `end.error`), the runner's last `end.writes` are applied, the steps it left open are
     /// closed as by [`Store::finish_open_steps`], and, when `end.next` asks for it, the head
-    /// of the queue is leased to the same runner as by [`Store::lease_head`]. `None`, with nothing written, when the lease is not that.
+    /// of the queue is leased to the same runner as by [`Store::lease_head`]. `None`, with
+    /// nothing written, when the lease is not that.
     ///
     /// On SQLite the ends of several runners that arrive together share one commit (see
     /// `commit.rs`); each is answered after that commit.
     pub async fn end_leased_stage(&self, end: LeasedEnd<'_>) -> Result<Option<EndedStage>> {
-        if let Some(ends) = &self.ends {
-            return super::commit::send(ends, &end).await;
+        if let Some(ends) = &self.ends
+            && let Some(ended) = super::commit::send(ends, &end).await
+        {
+            return ended;
         }
         let mut tx = self.begin().await?;
         let ended = end_in(&mut tx, self.backend, end).await?;
