@@ -32,10 +32,16 @@ impl Harness {
     /// A server with one repository whose pipeline has the steps `a` and `b` (exec, no
     /// clone; nothing runs them but this test).
     async fn start() -> Harness {
-        let repo = BareRepo::with_pipeline(
+        Harness::with_pipeline(
             "kind: pipeline\ntype: exec\nname: default\nclone:\n  disable: true\nsteps:\n\
              - name: a\n  commands: [\"true\"]\n- name: b\n  commands: [\"true\"]\n",
-        );
+        )
+        .await
+    }
+
+    /// The same with `pipeline` as the repository's `.drone.yml`.
+    async fn with_pipeline(pipeline: &str) -> Harness {
+        let repo = BareRepo::with_pipeline(pipeline);
         let shutdown = CancellationToken::new();
         let TestServer { url, server, data } = serve(ADMIN, &shutdown, |_| {}).await;
         let harness = Harness {
@@ -361,5 +367,38 @@ async fn a_manual_run_of_a_commit_builds_that_commit() {
         (&restarted["status"], &restarted["commit"]),
         (&json!("pending"), &json!(sha)),
         "{restarted}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_stages_go_to_a_runner_of_their_platform() {
+    let h = Harness::with_pipeline(
+        "matrix:\n  GO:\n    - \"1.10\"\n    - \"1.11\"\npipeline:\n  build:\n    image: busybox\n    \
+         commands: [\"echo $GO\"]\n",
+    )
+    .await;
+    let runner = h.register("linux-runner").await;
+    let (status, build) = h
+        .admin_post(
+            &format!("/api/repos/{REPO}/builds"),
+            json!({"branch": "main"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{build}");
+    let mut titles = Vec::new();
+    for _ in 0..2 {
+        let (status, lease) = h.runner_post("/poll", &json!({"runner_id": runner})).await;
+        assert_eq!(status, 200, "a matrix stage is leased: {lease}");
+        titles.push(lease["title"].as_str().expect("a title").to_owned());
+        let labels = &lease["plan"]["pipelines"][0]["labels"];
+        assert_eq!(
+            labels,
+            &json!({"arch": "amd64", "os": "linux"}),
+            "only what a runner must have: {lease}"
+        );
+    }
+    assert_eq!(
+        titles,
+        [format!("{REPO}#1 matrix-1"), format!("{REPO}#1 matrix-2")]
     );
 }
