@@ -185,6 +185,15 @@ pub async fn try_lease(
     {
         return Ok(Some(lease));
     }
+    lease_by_scan(state, runner).await
+}
+
+/// Leases the oldest stage this runner may run by reading the pending stages page by
+/// page: every case, the ones [`try_lease`] takes as the head of the queue too.
+pub async fn lease_by_scan(
+    state: &Arc<AppState>,
+    runner: &Runner,
+) -> Result<Option<Lease>, QueueError> {
     let mut after = 0;
     let mut scanned = 0;
     let mut build_stages: BTreeMap<i64, Vec<Stage>> = BTreeMap::new();
@@ -279,7 +288,7 @@ pub async fn hand_out_head(
     match state.store.repo(head.repo_id).await? {
         Some(repo) => hand_out(state, runner, &repo, head).await,
         None => {
-            fail_leased(state, &head, "its repository is gone".to_owned()).await?;
+            fail_leased(state, &head, "its repository is gone").await?;
             Ok(None)
         }
     }
@@ -299,7 +308,7 @@ async fn hand_out(
     let (lease, build) = match lease_for(state, repo, &leased).await {
         Ok(made) => made,
         Err(message) => {
-            fail_leased(state, &leased, message).await?;
+            fail_leased(state, &leased, &message).await?;
             return Ok(None);
         }
     };
@@ -335,7 +344,7 @@ async fn hand_out(
 async fn fail_leased(
     state: &Arc<AppState>,
     leased: &Stage,
-    message: String,
+    message: &str,
 ) -> Result<(), QueueError> {
     tracing::error!("stage {}: {message}", leased.id);
     let now = crate::now_ms();
@@ -345,7 +354,7 @@ async fn fail_leased(
             leased.id,
             Some(leased.attempt),
             Status::Error,
-            Some(&message),
+            Some(message),
             now,
         )
         .await?;
@@ -794,10 +803,10 @@ fn forget_step_starts(state: &AppState, stage_id: i64) {
 }
 
 /// The runner's final word on a stage, with its last events. Repeating it (a lost
-/// acknowledgement) is harmless: an ended stage is not touched again. When the runner asked
-/// for its next stage ([`StageDone::next`]; `next_for` is that runner) and the head of the
-/// queue is one it may take, that stage is leased to it in the same transaction and
-/// returned, to be handed out with [`hand_out_head`].
+/// acknowledgement) is harmless: an ended stage is not touched again. `next_for` is the
+/// runner when it asked for its next stage ([`StageDone::next`]): if the head of the queue
+/// is one it may take, that stage is leased to it in the same transaction and returned, to
+/// be handed out with [`hand_out_head`].
 pub async fn done(
     state: &Arc<AppState>,
     stage_id: i64,
@@ -834,17 +843,17 @@ pub async fn done(
             StageKey::from(&current)
         }
     };
-    let report = take_events(state, &current, done.events).await?;
+    let mut report = take_events(state, &current, done.events).await?;
     let end = LeasedEnd {
         stage_id,
         attempt,
         runner_id: done.runner_id,
         status: done.status,
-        error: done.error.as_deref(),
-        writes: &report.writes,
+        error: done.error,
+        writes: std::mem::take(&mut report.writes),
         now,
-        next: next_for.filter(|_| done.next).map(|runner| HeadLease {
-            labels: &runner.labels,
+        next: next_for.map(|runner| HeadLease {
+            labels: runner.labels.clone(),
             lease_expires: now + millis(state.config.lease),
         }),
     };

@@ -396,9 +396,10 @@ async fn done(
         record.polls_at_done.push(polls);
         record.done.push((stage, done));
         // Like the real server: the next stage, if one waits, with the answer.
-        let lease = match next {
-            true => fake.leases.lock().expect("leases lock").pop_front(),
-            false => None,
+        let lease = if next {
+            fake.leases.lock().expect("leases lock").pop_front()
+        } else {
+            None
         };
         match lease {
             Some(lease) => {

@@ -102,17 +102,9 @@ async fn a_stage_streams_every_line_once_in_order_then_reports_success() {
     assert!(times[0] > 1_600_000_000_000, "{times:?}");
 }
 
-#[tokio::test]
-async fn a_heartbeat_refused_while_done_is_answered_loses_nothing() {
-    // The server ends the stage as soon as `/done` arrives; a heartbeat that crosses the
-    // answer is refused `lease_lost`. The runner must still take the next stage that the
-    // answer hands over, and not abandon the one it reported.
-    let (fake, addr) = fake::start(Script {
-        heartbeat_secs: 1,
-        done_answer_delay: Some(Duration::from_millis(2_500)),
-        ..Script::default()
-    })
-    .await;
+/// Queues stages 42 (`first`) and 43 (`second`) in `fake`, runs a runner against it until
+/// both have ended, and stops it.
+async fn run_two_stages(fake: &fake::Fake, addr: std::net::SocketAddr) {
     fake.push_lease(lease(
         plan(&[("first", &["echo one"])], false),
         WorkspaceSpec::Empty,
@@ -127,6 +119,20 @@ async fn a_heartbeat_refused_while_done_is_answered_loses_nothing() {
     fake.wait_for("two ends", Duration::from_secs(120), |r| r.done.len() == 2)
         .await;
     runner.stop().await.expect("the runner stops cleanly");
+}
+
+#[tokio::test]
+async fn a_heartbeat_refused_while_done_is_answered_loses_nothing() {
+    // The server ends the stage as soon as `/done` arrives; a heartbeat that crosses the
+    // answer is refused `lease_lost`. The runner must still take the next stage that the
+    // answer hands over, and not abandon the one it reported.
+    let (fake, addr) = fake::start(Script {
+        heartbeat_secs: 1,
+        done_answer_delay: Some(Duration::from_millis(2_500)),
+        ..Script::default()
+    })
+    .await;
+    run_two_stages(&fake, addr).await;
 
     let record = fake.record();
     assert!(record.problems.is_empty(), "{}", summary(&record));
@@ -143,20 +149,7 @@ async fn a_heartbeat_refused_while_done_is_answered_loses_nothing() {
 #[tokio::test]
 async fn the_answer_to_done_can_hand_over_the_next_stage() {
     let (fake, addr) = fake::start(Script::default()).await;
-    fake.push_lease(lease(
-        plan(&[("first", &["echo one"])], false),
-        WorkspaceSpec::Empty,
-    ));
-    let mut second = lease(
-        plan(&[("second", &["echo two"])], false),
-        WorkspaceSpec::Empty,
-    );
-    second.stage_id = 43;
-    fake.push_lease(second);
-    let runner = start_runner(addr);
-    fake.wait_for("two ends", Duration::from_secs(120), |r| r.done.len() == 2)
-        .await;
-    runner.stop().await.expect("the runner stops cleanly");
+    run_two_stages(&fake, addr).await;
 
     let record = fake.record();
     assert!(record.problems.is_empty(), "{}", summary(&record));

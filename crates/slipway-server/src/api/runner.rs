@@ -166,29 +166,25 @@ pub async fn done(
 
 async fn end_stage(state: &Arc<AppState>, id: i64, req: StageDone) -> Result<Response, ApiError> {
     // The runner has room: the next stage, if one is ready now, saves it a poll. Usually
-    // it is leased with the end. A runner this server does not know still ends its stage.
+    // it is leased with the end. A runner this server does not know still ends its stage;
+    // its next poll learns that it is not registered.
     let runner = if req.next {
-        Some(seen_runner(state, req.runner_id).await)
+        seen_runner(state, req.runner_id).await.ok()
     } else {
         None
     };
-    let head = queue::done(
-        state,
-        id,
-        req,
-        runner.as_ref().and_then(|r| r.as_ref().ok()),
-    )
-    .await?;
+    let head = queue::done(state, id, req, runner.as_ref()).await?;
     let Some(runner) = runner else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let runner = runner?;
     let lease = match head {
-        Some(head) => queue::hand_out_head(state, &runner, head).await?,
-        None => None,
+        // Leased with the end; one that cannot run has failed, so look on.
+        Some(head) => match queue::hand_out_head(state, &runner, head).await? {
+            Some(lease) => Some(lease),
+            None => queue::try_lease(state, &runner).await?,
+        },
+        // The end's transaction found no head to take (or the end was a resend).
+        None => queue::lease_by_scan(state, &runner).await?,
     };
-    match lease {
-        Some(lease) => lease_answer(Some(lease)),
-        None => lease_answer(queue::try_lease(state, &runner).await?),
-    }
+    lease_answer(lease)
 }

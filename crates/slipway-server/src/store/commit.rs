@@ -18,13 +18,10 @@
 //! PostgreSQL needs none of this: its connections commit side by side and it groups their
 //! WAL flushes itself.
 
-use std::collections::BTreeMap;
-
-use slipway_engine::Status;
 use tokio::sync::{mpsc, oneshot};
 
 use super::queue::end_in;
-use super::{EndedStage, HeadLease, LeasedEnd, ReportWrite, Result, Store};
+use super::{EndedStage, LeasedEnd, Result, Store};
 
 /// At most this many ends share one commit.
 const MAX_BATCH: usize = 64;
@@ -32,52 +29,10 @@ const MAX_BATCH: usize = 64;
 /// Where [`Store::end_leased_stage`] sends its ends on SQLite.
 pub(super) type EndSender = mpsc::UnboundedSender<EndRequest>;
 
-/// A [`LeasedEnd`] that owns its data, on its way to the committing task.
+/// An end on its way to the committing task, with where its answer goes.
 pub(super) struct EndRequest {
-    end: OwnedEnd,
+    end: LeasedEnd,
     reply: oneshot::Sender<Result<Option<EndedStage>>>,
-}
-
-struct OwnedEnd {
-    stage_id: i64,
-    attempt: i64,
-    runner_id: i64,
-    status: Status,
-    error: Option<String>,
-    writes: Vec<ReportWrite>,
-    now: i64,
-    next: Option<(BTreeMap<String, String>, i64)>,
-}
-
-impl OwnedEnd {
-    fn from_end(end: &LeasedEnd<'_>) -> OwnedEnd {
-        OwnedEnd {
-            stage_id: end.stage_id,
-            attempt: end.attempt,
-            runner_id: end.runner_id,
-            status: end.status,
-            error: end.error.map(str::to_owned),
-            writes: end.writes.to_vec(),
-            now: end.now,
-            next: end.next.map(|h| (h.labels.clone(), h.lease_expires)),
-        }
-    }
-
-    fn as_end(&self) -> LeasedEnd<'_> {
-        LeasedEnd {
-            stage_id: self.stage_id,
-            attempt: self.attempt,
-            runner_id: self.runner_id,
-            status: self.status,
-            error: self.error.as_deref(),
-            writes: &self.writes,
-            now: self.now,
-            next: self.next.as_ref().map(|(labels, lease_expires)| HeadLease {
-                labels,
-                lease_expires: *lease_expires,
-            }),
-        }
-    }
 }
 
 /// Starts the committing task of `store` (a store without a sender of its own, so the
@@ -93,11 +48,11 @@ pub(super) fn start(store: Store) -> EndSender {
 /// resent end if the task had committed it after all.
 pub(super) async fn send(
     sender: &EndSender,
-    end: &LeasedEnd<'_>,
+    end: &LeasedEnd,
 ) -> Option<Result<Option<EndedStage>>> {
     let (reply, answer) = oneshot::channel();
     let request = EndRequest {
-        end: OwnedEnd::from_end(end),
+        end: end.clone(),
         reply,
     };
     sender.send(request).ok()?;
@@ -141,7 +96,7 @@ async fn apply(store: &Store, requests: &[EndRequest]) -> Result<Vec<Option<Ende
     let mut tx = store.begin().await?;
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
-        results.push(end_in(&mut tx, store.backend, request.end.as_end()).await?);
+        results.push(end_in(&mut tx, store.backend, &request.end).await?);
     }
     tx.commit().await?;
     Ok(results)

@@ -311,27 +311,28 @@ pub enum ReportWrite {
     },
 }
 
-/// A runner's end of the stage it holds, for [`Store::end_leased_stage`].
-#[derive(Debug, Clone, Copy)]
-pub struct LeasedEnd<'a> {
+/// A runner's end of the stage it holds, for [`Store::end_leased_stage`]. It owns its
+/// data: on SQLite it travels to the task that commits ends together.
+#[derive(Debug, Clone)]
+pub struct LeasedEnd {
     pub stage_id: i64,
     pub attempt: i64,
     pub runner_id: i64,
     pub status: Status,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     /// The runner's last report about the stage, applied before it ends.
-    pub writes: &'a [ReportWrite],
+    pub writes: Vec<ReportWrite>,
     pub now: i64,
     /// The runner has room for another stage: lease it the head of the queue in the same
     /// transaction, as [`Store::lease_head`] would.
-    pub next: Option<HeadLease<'a>>,
+    pub next: Option<HeadLease>,
 }
 
 /// What leasing the head of the queue to a runner needs besides its id.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadLease<'a> {
+#[derive(Debug, Clone)]
+pub struct HeadLease {
     /// The runner's labels.
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     /// The end of the lease.
     pub lease_expires: i64,
 }

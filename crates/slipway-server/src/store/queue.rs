@@ -10,9 +10,7 @@ use slipway_engine::Status;
 use sqlx::{Any, Executor};
 
 use super::rows;
-use super::{
-    Backend, EndedStage, HeadLease, LeasedEnd, ReportWrite, Result, Stage, Step, StepUpdate, Store,
-};
+use super::{Backend, EndedStage, LeasedEnd, ReportWrite, Result, Stage, Step, StepUpdate, Store};
 
 /// The columns of a stage row without its plan (`plan` reads as `null`): what the queue's
 /// frequent reads need, at a fraction of the bytes.
@@ -347,11 +345,15 @@ impl Store {
         lease_expires: i64,
         now: i64,
     ) -> Result<Option<Stage>> {
-        let head = HeadLease {
-            labels: runner_labels,
+        lease_head_on(
+            &self.pool,
+            self.backend,
+            runner_id,
+            runner_labels,
             lease_expires,
-        };
-        lease_head_on(&self.pool, self.backend, runner_id, head, now).await
+            now,
+        )
+        .await
     }
 
     /// A runner's end of the stage it leased, in one transaction (one commit): if the stage
@@ -363,14 +365,14 @@ impl Store {
     ///
     /// On SQLite the ends of several runners that arrive together share one commit (see
     /// `commit.rs`); each is answered after that commit.
-    pub async fn end_leased_stage(&self, end: LeasedEnd<'_>) -> Result<Option<EndedStage>> {
+    pub async fn end_leased_stage(&self, end: LeasedEnd) -> Result<Option<EndedStage>> {
         if let Some(ends) = &self.ends
             && let Some(ended) = super::commit::send(ends, &end).await
         {
             return ended;
         }
         let mut tx = self.begin().await?;
-        let ended = end_in(&mut tx, self.backend, end).await?;
+        let ended = end_in(&mut tx, self.backend, &end).await?;
         tx.commit().await?;
         Ok(ended)
     }
@@ -392,7 +394,7 @@ impl Store {
 pub(super) async fn end_in(
     tx: &mut sqlx::AnyConnection,
     backend: Backend,
-    end: LeasedEnd<'_>,
+    end: &LeasedEnd,
 ) -> Result<Option<EndedStage>> {
     let ended = sqlx::query(concat!(
         "UPDATE stages SET status = $2, error = COALESCE($3, error), finished = $4, \
@@ -403,7 +405,7 @@ pub(super) async fn end_in(
     ))
     .bind(end.stage_id)
     .bind(end.status.as_str())
-    .bind(end.error)
+    .bind(end.error.as_deref())
     .bind(end.now)
     .bind(end.attempt)
     .bind(end.runner_id)
@@ -413,7 +415,7 @@ pub(super) async fn end_in(
         return Ok(None);
     };
     let stage = rows::stage(&ended)?;
-    for write in end.writes {
+    for write in &end.writes {
         apply_write(&mut *tx, stage.build_id, end.stage_id, write).await?;
     }
     let closed = sqlx::query(&format!("{CLOSE_OPEN_STEPS} RETURNING *"))
@@ -422,8 +424,18 @@ pub(super) async fn end_in(
         .fetch_all(&mut *tx)
         .await?;
     let closed = rows::all(&closed, rows::step)?;
-    let next = match end.next {
-        Some(head) => lease_head_on(&mut *tx, backend, end.runner_id, head, end.now).await?,
+    let next = match &end.next {
+        Some(head) => {
+            lease_head_on(
+                &mut *tx,
+                backend,
+                end.runner_id,
+                &head.labels,
+                head.lease_expires,
+                end.now,
+            )
+            .await?
+        }
         None => None,
     };
     Ok(Some(EndedStage {
@@ -450,13 +462,14 @@ async fn lease_head_on<'e, E: Executor<'e, Database = Any>>(
     executor: E,
     backend: Backend,
     runner_id: i64,
-    head: HeadLease<'_>,
+    labels: &BTreeMap<String, String>,
+    lease_expires: i64,
     now: i64,
 ) -> Result<Option<Stage>> {
-    if head.labels.len() > HEAD_MAX_LABELS {
+    if labels.len() > HEAD_MAX_LABELS {
         return Ok(None);
     }
-    let subsets = label_subsets(head.labels)?;
+    let subsets = label_subsets(labels)?;
     let placeholders: Vec<String> = (0..subsets.len()).map(|i| format!("${}", i + 4)).collect();
     let lock = match backend {
         Backend::Sqlite => "",
@@ -473,7 +486,7 @@ async fn lease_head_on<'e, E: Executor<'e, Database = Any>>(
     );
     let mut query = sqlx::query(&sql)
         .bind(runner_id)
-        .bind(head.lease_expires)
+        .bind(lease_expires)
         .bind(now);
     for subset in subsets {
         query = query.bind(subset);

@@ -117,15 +117,18 @@ impl Harness {
         body["runner_id"].as_i64().expect("a runner id")
     }
 
-    /// Runs a build of `main` and leases its stage to `runner`: (build number, stage id).
-    async fn build_and_lease(&self, runner: i64) -> (i64, i64) {
+    /// "Run pipeline" with `body` (`{"branch": …}`, `{"commit": …}`): the new build.
+    async fn run(&self, body: Value) -> Value {
         let (status, build) = self
-            .admin_post(
-                &format!("/api/repos/{REPO}/builds"),
-                json!({"branch": "main"}),
-            )
+            .admin_post(&format!("/api/repos/{REPO}/builds"), body)
             .await;
         assert_eq!(status, 201, "{build}");
+        build
+    }
+
+    /// Runs a build of `main` and leases its stage to `runner`: (build number, stage id).
+    async fn build_and_lease(&self, runner: i64) -> (i64, i64) {
+        let build = self.run(json!({"branch": "main"})).await;
         let (status, lease) = self
             .runner_post("/poll", &json!({"runner_id": runner}))
             .await;
@@ -288,13 +291,7 @@ async fn a_done_not_from_the_lease_holder_or_with_a_gap_writes_nothing() {
 
     // The holder's own, whole report still ends the stage; asking for more, it gets the
     // stage of a build that is waiting, as a poll would.
-    let (status, waiting) = h
-        .admin_post(
-            &format!("/api/repos/{REPO}/builds"),
-            json!({"branch": "main"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{waiting}");
+    let waiting = h.run(json!({"branch": "main"})).await;
     let mut last = done(holder, 0);
     last["next"] = json!(true);
     let (status, next) = h.runner_post(&format!("/stages/{stage}/done"), &last).await;
@@ -326,18 +323,9 @@ async fn a_done_not_from_the_lease_holder_or_with_a_gap_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_run_of_a_commit_builds_that_commit() {
     let h = Harness::start().await;
-    let (status, by_branch) = h
-        .admin_post(
-            &format!("/api/repos/{REPO}/builds"),
-            json!({"branch": "main"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{by_branch}");
+    let by_branch = h.run(json!({"branch": "main"})).await;
     let sha = by_branch["commit"].as_str().expect("a commit").to_owned();
-    let (status, by_commit) = h
-        .admin_post(&format!("/api/repos/{REPO}/builds"), json!({"commit": sha}))
-        .await;
-    assert_eq!(status, 201, "{by_commit}");
+    let by_commit = h.run(json!({"commit": sha})).await;
     assert_eq!(
         (
             &by_commit["status"],
@@ -378,13 +366,7 @@ async fn matrix_stages_go_to_a_runner_of_their_platform() {
     )
     .await;
     let runner = h.register("linux-runner").await;
-    let (status, build) = h
-        .admin_post(
-            &format!("/api/repos/{REPO}/builds"),
-            json!({"branch": "main"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{build}");
+    h.run(json!({"branch": "main"})).await;
     let mut titles = Vec::new();
     for _ in 0..2 {
         let (status, lease) = h.runner_post("/poll", &json!({"runner_id": runner})).await;

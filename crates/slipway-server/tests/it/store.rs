@@ -1299,14 +1299,8 @@ async fn report_writes_and_leased_end(db: &TestDb) {
     ] {
         let refused = store
             .end_leased_stage(LeasedEnd {
-                stage_id,
-                attempt,
-                runner_id,
-                status: Status::Success,
-                error: None,
-                writes: &compile_done,
-                now: 2_000,
-                next: None,
+                writes: compile_done.to_vec(),
+                ..plain_end(stage_id, attempt, runner_id, Status::Success, 2_000)
             })
             .await
             .expect("end");
@@ -1330,14 +1324,8 @@ async fn report_writes_and_leased_end(db: &TestDb) {
         next,
     } = store
         .end_leased_stage(LeasedEnd {
-            stage_id,
-            attempt: leased.attempt,
-            runner_id: runner.id,
-            status: Status::Success,
-            error: None,
-            writes: &compile_done,
-            now: 2_000,
-            next: None,
+            writes: compile_done.to_vec(),
+            ..plain_end(stage_id, leased.attempt, runner.id, Status::Success, 2_000)
         })
         .await
         .expect("end")
@@ -1381,16 +1369,13 @@ async fn report_writes_and_leased_end(db: &TestDb) {
     );
     // Ended once: a second end is refused and changes nothing.
     let again = store
-        .end_leased_stage(LeasedEnd {
+        .end_leased_stage(plain_end(
             stage_id,
-            attempt: leased.attempt,
-            runner_id: runner.id,
-            status: Status::Failure,
-            error: None,
-            writes: &[],
-            now: 3_000,
-            next: None,
-        })
+            leased.attempt,
+            runner.id,
+            Status::Failure,
+            3_000,
+        ))
         .await
         .expect("end again");
     assert!(again.is_none());
@@ -1405,18 +1390,55 @@ async fn report_writes_and_leased_end(db: &TestDb) {
     );
 }
 
-/// A build of one stage `name` with the given labels (none: any runner may take it).
-fn one_stage(name: &str, labels: &[(&str, &str)]) -> CompiledBuild {
+/// A new build of `repo_id` with one stage `name` asking for `labels` (none: any runner
+/// may take it); the stage's id.
+async fn one_stage_build(store: &Store, repo_id: i64, name: &str, labels: &[(&str, &str)]) -> i64 {
     let mut stage = new_stage(name, &["run"]);
     stage.labels = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    CompiledBuild {
-        status: Status::Pending,
+    let (_, stages) = store
+        .create_build(&new_build(repo_id, None), |_| CompiledBuild {
+            status: Status::Pending,
+            error: None,
+            context: json!({}),
+            stages: vec![stage],
+        })
+        .await
+        .expect("build");
+    stages[0].id
+}
+
+/// The end of `stage_id` in `attempt` by `runner_id` with `status` at `now`: no error, no
+/// last writes, no next stage asked for.
+fn plain_end(stage_id: i64, attempt: i64, runner_id: i64, status: Status, now: i64) -> LeasedEnd {
+    LeasedEnd {
+        stage_id,
+        attempt,
+        runner_id,
+        status,
         error: None,
-        context: json!({}),
-        stages: vec![stage],
+        writes: Vec::new(),
+        now,
+        next: None,
+    }
+}
+
+/// [`plain_end`] asking for the next stage for `runner`, leased until `lease_expires`.
+fn end_asking_next(
+    stage_id: i64,
+    runner: &Runner,
+    status: Status,
+    now: i64,
+    lease_expires: i64,
+) -> LeasedEnd {
+    LeasedEnd {
+        next: Some(HeadLease {
+            labels: runner.labels.clone(),
+            lease_expires,
+        }),
+        ..plain_end(stage_id, 1, runner.id, status, now)
     }
 }
 
@@ -1456,17 +1478,6 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
         .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
         .await
         .expect("runner");
-    let build =
-        |repo_id: i64, name: &'static str, labels: &'static [(&'static str, &'static str)]| {
-            let store = store.clone();
-            async move {
-                let (_, stages) = store
-                    .create_build(&new_build(repo_id, None), |_| one_stage(name, labels))
-                    .await
-                    .expect("build");
-                stages[0].id
-            }
-        };
     assert_eq!(
         store
             .lease_head(runner.id, &runner.labels, 60_000, 1_000)
@@ -1478,8 +1489,8 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
 
     // The head asks for a label: not taken here, and nothing behind it either (oldest
     // first is for the full look through the queue to keep).
-    let labelled = build(repo.id, "arm", &[("arch", "arm64")]).await;
-    let simple = build(repo.id, "simple", &[]).await;
+    let labelled = one_stage_build(&store, repo.id, "arm", &[("arch", "arm64")]).await;
+    let simple = one_stage_build(&store, repo.id, "simple", &[]).await;
     head_refused_then_close(&store, &runner, labelled, Status::Skipped).await;
 
     // A simple head is leased whole, like `lease_stage` does.
@@ -1513,7 +1524,7 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
         )
         .await
         .expect("runner");
-    let linux = build(repo.id, "linux", &[("os", "linux"), ("zone", "b")]).await;
+    let linux = one_stage_build(&store, repo.id, "linux", &[("os", "linux"), ("zone", "b")]).await;
     assert_eq!(
         store
             .lease_head(runner.id, &runner.labels, 60_000, 1_000)
@@ -1530,9 +1541,9 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
 
     // Heads of a repository with a concurrency limit, or with a cancel asked for, are the
     // full look's to decide.
-    let in_limited = build(limited.id, "limited", &[]).await;
+    let in_limited = one_stage_build(&store, limited.id, "limited", &[]).await;
     head_refused_then_close(&store, &runner, in_limited, Status::Skipped).await;
-    let cancelled = build(repo.id, "cancelled", &[]).await;
+    let cancelled = one_stage_build(&store, repo.id, "cancelled", &[]).await;
     let cancelled_build = store
         .stage_state(cancelled)
         .await
@@ -1547,21 +1558,15 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
 
     // Ending a stage with the next one asked for: the next head comes in the same
     // transaction, to the same runner.
-    let after = build(repo.id, "after", &[]).await;
+    let after = one_stage_build(&store, repo.id, "after", &[]).await;
     let ended = store
-        .end_leased_stage(LeasedEnd {
-            stage_id: simple,
-            attempt: 1,
-            runner_id: runner.id,
-            status: Status::Success,
-            error: None,
-            writes: &[],
-            now: 2_000,
-            next: Some(HeadLease {
-                labels: &runner.labels,
-                lease_expires: 70_000,
-            }),
-        })
+        .end_leased_stage(end_asking_next(
+            simple,
+            &runner,
+            Status::Success,
+            2_000,
+            70_000,
+        ))
         .await
         .expect("end")
         .expect("the holder ends it");
@@ -1573,39 +1578,27 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
     );
     // Nothing left: an end asking for more gets the end alone.
     let ended = store
-        .end_leased_stage(LeasedEnd {
-            stage_id: after,
-            attempt: 1,
-            runner_id: runner.id,
-            status: Status::Failure,
-            error: None,
-            writes: &[],
-            now: 3_000,
-            next: Some(HeadLease {
-                labels: &runner.labels,
-                lease_expires: 80_000,
-            }),
-        })
+        .end_leased_stage(end_asking_next(
+            after,
+            &runner,
+            Status::Failure,
+            3_000,
+            80_000,
+        ))
         .await
         .expect("end")
         .expect("the holder ends it");
     assert_eq!((ended.stage.status, ended.next), (Status::Failure, None));
     // A refused end leases nothing either.
-    let again = build(repo.id, "again", &[]).await;
+    let again = one_stage_build(&store, repo.id, "again", &[]).await;
     let refused = store
-        .end_leased_stage(LeasedEnd {
-            stage_id: after,
-            attempt: 1,
-            runner_id: runner.id,
-            status: Status::Success,
-            error: None,
-            writes: &[],
-            now: 4_000,
-            next: Some(HeadLease {
-                labels: &runner.labels,
-                lease_expires: 90_000,
-            }),
-        })
+        .end_leased_stage(end_asking_next(
+            after,
+            &runner,
+            Status::Success,
+            4_000,
+            90_000,
+        ))
         .await
         .expect("end");
     assert!(refused.is_none());
@@ -1628,13 +1621,7 @@ async fn ends_arriving_together_are_each_applied_as_alone(db: &TestDb) {
         .expect("repo");
     let mut stages = Vec::new();
     for i in 0..16 {
-        let (_, created) = store
-            .create_build(&new_build(repo.id, None), |_| {
-                one_stage(&format!("s{i}"), &[])
-            })
-            .await
-            .expect("build");
-        stages.push(created[0].id);
+        stages.push(one_stage_build(&store, repo.id, &format!("s{i}"), &[]).await);
     }
     let mut runners = Vec::new();
     for (i, stage_id) in stages[..8].iter().enumerate() {
@@ -1651,45 +1638,28 @@ async fn ends_arriving_together_are_each_applied_as_alone(db: &TestDb) {
         runners.push(runner);
     }
     let mut ends = Vec::new();
+    let mut all = Vec::new();
     for (i, runner) in runners.iter().enumerate() {
-        let store = store.clone();
-        let (stage_id, runner_id, labels) = (stages[i], runner.id, runner.labels.clone());
-        ends.push(tokio::spawn(async move {
-            store
-                .end_leased_stage(LeasedEnd {
-                    stage_id,
-                    attempt: 1,
-                    runner_id,
-                    status: Status::Success,
-                    error: None,
-                    writes: &[],
-                    now: 2_000,
-                    next: Some(HeadLease {
-                        labels: &labels,
-                        lease_expires: 70_000,
-                    }),
-                })
-                .await
-        }));
+        all.push(end_asking_next(
+            stages[i],
+            runner,
+            Status::Success,
+            2_000,
+            70_000,
+        ));
     }
     // Refused: another attempt, and another runner.
     for (attempt, runner_id) in [(2, runners[0].id), (1, runners[1].id)] {
+        all.push(LeasedEnd {
+            error: Some("refused".to_owned()),
+            ..plain_end(stages[0], attempt, runner_id, Status::Failure, 2_000)
+        });
+    }
+    for end in all {
         let store = store.clone();
-        let stage_id = stages[0];
-        ends.push(tokio::spawn(async move {
-            store
-                .end_leased_stage(LeasedEnd {
-                    stage_id,
-                    attempt,
-                    runner_id,
-                    status: Status::Failure,
-                    error: Some("refused"),
-                    writes: &[],
-                    now: 2_000,
-                    next: None,
-                })
-                .await
-        }));
+        ends.push(tokio::spawn(
+            async move { store.end_leased_stage(end).await },
+        ));
     }
     let mut next_ids = Vec::new();
     for (i, end) in ends.into_iter().enumerate() {
