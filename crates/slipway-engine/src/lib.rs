@@ -35,7 +35,8 @@
 //!   success, failure, time-out, cancellation or an error half-way. This is done explicitly
 //!   on every path (each pipeline tears down what its backend recorded, then the build
 //!   removes whatever still carries its build label), not in `Drop`. Workspaces are removed
-//!   too. If the `run` future itself is dropped, a best-effort sweep is spawned, and what a
+//!   too: emptied, then kept as spares in `<work root>/.slipway-spare` for the next build,
+//!   because renaming an empty directory into place is cheaper than making a new one. If the `run` future itself is dropped, a best-effort sweep is spawned, and what a
 //!   killed process leaves behind is removed by [`remove_orphans`] (also called at the
 //!   start of every [`run`]), which only touches resources of dead processes of this host.
 //!   The one exception is deliberate: the Docker volumes of dependency caches carry
@@ -138,9 +139,7 @@ pub async fn run(
 
     let build_id = cleanup::new_build_id();
     let build_dir = options.work_root.join(format!("slipway-{build_id}"));
-    tokio::fs::create_dir_all(&build_dir)
-        .await
-        .map_err(|e| EngineError::io(format!("creating {}", build_dir.display()), e))?;
+    workspace::create_build_dir(&build_dir).await?;
     let mut guard = BuildGuard {
         docker: docker.clone(),
         build_id: build_id.clone(),

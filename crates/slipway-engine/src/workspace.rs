@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -14,28 +15,120 @@ use crate::log::StepLog;
 
 /// Creates `<build_dir>/<index>-<name>`, writable by everyone: steps may run as any user
 /// (`user:` or the image's), and all of them must be able to write to their workspace.
+/// `build_dir` is a directory of the work root (see [`create_build_dir`]).
 pub(crate) async fn create(
     build_dir: &Path,
     index: usize,
     name: &str,
 ) -> Result<PathBuf, EngineError> {
     let dir = build_dir.join(format!("{index}-{}", sanitize(name)));
-    tokio::fs::create_dir_all(&dir)
+    let spares = spares_of(build_dir);
+    let target = dir.clone();
+    blocking(move || make_dir(&target, 0o777, &spares))
         .await
         .map_err(|e| EngineError::io(format!("creating workspace {}", dir.display()), e))?;
-    tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-        .await
-        .map_err(|e| EngineError::io(format!("opening up workspace {}", dir.display()), e))?;
     Ok(dir)
 }
 
-/// Removes a directory tree, logging (not failing) when it cannot.
+/// Creates a build's own directory, `dir` in the work root (the parent of its workspaces).
+pub(crate) async fn create_build_dir(dir: &Path) -> Result<(), EngineError> {
+    let spares = spares_of(dir);
+    let target = dir.to_owned();
+    blocking(move || make_dir(&target, 0o755, &spares))
+        .await
+        .map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))
+}
+
+/// Removes a build directory or a workspace and everything in it, logging (not failing)
+/// when it cannot. The emptied directory itself is kept as a spare of the work root, for
+/// the next [`create`] or [`create_build_dir`].
 pub(crate) async fn remove(dir: &Path) {
-    match tokio::fs::remove_dir_all(dir).await {
+    let target = dir.to_owned();
+    match blocking(move || retire(&target)).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!("removing {}: {e}", dir.display()),
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// Where emptied directories wait to be reused, in the work root. Making a directory
+/// allocates an inode, and ext4 looks past every recently freed inode to find one: a runner
+/// going through hundreds of short stages a second spent more CPU in `mkdir` than in any
+/// other work of its own. Renaming a spare into place allocates nothing.
+const SPARES: &str = ".slipway-spare";
+
+/// The spares for `dir`, a build directory or a workspace. A build directory is
+/// `<work root>/slipway-<id>`, a workspace `<build directory>/<index>-<name>`.
+fn spares_of(dir: &Path) -> PathBuf {
+    let in_build_dir = dir
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("slipway-"))
+        && !dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("slipway-"));
+    let root = if in_build_dir {
+        dir.parent().and_then(Path::parent)
+    } else {
+        dir.parent()
+    };
+    root.unwrap_or(Path::new(".")).join(SPARES)
+}
+
+/// Creates `dir` (and missing parents) with `mode`: a spare renamed into place when there
+/// is one, else a new directory.
+fn make_dir(dir: &Path, mode: u32, spares: &Path) -> std::io::Result<()> {
+    let mode = || std::fs::Permissions::from_mode(mode);
+    if let Ok(entries) = std::fs::read_dir(spares) {
+        for entry in entries.flatten() {
+            // Another build may take the same spare first: then this rename fails.
+            if std::fs::rename(entry.path(), dir).is_ok() {
+                if std::fs::set_permissions(dir, mode()).is_ok() {
+                    return Ok(());
+                }
+                // A step made it someone else's: not reusable.
+                std::fs::remove_dir(dir)?;
+                break;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, mode())
+}
+
+/// Empties `dir`, then moves it among the spares (or removes it when it cannot be moved).
+fn retire(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        // A symlink is removed, never followed.
+        if path.symlink_metadata()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let spares = spares_of(dir);
+    let spare = spares.join(format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    // A rename onto an existing spare of a dead process with the same pid only replaces it.
+    if std::fs::create_dir_all(&spares).is_ok() && std::fs::rename(dir, &spare).is_ok() {
+        return Ok(());
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// What to clone: the caller's source plus the effective depth.
@@ -366,6 +459,41 @@ mod tests {
             }
             remove(&dir).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_removed_workspace_is_emptied_and_reused_without_a_new_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let build_dir = root.path().join("slipway-0123456789abcdef");
+        create_build_dir(&build_dir).await.expect("build dir");
+        let first = create(&build_dir, 0, "a b").await.expect("workspace");
+        assert_eq!(first, build_dir.join("0-a-b"));
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").mode() & 0o777;
+        assert_eq!(mode(&first), 0o777);
+        std::fs::create_dir_all(first.join("deep/er")).expect("mkdir");
+        std::fs::write(first.join("deep/er/file"), "x").expect("write");
+        std::os::unix::fs::symlink(root.path(), first.join("link")).expect("symlink");
+        let inode = std::fs::metadata(&first).expect("metadata").ino();
+        remove(&first).await;
+        assert!(!first.exists());
+        // The symlink was removed, not followed: the work root is still there.
+        assert!(build_dir.exists());
+
+        let second = create(&build_dir, 1, "b").await.expect("workspace");
+        assert_eq!(std::fs::metadata(&second).expect("metadata").ino(), inode);
+        assert_eq!(std::fs::read_dir(&second).expect("read").count(), 0);
+        assert_eq!(mode(&second), 0o777);
+        remove(&second).await;
+        remove(&build_dir).await;
+        // A spare workspace became the next build directory, with a build directory's mode.
+        let next = root.path().join("slipway-fedcba9876543210");
+        create_build_dir(&next).await.expect("build dir");
+        assert_eq!(mode(&next), 0o755);
+        let spares: Vec<_> = std::fs::read_dir(root.path().join(SPARES))
+            .expect("spares")
+            .collect();
+        assert_eq!(spares.len(), 1, "one of the two spares is in use");
     }
 
     #[test]

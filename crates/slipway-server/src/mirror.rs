@@ -46,6 +46,54 @@ pub struct Mirrors {
     root: PathBuf,
     fetch_timeout: Duration,
     locks: StdMutex<HashMap<i64, Arc<Mutex<()>>>>,
+    resolved: StdMutex<Resolved>,
+}
+
+/// Revisions that cannot change meaning (a full object name, with or without `^`/`~`
+/// steps) as a mirror last resolved them: making one build asks for its commit five times,
+/// and each `git` process costs a millisecond or more. The newest [`Resolved::CAPACITY`]
+/// are kept. Only answers that found a commit are kept; a mirror made anew forgets its own.
+#[derive(Debug, Default)]
+struct Resolved {
+    shas: HashMap<(PathBuf, String), String>,
+    order: std::collections::VecDeque<(PathBuf, String)>,
+}
+
+impl Resolved {
+    const CAPACITY: usize = 256;
+
+    fn get(&self, path: &Path, rev: &str) -> Option<String> {
+        self.shas.get(&(path.to_owned(), rev.to_owned())).cloned()
+    }
+
+    fn insert(&mut self, path: &Path, rev: &str, sha: &str) {
+        for rev in [rev, sha] {
+            let key = (path.to_owned(), rev.to_owned());
+            if self.shas.insert(key.clone(), sha.to_owned()).is_none() {
+                self.order.push_back(key);
+            }
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.shas.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, path: &Path) {
+        self.shas.retain(|(p, _), _| p != path);
+        self.order.retain(|(p, _)| p != path);
+    }
+}
+
+/// A full object name (SHA-1 or SHA-256) followed by nothing but `^`, `~` and digits: a
+/// revision that names the same commit for as long as the mirror has it.
+fn is_fixed_revision(rev: &str) -> bool {
+    let hex = rev.bytes().take_while(u8::is_ascii_hexdigit).count();
+    (hex == 40 || hex == 64)
+        && rev[hex..]
+            .bytes()
+            .all(|b| b == b'^' || b == b'~' || b.is_ascii_digit())
 }
 
 /// One commit, as [`Mirrors::commit_info`] resolves it.
@@ -436,6 +484,7 @@ impl Mirrors {
             root: root.into(),
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
             locks: StdMutex::new(HashMap::new()),
+            resolved: StdMutex::default(),
         }
     }
 
@@ -575,6 +624,7 @@ impl Mirrors {
         tokio::fs::rename(&tmp, &path)
             .await
             .map_err(io("move the new mirror into place", &path))?;
+        self.resolved().forget(&path);
         Ok(path)
     }
 
@@ -594,6 +644,10 @@ impl Mirrors {
     /// The full sha of the commit `rev` names, or `None` when the mirror does not know it.
     async fn resolve(&self, path: &Path, rev: &str) -> Result<Option<String>, MirrorError> {
         check_arg("revision", rev)?;
+        let fixed = is_fixed_revision(rev);
+        if fixed && let Some(sha) = self.resolved().get(path, rev) {
+            return Ok(Some(sha));
+        }
         let spec = format!("{rev}^{{commit}}");
         let target = path.display().to_string();
         let git = Git::new(
@@ -618,12 +672,19 @@ impl Mirrors {
                     detail: format!("expected an object name, got {sha:?}"),
                 });
             }
+            // The answer for a branch is not kept, but the commit it named now is.
+            self.resolved()
+                .insert(path, if fixed { rev } else { &sha }, &sha);
             Ok(Some(sha))
         } else if ran.status.code() == Some(1) || ran.stderr.is_empty() {
             Ok(None)
         } else {
             Err(git_error(shown, target, &ran))
         }
+    }
+
+    fn resolved(&self) -> std::sync::MutexGuard<'_, Resolved> {
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn resolve_known(
@@ -827,5 +888,51 @@ impl Mirrors {
             branches: lines(&branches),
             tags: lines(&tags),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_full_object_names_and_their_ancestors_are_fixed() {
+        let sha1 = "3ad24b6ea691949c5987bc4b1f0e6c1fb8a0c2d1";
+        assert!(is_fixed_revision(sha1));
+        assert!(is_fixed_revision(&format!("{sha1}^1")));
+        assert!(is_fixed_revision(&format!("{sha1}~2^")));
+        assert!(is_fixed_revision(&"a".repeat(64)));
+        assert!(
+            !is_fixed_revision(&sha1[..12]),
+            "a short name may become ambiguous"
+        );
+        assert!(!is_fixed_revision("main"));
+        assert!(!is_fixed_revision("refs/heads/main^1"));
+        assert!(!is_fixed_revision(&format!("{sha1}:path")));
+        assert!(!is_fixed_revision(&format!("{sha1}a")));
+    }
+
+    #[test]
+    fn resolved_keeps_the_newest_and_forgets_a_mirror() {
+        let (a, b) = (Path::new("/m/1.git"), Path::new("/m/2.git"));
+        let mut resolved = Resolved::default();
+        resolved.insert(a, "x^1", "p");
+        resolved.insert(b, "y", "y");
+        assert_eq!(resolved.get(a, "x^1").as_deref(), Some("p"));
+        assert_eq!(
+            resolved.get(a, "p").as_deref(),
+            Some("p"),
+            "the commit itself too"
+        );
+        assert_eq!(resolved.get(b, "x^1"), None, "per mirror");
+        resolved.forget(a);
+        assert_eq!(resolved.get(a, "x^1"), None);
+        assert_eq!(resolved.get(b, "y").as_deref(), Some("y"));
+        for i in 0..Resolved::CAPACITY {
+            resolved.insert(a, &format!("r{i}"), &format!("r{i}"));
+        }
+        assert_eq!(resolved.get(b, "y"), None, "the oldest went first");
+        assert_eq!(resolved.shas.len(), Resolved::CAPACITY);
+        assert_eq!(resolved.order.len(), Resolved::CAPACITY);
     }
 }

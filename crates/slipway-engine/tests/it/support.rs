@@ -209,9 +209,23 @@ pub async fn assert_clean(build_id: &str) -> TestResult {
     Ok(())
 }
 
-/// Also checks that the work root holds nothing any more (workspaces removed).
+/// Also checks that the work root holds nothing any more (workspaces removed) but the
+/// engine's spare directories, every one of them empty.
 pub fn assert_work_root_empty(work_root: &Path) -> TestResult {
-    let left: Vec<_> = std::fs::read_dir(work_root)?.collect::<Result<_, _>>()?;
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir(work_root)? {
+        let entry = entry?;
+        if entry.file_name() != ".slipway-spare" {
+            left.push(entry.path());
+            continue;
+        }
+        for spare in std::fs::read_dir(entry.path())? {
+            let spare = spare?.path();
+            if std::fs::read_dir(&spare)?.next().is_some() {
+                left.push(spare);
+            }
+        }
+    }
     assert!(left.is_empty(), "work root still holds {left:?}");
     Ok(())
 }

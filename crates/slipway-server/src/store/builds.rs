@@ -1,5 +1,7 @@
 //! Repositories and builds (with the creation of a build's stages and steps).
 
+use std::collections::HashMap;
+
 use slipway_engine::Status;
 
 use super::rows::{self, flag, json_text, now_ms};
@@ -44,13 +46,27 @@ impl Store {
     }
 
     pub async fn repo(&self, id: i64) -> Result<Option<Repo>> {
-        sqlx::query("SELECT * FROM repos WHERE id = $1")
+        if let Some(repo) = self.cached_repos().get(&id) {
+            return Ok(Some(repo.clone()));
+        }
+        let repo = sqlx::query("SELECT * FROM repos WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
             .map(rows::repo)
-            .transpose()
+            .transpose()?;
+        if let Some(repo) = &repo {
+            // Only if absent: an update that raced this read put the newer row there.
+            self.cached_repos()
+                .entry(id)
+                .or_insert_with(|| repo.clone());
+        }
+        Ok(repo)
+    }
+
+    fn cached_repos(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Repo>> {
+        self.repos.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub async fn repo_by_name(&self, name: &str) -> Result<Option<Repo>> {
@@ -73,10 +89,10 @@ impl Store {
 
     /// Writes every field of `repo` but `id`, `name` and `created`.
     pub async fn update_repo(&self, repo: &Repo) -> Result<()> {
-        sqlx::query(
+        let row = sqlx::query(
             "UPDATE repos SET provider = $2, clone_url = $3, config_path = $4, \
              webhook_secret = $5, default_branch = $6, trusted = $7, auto_cancel = $8, \
-             max_running = $9, status_url = $10, status_token = $11 WHERE id = $1",
+             max_running = $9, status_url = $10, status_token = $11 WHERE id = $1 RETURNING *",
         )
         .bind(repo.id)
         .bind(&repo.provider)
@@ -89,8 +105,11 @@ impl Store {
         .bind(repo.max_running)
         .bind(&repo.status_url)
         .bind(&repo.status_token)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
+        if let Some(row) = row {
+            self.cached_repos().insert(repo.id, rows::repo(&row)?);
+        }
         Ok(())
     }
 

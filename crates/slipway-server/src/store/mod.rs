@@ -29,7 +29,8 @@
 //! commit of the runners' stage ends), `misc` (secrets, runners, tokens, artifacts,
 //! counts), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use slipway_engine::Status;
@@ -288,6 +289,9 @@ pub struct Store {
     backend: Backend,
     /// SQLite: the task that commits stage ends together (`commit.rs`).
     ends: Option<commit::EndSender>,
+    /// Repositories read by id: every lease needs its stage's, and they change only through
+    /// this store ([`Store::update_repo`]), which replaces its entry. Shared by clones.
+    repos: Arc<Mutex<HashMap<i64, Repo>>>,
 }
 
 /// Which engine is behind the pool.

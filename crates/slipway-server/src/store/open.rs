@@ -152,6 +152,7 @@ impl Store {
             pool,
             backend: Backend::Sqlite,
             ends: None,
+            repos: Default::default(),
         };
         Ok(Store {
             ends: Some(super::commit::start(store.clone())),
@@ -177,6 +178,7 @@ impl Store {
             pool,
             backend: Backend::Postgres,
             ends: None,
+            repos: Default::default(),
         })
     }
 
