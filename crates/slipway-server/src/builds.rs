@@ -165,11 +165,18 @@ async fn read_pipeline_file(
         Some(path) if !path.trim().is_empty() => vec![path.as_str()],
         _ => DEFAULT_CONFIG_PATHS.to_vec(),
     };
-    for path in &candidates {
-        match state.mirrors.read_file(repo.id, commit, path).await {
-            Ok(Some(text)) => return Ok(((*path).to_owned(), text)),
-            Ok(None) => {}
-            Err(e) => return Err(format!("could not read {path} at {commit}: {e}")),
+    match state
+        .mirrors
+        .read_first_file(repo.id, commit, &candidates)
+        .await
+    {
+        Ok(Some((path, text))) => return Ok((path.to_owned(), text)),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(format!(
+                "could not read {} at {commit}: {e}",
+                candidates.join(" or ")
+            ));
         }
     }
     Err(format!(

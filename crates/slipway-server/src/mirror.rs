@@ -712,53 +712,85 @@ impl Mirrors {
         commit: &str,
         path: &str,
     ) -> Result<Option<String>, MirrorError> {
+        Ok(self
+            .read_first_file(repo_id, commit, &[path])
+            .await?
+            .map(|(_, text)| text))
+    }
+
+    /// The first of `paths` that is a file at `commit`, with its text, as by
+    /// [`Mirrors::read_file`], asking git once for all of them.
+    pub async fn read_first_file<'p>(
+        &self,
+        repo_id: i64,
+        commit: &str,
+        paths: &[&'p str],
+    ) -> Result<Option<(&'p str, String)>, MirrorError> {
         let mirror = self.existing(repo_id).await?;
         let sha = self.resolve_known(repo_id, &mirror, commit).await?;
-        let mut file = path.trim_start_matches('/');
-        while let Some(rest) = file.strip_prefix("./") {
-            file = rest.trim_start_matches('/');
-        }
-        if file.is_empty() || file.contains(['\n', '\r', '\0']) {
-            return Err(MirrorError::InvalidArgument {
-                what: "file path",
-                value: path.to_owned(),
-                reason: "empty or holds a line break",
-            });
+        let mut wanted = String::new();
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let mut file = path.trim_start_matches('/');
+            while let Some(rest) = file.strip_prefix("./") {
+                file = rest.trim_start_matches('/');
+            }
+            if file.is_empty() || file.contains(['\n', '\r', '\0']) {
+                return Err(MirrorError::InvalidArgument {
+                    what: "file path",
+                    value: (*path).to_owned(),
+                    reason: "empty or holds a line break",
+                });
+            }
+            wanted.push_str(&format!("{sha}:{file}\n"));
+            files.push(file);
         }
         let target = mirror.display().to_string();
         let mut git = Git::new(Some(&mirror), &["cat-file", "--batch"], target.clone());
-        git.stdin = Some(format!("{sha}:{file}\n").into_bytes());
+        git.stdin = Some(wanted.into_bytes());
         let shown = git.shown.clone();
         let out = git.ok().await?;
-        // `<oid> <type> <size>\n<content>\n`, or `<name> missing\n`.
-        let header_end = out.iter().position(|b| *b == b'\n').unwrap_or(out.len());
-        let header = String::from_utf8_lossy(&out[..header_end]).into_owned();
-        let fields: Vec<&str> = header.split(' ').collect();
         let bad_output = |detail: String| MirrorError::Output {
             command: shown.clone(),
             target: target.clone(),
             detail,
         };
-        match fields.as_slice() {
-            [.., "missing"] | [.., "ambiguous"] => Ok(None),
-            [_, "blob", size] => {
-                let size: usize = size
-                    .parse()
-                    .map_err(|_| bad_output(format!("bad size in {header:?}")))?;
-                let body = out
-                    .get(header_end + 1..header_end + 1 + size)
-                    .ok_or_else(|| bad_output(format!("short content after {header:?}")))?;
-                String::from_utf8(body.to_vec())
-                    .map(Some)
-                    .map_err(|_| MirrorError::NotUtf8 {
-                        repo_id,
-                        commit: sha.clone(),
-                        path: file.to_owned(),
-                    })
-            }
-            [_, "tree" | "commit", _] => Ok(None),
-            _ => Err(bad_output(format!("unexpected header {header:?}"))),
+        // One answer a path, in order: `<oid> <type> <size>\n<content>\n`, or
+        // `<name> missing\n`.
+        let mut rest = &out[..];
+        for (path, file) in paths.iter().zip(files) {
+            let header_end = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| bad_output(format!("no answer for {file:?}")))?;
+            let header = String::from_utf8_lossy(&rest[..header_end]).into_owned();
+            rest = &rest[header_end + 1..];
+            let fields: Vec<&str> = header.split(' ').collect();
+            let kind = match fields.as_slice() {
+                [.., "missing"] | [.., "ambiguous"] => continue,
+                [_, kind @ ("blob" | "tree" | "commit"), size] => {
+                    let size: usize = size
+                        .parse()
+                        .map_err(|_| bad_output(format!("bad size in {header:?}")))?;
+                    let body = rest
+                        .get(..size)
+                        .ok_or_else(|| bad_output(format!("short content after {header:?}")))?;
+                    rest = rest.get(size + 1..).unwrap_or_default();
+                    (*kind == "blob").then_some(body)
+                }
+                _ => return Err(bad_output(format!("unexpected header {header:?}"))),
+            };
+            // A directory or a submodule is no file.
+            let Some(body) = kind else { continue };
+            return String::from_utf8(body.to_vec())
+                .map(|text| Some((*path, text)))
+                .map_err(|_| MirrorError::NotUtf8 {
+                    repo_id,
+                    commit: sha.clone(),
+                    path: file.to_owned(),
+                });
         }
+        Ok(None)
     }
 
     /// The paths changed from `before` to `commit` (`git diff --name-only --no-renames`, so

@@ -219,40 +219,53 @@ impl Store {
         };
         let build = rows::build(&build_row)?;
 
+        // Many rows a statement: a build of a hundred pipelines takes a few statements, not
+        // a few hundred, while it holds the write lock every stage end waits for.
         let mut stages = Vec::with_capacity(compiled.stages.len());
-        for (index, stage) in compiled.stages.iter().enumerate() {
-            let row = sqlx::query(
+        for (chunk_index, chunk) in compiled.stages.chunks(ROWS_A_STATEMENT).enumerate() {
+            let sql = format!(
                 "INSERT INTO stages (build_id, repo_id, number, name, status, depends_on, labels, \
-                 plan, attempt, runner_id, lease_expires, cancel_requested, error, created, \
-                 started, finished) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, NULL, NULL, 0, NULL, $9, NULL, $10) \
-                 RETURNING *",
-            )
-            .bind(build.id)
-            .bind(new.repo_id)
-            .bind(position(index))
-            .bind(&stage.name)
-            .bind(stage.status.as_str())
-            .bind(json_text(&stage.depends_on, "stage depends_on")?)
-            .bind(json_text(&stage.labels, "stage labels")?)
-            .bind(json_text(&stage.plan, "stage plan")?)
-            .bind(now)
-            .bind(done_at(stage.status))
-            .fetch_one(&mut *tx)
-            .await?;
-            let stored = rows::stage(&row)?;
-            for (step_index, name) in stage.steps.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO steps (stage_id, number, name, status) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(stored.id)
-                .bind(position(step_index))
-                .bind(name)
-                .bind(Status::Pending.as_str())
-                .execute(&mut *tx)
-                .await?;
+                 plan, created, finished, attempt, runner_id, lease_expires, cancel_requested, \
+                 error, started) VALUES {} RETURNING *",
+                values(chunk.len(), 10, ", 0, NULL, NULL, 0, NULL, NULL")
+            );
+            let mut query = sqlx::query(&sql);
+            for (offset, stage) in chunk.iter().enumerate() {
+                query = query
+                    .bind(build.id)
+                    .bind(new.repo_id)
+                    .bind(position(chunk_index * ROWS_A_STATEMENT + offset))
+                    .bind(&stage.name)
+                    .bind(stage.status.as_str())
+                    .bind(json_text(&stage.depends_on, "stage depends_on")?)
+                    .bind(json_text(&stage.labels, "stage labels")?)
+                    .bind(json_text(&stage.plan, "stage plan")?)
+                    .bind(now)
+                    .bind(done_at(stage.status));
             }
-            stages.push(stored);
+            let mut stored = rows::all(&query.fetch_all(&mut *tx).await?, rows::stage)?;
+            // RETURNING gives no order.
+            stored.sort_by_key(|stage| stage.number);
+            stages.extend(stored);
+        }
+        let steps: Vec<(i64, i64, &String)> = stages
+            .iter()
+            .zip(&compiled.stages)
+            .flat_map(|(stored, stage)| {
+                (stage.steps.iter().enumerate())
+                    .map(move |(index, name)| (stored.id, position(index), name))
+            })
+            .collect();
+        for chunk in steps.chunks(ROWS_A_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO steps (stage_id, number, name, status) VALUES {}",
+                values(chunk.len(), 3, ", 'pending'")
+            );
+            let mut query = sqlx::query(&sql);
+            for (stage_id, number, name) in chunk {
+                query = query.bind(*stage_id).bind(*number).bind(*name);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok((build, stages))
@@ -371,4 +384,20 @@ impl Store {
 /// 1-based position of the `index`th element.
 fn position(index: usize) -> i64 {
     i64::try_from(index).map_or(i64::MAX, |i| i + 1)
+}
+
+/// Rows one multi-row `INSERT` writes: far below both engines' limits on parameters.
+const ROWS_A_STATEMENT: usize = 100;
+
+/// `($1, …, $n)<fixed>), (…)` for `rows` rows of `params` parameters each, numbered on.
+fn values(rows: usize, params: usize, fixed: &str) -> String {
+    (0..rows)
+        .map(|row| {
+            let numbers: Vec<String> = (1..=params)
+                .map(|i| format!("${}", row * params + i))
+                .collect();
+            format!("({}{fixed})", numbers.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -501,3 +501,41 @@ async fn mirror_fetch_time_limit_kills_git() {
     assert!(left.is_empty(), "still running: {left:?}");
     drop(silent);
 }
+
+#[tokio::test]
+async fn mirror_reads_the_first_of_several_paths_in_one_go() {
+    let (_tmp, up, mirrors, first, _second) = setup();
+    mirrors
+        .fetch(1, up.to_str().expect("utf-8 path"), &[])
+        .await
+        .expect("fetch");
+    // `src` is a directory and `nope.yml` is missing: neither is a file.
+    let found = mirrors
+        .read_first_file(
+            1,
+            "main",
+            &["src", "nope.yml", "./docs/readme.md", "src/a.txt"],
+        )
+        .await
+        .expect("read");
+    assert_eq!(found, Some(("./docs/readme.md", "hi\n".to_owned())));
+    let at_first = mirrors
+        .read_first_file(1, &first, &["docs/readme.md", "src/a.txt"])
+        .await
+        .expect("read");
+    assert_eq!(
+        at_first,
+        Some(("src/a.txt", "a\n".to_owned())),
+        "readme came later"
+    );
+    let none = mirrors
+        .read_first_file(1, "main", &["nope.yml", "src"])
+        .await
+        .expect("read");
+    assert_eq!(none, None);
+    let unknown = mirrors
+        .read_first_file(1, &"f".repeat(40), &["src/a.txt"])
+        .await
+        .expect_err("an unknown commit is an error, not a missing file");
+    assert!(unknown.to_string().contains(&"f".repeat(40)), "{unknown}");
+}

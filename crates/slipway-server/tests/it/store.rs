@@ -162,6 +162,7 @@ both_engines!(
     repositories,
     build_creation_and_queries,
     build_with_error_and_skipped_stage,
+    a_build_of_many_stages_keeps_their_order_and_steps,
     build_status_and_listing,
     build_numbers_have_no_gaps_under_concurrency,
     numbers_are_per_repository,
@@ -288,6 +289,68 @@ async fn snapshot(db: &TestDb) -> Vec<(String, i64)> {
     }
     conn.close().await.expect("close");
     out
+}
+
+/// More stages and steps than one statement writes (they are written many rows at a time).
+async fn a_build_of_many_stages_keeps_their_order_and_steps(db: &TestDb) {
+    let store = db.open().await;
+    let repo = store
+        .create_repo(&new_repo("acme/many"))
+        .await
+        .expect("repo");
+    let names = ["clone", "build", "test"];
+    let (build, created) = store
+        .create_build(&new_build(repo.id, None), |_| CompiledBuild {
+            status: Status::Pending,
+            error: None,
+            context: json!({}),
+            stages: (0..230)
+                .map(|i| {
+                    let mut stage = new_stage(&format!("p{i}"), &names[..i % 3 + 1]);
+                    if i % 7 == 0 {
+                        stage.status = Status::Skipped;
+                    }
+                    stage
+                })
+                .collect(),
+        })
+        .await
+        .expect("build");
+    let stored = store.stages(build.id).await.expect("stages");
+    assert_eq!(
+        created, stored,
+        "create_build answers what it stored, in order"
+    );
+    assert_eq!(stored.len(), 230);
+    for (i, stage) in stored.iter().enumerate() {
+        assert_eq!(stage.number, i as i64 + 1);
+        assert_eq!(stage.name, format!("p{i}"));
+        assert_eq!(
+            stage.plan,
+            json!({"name": format!("p{i}"), "steps": &names[..i % 3 + 1]})
+        );
+        let skipped = i % 7 == 0;
+        assert_eq!(
+            stage.status,
+            if skipped {
+                Status::Skipped
+            } else {
+                Status::Pending
+            }
+        );
+        assert_eq!(stage.finished.is_some(), skipped);
+        let steps = store.steps(stage.id).await.expect("steps");
+        let got: Vec<(i64, &str, Status)> = steps
+            .iter()
+            .map(|s| (s.number, s.name.as_str(), s.status))
+            .collect();
+        let want: Vec<(i64, &str, Status)> = names[..i % 3 + 1]
+            .iter()
+            .enumerate()
+            .map(|(n, name)| (n as i64 + 1, *name, Status::Pending))
+            .collect();
+        assert_eq!(got, want, "steps of stage {}", stage.name);
+    }
 }
 
 // ------------------------------------------------------------------------ repositories
