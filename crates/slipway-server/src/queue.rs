@@ -560,7 +560,6 @@ pub async fn heartbeat(
     attempt: u32,
 ) -> Result<bool, QueueError> {
     let expires = crate::now_ms() + millis(state.config.lease);
-    state.store.touch_runner(runner_id, crate::now_ms()).await?;
     match state
         .store
         .renew_lease(stage_id, i64::from(attempt), runner_id, expires)

@@ -132,6 +132,12 @@ pub async fn heartbeat(
     Path(id): Path<i64>,
     Json(req): Json<Heartbeat>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
+    // Seen, written at most every 5 s as for polls. A runner this server does not know
+    // holds no lease either: the renewal below refuses it.
+    match seen_runner(&state, req.runner_id).await {
+        Err(e) if e.status != StatusCode::NOT_FOUND => return Err(e),
+        _ => {}
+    }
     let cancel = queue::heartbeat(&state, id, req.runner_id, req.attempt).await?;
     Ok(Json(HeartbeatResponse { cancel }))
 }
