@@ -34,11 +34,14 @@
 //!   `io.slipway.build=<id>`, and is removed before [`run`] returns, whatever happened:
 //!   success, failure, time-out, cancellation or an error half-way. This is done explicitly
 //!   on every path (each pipeline tears down what its backend recorded, then the build
-//!   removes whatever still carries its build label), not in `Drop`. Workspaces are removed
-//!   too: emptied, then kept as spares in `<work root>/.slipway-spare` for the next build,
-//!   because renaming an empty directory into place is cheaper than making a new one. If the `run` future itself is dropped, a best-effort sweep is spawned, and what a
-//!   killed process leaves behind is removed by [`remove_orphans`] (also called at the
-//!   start of every [`run`]), which only touches resources of dead processes of this host.
+//!   removes whatever still carries its build label), not in `Drop`. Workspaces and build
+//!   directories are removed too: emptied, then kept as spares in
+//!   `<work root>/.slipway-spare` for later ones (renaming an empty directory into place is
+//!   cheaper than making one), except a workspace that a container which could not be
+//!   removed still mounts: that one is removed for good. If the `run` future itself is
+//!   dropped, a best-effort sweep is spawned, and what a killed process leaves behind is
+//!   removed by [`remove_orphans`] (also called at the start of every [`run`]), which only
+//!   touches resources of dead processes of this host.
 //!   The one exception is deliberate: the Docker volumes of dependency caches carry
 //!   `io.slipway.managed=true` and `io.slipway.cache=<scope>` but no owner or build label,
 //!   so no cleanup or sweep removes them; they outlive the build (see [`cache`]).

@@ -254,7 +254,7 @@ impl Build<'_> {
             Ok(dir) => dir,
             Err(e) => return self.not_run(pipeline, Status::Error, Some(e.to_string())),
         };
-        let report = match (&pipeline.kind, &self.docker) {
+        let (report, reusable) = match (&pipeline.kind, &self.docker) {
             (PipelineType::Docker, Some(docker)) => {
                 let backend = DockerBackend::new(
                     docker.clone(),
@@ -269,35 +269,43 @@ impl Build<'_> {
                 );
                 self.run_with(&backend, pipeline, &workspace, abort).await
             }
-            (PipelineType::Docker, None) => self.not_run(
-                pipeline,
-                Status::Error,
-                Some("no connection to a Docker engine".to_string()),
+            (PipelineType::Docker, None) => (
+                self.not_run(
+                    pipeline,
+                    Status::Error,
+                    Some("no connection to a Docker engine".to_string()),
+                ),
+                true,
             ),
             _ => {
                 let backend = HostBackend::new(&workspace);
                 self.run_with(&backend, pipeline, &workspace, abort).await
             }
         };
-        workspace::remove(&workspace).await;
+        if reusable {
+            workspace::remove(&workspace).await;
+        } else {
+            workspace::remove_for_good(&workspace).await;
+        }
         report
     }
 
     /// Runs a pipeline on `backend` within its time limit, then tears the backend down:
     /// the body always runs to completion (an abort only makes it wind down), so teardown
-    /// is reached on every path.
+    /// is reached on every path. With the report, whether the workspace may be reused (see
+    /// [`Backend::teardown`]).
     async fn run_with<B: Backend>(
         &self,
         backend: &B,
         pipeline: &PipelinePlan,
         workspace: &Path,
         abort: &Abort,
-    ) -> PipelineReport {
+    ) -> (PipelineReport, bool) {
         let limit = pipeline.timeout_secs.map(Duration::from_secs);
         let body = self.pipeline_body(backend, pipeline, workspace, abort);
         let report = abort.with_timeout("pipeline", limit, body).await;
-        backend.teardown().await;
-        report
+        let reusable = backend.teardown().await;
+        (report, reusable)
     }
 
     async fn pipeline_body<B: Backend>(

@@ -41,10 +41,25 @@ pub(crate) async fn create_build_dir(dir: &Path) -> Result<(), EngineError> {
 
 /// Removes a build directory or a workspace and everything in it, logging (not failing)
 /// when it cannot. The emptied directory itself is kept as a spare of the work root, for
-/// the next [`create`] or [`create_build_dir`].
+/// the next [`create`] or [`create_build_dir`]: only for a directory nothing of the build
+/// can still reach (see [`crate::backend::Backend::teardown`]).
 pub(crate) async fn remove(dir: &Path) {
     let target = dir.to_owned();
-    match blocking(move || retire(&target)).await {
+    report_removal(dir, blocking(move || retire(&target)).await);
+}
+
+/// Removes a directory tree that may still be reachable (a container that could not be
+/// removed mounts it): it never becomes a spare.
+pub(crate) async fn remove_for_good(dir: &Path) {
+    let target = dir.to_owned();
+    report_removal(
+        dir,
+        blocking(move || std::fs::remove_dir_all(&target)).await,
+    );
+}
+
+fn report_removal(dir: &Path, removed: std::io::Result<()>) {
+    match removed {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!("removing {}: {e}", dir.display()),
@@ -86,20 +101,33 @@ fn spares_of(dir: &Path) -> PathBuf {
 }
 
 /// Creates `dir` (and missing parents) with `mode`: a spare renamed into place when there
-/// is one, else a new directory.
+/// is one, else a new directory. A spare must be a directory (not a symlink) of the pool's
+/// owner (a step may have given its workspace to another user) and empty; one that is not
+/// is removed.
 fn make_dir(dir: &Path, mode: u32, spares: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let mode = || std::fs::Permissions::from_mode(mode);
-    if let Ok(entries) = std::fs::read_dir(spares) {
+    if let Ok(owner) = std::fs::symlink_metadata(spares).map(|m| m.uid())
+        && let Ok(entries) = std::fs::read_dir(spares)
+    {
         for entry in entries.flatten() {
-            // Another build may take the same spare first: then this rename fails.
-            if std::fs::rename(entry.path(), dir).is_ok() {
-                if std::fs::set_permissions(dir, mode()).is_ok() {
-                    return Ok(());
-                }
-                // A step made it someone else's: not reusable.
-                std::fs::remove_dir(dir)?;
-                break;
+            // `DirEntry::metadata` does not follow a symlink.
+            if !entry
+                .metadata()
+                .is_ok_and(|m| m.is_dir() && m.uid() == owner)
+            {
+                continue;
             }
+            // Another build may take the same spare first: then this rename fails.
+            if std::fs::rename(entry.path(), dir).is_err() {
+                continue;
+            }
+            let empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+            if empty && std::fs::set_permissions(dir, mode()).is_ok() {
+                return Ok(());
+            }
+            std::fs::remove_dir_all(dir)?;
+            break;
         }
     }
     std::fs::create_dir_all(dir)?;
@@ -108,23 +136,29 @@ fn make_dir(dir: &Path, mode: u32, spares: &Path) -> std::io::Result<()> {
 
 /// Empties `dir`, then moves it among the spares (or removes it when it cannot be moved).
 fn retire(dir: &Path) -> std::io::Result<()> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        // A symlink is removed, never followed.
-        if path.symlink_metadata()?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
+        // A symlink is removed, never followed; an entry that went meanwhile is fine.
+        let removed = match path.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        match removed {
+            Err(e) if !gone(&e) => return Err(e),
+            _ => {}
         }
     }
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let spares = spares_of(dir);
+    // Unique among this process's spares; a leftover of another process with the same
+    // name is an empty directory too, and replacing it only loses that spare.
     let spare = spares.join(format!(
         "{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    // A rename onto an existing spare of a dead process with the same pid only replaces it.
     if std::fs::create_dir_all(&spares).is_ok() && std::fs::rename(dir, &spare).is_ok() {
         return Ok(());
     }
@@ -494,6 +528,45 @@ mod tests {
             .expect("spares")
             .collect();
         assert_eq!(spares.len(), 1, "one of the two spares is in use");
+    }
+
+    #[tokio::test]
+    async fn only_empty_directories_of_the_pools_owner_are_reused() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let spares = root.path().join(SPARES);
+        std::fs::create_dir_all(&spares).expect("mkdir");
+        // A symlink to a directory elsewhere, and a "spare" someone left files in.
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        std::os::unix::fs::symlink(&elsewhere, spares.join("link")).expect("symlink");
+        std::fs::create_dir(spares.join("full")).expect("mkdir");
+        std::fs::write(spares.join("full/left.txt"), "x").expect("write");
+
+        let build_dir = root.path().join("slipway-00000000000000aa");
+        create_build_dir(&build_dir).await.expect("build dir");
+        let workspace = create(&build_dir, 0, "w").await.expect("workspace");
+        let meta = |p: &Path| std::fs::symlink_metadata(p).expect("metadata");
+        assert!(meta(&build_dir).is_dir() && meta(&workspace).is_dir());
+        assert_eq!(std::fs::read_dir(&workspace).expect("read").count(), 0);
+        assert_eq!(std::fs::read_dir(&build_dir).expect("read").count(), 1);
+        assert_eq!(
+            meta(&elsewhere).mode() & 0o777,
+            0o700,
+            "the link was not followed"
+        );
+        assert!(
+            meta(&spares.join("link")).is_symlink(),
+            "a symlink is no spare"
+        );
+
+        // Removed for good: it does not become a spare.
+        let before = std::fs::read_dir(&spares).expect("spares").count();
+        remove_for_good(&workspace).await;
+        assert!(!workspace.exists());
+        assert_eq!(std::fs::read_dir(&spares).expect("spares").count(), before);
     }
 
     #[test]

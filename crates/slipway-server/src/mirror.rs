@@ -672,7 +672,9 @@ impl Mirrors {
                     detail: format!("expected an object name, got {sha:?}"),
                 });
             }
-            // The answer for a branch is not kept, but the commit it named now is.
+            // The answer for a branch is not kept, but the commit it named now is. In a SHA-1
+            // repository a 64-digit name is no object name (but could be a branch's).
+            let fixed = fixed && rev.bytes().take_while(u8::is_ascii_hexdigit).count() == sha.len();
             self.resolved()
                 .insert(path, if fixed { rev } else { &sha }, &sha);
             Ok(Some(sha))

@@ -100,7 +100,9 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         (printer.clone(), Output::Terminal(printer))
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread, as for a runner of one stage at a time: the engine waits on Docker and
+    // processes, and its file work goes to tokio's blocking threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

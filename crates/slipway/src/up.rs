@@ -223,29 +223,34 @@ pub fn runner(args: RunnerArgs) -> Result<ExitCode> {
         Some(dir) => dir,
         None => std::env::temp_dir().join("slipway-runner"),
     };
-    // One thread: a runner waits on the server, Docker and its steps, and the threads a
-    // work-stealing runtime wakes for each of those cost more CPU than the work itself.
-    // File work still goes to tokio's blocking threads.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(async move {
-            let shutdown = shutdown_on_signal();
-            let config = slipway_runner::RunnerConfig {
-                server: args.server.trim_end_matches('/').to_owned(),
-                token: args.token,
-                name: args.name.unwrap_or_else(hostname),
-                labels,
-                capacity: args.capacity.max(1),
-                work_root,
-                poll_timeout: Duration::from_secs(25),
-            };
-            slipway_runner::run(config, shutdown)
-                .await
-                .context("the runner stopped")?;
-            Ok(ExitCode::SUCCESS)
-        })
+    // A runner of one stage at a time gets one thread: it waits on the server, Docker and
+    // its steps, and the threads a work-stealing runtime wakes for each of those cost more
+    // CPU than the work itself (file work still goes to tokio's blocking threads). With
+    // more stages at once, their log lines may need more than one core.
+    let runtime = if args.capacity <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+    } else {
+        runtime()?
+    };
+    runtime.block_on(async move {
+        let shutdown = shutdown_on_signal();
+        let config = slipway_runner::RunnerConfig {
+            server: args.server.trim_end_matches('/').to_owned(),
+            token: args.token,
+            name: args.name.unwrap_or_else(hostname),
+            labels,
+            capacity: args.capacity.max(1),
+            work_root,
+            poll_timeout: Duration::from_secs(25),
+        };
+        slipway_runner::run(config, shutdown)
+            .await
+            .context("the runner stopped")?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn hostname() -> String {

@@ -913,7 +913,7 @@ impl Backend for DockerBackend<'_> {
         self.remove_later(process.name);
     }
 
-    async fn teardown(&self) {
+    async fn teardown(&self) -> bool {
         let removals = std::mem::take(&mut *self.removals());
         for removal in removals {
             if let Ok(Some(name)) = removal.await {
@@ -931,9 +931,11 @@ impl Backend for DockerBackend<'_> {
                 .map(|name| remove_container(&self.docker, name)),
         )
         .await;
+        let mut all_removed = true;
         for (name, result) in containers.iter().zip(results) {
             if let Err(e) = result {
                 tracing::warn!("removing container {name}: {e}");
+                all_removed = false;
             }
         }
         for name in volumes {
@@ -958,6 +960,7 @@ impl Backend for DockerBackend<'_> {
                 }
             }
         }
+        all_removed
     }
 }
 

@@ -216,11 +216,15 @@ impl Backend for HostBackend {
         }
     }
 
-    async fn teardown(&self) {
+    /// A host step could leave a process behind that escaped its group, but it could reach
+    /// any directory of the runner's user anyway: host steps are not isolated from each
+    /// other, so their workspace is always reusable.
+    async fn teardown(&self) -> bool {
         let groups = std::mem::take(&mut *self.groups());
         for group in groups {
             kill_group(group);
         }
+        true
     }
 }
 

@@ -96,8 +96,10 @@ pub(crate) trait Backend: Send + Sync {
 
     /// Kills and removes everything this backend created, after waiting for removals still
     /// under way. Idempotent, never fails (problems are logged; the build's final sweep by
-    /// label catches leftovers).
-    fn teardown(&self) -> impl Future<Output = ()> + Send;
+    /// label catches leftovers). Whether nothing it created can still reach the workspace
+    /// (no container is left that mounts it): only then may the workspace directory be
+    /// reused for another build.
+    fn teardown(&self) -> impl Future<Output = bool> + Send;
 }
 
 /// Whether a [`StepSpec`] is a pipeline step or a service: they get distinct container names.

@@ -1,11 +1,11 @@
 //! Repositories and builds (with the creation of a build's stages and steps).
 
-use std::collections::HashMap;
-
 use slipway_engine::Status;
 
 use super::rows::{self, flag, json_text, now_ms};
-use super::{Build, CompiledBuild, NewBuild, NewRepo, Repo, Result, Stage, Store, StoreError};
+use super::{
+    Build, CompiledBuild, NewBuild, NewRepo, Repo, RepoCache, Result, Stage, Store, StoreError,
+};
 
 impl Store {
     // ---------------------------------------------------------------- repositories
@@ -46,9 +46,13 @@ impl Store {
     }
 
     pub async fn repo(&self, id: i64) -> Result<Option<Repo>> {
-        if let Some(repo) = self.cached_repos().get(&id) {
-            return Ok(Some(repo.clone()));
-        }
+        let updates = match self.cached_repos() {
+            Some(cache) => match cache.rows.get(&id) {
+                Some(repo) => return Ok(Some(repo.clone())),
+                None => Some(cache.updates),
+            },
+            None => None,
+        };
         let repo = sqlx::query("SELECT * FROM repos WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -56,17 +60,17 @@ impl Store {
             .as_ref()
             .map(rows::repo)
             .transpose()?;
-        if let Some(repo) = &repo {
-            // Only if absent: an update that raced this read put the newer row there.
-            self.cached_repos()
-                .entry(id)
-                .or_insert_with(|| repo.clone());
+        if let (Some(repo), Some(mut cache)) = (&repo, self.cached_repos())
+            && Some(cache.updates) == updates
+        {
+            cache.rows.insert(id, repo.clone());
         }
         Ok(repo)
     }
 
-    fn cached_repos(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Repo>> {
-        self.repos.lock().unwrap_or_else(|e| e.into_inner())
+    fn cached_repos(&self) -> Option<std::sync::MutexGuard<'_, RepoCache>> {
+        let cache = self.repos.as_ref()?;
+        Some(cache.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub async fn repo_by_name(&self, name: &str) -> Result<Option<Repo>> {
@@ -89,10 +93,10 @@ impl Store {
 
     /// Writes every field of `repo` but `id`, `name` and `created`.
     pub async fn update_repo(&self, repo: &Repo) -> Result<()> {
-        let row = sqlx::query(
+        sqlx::query(
             "UPDATE repos SET provider = $2, clone_url = $3, config_path = $4, \
              webhook_secret = $5, default_branch = $6, trusted = $7, auto_cancel = $8, \
-             max_running = $9, status_url = $10, status_token = $11 WHERE id = $1 RETURNING *",
+             max_running = $9, status_url = $10, status_token = $11 WHERE id = $1",
         )
         .bind(repo.id)
         .bind(&repo.provider)
@@ -105,10 +109,11 @@ impl Store {
         .bind(repo.max_running)
         .bind(&repo.status_url)
         .bind(&repo.status_token)
-        .fetch_optional(&self.pool)
+        .execute(&self.pool)
         .await?;
-        if let Some(row) = row {
-            self.cached_repos().insert(repo.id, rows::repo(&row)?);
+        if let Some(mut cache) = self.cached_repos() {
+            cache.updates += 1;
+            cache.rows.remove(&repo.id);
         }
         Ok(())
     }
@@ -229,7 +234,9 @@ impl Store {
                  error, started) VALUES {} RETURNING *",
                 values(chunk.len(), 10, ", 0, NULL, NULL, 0, NULL, NULL")
             );
-            let mut query = sqlx::query(&sql);
+            // A whole chunk's statement is prepared once; a shorter one's text is seldom
+            // seen again and would crowd the connection's statement cache.
+            let mut query = sqlx::query(&sql).persistent(chunk.len() == ROWS_A_STATEMENT);
             for (offset, stage) in chunk.iter().enumerate() {
                 query = query
                     .bind(build.id)
@@ -261,7 +268,7 @@ impl Store {
                 "INSERT INTO steps (stage_id, number, name, status) VALUES {}",
                 values(chunk.len(), 3, ", 'pending'")
             );
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query(&sql).persistent(chunk.len() == ROWS_A_STATEMENT);
             for (stage_id, number, name) in chunk {
                 query = query.bind(*stage_id).bind(*number).bind(*name);
             }

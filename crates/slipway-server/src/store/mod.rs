@@ -289,9 +289,18 @@ pub struct Store {
     backend: Backend,
     /// SQLite: the task that commits stage ends together (`commit.rs`).
     ends: Option<commit::EndSender>,
-    /// Repositories read by id: every lease needs its stage's, and they change only through
-    /// this store ([`Store::update_repo`]), which replaces its entry. Shared by clones.
-    repos: Arc<Mutex<HashMap<i64, Repo>>>,
+    /// SQLite: repositories read by id (every lease needs its stage's). The database file
+    /// belongs to this process, so they change only through [`Store::update_repo`]. Not on
+    /// PostgreSQL, which other servers may share. Shared by clones.
+    repos: Option<Arc<Mutex<RepoCache>>>,
+}
+
+/// Repositories by id, and how many updates there have been: a read that raced an update
+/// (it began before the update's count) keeps its row to itself.
+#[derive(Debug, Default)]
+pub(crate) struct RepoCache {
+    pub(crate) updates: u64,
+    pub(crate) rows: HashMap<i64, Repo>,
 }
 
 /// Which engine is behind the pool.

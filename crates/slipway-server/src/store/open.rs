@@ -152,7 +152,7 @@ impl Store {
             pool,
             backend: Backend::Sqlite,
             ends: None,
-            repos: Default::default(),
+            repos: Some(Default::default()),
         };
         Ok(Store {
             ends: Some(super::commit::start(store.clone())),
@@ -178,7 +178,7 @@ impl Store {
             pool,
             backend: Backend::Postgres,
             ends: None,
-            repos: Default::default(),
+            repos: None,
         })
     }
 
