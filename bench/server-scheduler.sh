@@ -207,7 +207,7 @@ print(f"  per stage per runner slot: {wall:.0f} ms x {runners} / {stages} = {slo
 print(f"  no scheduler, {runners} slipway exec at once, a chain of {stages // runners} stages each:"
       f" {direct_before:.2f} ms a stage a slot before, {direct_after:.2f} ms after")
 print("    (one engine run a chain, where the runners make one a stage: its set-up, such as the")
-print("    check for orphaned resources, counts as overhead here, so the figure is an upper bound)")
+print("    build's id and directory, counts as overhead here, so the figure is an upper bound)")
 print(f"  engine alone per stage (slipway exec, first event to pipeline_finished, mean of {reps}): {engine_ms:.2f} ms")
 print(f"    (whole slipway exec process, median: {process_ms:.1f} ms)")
 print(f"  as the server saw it, medians: lease to done {lease_to_done:.1f} ms, a runner's done to its next lease {gap:.1f} ms")

@@ -142,10 +142,11 @@ pub async fn run(
 
     let build_id = cleanup::new_build_id();
     let build_dir = options.work_root.join(format!("slipway-{build_id}"));
-    workspace::create_build_dir(&build_dir).await?;
+    workspace::create_build_dir(&options.work_root, &build_dir).await?;
     let mut guard = BuildGuard {
         docker: docker.clone(),
         build_id: build_id.clone(),
+        work_root: options.work_root.clone(),
         build_dir: build_dir.clone(),
         done: false,
     };
@@ -200,6 +201,7 @@ fn build_status(pipelines: &[PipelineReport], aborted: bool) -> Status {
 struct BuildGuard {
     docker: Option<Docker>,
     build_id: String,
+    work_root: PathBuf,
     build_dir: PathBuf,
     done: bool,
 }
@@ -213,7 +215,7 @@ impl BuildGuard {
                 Err(e) => tracing::warn!("final sweep of build {}: {e}", self.build_id),
             }
         }
-        workspace::remove(&self.build_dir).await;
+        workspace::remove(&self.work_root, &self.build_dir).await;
         self.done = true;
     }
 }

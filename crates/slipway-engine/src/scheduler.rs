@@ -250,10 +250,12 @@ impl Build<'_> {
             let error = EngineError::UnsupportedType(kind.clone());
             return self.not_run(pipeline, Status::Error, Some(error.to_string()));
         }
-        let workspace = match workspace::create(self.build_dir, index, &pipeline.name).await {
-            Ok(dir) => dir,
-            Err(e) => return self.not_run(pipeline, Status::Error, Some(e.to_string())),
-        };
+        let work_root = &self.options.work_root;
+        let workspace =
+            match workspace::create(work_root, self.build_dir, index, &pipeline.name).await {
+                Ok(dir) => dir,
+                Err(e) => return self.not_run(pipeline, Status::Error, Some(e.to_string())),
+            };
         let (report, reusable) = match (&pipeline.kind, &self.docker) {
             (PipelineType::Docker, Some(docker)) => {
                 let backend = DockerBackend::new(
@@ -283,7 +285,7 @@ impl Build<'_> {
             }
         };
         if reusable {
-            workspace::remove(&workspace).await;
+            workspace::remove(work_root, &workspace).await;
         } else {
             workspace::remove_for_good(&workspace).await;
         }

@@ -15,14 +15,15 @@ use crate::log::StepLog;
 
 /// Creates `<build_dir>/<index>-<name>`, writable by everyone: steps may run as any user
 /// (`user:` or the image's), and all of them must be able to write to their workspace.
-/// `build_dir` is a directory of the work root (see [`create_build_dir`]).
+/// `build_dir` is the build's directory in `work_root` (see [`create_build_dir`]).
 pub(crate) async fn create(
+    work_root: &Path,
     build_dir: &Path,
     index: usize,
     name: &str,
 ) -> Result<PathBuf, EngineError> {
     let dir = build_dir.join(format!("{index}-{}", sanitize(name)));
-    let spares = spares_of(build_dir);
+    let spares = work_root.join(SPARES);
     let target = dir.clone();
     blocking(move || make_dir(&target, 0o777, &spares))
         .await
@@ -30,22 +31,23 @@ pub(crate) async fn create(
     Ok(dir)
 }
 
-/// Creates a build's own directory, `dir` in the work root (the parent of its workspaces).
-pub(crate) async fn create_build_dir(dir: &Path) -> Result<(), EngineError> {
-    let spares = spares_of(dir);
+/// Creates a build's own directory `dir` in `work_root` (the parent of its workspaces).
+pub(crate) async fn create_build_dir(work_root: &Path, dir: &Path) -> Result<(), EngineError> {
+    let spares = work_root.join(SPARES);
     let target = dir.to_owned();
     blocking(move || make_dir(&target, 0o755, &spares))
         .await
         .map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))
 }
 
-/// Removes a build directory or a workspace and everything in it, logging (not failing)
-/// when it cannot. The emptied directory itself is kept as a spare of the work root, for
-/// the next [`create`] or [`create_build_dir`]: only for a directory nothing of the build
-/// can still reach (see [`crate::backend::Backend::teardown`]).
-pub(crate) async fn remove(dir: &Path) {
+/// Removes a build directory or a workspace of `work_root` and everything in it, logging
+/// (not failing) when it cannot. The emptied directory itself is kept as a spare, for the
+/// next [`create`] or [`create_build_dir`]: only for a directory nothing of the build can
+/// still reach (see [`crate::backend::Backend::teardown`]).
+pub(crate) async fn remove(work_root: &Path, dir: &Path) {
+    let spares = work_root.join(SPARES);
     let target = dir.to_owned();
-    report_removal(dir, blocking(move || retire(&target)).await);
+    report_removal(dir, blocking(move || retire(&target, &spares)).await);
 }
 
 /// Removes a directory tree that may still be reachable (a container that could not be
@@ -79,26 +81,6 @@ async fn blocking<T: Send + 'static>(
 /// going through hundreds of short stages a second spent more CPU in `mkdir` than in any
 /// other work of its own. Renaming a spare into place allocates nothing.
 const SPARES: &str = ".slipway-spare";
-
-/// The spares for `dir`, a build directory or a workspace. A build directory is
-/// `<work root>/slipway-<id>`, a workspace `<build directory>/<index>-<name>`.
-fn spares_of(dir: &Path) -> PathBuf {
-    let in_build_dir = dir
-        .parent()
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("slipway-"))
-        && !dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("slipway-"));
-    let root = if in_build_dir {
-        dir.parent().and_then(Path::parent)
-    } else {
-        dir.parent()
-    };
-    root.unwrap_or(Path::new(".")).join(SPARES)
-}
 
 /// Creates `dir` (and missing parents) with `mode`: a spare renamed into place when there
 /// is one, else a new directory. A spare must be a directory (not a symlink) of the pool's
@@ -134,8 +116,8 @@ fn make_dir(dir: &Path, mode: u32, spares: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, mode())
 }
 
-/// Empties `dir`, then moves it among the spares (or removes it when it cannot be moved).
-fn retire(dir: &Path) -> std::io::Result<()> {
+/// Empties `dir`, then moves it among the `spares` (or removes it when it cannot be moved).
+fn retire(dir: &Path, spares: &Path) -> std::io::Result<()> {
     let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -151,7 +133,6 @@ fn retire(dir: &Path) -> std::io::Result<()> {
         }
     }
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let spares = spares_of(dir);
     // Unique among this process's spares; a leftover of another process with the same
     // name is an empty directory too, and replacing it only loses that spare.
     let spare = spares.join(format!(
@@ -159,7 +140,7 @@ fn retire(dir: &Path) -> std::io::Result<()> {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    if std::fs::create_dir_all(&spares).is_ok() && std::fs::rename(dir, &spare).is_ok() {
+    if std::fs::create_dir_all(spares).is_ok() && std::fs::rename(dir, &spare).is_ok() {
         return Ok(());
     }
     std::fs::remove_dir(dir)
@@ -491,7 +472,7 @@ mod tests {
                     "{lines:#?}"
                 );
             }
-            remove(&dir).await;
+            remove_for_good(&dir).await;
         }
     }
 
@@ -500,8 +481,12 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let root = tempfile::tempdir().expect("tempdir");
         let build_dir = root.path().join("slipway-0123456789abcdef");
-        create_build_dir(&build_dir).await.expect("build dir");
-        let first = create(&build_dir, 0, "a b").await.expect("workspace");
+        create_build_dir(root.path(), &build_dir)
+            .await
+            .expect("build dir");
+        let first = create(root.path(), &build_dir, 0, "a b")
+            .await
+            .expect("workspace");
         assert_eq!(first, build_dir.join("0-a-b"));
         let mode = |p: &Path| std::fs::metadata(p).expect("metadata").mode() & 0o777;
         assert_eq!(mode(&first), 0o777);
@@ -509,20 +494,24 @@ mod tests {
         std::fs::write(first.join("deep/er/file"), "x").expect("write");
         std::os::unix::fs::symlink(root.path(), first.join("link")).expect("symlink");
         let inode = std::fs::metadata(&first).expect("metadata").ino();
-        remove(&first).await;
+        remove(root.path(), &first).await;
         assert!(!first.exists());
         // The symlink was removed, not followed: the work root is still there.
         assert!(build_dir.exists());
 
-        let second = create(&build_dir, 1, "b").await.expect("workspace");
+        let second = create(root.path(), &build_dir, 1, "b")
+            .await
+            .expect("workspace");
         assert_eq!(std::fs::metadata(&second).expect("metadata").ino(), inode);
         assert_eq!(std::fs::read_dir(&second).expect("read").count(), 0);
         assert_eq!(mode(&second), 0o777);
-        remove(&second).await;
-        remove(&build_dir).await;
+        remove(root.path(), &second).await;
+        remove(root.path(), &build_dir).await;
         // A spare workspace became the next build directory, with a build directory's mode.
         let next = root.path().join("slipway-fedcba9876543210");
-        create_build_dir(&next).await.expect("build dir");
+        create_build_dir(root.path(), &next)
+            .await
+            .expect("build dir");
         assert_eq!(mode(&next), 0o755);
         let spares: Vec<_> = std::fs::read_dir(root.path().join(SPARES))
             .expect("spares")
@@ -546,8 +535,12 @@ mod tests {
         std::fs::write(spares.join("full/left.txt"), "x").expect("write");
 
         let build_dir = root.path().join("slipway-00000000000000aa");
-        create_build_dir(&build_dir).await.expect("build dir");
-        let workspace = create(&build_dir, 0, "w").await.expect("workspace");
+        create_build_dir(root.path(), &build_dir)
+            .await
+            .expect("build dir");
+        let workspace = create(root.path(), &build_dir, 0, "w")
+            .await
+            .expect("workspace");
         let meta = |p: &Path| std::fs::symlink_metadata(p).expect("metadata");
         assert!(meta(&build_dir).is_dir() && meta(&workspace).is_dir());
         assert_eq!(std::fs::read_dir(&workspace).expect("read").count(), 0);

@@ -16,9 +16,10 @@
 //!   stage. The head of the queue is leased in one statement when it needs nothing to be
 //!   decided here (`Store::lease_head`: no `depends_on`, no concurrency limit, labels the
 //!   runner has), also together with the end of the runner's previous stage; any other
-//!   head sends the poll through the pending stages page by page. Every report about a stage names its attempt; one for an attempt that is no
-//!   longer current is answered with `lease_lost`, so a runner that was presumed dead cannot
-//!   overwrite its successor's work.
+//!   head sends the poll through the pending stages page by page. Every report about a
+//!   stage names its attempt; one for an attempt that is no longer current is answered
+//!   with `lease_lost`, so a runner that was presumed dead cannot overwrite its
+//!   successor's work.
 //! - A lease that expires (no heartbeat) puts the stage back in the queue with its steps
 //!   reset, up to [`crate::config::ServerConfig::max_attempts`] attempts in all; then the
 //!   stage fails. Logs of earlier attempts stay on disk under their attempt number.

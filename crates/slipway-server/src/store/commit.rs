@@ -43,20 +43,21 @@ pub(super) fn start(store: Store) -> EndSender {
     sender
 }
 
-/// Sends `end` to the committing task and waits for its commit. `None` when the task is
-/// gone (it panicked): the caller then applies the end itself, which is refused like a
-/// resent end if the task had committed it after all.
+/// Sends `end` to the committing task and waits for its commit. `Err(end)` when the task
+/// is gone (it panicked): the caller then applies the end itself. A task that stops while
+/// it holds the end answers with an error, and the runner's resent `/done` comes back
+/// here: applied then, or refused as a resend if that commit went through after all.
 pub(super) async fn send(
     sender: &EndSender,
-    end: &LeasedEnd,
-) -> Option<Result<Option<EndedStage>>> {
+    end: LeasedEnd,
+) -> std::result::Result<Result<Option<EndedStage>>, LeasedEnd> {
     let (reply, answer) = oneshot::channel();
-    let request = EndRequest {
-        end: end.clone(),
-        reply,
-    };
-    sender.send(request).ok()?;
-    answer.await.ok()
+    sender
+        .send(EndRequest { end, reply })
+        .map_err(|refused| refused.0.end)?;
+    Ok(answer
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::WorkerCrashed.into())))
 }
 
 async fn commit_ends(store: Store, mut receiver: mpsc::UnboundedReceiver<EndRequest>) {

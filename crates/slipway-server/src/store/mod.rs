@@ -298,9 +298,9 @@ pub struct Store {
 /// Repositories by id, and how many updates there have been: a read that raced an update
 /// (it began before the update's count) keeps its row to itself.
 #[derive(Debug, Default)]
-pub(crate) struct RepoCache {
-    pub(crate) updates: u64,
-    pub(crate) rows: HashMap<i64, Repo>,
+struct RepoCache {
+    updates: u64,
+    rows: HashMap<i64, Repo>,
 }
 
 /// Which engine is behind the pool.
@@ -326,7 +326,7 @@ pub enum ReportWrite {
 
 /// A runner's end of the stage it holds, for [`Store::end_leased_stage`]. It owns its
 /// data: on SQLite it travels to the task that commits ends together.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LeasedEnd {
     pub stage_id: i64,
     pub attempt: i64,

@@ -2,7 +2,9 @@
 //!
 //! Every state change of a stage is one compare-and-set `UPDATE … WHERE id = $1 AND
 //! status = …` whose `rows_affected` (or `RETURNING` row) says whether it applied: correct
-//! on both engines without row locks or `SKIP LOCKED`.
+//! on both engines without row locks. The one `SKIP LOCKED` (PostgreSQL's head of the
+//! queue, in `lease_head_on`) is for speed, so that runners leasing at once do not all
+//! aim at the same row; the compare-and-set still decides.
 
 use std::collections::BTreeMap;
 
@@ -366,11 +368,13 @@ impl Store {
     /// On SQLite the ends of several runners that arrive together share one commit (see
     /// `commit.rs`); each is answered after that commit.
     pub async fn end_leased_stage(&self, end: LeasedEnd) -> Result<Option<EndedStage>> {
-        if let Some(ends) = &self.ends
-            && let Some(ended) = super::commit::send(ends, &end).await
-        {
-            return ended;
-        }
+        let end = match &self.ends {
+            Some(ends) => match super::commit::send(ends, end).await {
+                Ok(ended) => return ended,
+                Err(end) => end,
+            },
+            None => end,
+        };
         let mut tx = self.begin().await?;
         let ended = end_in(&mut tx, self.backend, &end).await?;
         tx.commit().await?;

@@ -241,14 +241,17 @@ fn two_stages(number: i64) -> CompiledBuild {
     }
 }
 
+/// A store with one repository, `name`.
+async fn store_with_repo(db: &TestDb, name: &str) -> (Store, Repo) {
+    let store = db.open().await;
+    let repo = store.create_repo(&new_repo(name)).await.expect("repo");
+    (store, repo)
+}
+
 /// Repository `acme/app` with one two-stage build; returns the store, repo id, build id
 /// and the first stage's id.
 async fn one_build(db: &TestDb) -> (Store, i64, i64, i64) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/app").await;
     let (build, stages) = store
         .create_build(&new_build(repo.id, None), two_stages)
         .await
@@ -293,11 +296,7 @@ async fn snapshot(db: &TestDb) -> Vec<(String, i64)> {
 
 /// More stages and steps than one statement writes (they are written many rows at a time).
 async fn a_build_of_many_stages_keeps_their_order_and_steps(db: &TestDb) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/many"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/many").await;
     let names = ["clone", "build", "test"];
     let (build, created) = store
         .create_build(&new_build(repo.id, None), |_| CompiledBuild {
@@ -437,11 +436,7 @@ async fn repositories(db: &TestDb) {
 // ------------------------------------------------------------------------ builds
 
 async fn build_creation_and_queries(db: &TestDb) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/app").await;
     let called = AtomicBool::new(false);
     let (build, stages) = store
         .create_build(&new_build(repo.id, Some("delivery-1")), |number| {
@@ -565,11 +560,7 @@ async fn build_creation_and_queries(db: &TestDb) {
 }
 
 async fn build_with_error_and_skipped_stage(db: &TestDb) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/app").await;
     let (broken, stages) = store
         .create_build(&new_build(repo.id, None), |_| CompiledBuild {
             status: Status::Error,
@@ -603,11 +594,7 @@ async fn build_with_error_and_skipped_stage(db: &TestDb) {
 }
 
 async fn build_status_and_listing(db: &TestDb) {
-    let store = db.open().await;
-    let app = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, app) = store_with_repo(db, "acme/app").await;
     let lib = store
         .create_repo(&new_repo("acme/lib"))
         .await
@@ -718,11 +705,7 @@ async fn build_status_and_listing(db: &TestDb) {
 }
 
 async fn build_numbers_have_no_gaps_under_concurrency(db: &TestDb) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/app").await;
     let mut tasks = Vec::new();
     for i in 0..20 {
         let store = store.clone();
@@ -755,8 +738,7 @@ async fn build_numbers_have_no_gaps_under_concurrency(db: &TestDb) {
 }
 
 async fn numbers_are_per_repository(db: &TestDb) {
-    let store = db.open().await;
-    let a = store.create_repo(&new_repo("a/a")).await.expect("repo");
+    let (store, a) = store_with_repo(db, "a/a").await;
     let b = store.create_repo(&new_repo("b/b")).await.expect("repo");
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -782,11 +764,7 @@ async fn numbers_are_per_repository(db: &TestDb) {
 }
 
 async fn duplicate_delivery_changes_nothing(db: &TestDb) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/app").await;
     let other = store
         .create_repo(&new_repo("acme/other"))
         .await
@@ -1525,11 +1503,7 @@ async fn head_refused_then_close(store: &Store, runner: &Runner, stage: i64, sta
 }
 
 async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/app").await;
     let limited = store
         .create_repo(&NewRepo {
             max_running: 1,
@@ -1677,11 +1651,7 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
 /// refused. On SQLite they share commits (the store's group commit): each must still be
 /// applied exactly as alone.
 async fn ends_arriving_together_are_each_applied_as_alone(db: &TestDb) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/app").await;
     let mut stages = Vec::new();
     for i in 0..16 {
         stages.push(one_stage_build(&store, repo.id, &format!("s{i}"), &[]).await);
@@ -1751,11 +1721,7 @@ async fn ends_arriving_together_are_each_applied_as_alone(db: &TestDb) {
 // ------------------------------------------------------------------------ the rest
 
 async fn secrets(db: &TestDb) {
-    let store = db.open().await;
-    let repo = store
-        .create_repo(&new_repo("acme/app"))
-        .await
-        .expect("repo");
+    let (store, repo) = store_with_repo(db, "acme/app").await;
     let other = store
         .create_repo(&new_repo("acme/other"))
         .await
