@@ -30,7 +30,7 @@ impl Store {
         .bind(&new.status_url)
         .bind(&new.status_token)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await
         .map_err(|e| {
             if rows::is_unique_violation(&e) {
@@ -55,7 +55,7 @@ impl Store {
         };
         let repo = sqlx::query("SELECT * FROM repos WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .as_ref()
             .map(rows::repo)
@@ -76,7 +76,7 @@ impl Store {
     pub async fn repo_by_name(&self, name: &str) -> Result<Option<Repo>> {
         sqlx::query("SELECT * FROM repos WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .as_ref()
             .map(rows::repo)
@@ -86,7 +86,7 @@ impl Store {
     /// Every repository, by name.
     pub async fn repos(&self) -> Result<Vec<Repo>> {
         let rows = sqlx::query("SELECT * FROM repos ORDER BY name")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows::all(&rows, rows::repo)
     }
@@ -109,7 +109,7 @@ impl Store {
         .bind(repo.max_running)
         .bind(&repo.status_url)
         .bind(&repo.status_token)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         if let Some(mut cache) = self.cached_repos() {
             cache.updates += 1;
@@ -126,7 +126,7 @@ impl Store {
             sqlx::query_scalar("SELECT id FROM builds WHERE repo_id = $1 AND delivery_id = $2")
                 .bind(repo_id)
                 .bind(delivery_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(id)
     }
@@ -146,7 +146,8 @@ impl Store {
     where
         F: FnOnce(i64) -> CompiledBuild + Send,
     {
-        let mut tx = self.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = self.begin(&mut conn).await?;
         // Write first: on PostgreSQL this locks the repository row until commit, so
         // concurrent creates for one repository queue here (and then see each other's
         // delivery ids); on SQLite the transaction already holds the write lock.
@@ -281,7 +282,7 @@ impl Store {
     pub async fn build(&self, id: i64) -> Result<Option<Build>> {
         sqlx::query("SELECT * FROM builds WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .as_ref()
             .map(rows::build)
@@ -292,7 +293,7 @@ impl Store {
         sqlx::query("SELECT * FROM builds WHERE repo_id = $1 AND number = $2")
             .bind(repo_id)
             .bind(number)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .as_ref()
             .map(rows::build)
@@ -314,7 +315,7 @@ impl Store {
         .bind(repo_id)
         .bind(before_number.unwrap_or(i64::MAX))
         .bind(limit.max(0))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows::all(&rows, rows::build)
     }
@@ -336,7 +337,7 @@ impl Store {
         .bind(branch)
         .bind(event)
         .bind(below_number)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows::all(&rows, rows::build)
     }
@@ -350,7 +351,7 @@ impl Store {
         )
         .bind(id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -365,7 +366,7 @@ impl Store {
         .bind(id)
         .bind(status.as_str())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -377,7 +378,7 @@ impl Store {
              JOIN repos ON repos.id = builds.repo_id ORDER BY builds.id DESC LIMIT $1",
         )
         .bind(limit.max(0))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|row| {

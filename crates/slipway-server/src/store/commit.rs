@@ -94,7 +94,8 @@ async fn commit_ends(store: Store, mut receiver: mpsc::UnboundedReceiver<EndRequ
 
 /// Applies `requests` in one transaction; what each did, in order.
 async fn apply(store: &Store, requests: &[EndRequest]) -> Result<Vec<Option<EndedStage>>> {
-    let mut tx = store.begin().await?;
+    let mut conn = store.conn().await?;
+    let mut tx = store.begin(&mut conn).await?;
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         results.push(end_in(&mut tx, store.backend, &request.end).await?);

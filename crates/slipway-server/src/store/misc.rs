@@ -30,7 +30,7 @@ impl Store {
         .bind(ciphertext)
         .bind(flag(allow_pull_request))
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         rows::secret(&row)
     }
@@ -39,7 +39,7 @@ impl Store {
     pub async fn secrets(&self, repo_id: i64) -> Result<Vec<SecretRow>> {
         let rows = sqlx::query("SELECT * FROM secrets WHERE repo_id = $1 ORDER BY name")
             .bind(repo_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows::all(&rows, rows::secret)
     }
@@ -49,7 +49,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM secrets WHERE repo_id = $1 AND name = $2")
             .bind(repo_id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -78,7 +78,7 @@ impl Store {
         .bind(capacity)
         .bind(version)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         rows::runner(&row)
     }
@@ -86,7 +86,7 @@ impl Store {
     pub async fn runner(&self, id: i64) -> Result<Option<Runner>> {
         sqlx::query("SELECT * FROM runners WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .as_ref()
             .map(rows::runner)
@@ -96,7 +96,7 @@ impl Store {
     /// Every runner, by name.
     pub async fn runners(&self) -> Result<Vec<Runner>> {
         let rows = sqlx::query("SELECT * FROM runners ORDER BY name")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows::all(&rows, rows::runner)
     }
@@ -105,7 +105,7 @@ impl Store {
         sqlx::query("UPDATE runners SET last_seen = $2 WHERE id = $1")
             .bind(id)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -128,7 +128,7 @@ impl Store {
         .bind(hash)
         .bind(scope)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await
         .map_err(|e| {
             if rows::is_unique_violation(&e) {
@@ -146,7 +146,7 @@ impl Store {
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>> {
         sqlx::query("SELECT * FROM tokens WHERE hash = $1")
             .bind(hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .as_ref()
             .map(rows::token)
@@ -156,7 +156,7 @@ impl Store {
     /// Every token, oldest first.
     pub async fn tokens(&self) -> Result<Vec<Token>> {
         let rows = sqlx::query("SELECT * FROM tokens ORDER BY id")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows::all(&rows, rows::token)
     }
@@ -165,7 +165,7 @@ impl Store {
     pub async fn delete_token(&self, id: i64) -> Result<bool> {
         let done = sqlx::query("DELETE FROM tokens WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -177,7 +177,7 @@ impl Store {
             "DELETE FROM tokens WHERE substr(name, 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT)",
         )
         .bind(prefix)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -191,14 +191,14 @@ impl Store {
         digest: &str,
         now: i64,
     ) -> Result<Artifact> {
-        add_artifact_on(&self.pool, build_id, image, digest, now).await
+        add_artifact_on(&mut *self.conn().await?, build_id, image, digest, now).await
     }
 
     /// A build's artifacts, in the order they were added.
     pub async fn artifacts(&self, build_id: i64) -> Result<Vec<Artifact>> {
         let rows = sqlx::query("SELECT * FROM artifacts WHERE build_id = $1 ORDER BY id")
             .bind(build_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows::all(&rows, rows::artifact)
     }
@@ -215,7 +215,7 @@ impl Store {
                  (SELECT COUNT(*) FROM builds), \
                  (SELECT COUNT(*) FROM runners)",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn().await?)
             .await?;
         Ok(QueueStats {
             pending_stages,

@@ -24,7 +24,7 @@
 //! carries; no SUM, whose PostgreSQL type is NUMERIC). On SQLite every transaction is
 //! `BEGIN IMMEDIATE` and writes take turns under a 30 s busy timeout; on PostgreSQL the
 //! write that starts a transaction (the repository's build counter, a stage's status)
-//! locks the row it changes. Code: `open` (URLs, pool, migrations), `builds`
+//! locks the row it changes. Code: `open` (URLs, connections, migrations), `builds`
 //! (repositories, builds), `queue` (stages, leases, steps), `commit` (SQLite: the group
 //! commit of the runners' stage ends), `misc` (secrets, runners, tokens, artifacts,
 //! counts), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
@@ -282,10 +282,10 @@ pub struct QueueStats {
     pub runners: i64,
 }
 
-/// The database, SQLite or PostgreSQL. Cheap to clone (a pool).
+/// The database, SQLite or PostgreSQL. Cheap to clone (a pool, or a shared connection).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: sqlx::AnyPool,
+    db: open::Db,
     backend: Backend,
     /// SQLite: the task that commits stage ends together (`commit.rs`).
     ends: Option<commit::EndSender>,
@@ -303,7 +303,7 @@ struct RepoCache {
     rows: HashMap<i64, Repo>,
 }
 
-/// Which engine is behind the pool.
+/// Which engine is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

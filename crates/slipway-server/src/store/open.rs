@@ -1,9 +1,13 @@
-//! Opening the pool (SQLite or PostgreSQL by URL scheme) and applying the migrations.
+//! Opening the database (SQLite or PostgreSQL by URL scheme), the connections statements
+//! run on, and applying the migrations.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, Connection, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Transaction};
 
 use super::{Backend, Result, Store, StoreError};
 
@@ -28,6 +32,53 @@ const POSTGRES_MIGRATIONS: Migrations = &[(
 /// keep up to 64 MiB of pages in memory.
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON; \
      PRAGMA synchronous = FULL; PRAGMA cache_size = -65536";
+
+/// How long a statement waits for a connection before it fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the store's statements run.
+#[derive(Debug, Clone)]
+pub(super) enum Db {
+    /// PostgreSQL: a pool, whose connections run side by side.
+    Pool(AnyPool),
+    /// SQLite: the one connection, held by one statement or transaction at a time.
+    ///
+    /// One connection, because SQLite takes one writer at a time anyway: a second
+    /// connection waiting for the write lock sleeps in SQLite's busy handler (1, 2, 5, 10 …
+    /// ms), while a statement waiting for the one connection is woken the moment it is
+    /// free; and its page cache stays valid, where each write by another connection would
+    /// make it read its pages again. Statements are short (no query streams its rows), so
+    /// readers wait microseconds. Not a pool of one: sqlx's pool pings a connection through
+    /// its worker thread as it is taken and again as it is given back, which cost three
+    /// times the statement itself, and the pool's bookkeeping a task more.
+    One(Arc<tokio::sync::Mutex<AnyConnection>>),
+}
+
+/// A connection taken from [`Db`] for one statement or transaction.
+pub(super) enum Conn<'a> {
+    Pooled(PoolConnection<Any>),
+    One(tokio::sync::MutexGuard<'a, AnyConnection>),
+}
+
+impl Deref for Conn<'_> {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Conn::Pooled(conn) => conn,
+            Conn::One(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Conn::Pooled(conn) => conn,
+            Conn::One(conn) => conn,
+        }
+    }
+}
 
 /// The URL with its password replaced by `***`, for messages.
 pub(super) fn redact(url: &str) -> String {
@@ -113,43 +164,23 @@ impl Store {
             sqlite_url(url)
         };
         let options: AnyConnectOptions = full.parse().map_err(|e| open_error(url, e))?;
+        let mut conn = AnyConnection::connect_with(&options)
+            .await
+            .map_err(|e| open_error(url, e))?;
+        // WAL is a property of the file; switching to it needs an exclusive lock that
+        // busy_timeout does not wait for, so it comes first.
         if !memory {
-            // WAL is a property of the file; switching to it needs an exclusive lock that
-            // busy_timeout does not wait for, so it is done once here, before the pool.
-            let mut conn = sqlx::AnyConnection::connect_with(&options)
-                .await
-                .map_err(|e| open_error(url, e))?;
             sqlx::raw_sql("PRAGMA journal_mode = WAL")
                 .execute(&mut conn)
                 .await
                 .map_err(|e| open_error(url, e))?;
-            conn.close().await.map_err(|e| open_error(url, e))?;
         }
-        let mut pool = AnyPoolOptions::new().after_connect(|conn, _meta| {
-            Box::pin(async move {
-                sqlx::Executor::execute(&mut *conn, SQLITE_PRAGMAS).await?;
-                Ok(())
-            })
-        });
-        // One connection, kept forever. In memory, every connection would be a database of
-        // its own. On disk, SQLite takes one writer at a time anyway: a second connection
-        // waiting for the write lock sleeps in SQLite's busy handler (1, 2, 5, 10 … ms),
-        // while a statement waiting for the pool's one connection is woken the moment it is
-        // free; and the one connection's page cache stays valid, where each write by
-        // another connection would make it read its pages again. Statements are short (no
-        // query streams its rows), so readers wait microseconds.
-        pool = pool
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None);
-        let pool = pool
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+        sqlx::raw_sql(SQLITE_PRAGMAS)
+            .execute(&mut conn)
             .await
             .map_err(|e| open_error(url, e))?;
         let store = Store {
-            pool,
+            db: Db::One(Arc::new(tokio::sync::Mutex::new(conn))),
             backend: Backend::Sqlite,
             ends: None,
             repos: Some(Default::default()),
@@ -170,12 +201,12 @@ impl Store {
         conn.close().await.map_err(|e| open_error(url, e))?;
         let pool = AnyPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(|e| open_error(url, e))?;
         Ok(Store {
-            pool,
+            db: Db::Pool(pool),
             backend: Backend::Postgres,
             ends: None,
             repos: None,
@@ -185,11 +216,23 @@ impl Store {
     /// A transaction that, on SQLite, holds the write lock from its first statement
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then writes fails
     /// with SQLITE_BUSY instead of waiting when another writer committed in between.
-    pub(super) async fn begin(&self) -> Result<Transaction<'static, Any>> {
+    pub(super) async fn begin<'c>(&self, conn: &'c mut Conn<'_>) -> Result<Transaction<'c, Any>> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => conn.begin().await?,
         })
+    }
+
+    /// A connection to run a statement or a transaction on, waited for at most
+    /// [`ACQUIRE_TIMEOUT`] (as sqlx's pool does, with its error).
+    pub(super) async fn conn(&self) -> Result<Conn<'_>> {
+        match &self.db {
+            Db::Pool(pool) => Ok(Conn::Pooled(pool.acquire().await?)),
+            Db::One(conn) => tokio::time::timeout(ACQUIRE_TIMEOUT, conn.lock())
+                .await
+                .map(Conn::One)
+                .map_err(|_| sqlx::Error::PoolTimedOut.into()),
+        }
     }
 
     /// Applies, in order, every migration of this engine not yet in `schema_migrations`,
@@ -209,14 +252,16 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS schema_migrations \
              (name TEXT PRIMARY KEY, applied BIGINT NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(|e| failed("schema_migrations", e))?;
         for (name, sql) in migrations {
-            let mut tx = self.begin().await.map_err(|e| match e {
+            let as_migration = |e| match e {
                 StoreError::Database(e) => failed(name, e),
                 other => other,
-            })?;
+            };
+            let mut conn = self.conn().await.map_err(as_migration)?;
+            let mut tx = self.begin(&mut conn).await.map_err(as_migration)?;
             let claimed = sqlx::query(
                 "INSERT INTO schema_migrations (name, applied) VALUES ($1, $2) \
                  ON CONFLICT (name) DO NOTHING",
@@ -245,7 +290,7 @@ impl Store {
     pub async fn applied_migrations(&self) -> Result<Vec<(String, i64)>> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT name, applied FROM schema_migrations ORDER BY name")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?;
         Ok(rows)
     }
@@ -265,6 +310,42 @@ mod tests {
         assert_eq!(redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
         assert_eq!(redact("mysql://a:b@c"), "mysql://a:***@c");
         assert_eq!(redact("nonsense"), "nonsense");
+    }
+
+    /// A transaction dropped half-way (its caller's future cancelled) leaves nothing behind
+    /// on SQLite's one connection: the next holder sees none of its writes and can begin.
+    #[tokio::test]
+    async fn a_dropped_transaction_is_rolled_back_before_the_next_holder() {
+        let store = Store::open("sqlite::memory:").await.expect("open");
+        let count = || async {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+                .fetch_one(&mut *store.conn().await.expect("conn"))
+                .await
+                .expect("count");
+            n
+        };
+        sqlx::raw_sql("CREATE TABLE t (v BIGINT)")
+            .execute(&mut *store.conn().await.expect("conn"))
+            .await
+            .expect("create");
+        {
+            let mut conn = store.conn().await.expect("conn");
+            let mut tx = store.begin(&mut conn).await.expect("begin");
+            sqlx::query("INSERT INTO t (v) VALUES (1)")
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        assert_eq!(count().await, 0);
+        let mut conn = store.conn().await.expect("conn");
+        let mut tx = store.begin(&mut conn).await.expect("begin again");
+        sqlx::query("INSERT INTO t (v) VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        drop(conn);
+        assert_eq!(count().await, 1);
     }
 
     #[test]

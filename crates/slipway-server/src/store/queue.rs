@@ -32,7 +32,7 @@ impl Store {
     pub async fn stages(&self, build_id: i64) -> Result<Vec<Stage>> {
         let rows = sqlx::query("SELECT * FROM stages WHERE build_id = $1 ORDER BY number")
             .bind(build_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows::all(&rows, rows::stage)
     }
@@ -40,7 +40,7 @@ impl Store {
     pub async fn stage(&self, id: i64) -> Result<Option<Stage>> {
         sqlx::query("SELECT * FROM stages WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .as_ref()
             .map(rows::stage)
@@ -52,7 +52,7 @@ impl Store {
     pub async fn stage_state(&self, id: i64) -> Result<Option<Stage>> {
         sqlx::query(&format!("{STAGE_STATE} WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?
             .as_ref()
             .map(rows::stage)
@@ -69,7 +69,7 @@ impl Store {
              FROM stages WHERE build_id = $1",
         )
         .bind(build_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(row)
     }
@@ -81,7 +81,7 @@ impl Store {
             "{STAGE_STATE} WHERE build_id = $1 ORDER BY number"
         ))
         .bind(build_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows::all(&rows, rows::stage)
     }
@@ -96,7 +96,7 @@ impl Store {
         ))
         .bind(limit.max(0))
         .bind(after)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows::all(&rows, rows::stage)
     }
@@ -104,7 +104,7 @@ impl Store {
     /// Running stages, oldest first.
     pub async fn running_stages(&self) -> Result<Vec<Stage>> {
         let rows = sqlx::query("SELECT * FROM stages WHERE status = 'running' ORDER BY id")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows::all(&rows, rows::stage)
     }
@@ -115,7 +115,7 @@ impl Store {
             "SELECT COUNT(*) FROM stages WHERE repo_id = $1 AND status = 'running'",
         )
         .bind(repo_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(count)
     }
@@ -139,7 +139,7 @@ impl Store {
         .bind(runner_id)
         .bind(lease_expires)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?
         .as_ref()
         .map(rows::stage)
@@ -165,7 +165,7 @@ impl Store {
         .bind(attempt)
         .bind(runner_id)
         .bind(lease_expires)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         Ok(cancel.map(|c| c != 0))
     }
@@ -197,7 +197,8 @@ impl Store {
         if let Some(attempt) = attempt {
             query = query.bind(attempt);
         }
-        let mut tx = self.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = self.begin(&mut conn).await?;
         if query.execute(&mut *tx).await?.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(false);
@@ -217,7 +218,7 @@ impl Store {
             "SELECT * FROM stages WHERE status = 'running' AND lease_expires < $1 ORDER BY id",
         )
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows::all(&rows, rows::stage)
     }
@@ -226,7 +227,8 @@ impl Store {
     /// runner or lease, every step pending again without exit code, error or times. The
     /// attempt number stays, so the next lease is `attempt + 1`. Whether it applied.
     pub async fn requeue_stage(&self, stage_id: i64, attempt: i64, now: i64) -> Result<bool> {
-        let mut tx = self.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = self.begin(&mut conn).await?;
         // Only a lease that is still expired (no heartbeat came in since it was read) of a
         // stage nobody cancelled meanwhile goes back to the queue.
         let done = sqlx::query(
@@ -260,7 +262,7 @@ impl Store {
     pub async fn extend_running_leases(&self, lease_expires: i64) -> Result<u64> {
         let done = sqlx::query("UPDATE stages SET lease_expires = $1 WHERE status = 'running'")
             .bind(lease_expires)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(done.rows_affected())
     }
@@ -272,7 +274,7 @@ impl Store {
              WHERE build_id = $1 AND status IN ('pending', 'running')",
         )
         .bind(build_id)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -283,7 +285,7 @@ impl Store {
     pub async fn steps(&self, stage_id: i64) -> Result<Vec<Step>> {
         let rows = sqlx::query("SELECT * FROM steps WHERE stage_id = $1 ORDER BY number")
             .bind(stage_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         rows::all(&rows, rows::step)
     }
@@ -295,7 +297,7 @@ impl Store {
              WHERE stages.build_id = $1 ORDER BY stages.number, steps.number",
         )
         .bind(build_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows::all(&rows, rows::step)
     }
@@ -308,7 +310,7 @@ impl Store {
         name: &str,
         update: &StepUpdate,
     ) -> Result<bool> {
-        update_step_on(&self.pool, stage_id, name, update).await
+        update_step_on(&mut *self.conn().await?, stage_id, name, update).await
     }
 
     /// Applies a runner's `writes` about one stage of build `build_id`, in order, in one
@@ -321,9 +323,10 @@ impl Store {
     ) -> Result<()> {
         match writes {
             [] => Ok(()),
-            [one] => apply_write(&self.pool, build_id, stage_id, one).await,
+            [one] => apply_write(&mut *self.conn().await?, build_id, stage_id, one).await,
             many => {
-                let mut tx = self.begin().await?;
+                let mut conn = self.conn().await?;
+                let mut tx = self.begin(&mut conn).await?;
                 for write in many {
                     apply_write(&mut *tx, build_id, stage_id, write).await?;
                 }
@@ -348,7 +351,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<Stage>> {
         lease_head_on(
-            &self.pool,
+            &mut *self.conn().await?,
             self.backend,
             runner_id,
             runner_labels,
@@ -375,7 +378,8 @@ impl Store {
             },
             None => end,
         };
-        let mut tx = self.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = self.begin(&mut conn).await?;
         let ended = end_in(&mut tx, self.backend, &end).await?;
         tx.commit().await?;
         Ok(ended)
@@ -387,7 +391,7 @@ impl Store {
         sqlx::query(CLOSE_OPEN_STEPS)
             .bind(stage_id)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
