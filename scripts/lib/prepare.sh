@@ -158,6 +158,8 @@ BEGIN
   END IF;
 END
 $$;
+-- Lets the tests' DROP DATABASE ... WITH (FORCE) end an autovacuum worker in a test database.
+GRANT pg_signal_backend TO slipway;
 SQL
   if pg_url_works "$SLIPWAY_PG_DEFAULT_URL"; then
     export SLIPWAY_TEST_POSTGRES_URL="$SLIPWAY_PG_DEFAULT_URL"

@@ -122,10 +122,22 @@ impl TestDb {
             let mut conn = sqlx::AnyConnection::connect(admin)
                 .await
                 .expect("admin connection");
-            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-                .expect("drop test database");
+            // FORCE ends the store's connections that are still closing, but a role without
+            // `pg_signal_backend` may not end an autovacuum worker that has just entered the
+            // new database (PostgreSQL refuses with 42501). A plain DROP waits for such a
+            // worker itself, so it is the fallback, retried while our connections go away.
+            let force = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let plain = format!("DROP DATABASE IF EXISTS {name}");
+            let mut result = sqlx::raw_sql(&force).execute(&mut conn).await.map(drop);
+            let mut tries = 0;
+            while let Err(e) = &result {
+                tries += 1;
+                if tries > 20 {
+                    panic!("cannot drop test database {name}: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                result = sqlx::raw_sql(&plain).execute(&mut conn).await.map(drop);
+            }
             conn.close().await.expect("close admin connection");
         }
     }

@@ -247,13 +247,18 @@ fn github_push_builds_with_the_store_in_postgresql() {
         return;
     };
     let db = format!("slipway_e2e_{}", std::process::id());
-    let psql = |sql: &str| {
+    let try_psql = |sql: &str| {
         let out = Command::new("psql")
             .args([base.as_str(), "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("psql runs");
-        assert!(out.status.success(), "{sql}: {}", super::text(&out).1);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{sql}: {}", super::text(&out).1))
+        }
     };
+    let psql = |sql: &str| try_psql(sql).unwrap_or_else(|e| panic!("{e}"));
     psql(&format!("DROP DATABASE IF EXISTS {db}"));
     psql(&format!("CREATE DATABASE {db}"));
     let url = match base.rsplit_once('/') {
@@ -261,7 +266,17 @@ fn github_push_builds_with_the_store_in_postgresql() {
         None => panic!("SLIPWAY_TEST_POSTGRES_URL has no database part: {base}"),
     };
     push_to_build(&["--database-url", &url]);
-    psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    // FORCE may be refused (42501) for an autovacuum worker in the database when the role
+    // lacks `pg_signal_backend`; a plain DROP waits for such a worker itself.
+    let mut dropped = try_psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    for _ in 0..20 {
+        if dropped.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        dropped = try_psql(&format!("DROP DATABASE IF EXISTS {db}"));
+    }
+    dropped.unwrap_or_else(|e| panic!("cannot drop the test database: {e}"));
 }
 
 fn push_to_build(extra: &[&str]) {
