@@ -1,9 +1,14 @@
 //! Build logs on disk: one append-only file per step and attempt, each line written exactly
 //! once, and followed live.
 //!
-//! Layout under the log root: `<build id>/<stage id>/<attempt>/<step>.log`, one line of
+//! Layout under the log root: `<build id>/<stage id>.<attempt>.<step>.log`, one line of
 //! output per line of file (the engine guarantees lines hold no `\n`). The step name is
-//! percent-encoded for the file name. The raw download of a step's log is that file.
+//! percent-encoded for the file name. The raw download of a step's log is that file. One
+//! directory a build, not one a stage and attempt: a new directory costs the file system
+//! an inode as a file does, and two of them a stage were most of what storing a short
+//! stage's log cost. Log roots of the earlier nested layout
+//! (`<build>/<stage>/<attempt>/<step>.log`) are moved into this one when opened, once
+//! (the root's `LAYOUT` file says it is done).
 //!
 //! Invariants:
 //! - **Exactly once.** Runners number the lines of a (stage, attempt, step) from 0. A batch
@@ -104,6 +109,7 @@ impl LogStore {
             path: root.clone(),
             source,
         })?;
+        migrate_nested_layout(&root)?;
         let (published, _) = broadcast::channel(1024);
         Ok(LogStore {
             inner: Arc::new(Inner {
@@ -120,9 +126,11 @@ impl LogStore {
         self.inner
             .root
             .join(key.build_id.to_string())
-            .join(key.stage_id.to_string())
-            .join(key.attempt.to_string())
-            .join(format!("{}.log", encode_name(&key.step)))
+            .join(file_name(
+                key.stage_id,
+                key.attempt,
+                &encode_name(&key.step),
+            ))
     }
 
     /// Appends the lines numbered `first_seq..` that are not stored yet. Blocking file IO
@@ -453,6 +461,79 @@ fn read_lines(path: &Path, from_seq: u64) -> Result<Vec<String>, LogError> {
     Ok(out)
 }
 
+/// The file of a step's log in its build's directory; `encoded_step` as [`encode_name`]
+/// makes it (or as the nested layout stored it: the same encoding).
+fn file_name(stage_id: i64, attempt: i64, encoded_step: &str) -> String {
+    format!("{stage_id}.{attempt}.{encoded_step}.log")
+}
+
+/// The root's record that its logs are in the flat layout.
+const LAYOUT_FILE: &str = "LAYOUT";
+const LAYOUT: &str = "flat: <build>/<stage>.<attempt>.<step>.log\n";
+
+/// Moves the logs of the nested layout, `<build>/<stage>/<attempt>/<step>.log`, to
+/// `<build>/<stage>.<attempt>.<step>.log`, and removes the emptied directories; then
+/// writes `LAYOUT`, so later opens skip the walk. Each move is one rename, so a crash
+/// half-way loses nothing: the next open goes on where this one stopped.
+fn migrate_nested_layout(root: &Path) -> Result<(), LogError> {
+    let marker = root.join(LAYOUT_FILE);
+    if marker.exists() {
+        return Ok(());
+    }
+    let io_err = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LogError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let numbered_dirs = |dir: &Path| -> Result<Vec<(String, PathBuf)>, LogError> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err("reading", dir))? {
+            let entry = entry.map_err(io_err("reading", dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_dir = entry
+                .file_type()
+                .map_err(io_err("reading", &entry.path()))?
+                .is_dir();
+            if is_dir && name.parse::<i64>().is_ok() {
+                found.push((name, entry.path()));
+            }
+        }
+        Ok(found)
+    };
+    let mut moved = 0usize;
+    for (_, build_dir) in numbered_dirs(root)? {
+        for (stage, stage_dir) in numbered_dirs(&build_dir)? {
+            for (attempt, attempt_dir) in numbered_dirs(&stage_dir)? {
+                for entry in
+                    std::fs::read_dir(&attempt_dir).map_err(io_err("reading", &attempt_dir))?
+                {
+                    let entry = entry.map_err(io_err("reading", &attempt_dir))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Some(step) = name.strip_suffix(".log") else {
+                        continue;
+                    };
+                    let to = build_dir.join(format!("{stage}.{attempt}.{step}.log"));
+                    std::fs::rename(entry.path(), &to).map_err(io_err("moving", &entry.path()))?;
+                    moved += 1;
+                }
+                // Only an emptied directory goes; anything else left in it stays.
+                let _ = std::fs::remove_dir(&attempt_dir);
+            }
+            let _ = std::fs::remove_dir(&stage_dir);
+        }
+    }
+    if moved > 0 {
+        tracing::info!(
+            "moved {moved} step logs under {} to one directory a build",
+            root.display()
+        );
+    }
+    std::fs::write(&marker, LAYOUT).map_err(io_err("writing", &marker))
+}
+
 /// Longest encoded step name kept whole; longer ones are cut and given a hash of the whole
 /// name, so every name fits a file name (255 bytes) with `.log`.
 const MAX_ENCODED_NAME: usize = 200;
@@ -618,6 +699,35 @@ mod tests {
         store.append(&k, 7, lines(7..8)).await.expect("append");
         let (first, got) = follower.next_chunk(5).await.expect("open").expect("chunk");
         assert_eq!((first, got), (7, lines(7..8)));
+    }
+
+    #[tokio::test]
+    async fn logs_of_the_nested_layout_are_moved_once_and_read_as_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("1").join("2").join("1");
+        std::fs::create_dir_all(&old).expect("mkdir");
+        std::fs::write(old.join("a%2Fb.log"), "line 0\nline 1\n").expect("write");
+        std::fs::write(old.join("notes.txt"), "not a log").expect("write");
+        std::fs::create_dir_all(dir.path().join("1").join("3").join("2")).expect("mkdir");
+
+        let store = LogStore::open(dir.path(), true).expect("open");
+        let k = key("a/b");
+        assert_eq!(store.path(&k), dir.path().join("1").join("2.1.a%2Fb.log"));
+        assert_eq!(store.read_from(&k, 0).await.expect("read"), lines(0..2));
+        // Numbering goes on from the moved file.
+        let out = store.append(&k, 2, lines(2..3)).await.expect("append");
+        assert_eq!(out.next_seq, 3);
+        // What is not a log stays where it was, and so does its directory; emptied ones go.
+        assert!(old.join("notes.txt").exists());
+        assert!(!dir.path().join("1").join("3").exists());
+        assert!(dir.path().join(LAYOUT_FILE).exists());
+        drop(store);
+
+        // Reopening walks nothing: a nested log put back now stays where it is.
+        std::fs::write(old.join("late.log"), "x\n").expect("write");
+        let store = LogStore::open(dir.path(), true).expect("reopen");
+        assert!(old.join("late.log").exists());
+        assert_eq!(store.read_from(&k, 0).await.expect("read"), lines(0..3));
     }
 
     #[test]
