@@ -8,15 +8,19 @@
 #
 # Side by side, in the same run, the same 1,000 stages with no scheduler at all: 4
 # `slipway exec` processes at once, each running 250 of them one after the other (a file
-# of 250 such pipelines, each `depends_on` the one before), before and after the server's
-# run. Both runs have 4 stages in flight on the same cores, so what one stage costs a slot
-# includes, in both, the other slots' steps competing for the CPU.
+# of 250 such pipelines, each `depends_on` the one before). ROUNDS rounds (default 3)
+# through the server, each between two such runs: the shared machine's load moves by more
+# than the figure's margin between minutes, so one round says little, and the median of
+# rounds each compared with its neighbours is the figure. Both kinds of run have 4 stages
+# in flight on the same cores, so what one stage costs a slot includes, in both, the other
+# slots' steps competing for the CPU.
 #
-#   wall        = last build's `finished` - the moment the first trigger was sent
+#   wall        = a round's last build's `finished` - the moment its first trigger was sent
 #   slot        = wall x 4 runners / 1,000 stages     (what one stage costs a runner slot)
 #   direct slot = (last `pipeline_finished` - first event of the 4 `slipway exec`, each
-#                 with a work root of its own) x 4 / 1,000, the mean of the two runs
-#   overhead    = slot - direct slot      (target: under 5 ms a stage)
+#                 with a work root of its own) x 4 / 1,000, the mean of the runs just
+#                 before and after the round
+#   overhead    = slot - direct slot, median of the rounds    (target: under 5 ms a stage)
 # Also printed: the earlier formula, slot - the engine's time for one such stage alone
 # (`slipway exec --json` of a one-pipeline file, REPS times, mean of first event to
 # `pipeline_finished` on the engine's millisecond clock), which charges the scheduler with
@@ -34,6 +38,7 @@ BUILDS="${BUILDS:-10}"
 PIPELINES="${PIPELINES:-100}"
 RUNNERS=4
 REPS="${REPS:-30}"
+ROUNDS="${ROUNDS:-3}"
 ADMIN="bench-$(random_hex 16)"
 
 work=$(mktemp -d)
@@ -92,12 +97,12 @@ done
   --server "$url" --token "$ADMIN" --json >/dev/null
 say "slipway server at $url, $RUNNERS runners; $BUILDS builds x $PIPELINES stages"
 
-python3 - "$url" "$ADMIN" "$BUILDS" "$PIPELINES" "$RUNNERS" "$REPS" "$bin" "$work/one" \
+python3 - "$url" "$ADMIN" "$BUILDS" "$PIPELINES" "$RUNNERS" "$REPS" "$ROUNDS" "$bin" "$work/one" \
   "$work/chain" "${pids[0]}" "${pids[@]:2}" <<'PY'
 import json, os, statistics, subprocess, sys, time, urllib.request
 
-url, admin, builds, pipelines, runners, reps, bin, one, chain, server_pid, *runner_pids = sys.argv[1:]
-builds, pipelines, runners, reps = int(builds), int(pipelines), int(runners), int(reps)
+url, admin, builds, pipelines, runners, reps, rounds, bin, one, chain, server_pid, *runner_pids = sys.argv[1:]
+builds, pipelines, runners, reps, rounds = int(builds), int(pipelines), int(runners), int(reps), int(rounds)
 
 def cpu_ms(pid):
     """User + system CPU of a process and of its waited-for children (a runner's steps)."""
@@ -147,47 +152,60 @@ def direct():
         raise SystemExit(f"the chains ran {len(ends)} stages, not {chain_stages}")
     return (max(ends) - first) * runners / chain_stages
 
-direct_before = direct()
+def server_round():
+    """One round through the server: `builds` builds triggered one after the other, until
+    all of them finished."""
+    cpu_before = [cpu_ms(server_pid)] + [cpu_ms(p) for p in runner_pids]
+    t0 = time.time() * 1000
+    numbers = [api("POST", "/api/repos/bench/sched/builds", {"branch": "main"})["number"]
+               for _ in range(builds)]
+    t_triggered = time.time() * 1000
+    deadline = time.time() + 600
+    while True:
+        # The list (no stages) while waiting, so watching costs the server little.
+        listed = api("GET", f"/api/repos/bench/sched/builds?limit={builds + 5}")
+        if all(b["status"] not in ("pending", "running") for b in listed if b["number"] in numbers):
+            break
+        if time.time() > deadline:
+            raise SystemExit("the builds did not finish in 10 minutes")
+        time.sleep(0.2)
+    cpu_after = [cpu_ms(server_pid)] + [cpu_ms(p) for p in runner_pids]
+    done = [api("GET", f"/api/repos/bench/sched/builds/{n}") for n in numbers]
+    bad = [b for b in done if b["status"] != "success"]
+    if bad:
+        raise SystemExit(f"build #{bad[0]['number']} ended {bad[0]['status']}: {bad[0].get('error')}")
+    all_stages = [s for b in done for s in b["stages"]]
+    assert len(all_stages) == stages, len(all_stages)
+    wall = max(b["finished"] for b in done) - t0
+    per_runner = {}
+    for s in all_stages:
+        per_runner.setdefault(s["runner_id"], []).append(s)
+    # A runner's idle time between the end of one stage and the lease of its next.
+    gaps = []
+    for mine in per_runner.values():
+        mine.sort(key=lambda s: s["started"])
+        gaps += [b["started"] - a["finished"] for a, b in zip(mine, mine[1:])]
+    return {
+        "triggers": t_triggered - t0,
+        "per_runner": sorted(len(v) for v in per_runner.values()),
+        "wall": wall,
+        "slot": wall * runners / stages,
+        "lease_to_done": statistics.median(s["finished"] - s["started"] for s in all_stages),
+        "gap": statistics.median(gaps),
+        "server_cpu": (cpu_after[0] - cpu_before[0]) / stages,
+        "runner_cpu": sum(a - b for a, b in zip(cpu_after[1:], cpu_before[1:])) / stages,
+    }
 
-# --- through the server ---
-cpu_before = [cpu_ms(server_pid)] + [cpu_ms(p) for p in runner_pids]
-t0 = time.time() * 1000
-numbers = [api("POST", "/api/repos/bench/sched/builds", {"branch": "main"})["number"]
-           for _ in range(builds)]
-t_triggered = time.time() * 1000
-deadline = time.time() + 600
-while True:
-    # The list (no stages) while waiting, so watching costs the server little.
-    listed = api("GET", f"/api/repos/bench/sched/builds?limit={builds + 5}")
-    if all(b["status"] not in ("pending", "running") for b in listed if b["number"] in numbers):
-        break
-    if time.time() > deadline:
-        raise SystemExit("the builds did not finish in 10 minutes")
-    time.sleep(0.2)
-cpu_after = [cpu_ms(server_pid)] + [cpu_ms(p) for p in runner_pids]
-server_cpu = (cpu_after[0] - cpu_before[0]) / stages
-runner_cpu = sum(a - b for a, b in zip(cpu_after[1:], cpu_before[1:])) / stages
-done = [api("GET", f"/api/repos/bench/sched/builds/{n}") for n in numbers]
-bad = [b for b in done if b["status"] != "success"]
-if bad:
-    raise SystemExit(f"build #{bad[0]['number']} ended {bad[0]['status']}: {bad[0].get('error')}")
-all_stages = [s for b in done for s in b["stages"]]
-assert len(all_stages) == stages, len(all_stages)
-wall = max(b["finished"] for b in done) - t0
-slot = wall * runners / stages
-lease_to_done = statistics.median(s["finished"] - s["started"] for s in all_stages)
-per_runner = {}
-for s in all_stages:
-    per_runner.setdefault(s["runner_id"], []).append(s)
-# A runner's idle time between the end of one stage and the lease of its next.
-gaps = []
-for mine in per_runner.values():
-    mine.sort(key=lambda s: s["started"])
-    gaps += [b["started"] - a["finished"] for a, b in zip(mine, mine[1:])]
-gap = statistics.median(gaps)
-
-direct_after = direct()
-direct_slot = (direct_before + direct_after) / 2
+# Rounds through the server, each between two runs without it: a round is compared with
+# the mean of the runs just before and after it, and the median round is the figure.
+directs = [direct()]
+results = []
+for _ in range(rounds):
+    results.append(server_round())
+    directs.append(direct())
+for i, r in enumerate(results):
+    r["direct"] = (directs[i] + directs[i + 1]) / 2
+    r["overhead"] = r["slot"] - r["direct"]
 
 # --- the engine alone, same machine, same run ---
 engine, process = [], []
@@ -200,20 +218,27 @@ for _ in range(reps):
     engine.append(max(times) - min(times))
 engine_ms, process_ms = statistics.mean(engine), statistics.median(process)
 
-print(f"{stages} no-op exec stages ({builds} builds x {pipelines}) through {runners} runners of capacity 1")
-print(f"  triggers sent in {t_triggered - t0:.0f} ms; stages per runner: {sorted(len(v) for v in per_runner.values())}")
-print(f"  wall, first trigger to last build finished: {wall / 1000:.2f} s")
-print(f"  per stage per runner slot: {wall:.0f} ms x {runners} / {stages} = {slot:.2f} ms")
-print(f"  no scheduler, {runners} slipway exec at once, a chain of {stages // runners} stages each:"
-      f" {direct_before:.2f} ms a stage a slot before, {direct_after:.2f} ms after")
-print("    (one engine run a chain, where the runners make one a stage: its set-up, such as the")
-print("    build's id and directory, counts as overhead here, so the figure is an upper bound)")
+print(f"{stages} no-op exec stages ({builds} builds x {pipelines}) through {runners} runners of capacity 1,"
+      f" {rounds} rounds, each between two runs of the same stages with no scheduler"
+      f" ({runners} slipway exec at once, a chain of {stages // runners} stages each)")
+print("  (one engine run a chain, where the runners make one a stage: its set-up, such as the")
+print("  build's id and directory, counts as overhead here, so the figure is an upper bound)")
+for i, r in enumerate(results, 1):
+    print(f"  round {i}: triggers sent in {r['triggers']:.0f} ms; stages per runner {r['per_runner']};"
+          f" wall {r['wall'] / 1000:.2f} s; slot {r['wall']:.0f} ms x {runners} / {stages} = {r['slot']:.2f} ms;"
+          f" no scheduler {r['direct']:.2f} ms; overhead {r['overhead']:.2f} ms")
+    print(f"    medians: lease to done {r['lease_to_done']:.1f} ms, a runner's done to its next lease"
+          f" {r['gap']:.1f} ms; CPU a stage, triggers included: server {r['server_cpu']:.2f} ms,"
+          f" runners {r['runner_cpu']:.2f} ms (with their step processes), on {os.cpu_count()} cores")
+runs = ", ".join(f"{d:.2f}" for d in directs)
+print(f"  no scheduler, each run: {runs} ms a stage a slot")
 print(f"  engine alone per stage (slipway exec, first event to pipeline_finished, mean of {reps}): {engine_ms:.2f} ms")
 print(f"    (whole slipway exec process, median: {process_ms:.1f} ms)")
-print(f"  as the server saw it, medians: lease to done {lease_to_done:.1f} ms, a runner's done to its next lease {gap:.1f} ms")
-print(f"  CPU per stage, triggers included: server {server_cpu:.2f} ms, runners {runner_cpu:.2f} ms"
-      f" (with their step processes), on {os.cpu_count()} cores")
-print(f"  earlier formula, slot - engine alone: {slot:.2f} - {engine_ms:.2f} = {slot - engine_ms:.2f} ms")
-print(f"scheduler overhead per stage: {slot:.2f} - {direct_slot:.2f} = {slot - direct_slot:.2f} ms"
-      f" (target < 5 ms); ratio {slot / direct_slot:.2f}")
+median = sorted(results, key=lambda r: r["overhead"])[len(results) // 2]
+print(f"  earlier formula, median round's slot - engine alone: {median['slot']:.2f} - {engine_ms:.2f}"
+      f" = {median['slot'] - engine_ms:.2f} ms")
+each = ", ".join(f"{r['overhead']:.2f}" for r in results)
+print(f"scheduler overhead per stage, median of {rounds} rounds: {median['slot']:.2f} - {median['direct']:.2f}"
+      f" = {median['overhead']:.2f} ms (rounds: {each}; target < 5 ms);"
+      f" ratio {median['slot'] / median['direct']:.2f}")
 PY

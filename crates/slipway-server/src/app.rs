@@ -99,7 +99,7 @@ impl Server {
             Some(key) => SecretBox::from_key_text(key)?,
             None => SecretBox::load_or_create(&data.join("secret.key"))?,
         };
-        let logs = LogStore::open(data.join("logs"), config.durable_logs)?;
+        let logs = LogStore::open(data.join("logs"), config.durable_logs, Some(store.clone()))?;
         let mirrors = Mirrors::new(data.join("mirrors"));
 
         let mut first_admin_token = None;

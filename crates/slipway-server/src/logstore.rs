@@ -10,6 +10,16 @@
 //! (`<build>/<stage>/<attempt>/<step>.log`) are moved into this one when opened, once
 //! (the root's `LAYOUT` file says it is done).
 //!
+//! **Short steps' logs go to the store instead.** A step that starts, prints and ends
+//! within one report of its runner (most steps of a quick stage: the runner lets a batch
+//! gather for a moment, and a stage's last batch travels with its end) has its whole log
+//! in that report. Such a log, up to [`MAX_STORED_WHOLE`] bytes, is written to the store's
+//! `step_logs` table in the report's own transaction ([`LogStore::may_store_whole`], then
+//! a `ReportWrite::Log`), not to a file: a file costs an inode and an `fdatasync` of its
+//! own, which were most of what a short stage's log cost, where the report's commit is
+//! paid anyway. Reads look for the file first, then the store, so callers see one kind of
+//! log.
+//!
 //! Invariants:
 //! - **Exactly once.** Runners number the lines of a (stage, attempt, step) from 0. A batch
 //!   is appended only from the next number the file lacks: lines already stored are skipped
@@ -29,6 +39,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
+
+use crate::store::{Store, StoreError};
 
 /// Which log: one step of one attempt of one stage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,6 +75,8 @@ pub enum LogError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("reading a step's log from the database: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// What [`LogStore::append`] did.
@@ -88,6 +102,9 @@ pub struct LogStore {
 struct Inner {
     root: PathBuf,
     durable: bool,
+    /// Where the logs of short steps are ([`LogStore::may_store_whole`]); none in the
+    /// tests of this file alone.
+    stored: Option<Arc<Store>>,
     open: Mutex<HashMap<LogKey, Arc<Mutex<OpenLog>>>>,
     published: broadcast::Sender<Appended>,
 }
@@ -101,8 +118,12 @@ impl std::fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// Logs under `root` (created when missing).
-    pub fn open(root: impl Into<PathBuf>, durable: bool) -> Result<LogStore, LogError> {
+    /// Logs under `root` (created when missing), and in `stored` those of short steps.
+    pub fn open(
+        root: impl Into<PathBuf>,
+        durable: bool,
+        stored: Option<Arc<Store>>,
+    ) -> Result<LogStore, LogError> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|source| LogError::Io {
             action: "creating",
@@ -115,6 +136,7 @@ impl LogStore {
             inner: Arc::new(Inner {
                 root,
                 durable,
+                stored,
                 open: Mutex::new(HashMap::new()),
                 published,
             }),
@@ -153,12 +175,7 @@ impl LogStore {
                     source: io::Error::other(e.to_string()),
                 })??;
         if let Some((first, lines)) = fresh {
-            // Nobody listening is fine.
-            let _ = self.inner.published.send(Appended {
-                key,
-                first_seq: first,
-                lines: Arc::new(lines),
-            });
+            self.publish(key, first, lines);
         }
         Ok(outcome)
     }
@@ -190,13 +207,7 @@ impl LogStore {
             ));
         }
         let fresh: Vec<String> = lines.into_iter().skip(skip).collect();
-        let mut buf = Vec::with_capacity(fresh.iter().map(|l| l.len() + 1).sum());
-        for line in &fresh {
-            // A line never holds `\n` (the engine splits on it); a stray `\r\n` pair or
-            // bare `\n` from elsewhere would break numbering, so it is replaced.
-            buf.extend(line.bytes().map(|b| if b == b'\n' { b' ' } else { b }));
-            buf.push(b'\n');
-        }
+        let buf = log_text(&fresh).into_bytes();
         let path = self.path(key);
         let io_err = |source| LogError::Io {
             action: "writing",
@@ -281,13 +292,76 @@ impl LogStore {
     /// Every line of a log from `from_seq` on (an empty list when there is no log).
     pub async fn read_from(&self, key: &LogKey, from_seq: u64) -> Result<Vec<String>, LogError> {
         let path = self.path(key);
-        tokio::task::spawn_blocking(move || read_lines(&path, from_seq))
+        let from_file = tokio::task::spawn_blocking(move || read_lines(&path, from_seq))
             .await
             .map_err(|e| LogError::Io {
                 action: "reading",
                 path: self.path(key),
                 source: io::Error::other(e.to_string()),
-            })?
+            })??;
+        if let Some(lines) = from_file {
+            return Ok(lines);
+        }
+        let skip = usize::try_from(from_seq).unwrap_or(usize::MAX);
+        Ok(match self.stored_whole(key).await? {
+            Some(text) => stored_lines(&text).skip(skip).map(str::to_owned).collect(),
+            None => Vec::new(),
+        })
+    }
+
+    /// A log's bytes as stored, each line ended by `\n` (empty when there is no log): the
+    /// raw download.
+    pub async fn raw(&self, key: &LogKey) -> Result<Vec<u8>, LogError> {
+        let path = self.path(key);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(self
+                .stored_whole(key)
+                .await?
+                .map(String::into_bytes)
+                .unwrap_or_default()),
+            Err(source) => Err(LogError::Io {
+                action: "reading",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// The log of a short step as the store holds it.
+    async fn stored_whole(&self, key: &LogKey) -> Result<Option<String>, LogError> {
+        match &self.inner.stored {
+            Some(store) => Ok(store.step_log(key.stage_id, key.attempt, &key.step).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the whole log of a step, `bytes` long with its line ends, from its first
+    /// line on, may be stored with the report that also ends the step, instead of in a
+    /// file: it fits [`MAX_STORED_WHOLE`] and no file holds any of its lines. The caller
+    /// writes it with that report (a `ReportWrite::Log` of [`log_text`]) and then tells
+    /// followers with [`LogStore::publish`].
+    pub fn may_store_whole(&self, key: &LogKey, bytes: usize) -> bool {
+        self.inner.stored.is_some()
+            && bytes <= MAX_STORED_WHOLE
+            && !self
+                .inner
+                .open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(key)
+            && !self.path(key).exists()
+    }
+
+    /// Tells followers of lines stored elsewhere (see [`LogStore::may_store_whole`]), once
+    /// they are committed.
+    pub fn publish(&self, key: LogKey, first_seq: u64, lines: Vec<String>) {
+        // Nobody listening is fine.
+        let _ = self.inner.published.send(Appended {
+            key,
+            first_seq,
+            lines: Arc::new(lines),
+        });
     }
 
     /// Published appends, for live views. Subscribe *before* reading the file (see
@@ -423,10 +497,11 @@ fn count_complete_lines(file: &mut std::fs::File) -> io::Result<(u64, u64)> {
     Ok((lines, complete))
 }
 
-fn read_lines(path: &Path, from_seq: u64) -> Result<Vec<String>, LogError> {
+/// The lines of a log file from `from_seq` on; `None` when there is no such file.
+fn read_lines(path: &Path, from_seq: u64) -> Result<Option<Vec<String>>, LogError> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(LogError::Io {
                 action: "opening",
@@ -458,7 +533,36 @@ fn read_lines(path: &Path, from_seq: u64) -> Result<Vec<String>, LogError> {
         }
         seq += 1;
     }
-    Ok(out)
+    Ok(Some(out))
+}
+
+/// Largest log (in bytes, with its line ends) stored whole with the report that ends its
+/// step; a longer one goes to a file as every log that arrives in parts does.
+pub const MAX_STORED_WHOLE: usize = 16 * 1024;
+
+/// Lines as a log stores them: each ended by `\n`. A line never holds `\n` (the engine
+/// splits on it); a stray one from elsewhere would break numbering, so it is replaced.
+pub fn log_text(lines: &[String]) -> String {
+    let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for line in lines {
+        if line.contains('\n') {
+            text.push_str(&line.replace('\n', " "));
+        } else {
+            text.push_str(line);
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// The lines of a log stored whole ([`log_text`]); `\r` stays part of its line, as in a
+/// file.
+fn stored_lines(text: &str) -> impl Iterator<Item = &str> {
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    (!text.is_empty())
+        .then(|| body.split('\n'))
+        .into_iter()
+        .flatten()
 }
 
 /// The file of a step's log in its build's directory; `encoded_step` as [`encode_name`]
@@ -585,7 +689,7 @@ mod tests {
     #[tokio::test]
     async fn appends_once_skips_resent_and_refuses_gaps() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path(), true).expect("open");
+        let store = LogStore::open(dir.path(), true, None).expect("open");
         let k = key("build");
         let out = store.append(&k, 0, lines(0..3)).await.expect("append");
         assert_eq!(
@@ -627,7 +731,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let k = key("test step/with odd:name");
         let path = {
-            let store = LogStore::open(dir.path(), true).expect("open");
+            let store = LogStore::open(dir.path(), true, None).expect("open");
             store.append(&k, 0, lines(0..4)).await.expect("append");
             store.path(&k)
         };
@@ -638,7 +742,7 @@ mod tests {
             .expect("open log");
         f.write_all(b"line 4 half").expect("write");
         drop(f);
-        let store = LogStore::open(dir.path(), true).expect("reopen");
+        let store = LogStore::open(dir.path(), true, None).expect("reopen");
         let out = store.append(&k, 4, lines(4..6)).await.expect("append");
         assert_eq!(
             out,
@@ -653,7 +757,7 @@ mod tests {
     #[tokio::test]
     async fn follower_sees_stored_then_live_lines_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path(), false).expect("open");
+        let store = LogStore::open(dir.path(), false, None).expect("open");
         let k = key("s");
         store.append(&k, 0, lines(0..3)).await.expect("append");
         let mut follower = store.follow(k.clone());
@@ -688,7 +792,7 @@ mod tests {
     #[tokio::test]
     async fn chunks_take_every_line_at_hand_up_to_the_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LogStore::open(dir.path(), false).expect("open");
+        let store = LogStore::open(dir.path(), false, None).expect("open");
         let k = key("s");
         store.append(&k, 0, lines(0..7)).await.expect("append");
         let mut follower = store.follow(k.clone());
@@ -710,7 +814,7 @@ mod tests {
         std::fs::write(old.join("notes.txt"), "not a log").expect("write");
         std::fs::create_dir_all(dir.path().join("1").join("3").join("2")).expect("mkdir");
 
-        let store = LogStore::open(dir.path(), true).expect("open");
+        let store = LogStore::open(dir.path(), true, None).expect("open");
         let k = key("a/b");
         assert_eq!(store.path(&k), dir.path().join("1").join("2.1.a%2Fb.log"));
         assert_eq!(store.read_from(&k, 0).await.expect("read"), lines(0..2));
@@ -725,7 +829,7 @@ mod tests {
 
         // Reopening walks nothing: a nested log put back now stays where it is.
         std::fs::write(old.join("late.log"), "x\n").expect("write");
-        let store = LogStore::open(dir.path(), true).expect("reopen");
+        let store = LogStore::open(dir.path(), true, None).expect("reopen");
         assert!(old.join("late.log").exists());
         assert_eq!(store.read_from(&k, 0).await.expect("read"), lines(0..3));
     }

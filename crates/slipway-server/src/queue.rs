@@ -24,7 +24,7 @@
 //!   reset, up to [`crate::config::ServerConfig::max_attempts`] attempts in all; then the
 //!   stage fails. Logs of earlier attempts stay on disk under their attempt number.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -606,6 +606,11 @@ enum Notice {
         step: String,
         time: i64,
     },
+    /// A short step's whole log, stored with the report (see [`whole_logs`]).
+    Lines {
+        step: String,
+        lines: Vec<String>,
+    },
     Finished {
         step: String,
         status: Status,
@@ -614,20 +619,71 @@ enum Notice {
     },
 }
 
+fn log_key(stage: &StageKey, step: String) -> LogKey {
+    LogKey {
+        build_id: stage.build_id,
+        stage_id: stage.id,
+        attempt: stage.attempt,
+        step,
+    }
+}
+
+/// The steps of a batch whose whole log is in it, to be stored with the batch's writes
+/// rather than appended to files ([`LogStore::may_store_whole`]): each ends in the batch,
+/// and its lines in the batch start at its first line, follow on without a gap, and all
+/// come before its end.
+fn whole_logs(state: &AppState, stage: &StageKey, events: &[StageEvent]) -> HashSet<String> {
+    // Per step: the next line number expected, the bytes so far, whether it still qualifies.
+    let mut seen: HashMap<&str, (u64, usize, bool)> = HashMap::new();
+    let mut whole = HashSet::new();
+    for event in events {
+        match event {
+            StageEvent::Log {
+                step,
+                first_seq,
+                lines,
+            } => {
+                let entry = seen.entry(step.as_str()).or_insert((0, 0, true));
+                entry.2 &= *first_seq == entry.0;
+                entry.0 = first_seq + lines.len() as u64;
+                entry.1 += lines.iter().map(|l| l.line.len() + 1).sum::<usize>();
+            }
+            StageEvent::StepFinished { step, .. } => {
+                let (_, bytes, contiguous) = seen.remove(step.as_str()).unwrap_or((0, 0, true));
+                if contiguous
+                    && bytes > 0
+                    && state
+                        .logs
+                        .may_store_whole(&log_key(stage, step.clone()), bytes)
+                {
+                    whole.insert(step.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    // A step whose lines come after its end in the batch is not whole here.
+    whole.retain(|step| !seen.contains_key(step.as_str()));
+    whole
+}
+
 /// Appends a batch's log lines, in order, and turns the rest into a [`Report`]. A step
-/// that starts and ends within the batch (a short step) is one write.
+/// that starts and ends within the batch (a short step) is one write, and its log is
+/// stored with it ([`whole_logs`]).
 async fn take_events(
     state: &AppState,
     stage: &StageKey,
     events: Vec<StageEvent>,
 ) -> Result<Report, QueueError> {
-    let ending: std::collections::HashSet<String> = events
+    let ending: HashSet<String> = events
         .iter()
         .filter_map(|e| match e {
             StageEvent::StepFinished { step, .. } => Some(step.clone()),
             _ => None,
         })
         .collect();
+    let whole = whole_logs(state, stage, &events);
+    let mut gathered: HashMap<String, Vec<String>> = HashMap::new();
     let mut starts = BTreeMap::new();
     let mut report = Report {
         writes: Vec::new(),
@@ -657,14 +713,13 @@ async fn take_events(
                 first_seq,
                 lines,
             } => {
-                let key = LogKey {
-                    build_id: stage.build_id,
-                    stage_id: stage.id,
-                    attempt: stage.attempt,
-                    step,
-                };
-                let lines = lines.into_iter().map(|l| l.line).collect();
-                state.logs.append(&key, first_seq, lines).await?;
+                let lines = lines.into_iter().map(|l| l.line);
+                if whole.contains(&step) {
+                    gathered.entry(step).or_default().extend(lines);
+                } else {
+                    let key = log_key(stage, step);
+                    state.logs.append(&key, first_seq, lines.collect()).await?;
+                }
             }
             StageEvent::Artifact {
                 image,
@@ -693,6 +748,17 @@ async fn take_events(
                 time,
                 error,
             } => {
+                if let Some(lines) = gathered.remove(&step) {
+                    report.writes.push(ReportWrite::Log {
+                        step: step.clone(),
+                        attempt: stage.attempt,
+                        text: crate::logstore::log_text(&lines),
+                    });
+                    report.notices.push(Notice::Lines {
+                        step: step.clone(),
+                        lines,
+                    });
+                }
                 report.writes.push(ReportWrite::Step {
                     name: step.clone(),
                     update: StepUpdate {
@@ -720,6 +786,9 @@ impl Report {
     async fn publish(self, state: &AppState, stage: &StageKey) -> Result<(), QueueError> {
         for notice in self.notices {
             match notice {
+                Notice::Lines { step, lines } => {
+                    state.logs.publish(log_key(stage, step), 0, lines);
+                }
                 Notice::Started { step, time } => {
                     state
                         .step_starts
@@ -861,6 +930,7 @@ pub async fn done(
         // Ended meanwhile (the lease expired just now, or a cancel finished it), or ended by
         // this very report before (a resend).
         state.leased.remove(stage_id);
+        keep_whole_logs_of_refused_end(state, &current, &report).await?;
         return match state.store.stage_state(stage_id).await? {
             Some(stage) if stage.attempt == attempt && stage.status.is_done() => Ok(None),
             _ => Err(lost),
@@ -885,6 +955,26 @@ pub async fn done(
     builds::settle(state, stage.build_id).await?;
     state.queue.notify_waiters();
     Ok(next)
+}
+
+/// The whole logs a refused end carried were not written with it: they go to files, as
+/// any log of an attempt that lost its lease does, unless a first delivery of this same
+/// end stored them already.
+async fn keep_whole_logs_of_refused_end(
+    state: &AppState,
+    stage: &StageKey,
+    report: &Report,
+) -> Result<(), QueueError> {
+    for notice in &report.notices {
+        if let Notice::Lines { step, lines } = notice {
+            let stored = state.store.step_log(stage.id, stage.attempt, step).await?;
+            if stored.is_none() {
+                let key = log_key(stage, step.clone());
+                state.logs.append(&key, 0, lines.clone()).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every second: stages whose runner stopped heartbeating go back to the queue, or fail

@@ -299,20 +299,14 @@ pub async fn log_key(
 }
 
 async fn raw_log(state: &AppState, key: &LogKey) -> Result<Response, ApiError> {
-    let path = state.logs.path(key);
-    match tokio::fs::read(&path).await {
+    match state.logs.raw(key).await {
         Ok(bytes) => {
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            Vec::new(),
-        )
-            .into_response()),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            format!("reading {}: {e}", path.display()),
+            e.to_string(),
         )),
     }
 }

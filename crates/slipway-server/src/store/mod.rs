@@ -322,6 +322,14 @@ pub enum ReportWrite {
         digest: String,
         now: i64,
     },
+    /// The whole log of the step `step` of attempt `attempt`, every line ended by `\n`
+    /// (see [`Store::step_log`]). Written once: the same log again (a resent report) is
+    /// a no-op.
+    Log {
+        step: String,
+        attempt: i64,
+        text: String,
+    },
 }
 
 /// A runner's end of the stage it holds, for [`Store::end_leased_stage`]. It owns its

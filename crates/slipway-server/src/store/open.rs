@@ -16,15 +16,27 @@ use super::{Backend, Result, Store, StoreError};
 /// the next file instead.
 type Migrations = &'static [(&'static str, &'static str)];
 
-const SQLITE_MIGRATIONS: Migrations = &[(
-    "0001_init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: Migrations = &[
+    (
+        "0001_init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        "0002_step_logs",
+        include_str!("../../migrations/sqlite/0002_step_logs.sql"),
+    ),
+];
 
-const POSTGRES_MIGRATIONS: Migrations = &[(
-    "0001_init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const POSTGRES_MIGRATIONS: Migrations = &[
+    (
+        "0001_init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        "0002_step_logs",
+        include_str!("../../migrations/postgres/0002_step_logs.sql"),
+    ),
+];
 
 /// Set on the SQLite connection: wait up to 30 s for another process's writer, enforce
 /// foreign keys, fsync every commit (`FULL`: with WAL, `NORMAL` could lose the last

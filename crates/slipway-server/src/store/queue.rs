@@ -385,6 +385,26 @@ impl Store {
         Ok(ended)
     }
 
+    /// The log of a step stored with the report that ended it ([`ReportWrite::Log`]), its
+    /// lines each ended by `\n`; `None` when that step's log is not stored here (it is a
+    /// file of the log store, or there is none).
+    pub async fn step_log(
+        &self,
+        stage_id: i64,
+        attempt: i64,
+        step: &str,
+    ) -> Result<Option<String>> {
+        let text = sqlx::query_scalar(
+            "SELECT text FROM step_logs WHERE stage_id = $1 AND attempt = $2 AND step = $3",
+        )
+        .bind(stage_id)
+        .bind(attempt)
+        .bind(step)
+        .fetch_optional(&mut *self.conn().await?)
+        .await?;
+        Ok(text)
+    }
+
     /// Closes the steps a stage left open: pending → skipped, running → killed with
     /// `finished = now`.
     pub async fn finish_open_steps(&self, stage_id: i64, now: i64) -> Result<()> {
@@ -564,6 +584,22 @@ async fn apply_write<'e, E: Executor<'e, Database = Any>>(
         }
         ReportWrite::Artifact { image, digest, now } => {
             super::misc::add_artifact_on(executor, build_id, image, digest, *now).await?;
+        }
+        ReportWrite::Log {
+            step,
+            attempt,
+            text,
+        } => {
+            sqlx::query(
+                "INSERT INTO step_logs (stage_id, attempt, step, text) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (stage_id, attempt, step) DO NOTHING",
+            )
+            .bind(stage_id)
+            .bind(attempt)
+            .bind(step)
+            .bind(text)
+            .execute(executor)
+            .await?;
         }
     }
     Ok(())

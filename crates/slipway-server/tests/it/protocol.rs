@@ -18,7 +18,7 @@ struct Harness {
     runner_token: String,
     http: reqwest::Client,
     repo: BareRepo,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
     shutdown: CancellationToken,
 }
 
@@ -49,7 +49,7 @@ impl Harness {
             runner_token: server.state.runner_token.clone(),
             http: reqwest::Client::new(),
             repo,
-            _data: data,
+            data,
             shutdown,
         };
         let (status, body) = harness
@@ -242,6 +242,99 @@ async fn the_last_events_come_with_done_and_a_resent_done_changes_nothing() {
     assert_eq!(h.build(number).await, ended);
     assert_eq!(h.log(number, "a").await, "+ true\na said\n");
     assert_eq!(h.log(number, "b").await, "b failed\n");
+}
+
+/// The log files of a build's stage 1 (attempt 1), by step file name.
+fn log_files(h: &Harness, build: &Value) -> Vec<String> {
+    let dir = h
+        .data
+        .path()
+        .join("data")
+        .join("logs")
+        .join(build["id"].as_i64().expect("a build id").to_string());
+    let prefix = format!("{}.1.", build["stages"][0]["id"]);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_steps_log_is_stored_with_its_end_and_a_log_in_parts_stays_a_file() {
+    let h = Harness::start().await;
+    let runner = h.register("proto-runner").await;
+    let (number, stage) = h.build_and_lease(runner).await;
+
+    // `a` prints in a batch of its own, so its log is a file from then on.
+    let (status, ack) = h
+        .runner_post(
+            &format!("/stages/{stage}/events"),
+            &json!({"runner_id": runner, "attempt": 1, "events": [
+                {"type": "step_started", "step": "a", "time": 1_700_000_000_100_i64},
+                {"type": "log", "step": "a", "first_seq": 0, "lines": [line("a 0"), line("a 1")]}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    // `a`'s rest, and all of `b` (two parts, a `\r` and a stray `\n` in its lines), come
+    // with the end.
+    let done = json!({"runner_id": runner, "attempt": 1, "status": "success", "error": null,
+        "events": [
+            {"type": "log", "step": "a", "first_seq": 2, "lines": [line("a 2")]},
+            {"type": "step_finished", "step": "a", "status": "success", "exit_code": 0,
+             "time": 1_700_000_000_200_i64, "error": null},
+            {"type": "step_started", "step": "b", "time": 1_700_000_000_300_i64},
+            {"type": "log", "step": "b", "first_seq": 0, "lines": [line("b 0\r"), line("b\n1")]},
+            {"type": "log", "step": "b", "first_seq": 2, "lines": [line("")]},
+            {"type": "step_finished", "step": "b", "status": "success", "exit_code": 0,
+             "time": 1_700_000_000_400_i64, "error": null}]});
+    let (status, body) = h.runner_post(&format!("/stages/{stage}/done"), &done).await;
+    assert_eq!(status, 204, "{body}");
+
+    let ended = h.build(number).await;
+    assert_eq!(ended["status"], "success", "{ended}");
+    assert_eq!(h.log(number, "a").await, "a 0\na 1\na 2\n");
+    assert_eq!(h.log(number, "b").await, "b 0\r\nb 1\n\n");
+    // Only `a` has a file: `b`'s log was stored with the end.
+    let a_file = format!("{}.1.a.log", ended["stages"][0]["id"]);
+    assert_eq!(log_files(&h, &ended), [a_file]);
+
+    // The live stream of the ended step gives the stored lines, numbered, then its end.
+    let stream = h
+        .http
+        .get(format!(
+            "{}/api/repos/{REPO}/builds/{number}/logs/1/b/stream",
+            h.url
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("GET the stream")
+        .text()
+        .await
+        .expect("the stream");
+    let messages: Vec<Value> = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect();
+    assert_eq!(
+        messages.first(),
+        Some(&json!({"kind": "lines", "seq": 0, "lines": ["b 0\r", "b 1", ""]})),
+        "{stream}"
+    );
+
+    // A resent end changes nothing, and stores no second copy anywhere.
+    let (status, body) = h.runner_post(&format!("/stages/{stage}/done"), &done).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(h.log(number, "b").await, "b 0\r\nb 1\n\n");
+    assert_eq!(log_files(&h, &ended).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,7 @@ both_engines!(
     cancel_and_finish_without_attempt,
     steps_updates,
     report_writes_and_leased_end,
+    whole_step_logs_are_kept_once_per_attempt,
     lease_head_takes_only_a_head_any_runner_may_run,
     ends_arriving_together_are_each_applied_as_alone,
     secrets,
@@ -1296,6 +1297,84 @@ async fn steps_updates(db: &TestDb) {
             ("compile", Status::Killed, Some(9_000)),
             ("test", Status::Skipped, None),
         ]
+    );
+}
+
+/// A short step's log stored with a report: written once (a resent report keeps the
+/// first), one per attempt, and gone with nothing else when refused with its end.
+async fn whole_step_logs_are_kept_once_per_attempt(db: &TestDb) {
+    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
+    let runner = store
+        .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
+        .await
+        .expect("runner");
+    let leased = store
+        .lease_stage(stage_id, runner.id, 60_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("leased");
+    let log = |attempt: i64, text: &str| ReportWrite::Log {
+        step: "clone".to_owned(),
+        attempt,
+        text: text.to_owned(),
+    };
+    assert_eq!(
+        store.step_log(stage_id, 1, "clone").await.expect("read"),
+        None
+    );
+    for text in ["first\n", "resent, differently\n"] {
+        store
+            .write_report(build_id, stage_id, &[log(1, text)])
+            .await
+            .expect("write a report");
+    }
+    store
+        .write_report(build_id, stage_id, &[log(2, "attempt 2\n")])
+        .await
+        .expect("write a report");
+    assert_eq!(
+        store
+            .step_log(stage_id, 1, "clone")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some("first\n")
+    );
+    assert_eq!(
+        store
+            .step_log(stage_id, 2, "clone")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some("attempt 2\n")
+    );
+    assert_eq!(
+        store.step_log(stage_id, 1, "compile").await.expect("read"),
+        None
+    );
+
+    // An end that is refused (not this runner's lease) writes its log nowhere.
+    let refused = store
+        .end_leased_stage(LeasedEnd {
+            writes: vec![ReportWrite::Log {
+                step: "compile".to_owned(),
+                attempt: leased.attempt,
+                text: "lost\n".to_owned(),
+            }],
+            ..plain_end(
+                stage_id,
+                leased.attempt,
+                runner.id + 1,
+                Status::Success,
+                2_000,
+            )
+        })
+        .await
+        .expect("end");
+    assert!(refused.is_none());
+    assert_eq!(
+        store.step_log(stage_id, 1, "compile").await.expect("read"),
+        None
     );
 }
 
