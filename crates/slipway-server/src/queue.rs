@@ -630,8 +630,8 @@ fn log_key(stage: &StageKey, step: String) -> LogKey {
 
 /// The steps of a batch whose whole log is in it, to be stored with the batch's writes
 /// rather than appended to files ([`LogStore::may_store_whole`]): each ends in the batch,
-/// and its lines in the batch start at its first line, follow on without a gap, and all
-/// come before its end.
+/// and its lines in the batch start at its first line, follow on without a gap, hold no
+/// NUL, and all come before its end.
 fn whole_logs(state: &AppState, stage: &StageKey, events: &[StageEvent]) -> HashSet<String> {
     // Per step: the next line number expected, the bytes so far, whether it still qualifies.
     let mut seen: HashMap<&str, (u64, usize, bool)> = HashMap::new();
@@ -644,7 +644,8 @@ fn whole_logs(state: &AppState, stage: &StageKey, events: &[StageEvent]) -> Hash
                 lines,
             } => {
                 let entry = seen.entry(step.as_str()).or_insert((0, 0, true));
-                entry.2 &= *first_seq == entry.0;
+                // PostgreSQL's text holds no NUL; a file holds any line.
+                entry.2 &= *first_seq == entry.0 && !lines.iter().any(|l| l.line.contains('\0'));
                 entry.0 = first_seq + lines.len() as u64;
                 entry.1 += lines.iter().map(|l| l.line.len() + 1).sum::<usize>();
             }

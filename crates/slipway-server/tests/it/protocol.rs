@@ -335,6 +335,21 @@ async fn a_short_steps_log_is_stored_with_its_end_and_a_log_in_parts_stays_a_fil
     assert_eq!(status, 204, "{body}");
     assert_eq!(h.log(number, "b").await, "b 0\r\nb 1\n\n");
     assert_eq!(log_files(&h, &ended).len(), 1);
+
+    // A line holding NUL (which PostgreSQL's text cannot) keeps a short log in a file.
+    let (number, stage) = h.build_and_lease(runner).await;
+    let done = json!({"runner_id": runner, "attempt": 1, "status": "success", "error": null,
+        "events": [
+            {"type": "step_started", "step": "a", "time": 1_700_000_000_100_i64},
+            {"type": "log", "step": "a", "first_seq": 0, "lines": [line("nul \u{0} here")]},
+            {"type": "step_finished", "step": "a", "status": "success", "exit_code": 0,
+             "time": 1_700_000_000_200_i64, "error": null}]});
+    let (status, body) = h.runner_post(&format!("/stages/{stage}/done"), &done).await;
+    assert_eq!(status, 204, "{body}");
+    let ended = h.build(number).await;
+    assert_eq!(h.log(number, "a").await, "nul \u{0} here\n");
+    let a_file = format!("{}.1.a.log", ended["stages"][0]["id"]);
+    assert_eq!(log_files(&h, &ended), [a_file]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
