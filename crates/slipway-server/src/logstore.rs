@@ -1,5 +1,5 @@
-//! Build logs on disk: one append-only file per step and attempt, each line written exactly
-//! once, and followed live.
+//! Build logs: one append-only file per step and attempt (or, for a short step, one row of
+//! the store), each line written exactly once, and followed live.
 //!
 //! Layout under the log root: `<build id>/<stage id>.<attempt>.<step>.log`, one line of
 //! output per line of file (the engine guarantees lines hold no `\n`). The step name is
@@ -24,14 +24,18 @@
 //! - **Exactly once.** Runners number the lines of a (stage, attempt, step) from 0. A batch
 //!   is appended only from the next number the file lacks: lines already stored are skipped
 //!   (a batch resent after a lost acknowledgement), and a batch that starts beyond the end is
-//!   refused with [`LogError::Gap`], so no line is lost, duplicated or reordered.
+//!   refused with [`LogError::Gap`], so no line is lost, duplicated or reordered. A log
+//!   stored whole is written once (a resent report finds its row and writes nothing), and
+//!   only while no file holds any of its lines, so a log is never split between the two.
 //! - **On disk before acknowledged.** [`LogStore::append`] returns after the bytes were
-//!   written and `fdatasync`ed (unless opened with `durable = false`, for benchmarks).
+//!   written and `fdatasync`ed (unless opened with `durable = false`, for benchmarks); a
+//!   log stored whole is in the report's transaction, committed before the answer.
 //! - **Crash safe.** The line count of a file is recovered by reading it when first opened;
 //!   a torn last line (no `\n`, from a crash mid-write) is cut off, so the runner resends it.
-//! - **Live.** Every append is published on a broadcast channel ([`LogStore::subscribe`]);
-//!   a follower reads the file first and then takes published lines from where the file
-//!   ended, so it sees every line once, in order ([`LogStore::follow`]).
+//! - **Live.** Every append is published on a broadcast channel ([`LogStore::subscribe`]),
+//!   and a log stored whole once its commit is done ([`LogStore::publish`]); a follower
+//!   reads what is stored first and then takes published lines from where that ended, so
+//!   it sees every line once, in order ([`LogStore::follow`]).
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Seek, Write};

@@ -22,7 +22,7 @@
 //!   successor's work.
 //! - A lease that expires (no heartbeat) puts the stage back in the queue with its steps
 //!   reset, up to [`crate::config::ServerConfig::max_attempts`] attempts in all; then the
-//!   stage fails. Logs of earlier attempts stay on disk under their attempt number.
+//!   stage fails. Logs of earlier attempts stay, under their attempt number.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
