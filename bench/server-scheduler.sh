@@ -39,6 +39,9 @@ PIPELINES="${PIPELINES:-100}"
 RUNNERS=4
 REPS="${REPS:-30}"
 ROUNDS="${ROUNDS:-3}"
+case "$ROUNDS" in
+  *[!0-9]* | '' | *[02468]) echo "error: ROUNDS must be an odd number (the figure is the median round), not '$ROUNDS'" >&2; exit 2 ;;
+esac
 ADMIN="bench-$(random_hex 16)"
 
 work=$(mktemp -d)

@@ -23,7 +23,7 @@
 //! appends a line only if its number is the next one it expects for that step, skips lines
 //! it already has (a resent batch), and answers `409` code [`LOG_GAP`] if a number is ahead
 //! of what it expects (which the runner's ordering rules out). The acknowledgement comes
-//! after the lines are on disk. A step's `StepFinished` is sent after all its lines, so a
+//! after the lines are stored. A step's `StepFinished` is sent after all its lines, so a
 //! finished step's log is complete. The last batch may travel in `/done` instead
 //! ([`StageDone::events`]); the server applies it, then ends the stage, and answers a resent
 //! `/done` of an ended stage without applying anything again.

@@ -9,7 +9,8 @@
 //!   at a commit, changed files, branches and tags.
 //! - [`secrets`]: the AEAD that encrypts secrets at rest.
 //! - [`status`]: commit statuses back to GitHub, Gitea and GitLab.
-//! - [`logstore`]: build logs on disk, appended exactly once per line number, followed live.
+//! - [`logstore`]: build logs (files, and short steps' whole logs in the store), each line
+//!   stored exactly once, followed live.
 //! - [`builds`]: builds from start to end (create, settle stages, finish, cancel, restart,
 //!   promote, commit statuses); [`queue`]: stages leased to runners and what they report.
 //! - [`api`]: the HTTP routes (webhooks, runner protocol, REST, SSE, UI pages); [`ui`]:

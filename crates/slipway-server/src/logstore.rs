@@ -210,7 +210,8 @@ impl LogStore {
                 None,
             ));
         }
-        let fresh: Vec<String> = lines.into_iter().skip(skip).collect();
+        // Published as stored, so live followers see what a later read gives.
+        let fresh: Vec<String> = lines.into_iter().skip(skip).map(one_line).collect();
         let buf = log_text(&fresh).into_bytes();
         let path = self.path(key);
         let io_err = |source| LogError::Io {
@@ -557,6 +558,15 @@ pub fn log_text(lines: &[String]) -> String {
         text.push('\n');
     }
     text
+}
+
+/// A line as a log stores it (see [`log_text`]): any `\n` in it replaced.
+pub fn one_line(line: String) -> String {
+    if line.contains('\n') {
+        line.replace('\n', " ")
+    } else {
+        line
+    }
 }
 
 /// The lines of a log stored whole ([`log_text`]); `\r` stays part of its line, as in a

@@ -574,7 +574,8 @@ pub async fn heartbeat(
     }
 }
 
-/// Applies a batch of step states and log lines. Logs are on disk when this returns.
+/// Applies a batch of step states and log lines. Logs are stored (appended to files, or
+/// a short step's whole log committed with the batch's writes) when this returns.
 pub async fn events(
     state: &AppState,
     stage_id: i64,
@@ -594,8 +595,9 @@ pub async fn events(
     })
 }
 
-/// What a batch of events does once its log lines are on disk: the store writes (one
-/// transaction) and, after them, what live pages are told.
+/// What a batch of events does once its appended log lines are on disk: the store writes
+/// (one transaction, with any short step's whole log) and, after them, what live pages
+/// are told.
 struct Report {
     writes: Vec<ReportWrite>,
     notices: Vec<Notice>,
@@ -716,6 +718,8 @@ async fn take_events(
             } => {
                 let lines = lines.into_iter().map(|l| l.line);
                 if whole.contains(&step) {
+                    // As stored, so live followers see what a later read gives.
+                    let lines = lines.map(crate::logstore::one_line);
                     gathered.entry(step).or_default().extend(lines);
                 } else {
                     let key = log_key(stage, step);
@@ -930,8 +934,11 @@ pub async fn done(
     let Some(ended) = state.store.end_leased_stage(end).await? else {
         // Ended meanwhile (the lease expired just now, or a cancel finished it), or ended by
         // this very report before (a resend).
-        state.leased.remove(stage_id);
+        // Kept before the lease entry goes: should this fail, the resent `/done` comes
+        // back this way and tries again, rather than being answered as already ended.
         keep_whole_logs_of_refused_end(state, &current, &report).await?;
+        state.leased.remove(stage_id);
+        state.logs.close_stage(stage_id, attempt);
         return match state.store.stage_state(stage_id).await? {
             Some(stage) if stage.attempt == attempt && stage.status.is_done() => Ok(None),
             _ => Err(lost),
@@ -972,6 +979,7 @@ async fn keep_whole_logs_of_refused_end(
             if stored.is_none() {
                 let key = log_key(stage, step.clone());
                 state.logs.append(&key, 0, lines.clone()).await?;
+                state.logs.close(&key);
             }
         }
     }

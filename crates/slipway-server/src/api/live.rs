@@ -150,7 +150,7 @@ pub async fn log_stream(state: Arc<AppState>, key: LogKey) -> Result<Response, A
                         Err(broadcast::error::RecvError::Closed) => true,
                     };
                     if ended {
-                        // Everything the step wrote is on disk before its end is published.
+                        // Everything the step wrote is stored before its end is published.
                         finish_log(&mut follower, &tx).await;
                         return;
                     }

@@ -129,10 +129,18 @@ impl TestDb {
             let force = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
             let plain = format!("DROP DATABASE IF EXISTS {name}");
             let mut result = sqlx::raw_sql(&force).execute(&mut conn).await.map(drop);
+            if let Err(e) = &result {
+                let code = e.as_database_error().and_then(|d| d.code());
+                assert_eq!(
+                    code.as_deref(),
+                    Some("42501"),
+                    "cannot drop test database {name}: {e}"
+                );
+            }
             let mut tries = 0;
             while let Err(e) = &result {
                 tries += 1;
-                if tries > 20 {
+                if tries > 8 {
                     panic!("cannot drop test database {name}: {e}");
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;

@@ -269,7 +269,7 @@ fn github_push_builds_with_the_store_in_postgresql() {
     // FORCE may be refused (42501) for an autovacuum worker in the database when the role
     // lacks `pg_signal_backend`; a plain DROP waits for such a worker itself.
     let mut dropped = try_psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
-    for _ in 0..20 {
+    for _ in 0..8 {
         if dropped.is_ok() {
             break;
         }
