@@ -545,22 +545,19 @@ fn read_lines(path: &Path, from_seq: u64) -> Result<Option<Vec<String>>, LogErro
 /// step; a longer one goes to a file as every log that arrives in parts does.
 pub const MAX_STORED_WHOLE: usize = 16 * 1024;
 
-/// Lines as a log stores them: each ended by `\n`. A line never holds `\n` (the engine
-/// splits on it); a stray one from elsewhere would break numbering, so it is replaced.
+/// Lines as a log stores them, each ended by `\n`; the lines as [`one_line`] leaves them.
 pub fn log_text(lines: &[String]) -> String {
     let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
     for line in lines {
-        if line.contains('\n') {
-            text.push_str(&line.replace('\n', " "));
-        } else {
-            text.push_str(line);
-        }
+        debug_assert!(!line.contains('\n'), "a line not made one with `one_line`");
+        text.push_str(line);
         text.push('\n');
     }
     text
 }
 
-/// A line as a log stores it (see [`log_text`]): any `\n` in it replaced.
+/// A line as a log stores it. A line never holds `\n` (the engine splits on it); a stray
+/// one from elsewhere would break numbering, so it is replaced.
 pub fn one_line(line: String) -> String {
     if line.contains('\n') {
         line.replace('\n', " ")

@@ -104,6 +104,15 @@ impl Harness {
         .await
     }
 
+    /// A batch of `events` of attempt 1 by `runner` for `stage`.
+    async fn events(&self, runner: i64, stage: i64, events: &[Value]) -> (u16, Value) {
+        self.runner_post(
+            &format!("/stages/{stage}/events"),
+            &json!({"runner_id": runner, "attempt": 1, "events": events}),
+        )
+        .await
+    }
+
     async fn register(&self, name: &str) -> i64 {
         let (status, body) = self
             .runner_post(
@@ -171,6 +180,26 @@ fn line(text: &str) -> Value {
     json!({"time": 1_700_000_000_000_i64, "line": text})
 }
 
+fn started(step: &str, time: i64) -> Value {
+    json!({"type": "step_started", "step": step, "time": time})
+}
+
+fn log(step: &str, first_seq: u64, lines: &[&str]) -> Value {
+    let lines: Vec<Value> = lines.iter().map(|l| line(l)).collect();
+    json!({"type": "log", "step": step, "first_seq": first_seq, "lines": lines})
+}
+
+fn finished(step: &str, status: &str, exit_code: i64, time: i64) -> Value {
+    json!({"type": "step_finished", "step": step, "status": status, "exit_code": exit_code,
+           "time": time, "error": null})
+}
+
+/// The body of a `/done` of attempt 1 by `runner`, ending with `status`, carrying `events`.
+fn done_body(runner: i64, status: &str, events: &[Value]) -> Value {
+    json!({"runner_id": runner, "attempt": 1, "status": status, "error": null,
+           "events": events})
+}
+
 fn step<'a>(build: &'a Value, name: &str) -> &'a Value {
     build["stages"][0]["steps"]
         .as_array()
@@ -188,22 +217,20 @@ async fn the_last_events_come_with_done_and_a_resent_done_changes_nothing() {
 
     // `a` starts in a batch of its own; the rest comes with the end.
     let (status, ack) = h
-        .runner_post(
-            &format!("/stages/{stage}/events"),
-            &json!({"runner_id": runner, "attempt": 1, "events": [
-                {"type": "step_started", "step": "a", "time": 1_700_000_000_100_i64}]}),
-        )
+        .events(runner, stage, &[started("a", 1_700_000_000_100)])
         .await;
     assert_eq!((status, &ack["cancel"]), (200, &json!(false)), "{ack}");
-    let done = json!({"runner_id": runner, "attempt": 1, "status": "failure", "error": null,
-        "events": [
-            {"type": "log", "step": "a", "first_seq": 0, "lines": [line("+ true"), line("a said")]},
-            {"type": "step_finished", "step": "a", "status": "success", "exit_code": 0,
-             "time": 1_700_000_000_200_i64, "error": null},
-            {"type": "step_started", "step": "b", "time": 1_700_000_000_300_i64},
-            {"type": "log", "step": "b", "first_seq": 0, "lines": [line("b failed")]},
-            {"type": "step_finished", "step": "b", "status": "failure", "exit_code": 3,
-             "time": 1_700_000_000_400_i64, "error": null}]});
+    let done = done_body(
+        runner,
+        "failure",
+        &[
+            log("a", 0, &["+ true", "a said"]),
+            finished("a", "success", 0, 1_700_000_000_200),
+            started("b", 1_700_000_000_300),
+            log("b", 0, &["b failed"]),
+            finished("b", "failure", 3, 1_700_000_000_400),
+        ],
+    );
     let (status, body) = h.runner_post(&format!("/stages/{stage}/done"), &done).await;
     assert_eq!(status, 204, "{body}");
 
@@ -274,26 +301,30 @@ async fn a_short_steps_log_is_stored_with_its_end_and_a_log_in_parts_stays_a_fil
 
     // `a` prints in a batch of its own, so its log is a file from then on.
     let (status, ack) = h
-        .runner_post(
-            &format!("/stages/{stage}/events"),
-            &json!({"runner_id": runner, "attempt": 1, "events": [
-                {"type": "step_started", "step": "a", "time": 1_700_000_000_100_i64},
-                {"type": "log", "step": "a", "first_seq": 0, "lines": [line("a 0"), line("a 1")]}]}),
+        .events(
+            runner,
+            stage,
+            &[
+                started("a", 1_700_000_000_100),
+                log("a", 0, &["a 0", "a 1"]),
+            ],
         )
         .await;
     assert_eq!(status, 200, "{ack}");
     // `a`'s rest, and all of `b` (two parts, a `\r` and a stray `\n` in its lines), come
     // with the end.
-    let done = json!({"runner_id": runner, "attempt": 1, "status": "success", "error": null,
-        "events": [
-            {"type": "log", "step": "a", "first_seq": 2, "lines": [line("a 2")]},
-            {"type": "step_finished", "step": "a", "status": "success", "exit_code": 0,
-             "time": 1_700_000_000_200_i64, "error": null},
-            {"type": "step_started", "step": "b", "time": 1_700_000_000_300_i64},
-            {"type": "log", "step": "b", "first_seq": 0, "lines": [line("b 0\r"), line("b\n1")]},
-            {"type": "log", "step": "b", "first_seq": 2, "lines": [line("")]},
-            {"type": "step_finished", "step": "b", "status": "success", "exit_code": 0,
-             "time": 1_700_000_000_400_i64, "error": null}]});
+    let done = done_body(
+        runner,
+        "success",
+        &[
+            log("a", 2, &["a 2"]),
+            finished("a", "success", 0, 1_700_000_000_200),
+            started("b", 1_700_000_000_300),
+            log("b", 0, &["b 0\r", "b\n1"]),
+            log("b", 2, &[""]),
+            finished("b", "success", 0, 1_700_000_000_400),
+        ],
+    );
     let (status, body) = h.runner_post(&format!("/stages/{stage}/done"), &done).await;
     assert_eq!(status, 204, "{body}");
 
@@ -338,12 +369,15 @@ async fn a_short_steps_log_is_stored_with_its_end_and_a_log_in_parts_stays_a_fil
 
     // A line holding NUL (which PostgreSQL's text cannot) keeps a short log in a file.
     let (number, stage) = h.build_and_lease(runner).await;
-    let done = json!({"runner_id": runner, "attempt": 1, "status": "success", "error": null,
-        "events": [
-            {"type": "step_started", "step": "a", "time": 1_700_000_000_100_i64},
-            {"type": "log", "step": "a", "first_seq": 0, "lines": [line("nul \u{0} here")]},
-            {"type": "step_finished", "step": "a", "status": "success", "exit_code": 0,
-             "time": 1_700_000_000_200_i64, "error": null}]});
+    let done = done_body(
+        runner,
+        "success",
+        &[
+            started("a", 1_700_000_000_100),
+            log("a", 0, &["nul \u{0} here"]),
+            finished("a", "success", 0, 1_700_000_000_200),
+        ],
+    );
     let (status, body) = h.runner_post(&format!("/stages/{stage}/done"), &done).await;
     assert_eq!(status, 204, "{body}");
     let ended = h.build(number).await;
@@ -362,12 +396,15 @@ async fn a_done_not_from_the_lease_holder_or_with_a_gap_writes_nothing() {
     assert_eq!(before["stages"][0]["status"], "running", "{before}");
 
     let done = |runner: i64, first_seq: u64| {
-        json!({"runner_id": runner, "attempt": 1, "status": "success", "error": null,
-            "events": [
-                {"type": "step_started", "step": "a", "time": 1_700_000_000_100_i64},
-                {"type": "log", "step": "a", "first_seq": first_seq, "lines": [line("x")]},
-                {"type": "step_finished", "step": "a", "status": "success", "exit_code": 0,
-                 "time": 1_700_000_000_200_i64, "error": null}]})
+        done_body(
+            runner,
+            "success",
+            &[
+                started("a", 1_700_000_000_100),
+                log("a", first_seq, &["x"]),
+                finished("a", "success", 0, 1_700_000_000_200),
+            ],
+        )
     };
     // Another runner, and a wrong attempt: the lease is not theirs.
     let (status, body) = h

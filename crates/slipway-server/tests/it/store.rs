@@ -12,7 +12,7 @@ use serde_json::json;
 use slipway_engine::Status;
 use slipway_server::store::{
     Backend, CompiledBuild, EndedStage, HeadLease, LeasedEnd, NewBuild, NewRepo, NewStage, Repo,
-    ReportWrite, Runner, StepUpdate, Store, StoreError,
+    ReportWrite, Runner, Stage, StepUpdate, Store, StoreError,
 };
 use sqlx::{Connection, Row};
 
@@ -280,6 +280,22 @@ async fn one_build(db: &TestDb) -> (Store, i64, i64, i64) {
     (store, repo.id, build.id, stages[0].id)
 }
 
+/// [`one_build`] with its first stage leased to a new runner `r1`: the store, build and
+/// stage ids, the runner and the leased stage.
+async fn one_leased_stage(db: &TestDb) -> (Store, i64, i64, Runner, Stage) {
+    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
+    let runner = store
+        .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
+        .await
+        .expect("runner");
+    let leased = store
+        .lease_stage(stage_id, runner.id, 60_000, 1_000)
+        .await
+        .expect("lease")
+        .expect("leased");
+    (store, build_id, stage_id, runner, leased)
+}
+
 const TABLES: &[&str] = &[
     "repos",
     "builds",
@@ -289,6 +305,7 @@ const TABLES: &[&str] = &[
     "runners",
     "tokens",
     "artifacts",
+    "step_logs",
     "schema_migrations",
 ];
 
@@ -1311,16 +1328,7 @@ async fn steps_updates(db: &TestDb) {
 /// A short step's log stored with a report: written once (a resent report keeps the
 /// first), one per attempt, and gone with nothing else when refused with its end.
 async fn whole_step_logs_are_kept_once_per_attempt(db: &TestDb) {
-    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
-    let runner = store
-        .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
-        .await
-        .expect("runner");
-    let leased = store
-        .lease_stage(stage_id, runner.id, 60_000, 1_000)
-        .await
-        .expect("lease")
-        .expect("leased");
+    let (store, build_id, stage_id, runner, leased) = one_leased_stage(db).await;
     let log = |attempt: i64, text: &str| ReportWrite::Log {
         step: "clone".to_owned(),
         attempt,
@@ -1387,16 +1395,7 @@ async fn whole_step_logs_are_kept_once_per_attempt(db: &TestDb) {
 }
 
 async fn report_writes_and_leased_end(db: &TestDb) {
-    let (store, _repo_id, build_id, stage_id) = one_build(db).await;
-    let runner = store
-        .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
-        .await
-        .expect("runner");
-    let leased = store
-        .lease_stage(stage_id, runner.id, 60_000, 1_000)
-        .await
-        .expect("lease")
-        .expect("leased");
+    let (store, build_id, stage_id, runner, leased) = one_leased_stage(db).await;
     let step = |name: &str, status: Status, started: Option<i64>, finished: Option<i64>| {
         ReportWrite::Step {
             name: name.to_owned(),
