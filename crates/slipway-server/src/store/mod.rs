@@ -1,5 +1,5 @@
-//! The server's database: repositories, builds, stages, steps, secrets, runners and tokens,
-//! in SQLite (the default, a file in the data dir) or PostgreSQL (`postgres://…`).
+//! The server's database: repositories, builds, stages, steps (and the whole logs of short
+//! steps), secrets, runners and tokens, in SQLite (the default, a file in the data dir) or PostgreSQL (`postgres://…`).
 //!
 //! One implementation serves both: [`Store`] runs the same SQL through sqlx's `Any` driver
 //! (`$1` placeholders, which SQLite accepts too); only the migrations differ
@@ -25,7 +25,7 @@
 //! `BEGIN IMMEDIATE` and writes take turns under a 30 s busy timeout; on PostgreSQL the
 //! write that starts a transaction (the repository's build counter, a stage's status)
 //! locks the row it changes. Code: `open` (URLs, connections, migrations), `builds`
-//! (repositories, builds), `queue` (stages, leases, steps), `commit` (SQLite: the group
+//! (repositories, builds), `queue` (stages, leases, steps, short steps' logs), `commit` (SQLite: the group
 //! commit of the runners' stage ends), `misc` (secrets, runners, tokens, artifacts,
 //! counts), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
 
