@@ -126,6 +126,15 @@ impl Client {
         })
     }
 
+    /// The same client, sending `token` from now on.
+    pub(crate) fn with_token(&self, token: &str) -> Result<Client, reqwest::Error> {
+        Ok(Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            auth: format!("Bearer {token}"),
+        })
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

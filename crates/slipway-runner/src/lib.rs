@@ -6,8 +6,13 @@
 //! How it works:
 //! - **Register** (`POST /api/runner/register`) with the name, the labels (plus `os` and
 //!   `arch` unless given, in Drone's names: `linux`, `amd64`, `arm64`, ...), the capacity,
-//!   the crate version and [`protocol::PROTOCOL_VERSION`]; retried with backoff until the
-//!   server answers.
+//!   the crate version, [`protocol::PROTOCOL_VERSION`] and whether it runs exec stages;
+//!   retried with backoff until the server answers. Every later request carries the
+//!   credential the answer holds, not the runner token.
+//! - **Host exec is opt-in.** A lease of a `type: exec` pipeline (its commands run on this
+//!   host, as this process's user) runs only with [`RunnerConfig::allow_exec`]; otherwise
+//!   it ends as `error` without running anything. The server leases such stages only to
+//!   runners that registered with it, and only for trusted builds.
 //! - **Poll**: `capacity` loops, each `POST /api/runner/poll` (the server may hold it for
 //!   [`RunnerConfig::poll_timeout`]; the client waits 10 s longer). `204`: poll again at
 //!   once. `200`: a [`protocol::Lease`], run it, then poll again, unless the server handed
@@ -89,6 +94,9 @@ pub struct RunnerConfig {
     pub work_root: PathBuf,
     /// How long the server may hold a poll.
     pub poll_timeout: Duration,
+    /// Run `type: exec` stages, whose commands run directly on this host as this
+    /// process's user (`--allow-exec`). Off: such a lease is refused with an error.
+    pub allow_exec: bool,
 }
 
 impl std::fmt::Debug for RunnerConfig {
@@ -101,6 +109,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("capacity", &self.capacity)
             .field("work_root", &self.work_root)
             .field("poll_timeout", &self.poll_timeout)
+            .field("allow_exec", &self.allow_exec)
             .finish()
     }
 }
@@ -162,8 +171,14 @@ pub async fn run(config: RunnerConfig, shutdown: CancellationToken) -> Result<()
         config.capacity
     );
 
+    // From now on the runner speaks with its own credential, which the server accepts for
+    // this runner only.
+    let client = client
+        .with_token(&registration.credential)
+        .map_err(RunnerError::Client)?;
     let shared = Arc::new(Shared {
         client,
+        allow_exec: config.allow_exec,
         runner_id: registration.runner_id,
         heartbeat: Duration::from_secs(registration.heartbeat_secs.max(1)),
         work_root: config.work_root.clone(),
@@ -205,6 +220,7 @@ async fn register(
         capacity: config.capacity,
         version: env!("CARGO_PKG_VERSION").into(),
         protocol: protocol::PROTOCOL_VERSION,
+        allow_exec: config.allow_exec,
     })
     .map_err(|e| RunnerError::Config(format!("cannot encode the registration: {e}")))?;
     let body = bytes::Bytes::from(body);

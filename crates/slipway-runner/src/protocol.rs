@@ -1,7 +1,9 @@
 //! The runner protocol: HTTP + JSON between a runner and the server, shared by both sides.
 //!
-//! Every request carries `Authorization: Bearer <runner token>`. Paths are relative to the
-//! server's URL:
+//! Registration carries `Authorization: Bearer <runner token>` (the token shared by every
+//! runner of a server) and is answered with the runner's own credential
+//! ([`RegisterResponse::credential`]), which every later request carries instead: the
+//! server accepts it only for that runner's id. Paths are relative to the server's URL:
 //!
 //! | request | body | answer |
 //! |---|---|---|
@@ -35,7 +37,7 @@ use slipway_engine::Status;
 use slipway_spec::Plan;
 
 /// Bumped when a change would break runners of the previous version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// [`ProtocolError::code`] of a `409`: the stage's lease is gone; stop working on it.
 pub const LEASE_LOST: &str = "lease_lost";
@@ -53,11 +55,19 @@ pub struct RegisterRequest {
     pub capacity: u32,
     pub version: String,
     pub protocol: u32,
+    /// The runner runs `type: exec` stages (their commands directly on its host): it was
+    /// started with `--allow-exec`. The server then gives it the label `slipway.exec`,
+    /// which exec stages ask for; runners may not set `slipway.*` labels themselves.
+    #[serde(default)]
+    pub allow_exec: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisterResponse {
     pub runner_id: i64,
+    /// This runner's own credential: the bearer token of every later request (the runner
+    /// token only registers). Registering again replaces it.
+    pub credential: String,
     /// A lease lasts this long unless renewed by a heartbeat.
     pub lease_secs: u64,
     /// Send a heartbeat at least this often.

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::Serialize;
 use slipway_engine::{Event, EventSink, RunOptions, Status, WorkspaceSource};
+use slipway_spec::plan::PipelineType;
 use tokio_util::sync::CancellationToken;
 
 use crate::RunnerError;
@@ -24,6 +25,8 @@ use crate::queue::{EventQueue, Item, Limits};
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub client: Client,
+    /// `type: exec` leases may run (see [`crate::RunnerConfig::allow_exec`]).
+    pub allow_exec: bool,
     pub runner_id: i64,
     pub heartbeat: Duration,
     pub work_root: PathBuf,
@@ -258,6 +261,24 @@ impl EventSink for StageSink {
     }
 }
 
+/// Why this runner will not run the lease, if it will not: a `type: exec` pipeline on a
+/// runner that was not started with `--allow-exec` (the server should never lease one to
+/// it; this is the runner's own line of defence).
+fn exec_refusal(lease: &Lease, allow_exec: bool) -> Option<String> {
+    let pipeline = lease
+        .plan
+        .pipelines
+        .iter()
+        .find(|p| p.kind == PipelineType::Exec)?;
+    if allow_exec {
+        return None;
+    }
+    Some(format!(
+        "pipeline `{}` is `type: exec`, which runs its commands directly on the runner's host, and this runner was not started with `--allow-exec`; nothing was run",
+        pipeline.name
+    ))
+}
+
 fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> RunOptions {
     let workspace = match &lease.workspace {
         // The engine clones, then makes sure the commit is there even when only
@@ -314,7 +335,12 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) -> Option<Reply
     let sink = Arc::new(StageSink {
         queue: stage.queue.clone(),
     });
-    let result = slipway_engine::run(&lease.plan, options, sink).await;
+    let result = match exec_refusal(&lease, shared.allow_exec) {
+        Some(refusal) => Err(refusal),
+        None => slipway_engine::run(&lease.plan, options, sink)
+            .await
+            .map_err(|e| e.to_string()),
+    };
 
     // Everything the engine said is queued: let the uploader send the rest, but for its
     // last batch, which goes with `/done`.
@@ -344,7 +370,7 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) -> Option<Reply
             Some(pipeline) => (pipeline.status, pipeline.error.clone()),
             None => (report.status, None),
         },
-        (None, Err(e)) => (Status::Error, Some(e.to_string())),
+        (None, Err(e)) => (Status::Error, Some(e)),
     };
 
     let next = if stage.is_lost() {

@@ -292,3 +292,14 @@ pub fn host_of(url: &str) -> String {
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+impl AppState {
+    /// A registered runner as this process last saw it.
+    pub fn cached_runner(&self, id: i64) -> Option<crate::store::Runner> {
+        self.runners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}

@@ -39,6 +39,30 @@ pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.trim().as_bytes()))
 }
 
+/// What starts a runner's own credential: `slipway-runner.<runner id>.<secret>`.
+const RUNNER_CREDENTIAL_PREFIX: &str = "slipway-runner.";
+
+/// The credential a runner presents, from its id and the secret made at its registration
+/// (the store keeps only the secret's [`hash`]).
+pub fn runner_credential(id: i64, secret: &str) -> String {
+    format!("{RUNNER_CREDENTIAL_PREFIX}{id}.{secret}")
+}
+
+/// The runner id and secret of a presented runner credential, if it has that form.
+pub fn parse_runner_credential(presented: &str) -> Option<(i64, &str)> {
+    let (id, secret) = presented
+        .strip_prefix(RUNNER_CREDENTIAL_PREFIX)?
+        .split_once('.')?;
+    Some((id.parse().ok()?, secret))
+}
+
+/// Whether `secret` hashes to `stored` (compared in constant time; an empty `stored`, a
+/// runner registered before credentials existed, matches nothing).
+pub fn matches_hash(secret: &str, stored: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    !stored.is_empty() && bool::from(hash(secret).as_bytes().ct_eq(stored.as_bytes()))
+}
+
 /// The token behind a presented secret, if any.
 pub async fn check(store: &Store, presented: &str) -> Option<Token> {
     if presented.trim().is_empty() {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use slipway_engine::Status;
-use slipway_spec::plan::{PipelinePlan, RunOn};
+use slipway_spec::plan::{PipelinePlan, PipelineType, RunOn};
 use slipway_spec::{BuildContext, BuildEvent};
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,9 @@ pub struct BuildRequest {
     /// fields, changed files) is added here.
     pub context: BuildContext,
     pub delivery_id: Option<String>,
+    /// The SHA-256 (hex) of the webhook body, for builds from a webhook: see
+    /// [`crate::store::REPLAY_WINDOW_MS`].
+    pub body_digest: Option<String>,
     /// Who or what: `@hook`, `@admin`, ...
     pub trigger: String,
     /// The mirror was fetched for this request already (a manual run resolves its ref in
@@ -120,15 +123,17 @@ pub async fn create(
         trigger: request.trigger.clone(),
         deploy_to: ctx.target.clone(),
         delivery_id: request.delivery_id.clone(),
+        body_digest: request.body_digest.clone(),
     };
     let public_url = state.config.public_url.trim_end_matches('/').to_owned();
     let repo_name = repo.name.clone();
+    let trust = Trust::of(repo, &ctx);
     let (build, stages) = state
         .store
         .create_build(&new, move |number| {
             ctx.build_number = u64::try_from(number).unwrap_or_default();
             ctx.build_link = format!("{public_url}/repos/{repo_name}/builds/{number}");
-            compile_build(&ctx, file)
+            compile_build(&ctx, file, trust)
         })
         .await?;
     tracing::info!(
@@ -185,8 +190,71 @@ async fn read_pipeline_file(
     ))
 }
 
+/// How far a build's change is trusted: the powers over the runner's host (`type: exec`,
+/// host volumes, `privileged`, `docker.sock`) are only for the pushes, tags and manual
+/// runs of a trusted repository. A pull request never has them, whatever the
+/// repository's trust, and neither do its restarts and promotions (they keep its
+/// `pull_request` number in their context).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    Trusted,
+    PullRequest,
+    UntrustedRepository,
+}
+
+impl Trust {
+    pub fn of(repo: &Repo, ctx: &BuildContext) -> Trust {
+        if ctx.event == BuildEvent::PullRequest || ctx.pull_request.is_some() {
+            Trust::PullRequest
+        } else if repo.trusted {
+            Trust::Trusted
+        } else {
+            Trust::UntrustedRepository
+        }
+    }
+
+    /// [`Trust::of`] a stored build.
+    pub fn of_build(repo: &Repo, build: &Build) -> Trust {
+        let mut ctx = context_of(build);
+        if build.event == "pull_request" {
+            ctx.event = BuildEvent::PullRequest;
+        }
+        Trust::of(repo, &ctx)
+    }
+
+    pub fn is_trusted(self) -> bool {
+        self == Trust::Trusted
+    }
+
+    pub fn is_pull_request(self) -> bool {
+        self == Trust::PullRequest
+    }
+}
+
+/// The label a `type: exec` stage asks for, which only runners started with
+/// `--allow-exec` are given by the server (runners may not set `slipway.*` labels).
+pub const EXEC_LABEL: (&str, &str) = ("slipway.exec", "allowed");
+
+/// Why a `type: exec` pipeline may not run for this build, if it may not.
+fn exec_refusal(pipeline: &str, repo: &str, trust: Trust) -> Option<String> {
+    let why = match trust {
+        Trust::Trusted => return None,
+        Trust::PullRequest => "this build comes from a pull request, whose code is never run on a runner's host (whatever the repository's trust)".to_owned(),
+        Trust::UntrustedRepository => format!(
+            "the repository `{repo}` is not trusted (an admin can mark it trusted in its settings; its pushes' exec pipelines then run on runners started with `--allow-exec`)"
+        ),
+    };
+    Some(format!(
+        "pipeline `{pipeline}` is `type: exec`, which runs its commands directly on the runner's host: refused because {why}"
+    ))
+}
+
 /// The stages of a build from its pipeline file (or why there are none).
-fn compile_build(ctx: &BuildContext, file: Result<(String, String), String>) -> CompiledBuild {
+fn compile_build(
+    ctx: &BuildContext,
+    file: Result<(String, String), String>,
+    trust: Trust,
+) -> CompiledBuild {
     let context = serde_json::to_value(ctx).unwrap_or_default();
     let error_build = |message: String| CompiledBuild {
         status: Status::Error,
@@ -209,6 +277,16 @@ fn compile_build(ctx: &BuildContext, file: Result<(String, String), String>) -> 
             return error_build(lines.join("\n"));
         }
     };
+    let refusals: Vec<String> = compiled
+        .plan
+        .pipelines
+        .iter()
+        .filter(|p| p.kind == PipelineType::Exec && !p.skipped)
+        .filter_map(|p| exec_refusal(&p.name, &ctx.repo, trust))
+        .collect();
+    if !refusals.is_empty() {
+        return error_build(refusals.join("\n"));
+    }
     let stages: Vec<NewStage> = compiled
         .plan
         .pipelines
@@ -223,7 +301,7 @@ fn compile_build(ctx: &BuildContext, file: Result<(String, String), String>) -> 
                 Status::Pending
             },
             depends_on: p.depends_on.clone(),
-            labels: p.labels.clone(),
+            labels: stage_labels(p),
             plan: serde_json::to_value(p).unwrap_or_default(),
             steps: step_names(p),
         })
@@ -239,6 +317,16 @@ fn compile_build(ctx: &BuildContext, file: Result<(String, String), String>) -> 
         context,
         stages,
     }
+}
+
+/// The runner labels a stage asks for: its pipeline's, and for `type: exec` the one only
+/// runners that allow exec have.
+fn stage_labels(p: &PipelinePlan) -> BTreeMap<String, String> {
+    let mut labels = p.labels.clone();
+    if p.kind == PipelineType::Exec {
+        labels.insert(EXEC_LABEL.0.to_owned(), EXEC_LABEL.1.to_owned());
+    }
+    labels
 }
 
 /// `clone` (unless disabled), services, then steps: the order the engine reports them in.
@@ -507,6 +595,7 @@ async fn create_by_user(
         BuildRequest {
             context,
             delivery_id: None,
+            body_digest: None,
             trigger: format!("@{user}"),
             fetched,
         },

@@ -20,6 +20,9 @@
 //!   stage names its attempt; one for an attempt that is no longer current is answered
 //!   with `lease_lost`, so a runner that was presumed dead cannot overwrite its
 //!   successor's work.
+//! - What a lease may do follows its build's [`builds::Trust`]: `type: exec`, host volumes,
+//!   `privileged` and the registry token only for a trusted build; a secret not marked for
+//!   pull requests never goes to a pull request, nor to its restarts and promotions.
 //! - A lease that expires (no heartbeat) puts the stage back in the queue with its steps
 //!   reset, up to [`crate::config::ServerConfig::max_attempts`] attempts in all; then the
 //!   stage fails. Logs of earlier attempts stay, under their attempt number.
@@ -33,7 +36,7 @@ use slipway_runner::protocol::{
     BatchAck, EventBatch, Lease, RegistryAccess, StageDone, StageEvent, WorkspaceSpec,
 };
 use slipway_spec::Plan;
-use slipway_spec::plan::PipelinePlan;
+use slipway_spec::plan::{PipelinePlan, PipelineType};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppState, millis};
@@ -383,7 +386,15 @@ async fn lease_for(
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("build {} is gone", stage.build_id))?,
     };
-    let pull_request = build.event == "pull_request";
+    let trust = builds::Trust::of_build(repo, &build);
+    if pipeline.kind == PipelineType::Exec && !trust.is_trusted() {
+        // Refused when the build was made; a stored stage must not slip through either.
+        return Err(format!(
+            "pipeline `{}` is `type: exec`, which only trusted builds may run",
+            pipeline.name
+        ));
+    }
+    let pull_request = trust.is_pull_request();
 
     let wanted: Vec<&str> = pipeline
         .steps
@@ -421,9 +432,10 @@ async fn lease_for(
             commit: build.commit.clone(),
         }
     };
-    // A pull request's change is untrusted: it gets no credential that could overwrite
-    // the images trusted builds publish (a push from it fails as unauthorised).
-    let registry = if needs_registry(&pipeline) && !pull_request {
+    // Only a trusted build publishes images: a pull request or an untrusted repository
+    // gets no credential that could overwrite what trusted builds publish (its images stay
+    // on the runner under build-scoped names, see the engine).
+    let registry = if needs_registry(&pipeline) && trust.is_trusted() {
         let access = pipeline_registry_access(state, repo, stage)
             .await
             .map_err(|e| format!("making the stage's registry token: {e}"))?;
@@ -450,7 +462,7 @@ async fn lease_for(
         },
         workspace,
         secrets,
-        trusted: repo.trusted,
+        trusted: trust.is_trusted(),
         step_timeout_secs: None,
         stage_timeout_secs: None,
     };

@@ -60,6 +60,10 @@ pub struct UpArgs {
     /// A label of the embedded runner, KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Let the embedded runner run `type: exec` pipelines of trusted builds: their commands
+    /// run directly on this host, as this process's user (root, next to the data dir).
+    #[arg(long)]
+    pub runner_allow_exec: bool,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +86,10 @@ pub struct RunnerArgs {
     /// Where workspaces are made.
     #[arg(long, env = "SLIPWAY_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Run `type: exec` pipelines of trusted builds: their commands run directly on this
+    /// host, as this runner's user. Off: the server never leases them here.
+    #[arg(long)]
+    pub allow_exec: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -126,15 +134,27 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 pub fn up(args: UpArgs) -> Result<ExitCode> {
-    let labels = parse_labels(&args.labels)?;
-    serve(args.server, Some((args.capacity, labels)))
+    let embedded = EmbeddedRunner {
+        capacity: args.capacity,
+        labels: parse_labels(&args.labels)?,
+        allow_exec: args.runner_allow_exec,
+    };
+    serve(args.server, Some(embedded))
+}
+
+/// What `slipway up` asks of its embedded runner.
+#[derive(Debug)]
+struct EmbeddedRunner {
+    capacity: u32,
+    labels: BTreeMap<String, String>,
+    allow_exec: bool,
 }
 
 pub fn server(args: ServerArgs) -> Result<ExitCode> {
     serve(args, None)
 }
 
-fn serve(args: ServerArgs, embedded: Option<(u32, BTreeMap<String, String>)>) -> Result<ExitCode> {
+fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -192,7 +212,12 @@ fn serve(args: ServerArgs, embedded: Option<(u32, BTreeMap<String, String>)>) ->
                 .await
         });
 
-        if let Some((capacity, labels)) = embedded {
+        if let Some(EmbeddedRunner {
+            capacity,
+            labels,
+            allow_exec,
+        }) = embedded
+        {
             let runner = slipway_runner::RunnerConfig {
                 server: local.clone(),
                 token: server.state.runner_token.clone(),
@@ -201,6 +226,7 @@ fn serve(args: ServerArgs, embedded: Option<(u32, BTreeMap<String, String>)>) ->
                 capacity,
                 work_root: absolute(&args.data_dir)?.join("workspaces"),
                 poll_timeout: server.state.config.poll_wait,
+                allow_exec,
             };
             let runner_shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -245,6 +271,7 @@ pub fn runner(args: RunnerArgs) -> Result<ExitCode> {
             capacity: args.capacity.max(1),
             work_root,
             poll_timeout: Duration::from_secs(25),
+            allow_exec: args.allow_exec,
         };
         slipway_runner::run(config, shutdown)
             .await

@@ -21,6 +21,8 @@ use slipway_runner::protocol::{
 };
 
 pub const TOKEN: &str = "test-runner-token";
+/// What the fake hands out at registration, and wants on every later request.
+pub const CREDENTIAL: &str = "test-runner-credential";
 
 /// What the fake should do wrong, and when.
 #[derive(Debug, Default)]
@@ -168,9 +170,14 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// The answer to give when the request does not carry the runner token.
+/// The answer to give when the request does not carry the runner's own credential (the
+/// runner token only registers, as with the real server).
 fn unauthorized(headers: &HeaderMap) -> Option<Response> {
-    let expected = format!("Bearer {TOKEN}");
+    refused_unless(headers, CREDENTIAL)
+}
+
+fn refused_unless(headers: &HeaderMap, token: &str) -> Option<Response> {
+    let expected = format!("Bearer {token}");
     match headers.get("authorization").and_then(|v| v.to_str().ok()) {
         Some(value) if value == expected => None,
         _ => Some(error(
@@ -182,7 +189,7 @@ fn unauthorized(headers: &HeaderMap) -> Option<Response> {
 }
 
 async fn register(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = unauthorized(&headers) {
+    if let Some(r) = refused_unless(&headers, TOKEN) {
         return r;
     }
     let Ok(request) = serde_json::from_slice::<RegisterRequest>(&body) else {
@@ -192,6 +199,7 @@ async fn register(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes
     let heartbeat_secs = fake.script().heartbeat_secs;
     axum::Json(RegisterResponse {
         runner_id: 7,
+        credential: CREDENTIAL.into(),
         lease_secs: heartbeat_secs * 3,
         heartbeat_secs,
     })

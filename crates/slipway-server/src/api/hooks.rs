@@ -1,8 +1,9 @@
 //! `POST /hook`: deliveries from GitHub, Gitea/Forgejo, GitLab and the generic trigger.
 //!
 //! Order (see [`crate::webhook`]): who sent it (400 if nobody we know), which repository
-//! (400 malformed, 404 unknown), signature (401), delivery id already seen (200 with the
-//! existing build, nothing new), what it asks (202 ignored with the reason, 400 malformed),
+//! (400 malformed, 404 unknown), signature (401), delivery id already seen, or the same
+//! body already built within the replay window whatever its delivery id (200 with the
+//! existing build, nothing new: a replayed signed body builds nothing), what it asks (202 ignored with the reason, 400 malformed),
 //! `[ci skip]` (202). Nothing is written to the database before a build is created, so
 //! every refusal leaves it unchanged.
 
@@ -13,6 +14,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::ApiError;
 use crate::app::AppState;
@@ -70,6 +72,13 @@ pub async fn receive(
         ));
     }
 
+    // A captured signed body replayed under a new (or no) delivery id is still the same
+    // body: remembered by digest, per repository, for the replay window.
+    let body_digest = hex::encode(Sha256::digest(&body));
+    if let Some(build_id) = state.store.body_build(repo.id, &body_digest).await? {
+        return replayed(&state, build_id).await;
+    }
+
     let hook = match webhook::parse(provider, &h, &body).map_err(refused)? {
         Parsed::Build(hook) => hook,
         Parsed::Ignored { reason } => {
@@ -85,6 +94,7 @@ pub async fn receive(
     let request = BuildRequest {
         context: hook.context(),
         delivery_id: hook.delivery_id.clone(),
+        body_digest: Some(body_digest),
         trigger: "@hook".to_owned(),
         fetched: false,
     };
@@ -109,6 +119,26 @@ pub async fn receive(
                 Json(json!({"duplicate": true, "delivery_id": delivery_id, "build": number})),
             ))
         }
+        Err(builds::BuildError::Store(StoreError::ReplayedBody { build_id })) => {
+            replayed(&state, build_id).await
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The answer to a body already built: its build, nothing new.
+async fn replayed(
+    state: &AppState,
+    build_id: i64,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let number = state.store.build(build_id).await?.map(|b| b.number);
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "duplicate": true,
+            "replayed_body": true,
+            "build": number,
+            "message": "this exact body was already delivered and built; a replay builds nothing (restart the build to run it again)",
+        })),
+    ))
 }

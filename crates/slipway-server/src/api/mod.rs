@@ -243,9 +243,44 @@ impl FromRequestParts<Arc<AppState>> for Admin {
     }
 }
 
-/// A runner (or an admin) speaking the runner protocol.
-#[derive(Debug, Clone)]
-pub struct RunnerCaller(pub Token);
+/// Who speaks the runner protocol. The shared runner token only registers; registering
+/// hands the runner a credential of its own ([`auth::runner_credential`]) that every later
+/// call presents, so a runner can act only as itself. An admin token may do anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerCaller {
+    Admin,
+    /// The shared runner token.
+    Registrar,
+    /// A registered runner, by its own credential.
+    Runner(i64),
+}
+
+impl RunnerCaller {
+    /// Registering needs the runner token (or an admin's).
+    pub fn may_register(self) -> Result<(), ApiError> {
+        match self {
+            RunnerCaller::Admin | RunnerCaller::Registrar => Ok(()),
+            RunnerCaller::Runner(_) => Err(ApiError::forbidden(
+                "a runner's own credential cannot register runners; use the runner token",
+            )),
+        }
+    }
+
+    /// Acting as runner `id` (polls, heartbeats, a stage's reports) needs that runner's
+    /// credential (or an admin token).
+    pub fn acts_as(self, id: i64) -> Result<(), ApiError> {
+        match self {
+            RunnerCaller::Admin => Ok(()),
+            RunnerCaller::Runner(own) if own == id => Ok(()),
+            RunnerCaller::Runner(own) => Err(ApiError::forbidden(format!(
+                "this credential belongs to runner {own}, not runner {id}"
+            ))),
+            RunnerCaller::Registrar => Err(ApiError::forbidden(
+                "the runner token only registers: a registered runner calls with the credential its registration returned",
+            )),
+        }
+    }
+}
 
 impl FromRequestParts<Arc<AppState>> for RunnerCaller {
     type Rejection = ApiError;
@@ -254,12 +289,41 @@ impl FromRequestParts<Arc<AppState>> for RunnerCaller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let token = authenticate(parts, state).await?;
-        if token.scope != auth::SCOPE_RUNNER && token.scope != auth::SCOPE_ADMIN {
-            return Err(ApiError::forbidden("this needs a runner token"));
+        // Runners send a bearer token; the UI's cookie is never a runner.
+        let presented = bearer_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        if let Some((id, secret)) = auth::parse_runner_credential(&presented) {
+            let runner = match state.cached_runner(id) {
+                Some(runner) => Some(runner),
+                None => state.store.runner(id).await?,
+            };
+            return match runner {
+                Some(runner) if auth::matches_hash(secret, &runner.credential_hash) => {
+                    Ok(RunnerCaller::Runner(id))
+                }
+                _ => Err(ApiError::unauthorized()),
+            };
         }
-        Ok(RunnerCaller(token))
+        let token = state
+            .tokens
+            .check(&state.store, &presented)
+            .await
+            .ok_or_else(ApiError::unauthorized)?;
+        match token.scope.as_str() {
+            auth::SCOPE_ADMIN => Ok(RunnerCaller::Admin),
+            auth::SCOPE_RUNNER => Ok(RunnerCaller::Registrar),
+            _ => Err(ApiError::forbidden("this needs a runner token")),
+        }
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    (!token.is_empty()).then(|| token.to_owned())
 }
 
 /// A path under a repository: `owner/name[/group…]` then what is asked of it.

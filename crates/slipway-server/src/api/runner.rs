@@ -1,4 +1,11 @@
 //! The runner protocol's endpoints (see `slipway_runner::protocol` for the contract).
+//!
+//! Who may call what is [`RunnerCaller`]'s: the shared runner token registers, and the
+//! credential a registration returns acts as that runner only (the `runner_id` of every
+//! poll, heartbeat, events and `/done` must be its own).
+
+/// Labels runners may not give themselves.
+const RESERVED_LABEL_PREFIX: &str = "slipway.";
 
 use std::sync::Arc;
 
@@ -13,6 +20,7 @@ use slipway_runner::protocol::{
 
 use super::{ApiError, RunnerCaller};
 use crate::app::AppState;
+use crate::builds::EXEC_LABEL;
 use crate::logstore::LogError;
 use crate::queue::{self, QueueError};
 
@@ -38,9 +46,10 @@ impl From<QueueError> for ApiError {
 
 pub async fn register(
     State(state): State<Arc<AppState>>,
-    _caller: RunnerCaller,
+    caller: RunnerCaller,
     Json(req): Json<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
+    caller.may_register()?;
     if req.protocol != PROTOCOL_VERSION {
         return Err(ApiError::bad_request(format!(
             "runner `{}` speaks protocol {} but this server speaks {PROTOCOL_VERSION}: run the same Slipway version on both",
@@ -50,13 +59,27 @@ pub async fn register(
     if req.name.trim().is_empty() {
         return Err(ApiError::bad_request("a runner needs a name"));
     }
+    // `slipway.*` labels are the server's to give: `slipway.exec` marks a runner that may
+    // run `type: exec` stages on its host, which only `--allow-exec` asks for.
+    if let Some(key) = req.labels.keys().find(|k| k.starts_with(RESERVED_LABEL_PREFIX)) {
+        return Err(ApiError::bad_request(format!(
+            "runner `{}` asks for the label `{key}`, but `{RESERVED_LABEL_PREFIX}*` labels are set by the server (for exec pipelines start the runner with `--allow-exec`)",
+            req.name
+        )));
+    }
+    let mut labels = req.labels.clone();
+    if req.allow_exec {
+        labels.insert(EXEC_LABEL.0.to_owned(), EXEC_LABEL.1.to_owned());
+    }
+    let secret = crate::auth::generate();
     let runner = state
         .store
         .register_runner(
             req.name.trim(),
-            &req.labels,
+            &labels,
             i64::from(req.capacity.max(1)),
             &req.version,
+            &crate::auth::hash(&secret),
             crate::now_ms(),
         )
         .await?;
@@ -66,13 +89,19 @@ pub async fn register(
         .unwrap_or_else(|e| e.into_inner())
         .insert(runner.id, runner.clone());
     tracing::info!(
-        "runner {} (id {}) registered: capacity {}, labels {:?}",
+        "runner {} (id {}) registered: capacity {}, labels {:?}{}",
         runner.name,
         runner.id,
         runner.capacity,
-        runner.labels
+        runner.labels,
+        if req.allow_exec {
+            "; runs exec pipelines on its host"
+        } else {
+            ""
+        }
     );
     Ok(Json(RegisterResponse {
+        credential: crate::auth::runner_credential(runner.id, &secret),
         runner_id: runner.id,
         lease_secs: state.config.lease.as_secs().max(1),
         heartbeat_secs: state.config.heartbeat().as_secs().max(1),
@@ -81,9 +110,10 @@ pub async fn register(
 
 pub async fn poll(
     State(state): State<Arc<AppState>>,
-    _caller: RunnerCaller,
+    caller: RunnerCaller,
     Json(req): Json<PollRequest>,
 ) -> Result<Response, ApiError> {
+    caller.acts_as(req.runner_id)?;
     let runner = seen_runner(&state, req.runner_id).await?;
     lease_answer(queue::poll(&state, &runner).await?)
 }
@@ -128,10 +158,11 @@ fn lease_answer(lease: Option<slipway_runner::protocol::Lease>) -> Result<Respon
 
 pub async fn heartbeat(
     State(state): State<Arc<AppState>>,
-    _caller: RunnerCaller,
+    caller: RunnerCaller,
     Path(id): Path<i64>,
     Json(req): Json<Heartbeat>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
+    caller.acts_as(req.runner_id)?;
     // Seen, written at most every 5 s as for polls. A runner this server does not know
     // holds no lease either: the renewal below refuses it.
     match seen_runner(&state, req.runner_id).await {
@@ -144,19 +175,21 @@ pub async fn heartbeat(
 
 pub async fn events(
     State(state): State<Arc<AppState>>,
-    _caller: RunnerCaller,
+    caller: RunnerCaller,
     Path(id): Path<i64>,
     Json(batch): Json<EventBatch>,
 ) -> Result<Response, ApiError> {
+    caller.acts_as(batch.runner_id)?;
     Ok(Json(queue::events(&state, id, batch).await?).into_response())
 }
 
 pub async fn done(
     State(state): State<Arc<AppState>>,
-    _caller: RunnerCaller,
+    caller: RunnerCaller,
     Path(id): Path<i64>,
     Json(req): Json<StageDone>,
 ) -> Result<Response, ApiError> {
+    caller.acts_as(req.runner_id)?;
     // Run to the end even if the runner hangs up meanwhile: an end that is committed must
     // also settle its build, and the next stage leased with it must be handed out.
     tokio::spawn(async move { end_stage(&state, id, req).await })

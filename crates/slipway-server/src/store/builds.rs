@@ -131,12 +131,37 @@ impl Store {
         Ok(id)
     }
 
+    /// The id of the build that the webhook body with this SHA-256 created within the
+    /// replay window, if any.
+    pub async fn body_build(&self, repo_id: i64, digest: &str) -> Result<Option<i64>> {
+        let mut conn = self.conn().await?;
+        Self::body_build_in(&mut conn, repo_id, digest).await
+    }
+
+    async fn body_build_in(
+        conn: &mut sqlx::AnyConnection,
+        repo_id: i64,
+        digest: &str,
+    ) -> Result<Option<i64>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM builds WHERE repo_id = $1 AND body_digest = $2 AND created > $3 \
+             ORDER BY id LIMIT 1",
+        )
+        .bind(repo_id)
+        .bind(digest)
+        .bind(now_ms() - super::REPLAY_WINDOW_MS)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(id)
+    }
+
     /// Creates a build whole, in one transaction: takes the repository's next number,
     /// calls `compile(number)` for the status, context and stages, and inserts the build,
     /// its stages (numbered 1.. in the given order) and their steps (pending, numbered 1..).
     ///
     /// A delivery id already recorded for the repository is
-    /// [`StoreError::DuplicateDelivery`] and changes nothing (`compile` is not called); a
+    /// [`StoreError::DuplicateDelivery`] and changes nothing (`compile` is not called), and
+    /// so is a body digest built within the replay window ([`StoreError::ReplayedBody`]); a
     /// missing repository is `Database(RowNotFound)`. On any error nothing is left behind
     /// and the number is not used up.
     ///
@@ -177,15 +202,22 @@ impl Store {
             }
         }
 
+        if let Some(digest) = &new.body_digest
+            && let Some(build_id) = Self::body_build_in(&mut tx, new.repo_id, digest).await?
+        {
+            tx.rollback().await?;
+            return Err(StoreError::ReplayedBody { build_id });
+        }
+
         let compiled = compile(number);
         let now = now_ms();
         let done_at = |status: Status| status.is_done().then_some(now);
         let inserted = sqlx::query(
             "INSERT INTO builds (repo_id, number, status, event, reference, branch, commit_sha, \
              message, author, build_trigger, deploy_to, delivery_id, context, error, created, \
-             started, finished) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, $16) \
-             RETURNING *",
+             started, finished, body_digest) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, $16, \
+             $17) RETURNING *",
         )
         .bind(new.repo_id)
         .bind(number)
@@ -203,6 +235,7 @@ impl Store {
         .bind(&compiled.error)
         .bind(now)
         .bind(done_at(compiled.status))
+        .bind(&new.body_digest)
         .fetch_one(&mut *tx)
         .await;
         let build_row = match inserted {

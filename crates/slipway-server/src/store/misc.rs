@@ -57,27 +57,31 @@ impl Store {
     // ---------------------------------------------------------------- runners
 
     /// Registers a runner by name; registering a known name again updates its labels,
-    /// capacity, version and last-seen time and keeps its id and `created`.
+    /// capacity, version, last-seen time and credential (the old one stops working) and
+    /// keeps its id and `created`.
     pub async fn register_runner(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
         capacity: i64,
         version: &str,
+        credential_hash: &str,
         now: i64,
     ) -> Result<Runner> {
         let row = sqlx::query(
-            "INSERT INTO runners (name, labels, capacity, version, last_seen, created) \
-             VALUES ($1, $2, $3, $4, $5, $5) \
+            "INSERT INTO runners (name, labels, capacity, version, last_seen, created, \
+             credential_hash) VALUES ($1, $2, $3, $4, $5, $5, $6) \
              ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
              capacity = excluded.capacity, version = excluded.version, \
-             last_seen = excluded.last_seen RETURNING *",
+             last_seen = excluded.last_seen, credential_hash = excluded.credential_hash \
+             RETURNING *",
         )
         .bind(name)
         .bind(json_text(labels, "runner labels")?)
         .bind(capacity)
         .bind(version)
         .bind(now)
+        .bind(credential_hash)
         .fetch_one(&mut *self.conn().await?)
         .await?;
         rows::runner(&row)

@@ -12,7 +12,9 @@
 //!   number is taken inside the transaction that inserts the build.
 //! - **A build is created whole or not at all**: build, stages, steps and the delivery id
 //!   in one transaction. A delivery id already recorded for the repository makes
-//!   [`Store::create_build`] fail with [`StoreError::DuplicateDelivery`] and change nothing.
+//!   [`Store::create_build`] fail with [`StoreError::DuplicateDelivery`] and change nothing;
+//!   so does a webhook body already built within [`REPLAY_WINDOW_MS`]
+//!   ([`StoreError::ReplayedBody`]), whatever its delivery id.
 //! - **A lease has one holder**: [`Store::lease_stage`] and [`Store::lease_head`] are a
 //!   compare-and-set on `status = 'pending'`, so two runners polling at once cannot both
 //!   get a stage; every later change to a leased stage names its attempt and is refused for
@@ -57,6 +59,10 @@ pub enum StoreError {
     /// The delivery id was already recorded for this repository; its build is named.
     #[error("delivery `{delivery_id}` was already received (build id {build_id})")]
     DuplicateDelivery { delivery_id: String, build_id: i64 },
+    /// The same webhook body was already built within the replay window (a replay under
+    /// a new or no delivery id); its build is named.
+    #[error("this webhook body was already received (build id {build_id})")]
+    ReplayedBody { build_id: i64 },
     #[error("a stored value is corrupt ({what}): {message}")]
     Corrupt { what: String, message: String },
 }
@@ -153,7 +159,14 @@ pub struct NewBuild {
     pub trigger: String,
     pub deploy_to: String,
     pub delivery_id: Option<String>,
+    /// The SHA-256 (hex) of the webhook body the build came from: the same body within
+    /// [`REPLAY_WINDOW_MS`] is [`StoreError::ReplayedBody`].
+    pub body_digest: Option<String>,
 }
+
+/// How long a webhook body is remembered: delivered again within it (under any delivery
+/// id), it builds nothing.
+pub const REPLAY_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The part of a new build that depends on its number (`${DRONE_BUILD_NUMBER}` is
 /// substituted into the pipeline file): made by the closure given to
@@ -249,6 +262,9 @@ pub struct Runner {
     pub version: String,
     pub last_seen: i64,
     pub created: i64,
+    /// The SHA-256 (hex) of the runner's own credential; never shown.
+    #[serde(skip)]
+    pub credential_hash: String,
 }
 
 /// An API token: only its SHA-256 (hex) is stored.

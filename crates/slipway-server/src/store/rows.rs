@@ -159,6 +159,7 @@ pub(super) fn runner(row: &AnyRow) -> Result<Runner> {
         version: row.try_get("version")?,
         last_seen: row.try_get("last_seen")?,
         created: row.try_get("created")?,
+        credential_hash: row.try_get("credential_hash")?,
     })
 }
 

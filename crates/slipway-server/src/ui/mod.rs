@@ -546,6 +546,7 @@ mod tests {
             version: "0.1.0".into(),
             last_seen: NOW - 5_000,
             created: NOW - 86_400_000,
+            credential_hash: String::new(),
         };
         vec![
             (

@@ -16,6 +16,8 @@ const REPO: &str = "team/proto";
 struct Harness {
     url: String,
     runner_token: String,
+    /// Each registered runner's own credential, by runner id.
+    credentials: std::sync::Mutex<std::collections::HashMap<i64, String>>,
     http: reqwest::Client,
     repo: BareRepo,
     data: tempfile::TempDir,
@@ -29,8 +31,9 @@ impl Drop for Harness {
 }
 
 impl Harness {
-    /// A server with one repository whose pipeline has the steps `a` and `b` (exec, no
-    /// clone; nothing runs them but this test).
+    /// A server with one (trusted) repository whose pipeline has the steps `a` and `b`
+    /// (exec, no clone; nothing runs them but this test, which registers its runners as
+    /// allowing exec).
     async fn start() -> Harness {
         Harness::with_pipeline(
             "kind: pipeline\ntype: exec\nname: default\nclone:\n  disable: true\nsteps:\n\
@@ -47,6 +50,7 @@ impl Harness {
         let harness = Harness {
             url,
             runner_token: server.state.runner_token.clone(),
+            credentials: Default::default(),
             http: reqwest::Client::new(),
             repo,
             data,
@@ -56,7 +60,7 @@ impl Harness {
             .admin_post(
                 "/api/repos",
                 json!({"name": REPO, "provider": "generic", "config_path": ".drone.yml",
-                       "clone_url": harness.repo.clone_url}),
+                       "clone_url": harness.repo.clone_url, "trusted": true}),
             )
             .await;
         assert_eq!(status, 201, "{body}");
@@ -94,11 +98,21 @@ impl Harness {
         .await
     }
 
+    /// A runner protocol call with the credential of the runner the body names (the runner
+    /// token for a registration).
     async fn runner_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let credential = body["runner_id"]
+            .as_i64()
+            .and_then(|id| self.credentials.lock().expect("lock").get(&id).cloned())
+            .unwrap_or_else(|| self.runner_token.clone());
+        self.runner_post_as(&credential, path, body).await
+    }
+
+    async fn runner_post_as(&self, bearer: &str, path: &str, body: &Value) -> (u16, Value) {
         self.send(
             self.http
                 .post(format!("{}/api/runner{path}", self.url))
-                .bearer_auth(&self.runner_token)
+                .bearer_auth(bearer)
                 .json(body),
         )
         .await
@@ -113,17 +127,29 @@ impl Harness {
         .await
     }
 
+    /// Registers a runner that allows exec: its id.
     async fn register(&self, name: &str) -> i64 {
+        self.register_with(name, true).await.0
+    }
+
+    /// Registers a runner: its id and credential.
+    async fn register_with(&self, name: &str, allow_exec: bool) -> (i64, String) {
         let (status, body) = self
             .runner_post(
                 "/register",
                 &json!({"name": name, "labels": {"os": "linux", "arch": "amd64"}, "capacity": 1,
-                        "version": "test",
+                        "version": "test", "allow_exec": allow_exec,
                         "protocol": slipway_runner::protocol::PROTOCOL_VERSION}),
             )
             .await;
         assert_eq!(status, 200, "{body}");
-        body["runner_id"].as_i64().expect("a runner id")
+        let id = body["runner_id"].as_i64().expect("a runner id");
+        let credential = body["credential"].as_str().expect("a credential").to_owned();
+        self.credentials
+            .lock()
+            .expect("lock")
+            .insert(id, credential.clone());
+        (id, credential)
     }
 
     /// "Run pipeline" with `body` (`{"branch": …}`, `{"commit": …}`): the new build.
@@ -528,4 +554,120 @@ async fn matrix_stages_go_to_a_runner_of_their_platform() {
         titles,
         [format!("{REPO}#1 matrix-1"), format!("{REPO}#1 matrix-2")]
     );
+}
+
+/// Each runner gets its own credential at registration, which acts as that runner only:
+/// not as another runner, not for registering; the shared runner token only registers;
+/// registering again replaces the credential; runners cannot give themselves `slipway.*`
+/// labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runners_credential_acts_as_that_runner_only() {
+    let h = Harness::start().await;
+    let (first, first_credential) = h.register_with("first", true).await;
+    let (second, second_credential) = h.register_with("second", true).await;
+    assert_ne!(first_credential, second_credential);
+    assert!(
+        !first_credential.contains(&h.runner_token),
+        "the credential is not the runner token"
+    );
+    h.run(json!({"branch": "main"})).await;
+
+    // The first runner's credential polling as the second: refused, nothing leased.
+    let (status, body) = h
+        .runner_post_as(&first_credential, "/poll", &json!({"runner_id": second}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("runner"), "{body}");
+    // The shared runner token is for registering only.
+    let (status, body) = h
+        .runner_post_as(&h.runner_token, "/poll", &json!({"runner_id": first}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // A made-up credential for a real runner id.
+    let forged = format!("slipway-runner.{first}.{}", "0".repeat(64));
+    let (status, body) = h
+        .runner_post_as(&forged, "/poll", &json!({"runner_id": first}))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    // A credential cannot register runners.
+    let (status, body) = h
+        .runner_post_as(
+            &first_credential,
+            "/register",
+            &json!({"name": "third", "labels": {}, "capacity": 1, "version": "test",
+                    "protocol": slipway_runner::protocol::PROTOCOL_VERSION}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, stage) = h
+        .admin_get(&format!("/api/repos/{REPO}/builds/1"))
+        .await;
+    assert_eq!(stage["stages"][0]["status"], "pending", "nothing was leased: {stage}");
+
+    // The stage leased to the first runner: the second cannot report for it, even naming
+    // the first runner's id.
+    let (status, lease) = h
+        .runner_post_as(&first_credential, "/poll", &json!({"runner_id": first}))
+        .await;
+    assert_eq!(status, 200, "{lease}");
+    let stage_id = lease["stage_id"].as_i64().expect("a stage id");
+    let (status, body) = h
+        .runner_post_as(
+            &second_credential,
+            &format!("/stages/{stage_id}/heartbeat"),
+            &json!({"runner_id": first, "attempt": 1}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // Registering again replaces the credential: the old one stops working.
+    let (again, new_credential) = h.register_with("first", true).await;
+    assert_eq!(again, first);
+    let (status, _) = h
+        .runner_post_as(
+            &first_credential,
+            &format!("/stages/{stage_id}/heartbeat"),
+            &json!({"runner_id": first, "attempt": 1}),
+        )
+        .await;
+    assert_eq!(status, 401, "the replaced credential is refused");
+    let (status, body) = h
+        .runner_post_as(
+            &new_credential,
+            &format!("/stages/{stage_id}/heartbeat"),
+            &json!({"runner_id": first, "attempt": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = h
+        .runner_post(
+            "/register",
+            &json!({"name": "sneaky", "labels": {"slipway.exec": "allowed"}, "capacity": 1,
+                    "version": "test", "protocol": slipway_runner::protocol::PROTOCOL_VERSION}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--allow-exec"),
+        "{body}"
+    );
+}
+
+/// A `type: exec` stage is leased only to a runner that registered allowing exec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stages_go_only_to_runners_that_allow_exec() {
+    let h = Harness::start().await;
+    let (plain, _) = h.register_with("plain", false).await;
+    let (exec, _) = h.register_with("exec", true).await;
+    h.run(json!({"branch": "main"})).await;
+    let (status, body) = h.runner_post("/poll", &json!({"runner_id": plain})).await;
+    assert_eq!(status, 204, "nothing for a runner without exec: {body}");
+    let (status, lease) = h.runner_post("/poll", &json!({"runner_id": exec})).await;
+    assert_eq!(status, 200, "{lease}");
+    assert_eq!(lease["plan"]["pipelines"][0]["type"], "exec", "{lease}");
+    assert_eq!(lease["trusted"], true, "a trusted repository's run: {lease}");
 }

@@ -187,6 +187,7 @@ both_engines!(
     build_numbers_have_no_gaps_under_concurrency,
     numbers_are_per_repository,
     duplicate_delivery_changes_nothing,
+    replayed_body_changes_nothing,
     create_build_for_a_missing_repository_leaves_nothing,
     lease_has_exactly_one_winner,
     lease_lifecycle,
@@ -235,6 +236,7 @@ fn new_build(repo_id: i64, delivery: Option<&str>) -> NewBuild {
         trigger: "webhook".to_owned(),
         deploy_to: String::new(),
         delivery_id: delivery.map(str::to_owned),
+        body_digest: None,
     }
 }
 
@@ -285,7 +287,7 @@ async fn one_build(db: &TestDb) -> (Store, i64, i64, i64) {
 async fn one_leased_stage(db: &TestDb) -> (Store, i64, i64, Runner, Stage) {
     let (store, _repo_id, build_id, stage_id) = one_build(db).await;
     let runner = store
-        .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
+        .register_runner("r1", &BTreeMap::new(), 1, "test", "", 100)
         .await
         .expect("runner");
     let leased = store
@@ -799,6 +801,50 @@ async fn numbers_are_per_repository(db: &TestDb) {
         numbers.sort_unstable();
         assert_eq!(*numbers, [1, 2, 3, 4, 5]);
     }
+}
+
+/// A webhook body built once is refused again under any delivery id (or none), for its
+/// repository only, and the refusal writes nothing.
+async fn replayed_body_changes_nothing(db: &TestDb) {
+    let (store, repo) = store_with_repo(db, "acme/app").await;
+    let other = store
+        .create_repo(&new_repo("acme/other"))
+        .await
+        .expect("repo");
+    let with_body = |repo_id: i64, delivery: Option<&str>, digest: &str| NewBuild {
+        body_digest: Some(digest.to_owned()),
+        ..new_build(repo_id, delivery)
+    };
+    let (first, _) = store
+        .create_build(&with_body(repo.id, Some("d-1"), "aa"), two_stages)
+        .await
+        .expect("first");
+    assert_eq!(
+        store.body_build(repo.id, "aa").await.expect("lookup"),
+        Some(first.id)
+    );
+    let before = snapshot(db).await;
+    for delivery in [Some("d-2"), None] {
+        match store
+            .create_build(&with_body(repo.id, delivery, "aa"), two_stages)
+            .await
+        {
+            Err(StoreError::ReplayedBody { build_id }) => assert_eq!(build_id, first.id),
+            other => panic!("expected ReplayedBody for {delivery:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(snapshot(db).await, before, "database unchanged");
+    // Another body, or the same body for another repository, builds.
+    let (second, _) = store
+        .create_build(&with_body(repo.id, Some("d-3"), "bb"), two_stages)
+        .await
+        .expect("another body");
+    assert_eq!(second.number, 2, "the refusals used no number");
+    store
+        .create_build(&with_body(other.id, Some("d-1"), "aa"), two_stages)
+        .await
+        .expect("same body, other repository");
+    assert_eq!(store.body_build(repo.id, "cc").await.expect("lookup"), None);
 }
 
 async fn duplicate_delivery_changes_nothing(db: &TestDb) {
@@ -1610,7 +1656,7 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
         .await
         .expect("repo");
     let runner = store
-        .register_runner("r1", &BTreeMap::new(), 1, "test", 100)
+        .register_runner("r1", &BTreeMap::new(), 1, "test", "", 100)
         .await
         .expect("runner");
     assert_eq!(
@@ -1655,6 +1701,7 @@ async fn lease_head_takes_only_a_head_any_runner_may_run(db: &TestDb) {
             ]),
             1,
             "test",
+            "",
             100,
         )
         .await
@@ -1757,7 +1804,7 @@ async fn ends_arriving_together_are_each_applied_as_alone(db: &TestDb) {
     let mut runners = Vec::new();
     for (i, stage_id) in stages[..8].iter().enumerate() {
         let runner = store
-            .register_runner(&format!("r{i}"), &BTreeMap::new(), 1, "test", 100)
+            .register_runner(&format!("r{i}"), &BTreeMap::new(), 1, "test", "", 100)
             .await
             .expect("runner");
         let leased = store
@@ -1868,7 +1915,7 @@ async fn runners(db: &TestDb) {
         ("os".to_owned(), "linux".to_owned()),
     ]);
     let zulu = store
-        .register_runner("zulu", &labels, 2, "0.1.0", 1_000)
+        .register_runner("zulu", &labels, 2, "0.1.0", "h1", 1_000)
         .await
         .expect("register");
     assert_eq!(zulu.name, "zulu");
@@ -1876,21 +1923,26 @@ async fn runners(db: &TestDb) {
     assert_eq!(zulu.capacity, 2);
     assert_eq!(zulu.version, "0.1.0");
     assert_eq!((zulu.last_seen, zulu.created), (1_000, 1_000));
+    assert_eq!(zulu.credential_hash, "h1");
     let alpha = store
-        .register_runner("alpha", &BTreeMap::new(), 1, "0.1.0", 1_100)
+        .register_runner("alpha", &BTreeMap::new(), 1, "0.1.0", "h2", 1_100)
         .await
         .expect("register");
     assert!(alpha.labels.is_empty());
 
     let new_labels = BTreeMap::from([("gpu".to_owned(), "yes".to_owned())]);
     let again = store
-        .register_runner("zulu", &new_labels, 4, "0.2.0", 5_000)
+        .register_runner("zulu", &new_labels, 4, "0.2.0", "h3", 5_000)
         .await
         .expect("re-register");
     assert_eq!(again.id, zulu.id, "same name keeps the id");
     assert_eq!(again.labels, new_labels);
     assert_eq!((again.capacity, again.version.as_str()), (4, "0.2.0"));
     assert_eq!((again.last_seen, again.created), (5_000, 1_000));
+    assert_eq!(
+        again.credential_hash, "h3",
+        "registering again replaces the credential"
+    );
 
     store.touch_runner(alpha.id, 9_000).await.expect("touch");
     let touched = store
@@ -1994,7 +2046,7 @@ async fn artifacts_and_stats(db: &TestDb) {
         (2, 0, 1, 0)
     );
     store
-        .register_runner("r", &BTreeMap::new(), 1, "0", 1)
+        .register_runner("r", &BTreeMap::new(), 1, "0", "", 1)
         .await
         .expect("runner");
     store
