@@ -44,7 +44,9 @@ pub enum RepoCommand {
         config_path: Option<String>,
         #[arg(long)]
         default_branch: Option<String>,
-        /// Allow host volumes and privileged steps.
+        /// Trust the repository's pushes, tags and manual runs: host volumes, privileged
+        /// steps, `docker.sock`, exec pipelines (on runners started with --allow-exec) and
+        /// publishing images to the registry. Pull requests never get these.
         #[arg(long)]
         trusted: bool,
         /// Cancel pending builds of a branch superseded by a newer push.

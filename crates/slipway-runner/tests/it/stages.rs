@@ -259,3 +259,46 @@ async fn a_commit_only_on_a_pull_request_ref_is_checked_out() {
     assert!(fake.lines("check").contains(&"pr-content".to_string()));
     assert!(!fake.lines("clone").is_empty());
 }
+
+/// A `type: exec` lease runs on the host only on a runner started with `--allow-exec`:
+/// elsewhere it ends as `error` naming the pipeline and the flag, and nothing ran.
+#[tokio::test]
+async fn an_exec_lease_runs_only_on_a_runner_that_allows_exec() {
+    let host = tempfile::tempdir().expect("a host directory");
+    let marker = host.path().join("ran-on-the-host");
+    let exec_plan = || {
+        let yaml = format!(
+            "kind: pipeline\ntype: exec\nname: on-host\nclone:\n  disable: true\nsteps:\n\
+             - name: touch\n  commands: [\"touch {}\"]\n",
+            marker.display()
+        );
+        slipway_spec::compile(&yaml, &slipway_spec::BuildContext::default())
+            .expect("compiles")
+            .plan
+    };
+    for allow_exec in [false, true] {
+        let (fake, addr) = fake::start(Script::default()).await;
+        let mut exec_lease = lease(exec_plan(), WorkspaceSpec::Empty);
+        exec_lease.trusted = true;
+        fake.push_lease(exec_lease);
+        let runner = crate::support::start_runner_with(addr, |c| c.allow_exec = allow_exec);
+        let done = fake.wait_done(Duration::from_secs(60)).await;
+        runner.stop().await.expect("the runner stops cleanly");
+        assert!(
+            fake.record().registrations[0].allow_exec == allow_exec,
+            "the registration says whether it runs exec"
+        );
+        if allow_exec {
+            assert_eq!(done.status, Status::Success, "{:?}", done.error);
+            assert!(marker.exists(), "an allowing runner ran it");
+        } else {
+            assert_eq!(done.status, Status::Error);
+            let error = done.error.clone().unwrap_or_default();
+            assert!(
+                error.contains("`on-host`") && error.contains("--allow-exec"),
+                "{error}"
+            );
+            assert!(!marker.exists(), "nothing ran on the host");
+        }
+    }
+}

@@ -98,13 +98,17 @@ pub fn config(addr: SocketAddr, work_root: &Path) -> RunnerConfig {
 }
 
 pub fn start_runner(addr: SocketAddr) -> Runner {
+    start_runner_with(addr, |_| {})
+}
+
+/// [`start_runner`] with its configuration changed by `tweak`.
+pub fn start_runner_with(addr: SocketAddr, tweak: impl FnOnce(&mut RunnerConfig)) -> Runner {
     init_tracing();
     let work = tempfile::tempdir().expect("work root");
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(slipway_runner::run(
-        config(addr, work.path()),
-        shutdown.clone(),
-    ));
+    let mut config = config(addr, work.path());
+    tweak(&mut config);
+    let handle = tokio::spawn(slipway_runner::run(config, shutdown.clone()));
     Runner {
         shutdown,
         handle,

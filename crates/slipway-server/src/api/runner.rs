@@ -61,7 +61,11 @@ pub async fn register(
     }
     // `slipway.*` labels are the server's to give: `slipway.exec` marks a runner that may
     // run `type: exec` stages on its host, which only `--allow-exec` asks for.
-    if let Some(key) = req.labels.keys().find(|k| k.starts_with(RESERVED_LABEL_PREFIX)) {
+    if let Some(key) = req
+        .labels
+        .keys()
+        .find(|k| k.starts_with(RESERVED_LABEL_PREFIX))
+    {
         return Err(ApiError::bad_request(format!(
             "runner `{}` asks for the label `{key}`, but `{RESERVED_LABEL_PREFIX}*` labels are set by the server (for exec pipelines start the runner with `--allow-exec`)",
             req.name

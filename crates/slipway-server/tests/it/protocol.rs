@@ -144,7 +144,10 @@ impl Harness {
             .await;
         assert_eq!(status, 200, "{body}");
         let id = body["runner_id"].as_i64().expect("a runner id");
-        let credential = body["credential"].as_str().expect("a credential").to_owned();
+        let credential = body["credential"]
+            .as_str()
+            .expect("a credential")
+            .to_owned();
         self.credentials
             .lock()
             .expect("lock")
@@ -577,7 +580,13 @@ async fn a_runners_credential_acts_as_that_runner_only() {
         .runner_post_as(&first_credential, "/poll", &json!({"runner_id": second}))
         .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body["message"].as_str().unwrap_or_default().contains("runner"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("runner"),
+        "{body}"
+    );
     // The shared runner token is for registering only.
     let (status, body) = h
         .runner_post_as(&h.runner_token, "/poll", &json!({"runner_id": first}))
@@ -599,10 +608,11 @@ async fn a_runners_credential_acts_as_that_runner_only() {
         )
         .await;
     assert_eq!(status, 403, "{body}");
-    let (_, stage) = h
-        .admin_get(&format!("/api/repos/{REPO}/builds/1"))
-        .await;
-    assert_eq!(stage["stages"][0]["status"], "pending", "nothing was leased: {stage}");
+    let (_, stage) = h.admin_get(&format!("/api/repos/{REPO}/builds/1")).await;
+    assert_eq!(
+        stage["stages"][0]["status"], "pending",
+        "nothing was leased: {stage}"
+    );
 
     // The stage leased to the first runner: the second cannot report for it, even naming
     // the first runner's id.
@@ -669,5 +679,8 @@ async fn exec_stages_go_only_to_runners_that_allow_exec() {
     let (status, lease) = h.runner_post("/poll", &json!({"runner_id": exec})).await;
     assert_eq!(status, 200, "{lease}");
     assert_eq!(lease["plan"]["pipelines"][0]["type"], "exec", "{lease}");
-    assert_eq!(lease["trusted"], true, "a trusted repository's run: {lease}");
+    assert_eq!(
+        lease["trusted"], true,
+        "a trusted repository's run: {lease}"
+    );
 }

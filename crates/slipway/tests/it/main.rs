@@ -3,6 +3,7 @@
 mod cli;
 mod cluster;
 mod exec;
+mod security;
 mod server;
 
 use std::path::{Path, PathBuf};

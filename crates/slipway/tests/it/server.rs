@@ -625,9 +625,17 @@ fn plugins_docker_pushes_to_the_built_in_registry_with_a_pipeline_token() {
     let data = tempfile::tempdir().expect("data dir");
     let up = start_up(data.path(), &[]);
     let host = up.url.trim_start_matches("http://").to_owned();
+    // Only a trusted repository's builds publish images.
     api(
         &up,
-        &["repo", "add", "team/app", "--clone-url", &served.clone_url],
+        &[
+            "repo",
+            "add",
+            "team/app",
+            "--clone-url",
+            &served.clone_url,
+            "--trusted",
+        ],
     );
     api(&up, &["build", "run", "team/app", "--branch", "main"]);
     let build = wait_for_build(&up, "team/app", 1, Duration::from_secs(180));
