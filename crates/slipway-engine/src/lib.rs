@@ -51,7 +51,10 @@
 //!   Without a scope it is a temp volume.
 //! - **Masking.** Every line of output (steps, services, git) and every error text in the
 //!   report goes through the build's [`Masker`], built from all secret values of the build,
-//!   after being split into lines, so a secret split across reads is still masked.
+//!   after being split into lines, so a secret split across reads is still masked. Each
+//!   line is masked against its raw text and against the text the UI displays of it
+//!   ([`mask::displayed`]: escape sequences and invisible characters removed), so escapes
+//!   planted between a secret's characters do not reveal it.
 //! - **Secrets** reach only the steps that name them, as the variables they name.
 //! - **Trust.** Host volumes and privileged containers are refused unless
 //!   [`RunOptions::trusted`].
