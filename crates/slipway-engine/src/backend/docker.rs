@@ -466,6 +466,18 @@ impl<'a> DockerBackend<'a> {
         abort: &CancellationToken,
     ) -> Result<ContainerCreateBody, EngineError> {
         let plan = step.plan;
+        if crate::native::reserved_image(&plan.image) {
+            return Err(EngineError::refused(
+                &plan.name,
+                format!(
+                    "uses image `{}`: the `{}` namespace is reserved for the images of \
+                     untrusted builds, which are removed when their stage ends; use an image \
+                     of another name",
+                    plan.image,
+                    cleanup::UNTRUSTED_IMAGES.trim_end_matches('/')
+                ),
+            ));
+        }
         if plan.privileged && !self.trusted {
             return Err(EngineError::refused(
                 &plan.name,
@@ -631,6 +643,10 @@ impl Backend for DockerBackend<'_> {
     fn native_host(&self) -> Option<crate::native::NativeHost<'_>> {
         self.native_plugins.then_some(crate::native::NativeHost {
             docker: &self.docker,
+            trusted: self.trusted,
+            build_id: self.build_id,
+            pipeline_index: self.pipeline_index,
+            pipeline: &self.pipeline.name,
             workspace: &self.workspace,
             container_workspace: &self.pipeline.workspace,
         })
