@@ -64,7 +64,9 @@
 //!   only `slipway-untrusted/<build id>:<pipeline>-<step>`, never pushed, labelled like the
 //!   build's containers and removed with them (so on every exit path, and by
 //!   [`remove_orphans`] after a crash): it can never take a name a trusted build resolves.
-//!   No build may name that namespace (step, service, `repo`, `cache_from`).
+//!   No build may name that namespace (step, service, `repo`, `cache_from`). Nor does an
+//!   untrusted build re-pull an image the engine has (`pull: always`, `pull_image`,
+//!   `cache_from`): a pull replaces it for every build with what the registry serves.
 //! - **The workspace stays the workspace.** What the engine reads of the workspace on the
 //!   host (`.tags`, `.dockerignore`, the Dockerfile, the build context) is opened beneath
 //!   its root: a symbolic link whose target leaves the workspace is refused with an error

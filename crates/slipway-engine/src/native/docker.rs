@@ -29,8 +29,10 @@
 //! a repository not marked trusted) build the same way, but the image is tagged only with a
 //! build-scoped name (`slipway-untrusted/<build id>:<pipeline>-<step>`, never `repo`), is
 //! never pushed, and is removed when the build ends (see [`crate::cleanup`]): a pull request
-//! cannot replace an image a trusted build runs or publishes. `repo` and `cache_from` may
-//! not name that namespace in any build.
+//! cannot replace an image a trusted build runs or publishes. Nor does it pull an image the
+//! engine has (`pull_image` is ignored, a present `cache_from` image is not re-pulled),
+//! since a pull replaces the local image for every build. `repo` and `cache_from` may not
+//! name that namespace in any build.
 //!
 //! Output: the build's own output line by line; pulls and pushes one line a layer.
 
@@ -319,7 +321,14 @@ async fn build_and_push(
         labels.insert(cleanup::LABEL_STEP.to_string(), spec.plan.name.clone());
     }
     let no_cache = settings.flag("no_cache")?.unwrap_or(false);
-    let pull = settings.flag("pull_image")?.unwrap_or(false);
+    let mut pull = settings.flag("pull_image")?.unwrap_or(false);
+    if pull && !host.trusted {
+        log.line(
+            "setting `pull_image` is ignored in an untrusted build: pulling would replace base \
+             images on this engine for trusted builds too; missing ones are still pulled",
+        );
+        pull = false;
+    }
 
     match (&target.credentials, own_registry) {
         _ if !host.trusted => {}
@@ -340,6 +349,13 @@ async fn build_and_push(
     }
 
     for image in &cache_from {
+        // An untrusted build pulls only what is missing (see `pull_image`).
+        if !host.trusted && host.docker.inspect_image(image).await.is_ok() {
+            log.line(&format!(
+                "cache_from image {image} is on this engine: not re-pulled in an untrusted build"
+            ));
+            continue;
+        }
         pull_cache_image(host, image, &target, log).await;
     }
 

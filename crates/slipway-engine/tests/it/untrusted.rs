@@ -439,3 +439,37 @@ async fn no_build_may_name_the_untrusted_namespace() -> TestResult {
     }
     assert_clean(&report.build_id).await
 }
+
+#[tokio::test]
+async fn untrusted_pull_always_does_not_replace_a_present_image() -> TestResult {
+    // A local-only name, as a trusted build's `dry_run` leaves it: on Docker Hub the name
+    // could be anyone's, so a pull would replace it with their image.
+    let reference = format!("slipway-test/{}:latest", unique("local-only"));
+    run_cmd(Command::new("docker").args(["tag", &image(), &reference]))?;
+    let original = image_id(&reference)?;
+    let result = async {
+        let work = tempfile::tempdir()?;
+        let mut use_it = step("use", &["echo ran"]);
+        use_it.image = reference.clone();
+        use_it.pull = slipway_spec::plan::PullPolicy::Always;
+        let (report, events) = run(
+            &plan(vec![pipeline("pr", vec![use_it])]),
+            options(work.path()),
+        )
+        .await?;
+        let logs = events.logs("use");
+        assert_eq!(report.status, Status::Success, "{report:#?}\n{logs:#?}");
+        assert!(
+            logs.iter()
+                .any(|l| l.contains("untrusted build: not re-pulling")),
+            "{logs:#?}"
+        );
+        assert!(logs.iter().any(|l| l == "ran"), "{logs:#?}");
+        assert_eq!(image_id(&reference)?, original);
+        assert_clean(&report.build_id).await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    let _ = Command::new("docker").args(["rmi", &reference]).output();
+    result
+}
