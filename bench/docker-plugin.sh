@@ -77,10 +77,10 @@ eval "$payload"
 commit
 
 # Warm both paths once (base image layers into the registry, builder cache).
-(cd "$repo" && "$bin" exec --secret "registry_token=$TOKEN" >/dev/null)
+(cd "$repo" && "$bin" exec --trusted --secret "registry_token=$TOKEN" >/dev/null)
 (cd "$repo" && docker build -q -t "$host/bench/manual:latest" . >/dev/null && docker push -q "$host/bench/manual:latest" >/dev/null)
 
-native="cd $repo && $bin exec --json --secret registry_token=$TOKEN >>$work/native.jsonl"
+native="cd $repo && $bin exec --trusted --json --secret registry_token=$TOKEN >>$work/native.jsonl"
 manual="cd $repo && docker build -q -t $host/bench/manual:latest . >/dev/null && docker push -q $host/bench/manual:latest >/dev/null"
 # The payload is amended into the one commit and the old one dropped, so the clone
 # `slipway exec` makes stays one payload big whatever the number of runs.

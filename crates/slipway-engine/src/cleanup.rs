@@ -6,14 +6,21 @@
 //! for what a crashed or killed process left behind: [`remove_orphans`] removes resources
 //! whose owner process on this host is gone, and never those of a live process, so several
 //! engines (or parallel tests) can share one Docker engine.
+//!
+//! Images carry these labels only when an untrusted build made them (a native
+//! `plugins/docker` step of a build that is not [`crate::RunOptions::trusted`]): such an image
+//! is tagged only in [`UNTRUSTED_IMAGES`] and is removed with the build's other resources
+//! (untagged, which deletes it and the layers only it used). Images of trusted builds are
+//! theirs to keep and carry no labels of ours.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    RemoveVolumeOptionsBuilder,
 };
 
 use crate::error::EngineError;
@@ -28,6 +35,11 @@ pub const LABEL_BUILD: &str = "io.slipway.build";
 pub const LABEL_PIPELINE: &str = "io.slipway.pipeline";
 /// The step or service name (informational, containers only).
 pub const LABEL_STEP: &str = "io.slipway.step";
+
+/// The namespace of the only names an untrusted build's images get
+/// (`slipway-untrusted/<build id>:<pipeline>-<step>`); reserved: no image, step or setting of
+/// any build may name it.
+pub const UNTRUSTED_IMAGES: &str = "slipway-untrusted/";
 
 /// The owner label value of this process.
 pub fn current_owner() -> &'static str {
@@ -101,8 +113,8 @@ pub(crate) fn labels(build_id: &str, pipeline: &str) -> HashMap<String, String> 
     ])
 }
 
-/// Removes containers, networks and volumes labelled [`LABEL_MANAGED`] whose owner process
-/// on this host is gone; returns how many were removed.
+/// Removes containers, networks, volumes and images labelled [`LABEL_MANAGED`] whose owner
+/// process on this host is gone; returns how many were removed.
 pub async fn remove_orphans() -> Result<usize, EngineError> {
     let docker = crate::backend::docker::connect().await?;
     remove_orphans_with(&docker).await
@@ -123,7 +135,7 @@ pub(crate) async fn sweep_build(docker: &Docker, build_id: &str) -> Result<usize
 }
 
 /// Removes containers first, then networks and volumes (which Docker refuses to remove while
-/// a container uses them).
+/// a container uses them), then images.
 async fn remove_labelled(
     docker: &Docker,
     label: &str,
@@ -185,6 +197,45 @@ async fn remove_labelled(
                 )
                 .await;
             removed += count_removed([result], "volume");
+        }
+    }
+
+    let images = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| EngineError::docker("listing images", e))?;
+    // Newest first: a child before its parent (intermediate images of a build carry the
+    // labels set so far), so each removal finds its image free.
+    let mut images = images;
+    images.sort_by_key(|image| std::cmp::Reverse(image.created));
+    for image in images {
+        if !select(&image.labels) {
+            continue;
+        }
+        // By name, never forced: removing the last name deletes the image and the layers no
+        // other image uses; an image still in use somewhere stays (and is reported).
+        let names: Vec<&str> = image
+            .repo_tags
+            .iter()
+            .map(String::as_str)
+            .filter(|t| *t != "<none>:<none>")
+            .collect();
+        let names = if names.is_empty() {
+            vec![image.id.as_str()]
+        } else {
+            names
+        };
+        for name in names {
+            let result = docker
+                .remove_image(name, Some(RemoveImageOptionsBuilder::new().build()), None)
+                .await
+                .map(drop);
+            removed += count_removed([result], "image");
         }
     }
     Ok(removed)

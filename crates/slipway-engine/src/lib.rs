@@ -24,7 +24,10 @@
 //!   [`Event::Artifact`]. Known plugins that are not native yet fail at once when their
 //!   image is not on the engine, rather than attempting a pull.
 //! - [`mask`] and [`log`]: [`Masker`] and [`LineSplitter`], output bytes to masked lines.
-//! - [`cleanup`]: ownership labels, [`remove_orphans`].
+//! - `beneath`: every host-side read of workspace content (the native plugins'), resolved
+//!   beneath the workspace root through descriptors, never through a link leaving it.
+//! - [`cleanup`]: ownership labels, [`remove_orphans`], the namespace reserved for untrusted
+//!   builds' images ([`cleanup::UNTRUSTED_IMAGES`]).
 //! - [`cache`]: dependency caches (`cache: {}` volumes): the names and labels of the Docker
 //!   volumes that keep them between builds of one [`RunOptions::cache_scope`].
 //!
@@ -51,10 +54,23 @@
 //!   Without a scope it is a temp volume.
 //! - **Masking.** Every line of output (steps, services, git) and every error text in the
 //!   report goes through the build's [`Masker`], built from all secret values of the build,
-//!   after being split into lines, so a secret split across reads is still masked.
+//!   after being split into lines, so a secret split across reads is still masked. Each
+//!   line is masked against its raw text and against the text the UI displays of it
+//!   ([`mask::displayed`]: escape sequences and invisible characters removed), so escapes
+//!   planted between a secret's characters do not reveal it.
 //! - **Secrets** reach only the steps that name them, as the variables they name.
 //! - **Trust.** Host volumes and privileged containers are refused unless
-//!   [`RunOptions::trusted`].
+//!   [`RunOptions::trusted`]. An untrusted build's native `plugins/docker` image is tagged
+//!   only `slipway-untrusted/<build id>:<pipeline>-<step>`, never pushed, labelled like the
+//!   build's containers and removed with them (so on every exit path, and by
+//!   [`remove_orphans`] after a crash): it can never take a name a trusted build resolves.
+//!   No build may name that namespace (step, service, `repo`, `cache_from`). Nor does an
+//!   untrusted build re-pull an image the engine has (`pull: always`, `pull_image`,
+//!   `cache_from`): a pull replaces it for every build with what the registry serves.
+//! - **The workspace stays the workspace.** What the engine reads of the workspace on the
+//!   host (`.tags`, `.dockerignore`, the Dockerfile, the build context) is opened beneath
+//!   its root: a symbolic link whose target leaves the workspace is refused with an error
+//!   naming it, links inside the build context are archived as links and never followed.
 //! - **Pre-started steps.** Starting a container costs hundreds of milliseconds (more on a
 //!   user-defined network), so a Docker step with `commands` (not detached, not skipped by
 //!   the plan, wanted by its `run_on` as the pipeline stands, and not mounting a `temp`
@@ -76,8 +92,9 @@
 //!   normal way when due. Pre-started containers are recorded and labelled like any other,
 //!   so the cleanup invariant covers them.
 //! - **Native steps** create no container, network or volume (a pipeline of native steps
-//!   only gets no network either); the image a `plugins/docker` step builds stays in the
-//!   engine's image store as layer cache. Their log lines are masked like all others, and
+//!   only gets no network either); the image a trusted build's `plugins/docker` step builds
+//!   stays in the engine's image store as layer cache (an untrusted build's is removed, see
+//!   Trust). Their log lines are masked like all others, and
 //!   also mask the step's own `password` setting when it is written in clear.
 //! - **Removal off the critical path.** A finished step's container is removed in the
 //!   background, so the next step does not wait for it; a pipeline's teardown waits for all
@@ -85,6 +102,7 @@
 
 mod abort;
 mod backend;
+mod beneath;
 pub mod cache;
 pub mod cleanup;
 mod dag;

@@ -16,7 +16,9 @@ pub struct RunOptions {
     /// Secret name -> value. A step only receives the secrets its `StepPlan::secrets` names;
     /// every value is masked in every log line of the build.
     pub secrets: BTreeMap<String, String>,
-    /// Host volumes and privileged containers are refused unless this is true.
+    /// Host volumes and privileged containers are refused unless this is true; when false,
+    /// native `plugins/docker` images get build-scoped names only, are never pushed and are
+    /// removed when the build ends. The server gives `repository.trusted && !pull_request`.
     pub trusted: bool,
     /// Cancelling it kills everything running, skips the rest and returns status `Killed`.
     pub cancel: CancellationToken,

@@ -1,7 +1,8 @@
 //! The Docker backend: one bridge network per pipeline, temp volumes, one container per step
 //! and service, all labelled (see [`crate::cleanup`]) and removed at the end; and the
 //! dependency caches of the build's scope (see [`crate::cache`]), created when missing and
-//! never removed.
+//! never removed. Untrusted builds never re-pull an image the engine has (see
+//! [`crate::RunOptions::trusted`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -354,6 +355,7 @@ impl<'a> DockerBackend<'a> {
         note: &(dyn Fn(&str) + Sync),
         abort: &CancellationToken,
     ) -> Result<(), EngineError> {
+        let plan_pull_always = pull == PullPolicy::Always;
         // A known plugin that is not native yet is not pulled: on an offline runner the
         // pull would hang, and the message says what to do instead.
         let plugin = self
@@ -379,6 +381,13 @@ impl<'a> DockerBackend<'a> {
                 }
             }
         }
+        // An untrusted build never re-pulls an image the engine has: the pull would replace
+        // it, for every build, with whatever the registry serves under that name (a name
+        // that only ever existed here may be anyone's on Docker Hub).
+        let pull = match pull {
+            PullPolicy::Always if !self.trusted => PullPolicy::IfNotExists,
+            other => other,
+        };
         let present = match pull {
             PullPolicy::Always => false,
             PullPolicy::IfNotExists | PullPolicy::Never if self.images.contains(image) => true,
@@ -396,6 +405,12 @@ impl<'a> DockerBackend<'a> {
             }
         };
         if present {
+            if !self.trusted && plan_pull_always {
+                note(&format!(
+                    "untrusted build: not re-pulling {image}, which is on this engine already \
+                     (`pull: always` would replace it for trusted builds too); using it as it is"
+                ));
+            }
             self.images.insert(image);
             return Ok(());
         }
@@ -466,6 +481,18 @@ impl<'a> DockerBackend<'a> {
         abort: &CancellationToken,
     ) -> Result<ContainerCreateBody, EngineError> {
         let plan = step.plan;
+        if crate::native::reserved_image(&plan.image) {
+            return Err(EngineError::refused(
+                &plan.name,
+                format!(
+                    "uses image `{}`: the `{}` namespace is reserved for the images of \
+                     untrusted builds, which are removed when their stage ends; use an image \
+                     of another name",
+                    plan.image,
+                    cleanup::UNTRUSTED_IMAGES.trim_end_matches('/')
+                ),
+            ));
+        }
         if plan.privileged && !self.trusted {
             return Err(EngineError::refused(
                 &plan.name,
@@ -631,6 +658,10 @@ impl Backend for DockerBackend<'_> {
     fn native_host(&self) -> Option<crate::native::NativeHost<'_>> {
         self.native_plugins.then_some(crate::native::NativeHost {
             docker: &self.docker,
+            trusted: self.trusted,
+            build_id: self.build_id,
+            pipeline_index: self.pipeline_index,
+            pipeline: &self.pipeline.name,
             workspace: &self.workspace,
             container_workspace: &self.pipeline.workspace,
         })

@@ -2,21 +2,25 @@
 //! archive, without what its `.dockerignore` excludes.
 //!
 //! Owns [`stream`]. Invariants:
-//! - Nothing outside the context directory is read: symbolic links are archived as links,
-//!   never followed, and only regular files, directories and links are archived (sockets,
-//!   fifos and devices are skipped).
+//! - Nothing outside the context directory is read: it is walked through descriptors
+//!   ([`crate::beneath::entries`]), every entry opened `O_NOFOLLOW`; symbolic links are
+//!   archived as links (as `docker build` sends them, also one pointing outside the
+//!   context: the engine resolves it inside the context, never on the host), never
+//!   followed; only regular files, directories and links are archived (sockets, fifos and
+//!   devices are skipped).
 //! - Entries are owned by uid/gid 0 with no user or group names, as `docker build` sends
 //!   them, so who cloned the workspace does not leak into the image or its cache keys;
 //!   modes and modification times are kept.
 //! - The Dockerfile and `.dockerignore` are always sent, whatever `.dockerignore` says; a
-//!   Dockerfile outside the context is added under [`OUTSIDE_DOCKERFILE`].
+//!   Dockerfile outside the context (opened beneath the workspace by the caller) is added
+//!   under [`OUTSIDE_DOCKERFILE`].
 //! - The archive is produced on a blocking thread while it is sent, in chunks through a
 //!   small bounded channel, so memory stays bounded whatever the context's size, and the
 //!   walk stops as soon as the receiving side (the build) is gone. A read error ends the
 //!   stream with that error, naming the file.
 
+use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -24,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::dockerignore::IgnoreRules;
+use crate::beneath::{self, EntryKind};
 
 /// Name in the archive of a Dockerfile that lives outside the context directory.
 pub(crate) const OUTSIDE_DOCKERFILE: &str = ".slipway.Dockerfile";
@@ -32,15 +37,18 @@ pub(crate) const OUTSIDE_DOCKERFILE: &str = ".slipway.Dockerfile";
 const CHUNK: usize = 256 * 1024;
 
 /// What to archive.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct ContextSpec {
-    /// The context directory on this host.
-    pub dir: PathBuf,
+    /// The context directory, opened beneath the workspace.
+    pub dir: File,
+    /// How the context directory is named in errors (`/drone/src/app`).
+    pub shown: String,
     pub rules: IgnoreRules,
     /// Paths (relative to `dir`) sent whatever the rules say: the Dockerfile, `.dockerignore`.
     pub always: Vec<String>,
-    /// A Dockerfile outside `dir`, added as [`OUTSIDE_DOCKERFILE`].
-    pub outside_dockerfile: Option<PathBuf>,
+    /// A Dockerfile outside `dir` (opened beneath the workspace), added as
+    /// [`OUTSIDE_DOCKERFILE`].
+    pub outside_dockerfile: Option<File>,
 }
 
 /// How many entries went into the archive, and how many bytes of file content.
@@ -81,13 +89,13 @@ fn archive(spec: &ContextSpec, writer: ChunkWriter) -> Result<ContextStats, io::
     let mut tar = tar::Builder::new(writer);
     tar.follow_symlinks(false);
     let mut stats = ContextStats::default();
-    walk(&mut tar, spec, "", &mut stats)?;
-    if let Some(path) = &spec.outside_dockerfile {
-        let file = std::fs::File::open(path).map_err(|e| at(path, e))?;
-        let meta = file.metadata().map_err(|e| at(path, e))?;
+    walk(&mut tar, spec, &spec.dir, "", &mut stats)?;
+    if let Some(file) = &spec.outside_dockerfile {
+        let at = |e| at(OUTSIDE_DOCKERFILE, e);
+        let meta = file.metadata().map_err(at)?;
         let mut header = header(&meta);
         tar.append_data(&mut header, OUTSIDE_DOCKERFILE, file)
-            .map_err(|e| at(path, e))?;
+            .map_err(at)?;
         stats.entries += 1;
         stats.bytes += meta.len();
     }
@@ -96,8 +104,8 @@ fn archive(spec: &ContextSpec, writer: ChunkWriter) -> Result<ContextStats, io::
     Ok(stats)
 }
 
-fn at(path: &Path, error: io::Error) -> io::Error {
-    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+fn at(path: &str, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{path}: {error}"))
 }
 
 /// A tar header from a file's metadata, owned by root with no names.
@@ -109,67 +117,67 @@ fn header(meta: &std::fs::Metadata) -> tar::Header {
     header
 }
 
-/// Archives the directory `rel` (relative to the context; `""` is the context itself).
+/// Archives the directory `rel` (relative to the context; `""` is the context itself),
+/// open as `dir`.
 fn walk(
     tar: &mut tar::Builder<ChunkWriter>,
     spec: &ContextSpec,
+    dir: &File,
     rel: &str,
     stats: &mut ContextStats,
 ) -> Result<(), io::Error> {
-    let dir = if rel.is_empty() {
-        spec.dir.clone()
+    let shown = if rel.is_empty() {
+        spec.shown.clone()
     } else {
-        spec.dir.join(rel)
+        format!("{}/{rel}", spec.shown)
     };
-    let mut entries = std::fs::read_dir(&dir)
-        .map_err(|e| at(&dir, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| at(&dir, e))?;
-    // Sorted, so the same tree gives the same archive.
-    entries.sort_by_key(|entry| entry.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    for entry in beneath::entries(dir, &shown)? {
+        let name = entry.name.to_string_lossy();
         let child = if rel.is_empty() {
             name.to_string()
         } else {
             format!("{rel}/{name}")
         };
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| at(&path, e))?;
+        let shown_child = format!("{}/{child}", spec.shown);
         let kept = spec.always.contains(&child);
         let excluded = !kept && spec.rules.excluded(&child);
-        let file_type = meta.file_type();
-        if file_type.is_dir() {
-            let prefix = format!("{child}/");
-            let holds_kept = spec.always.iter().any(|a| a.starts_with(&prefix));
-            if excluded && !spec.rules.has_exceptions() && !holds_kept {
-                continue;
+        match entry.kind {
+            EntryKind::Dir(sub, meta) => {
+                let prefix = format!("{child}/");
+                let holds_kept = spec.always.iter().any(|a| a.starts_with(&prefix));
+                if excluded && !spec.rules.has_exceptions() && !holds_kept {
+                    continue;
+                }
+                if !excluded {
+                    let mut header = header(&meta);
+                    header.set_size(0);
+                    tar.append_data(&mut header, &prefix, io::empty())
+                        .map_err(|e| at(&shown_child, e))?;
+                    stats.entries += 1;
+                }
+                walk(tar, spec, &sub, &child, stats)?;
             }
-            if !excluded {
-                let mut header = header(&meta);
+            _ if excluded => continue,
+            EntryKind::Link { target, mtime } => {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_mtime(mtime);
+                header.set_uid(0);
+                header.set_gid(0);
                 header.set_size(0);
-                tar.append_data(&mut header, &prefix, io::empty())
-                    .map_err(|e| at(&path, e))?;
+                tar.append_link(&mut header, &child, std::path::Path::new(&target))
+                    .map_err(|e| at(&shown_child, e))?;
                 stats.entries += 1;
             }
-            walk(tar, spec, &child, stats)?;
-        } else if excluded {
-            continue;
-        } else if file_type.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| at(&path, e))?;
-            let mut header = header(&meta);
-            header.set_size(0);
-            tar.append_link(&mut header, &child, &target)
-                .map_err(|e| at(&path, e))?;
-            stats.entries += 1;
-        } else if file_type.is_file() {
-            let file = std::fs::File::open(&path).map_err(|e| at(&path, e))?;
-            let mut header = header(&meta);
-            tar.append_data(&mut header, &child, file)
-                .map_err(|e| at(&path, e))?;
-            stats.entries += 1;
-            stats.bytes += meta.len();
+            EntryKind::File(file, meta) => {
+                let mut header = header(&meta);
+                tar.append_data(&mut header, &child, file)
+                    .map_err(|e| at(&shown_child, e))?;
+                stats.entries += 1;
+                stats.bytes += meta.len();
+            }
+            EntryKind::Other => {}
         }
     }
     Ok(())
@@ -228,7 +236,8 @@ mod tests {
         std::fs::write(root.join("logs/drop"), "d")?;
         std::os::unix::fs::symlink("/etc/passwd", root.join("link"))?;
         let spec = ContextSpec {
-            dir: root.to_path_buf(),
+            dir: crate::beneath::Root::open(root)?.open_dir("")?.file,
+            shown: "/drone/src".into(),
             rules: IgnoreRules::parse(&std::fs::read_to_string(root.join(".dockerignore"))?),
             always: vec!["Dockerfile".into(), ".dockerignore".into()],
             outside_dockerfile: None,

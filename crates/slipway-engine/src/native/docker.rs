@@ -25,10 +25,18 @@
 //!   (`storage_driver`, `bip`, `mtu`, `custom_dns`, ...) cannot apply to the runner's
 //!   engine: each is named in the log as ignored.
 //!
+//! Untrusted builds ([`crate::RunOptions::trusted`] false: pull requests, and every build of
+//! a repository not marked trusted) build the same way, but the image is tagged only with a
+//! build-scoped name (`slipway-untrusted/<build id>:<pipeline>-<step>`, never `repo`), is
+//! never pushed, and is removed when the build ends (see [`crate::cleanup`]): a pull request
+//! cannot replace an image a trusted build runs or publishes. Nor does it pull an image the
+//! engine has (`pull_image` is ignored, a present `cache_from` image is not re-pulled),
+//! since a pull replaces the local image for every build. `repo` and `cache_from` may not
+//! name that namespace in any build.
+//!
 //! Output: the build's own output line by line; pulls and pushes one line a layer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::auth::DockerCredentials;
@@ -46,6 +54,8 @@ use super::tags::{auto_tags, has_registry_host, valid_tag};
 use super::{NativeHost, NativeLog, PluginError};
 use crate::backend::StepSpec;
 use crate::backend::docker::split_reference;
+use crate::beneath::{BeneathError, Root};
+use crate::cleanup;
 use crate::event::Event;
 use crate::log::{LineSplitter, StepLog};
 use crate::options::RegistryCredential;
@@ -125,6 +135,9 @@ async fn build_and_push(
         );
     }
     let dry_run = settings.flag("dry_run")?.unwrap_or(false);
+    // Every read of the workspace goes through this descriptor of its root.
+    let root = Root::open(host.workspace)
+        .map_err(|e| PluginError::Context(format!("opening the workspace: {e}")))?;
 
     // Tags first: `auto_tag` may decide there is nothing to build.
     let tags = match settings.flag("auto_tag")?.unwrap_or(false) {
@@ -145,7 +158,7 @@ async fn build_and_push(
                 }
             }
         }
-        false => explicit_tags(host, &settings)?,
+        false => explicit_tags(&root, &settings)?,
     };
     for tag in &tags {
         if !valid_tag(tag) {
@@ -159,50 +172,76 @@ async fn build_and_push(
         }
     }
     let target = target(&settings, own_registry, dry_run)?;
+    if let Some(repo) = target.repo.as_deref().filter(|r| super::reserved_image(r)) {
+        return Err(PluginError::setting("repo", reserved(repo)));
+    }
 
-    // The build context and the Dockerfile, inside the workspace.
+    // The build context and the Dockerfile, inside the workspace: resolved beneath it, links
+    // that leave it refused (see `crate::beneath`).
     let context_setting = settings.text(&["context"]).unwrap_or_else(|| ".".into());
-    let (context_rel, context_dir) = workspace_path(host, "context", &context_setting)?;
+    let context_rel = workspace_path(host, "context", &context_setting)?;
     let dockerfile_setting = settings
         .text(&["dockerfile"])
         .unwrap_or_else(|| "Dockerfile".into());
-    let (dockerfile_rel, dockerfile_path) =
-        workspace_path(host, "dockerfile", &dockerfile_setting)?;
-    if !context_dir.is_dir() {
-        return Err(PluginError::setting(
-            "context",
-            format!(
-                "`{context_setting}` is not a directory of the workspace (paths are relative \
-                 to {})",
-                host.container_workspace
-            ),
-        ));
-    }
-    if !dockerfile_path.is_file() {
-        return Err(PluginError::setting(
-            "dockerfile",
-            format!(
-                "`{dockerfile_setting}` does not exist in the workspace (paths are relative to \
-                 {}; the default is `Dockerfile`)",
-                host.container_workspace
-            ),
-        ));
-    }
+    let dockerfile_rel = workspace_path(host, "dockerfile", &dockerfile_setting)?;
+    let context = match root.open_dir(&context_rel) {
+        Ok(found) => found,
+        Err(BeneathError::NotFound { .. } | BeneathError::WrongType { .. }) => {
+            return Err(PluginError::setting(
+                "context",
+                format!(
+                    "`{context_setting}` is not a directory of the workspace (paths are \
+                     relative to {})",
+                    host.container_workspace
+                ),
+            ));
+        }
+        Err(e) => return Err(PluginError::setting("context", e.to_string())),
+    };
+    let dockerfile = match root.open_file(&dockerfile_rel) {
+        Ok(found) => found,
+        Err(BeneathError::NotFound { .. }) => {
+            return Err(PluginError::setting(
+                "dockerfile",
+                format!(
+                    "`{dockerfile_setting}` does not exist in the workspace (paths are relative \
+                     to {}; the default is `Dockerfile`)",
+                    host.container_workspace
+                ),
+            ));
+        }
+        Err(e) => return Err(PluginError::setting("dockerfile", e.to_string())),
+    };
+    // Where the links led: the Dockerfile is named in the archive by its real path, as
+    // `docker build` names it after resolving links.
+    let context_rel = context.resolved;
     let in_context = if context_rel.is_empty() {
-        Some(dockerfile_rel.clone())
+        Some(dockerfile.resolved.clone())
     } else {
-        dockerfile_rel
+        dockerfile
+            .resolved
             .strip_prefix(&format!("{context_rel}/"))
             .map(str::to_string)
     };
-    let ignore_path = context_dir.join(".dockerignore");
-    let rules = match std::fs::read_to_string(&ignore_path) {
-        Ok(text) => IgnoreRules::parse(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules::default(),
+    let ignore_rel = if context_rel.is_empty() {
+        ".dockerignore".to_string()
+    } else {
+        format!("{context_rel}/.dockerignore")
+    };
+    let rules = match root.open_file(&ignore_rel) {
+        Ok(found) => {
+            let mut text = String::new();
+            let mut file = found.file;
+            std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| {
+                PluginError::Context(format!("reading {}: {e}", shown(host, &ignore_rel)))
+            })?;
+            IgnoreRules::parse(&text)
+        }
+        Err(e) if e.is_not_found() => IgnoreRules::default(),
         Err(e) => {
             return Err(PluginError::Context(format!(
-                "reading {}/.dockerignore: {e}",
-                shown(host, &context_rel)
+                "reading {}: {e}",
+                shown(host, &ignore_rel)
             )));
         }
     };
@@ -213,13 +252,14 @@ async fn build_and_push(
         ));
     }
     let context_spec = ContextSpec {
-        dir: context_dir,
+        dir: context.file,
+        shown: shown(host, &context_rel),
         rules,
         always: [in_context.clone(), Some(".dockerignore".to_string())]
             .into_iter()
             .flatten()
             .collect(),
-        outside_dockerfile: in_context.is_none().then(|| dockerfile_path.clone()),
+        outside_dockerfile: in_context.is_none().then_some(dockerfile.file),
     };
     let dockerfile_in_archive = in_context.unwrap_or_else(|| OUTSIDE_DOCKERFILE.to_string());
 
@@ -271,10 +311,27 @@ async fn build_and_push(
         }
     }
     let cache_from = settings.list(&["cache_from"]).unwrap_or_default();
+    if let Some(image) = cache_from.iter().find(|i| super::reserved_image(i)) {
+        return Err(PluginError::setting("cache_from", reserved(image)));
+    }
+    if !host.trusted {
+        // What the build's cleanup looks for: the image is removed when the build ends,
+        // also if it fails or is cancelled before it is tagged.
+        labels.extend(cleanup::labels(host.build_id, host.pipeline));
+        labels.insert(cleanup::LABEL_STEP.to_string(), spec.plan.name.clone());
+    }
     let no_cache = settings.flag("no_cache")?.unwrap_or(false);
-    let pull = settings.flag("pull_image")?.unwrap_or(false);
+    let mut pull = settings.flag("pull_image")?.unwrap_or(false);
+    if pull && !host.trusted {
+        log.line(
+            "setting `pull_image` is ignored in an untrusted build: pulling would replace base \
+             images on this engine for trusted builds too; missing ones are still pulled",
+        );
+        pull = false;
+    }
 
     match (&target.credentials, own_registry) {
+        _ if !host.trusted => {}
         (Some(_), Some(own)) if same_host(&own.host, &target.registry) => log.line(&format!(
             "registry {}: Slipway's own registry, with this build's token",
             target.registry
@@ -292,6 +349,13 @@ async fn build_and_push(
     }
 
     for image in &cache_from {
+        // An untrusted build pulls only what is missing (see `pull_image`).
+        if !host.trusted && host.docker.inspect_image(image).await.is_ok() {
+            log.line(&format!(
+                "cache_from image {image} is on this engine: not re-pulled in an untrusted build"
+            ));
+            continue;
+        }
         pull_cache_image(host, image, &target, log).await;
     }
 
@@ -312,6 +376,9 @@ async fn build_and_push(
     )
     .await?;
 
+    if !host.trusted {
+        return keep_in_build(host, spec, &image_id, &target, &tags, dry_run, log).await;
+    }
     let Some(repo) = &target.repo else {
         log.line(&format!(
             "dry_run: built {image_id}; no `repo`, so nothing is tagged"
@@ -362,6 +429,58 @@ async fn build_and_push(
     Ok(())
 }
 
+/// Why a name in the reserved namespace is refused.
+fn reserved(image: &str) -> String {
+    format!(
+        "`{image}` is in `{}`, the namespace reserved for the images of untrusted builds \
+         (removed when their stage ends); choose another name",
+        cleanup::UNTRUSTED_IMAGES.trim_end_matches('/')
+    )
+}
+
+/// The end of an untrusted build's step: its image gets a build-scoped name only (so the
+/// cleanup finds it by name as well as by label), and nothing is pushed.
+async fn keep_in_build(
+    host: NativeHost<'_>,
+    spec: &StepSpec<'_>,
+    image_id: &str,
+    target: &Target,
+    tags: &[String],
+    dry_run: bool,
+    log: &NativeLog,
+) -> Result<(), PluginError> {
+    let repo = format!("{}{}", cleanup::UNTRUSTED_IMAGES, host.build_id);
+    let tag = format!("{}-{}", host.pipeline_index, spec.index);
+    let options = TagImageOptionsBuilder::new().repo(&repo).tag(&tag).build();
+    host.docker
+        .tag_image(image_id, Some(options))
+        .await
+        .map_err(|e| PluginError::docker(format!("tagging the image as {repo}:{tag}"), e))?;
+    let wanted = match &target.repo {
+        Some(name) => format!(
+            "not as {}",
+            tags.iter()
+                .map(|t| format!("{name}:{t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "no `repo` was given".to_string(),
+    };
+    log.line(&format!(
+        "untrusted build: built {image_id}, tagged {repo}:{tag} only ({wanted}): images of \
+         pull requests and of repositories not marked trusted never take a name other builds \
+         use, and are removed when the stage ends"
+    ));
+    if !dry_run {
+        log.line(
+            "not pushing: this build is untrusted (a pull request, or a repository not marked \
+             trusted), and untrusted builds never push; pull requests never push, mark the \
+             repository trusted for its branch and tag builds to push",
+        );
+    }
+    Ok(())
+}
+
 /// The ref of this build for `auto_tag`: `DRONE_COMMIT_REF`, else made from the tag or
 /// branch.
 fn build_ref(env: &BTreeMap<String, String>) -> String {
@@ -380,18 +499,24 @@ fn build_ref(env: &BTreeMap<String, String>) -> String {
 }
 
 /// `tags`/`tag`, else the workspace's `.tags` file (comma-separated), else `latest`.
-fn explicit_tags(
-    host: NativeHost<'_>,
-    settings: &Settings<'_>,
-) -> Result<Vec<String>, PluginError> {
+fn explicit_tags(root: &Root, settings: &Settings<'_>) -> Result<Vec<String>, PluginError> {
     if let Some(tags) = settings.list(&["tags", "tag"]) {
         if tags.is_empty() {
             return Err(PluginError::setting("tags", "is empty"));
         }
         return Ok(tags);
     }
-    let file = host.workspace.join(".tags");
-    match std::fs::read_to_string(&file) {
+    let text = root.open_file(".tags").and_then(|found| {
+        let mut text = String::new();
+        let mut file = found.file;
+        std::io::Read::read_to_string(&mut file, &mut text)
+            .map(|_| text)
+            .map_err(|error| BeneathError::Io {
+                path: ".tags".to_string(),
+                error,
+            })
+    });
+    match text {
         Ok(text) => {
             let tags: Vec<String> = text
                 .split([',', '\n'])
@@ -404,9 +529,9 @@ fn explicit_tags(
                 Ok(tags)
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec!["latest".to_string()]),
+        Err(e) if e.is_not_found() => Ok(vec!["latest".to_string()]),
         Err(e) => Err(PluginError::Context(format!(
-            "reading the workspace's .tags file: {e}"
+            "reading the workspace's .tags file (the default of `tags`): {e}"
         ))),
     }
 }
@@ -523,15 +648,12 @@ fn target(
     })
 }
 
-/// Resolves a path setting against the workspace: its `/`-separated path relative to the
-/// workspace (`""` for the workspace itself) and where that is on this host. Absolute paths
-/// inside the container workspace are accepted; leaving the workspace (`..`, another
-/// absolute path, a symbolic link pointing out) is an error naming the setting.
-fn workspace_path(
-    host: NativeHost<'_>,
-    setting: &str,
-    value: &str,
-) -> Result<(String, PathBuf), PluginError> {
+/// Resolves a path setting against the workspace, lexically: its `/`-separated path
+/// relative to the workspace (`""` for the workspace itself). Absolute paths inside the
+/// container workspace are accepted; leaving the workspace (`..`, another absolute path) is
+/// an error naming the setting. Links are resolved when the path is opened, beneath the
+/// workspace's [`Root`].
+fn workspace_path(host: NativeHost<'_>, setting: &str, value: &str) -> Result<String, PluginError> {
     let outside = || {
         PluginError::setting(
             setting,
@@ -558,14 +680,7 @@ fn workspace_path(
             other => parts.push(other),
         }
     }
-    let relative = parts.join("/");
-    let path = host.workspace.join(&relative);
-    if let (Ok(real), Ok(root)) = (path.canonicalize(), host.workspace.canonicalize())
-        && !real.starts_with(&root)
-    {
-        return Err(outside());
-    }
-    Ok((relative, path))
+    Ok(parts.join("/"))
 }
 
 /// How a path of the workspace is shown to the user.

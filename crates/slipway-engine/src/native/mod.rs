@@ -12,8 +12,15 @@
 //!   ordinary step that happens to use the plugin's image) and its image is a native
 //!   plugin's, whatever the tag or Docker Hub prefix (`plugins/docker`,
 //!   `plugins/docker:20`, `docker.io/plugins/docker`).
-//! - A native step creates no container, network or volume; what it leaves in the engine
-//!   is the image it built (tagged as its `repo`), which later builds reuse as layer cache.
+//! - A native step creates no container, network or volume; what a trusted build's step
+//!   leaves in the engine is the image it built (tagged as its `repo`), which later builds
+//!   reuse as layer cache.
+//! - An untrusted build's step (see [`crate::RunOptions::trusted`]) never names an image
+//!   another build could use: its image carries the build's ownership labels, is tagged
+//!   only `slipway-untrusted/<build id>:<pipeline>-<step>` (whatever `repo` and `tags` say),
+//!   is never pushed (a log line says why) and is removed with the build's other resources
+//!   (see [`crate::cleanup`]). No build may name that namespace (`repo`, `cache_from`, step
+//!   and service images are refused).
 //! - Its first log line says it runs natively; every line it writes goes through the
 //!   build's masker and also masks the step's own `password` setting, which may be
 //!   written in clear in a legacy file.
@@ -80,6 +87,14 @@ pub(crate) fn image_name(image: &str) -> &str {
     image.strip_prefix("library/").unwrap_or(image)
 }
 
+/// Whether `image` is in the namespace reserved for untrusted builds' images
+/// ([`crate::cleanup::UNTRUSTED_IMAGES`]), however it is spelled.
+pub(crate) fn reserved_image(image: &str) -> bool {
+    image_name(image.trim())
+        .to_ascii_lowercase()
+        .starts_with(crate::cleanup::UNTRUSTED_IMAGES)
+}
+
 /// The native plugin `step` is, if it is one (see the module invariants; the caller checks
 /// that native plugins are on and the pipeline is a Docker one).
 pub(crate) fn native_plugin(step: &StepPlan) -> Option<NativePlugin> {
@@ -104,6 +119,13 @@ pub(crate) fn unavailable_plugin(image: &str) -> Option<&str> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NativeHost<'a> {
     pub docker: &'a Docker,
+    /// [`crate::RunOptions::trusted`]: an untrusted build's images get build-scoped names
+    /// only and are never pushed.
+    pub trusted: bool,
+    /// For the labels and names of an untrusted build's images.
+    pub build_id: &'a str,
+    pub pipeline_index: usize,
+    pub pipeline: &'a str,
     /// The pipeline's workspace on this host.
     pub workspace: &'a Path,
     /// The same directory as steps see it (`/drone/src`), for absolute paths in settings.

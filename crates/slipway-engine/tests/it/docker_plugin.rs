@@ -101,9 +101,9 @@ impl Drop for TestRegistry {
     }
 }
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn run_cmd(cmd: &mut Command) -> Result<String, Error> {
+pub(crate) fn run_cmd(cmd: &mut Command) -> Result<String, Error> {
     let out = cmd.output()?;
     if !out.status.success() {
         return Err(format!(
@@ -116,7 +116,7 @@ fn run_cmd(cmd: &mut Command) -> Result<String, Error> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
     run_cmd(
         Command::new("git")
             .arg("-C")
@@ -132,7 +132,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, Error> {
 }
 
 /// A git repository holding `files`, committed on `develop`; returns the commit id.
-fn repo_with(dir: &Path, files: &[(&str, &str)]) -> Result<String, Error> {
+pub(crate) fn repo_with(dir: &Path, files: &[(&str, &str)]) -> Result<String, Error> {
     if !dir.join(".git").exists() {
         git(dir, &["init", "-q", "-b", "develop"])?;
     }
@@ -148,7 +148,7 @@ fn repo_with(dir: &Path, files: &[(&str, &str)]) -> Result<String, Error> {
     git(dir, &["rev-parse", "HEAD"])
 }
 
-fn with_git(options: &mut slipway_engine::RunOptions, repo: &Path, commit: &str) {
+pub(crate) fn with_git(options: &mut slipway_engine::RunOptions, repo: &Path, commit: &str) {
     options.workspace = WorkspaceSource::Git {
         repo: repo.to_path_buf(),
         commit: commit.to_string(),
@@ -156,13 +156,13 @@ fn with_git(options: &mut slipway_engine::RunOptions, repo: &Path, commit: &str)
     };
 }
 
-fn cloned(mut p: PipelinePlan) -> PipelinePlan {
+pub(crate) fn cloned(mut p: PipelinePlan) -> PipelinePlan {
     p.clone.disable = false;
     p
 }
 
 /// A `plugins/docker` step with `settings` as written in a file.
-fn docker_step(name: &str, settings: Value) -> StepPlan {
+pub(crate) fn docker_step(name: &str, settings: Value) -> StepPlan {
     let mut s = step(name, &[]);
     s.image = "plugins/docker".into();
     if let Value::Object(map) = settings {
@@ -192,7 +192,7 @@ fn artifacts(events: &Collector) -> Vec<(String, Vec<String>, String)> {
         .collect()
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -215,6 +215,8 @@ async fn docker_plugin_builds_and_pushes_to_the_own_registry() -> TestResult {
     )?;
     let work = tempfile::tempdir()?;
     let mut options = options(work.path());
+    // Pushes: only trusted builds do.
+    options.trusted = true;
     with_git(&mut options, repo.path(), &commit);
     options.own_registry = Some(registry.admin());
     let compile = step(
@@ -302,6 +304,8 @@ async fn docker_plugin_auto_tag_pushes_semver_tags() -> TestResult {
     )?;
     let work = tempfile::tempdir()?;
     let mut options = options(work.path());
+    // Pushes: only trusted builds do.
+    options.trusted = true;
     with_git(&mut options, repo.path(), &commit);
     options.own_registry = Some(registry.admin());
     let mut release = docker_step("release", json!({"repo": "team/semver", "auto_tag": true}));
@@ -350,6 +354,8 @@ async fn docker_plugin_wrong_password_fails_with_a_clear_masked_message() -> Tes
     )?;
     let work = tempfile::tempdir()?;
     let mut options = options(work.path());
+    // Pushes: only trusted builds do.
+    options.trusted = true;
     with_git(&mut options, repo.path(), &commit);
     let password = "wrong-password-3f9a7c";
     options
@@ -408,6 +414,8 @@ async fn docker_plugin_second_build_reuses_the_base_layers() -> TestResult {
         async move {
             let work = tempfile::tempdir()?;
             let mut options = options(work.path());
+            // Layers stay as cache after trusted builds (an untrusted one's are removed).
+            options.trusted = true;
             with_git(&mut options, &repo, &commit);
             let image = docker_step(
                 "image",
@@ -605,6 +613,8 @@ async fn docker_plugin_seed_legacy_harbor_rancher_wechat() -> TestResult {
     }
     let work = tempfile::tempdir()?;
     let mut options = options(work.path());
+    // Pushes: only trusted builds do.
+    options.trusted = true;
     with_git(&mut options, repo.path(), &commit);
     options.own_registry = Some(registry.admin());
     let started = Instant::now();

@@ -11,3 +11,4 @@ mod orphans;
 mod prestart;
 mod scheduling;
 mod support;
+mod untrusted;

@@ -102,3 +102,63 @@ fn nanos() -> u128 {
         .map(|d| d.as_nanos())
         .unwrap_or_default()
 }
+
+/// An untrusted build's image (labelled like its containers) whose owner is `owner`.
+fn build_labelled_image(name: &str, owner: &str) -> TestResult {
+    use std::io::Write;
+    let mut child = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", name])
+        .arg(format!("--label={LABEL_MANAGED}=true"))
+        .arg(format!("--label={LABEL_OWNER}={owner}"))
+        .arg(format!("--label={LABEL_BUILD}={name}"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(format!("FROM {}\n", image()).as_bytes())?;
+    let status = child.wait()?;
+    assert!(status.success(), "docker build of {name}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn removes_untrusted_images_of_dead_owners() -> TestResult {
+    let docker = docker().await?;
+    let unique = format!(
+        "slipway-untrusted/orphan-test-{}-{}",
+        std::process::id(),
+        nanos()
+    );
+    let (dead, live) = (format!("{unique}:dead"), format!("{unique}:live"));
+    let me = current_owner();
+    let (host_and_pid, _start) = me.rsplit_once(':').ok_or("owner without start time")?;
+    build_labelled_image(&dead, &format!("{host_and_pid}:1"))?;
+    build_labelled_image(&live, me)?;
+
+    let removed = slipway_engine::remove_orphans().await;
+    let dead_left = docker.inspect_image(&dead).await.is_ok();
+    let live_left = docker.inspect_image(&live).await.is_ok();
+    let _ = docker
+        .remove_image(
+            &live,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+    let _ = docker
+        .remove_image(
+            &dead,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+
+    removed?;
+    assert!(!dead_left, "an orphaned untrusted image survived");
+    assert!(live_left, "a live owner's image was removed");
+    Ok(())
+}

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder,
 };
 use slipway_engine::{
     BuildReport, Event, EventSink, RunOptions, StepReport, WorkspaceSource, cleanup,
@@ -174,7 +175,8 @@ pub async fn docker() -> Result<Docker, bollard::errors::Error> {
         .await
 }
 
-/// Test 10: nothing labelled with this build id may remain on the Docker engine.
+/// Test 10: nothing labelled with this build id may remain on the Docker engine (images
+/// included: an untrusted build's).
 pub async fn assert_clean(build_id: &str) -> TestResult {
     let docker = docker().await?;
     let label = format!("{}={build_id}", cleanup::LABEL_BUILD);
@@ -199,12 +201,24 @@ pub async fn assert_clean(build_id: &str) -> TestResult {
         .await?
         .volumes
         .unwrap_or_default();
+    let images = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await?;
     assert!(
-        containers.is_empty() && networks.is_empty() && volumes.is_empty(),
-        "build {build_id} left containers {:?}, networks {:?}, volumes {:?}",
+        containers.is_empty() && networks.is_empty() && volumes.is_empty() && images.is_empty(),
+        "build {build_id} left containers {:?}, networks {:?}, volumes {:?}, images {:?}",
         containers.iter().map(|c| &c.names).collect::<Vec<_>>(),
         networks.iter().map(|n| &n.name).collect::<Vec<_>>(),
         volumes.iter().map(|v| &v.name).collect::<Vec<_>>(),
+        images
+            .iter()
+            .map(|i| (&i.id, &i.repo_tags))
+            .collect::<Vec<_>>(),
     );
     Ok(())
 }
