@@ -25,6 +25,10 @@ const SQLITE_MIGRATIONS: Migrations = &[
         "0002_step_logs",
         include_str!("../../migrations/sqlite/0002_step_logs.sql"),
     ),
+    (
+        "0004_registry_paths",
+        include_str!("../../migrations/sqlite/0004_registry_paths.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: Migrations = &[
@@ -35,6 +39,10 @@ const POSTGRES_MIGRATIONS: Migrations = &[
     (
         "0002_step_logs",
         include_str!("../../migrations/postgres/0002_step_logs.sql"),
+    ),
+    (
+        "0004_registry_paths",
+        include_str!("../../migrations/postgres/0004_registry_paths.sql"),
     ),
 ];
 
