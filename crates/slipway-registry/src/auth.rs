@@ -1,10 +1,17 @@
 //! Who may do what: principals, their grants, and the [`Authenticator`] the caller provides
-//! to check Basic credentials (`docker login -u USER -p TOKEN`).
+//! to check Basic credentials (`docker login -u USER -p TOKEN`) and whether the credential
+//! behind a bearer token still stands.
 //!
 //! The registry never stores users or tokens itself: the server passes an authenticator
 //! backed by its token store; [`StaticAuthenticator`] holds a fixed list (the admin token of
 //! `slipway registry`, tests). Deny by default: a principal can only do what a [`Grant`]
 //! allows, and the anonymous principal only pulls repositories configured as public.
+//!
+//! Credentials end: a [`Principal`] names the credential that authenticated it
+//! ([`Principal::credential`], an id only the authenticator interprets); every bearer token
+//! issued to it carries that id, and every use of the token asks
+//! [`Authenticator::credential_live`] again, so a token revoked (or a pipeline's token whose
+//! stage attempt ended) takes its bearer tokens with it at once, not when they expire.
 
 use std::fmt;
 use std::future::Future;
@@ -58,6 +65,19 @@ pub enum RepoPattern {
     Namespace(String),
     /// One repository (`team/app`).
     Exact(String),
+    /// A path and everything below it, `*` matching any run of characters but `/` within
+    /// one segment: `team/app` covers `team/app` and `team/app/x`, `team/shared-*` covers
+    /// `team/shared-lib` and `team/shared-lib/x`, neither covers `team/other`. Made by
+    /// [`RepoPattern::parse_path`]; what pipeline tokens push to.
+    Path(String),
+}
+
+/// Why a path pattern ([`RepoPattern::parse_path`]) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("registry path pattern `{pattern}`: {reason}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub reason: String,
 }
 
 impl RepoPattern {
@@ -72,9 +92,50 @@ impl RepoPattern {
         }
     }
 
+    /// A path pattern: lowercase segments of repository-name characters (`a-z 0-9 . _ -`)
+    /// and `*`, separated by `/`, the first segment (the owner) spelled out without `*`, so
+    /// no pattern reaches every owner. E.g. `team/app`, `team/shared-*`, `team/*/cache`,
+    /// `team` (all of the owner's paths).
+    pub fn parse_path(text: &str) -> Result<RepoPattern, PatternError> {
+        let fail = |reason: &str| PatternError {
+            pattern: text.to_string(),
+            reason: format!(
+                "{reason}; write lowercase segments separated by `/`, `*` within a segment, \
+                 the owner first and in full (e.g. `team/shared-*`)"
+            ),
+        };
+        if text.is_empty() {
+            return Err(fail("it is empty"));
+        }
+        if text.len() > 255 {
+            return Err(fail("it is longer than 255 characters"));
+        }
+        for (i, segment) in text.split('/').enumerate() {
+            if segment.is_empty() {
+                return Err(fail(
+                    "it has an empty segment (a leading, trailing or double `/`)",
+                ));
+            }
+            if let Some(c) = segment
+                .chars()
+                .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-' | '*'))
+            {
+                return Err(fail(&format!("`{c}` is not allowed in a repository path")));
+            }
+            if i == 0 && segment.contains('*') {
+                return Err(fail("the first segment (the owner) may not hold `*`"));
+            }
+            if segment.chars().all(|c| c == '.') {
+                return Err(fail("a segment may not be `.` or `..`"));
+            }
+        }
+        Ok(RepoPattern::Path(text.to_string()))
+    }
+
     pub fn matches(&self, repo: &str) -> bool {
         match self {
             RepoPattern::All => true,
+            RepoPattern::Path(pattern) => path_matches(pattern, repo),
             RepoPattern::Namespace(ns) => repo
                 .strip_prefix(ns.as_str())
                 .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1),
@@ -88,8 +149,30 @@ impl fmt::Display for RepoPattern {
         match self {
             RepoPattern::All => f.write_str("*"),
             RepoPattern::Namespace(ns) => write!(f, "{ns}/*"),
-            RepoPattern::Exact(name) => f.write_str(name),
+            RepoPattern::Exact(name) | RepoPattern::Path(name) => f.write_str(name),
         }
+    }
+}
+
+/// Whether `repo` is the path `pattern` names or below it: its first segments match the
+/// pattern's one for one (`*` any run of characters but `/`), and any rest starts with `/`.
+fn path_matches(pattern: &str, repo: &str) -> bool {
+    let mut names = repo.split('/');
+    pattern.split('/').all(|p| {
+        names
+            .next()
+            .is_some_and(|n| glob_segment(p.as_bytes(), n.as_bytes()))
+    })
+}
+
+/// `*` matches any run of bytes (a segment holds no `/`); everything else itself.
+fn glob_segment(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| glob_segment(rest, &name[i..])),
+        Some((c, rest)) => name
+            .split_first()
+            .is_some_and(|(n, tail)| n == c && glob_segment(rest, tail)),
     }
 }
 
@@ -115,6 +198,12 @@ pub struct Principal {
     /// Account name, reported as the event actor and the token subject; empty for anonymous.
     pub name: String,
     pub grants: Vec<Grant>,
+    /// The credential that authenticated it, as the [`Authenticator`] names it (a token's
+    /// id, say): bearer tokens issued to the principal carry it and are accepted only while
+    /// [`Authenticator::credential_live`] says it stands. `None` (anonymous, or a principal
+    /// made for an internal action): a bearer token issued for it is refused on use unless
+    /// it is anonymous.
+    pub credential: Option<String>,
 }
 
 impl Principal {
@@ -122,7 +211,14 @@ impl Principal {
         Principal {
             name: String::new(),
             grants: Vec::new(),
+            credential: None,
         }
+    }
+
+    /// The same principal, authenticated by `credential` (see [`Principal::credential`]).
+    pub fn with_credential(mut self, credential: impl Into<String>) -> Principal {
+        self.credential = Some(credential.into());
+        self
     }
 
     /// Every action on every repository.
@@ -133,18 +229,25 @@ impl Principal {
                 RepoPattern::All,
                 &[Action::Pull, Action::Push, Action::Delete],
             )],
+            credential: None,
         }
     }
 
-    /// Pull and push below one namespace and nothing else: what robot and pipeline tokens
-    /// get.
+    /// Pull and push below one namespace and nothing else: what robot tokens get.
     pub fn robot(name: impl Into<String>, namespace: &str) -> Principal {
+        Principal::pusher(name, vec![RepoPattern::Namespace(namespace.to_string())])
+    }
+
+    /// Pull and push on the repositories `patterns` match and nothing else: what pipeline
+    /// tokens get (their repository's path and the paths its settings add).
+    pub fn pusher(name: impl Into<String>, patterns: Vec<RepoPattern>) -> Principal {
         Principal {
             name: name.into(),
-            grants: vec![Grant::new(
-                RepoPattern::Namespace(namespace.to_string()),
-                &[Action::Pull, Action::Push],
-            )],
+            grants: patterns
+                .into_iter()
+                .map(|p| Grant::new(p, &[Action::Pull, Action::Push]))
+                .collect(),
+            credential: None,
         }
     }
 
@@ -162,14 +265,23 @@ impl Principal {
 /// A boxed future, so that [`Authenticator`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Checks the username and password (an API token) of Basic credentials. Returns `None`
-/// for unknown users and wrong passwords alike; implementations log their own failures.
+/// Checks the username and password (an API token) of Basic credentials, and whether the
+/// credential behind a bearer token still stands.
 pub trait Authenticator: Send + Sync + fmt::Debug + 'static {
+    /// Returns `None` for unknown users and wrong passwords alike; implementations log their
+    /// own failures. The principal should name its credential
+    /// ([`Principal::with_credential`]): bearer tokens made for a principal without one are
+    /// refused on use.
     fn authenticate<'a>(
         &'a self,
         username: &'a str,
         password: &'a str,
     ) -> BoxFuture<'a, Option<Principal>>;
+
+    /// Whether `credential` (a [`Principal::credential`] this authenticator handed out)
+    /// still stands: `false` once it was revoked or has ended. Asked on every request made
+    /// with a bearer token, so it should be cheap (an in-memory answer, mostly).
+    fn credential_live<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, bool>;
 }
 
 /// A fixed set of accounts, tokens kept only as SHA-256 hashes.
@@ -205,6 +317,8 @@ impl StaticAuthenticator {
     }
 
     /// A robot that may pull and push below `namespace` only.
+    ///
+    /// Each account is its own credential (`static:<username>`); a fixed list never revokes.
     pub fn with_robot(self, name: &str, token: &str, namespace: &str) -> StaticAuthenticator {
         let grants = Principal::robot(name, namespace).grants;
         self.with_user(name, token, grants)
@@ -227,6 +341,7 @@ impl StaticAuthenticator {
             .map(|a| Principal {
                 name: a.username.clone(),
                 grants: a.grants.clone(),
+                credential: Some(format!("static:{}", a.username)),
             })
     }
 }
@@ -238,6 +353,13 @@ impl Authenticator for StaticAuthenticator {
         password: &'a str,
     ) -> BoxFuture<'a, Option<Principal>> {
         Box::pin(std::future::ready(self.check(username, password)))
+    }
+
+    fn credential_live<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, bool> {
+        let live = credential
+            .strip_prefix("static:")
+            .is_some_and(|user| self.accounts.iter().any(|a| a.username == user));
+        Box::pin(std::future::ready(live))
     }
 }
 

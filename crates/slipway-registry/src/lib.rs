@@ -6,7 +6,7 @@
 //! (the caller decides who a username/token pair is; [`StaticAuthenticator`] is a fixed
 //! list), then [`Registry::router`] to serve or mount the routes, [`Registry::subscribe`]
 //! for [`RegistryEvent`]s (pushes and deletes), [`Notifier::spawn`] to deliver those events
-//! to webhooks, [`Registry::issue_token`] for short-lived pipeline tokens.
+//! to webhooks, [`Registry::issue_token`] for short-lived bearer tokens tied to a credential.
 //!
 //! How it is organised:
 //! - `api` (private): routes, parsed from the path because repository names
@@ -25,7 +25,8 @@
 //! - [`uploads`]: upload sessions, streamed to disk and hashed as they arrive.
 //! - [`manifest`]: manifest parsing and validation; [`range`]: `Content-Range`;
 //!   [`digest`]: digests and hashers; [`name`]: repository names, tags, references.
-//! - [`auth`] (principals, grants, the authenticator trait) and [`token`] (HMAC-signed JWTs).
+//! - [`auth`] (principals, grants, path patterns, the authenticator trait) and [`token`]
+//!   (HMAC-signed JWTs, each naming the credential that earned it).
 //! - [`events`]: push/delete events and distribution's notification envelope.
 //! - [`notify`]: webhook delivery. Each endpoint gets the envelope (`{"events":[...]}`,
 //!   `Content-Type: application/vnd.docker.distribution.events.v1+json`, small batches)
@@ -75,6 +76,9 @@
 //! - **Deny by default.** Every request needs a grant for its repository and action
 //!   (`pull`, `push`, `delete`) unless the repository is configured for anonymous pull;
 //!   bad credentials get 401 with a `Bearer` challenge, missing permission 403 `DENIED`.
+//! - **A bearer token lives no longer than its credential** and is never a password: each
+//!   use asks [`Authenticator::credential_live`] about the credential it names, and a
+//!   password that is one of our tokens is refused everywhere (see [`token`]).
 //! - Streaming: blobs are never held in memory whole; they are hashed while written (an S3
 //!   multipart upload holds one part, 16 MiB by default, at a time).
 //! - **Garbage collection never deletes what a push in flight relies on**: uploads live

@@ -181,11 +181,20 @@ impl Registry {
         self.shared.events.subscribe()
     }
 
-    /// A bearer token for `subject` with `access`, valid for `ttl`: what the server hands a
-    /// pipeline to push to the built-in registry (`docker login -u <anything> -p` does not
-    /// work with it; clients send it as `Authorization: Bearer`).
-    pub fn issue_token(&self, subject: &str, access: Vec<Scope>, ttl: Duration) -> String {
-        self.shared.signer.issue(subject, access, ttl).0
+    /// A bearer token for `subject` with `access`, valid for `ttl` and only while the
+    /// authenticator says `credential` is live. Clients send it as `Authorization: Bearer`;
+    /// it is never accepted as a password (`docker login -p` refuses it).
+    pub fn issue_token(
+        &self,
+        subject: &str,
+        credential: &str,
+        access: Vec<Scope>,
+        ttl: Duration,
+    ) -> String {
+        self.shared
+            .signer
+            .issue(subject, Some(credential), access, ttl)
+            .0
     }
 
     /// Runs garbage collection and retention while the registry keeps serving (see

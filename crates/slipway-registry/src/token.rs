@@ -1,6 +1,16 @@
 //! Bearer tokens: JWTs signed with HMAC-SHA256 under a key only this registry (and the
 //! server that embeds it) knows, carrying the repository scopes granted, as in Docker's
 //! token authentication specification. Clients treat them as opaque strings.
+//!
+//! Invariants:
+//! - A token names the credential that earned it (`cred`, the principal's
+//!   [`crate::Principal::credential`]); a request made with it is served only while the
+//!   [`crate::Authenticator`] says that credential is live, so revoking a robot token or
+//!   ending a pipeline's stage attempt ends its bearer tokens too. A token for a named
+//!   subject without `cred` (made before this rule) is refused.
+//! - A token is never a password: the token endpoint and Basic credentials refuse a
+//!   password that verifies as one of our tokens, so a token cannot be traded for a fresh
+//!   one with a later expiry. Its life is its `exp`, and no longer than its credential's.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +35,9 @@ pub struct Claims {
     pub nbf: u64,
     pub iat: u64,
     pub jti: String,
+    /// The credential the token was issued for (see the module docs); absent for anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cred: Option<String>,
     /// Scopes as granted: a requested repository the principal may not touch is present
     /// with an empty action list, so the registry can answer 403 rather than challenge again.
     pub access: Vec<Scope>,
@@ -94,8 +107,15 @@ impl TokenSigner {
         &self.service
     }
 
-    /// A token for `subject` granting `access`, valid for `ttl` from now.
-    pub fn issue(&self, subject: &str, access: Vec<Scope>, ttl: Duration) -> (String, Claims) {
+    /// A token for `subject`, authenticated by `credential`, granting `access`, valid for
+    /// `ttl` from now (and only while the credential is live).
+    pub fn issue(
+        &self,
+        subject: &str,
+        credential: Option<&str>,
+        access: Vec<Scope>,
+        ttl: Duration,
+    ) -> (String, Claims) {
         let now = unix_now();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -105,6 +125,7 @@ impl TokenSigner {
             nbf: now.saturating_sub(1),
             iat: now,
             jti: crate::storage::random_id(),
+            cred: credential.map(str::to_string),
             access,
         };
         (self.sign(&claims), claims)

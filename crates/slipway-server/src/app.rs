@@ -57,8 +57,9 @@ pub struct AppState {
     pub runner_token: String,
     /// The host part of `public_url` (`DRONE_SYSTEM_HOST`, registry host).
     pub host: String,
-    /// API tokens recently checked.
-    pub tokens: auth::TokenCache,
+    /// API tokens recently checked, and registry credentials found live; every token
+    /// deletion clears it (see [`auth::TokenCache`]).
+    pub tokens: Arc<auth::TokenCache>,
     /// Stages holding a registry token right now (so only they pay for revoking it).
     pub tokened_stages: std::sync::Mutex<std::collections::HashSet<i64>>,
     /// When running steps started, by (stage id, step): a step's end is published with its
@@ -131,10 +132,12 @@ impl Server {
             .iter()
             .map(|p| slipway_registry::RepoPattern::parse(p))
             .collect();
+        let tokens = Arc::new(auth::TokenCache::default());
         let registry = slipway_registry::Registry::open(
             registry_config,
             Arc::new(auth::RegistryAuth {
                 store: store.clone(),
+                cache: tokens.clone(),
             }),
         )?;
 
@@ -181,7 +184,7 @@ impl Server {
             registry,
             runner_token,
             host,
-            tokens: auth::TokenCache::default(),
+            tokens,
             tokened_stages: std::sync::Mutex::new(tokened),
             step_starts: std::sync::Mutex::default(),
             running_builds: crate::queue::Recent::default(),

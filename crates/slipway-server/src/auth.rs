@@ -1,13 +1,21 @@
 //! API tokens: made random, stored as SHA-256 hashes, checked on every request; and the
 //! registry's view of them, so `docker login HOST -u admin -p <token>` works with a
 //! Slipway token.
+//!
+//! A registry bearer token is tied to the Slipway token that earned it (credential
+//! `token:<id>`; ids are never reused): [`RegistryAuth::credential_live`] asks whether that
+//! row still exists, answered from [`TokenCache`] for a few seconds at most and afresh
+//! after any revocation this process makes, so deleting a robot token or ending a
+//! pipeline's stage attempt (which deletes its token) ends its bearer tokens at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use slipway_registry::auth::BoxFuture;
-use slipway_registry::{Authenticator, Principal};
+use slipway_registry::auth::{BoxFuture, PatternError};
+use slipway_registry::{Authenticator, Principal, RepoPattern};
 
 use crate::store::{Store, Token};
 
@@ -17,14 +25,54 @@ pub const SCOPE_ADMIN: &str = "admin";
 pub const SCOPE_RUNNER: &str = "runner";
 /// `robot:<namespace>`: may only pull and push registry repositories below the namespace.
 pub const SCOPE_ROBOT_PREFIX: &str = "robot:";
+/// `paths:<pattern>[,<pattern>…]`: may only pull and push the registry paths the patterns
+/// name and below them ([`RepoPattern::parse_path`]); what a pipeline's token gets.
+pub const SCOPE_PATHS_PREFIX: &str = "paths:";
 
-/// Checks a scope given by a user: `admin`, `runner` or `robot:<namespace>`.
+/// Checks a scope given by a user: `admin`, `runner`, `robot:<namespace>` or
+/// `paths:<pattern>,…`.
 pub fn valid_scope(scope: &str) -> bool {
     scope == SCOPE_ADMIN
         || scope == SCOPE_RUNNER
         || scope
             .strip_prefix(SCOPE_ROBOT_PREFIX)
             .is_some_and(|ns| !ns.is_empty() && !ns.contains('*') && !ns.ends_with('/'))
+        || scope
+            .strip_prefix(SCOPE_PATHS_PREFIX)
+            .is_some_and(|list| path_patterns(list).is_ok())
+}
+
+/// The patterns of a `paths:` scope's list (comma separated); the first bad one's error.
+pub fn path_patterns(list: &str) -> Result<Vec<RepoPattern>, PatternError> {
+    list.split(',').map(RepoPattern::parse_path).collect()
+}
+
+/// Most patterns a repository's `registry_paths` setting may hold.
+pub const MAX_REGISTRY_PATHS: usize = 32;
+
+/// A repository's `registry_paths` setting as given (blank entries dropped, duplicates
+/// once), or why it is refused.
+pub fn registry_paths(given: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in given.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        RepoPattern::parse_path(entry).map_err(|e| format!("registry_paths: {e}"))?;
+        if !out.iter().any(|p| p == entry) {
+            out.push(entry.to_owned());
+        }
+    }
+    if out.len() > MAX_REGISTRY_PATHS {
+        return Err(format!(
+            "registry_paths: {} patterns, at most {MAX_REGISTRY_PATHS}; use wildcards (`team/shared-*`) \
+             to cover several repositories with one",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// The scope of a token that may pull and push `patterns` (already validated).
+pub fn paths_scope(patterns: &[String]) -> String {
+    format!("{SCOPE_PATHS_PREFIX}{}", patterns.join(","))
 }
 
 /// A new random token: 32 bytes, hex.
@@ -78,42 +126,90 @@ pub async fn check(store: &Store, presented: &str) -> Option<Token> {
 }
 
 /// Tokens recently checked, so the API does not ask the database on every request (a
-/// runner's stage makes several). An entry lives [`TokenCache::TTL`]; deleting a token
-/// clears the cache, so a revoked token stops working at once.
+/// runner's stage makes several), and token ids the registry recently found live. An entry
+/// lives [`TokenCache::TTL`]; deleting a token clears the cache, so a revoked token stops
+/// working at once. A check that raced a clear keeps its answer to itself: each clear
+/// bumps a generation, and an answer read from the store before the bump is not cached.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Token, std::time::Instant)>>,
+    entries: std::sync::Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// Bumped by every clear.
+    generation: u64,
+    by_hash: HashMap<String, (Token, Instant)>,
+    /// Token ids found in the store, for [`RegistryAuth::credential_live`].
+    live: HashMap<i64, Instant>,
 }
 
 impl TokenCache {
-    pub const TTL: std::time::Duration = std::time::Duration::from_secs(5);
+    pub const TTL: Duration = Duration::from_secs(5);
 
     /// [`check`], answered from the cache when it can be.
     pub async fn check(&self, store: &Store, presented: &str) -> Option<Token> {
         let key = hash(presented);
-        if let Some((token, at)) = self.lock().get(&key)
-            && at.elapsed() < Self::TTL
-        {
-            return Some(token.clone());
-        }
+        let generation = {
+            let entries = self.lock();
+            if let Some((token, at)) = entries.by_hash.get(&key)
+                && at.elapsed() < Self::TTL
+            {
+                return Some(token.clone());
+            }
+            entries.generation
+        };
         let token = check(store, presented).await?;
         let mut entries = self.lock();
-        if entries.len() > 10_000 {
-            entries.clear();
+        if entries.generation == generation {
+            if entries.by_hash.len() > 10_000 {
+                entries.by_hash.clear();
+            }
+            entries.by_hash.insert(key, (token.clone(), Instant::now()));
         }
-        entries.insert(key, (token.clone(), std::time::Instant::now()));
         Some(token)
+    }
+
+    /// Whether token `id` is still stored, answered from the cache when it can be.
+    pub async fn live(&self, store: &Store, id: i64) -> bool {
+        let generation = {
+            let entries = self.lock();
+            if entries
+                .live
+                .get(&id)
+                .is_some_and(|at| at.elapsed() < Self::TTL)
+            {
+                return true;
+            }
+            entries.generation
+        };
+        let found = match store.token_by_id(id).await {
+            Ok(token) => token.is_some(),
+            Err(e) => {
+                // Deny while the store cannot say.
+                tracing::error!("checking registry credential token:{id}: {e}");
+                false
+            }
+        };
+        let mut entries = self.lock();
+        if found && entries.generation == generation {
+            if entries.live.len() > 10_000 {
+                entries.live.clear();
+            }
+            entries.live.insert(id, Instant::now());
+        }
+        found
     }
 
     /// Forgets every entry (after a token was deleted).
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut entries = self.lock();
+        entries.generation += 1;
+        entries.by_hash.clear();
+        entries.live.clear();
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Token, std::time::Instant)>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -133,11 +229,19 @@ pub async fn ensure(
 }
 
 /// Registry credentials are Slipway tokens: an admin token may do everything (any user
-/// name, `admin` by convention), a robot token pull and push below its namespace, other
-/// tokens nothing in the registry.
+/// name, `admin` by convention), a robot token pull and push below its namespace, a
+/// `paths:` token (a pipeline's) pull and push on its paths, other tokens nothing in the
+/// registry. Each principal's credential is its token's row (`token:<id>`).
 #[derive(Debug, Clone)]
 pub struct RegistryAuth {
     pub store: Arc<Store>,
+    /// Shared with [`crate::app::AppState::tokens`], which revocations clear.
+    pub cache: Arc<TokenCache>,
+}
+
+/// The credential id of a stored token, as bearer tokens carry it.
+fn credential_of(token: &Token) -> String {
+    format!("token:{}", token.id)
 }
 
 impl Authenticator for RegistryAuth {
@@ -148,11 +252,33 @@ impl Authenticator for RegistryAuth {
     ) -> BoxFuture<'a, Option<Principal>> {
         Box::pin(async move {
             let token = check(&self.store, password).await?;
-            if token.scope == SCOPE_ADMIN {
-                return Some(Principal::admin(username));
+            let principal = if token.scope == SCOPE_ADMIN {
+                Principal::admin(username)
+            } else if let Some(namespace) = token.scope.strip_prefix(SCOPE_ROBOT_PREFIX) {
+                Principal::robot(token.name.clone(), namespace)
+            } else {
+                let list = token.scope.strip_prefix(SCOPE_PATHS_PREFIX)?;
+                match path_patterns(list) {
+                    Ok(patterns) => Principal::pusher(token.name.clone(), patterns),
+                    Err(e) => {
+                        tracing::error!("token {} has a bad scope: {e}", token.id);
+                        return None;
+                    }
+                }
+            };
+            Some(principal.with_credential(credential_of(&token)))
+        })
+    }
+
+    fn credential_live<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match credential
+                .strip_prefix("token:")
+                .and_then(|id| id.parse::<i64>().ok())
+            {
+                Some(id) => self.cache.live(&self.store, id).await,
+                None => false,
             }
-            let namespace = token.scope.strip_prefix(SCOPE_ROBOT_PREFIX)?;
-            Some(Principal::robot(token.name, namespace))
         })
     }
 }

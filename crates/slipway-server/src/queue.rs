@@ -351,6 +351,8 @@ async fn fail_leased(
     message: &str,
 ) -> Result<(), QueueError> {
     tracing::error!("stage {}: {message}", leased.id);
+    // It may have been given a registry token before it failed.
+    revoke_pipeline_tokens(state, leased.id).await?;
     let now = crate::now_ms();
     state
         .store
@@ -492,21 +494,24 @@ fn pipeline_token_name(stage_id: i64, attempt: i64) -> String {
     format!("pipeline:{stage_id}:{attempt}")
 }
 
-/// A token that may pull and push below the repository's owner namespace (`team/` for
-/// `team/app`), for this attempt of the stage only.
+/// A token that may pull and push the repository's own path (`team/app` and below it,
+/// never `team/other`) and the paths its `registry_paths` setting adds, for this attempt of
+/// the stage only: it is deleted when the attempt ends, and the registry's bearer tokens
+/// made from it die with it.
 async fn pipeline_registry_access(
     state: &AppState,
     repo: &crate::store::Repo,
     stage: &Stage,
 ) -> Result<RegistryAccess, StoreError> {
-    let namespace = repo.name.split('/').next().unwrap_or(&repo.name);
+    let mut paths = vec![repo.name.to_lowercase()];
+    paths.extend(repo.registry_paths.iter().cloned());
     let secret = crate::auth::generate();
     state
         .store
         .create_token(
             &pipeline_token_name(stage.id, stage.attempt),
             &crate::auth::hash(&secret),
-            &format!("{}{namespace}", crate::auth::SCOPE_ROBOT_PREFIX),
+            &crate::auth::paths_scope(&paths),
             crate::now_ms(),
         )
         .await?;
@@ -530,12 +535,13 @@ pub async fn revoke_pipeline_tokens(state: &AppState, stage_id: i64) -> Result<(
         .unwrap_or_else(|e| e.into_inner())
         .remove(&stage_id);
     if had {
-        // Only the registry takes these (`robot:` scope) and it checks tokens uncached; the
-        // API's token cache admits no robot token, so it keeps its entries.
         state
             .store
             .delete_tokens_named(&format!("pipeline:{stage_id}:"))
             .await?;
+        // The registry's bearer tokens made from it are checked against the cache's live
+        // ids: forget them, so those tokens fail from the next request on.
+        state.tokens.clear();
     }
     Ok(())
 }

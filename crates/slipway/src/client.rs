@@ -64,6 +64,16 @@ pub enum RepoCommand {
     },
     /// List repositories.
     Ls,
+    /// Change a repository's settings; only the options given change.
+    Set {
+        /// `owner/name`.
+        name: String,
+        /// Registry paths a pipeline's token may push to besides the repository's own
+        /// (`owner/name` and below it): comma-separated patterns, `*` within a segment
+        /// (`team/shared-*,team/tools`); replaces the list, `""` clears it.
+        #[arg(long, value_name = "PATTERNS")]
+        registry_paths: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +310,48 @@ pub fn repo(api: ApiArgs, command: RepoCommand) -> Result<ExitCode> {
                     repo["webhook_secret"].as_str().unwrap_or_default()
                 );
                 println!("content type:   application/json; events: push, tag, pull request");
+            }
+        }
+        RepoCommand::Set {
+            name,
+            registry_paths,
+        } => {
+            let mut settings = serde_json::Map::new();
+            if let Some(list) = registry_paths {
+                let paths: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                settings.insert("registry_paths".into(), json!(paths));
+            }
+            if settings.is_empty() {
+                bail!("nothing to change: give a setting (e.g. --registry-paths 'team/shared-*')");
+            }
+            let repo = client.json(
+                reqwest::Method::PATCH,
+                &format!("/api/repos/{name}"),
+                Some(Value::Object(settings)),
+            )?;
+            if api.json {
+                print_json(&repo);
+            } else {
+                let paths: Vec<&str> = repo["registry_paths"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!("updated {name}");
+                println!(
+                    "registry paths: {} and below{}",
+                    repo["name"].as_str().unwrap_or(&name),
+                    if paths.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", paths.join(", "))
+                    }
+                );
             }
         }
         RepoCommand::Ls => {

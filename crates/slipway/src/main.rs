@@ -41,7 +41,7 @@ enum Command {
     Server(up::ServerArgs),
     /// Run stages for a server: `slipway runner --server URL --token T`.
     Runner(up::RunnerArgs),
-    /// Repositories: `repo add NAME --clone-url URL`, `repo ls`.
+    /// Repositories: `repo add NAME --clone-url URL`, `repo ls`, `repo set NAME --registry-paths …`.
     Repo {
         #[command(flatten)]
         api: client::ApiArgs,

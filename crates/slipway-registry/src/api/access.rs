@@ -1,5 +1,10 @@
 //! Authentication (Basic through the caller's [`crate::Authenticator`], Bearer through our
-//! own signed tokens) and authorisation of one repository action.
+//! own signed tokens, whose credential the authenticator must still call live) and
+//! authorisation of one repository action.
+//!
+//! A bearer token is never a password: Basic credentials whose password verifies as one of
+//! our tokens are refused here and at the token endpoint, with a hint, so a token cannot be
+//! exchanged for a fresh one (see [`crate::token`]).
 //!
 //! Outcomes, as Docker clients expect them:
 //! - no or bad credentials, or a token that never asked for this repository: 401 with a
@@ -64,22 +69,28 @@ pub(crate) async fn identify(shared: &Shared, headers: &HeaderMap) -> Result<Ide
     };
     let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
     if scheme.eq_ignore_ascii_case("bearer") {
-        return match shared.signer.verify(credentials.trim()) {
-            Ok(claims) => Ok(Identity::Token(claims)),
-            Err(e) => Err(ApiError::unauthorized(
+        let claims = shared.signer.verify(credentials.trim()).map_err(|e| {
+            ApiError::unauthorized(
                 format!("{e}; log in again"),
                 challenge(shared, headers, None, Some("invalid_token")),
-            )),
-        };
+            )
+        })?;
+        if let Err(message) = credential_live(shared, &claims).await {
+            return Err(ApiError::unauthorized(
+                message,
+                challenge(shared, headers, None, Some("invalid_token")),
+            ));
+        }
+        return Ok(Identity::Token(claims));
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        if let Some(identity) = basic_identity(shared, credentials).await {
-            return Ok(identity);
-        }
-        return Err(ApiError::unauthorized(
-            "incorrect username or password",
-            challenge(shared, headers, None, None),
-        ));
+        return match basic_identity(shared, credentials).await {
+            Ok(principal) => Ok(Identity::Principal(principal)),
+            Err(message) => Err(ApiError::unauthorized(
+                message,
+                challenge(shared, headers, None, None),
+            )),
+        };
     }
     Err(ApiError::unauthorized(
         format!("unsupported authorization scheme `{scheme}` (use Basic or Bearer)"),
@@ -87,20 +98,57 @@ pub(crate) async fn identify(shared: &Shared, headers: &HeaderMap) -> Result<Ide
     ))
 }
 
-/// Who Basic credentials (`base64(user:password)`) are: a principal the authenticator
-/// accepts, or, when the password is a token this registry signed (a pipeline's push
-/// token used with `docker login`), that token.
-pub(crate) async fn basic_identity(shared: &Shared, credentials: &str) -> Option<Identity> {
-    let decoded = STANDARD.decode(credentials.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    if let Some(principal) = shared.authenticator.authenticate(user, password).await {
-        // The authenticator may not hand out the anonymous principal for real credentials.
-        return (!principal.is_anonymous()).then_some(Identity::Principal(principal));
+/// Whether the credential a named token was issued for still stands; the reason if not.
+/// Anonymous tokens carry no credential (they grant public pulls only).
+async fn credential_live(shared: &Shared, claims: &Claims) -> Result<(), &'static str> {
+    if claims.sub.is_empty() {
+        return Ok(());
     }
-    match shared.signer.verify(password) {
-        Ok(claims) if !claims.sub.is_empty() => Some(Identity::Token(claims)),
-        _ => None,
+    match &claims.cred {
+        Some(cred) if shared.authenticator.credential_live(cred).await => Ok(()),
+        Some(_) => Err(
+            "the credential this token was issued for was revoked or has ended (a deleted \
+             token, or a pipeline's stage that stopped); log in again with a current token",
+        ),
+        None => Err("the token names no credential (issued by an older version); log in again"),
+    }
+}
+
+/// Who Basic credentials (`base64(user:password)`) are: a principal the authenticator
+/// accepts, never one of our bearer tokens; otherwise why not.
+pub(crate) async fn basic_identity(
+    shared: &Shared,
+    credentials: &str,
+) -> Result<Principal, &'static str> {
+    const BAD: &str = "incorrect username or password";
+    let decoded = STANDARD.decode(credentials.trim()).map_err(|_| BAD)?;
+    let text = String::from_utf8(decoded).map_err(|_| BAD)?;
+    let (user, password) = text.split_once(':').ok_or(BAD)?;
+    password_identity(shared, user, password).await
+}
+
+/// The principal of a username and password (Basic credentials or the OAuth2 password
+/// grant); a password that is one of our tokens is refused whatever the authenticator says.
+pub(crate) async fn password_identity(
+    shared: &Shared,
+    user: &str,
+    password: &str,
+) -> Result<Principal, &'static str> {
+    // Checked first, and for any signature-valid token (even an expired one): a bearer
+    // token must never buy another.
+    if matches!(
+        shared.signer.verify(password),
+        Ok(_) | Err(crate::token::TokenError::Expired)
+    ) {
+        return Err(
+            "a registry bearer token is not a password: log in with an API token \
+             (`docker login -u NAME -p TOKEN`)",
+        );
+    }
+    match shared.authenticator.authenticate(user, password).await {
+        // The authenticator may not hand out the anonymous principal for real credentials.
+        Some(principal) if !principal.is_anonymous() => Ok(principal),
+        _ => Err("incorrect username or password"),
     }
 }
 

@@ -2,7 +2,8 @@
 //! Basic credentials and `scope=` parameters (what `docker login/push/pull` and skopeo use),
 //! and the OAuth2 password grant by `POST`. The token grants, per requested repository,
 //! the requested actions the principal has; a repository it may not touch is listed with
-//! no actions.
+//! no actions. The token carries the principal's credential, and no bearer token is
+//! accepted as a password here (see [`crate::token`]).
 
 use std::sync::Arc;
 
@@ -23,8 +24,8 @@ const MAX_FORM: usize = 64 * 1024;
 pub(crate) async fn get(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let query = Query::parse(request.uri().query());
     let headers = request.headers();
-    let identity = match header_str(headers, axum::http::header::AUTHORIZATION) {
-        None => Identity::Principal(Principal::anonymous()),
+    let principal = match header_str(headers, axum::http::header::AUTHORIZATION) {
+        None => Principal::anonymous(),
         Some(value) => {
             let credentials = value
                 .trim()
@@ -32,15 +33,19 @@ pub(crate) async fn get(State(shared): State<Arc<Shared>>, request: Request) -> 
                 .or_else(|| value.trim().strip_prefix("basic "));
             let found = match credentials {
                 Some(c) => access::basic_identity(&shared, c).await,
-                None => None,
+                // A bearer token (or any other scheme) buys no token.
+                None => Err(
+                    "the token endpoint takes Basic credentials (an API token as \
+                     the password), not a bearer token",
+                ),
             };
             match found {
-                Some(p) => p,
-                None => return bad_credentials(&shared, headers),
+                Ok(p) => p,
+                Err(message) => return bad_credentials(&shared, headers, message),
             }
         }
     };
-    issue(&shared, &identity, &query)
+    issue(&shared, &principal, &query)
 }
 
 pub(crate) async fn post(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -64,14 +69,14 @@ pub(crate) async fn post(State(shared): State<Arc<Shared>>, request: Request) ->
     }
     let user = form.get("username").unwrap_or("");
     let password = form.get("password").unwrap_or("");
-    match shared.authenticator.authenticate(user, password).await {
-        Some(p) if !p.is_anonymous() => issue(&shared, &Identity::Principal(p), &form),
-        _ => bad_credentials(&shared, &headers),
+    match access::password_identity(&shared, user, password).await {
+        Ok(p) => issue(&shared, &p, &form),
+        Err(message) => bad_credentials(&shared, &headers, message),
     }
 }
 
-fn bad_credentials(shared: &Shared, headers: &axum::http::HeaderMap) -> Response {
-    let mut e = ApiError::new(ErrorCode::Unauthorized, "incorrect username or password");
+fn bad_credentials(shared: &Shared, headers: &axum::http::HeaderMap, message: &str) -> Response {
+    let mut e = ApiError::new(ErrorCode::Unauthorized, message);
     e.challenge = Some(format!(
         "Basic realm=\"{}\"",
         access::base_url(shared, headers)
@@ -79,14 +84,19 @@ fn bad_credentials(shared: &Shared, headers: &axum::http::HeaderMap) -> Response
     e.into_response()
 }
 
-fn issue(shared: &Shared, identity: &Identity, query: &Query) -> Response {
+fn issue(shared: &Shared, principal: &Principal, query: &Query) -> Response {
     let requested = Scope::parse_all(query.all("scope"));
     let granted: Vec<Scope> = requested
         .into_iter()
-        .filter_map(|scope| grant(shared, identity, scope))
+        .filter_map(|scope| grant(shared, principal, scope))
         .collect();
     let ttl = shared.config.token_ttl;
-    let (token, claims) = shared.signer.issue(identity.name(), granted, ttl);
+    let (token, claims) = shared.signer.issue(
+        &principal.name,
+        principal.credential.as_deref(),
+        granted,
+        ttl,
+    );
     let issued_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(claims.iat);
     axum::Json(serde_json::json!({
         "token": token,
@@ -98,7 +108,8 @@ fn issue(shared: &Shared, identity: &Identity, query: &Query) -> Response {
 }
 
 /// The part of `scope` the principal gets; `None` drops scopes of unknown kinds or names.
-fn grant(shared: &Shared, identity: &Identity, mut scope: Scope) -> Option<Scope> {
+fn grant(shared: &Shared, principal: &Principal, mut scope: Scope) -> Option<Scope> {
+    let identity = Identity::Principal(principal.clone());
     match scope.kind.as_str() {
         "repository" => {
             let repo = RepoName::parse(&scope.name)?;
@@ -109,16 +120,9 @@ fn grant(shared: &Shared, identity: &Identity, mut scope: Scope) -> Option<Scope
         }
         // `registry:catalog:*`: the whole catalog, for principals who may pull everything.
         "registry" if scope.name == "catalog" => {
-            let all = match identity {
-                Identity::Principal(p) => p.grants.iter().any(|g| {
-                    g.repositories == crate::auth::RepoPattern::All
-                        && g.actions.contains(&Action::Pull)
-                }),
-                Identity::Token(claims) => claims
-                    .access
-                    .iter()
-                    .any(|s| s.kind == "registry" && s.name == "catalog" && !s.actions.is_empty()),
-            };
+            let all = principal.grants.iter().any(|g| {
+                g.repositories == crate::auth::RepoPattern::All && g.actions.contains(&Action::Pull)
+            });
             scope.actions = if all { vec![Action::Pull] } else { Vec::new() };
             Some(scope)
         }

@@ -1,14 +1,18 @@
 //! Authentication and authorisation over HTTP: challenges, the token endpoint, scopes,
-//! namespaces, anonymous pull, pipeline tokens.
+//! namespaces, anonymous pull, pipeline tokens, bearer tokens that end with their
+//! credential and are never a password, path patterns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::blocking::Response;
-use slipway_registry::{Action, RepoPattern, Scope};
+use slipway_registry::{Action, Principal, RepoPattern, Scope};
 
 use crate::api::header;
-use crate::support::{ADMIN_TOKEN, READER_TOKEN, ROBOT_TOKEN, TestServer, client, sha256};
+use crate::support::{
+    ADMIN_TOKEN, READER_TOKEN, ROBOT_TOKEN, Revocable, TestServer, client, sha256,
+};
 
 /// The parameters of a `Bearer k="v",…` challenge.
 fn challenge(response: &Response) -> Vec<(String, String)> {
@@ -234,6 +238,7 @@ fn pipeline_tokens_push_to_their_repository_only_and_expire() {
     let http = client();
     let token = server.registry.issue_token(
         "pipeline-42",
+        "static:robot",
         vec![Scope {
             kind: "repository".into(),
             name: "ci/app".into(),
@@ -249,13 +254,13 @@ fn pipeline_tokens_push_to_their_repository_only_and_expire() {
         .send()
         .expect("request");
     assert_eq!(ok.status(), StatusCode::CREATED);
-    // Also as a `docker login` password.
+    // Never as a password: a bearer token is no `docker login` credential.
     let basic = http
         .get(server.url(&format!("/v2/ci/app/blobs/{digest}")))
         .basic_auth("pipeline", Some(&token))
         .send()
         .expect("request");
-    assert_eq!(basic.status(), StatusCode::OK);
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
     let other = http
         .post(server.url("/v2/ci/other/blobs/uploads/"))
         .bearer_auth(&token)
@@ -263,9 +268,12 @@ fn pipeline_tokens_push_to_their_repository_only_and_expire() {
         .expect("request");
     assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
 
-    let expired = server
-        .registry
-        .issue_token("pipeline-43", Vec::new(), Duration::from_secs(1));
+    let expired = server.registry.issue_token(
+        "pipeline-43",
+        "static:robot",
+        Vec::new(),
+        Duration::from_secs(1),
+    );
     std::thread::sleep(Duration::from_millis(2100));
     let late = http
         .get(server.url("/v2/"))
@@ -273,4 +281,258 @@ fn pipeline_tokens_push_to_their_repository_only_and_expire() {
         .send()
         .expect("request");
     assert_eq!(late.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The `message` of the first error of a registry error body.
+fn message(response: Response) -> String {
+    let body: serde_json::Value = response.json().expect("json");
+    body["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .to_string()
+}
+
+/// A registry whose `robot` account (pull and push below `ci/`) can be revoked.
+fn revocable_server() -> (TestServer, Arc<Revocable>) {
+    let auth = Arc::new(Revocable::default());
+    auth.add("robot", ROBOT_TOKEN, Principal::robot("robot", "ci"));
+    auth.add("admin", ADMIN_TOKEN, Principal::admin("admin"));
+    let server = TestServer::start_with_auth(|_| {}, auth.clone());
+    (server, auth)
+}
+
+#[test]
+fn a_bearer_token_dies_with_the_credential_that_earned_it() {
+    let (server, auth) = revocable_server();
+    let http = client();
+    let bearer = token_string(token(
+        &server,
+        Some(("robot", ROBOT_TOKEN)),
+        &["repository:ci/app:pull,push"],
+    ));
+    let blob = b"before the revocation";
+    let digest = sha256(blob);
+    let push = http
+        .post(server.url(&format!("/v2/ci/app/blobs/uploads/?digest={digest}")))
+        .bearer_auth(&bearer)
+        .body(blob.to_vec())
+        .send()
+        .expect("request");
+    assert_eq!(push.status(), StatusCode::CREATED);
+    let pull = http
+        .get(server.url(&format!("/v2/ci/app/blobs/{digest}")))
+        .bearer_auth(&bearer)
+        .send()
+        .expect("request");
+    assert_eq!(pull.status(), StatusCode::OK);
+
+    auth.revoke(ROBOT_TOKEN);
+
+    // The token has not expired, yet neither pull nor push works any more: 401 with a
+    // challenge saying the token is invalid, and a message saying why.
+    let pull = http
+        .get(server.url(&format!("/v2/ci/app/blobs/{digest}")))
+        .bearer_auth(&bearer)
+        .send()
+        .expect("request");
+    assert_eq!(pull.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(param(&challenge(&pull), "error"), Some("invalid_token"));
+    assert!(message(pull).contains("revoked"));
+    let push = http
+        .post(server.url("/v2/ci/app/blobs/uploads/"))
+        .bearer_auth(&bearer)
+        .send()
+        .expect("request");
+    assert_eq!(push.status(), StatusCode::UNAUTHORIZED);
+    let manifest = http
+        .put(server.url("/v2/ci/app/manifests/latest"))
+        .bearer_auth(&bearer)
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body("{}")
+        .send()
+        .expect("request");
+    assert_eq!(manifest.status(), StatusCode::UNAUTHORIZED);
+    // Nor does the revoked password buy a new token.
+    let again = token(
+        &server,
+        Some(("robot", ROBOT_TOKEN)),
+        &["repository:ci/app:pull"],
+    );
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+
+    // Another credential's tokens are untouched.
+    let admin = token_string(token(
+        &server,
+        Some(("admin", ADMIN_TOKEN)),
+        &["repository:ci/app:pull"],
+    ));
+    let pull = http
+        .get(server.url(&format!("/v2/ci/app/blobs/{digest}")))
+        .bearer_auth(&admin)
+        .send()
+        .expect("request");
+    assert_eq!(pull.status(), StatusCode::OK);
+}
+
+#[test]
+fn a_bearer_token_is_never_a_password() {
+    let (server, _auth) = revocable_server();
+    let http = client();
+    let bearer = token_string(token(
+        &server,
+        Some(("robot", ROBOT_TOKEN)),
+        &["repository:ci/app:pull,push"],
+    ));
+    // GET /v2/token with the bearer token as the Basic password: refused, with a hint.
+    let exchange = token(
+        &server,
+        Some(("robot", &bearer)),
+        &["repository:ci/app:pull,push"],
+    );
+    assert_eq!(exchange.status(), StatusCode::UNAUTHORIZED);
+    assert!(message(exchange).contains("not a password"));
+    // The OAuth2 password grant.
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "password")
+        .append_pair("service", "slipway-registry")
+        .append_pair("username", "robot")
+        .append_pair("password", &bearer)
+        .append_pair("scope", "repository:ci/app:pull,push")
+        .finish();
+    let grant = http
+        .post(server.url("/v2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .expect("request");
+    assert_eq!(grant.status(), StatusCode::UNAUTHORIZED);
+    // The bearer token itself at the token endpoint.
+    let as_bearer = http
+        .get(server.url("/v2/token?service=slipway-registry&scope=repository:ci/app:pull"))
+        .bearer_auth(&bearer)
+        .send()
+        .expect("request");
+    assert_eq!(as_bearer.status(), StatusCode::UNAUTHORIZED);
+    // As Basic credentials on the API itself.
+    let basic = http
+        .post(server.url("/v2/ci/app/blobs/uploads/"))
+        .basic_auth("robot", Some(&bearer))
+        .send()
+        .expect("request");
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    assert!(message(basic).contains("not a password"));
+}
+
+#[test]
+fn a_token_naming_no_credential_is_refused() {
+    let server = TestServer::start();
+    // A token as an older version signed it: same key, a subject, no credential.
+    let key = std::fs::read(server.root().join("token.key")).expect("token key");
+    let signer = slipway_registry::token::TokenSigner::new(key, "slipway", "slipway-registry");
+    let scope = Scope {
+        kind: "repository".into(),
+        name: "ci/app".into(),
+        actions: vec![Action::Pull, Action::Push],
+    };
+    let (old, _) = signer.issue("robot", None, vec![scope.clone()], Duration::from_secs(60));
+    let response = client()
+        .post(server.url("/v2/ci/app/blobs/uploads/"))
+        .bearer_auth(&old)
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(message(response).contains("names no credential"));
+    // A credential the authenticator never handed out is refused alike.
+    let (forged, _) = signer.issue(
+        "robot",
+        Some("static:ghost"),
+        vec![scope],
+        Duration::from_secs(60),
+    );
+    let response = client()
+        .post(server.url("/v2/ci/app/blobs/uploads/"))
+        .bearer_auth(&forged)
+        .send()
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn path_patterns_cover_a_path_and_below_it_only() {
+    let patterns = ["team/app", "team/shared-*"].map(|p| RepoPattern::parse_path(p).expect(p));
+    let auth = Arc::new(Revocable::default());
+    auth.add(
+        "pipeline",
+        "pipeline-secret",
+        Principal::pusher("pipeline", patterns.to_vec()),
+    );
+    let server = TestServer::start_with_auth(|_| {}, auth);
+    let http = client();
+    let blob = b"layer";
+    let digest = sha256(blob);
+    for (repo, allowed) in [
+        ("team/app", true),
+        ("team/app/sub", true),
+        ("team/shared-lib", true),
+        ("team/shared-lib/x", true),
+        ("team/apple", false),
+        ("team/other", false),
+        ("team/shared", false),
+        ("other/x", false),
+        ("other/team/app", false),
+    ] {
+        let bearer = token_string(token(
+            &server,
+            Some(("pipeline", "pipeline-secret")),
+            &[&format!("repository:{repo}:pull,push")],
+        ));
+        let push = http
+            .post(server.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .bearer_auth(&bearer)
+            .body(blob.to_vec())
+            .send()
+            .expect("request");
+        if allowed {
+            assert_eq!(push.status(), StatusCode::CREATED, "push to {repo}");
+        } else {
+            assert_eq!(push.status(), StatusCode::FORBIDDEN, "push to {repo}");
+            let text = message(push);
+            assert!(
+                text.contains(&format!("may not push `{repo}`")),
+                "{repo}: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn path_patterns_are_validated_with_a_reason() {
+    for ok in [
+        "team/app",
+        "team/shared-*",
+        "team/*/cache",
+        "a.b/c_d-e",
+        "team",
+    ] {
+        assert!(RepoPattern::parse_path(ok).is_ok(), "{ok}");
+    }
+    for (bad, reason) in [
+        ("", "empty"),
+        ("*", "owner"),
+        ("*/app", "owner"),
+        ("team/", "empty segment"),
+        ("team//app", "empty segment"),
+        ("/team/app", "empty segment"),
+        ("Team/app", "`T`"),
+        ("team/app:tag", "`:`"),
+        ("team/../x", "`..`"),
+    ] {
+        let e = RepoPattern::parse_path(bad).expect_err(bad);
+        let text = e.to_string();
+        assert!(text.contains(reason), "{bad}: {text}");
+        assert!(
+            text.contains("e.g. `team/shared-*`"),
+            "{bad}: no hint: {text}"
+        );
+    }
 }

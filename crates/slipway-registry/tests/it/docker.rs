@@ -1,7 +1,13 @@
 //! The real Docker CLI against the in-process registry: login, push, pull, mount,
 //! permissions.
 
-use crate::support::{ADMIN_TOKEN, Docker, ROBOT_TOKEN, TestServer, client, text, unique};
+use std::sync::Arc;
+
+use slipway_registry::Principal;
+
+use crate::support::{
+    ADMIN_TOKEN, Docker, ROBOT_TOKEN, Revocable, TestServer, client, text, unique,
+};
 
 #[test]
 fn docker_login_accepts_the_admin_token_and_refuses_a_bad_password() {
@@ -123,5 +129,58 @@ fn push_without_permission_is_refused_and_with_it_succeeds() {
     assert_eq!(
         catalog["repositories"],
         serde_json::json!([format!("ci/app-{id}")])
+    );
+}
+
+#[test]
+fn docker_with_a_bearer_token_of_a_revoked_credential_can_neither_push_nor_pull() {
+    let auth = Arc::new(Revocable::default());
+    auth.add("robot", ROBOT_TOKEN, Principal::robot("robot", "ci"));
+    let server = TestServer::start_with_auth(|_| {}, auth.clone());
+    let id = unique();
+    let local = format!("slipway-reg-test/{id}:build");
+    let builder = Docker::new();
+    builder.build_image(&local, 1, 1000);
+
+    // The bearer token a robot login earns, handed to a Docker CLI as it is.
+    let scope = format!("repository:ci/app-{id}:pull,push");
+    let body: serde_json::Value = client()
+        .get(server.url(&format!("/v2/token?service=slipway-registry&scope={scope}")))
+        .basic_auth("robot", Some(ROBOT_TOKEN))
+        .send()
+        .expect("token")
+        .json()
+        .expect("json");
+    let bearer = body["token"].as_str().expect("token");
+    let docker = Docker::new();
+    docker.use_bearer_token(&server.host(), bearer);
+    let remote = format!("{}/ci/app-{id}:v1", server.host());
+    let second = format!("{}/ci/app-{id}:v2", server.host());
+    docker.owns(&remote);
+    docker.owns(&second);
+    docker.ok(&["tag", &local, &remote]);
+    docker.ok(&["tag", &local, &second]);
+    docker.ok(&["push", &remote]);
+
+    auth.revoke(ROBOT_TOKEN);
+
+    let push = docker.run(&["push", &second]);
+    assert!(
+        !push.status.success(),
+        "push with a revoked credential's token worked: {}",
+        text(&push)
+    );
+    docker.ok(&["rmi", &remote]);
+    let pull = docker.run(&["pull", &remote]);
+    assert!(
+        !pull.status.success(),
+        "pull with a revoked credential's token worked: {}",
+        text(&pull)
+    );
+    let stderr = String::from_utf8_lossy(&pull.stderr).to_lowercase();
+    assert!(
+        stderr.contains("unauthorized") || stderr.contains("authentication required"),
+        "unexpected error: {}",
+        text(&pull)
     );
 }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use slipway_registry::{Digest, Registry, RegistryConfig, RepoPattern, StaticAuthenticator};
+use slipway_registry::auth::BoxFuture;
+use slipway_registry::{
+    Authenticator, Digest, Principal, Registry, RegistryConfig, RepoPattern, StaticAuthenticator,
+};
 
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 pub const ROBOT_TOKEN: &str = "robot-token-0123456789abcdef";
@@ -37,16 +40,72 @@ pub fn authenticator() -> StaticAuthenticator {
         )
 }
 
+/// Accounts whose credentials can be revoked while the registry runs, as the server's
+/// tokens can: each password is its own credential (`cred:<password>`), live until
+/// [`Revocable::revoke`].
+#[derive(Debug, Default)]
+pub struct Revocable {
+    accounts: std::sync::Mutex<Vec<(String, String, Principal)>>,
+}
+
+impl Revocable {
+    /// An account `user` with `password`, allowed what `principal` is.
+    pub fn add(&self, user: &str, password: &str, principal: Principal) {
+        let principal = principal.with_credential(format!("cred:{password}"));
+        self.lock()
+            .push((user.to_string(), password.to_string(), principal));
+    }
+
+    /// Removes the account of `password`: its Basic credentials and its bearer tokens fail.
+    pub fn revoke(&self, password: &str) {
+        self.lock().retain(|(_, p, _)| p != password);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, String, Principal)>> {
+        self.accounts.lock().expect("accounts")
+    }
+}
+
+impl Authenticator for Revocable {
+    fn authenticate<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a str,
+    ) -> BoxFuture<'a, Option<Principal>> {
+        let found = self
+            .lock()
+            .iter()
+            .find(|(u, p, _)| u == username && p == password)
+            .map(|(_, _, principal)| principal.clone());
+        Box::pin(std::future::ready(found))
+    }
+
+    fn credential_live<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, bool> {
+        let live = self
+            .lock()
+            .iter()
+            .any(|(_, _, p)| p.credential.as_deref() == Some(credential));
+        Box::pin(std::future::ready(live))
+    }
+}
+
 impl TestServer {
     pub fn start() -> TestServer {
         Self::start_with(|_| {})
     }
 
     pub fn start_with(configure: impl FnOnce(&mut RegistryConfig)) -> TestServer {
+        Self::start_with_auth(configure, Arc::new(authenticator()))
+    }
+
+    pub fn start_with_auth(
+        configure: impl FnOnce(&mut RegistryConfig),
+        auth: Arc<dyn Authenticator>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = RegistryConfig::new(dir.path().join("registry"));
         configure(&mut config);
-        let registry = Registry::open(config, Arc::new(authenticator())).expect("open registry");
+        let registry = Registry::open(config, auth).expect("open registry");
         let router = registry.router();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -206,6 +265,15 @@ impl Docker {
             .write_all(password.as_bytes())
             .expect("write password");
         child.wait_with_output().expect("docker login")
+    }
+
+    /// Makes the CLI send `token` as `Authorization: Bearer` to `host` as it is, without
+    /// asking the token endpoint (the config file's `registrytoken`): what a holder of a
+    /// stolen or leftover bearer token can do.
+    pub fn use_bearer_token(&self, host: &str, token: &str) {
+        let config = serde_json::json!({"auths": {host: {"registrytoken": token}}});
+        std::fs::write(self.config.path().join("config.json"), config.to_string())
+            .expect("write docker config");
     }
 
     /// Builds an image `tag` FROM the busybox test image with `layers` extra layers, each

@@ -433,6 +433,10 @@ async fn repo_form_inner(
                 max_running: field(&form, "max_running").and_then(|v| v.parse().ok()),
                 status_url: Some(field(&form, "status_url").unwrap_or_default()),
                 status_token: field(&form, "status_token"),
+                // One pattern a line; the textarea is always sent, so blank clears the list.
+                registry_paths: form
+                    .get("registry_paths")
+                    .map(|text| text.lines().map(str::to_owned).collect()),
             };
             rest::update_settings(state, repo.clone(), settings).await?;
             format!("/repos/{}/settings", repo.name)

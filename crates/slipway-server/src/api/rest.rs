@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /api/repos` | repositories |
 //! | `POST /api/repos` `{name, clone_url, provider?, config_path?, default_branch?, …}` | the repository with `webhook_url` and `webhook_secret` |
-//! | `GET /api/repos/{repo}` · `PATCH` settings · `DELETE` is refused (not yet) | |
+//! | `GET /api/repos/{repo}` · `PATCH` settings ([`RepoSettings`]) · `DELETE` is refused (not yet) | |
 //! | `GET /api/repos/{repo}/builds?limit=&before=` | builds, newest first |
 //! | `POST /api/repos/{repo}/builds` `{branch|tag|commit, params}` | a manual build |
 //! | `GET /api/repos/{repo}/builds/{n}` | the build with its stages and steps |
@@ -16,7 +16,7 @@
 //! | `GET/POST /api/repos/{repo}/secrets` · `DELETE …/secrets/{name}` | secrets (values never shown) |
 //! | `GET /api/runners` | runners |
 //! | `POST /api/registry/gc {dry_run, rules: [{repositories, tags, keep_last, untagged_older_than_secs}], blob_grace_secs}` | registry garbage collection and retention, online; the report |
-//! | `GET /api/tokens` · `POST {name, scope}` · `DELETE /api/tokens/{id}` | API tokens (`admin`, `runner`, `robot:<namespace>`); the secret only in the POST answer |
+//! | `GET /api/tokens` · `POST {name, scope}` · `DELETE /api/tokens/{id}` | API tokens (`admin`, `runner`, `robot:<namespace>`, `paths:<pattern>,…`); the secret only in the POST answer |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -464,9 +464,13 @@ pub struct RepoSettings {
     pub max_running: Option<i64>,
     pub status_url: Option<String>,
     pub status_token: Option<String>,
+    /// Registry path patterns (`team/shared-*`) a pipeline's token may push to besides the
+    /// repository's own path; replaces the list (`[]` clears it).
+    pub registry_paths: Option<Vec<String>>,
 }
 
-/// Applies settings; a blank status token keeps the old one.
+/// Applies settings; a blank status token keeps the old one. Nothing changes if a setting
+/// is invalid.
 pub async fn update_settings(
     state: &AppState,
     mut repo: Repo,
@@ -480,6 +484,9 @@ pub async fn update_settings(
     }
     if let Some(v) = s.default_branch.filter(|v| !v.trim().is_empty()) {
         repo.default_branch = v.trim().to_owned();
+    }
+    if let Some(v) = &s.registry_paths {
+        repo.registry_paths = crate::auth::registry_paths(v).map_err(ApiError::bad_request)?;
     }
     if let Some(v) = s.trusted {
         repo.trusted = v;
@@ -546,7 +553,7 @@ pub async fn repo_delete(
 #[derive(Debug, Deserialize)]
 pub struct AddToken {
     pub name: String,
-    /// `admin`, `runner` or `robot:<namespace>`.
+    /// `admin`, `runner`, `robot:<namespace>` or `paths:<pattern>,…`.
     pub scope: String,
 }
 
@@ -561,7 +568,8 @@ pub async fn add_token(
     }
     if !crate::auth::valid_scope(&req.scope) {
         return Err(ApiError::bad_request(format!(
-            "scope `{}` is not one of admin, runner, robot:<namespace>",
+            "scope `{}` is not one of admin, runner, robot:<namespace>, \
+             paths:<pattern>[,<pattern>…] (patterns like `team/app` or `team/shared-*`)",
             req.scope
         )));
     }

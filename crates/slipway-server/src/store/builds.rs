@@ -96,7 +96,8 @@ impl Store {
         sqlx::query(
             "UPDATE repos SET provider = $2, clone_url = $3, config_path = $4, \
              webhook_secret = $5, default_branch = $6, trusted = $7, auto_cancel = $8, \
-             max_running = $9, status_url = $10, status_token = $11 WHERE id = $1",
+             max_running = $9, status_url = $10, status_token = $11, registry_paths = $12 \
+             WHERE id = $1",
         )
         .bind(repo.id)
         .bind(&repo.provider)
@@ -109,6 +110,7 @@ impl Store {
         .bind(repo.max_running)
         .bind(&repo.status_url)
         .bind(&repo.status_token)
+        .bind(repo.registry_paths.join("\n"))
         .execute(&mut *self.conn().await?)
         .await?;
         if let Some(mut cache) = self.cached_repos() {

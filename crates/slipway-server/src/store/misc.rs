@@ -157,6 +157,16 @@ impl Store {
             .transpose()
     }
 
+    pub async fn token_by_id(&self, id: i64) -> Result<Option<Token>> {
+        sqlx::query("SELECT * FROM tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *self.conn().await?)
+            .await?
+            .as_ref()
+            .map(rows::token)
+            .transpose()
+    }
+
     /// Every token, oldest first.
     pub async fn tokens(&self) -> Result<Vec<Token>> {
         let rows = sqlx::query("SELECT * FROM tokens ORDER BY id")

@@ -94,6 +94,10 @@ pub struct Repo {
     pub status_url: Option<String>,
     /// The API token for statuses, encrypted like a secret (base64 of nonce + ciphertext).
     pub status_token: Option<String>,
+    /// Registry path patterns (`team/shared-*`) a pipeline's token may push to besides the
+    /// repository's own path (`owner/name` and below); validated when set.
+    #[serde(default)]
+    pub registry_paths: Vec<String>,
     pub created: i64,
 }
 

@@ -29,6 +29,10 @@ const SQLITE_MIGRATIONS: Migrations = &[
         "0003_runner_credentials",
         include_str!("../../migrations/sqlite/0003_runner_credentials.sql"),
     ),
+    (
+        "0004_registry_paths",
+        include_str!("../../migrations/sqlite/0004_registry_paths.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: Migrations = &[
@@ -43,6 +47,10 @@ const POSTGRES_MIGRATIONS: Migrations = &[
     (
         "0003_runner_credentials",
         include_str!("../../migrations/postgres/0003_runner_credentials.sql"),
+    ),
+    (
+        "0004_registry_paths",
+        include_str!("../../migrations/postgres/0004_registry_paths.sql"),
     ),
 ];
 

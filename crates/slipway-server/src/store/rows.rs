@@ -75,6 +75,12 @@ pub(super) fn repo(row: &AnyRow) -> Result<Repo> {
         max_running: row.try_get("max_running")?,
         status_url: row.try_get("status_url")?,
         status_token: row.try_get("status_token")?,
+        registry_paths: row
+            .try_get::<String, _>("registry_paths")?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
         created: row.try_get("created")?,
     })
 }

@@ -42,7 +42,9 @@
 //! - `POST /repos/{repo}/builds/{n}/restart`, `.../cancel`, `.../promote` (`target`) (`build.html`).
 //! - `POST /repos/{repo}/secrets` (`name`, `value`, `allow_pull_request`), `POST /repos/{repo}/secrets/{name}/delete`.
 //! - `POST /repos/{repo}/settings`: `clone_url`, `config_path`, `default_branch`, `trusted`,
-//!   `auto_cancel`, `max_running`, `status_url`, `status_token` (blank keeps the old one).
+//!   `auto_cancel`, `max_running`, `status_url`, `status_token` (blank keeps the old one),
+//!   `registry_paths` (patterns a pipeline's registry token may push to besides the
+//!   repository's own path, one a line; blank clears).
 //! - `POST /registry/{name}/tags/{tag}/delete`, `POST /login` (`token`), `POST /logout`.
 //!
 //! Repository names go into URLs as they are, segment by segment percent-encoded
@@ -433,6 +435,7 @@ mod tests {
             max_running: 2,
             status_url: Some("https://api.github.com".into()),
             status_token: Some("ciphertext".into()),
+            registry_paths: vec!["team/shared-*".into()],
             created: NOW - 86_400_000,
         }
     }

@@ -251,6 +251,7 @@ fn sample_repo() -> Repo {
         max_running: 0,
         status_url: None,
         status_token: None,
+        registry_paths: Vec::new(),
         created: NOW,
     }
 }

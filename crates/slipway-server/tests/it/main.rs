@@ -8,6 +8,7 @@ mod live_ui;
 mod mirror;
 mod parse;
 mod protocol;
+mod registry_tokens;
 mod robustness;
 mod secrets;
 mod signature;

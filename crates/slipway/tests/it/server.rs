@@ -542,7 +542,93 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
         !refused.status.success(),
         "a robot of `bots` must not push to team/"
     );
-    let _ = docker(rcfg, &["rmi", &allowed, &denied]);
+
+    // A bearer token the robot's login earned, handed to a Docker client as it is: it
+    // pushes and pulls until the robot token is revoked, then neither.
+    let body: Value = reqwest::blocking::Client::new()
+        .get(format!(
+            "{}/v2/token?service=slipway-registry&scope=repository:bots/tool:pull,push",
+            up.url
+        ))
+        .basic_auth("ci-bot", Some(&secret))
+        .send()
+        .expect("token")
+        .json()
+        .expect("token JSON");
+    let bearer = body["token"].as_str().expect("a bearer token");
+    let bearer_cfg = tempfile::tempdir().expect("docker config");
+    let bcfg = bearer_cfg.path();
+    std::fs::write(
+        bcfg.join("config.json"),
+        json!({"auths": {&host: {"registrytoken": bearer}}}).to_string(),
+    )
+    .expect("docker config with the bearer token");
+    let again = format!("{host}/bots/tool:2");
+    assert!(
+        docker(bcfg, &["tag", &test_image(), &again])
+            .status
+            .success()
+    );
+    let ok = docker(bcfg, &["push", &again]);
+    assert!(ok.status.success(), "{}", super::text(&ok).1);
+    let id = robot["id"].as_i64().expect("the robot's id").to_string();
+    let out = run_cli(&up, &["token", "rm", &id]);
+    assert!(out.status.success(), "{}", super::text(&out).1);
+    let late = format!("{host}/bots/tool:3");
+    assert!(
+        docker(bcfg, &["tag", &test_image(), &late])
+            .status
+            .success()
+    );
+    let push = docker(bcfg, &["push", &late]);
+    assert!(
+        !push.status.success(),
+        "a revoked robot's bearer token pushed"
+    );
+    let _ = docker(bcfg, &["rmi", &again]);
+    let pull = docker(bcfg, &["pull", &again]);
+    assert!(
+        !pull.status.success(),
+        "a revoked robot's bearer token pulled"
+    );
+    let _ = docker(rcfg, &["rmi", &allowed, &denied, &late]);
+
+    // `repo set --registry-paths` widens where the repository's pipelines may push; a bad
+    // pattern is refused with the reason.
+    api(
+        &up,
+        &[
+            "repo",
+            "add",
+            "team/paths",
+            "--clone-url",
+            "https://git.example/team/paths.git",
+        ],
+    );
+    let set = api(
+        &up,
+        &[
+            "repo",
+            "set",
+            "team/paths",
+            "--registry-paths",
+            "team/shared-*, team/tools",
+        ],
+    );
+    assert_eq!(
+        set["registry_paths"],
+        json!(["team/shared-*", "team/tools"]),
+        "{set}"
+    );
+    let bad = run_cli(
+        &up,
+        &["repo", "set", "team/paths", "--registry-paths", "*/x"],
+    );
+    let (_, stderr) = super::text(&bad);
+    assert!(
+        !bad.status.success() && stderr.contains("`*/x`") && stderr.contains("owner"),
+        "{stderr}"
+    );
 
     // The UI lists it, with the pull command.
     let page = reqwest::blocking::Client::new()

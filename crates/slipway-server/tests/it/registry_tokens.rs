@@ -1,0 +1,508 @@
+//! Registry credentials end when what they were made from ends, against the real server
+//! (in-process, SQLite in a temporary data dir, on loopback), with this test as the runner
+//! and as the registry client: a robot token deleted through the API takes its bearer
+//! tokens with it; a bearer token is no password at `/v2/token`; a stage's token, and the
+//! bearer tokens made from it, stop working when its attempt ends (also when the stage is
+//! tried again); a pipeline's token pushes to its repository's path and below it only,
+//! unless the repository's `registry_paths` setting adds more.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use tokio_util::sync::CancellationToken;
+
+use super::{BareRepo, TestServer, serve};
+
+const ADMIN: &str = "registry-admin-token-0123456789abcdef";
+const REPO: &str = "team/app";
+/// A pipeline that pushes images, so its stage gets a registry token (nothing runs it but
+/// this test).
+const PIPELINE: &str = "kind: pipeline\ntype: docker\nname: default\nclone:\n  disable: true\n\
+                        steps:\n- name: publish\n  image: plugins/docker\n  settings:\n    \
+                        repo: team/app\n";
+
+struct Harness {
+    url: String,
+    runner_token: String,
+    http: reqwest::Client,
+    _repo: BareRepo,
+    _data: tempfile::TempDir,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// What the registry answered: status, the first error's message (if any).
+#[derive(Debug, PartialEq)]
+struct Answer {
+    status: u16,
+    message: String,
+}
+
+impl Harness {
+    async fn start(tweak: impl FnOnce(&mut slipway_server::config::ServerConfig)) -> Harness {
+        let repo = BareRepo::with_pipeline(PIPELINE);
+        let shutdown = CancellationToken::new();
+        let TestServer { url, server, data } = serve(ADMIN, &shutdown, tweak).await;
+        let h = Harness {
+            url,
+            runner_token: server.state.runner_token.clone(),
+            http: reqwest::Client::new(),
+            _repo: repo,
+            _data: data,
+            shutdown,
+        };
+        let (status, body) = h
+            .admin(
+                reqwest::Method::POST,
+                "/api/repos",
+                json!({"name": REPO, "provider": "generic", "config_path": ".drone.yml",
+                       "clone_url": h._repo.clone_url}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        h
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(ADMIN);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        self.send(request).await
+    }
+
+    async fn runner_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(format!("{}/api/runner{path}", self.url))
+                .bearer_auth(&self.runner_token)
+                .json(body),
+        )
+        .await
+    }
+
+    async fn register(&self) -> i64 {
+        let (status, body) = self
+            .runner_post(
+                "/register",
+                &json!({"name": "registry-runner", "labels": {"os": "linux", "arch": "amd64"},
+                        "capacity": 1, "version": "test",
+                        "protocol": slipway_runner::protocol::PROTOCOL_VERSION}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["runner_id"].as_i64().expect("a runner id")
+    }
+
+    /// Runs a build of `main`; the lease `runner` gets for its stage.
+    async fn build_and_lease(&self, runner: i64) -> Value {
+        let (status, build) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/api/repos/{REPO}/builds"),
+                json!({"branch": "main"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{build}");
+        self.poll(runner).await
+    }
+
+    async fn poll(&self, runner: i64) -> Value {
+        let (status, lease) = self
+            .runner_post("/poll", &json!({"runner_id": runner}))
+            .await;
+        assert_eq!(status, 200, "a lease: {lease}");
+        lease
+    }
+
+    async fn done(&self, runner: i64, lease: &Value) {
+        let stage = lease["stage_id"].as_i64().expect("a stage id");
+        let body = json!({"runner_id": runner, "attempt": lease["attempt"], "status": "success",
+                          "error": null, "events": []});
+        let (status, answer) = self
+            .runner_post(&format!("/stages/{stage}/done"), &body)
+            .await;
+        assert_eq!(status, 204, "{answer}");
+    }
+
+    /// `GET /v2/token` for `scopes` with Basic credentials: the status and the token.
+    async fn token(&self, user: &str, password: &str, scopes: &[String]) -> (u16, String) {
+        let mut url = format!("{}/v2/token?service=slipway-registry", self.url);
+        for s in scopes {
+            url.push_str(&format!("&scope={s}"));
+        }
+        let (status, body) = self
+            .send(self.http.get(url).basic_auth(user, Some(password)))
+            .await;
+        (
+            status,
+            body["token"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// A bearer token for pull and push on `repo`, which must be granted.
+    async fn bearer(&self, user: &str, password: &str, repo: &str) -> String {
+        let (status, token) = self
+            .token(user, password, &[format!("repository:{repo}:pull,push")])
+            .await;
+        assert_eq!(status, 200, "a token for {repo}");
+        token
+    }
+
+    /// Pushes a small blob to `repo` (monolithic upload) with `auth`.
+    async fn push(&self, repo: &str, auth: &Auth<'_>) -> Answer {
+        let blob = format!("a layer of {repo}");
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&blob)));
+        let request = self
+            .http
+            .post(format!(
+                "{}/v2/{repo}/blobs/uploads/?digest={digest}",
+                self.url
+            ))
+            .body(blob);
+        self.answer(auth.apply(request)).await
+    }
+
+    /// Lists `repo`'s tags with `auth` (a pull).
+    async fn pull(&self, repo: &str, auth: &Auth<'_>) -> Answer {
+        let request = self.http.get(format!("{}/v2/{repo}/tags/list", self.url));
+        self.answer(auth.apply(request)).await
+    }
+
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Answer {
+        let (status, body) = self.send(request).await;
+        Answer {
+            status,
+            message: body["errors"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+}
+
+enum Auth<'a> {
+    Bearer(&'a str),
+    Basic(&'a str, &'a str),
+}
+
+impl Auth<'_> {
+    fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Auth::Bearer(token) => request.bearer_auth(token),
+            Auth::Basic(user, password) => request.basic_auth(user, Some(password)),
+        }
+    }
+}
+
+fn registry_password(lease: &Value) -> (String, String) {
+    let registry = &lease["registry"];
+    (
+        registry["username"]
+            .as_str()
+            .expect("a registry user")
+            .to_owned(),
+        registry["password"]
+            .as_str()
+            .expect("a registry password")
+            .to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_robot_token_takes_its_bearer_tokens_with_it() {
+    let h = Harness::start(|_| {}).await;
+    let (status, robot) = h
+        .admin(
+            reqwest::Method::POST,
+            "/api/tokens",
+            json!({"name": "deployer", "scope": "robot:team"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{robot}");
+    let secret = robot["token"].as_str().expect("the secret").to_owned();
+    let bearer = h.bearer("deployer", &secret, "team/app").await;
+    let auth = Auth::Bearer(&bearer);
+    assert_eq!(h.push("team/app", &auth).await.status, 201);
+    assert_eq!(h.pull("team/app", &auth).await.status, 200);
+
+    // A bearer token is no password: it buys no fresh token at the token endpoint.
+    let (status, _) = h
+        .token(
+            "deployer",
+            &bearer,
+            &["repository:team/app:pull,push".into()],
+        )
+        .await;
+    assert_eq!(status, 401, "a bearer token was traded for a new one");
+
+    let id = robot["id"].as_i64().expect("an id");
+    let (status, body) = h
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/api/tokens/{id}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+
+    // The bearer token is 15 minutes from expiring, yet neither pushes nor pulls.
+    let push = h.push("team/app", &auth).await;
+    assert_eq!(push.status, 401, "{push:?}");
+    assert!(push.message.contains("revoked"), "{push:?}");
+    assert_eq!(h.pull("team/app", &auth).await.status, 401);
+    assert_eq!(
+        h.push("team/app", &Auth::Basic("deployer", &secret))
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stages_registry_token_ends_with_the_stage() {
+    let h = Harness::start(|_| {}).await;
+    let runner = h.register().await;
+    let lease = h.build_and_lease(runner).await;
+    let (user, password) = registry_password(&lease);
+    let bearer = h.bearer(&user, &password, "team/app").await;
+    assert_eq!(h.push("team/app", &Auth::Bearer(&bearer)).await.status, 201);
+    assert_eq!(
+        h.push("team/app", &Auth::Basic(&user, &password))
+            .await
+            .status,
+        201
+    );
+
+    h.done(runner, &lease).await;
+
+    let push = h.push("team/app", &Auth::Bearer(&bearer)).await;
+    assert_eq!(push.status, 401, "{push:?}");
+    assert_eq!(h.pull("team/app", &Auth::Bearer(&bearer)).await.status, 401);
+    assert_eq!(
+        h.push("team/app", &Auth::Basic(&user, &password))
+            .await
+            .status,
+        401
+    );
+    let (status, _) = h
+        .token(&user, &password, &["repository:team/app:pull".into()])
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_attempts_token_ends_with_the_attempt_when_the_stage_is_tried_again() {
+    // A short lease: this runner never heartbeats, so attempt 1 expires and the stage is
+    // queued again.
+    let h = Harness::start(|c| c.lease = Duration::from_millis(600)).await;
+    let runner = h.register().await;
+    let first = h.build_and_lease(runner).await;
+    assert_eq!(first["attempt"], 1, "{first}");
+    let (user, password) = registry_password(&first);
+    let old = h.bearer(&user, &password, "team/app").await;
+    assert_eq!(h.push("team/app", &Auth::Bearer(&old)).await.status, 201);
+
+    let second = h.poll(runner).await;
+    assert_eq!(second["attempt"], 2, "the stage was tried again: {second}");
+    let (user2, password2) = registry_password(&second);
+    assert_ne!(password, password2, "each attempt has its own token");
+
+    // Attempt 1 is over: neither its token nor its bearer token works; attempt 2's does.
+    assert_eq!(h.push("team/app", &Auth::Bearer(&old)).await.status, 401);
+    assert_eq!(
+        h.push("team/app", &Auth::Basic(&user, &password))
+            .await
+            .status,
+        401
+    );
+    let new = h.bearer(&user2, &password2, "team/app").await;
+    assert_eq!(h.push("team/app", &Auth::Bearer(&new)).await.status, 201);
+    h.done(runner, &second).await;
+    assert_eq!(h.push("team/app", &Auth::Bearer(&new)).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_token_pushes_to_its_repositorys_path_unless_the_setting_widens_it() {
+    let h = Harness::start(|_| {}).await;
+    let runner = h.register().await;
+    let lease = h.build_and_lease(runner).await;
+    let (user, password) = registry_password(&lease);
+    for (repo, allowed) in [
+        ("team/app", true),
+        ("team/app/sub", true),
+        ("team/other", false),
+        ("team/apple", false),
+        ("team/shared-lib", false),
+        ("other/x", false),
+    ] {
+        let bearer = h.bearer(&user, &password, repo).await;
+        let push = h.push(repo, &Auth::Bearer(&bearer)).await;
+        if allowed {
+            assert_eq!(push.status, 201, "{repo}: {push:?}");
+        } else {
+            assert_eq!(push.status, 403, "{repo}: {push:?}");
+            assert!(
+                push.message.contains(&format!("may not push `{repo}`")),
+                "{repo}: {push:?}"
+            );
+        }
+        // Basic credentials are held to the same paths.
+        let basic = h.push(repo, &Auth::Basic(&user, &password)).await;
+        assert_eq!(basic.status, if allowed { 201 } else { 403 }, "{repo}");
+    }
+    h.done(runner, &lease).await;
+
+    // Invalid patterns are refused with the reason, and nothing changes.
+    for (bad, reason) in [
+        ("*", "owner"),
+        ("team/Shared", "`S`"),
+        ("team//x", "empty segment"),
+    ] {
+        let (status, body) = h
+            .admin(
+                reqwest::Method::PATCH,
+                &format!("/api/repos/{REPO}"),
+                json!({"registry_paths": ["team/ok-*", bad], "auto_cancel": true}),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let text = body.to_string();
+        assert!(
+            text.contains("registry_paths") && text.contains(reason),
+            "{bad}: {text}"
+        );
+    }
+    let (_, repo) = h
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/repos/{REPO}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(repo["registry_paths"], json!([]), "{repo}");
+    assert_eq!(repo["auto_cancel"], json!(false), "{repo}");
+
+    let (status, repo) = h
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/api/repos/{REPO}"),
+            json!({"registry_paths": [" team/shared-* ", "", "team/shared-*"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{repo}");
+    assert_eq!(repo["registry_paths"], json!(["team/shared-*"]), "{repo}");
+
+    let lease = h.build_and_lease(runner).await;
+    let (user, password) = registry_password(&lease);
+    for (repo, allowed) in [
+        ("team/app", true),
+        ("team/shared-lib", true),
+        ("team/shared-lib/x", true),
+        ("team/other", false),
+        ("other/shared-lib", false),
+    ] {
+        let bearer = h.bearer(&user, &password, repo).await;
+        let push = h.push(repo, &Auth::Bearer(&bearer)).await;
+        assert_eq!(
+            push.status,
+            if allowed { 201 } else { 403 },
+            "{repo}: {push:?}"
+        );
+    }
+    h.done(runner, &lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_page_shows_and_edits_the_registry_paths() {
+    let h = Harness::start(|_| {}).await;
+    let page = format!("{}/repos/{REPO}/settings", h.url);
+    // As the UI itself posts it: its own origin, the login cookie.
+    let forms = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client");
+    let post = |paths: &str| {
+        forms
+            .post(&page)
+            .header("Cookie", format!("slipway_token={ADMIN}"))
+            .header("Origin", &h.url)
+            .form(&[
+                ("clone_url", h._repo.clone_url.as_str()),
+                ("default_branch", "main"),
+                ("max_running", "0"),
+                ("registry_paths", paths),
+            ])
+    };
+    let saved = post("team/shared-*\r\nteam/tools/x\r\n")
+        .send()
+        .await
+        .expect("the form is posted");
+    assert!(saved.status().is_redirection(), "{}", saved.status());
+    let (_, repo) = h
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/repos/{REPO}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        repo["registry_paths"],
+        json!(["team/shared-*", "team/tools/x"]),
+        "{repo}"
+    );
+    let html = h
+        .http
+        .get(&page)
+        .header("Cookie", format!("slipway_token={ADMIN}"))
+        .send()
+        .await
+        .expect("the page")
+        .text()
+        .await
+        .expect("its text");
+    assert!(
+        html.contains("name=\"registry_paths\"")
+            && html.contains("team/shared-*\nteam/tools/x</textarea>"),
+        "{html}"
+    );
+
+    // A bad pattern: an error page saying which and why; the setting is unchanged.
+    let refused = post("team/shared-*\nTeam/x").send().await.expect("posted");
+    assert_eq!(refused.status(), 400);
+    let text = refused.text().await.expect("the error page");
+    assert!(
+        text.contains("Team/x") && text.contains("not allowed"),
+        "{text}"
+    );
+    let (_, repo) = h
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/repos/{REPO}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        repo["registry_paths"],
+        json!(["team/shared-*", "team/tools/x"])
+    );
+}
