@@ -25,6 +25,8 @@ const PIPELINE: &str = "kind: pipeline\ntype: docker\nname: default\nclone:\n  d
 struct Harness {
     url: String,
     runner_token: String,
+    /// The credential the runner's registration returned (the runner token until then).
+    credential: std::sync::Mutex<Option<String>>,
     http: reqwest::Client,
     _repo: BareRepo,
     _data: tempfile::TempDir,
@@ -52,6 +54,7 @@ impl Harness {
         let h = Harness {
             url,
             runner_token: server.state.runner_token.clone(),
+            credential: std::sync::Mutex::new(None),
             http: reqwest::Client::new(),
             _repo: repo,
             _data: data,
@@ -62,7 +65,7 @@ impl Harness {
                 reqwest::Method::POST,
                 "/api/repos",
                 json!({"name": REPO, "provider": "generic", "config_path": ".drone.yml",
-                       "clone_url": h._repo.clone_url}),
+                       "clone_url": h._repo.clone_url, "trusted": true}),
             )
             .await;
         assert_eq!(status, 201, "{body}");
@@ -91,10 +94,16 @@ impl Harness {
     }
 
     async fn runner_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let bearer = self
+            .credential
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_else(|| self.runner_token.clone());
         self.send(
             self.http
                 .post(format!("{}/api/runner{path}", self.url))
-                .bearer_auth(&self.runner_token)
+                .bearer_auth(bearer)
                 .json(body),
         )
         .await
@@ -110,6 +119,7 @@ impl Harness {
             )
             .await;
         assert_eq!(status, 200, "{body}");
+        *self.credential.lock().expect("lock") = body["credential"].as_str().map(str::to_owned);
         body["runner_id"].as_i64().expect("a runner id")
     }
 
