@@ -25,6 +25,10 @@ const SQLITE_MIGRATIONS: Migrations = &[
         "0002_step_logs",
         include_str!("../../migrations/sqlite/0002_step_logs.sql"),
     ),
+    (
+        "0005_sessions",
+        include_str!("../../migrations/sqlite/0005_sessions.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: Migrations = &[
@@ -35,6 +39,10 @@ const POSTGRES_MIGRATIONS: Migrations = &[
     (
         "0002_step_logs",
         include_str!("../../migrations/postgres/0002_step_logs.sql"),
+    ),
+    (
+        "0005_sessions",
+        include_str!("../../migrations/postgres/0005_sessions.sql"),
     ),
 ];
 

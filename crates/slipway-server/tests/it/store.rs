@@ -306,6 +306,7 @@ const TABLES: &[&str] = &[
     "tokens",
     "artifacts",
     "step_logs",
+    "sessions",
     "schema_migrations",
 ];
 
