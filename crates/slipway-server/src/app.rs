@@ -4,7 +4,8 @@
 //! The data dir and its `logs/`, `mirrors/` and `registry/` are made 0700, the SQLite
 //! database (with its -wal and -shm), `secret.key` and `runner.token` 0600; what an older
 //! version created more open is tightened at every start (but a `secret.key` others may
-//! read is an error, see [`crate::secrets`]).
+//! read is an error, see [`crate::secrets`]). Webhook secrets are sealed in the store; one
+//! an older version kept in clear is sealed at start.
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -113,6 +114,7 @@ impl Server {
             Some(key) => SecretBox::from_key_text(key)?,
             None => SecretBox::load_or_create(&data.join("secret.key"))?,
         };
+        seal_webhook_secrets(&store, &secrets).await?;
         let logs = LogStore::open(data.join("logs"), config.durable_logs, Some(store.clone()))?;
         let mirrors = Mirrors::new(data.join("mirrors"));
 
@@ -303,6 +305,29 @@ fn stored_runner_token(data: &std::path::Path, secrets: &SecretBox) -> Result<St
     })?;
     tighten(&path, 0o600)?;
     Ok(token)
+}
+
+/// Seals the webhook secrets an older version stored in clear (a data migration: SQL
+/// alone cannot, it lacks the key). Idempotent: sealed ones are left as they are.
+async fn seal_webhook_secrets(store: &Store, secrets: &SecretBox) -> Result<(), ServerError> {
+    let mut sealed = 0;
+    for mut repo in store.repos().await? {
+        if repo
+            .webhook_secret
+            .starts_with(crate::secrets::WEBHOOK_SEALED)
+        {
+            continue;
+        }
+        repo.webhook_secret = secrets.seal_webhook_secret(&repo.name, &repo.webhook_secret);
+        store.update_repo(&repo).await?;
+        sealed += 1;
+    }
+    if sealed > 0 {
+        tracing::info!(
+            "sealed the webhook secrets of {sealed} repositories (stored in clear before)"
+        );
+    }
+    Ok(())
 }
 
 /// The data dir holds the database (webhook secrets, sealed secrets), logs and keys: it is

@@ -53,10 +53,8 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(None);
+    // HTTP/2 (prior knowledge) has no header timeout of its own: the idle timeout covers it.
+    builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
         let permit = tokio::select! {

@@ -315,7 +315,20 @@ pub fn repo_json(
             "has_status_token".into(),
             repo.status_token.is_some().into(),
         );
-        if !with_secret {
+        if with_secret {
+            match state
+                .secrets
+                .open_webhook_secret(&repo.name, &repo.webhook_secret)
+            {
+                Ok(plain) => {
+                    obj.insert("webhook_secret".into(), plain.into());
+                }
+                Err(e) => {
+                    tracing::error!("{}: {e}", repo.name);
+                    obj.remove("webhook_secret");
+                }
+            }
+        } else {
             obj.remove("webhook_secret");
         }
         obj.insert("webhook_url".into(), webhook_url(state).into());

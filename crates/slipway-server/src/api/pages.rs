@@ -406,13 +406,27 @@ async fn repo_page_inner(
                 json!({"repo": repo, "secrets": secrets}),
             )
         }
-        ["settings"] => render(
-            state,
-            "settings.html",
-            "Settings",
-            Some(user),
-            json!({"repo": repo, "webhook_url": webhook_url}),
-        ),
+        ["settings"] => {
+            // The page shows the webhook secret to copy: the plain one, not the stored seal.
+            let mut shown = repo.clone();
+            shown.webhook_secret = state
+                .secrets
+                .open_webhook_secret(&repo.name, &repo.webhook_secret)
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("{}: the webhook secret: {e}", repo.name),
+                    )
+                })?;
+            render(
+                state,
+                "settings.html",
+                "Settings",
+                Some(user),
+                json!({"repo": shown, "webhook_url": webhook_url}),
+            )
+        }
         _ => return Err(ApiError::not_found("no such page")),
     })
 }

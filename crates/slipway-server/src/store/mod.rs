@@ -75,7 +75,9 @@ pub struct Repo {
     pub clone_url: String,
     /// The pipeline file; `None` means `.slipway.yml`, then `.drone.yml`.
     pub config_path: Option<String>,
-    /// HMAC secret (or GitLab token) the git host signs deliveries with.
+    /// HMAC secret (or GitLab token) the git host signs deliveries with, sealed
+    /// (`sealed:…`, [`crate::secrets::SecretBox::seal_webhook_secret`]; clear only in rows
+    /// of an older version, until the next start seals them).
     pub webhook_secret: String,
     pub default_branch: String,
     /// Host volumes and privileged steps allowed.

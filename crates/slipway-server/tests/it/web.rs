@@ -949,3 +949,96 @@ async fn a_page_of_another_port_changes_nothing_and_the_ui_still_works_in_chromi
     browser.close().await;
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn webhook_secrets_are_sealed_at_rest_and_old_clear_ones_sealed_at_start() {
+    let shutdown = CancellationToken::new();
+    let TestServer { url, server, data } = serve(ADMIN, &shutdown, |_| {}).await;
+    let secret = "a-webhook-secret-in-the-clear-0123456789";
+    let resp = http()
+        .post(format!("{url}/api/repos"))
+        .bearer_auth(ADMIN)
+        .json(
+            &json!({"name": REPO, "clone_url": "https://git.example.com/a.git",
+                      "webhook_secret": secret}),
+        )
+        .send()
+        .await
+        .expect("POST /api/repos");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let shown: Value = resp.json().await.expect("JSON");
+    assert_eq!(shown["webhook_secret"], secret, "shown once, in clear");
+    let dir = data.path().join("data");
+    let stored_bytes = || {
+        let mut bytes = std::fs::read(dir.join("slipway.db")).expect("db");
+        bytes.extend(std::fs::read(dir.join("slipway.db-wal")).unwrap_or_default());
+        bytes
+    };
+    let bytes = stored_bytes();
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the webhook secret is in the database file in clear"
+    );
+    let row = server
+        .state
+        .store
+        .repo_by_name(REPO)
+        .await
+        .expect("read")
+        .expect("repo");
+    assert!(
+        row.webhook_secret.starts_with("sealed:"),
+        "{}",
+        row.webhook_secret
+    );
+    // The API and the settings page give it back in clear.
+    let got: Value = http()
+        .get(format!("{url}/api/repos/{REPO}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(got["webhook_secret"], secret);
+    let (cookie, _) = login(&url, ADMIN).await;
+    let (_, _, page) = get(&url, &format!("/repos/{REPO}/settings"), &cookie).await;
+    assert!(
+        page.contains(secret),
+        "the settings page shows the secret to copy"
+    );
+
+    // A row of an older version, in clear, is sealed at the next start and still verifies.
+    let mut old = row.clone();
+    old.webhook_secret = secret.to_owned();
+    server
+        .state
+        .store
+        .update_repo(&old)
+        .await
+        .expect("write the old form");
+    shutdown.cancel();
+    drop(server);
+    let mut config = slipway_server::config::ServerConfig::new(&dir, "http://127.0.0.1:1");
+    config.admin_token = Some(ADMIN.to_owned());
+    let reopened = slipway_server::app::Server::open(config)
+        .await
+        .expect("reopens");
+    let row = reopened
+        .state
+        .store
+        .repo_by_name(REPO)
+        .await
+        .expect("read")
+        .expect("repo");
+    assert!(row.webhook_secret.starts_with("sealed:"), "sealed at start");
+    assert_eq!(
+        reopened
+            .state
+            .secrets
+            .open_webhook_secret(REPO, &row.webhook_secret)
+            .expect("opens"),
+        secret
+    );
+}
