@@ -323,6 +323,8 @@ async fn seal_webhook_secrets(store: &Store, secrets: &SecretBox) -> Result<(), 
         sealed += 1;
     }
     if sealed > 0 {
+        // The clear values are still in free pages and the WAL until scrubbed.
+        store.scrub().await?;
         tracing::info!(
             "sealed the webhook secrets of {sealed} repositories (stored in clear before)"
         );

@@ -177,6 +177,21 @@ impl Store {
         self.backend
     }
 
+    /// SQLite: rewrites the database file without its free pages and empties the WAL, so
+    /// values overwritten or deleted (a secret stored in clear by an older version) leave
+    /// no bytes behind. PostgreSQL: nothing (its files are the database server's).
+    pub async fn scrub(&self) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        sqlx::query("VACUUM").execute(&mut *conn).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     async fn open_sqlite(url: &str) -> Result<Store> {
         let memory = is_memory(url);
         let full = if memory {

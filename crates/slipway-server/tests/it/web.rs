@@ -1041,4 +1041,31 @@ async fn webhook_secrets_are_sealed_at_rest_and_old_clear_ones_sealed_at_start()
             .expect("opens"),
         secret
     );
+    let bytes = stored_bytes();
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the old clear secret is still in the database file or its WAL"
+    );
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_expiry() {
+    let shutdown = CancellationToken::new();
+    let TestServer {
+        url, data: _data, ..
+    } = serve(ADMIN, &shutdown, |c| {
+        c.session_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let (cookie, set) = login(&url, ADMIN).await;
+    assert!(set.contains("Max-Age=1"), "{set}");
+    let (status, _, _) = get(&url, "/", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The browser would have dropped it; one that keeps it gets nothing either.
+    let (status, headers, _) = get(&url, "/", &cookie).await;
+    assert!(is_login(status, &headers), "an expired session: {status}");
+    let (status, _, _) = get(&url, "/api/repos", &cookie).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    shutdown.cancel();
 }
