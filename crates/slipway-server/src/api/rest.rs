@@ -1,4 +1,6 @@
-//! The REST API under `/api/` (JSON; an admin token).
+//! The REST API under `/api/` (JSON; an admin token). Reads take the bearer token or the
+//! UI's session cookie; a POST, PATCH or DELETE only a bearer token, and a body only as
+//! `application/json` (see [`super::guard`]).
 //!
 //! | request | answer |
 //! |---|---|
