@@ -1,6 +1,14 @@
 //! The server as a whole: opens every part under the data dir, serves the router, and runs
 //! the background tasks (lease reaper, commit statuses).
+//!
+//! The data dir and its `logs/`, `mirrors/` and `registry/` are made 0700, the SQLite
+//! database (with its -wal and -shm), `secret.key` and `runner.token` 0600; what an older
+//! version created more open is tightened at every start (but a `secret.key` others may
+//! read is an error, see [`crate::secrets`]). Webhook secrets are sealed in the store; one
+//! an older version kept in clear is sealed at start.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +39,10 @@ pub enum ServerError {
     Secrets(#[from] crate::secrets::SecretError),
     #[error(transparent)]
     Registry(#[from] slipway_registry::RegistryError),
-    #[error("creating the data directory {path}: {source}")]
+    #[error(
+        "the data directory: {path}: {source} (it must be a directory this user owns and may \
+         write; its files are made readable by this user only)"
+    )]
     DataDir {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -87,19 +98,24 @@ impl Server {
     /// Opens (creating when new) everything under `config.data_dir`.
     pub async fn open(config: ServerConfig) -> Result<Server, ServerError> {
         let data = config.data_dir.clone();
-        std::fs::create_dir_all(&data).map_err(|source| ServerError::DataDir {
-            path: data.clone(),
-            source,
-        })?;
+        private_data_dir(&data)?;
         let url = match &config.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}", data.join("slipway.db").display()),
+            None => {
+                let db = data.join("slipway.db");
+                // SQLite gives its -wal and -shm files the database file's mode: create it
+                // 0600 before SQLite does (an empty file is a new database).
+                create_private_file(&db)?;
+                format!("sqlite://{}", db.display())
+            }
         };
         let store = Arc::new(Store::open(&url).await?);
+        tighten_data_files(&data)?;
         let secrets = match &config.secret_key {
             Some(key) => SecretBox::from_key_text(key)?,
             None => SecretBox::load_or_create(&data.join("secret.key"))?,
         };
+        seal_webhook_secrets(&store, &secrets).await?;
         let logs = LogStore::open(data.join("logs"), config.durable_logs, Some(store.clone()))?;
         let mirrors = Mirrors::new(data.join("mirrors"));
 
@@ -279,11 +295,122 @@ fn stored_runner_token(data: &std::path::Path, secrets: &SecretBox) -> Result<St
     }
     let token = auth::generate();
     let sealed = secrets.seal(&token, "runner-token");
-    std::fs::write(&path, sealed).map_err(|source| ServerError::DataDir {
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, sealed.as_bytes()));
+    written.map_err(|source| ServerError::DataDir {
         path: path.clone(),
         source,
     })?;
+    tighten(&path, 0o600)?;
     Ok(token)
+}
+
+/// Seals the webhook secrets an older version stored in clear (a data migration: SQL
+/// alone cannot, it lacks the key). Idempotent: sealed ones are left as they are.
+async fn seal_webhook_secrets(store: &Store, secrets: &SecretBox) -> Result<(), ServerError> {
+    let mut sealed = 0;
+    for mut repo in store.repos().await? {
+        if repo
+            .webhook_secret
+            .starts_with(crate::secrets::WEBHOOK_SEALED)
+        {
+            continue;
+        }
+        repo.webhook_secret = secrets.seal_webhook_secret(&repo.name, &repo.webhook_secret);
+        store.update_repo(&repo).await?;
+        sealed += 1;
+    }
+    if sealed > 0 {
+        // The clear values are still in free pages and the WAL until scrubbed.
+        store.scrub().await?;
+        tracing::info!(
+            "sealed the webhook secrets of {sealed} repositories (stored in clear before)"
+        );
+    }
+    Ok(())
+}
+
+/// The data dir holds the database (webhook secrets, sealed secrets), logs and keys: it is
+/// made 0700, and one an older version made 0755 is tightened.
+fn private_data_dir(data: &Path) -> Result<(), ServerError> {
+    let fail = |source| ServerError::DataDir {
+        path: data.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .map_err(fail)?;
+    tighten(data, 0o700)?;
+    for sub in ["logs", "mirrors", "registry"] {
+        let dir = data.join(sub);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| ServerError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        tighten(&dir, 0o700)?;
+    }
+    Ok(())
+}
+
+/// Creates `path` empty with mode 0600 unless it exists.
+fn create_private_file(path: &Path) -> Result<(), ServerError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(ServerError::DataDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Files an older version left readable by others (0644): the owner's only now.
+fn tighten_data_files(data: &Path) -> Result<(), ServerError> {
+    for name in [
+        "slipway.db",
+        "slipway.db-wal",
+        "slipway.db-shm",
+        "slipway.db-journal",
+        // Not secret.key: one others could read is refused by `SecretBox::load_or_create`
+        // (the key must be considered leaked, not quietly tightened).
+        "runner.token",
+    ] {
+        let path = data.join(name);
+        if path.exists() {
+            tighten(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes group and other bits away from `path` (the mode becomes `mode` if it had any).
+/// A symlink is left alone: its target may not be ours to change.
+fn tighten(path: &Path, mode: u32) -> Result<(), ServerError> {
+    let fail = |source| ServerError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(fail)?;
+    if meta.file_type().is_symlink() || meta.permissions().mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)
 }
 
 /// `http://host:port/x` → `host:port`.

@@ -34,6 +34,36 @@ pub struct ServerConfig {
     pub registry_notify: Vec<String>,
     /// Run well-known plugin steps (`plugins/docker`) natively on the runners.
     pub native_plugins: bool,
+    /// How long a UI session lasts after logging in.
+    pub session_ttl: Duration,
+    /// `Some`: `/metrics` needs `Authorization: Bearer <this>`; `None`: open (Prometheus
+    /// convention).
+    pub metrics_token: Option<String>,
+    /// Header-read timeout, idle timeout and connection cap of the HTTP listeners.
+    pub limits: ListenerLimits,
+}
+
+/// What one client may hold of a listener (see [`crate::listen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// A request's headers must have arrived this long after its first byte (or after the
+    /// connection opened), else the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no byte read or written for this long is closed (SSE streams send
+    /// a keep-alive every 15 s, long polls answer within the poll wait, so neither is idle).
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> ListenerLimits {
+        ListenerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 1024,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -52,6 +82,9 @@ impl ServerConfig {
             registry_anonymous_pull: Vec::new(),
             registry_notify: Vec::new(),
             native_plugins: true,
+            session_ttl: Duration::from_secs(7 * 24 * 3600),
+            metrics_token: None,
+            limits: ListenerLimits::default(),
         }
     }
 

@@ -15,7 +15,8 @@
 //!   promote, commit statuses); [`queue`]: stages leased to runners and what they report.
 //! - [`api`]: the HTTP routes (webhooks, runner protocol, REST, SSE, UI pages); [`ui`]:
 //!   templates and assets; [`events`]: the in-process event bus; [`auth`]: tokens.
-//! - [`app`]: [`app::Server`], everything opened under the data dir; [`config`].
+//! - [`app`]: [`app::Server`], everything opened under the data dir; [`config`];
+//!   [`listen`]: serving a listener with header and idle timeouts and a connection cap.
 //!
 //! Invariants of [`webhook`]: nothing panics on any body or header value (a property test
 //! feeds it arbitrary bytes); a signature is only accepted when it matches in constant
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod builds;
 pub mod config;
 pub mod events;
+pub mod listen;
 pub mod logstore;
 pub mod mirror;
 pub mod queue;

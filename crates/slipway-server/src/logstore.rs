@@ -36,9 +36,11 @@
 //!   and a log stored whole once its commit is done ([`LogStore::publish`]); a follower
 //!   reads what is stored first and then takes published lines from where that ended, so
 //!   it sees every line once, in order ([`LogStore::follow`]).
+//! - **Private.** Log directories are made 0700 and log files 0600.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -129,7 +131,7 @@ impl LogStore {
         stored: Option<Arc<Store>>,
     ) -> Result<LogStore, LogError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|source| LogError::Io {
+        private_dirs(&root).map_err(|source| LogError::Io {
             action: "creating",
             path: root.clone(),
             source,
@@ -246,12 +248,15 @@ impl LogStore {
             source,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io_err("creating the directory of", e))?;
+            private_dirs(dir).map_err(|e| io_err("creating the directory of", e))?;
         }
+        // Logs may show what a build printed of its secrets before masking caught on:
+        // the owner's only.
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| io_err("opening", e))?;
         let (lines, complete_len) =
@@ -646,7 +651,22 @@ fn migrate_nested_layout(root: &Path) -> Result<(), LogError> {
             root.display()
         );
     }
-    std::fs::write(&marker, LAYOUT).map_err(io_err("writing", &marker))
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&marker)
+        .and_then(|mut f| f.write_all(LAYOUT.as_bytes()))
+        .map_err(io_err("writing", &marker))
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (the owner's only).
+fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Longest encoded step name kept whole; longer ones are cut and given a hash of the whole

@@ -1,7 +1,8 @@
 //! Encryption of secrets at rest: one 32-byte key and XChaCha20-Poly1305.
 //!
 //! Owns the key file (`secret.key` in the data directory) and the sealed format of every
-//! secret value the store keeps. Main type: [`SecretBox`].
+//! secret value the store keeps (repository secrets, status tokens, webhook secrets as
+//! `sealed:<sealed>`). Main type: [`SecretBox`].
 //!
 //! Invariants:
 //! - A sealed value is `base64(nonce ‖ ciphertext ‖ tag)` (standard alphabet, padded) with a
@@ -34,6 +35,14 @@ pub const KEY_LEN: usize = 32;
 pub const NONCE_LEN: usize = 24;
 /// Bytes of the Poly1305 tag that follows every ciphertext.
 const TAG_LEN: usize = 16;
+
+/// What starts a sealed webhook secret in the store (base64 never holds `:`).
+pub const WEBHOOK_SEALED: &str = "sealed:";
+
+/// The associated data of a repository's webhook secret.
+pub fn webhook_secret_aad(repo: &str) -> String {
+    format!("repo:{repo}:webhook-secret")
+}
 
 /// Why a key could not be loaded or a sealed value not opened.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +163,27 @@ impl SecretBox {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ciphertext);
         STANDARD.encode(out)
+    }
+
+    /// A repository's webhook secret as `repos.webhook_secret` keeps it:
+    /// [`WEBHOOK_SEALED`] then the sealed text, bound to the repository's name (names never
+    /// change; the id is not known before the row is inserted, and the row must never hold
+    /// a usable placeholder).
+    pub fn seal_webhook_secret(&self, repo: &str, plaintext: &str) -> String {
+        format!(
+            "{WEBHOOK_SEALED}{}",
+            self.seal(plaintext, &webhook_secret_aad(repo))
+        )
+    }
+
+    /// The webhook secret of a stored `repos.webhook_secret`; one stored by a version that
+    /// did not seal them (no [`WEBHOOK_SEALED`]) is taken as it is (the server seals those
+    /// at start, see [`crate::app`]).
+    pub fn open_webhook_secret(&self, repo: &str, stored: &str) -> Result<String, SecretError> {
+        match stored.strip_prefix(WEBHOOK_SEALED) {
+            Some(sealed) => self.open(sealed, &webhook_secret_aad(repo)),
+            None => Ok(stored.to_owned()),
+        }
     }
 
     /// Decrypts what [`SecretBox::seal`] made with the same key and the same `aad`.

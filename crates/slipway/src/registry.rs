@@ -41,6 +41,8 @@ pub struct RegistryArgs {
     #[cfg(feature = "s3")]
     #[arg(long, value_name = "URL", env = "SLIPWAY_REGISTRY_STORAGE")]
     pub storage: Option<String>,
+    #[command(flatten)]
+    pub limits: crate::up::ListenerArgs,
 }
 
 pub fn run(args: RegistryArgs) -> Result<ExitCode> {
@@ -88,6 +90,7 @@ pub fn run(args: RegistryArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let limits = crate::up::listener_limits(&args.limits)?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -103,12 +106,13 @@ pub fn run(args: RegistryArgs) -> Result<ExitCode> {
             args.notify.iter().map(NotifyEndpoint::new).collect(),
             source,
         );
-        axum::serve(listener, registry.router())
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving the registry")?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            on_signal.cancel();
+        });
+        slipway_server::listen::serve(listener, registry.router(), limits, shutdown).await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -27,9 +27,31 @@ pub struct ServerArgs {
     /// The URL users and git hosts reach this server at (default: from --listen).
     #[arg(long, env = "SLIPWAY_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// The admin token (default: generated on first start and printed once).
+    /// The admin token (default: generated on first start and printed once). Prefer
+    /// --admin-token-file or the environment: a flag's value shows in the process list.
     #[arg(long, env = "SLIPWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A file holding the admin token (its first line), instead of --admin-token.
+    #[arg(
+        long,
+        env = "SLIPWAY_ADMIN_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+    /// Require `Authorization: Bearer TOKEN` on /metrics (default: open, as Prometheus expects).
+    #[arg(
+        long,
+        env = "SLIPWAY_METRICS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub metrics_token: Option<String>,
+    /// How long a web UI session lasts after logging in, e.g. 12h (default: 7 days).
+    #[arg(long, default_value = "168h", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+    #[command(flatten)]
+    pub limits: ListenerArgs,
     /// The token runners register with (default: generated and kept in the data dir).
     #[arg(long, env = "SLIPWAY_RUNNER_TOKEN", hide_env_values = true)]
     pub runner_token: Option<String>,
@@ -48,6 +70,21 @@ pub struct ServerArgs {
     /// Print the start-up facts (url, admin token, runner token) as one JSON line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The limits of a listener (`slipway up`, `server`, `registry`).
+#[derive(Debug, Args)]
+pub struct ListenerArgs {
+    /// A request's headers must arrive within this (slow or stalled clients are cut off).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte for this long is closed (more than 30 s: runners'
+    /// polls wait up to 25 s).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Args)]
@@ -92,10 +129,49 @@ pub struct RunnerArgs {
     pub allow_exec: bool,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     slipway_spec::parse::parse_duration(text)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("`{text}` is not a duration (e.g. 30s, 2m)"))
+}
+
+/// The admin token of `--admin-token-file`: its first line, which must not be empty.
+fn read_token_file(file: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--admin-token-file {}: reading it", file.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!(
+            "--admin-token-file {}: the first line is empty; write the token there (e.g. `openssl rand -hex 32 > {}`)",
+            file.display(),
+            file.display()
+        );
+    }
+    Ok(token)
+}
+
+/// The listener limits of the flags, checked against each other.
+pub fn listener_limits(args: &ListenerArgs) -> Result<slipway_server::config::ListenerLimits> {
+    let limits = slipway_server::config::ListenerLimits {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
+    if limits.header_read_timeout.is_zero() || limits.max_connections == 0 {
+        bail!("--header-read-timeout and --max-connections must be more than 0");
+    }
+    // Runners' long polls are answered within the poll wait: an idle timeout shorter than
+    // it would cut every waiting runner off.
+    let poll = ServerConfig::new(".", "").poll_wait;
+    if limits.idle_timeout <= poll + Duration::from_secs(5) {
+        bail!(
+            "--idle-timeout {}s is too short: runners wait up to {}s for work on one request; give at least {}s",
+            limits.idle_timeout.as_secs(),
+            poll.as_secs(),
+            (poll + Duration::from_secs(6)).as_secs()
+        );
+    }
+    Ok(limits)
 }
 
 fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
@@ -168,7 +244,13 @@ fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode>
         let public_url = args.public_url.clone().unwrap_or_else(|| local.clone());
         let mut config = ServerConfig::new(&args.data_dir, public_url.clone());
         config.database_url = args.database_url.clone();
-        config.admin_token = args.admin_token.clone();
+        config.admin_token = match &args.admin_token_file {
+            Some(file) => Some(read_token_file(file)?),
+            None => args.admin_token.clone(),
+        };
+        config.metrics_token = args.metrics_token.clone().filter(|t| !t.trim().is_empty());
+        config.session_ttl = args.session_ttl;
+        config.limits = listener_limits(&args.limits)?;
         config.runner_token = args.runner_token.clone();
         config.lease = args.lease;
         config.registry_anonymous_pull = args.registry_anonymous_pull.clone();
@@ -195,7 +277,9 @@ fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode>
             println!("Slipway is up at {public_url}");
             match &admin {
                 Some(token) => println!("admin token (shown once, keep it): {token}"),
-                None if args.admin_token.is_some() => println!("admin token: as given"),
+                None if args.admin_token.is_some() || args.admin_token_file.is_some() => {
+                    println!("admin token: as given")
+                }
                 None => println!("admin token: the one printed at the first start"),
             }
             if embedded.is_none() {
@@ -205,11 +289,10 @@ fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode>
         }
 
         let router = server.router();
+        let limits = server.state.config.limits;
         let serve_shutdown = shutdown.clone();
         let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { serve_shutdown.cancelled().await })
-                .await
+            slipway_server::listen::serve(listener, router, limits, serve_shutdown).await;
         });
 
         if let Some(EmbeddedRunner {
@@ -236,8 +319,7 @@ fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode>
             });
         }
         match http.await {
-            Ok(Ok(())) => Ok(ExitCode::SUCCESS),
-            Ok(Err(e)) => Err(anyhow::Error::new(e).context("serving HTTP")),
+            Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => Err(anyhow::Error::new(e).context("the HTTP task")),
         }
     })

@@ -3,15 +3,24 @@
 //! | prefix | what | auth |
 //! |---|---|---|
 //! | `POST /hook` | git-host webhooks ([`hooks`]) | the delivery's signature |
-//! | `/api/runner/…` | the runner protocol ([`runner`]) | a runner (or admin) token |
-//! | `/api/…` | the REST API ([`rest`]), SSE ([`live`]) | `Authorization: Bearer <token>` or the UI's cookie |
+//! | `/api/runner/…` | the runner protocol ([`runner`]) | a runner (or admin) bearer token |
+//! | `/api/…` GET, HEAD | the REST API ([`rest`]), SSE ([`live`]) | `Authorization: Bearer <token>`, or the UI's session cookie |
+//! | `/api/…` POST, PATCH, DELETE | the REST API ([`rest`]) | `Authorization: Bearer <token>` only; a body only as `application/json` (415 otherwise) |
 //! | `/v2/…` | the image registry | registry tokens (Basic with a Slipway token) |
-//! | `/`, `/repos/…`, `/runners`, `/login` | the web UI ([`pages`]) | the `slipway_token` cookie |
-//! | `/healthz`, `/metrics` | health, Prometheus | none |
+//! | `/`, `/repos/…`, `/runners`, `/registry…` GET | the web UI ([`pages`]) | the `slipway_session` cookie (a server-side session, [`guard`]) |
+//! | the UI's POSTs (forms, `/logout`) | the web UI ([`pages`]) | the session cookie, a same-origin request (`Sec-Fetch-Site` / `Origin`) and the session's form token (`csrf`) |
+//! | `POST /login` | opens a session for an admin token | a same-origin request |
+//! | `/healthz` | health | none |
+//! | `/metrics` | Prometheus | none, or `Authorization: Bearer <--metrics-token>` when set |
+//!
+//! Every answer carries `Content-Security-Policy` (`frame-ancestors 'none'`, scripts and
+//! styles only from `/static/`), `X-Content-Type-Options: nosniff`, `Referrer-Policy:
+//! same-origin` and `X-Frame-Options: DENY` ([`guard::security_headers`]).
 //!
 //! Repository names contain `/` (`owner/name`, GitLab groups `a/b/c`), so routes under a
 //! repository are one wildcard, split by [`RepoPath::parse`].
 
+pub mod guard;
 pub mod hooks;
 pub mod live;
 pub mod pages;
@@ -23,7 +32,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -31,9 +40,6 @@ use serde::Serialize;
 use crate::app::AppState;
 use crate::auth;
 use crate::store::{StoreError, Token};
-
-/// The cookie the UI keeps the token in.
-pub const COOKIE: &str = "slipway_token";
 
 pub fn router(state: Arc<AppState>) -> Router {
     let registry = state.registry.router();
@@ -62,16 +68,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(rest::delete_token),
         )
         .merge(pages::routes())
+        .layer(axum::middleware::from_fn(guard::json_only))
         .with_state(state);
     // The registry's routes carry their own state.
     app.merge(registry)
+        .layer(axum::middleware::from_fn(guard::security_headers))
 }
 
 async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = guard::metrics_allowed(&state, &headers) {
+        return e.into_response();
+    }
     match state.store.queue_stats().await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -183,41 +197,35 @@ impl From<crate::builds::BuildError> for ApiError {
     }
 }
 
-/// The token a request presents: `Authorization: Bearer …`, else the UI cookie.
-pub fn presented_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let value = value.trim();
-        if let Some(t) = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
-        }
-    }
-    cookie(headers, COOKIE)
-}
-
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-}
-
-/// The stored token behind the request's token, whatever its scope.
+/// The stored token behind the request: its bearer token, else (reading only: GET and
+/// HEAD) the UI session's. The cookie never changes anything through the API, so a page of
+/// another origin cannot make the browser do so ([`guard`]).
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Token, ApiError> {
-    let presented = presented_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-    state
-        .tokens
-        .check(&state.store, &presented)
+    if let Some(presented) = guard::bearer(&parts.headers) {
+        return state
+            .tokens
+            .check(&state.store, &presented)
+            .await
+            .ok_or_else(ApiError::unauthorized);
+    }
+    if guard::cookie(&parts.headers, guard::COOKIE).is_none() {
+        return Err(ApiError::unauthorized());
+    }
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!(
+                "{} {}: the UI's session only reads the API; a change needs \
+                 `Authorization: Bearer <token>` (or the form on the UI's own page)",
+                parts.method,
+                parts.uri.path()
+            ),
+        ));
+    }
+    guard::session(state, &parts.headers)
         .await
+        .map(|s| s.token)
         .ok_or_else(ApiError::unauthorized)
 }
 
@@ -371,7 +379,20 @@ pub fn repo_json(
             "has_status_token".into(),
             repo.status_token.is_some().into(),
         );
-        if !with_secret {
+        if with_secret {
+            match state
+                .secrets
+                .open_webhook_secret(&repo.name, &repo.webhook_secret)
+            {
+                Ok(plain) => {
+                    obj.insert("webhook_secret".into(), plain.into());
+                }
+                Err(e) => {
+                    tracing::error!("{}: {e}", repo.name);
+                    obj.remove("webhook_secret");
+                }
+            }
+        } else {
             obj.remove("webhook_secret");
         }
         obj.insert("webhook_url".into(), webhook_url(state).into());

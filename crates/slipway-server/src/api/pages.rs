@@ -1,31 +1,34 @@
 //! The web UI's routes: each page is a template of [`crate::ui`] filled from the store,
 //! each button an HTML form that posts and redirects back (so everything but live updates
-//! works without JavaScript). The token is kept in an HttpOnly, SameSite=Strict cookie,
-//! which is also what protects the forms from cross-site posts.
+//! works without JavaScript). Logging in with an admin token opens a server-side session
+//! whose random id is the (HttpOnly, SameSite=Strict) cookie ([`super::guard`]). SameSite
+//! does not stop a page on another port or a sibling subdomain, so every POST here must
+//! also be same-origin ([`PageUser`]) and, once signed in, carry the session's form token
+//! (the hidden `csrf` field, [`PageForm`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::extract::{Form, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::rest::{self, AddRepo, RepoSettings, RunRequest, SecretRequest, find_build, find_repo};
-use super::{ApiError, COOKIE, RepoPath};
+use super::{ApiError, RepoPath, guard};
 use crate::app::AppState;
 use crate::auth;
 use crate::builds;
-use crate::store::Token;
+use crate::store::Session;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(index))
         .route("/login", get(login_page).post(login))
-        .route("/logout", get(logout).post(logout))
+        .route("/logout", axum::routing::post(logout))
         .route("/repos/new", get(new_repo_page))
         .route("/repos", axum::routing::post(add_repo))
         .route("/repos/{*path}", get(repo_page).post(repo_form))
@@ -38,32 +41,88 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/static/{*path}", get(asset))
 }
 
-/// A signed-in admin, or a redirect to the login page.
+/// A signed-in admin (by a live session of an admin token), or a redirect to the login
+/// page; a request that is not a GET or HEAD must also be same-origin.
 #[derive(Debug)]
-pub struct PageUser(pub Token);
+pub struct PageUser(pub Session);
 
+/// Why a UI request was not served.
 #[derive(Debug)]
-pub struct ToLogin;
+pub enum Refused {
+    /// No live session: to the login page.
+    Login,
+    /// A state-changing request from another origin, or without its form token.
+    Forbidden(String),
+}
 
-impl IntoResponse for ToLogin {
+impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        Redirect::to("/login").into_response()
+        match self {
+            Refused::Login => Redirect::to("/login").into_response(),
+            Refused::Forbidden(why) => (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("refused: {why}\n"),
+            )
+                .into_response(),
+        }
     }
 }
 
+fn changes(parts: &Parts) -> bool {
+    !matches!(parts.method, Method::GET | Method::HEAD)
+}
+
 impl FromRequestParts<Arc<AppState>> for PageUser {
-    type Rejection = ToLogin;
+    type Rejection = Refused;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let presented = super::presented_token(&parts.headers).ok_or(ToLogin)?;
-        let token = auth::check(&state.store, &presented).await.ok_or(ToLogin)?;
-        if token.scope != auth::SCOPE_ADMIN {
-            return Err(ToLogin);
+        // Checked first: a cross-origin post is refused as such, signed in or not.
+        if changes(parts) {
+            guard::same_origin(state, &parts.headers).map_err(Refused::Forbidden)?;
         }
-        Ok(PageUser(token))
+        let session = guard::session(state, &parts.headers)
+            .await
+            .ok_or(Refused::Login)?;
+        if session.token.scope != auth::SCOPE_ADMIN {
+            return Err(Refused::Login);
+        }
+        Ok(PageUser(session))
+    }
+}
+
+/// A signed-in admin's form post: same-origin ([`PageUser`]), urlencoded, and carrying the
+/// session's form token in `csrf`.
+#[derive(Debug)]
+pub struct PageForm {
+    pub user: Session,
+    pub form: HashMap<String, String>,
+}
+
+impl FromRequest<Arc<AppState>> for PageForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let PageUser(user) = PageUser::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Form(form) =
+            Form::<HashMap<String, String>>::from_request(Request::from_parts(parts, body), state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        if !guard::form_token_ok(&user, form.get("csrf").map(String::as_str)) {
+            return Err(Refused::Forbidden(
+                "the form's token (`csrf`) is missing or belongs to another session; reload \
+                 the page and send the form again"
+                    .to_owned(),
+            )
+            .into_response());
+        }
+        Ok(PageForm { user, form })
     }
 }
 
@@ -72,15 +131,18 @@ fn render(
     state: &AppState,
     template: &str,
     title: &str,
-    user: Option<&Token>,
+    user: Option<&Session>,
     mut ctx: Value,
 ) -> Response {
     if let Some(obj) = ctx.as_object_mut() {
         obj.insert("title".into(), title.into());
         obj.insert(
             "user".into(),
-            user.map_or(Value::Null, |t| json!({"name": t.name})),
+            user.map_or(Value::Null, |s| json!({"name": s.token.name})),
         );
+        if let Some(session) = user {
+            obj.insert("csrf".into(), session.csrf.clone().into());
+        }
     }
     match state.ui.render(template, ctx) {
         Ok(html) => Html(html).into_response(),
@@ -95,7 +157,7 @@ fn render(
     }
 }
 
-fn error_page(state: &AppState, user: Option<&Token>, e: ApiError) -> Response {
+fn error_page(state: &AppState, user: Option<&Session>, e: ApiError) -> Response {
     let status = e.status;
     let mut page = render(
         state,
@@ -148,17 +210,27 @@ async fn login_page(State(state): State<Arc<AppState>>) -> Response {
 
 async fn login(
     State(state): State<Arc<AppState>>,
+    ConnectInfoOpt(peer): ConnectInfoOpt,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    // A page of another origin must not sign the browser in (to a token of its choosing).
+    if let Err(why) = guard::same_origin(&state, &headers) {
+        return Refused::Forbidden(why).into_response();
+    }
     let presented = form
         .get("token")
         .map(|t| t.trim().to_owned())
         .unwrap_or_default();
     match auth::check(&state.store, &presented).await {
         Some(token) if token.scope == auth::SCOPE_ADMIN => {
-            let cookie =
-                format!("{COOKIE}={presented}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
-            ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+            let https = guard::is_https(&state, &headers, peer);
+            match guard::open_session(&state, &token, https).await {
+                Ok((_, cookie)) => {
+                    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+                }
+                Err(e) => error_page(&state, None, e),
+            }
         }
         _ => {
             let mut page = render(
@@ -174,9 +246,28 @@ async fn login(
     }
 }
 
-async fn logout() -> Response {
-    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+/// Ends the session in the store (so its cookie is worthless even if kept) and clears it.
+async fn logout(
+    State(state): State<Arc<AppState>>,
+    ConnectInfoOpt(peer): ConnectInfoOpt,
+    headers: HeaderMap,
+    _form: PageForm,
+) -> Response {
+    let https = guard::is_https(&state, &headers, peer);
+    let cookie = guard::close_session(&state, &headers, https).await;
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+/// The peer address when the listener recorded one.
+#[derive(Debug)]
+pub struct ConnectInfoOpt(pub Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnectInfoOpt {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ConnectInfoOpt(guard::peer(&parts.extensions)))
+    }
 }
 
 async fn new_repo_page(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> Response {
@@ -202,8 +293,7 @@ fn checked(form: &HashMap<String, String>, name: &str) -> bool {
 
 async fn add_repo(
     State(state): State<Arc<AppState>>,
-    PageUser(user): PageUser,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm { user, form }: PageForm,
 ) -> Response {
     let req = AddRepo {
         name: field(&form, "name").unwrap_or_default(),
@@ -243,7 +333,7 @@ async fn repo_page(
 
 async fn repo_page_inner(
     state: &Arc<AppState>,
-    user: &Token,
+    user: &Session,
     path: &str,
     query: PageQuery,
 ) -> Result<Response, ApiError> {
@@ -316,22 +406,35 @@ async fn repo_page_inner(
                 json!({"repo": repo, "secrets": secrets}),
             )
         }
-        ["settings"] => render(
-            state,
-            "settings.html",
-            "Settings",
-            Some(user),
-            json!({"repo": repo, "webhook_url": webhook_url}),
-        ),
+        ["settings"] => {
+            // The page shows the webhook secret to copy: the plain one, not the stored seal.
+            let mut shown = repo.clone();
+            shown.webhook_secret = state
+                .secrets
+                .open_webhook_secret(&repo.name, &repo.webhook_secret)
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("{}: the webhook secret: {e}", repo.name),
+                    )
+                })?;
+            render(
+                state,
+                "settings.html",
+                "Settings",
+                Some(user),
+                json!({"repo": shown, "webhook_url": webhook_url}),
+            )
+        }
         _ => return Err(ApiError::not_found("no such page")),
     })
 }
 
 async fn repo_form(
     State(state): State<Arc<AppState>>,
-    PageUser(user): PageUser,
     Path(path): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    PageForm { user, form }: PageForm,
 ) -> Response {
     match repo_form_inner(&state, &user, &path, form).await {
         Ok(to) => Redirect::to(&to).into_response(),
@@ -360,7 +463,7 @@ pub fn parse_params(text: &str) -> Result<BTreeMap<String, String>, ApiError> {
 
 async fn repo_form_inner(
     state: &Arc<AppState>,
-    user: &Token,
+    user: &Session,
     path: &str,
     form: HashMap<String, String>,
 ) -> Result<String, ApiError> {
@@ -384,13 +487,14 @@ async fn repo_form_inner(
                 params: parse_params(form.get("params").map_or("", String::as_str))?,
             };
             let target = req.target(&repo)?;
-            let build = builds::run_manual(state, &repo, target, req.params, &user.name).await?;
+            let build =
+                builds::run_manual(state, &repo, target, req.params, &user.token.name).await?;
             build_url(build.number)
         }
         ["builds", n, "restart"] => {
             let build = find_build(state, &repo, n).await?;
             build_url(
-                builds::restart(state, &repo, &build, &user.name)
+                builds::restart(state, &repo, &build, &user.token.name)
                     .await?
                     .number,
             )
@@ -405,7 +509,7 @@ async fn repo_form_inner(
             let target = field(&form, "target").unwrap_or_default();
             let params = parse_params(form.get("params").map_or("", String::as_str))?;
             build_url(
-                builds::promote(state, &repo, &build, &target, params, &user.name)
+                builds::promote(state, &repo, &build, &target, params, &user.token.name)
                     .await?
                     .number,
             )
@@ -566,14 +670,14 @@ async fn registry_tags(state: &AppState, name: &str) -> Result<Vec<Value>, ApiEr
 
 async fn registry_form(
     State(state): State<Arc<AppState>>,
-    PageUser(user): PageUser,
     Path(path): Path<String>,
+    PageForm { user, .. }: PageForm,
 ) -> Response {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         [name @ .., "tags", tag, "delete"] if !name.is_empty() => {
             let name = name.join("/");
-            match state.registry.delete_tag(&name, tag, &user.name) {
+            match state.registry.delete_tag(&name, tag, &user.token.name) {
                 Ok(_) => Redirect::to(&format!("/registry/{name}")).into_response(),
                 Err(e) => error_page(
                     &state,

@@ -1,4 +1,6 @@
-//! The REST API under `/api/` (JSON; an admin token).
+//! The REST API under `/api/` (JSON; an admin token). Reads take the bearer token or the
+//! UI's session cookie; a POST, PATCH or DELETE only a bearer token, and a body only as
+//! `application/json` (see [`super::guard`]).
 //!
 //! | request | answer |
 //! |---|---|
@@ -109,10 +111,12 @@ pub async fn create_repo(state: &AppState, req: AddRepo) -> Result<Repo, ApiErro
         provider: provider.as_str().to_owned(),
         clone_url: req.clone_url.trim().to_owned(),
         config_path: req.config_path.filter(|p| !p.trim().is_empty()),
-        webhook_secret: req
-            .webhook_secret
-            .filter(|s| s.len() >= 16)
-            .unwrap_or_else(crate::auth::generate),
+        webhook_secret: state.secrets.seal_webhook_secret(
+            &name,
+            &req.webhook_secret
+                .filter(|s| s.len() >= 16)
+                .unwrap_or_else(crate::auth::generate),
+        ),
         default_branch: req
             .default_branch
             .filter(|b| !b.trim().is_empty())

@@ -1,9 +1,11 @@
-//! Secrets, runners, tokens, artifacts and the queue counts.
+//! Secrets, runners, tokens, sessions, artifacts and the queue counts.
 
 use std::collections::BTreeMap;
 
 use super::rows::{self, flag, json_text};
-use super::{Artifact, QueueStats, Result, Runner, SecretRow, Store, StoreError, Token};
+use sqlx::Row;
+
+use super::{Artifact, QueueStats, Result, Runner, SecretRow, Session, Store, StoreError, Token};
 
 impl Store {
     // ---------------------------------------------------------------- secrets
@@ -175,10 +177,86 @@ impl Store {
         rows::all(&rows, rows::token)
     }
 
-    /// Whether there was such a token.
+    /// Whether there was such a token. Its sessions go with it.
     pub async fn delete_token(&self, id: i64) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        // Explicitly, not only by the foreign key: a session must never outlive its token.
+        sqlx::query("DELETE FROM sessions WHERE token_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
         let done = sqlx::query("DELETE FROM tokens WHERE id = $1")
             .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---------------------------------------------------------------- sessions
+
+    /// Stores a session by the hash of its id; sessions already expired are dropped.
+    pub async fn create_session(
+        &self,
+        hash: &str,
+        token_id: i64,
+        csrf: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<Session> {
+        let mut conn = self.conn().await?;
+        sqlx::query("DELETE FROM sessions WHERE expires <= $1")
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sessions (hash, token_id, csrf, created, expires) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(hash)
+        .bind(token_id)
+        .bind(csrf)
+        .bind(now)
+        .bind(expires)
+        .fetch_one(&mut *conn)
+        .await?;
+        drop(conn);
+        self.session_by_hash(hash, now)
+            .await?
+            .filter(|s| s.id == id)
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "session".to_owned(),
+                message: format!("session {id} vanished as it was made"),
+            })
+    }
+
+    /// The live session (not expired, its token still there) with this id hash.
+    pub async fn session_by_hash(&self, hash: &str, now: i64) -> Result<Option<Session>> {
+        let row = sqlx::query(
+            "SELECT s.id AS session_id, s.csrf, s.created AS session_created, s.expires, \
+                    t.id, t.name, t.hash, t.scope, t.created \
+             FROM sessions s JOIN tokens t ON t.id = s.token_id \
+             WHERE s.hash = $1 AND s.expires > $2",
+        )
+        .bind(hash)
+        .bind(now)
+        .fetch_optional(&mut *self.conn().await?)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Session {
+            id: row.try_get("session_id")?,
+            token: rows::token(&row)?,
+            csrf: row.try_get("csrf")?,
+            created: row.try_get("session_created")?,
+            expires: row.try_get("expires")?,
+        }))
+    }
+
+    /// Ends the session with this id hash; whether there was one.
+    pub async fn delete_session(&self, hash: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM sessions WHERE hash = $1")
+            .bind(hash)
             .execute(&mut *self.conn().await?)
             .await?;
         Ok(done.rows_affected() > 0)

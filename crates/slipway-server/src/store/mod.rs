@@ -19,7 +19,8 @@
 //!   compare-and-set on `status = 'pending'`, so two runners polling at once cannot both
 //!   get a stage; every later change to a leased stage names its attempt and is refused for
 //!   another attempt.
-//! - Secrets are stored as ciphertext only (see `crate::secrets`); tokens as SHA-256 hashes.
+//! - Secrets are stored as ciphertext only (see `crate::secrets`); tokens and session ids
+//!   as SHA-256 hashes. Deleting a token deletes its sessions.
 //!
 //! The SQL uses only what both engines share: `$N` placeholders, `RETURNING`,
 //! `ON CONFLICT … DO UPDATE/NOTHING`, columns of type BIGINT and TEXT (all the `Any` driver
@@ -28,7 +29,7 @@
 //! write that starts a transaction (the repository's build counter, a stage's status)
 //! locks the row it changes. Code: `open` (URLs, connections, migrations), `builds`
 //! (repositories, builds), `queue` (stages, leases, steps, short steps' logs), `commit` (SQLite: the group
-//! commit of the runners' stage ends), `misc` (secrets, runners, tokens, artifacts,
+//! commit of the runners' stage ends), `misc` (secrets, runners, tokens, sessions, artifacts,
 //! counts), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
 
 use std::collections::{BTreeMap, HashMap};
@@ -80,7 +81,9 @@ pub struct Repo {
     pub clone_url: String,
     /// The pipeline file; `None` means `.slipway.yml`, then `.drone.yml`.
     pub config_path: Option<String>,
-    /// HMAC secret (or GitLab token) the git host signs deliveries with.
+    /// HMAC secret (or GitLab token) the git host signs deliveries with, sealed
+    /// (`sealed:…`, [`crate::secrets::SecretBox::seal_webhook_secret`]; clear only in rows
+    /// of an older version, until the next start seals them).
     pub webhook_secret: String,
     pub default_branch: String,
     /// Host volumes and privileged steps allowed.
@@ -280,6 +283,19 @@ pub struct Token {
     /// `admin`, `runner`, or `read`.
     pub scope: String,
     pub created: i64,
+}
+
+/// A web UI session: opened by logging in with an admin token, ended by logging out, by
+/// its expiry or by deleting the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub id: i64,
+    /// The token it was opened with (as stored now).
+    pub token: Token,
+    /// The form token its pages carry (the CSRF defence of the UI's forms).
+    pub csrf: String,
+    pub created: i64,
+    pub expires: i64,
 }
 
 /// An image a build pushed.

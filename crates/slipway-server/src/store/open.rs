@@ -33,6 +33,10 @@ const SQLITE_MIGRATIONS: Migrations = &[
         "0004_registry_paths",
         include_str!("../../migrations/sqlite/0004_registry_paths.sql"),
     ),
+    (
+        "0005_sessions",
+        include_str!("../../migrations/sqlite/0005_sessions.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: Migrations = &[
@@ -51,6 +55,10 @@ const POSTGRES_MIGRATIONS: Migrations = &[
     (
         "0004_registry_paths",
         include_str!("../../migrations/postgres/0004_registry_paths.sql"),
+    ),
+    (
+        "0005_sessions",
+        include_str!("../../migrations/postgres/0005_sessions.sql"),
     ),
 ];
 
@@ -183,6 +191,21 @@ impl Store {
     /// Which engine this store runs on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// SQLite: rewrites the database file without its free pages and empties the WAL, so
+    /// values overwritten or deleted (a secret stored in clear by an older version) leave
+    /// no bytes behind. PostgreSQL: nothing (its files are the database server's).
+    pub async fn scrub(&self) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        sqlx::query("VACUUM").execute(&mut *conn).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     async fn open_sqlite(url: &str) -> Result<Store> {

@@ -18,7 +18,9 @@
 //! Every page extends `layout.html` (nav: Repositories `/`, Runners `/runners`, Registry
 //! `/registry`, and a logout form POSTing to `/logout`, or a "Log in" link). Every context
 //! has `title: String` and `user: {name: String} | null`, and may have `flash: String | null`
-//! (a notice shown above the content). Times are unix ms; statuses are the lowercase names.
+//! (a notice shown above the content). A context with a `user` has `csrf: String`, the
+//! session's form token: every form but the login form carries it as the hidden field
+//! `csrf`, and the server refuses a form without it. Times are unix ms; statuses are the lowercase names.
 //! Checkboxes are sent as `true` when checked and are absent otherwise.
 //!
 //! | template | context (besides `title`, `user`) |
@@ -46,6 +48,7 @@
 //!   `registry_paths` (patterns a pipeline's registry token may push to besides the
 //!   repository's own path, one a line; blank clears).
 //! - `POST /registry/{name}/tags/{tag}/delete`, `POST /login` (`token`), `POST /logout`.
+//! - Every form above but `/login` also sends `csrf`.
 //!
 //! Repository names go into URLs as they are, segment by segment percent-encoded
 //! (`/repos/owner/name/builds/3`); step names in API URLs are percent-encoded whole.
@@ -511,7 +514,7 @@ mod tests {
             Some(".drone.yml:3:1: error: <bad> key\n.drone.yml:9:2: error: cycle".into());
         json!({
             "title": "team/app #7",
-            "user": {"name": "admin"},
+            "user": {"name": "admin"}, "csrf": "a-form-token",
             "repo": repo(),
             "build": failed,
             "stages": [
@@ -554,7 +557,7 @@ mod tests {
         vec![
             (
                 "index.html",
-                json!({"title": "Repositories", "user": user,
+                json!({"title": "Repositories", "user": user, "csrf": "a-form-token",
                 "repos": [{"repo": repo(), "last_build": build(3, Status::Success, EVIL)},
                           {"repo": Repo { name: "team/empty".into(), ..repo() }, "last_build": null}],
                 "builds": [{"build": build(3, Status::Success, EVIL), "repo": "team/app"},
@@ -562,53 +565,53 @@ mod tests {
             ),
             (
                 "index.html",
-                json!({"title": "Repositories", "user": user, "repos": [], "builds": []}),
+                json!({"title": "Repositories", "user": user, "csrf": "a-form-token", "repos": [], "builds": []}),
             ),
             (
                 "repo.html",
-                json!({"title": "team/app", "user": user, "repo": repo(),
+                json!({"title": "team/app", "user": user, "csrf": "a-form-token", "repo": repo(),
                 "builds": [build(3, Status::Success, EVIL), Build { reference: "refs/tags/v1.2".into(), event: "tag".into(), ..build(2, Status::Failure, "tagged") },
                            Build { reference: "refs/pull/12/head".into(), event: "pull_request".into(), ..build(1, Status::Killed, "pr") }],
                 "webhook_url": "https://ci.example/hook/team/app", "next_before": 1}),
             ),
             (
                 "repo.html",
-                json!({"title": "team/app", "user": user, "repo": repo(), "builds": [],
+                json!({"title": "team/app", "user": user, "csrf": "a-form-token", "repo": repo(), "builds": [],
                 "webhook_url": "https://ci.example/hook/team/app", "next_before": null}),
             ),
             ("build.html", build_context()),
             (
                 "run.html",
-                json!({"title": "Run", "user": user, "repo": repo(),
+                json!({"title": "Run", "user": user, "csrf": "a-form-token", "repo": repo(),
                 "branches": ["main", "dev"], "tags": ["latest", "v1.0", "v1.1"]}),
             ),
             (
                 "secrets.html",
-                json!({"title": "Secrets", "user": user, "repo": repo(),
+                json!({"title": "Secrets", "user": user, "csrf": "a-form-token", "repo": repo(),
                 "secrets": [{"name": "docker_password", "allow_pull_request": false, "updated": NOW}]}),
             ),
             (
                 "settings.html",
-                json!({"title": "Settings", "user": user, "repo": repo(),
+                json!({"title": "Settings", "user": user, "csrf": "a-form-token", "repo": repo(),
                 "webhook_url": "https://ci.example/hook/team/app"}),
             ),
             (
                 "new_repo.html",
-                json!({"title": "Add repository", "user": user}),
+                json!({"title": "Add repository", "user": user, "csrf": "a-form-token"}),
             ),
             (
                 "runners.html",
-                json!({"title": "Runners", "user": user,
+                json!({"title": "Runners", "user": user, "csrf": "a-form-token",
                 "runners": [{"runner": runner, "online": true, "running": 1}]}),
             ),
             (
                 "registry.html",
-                json!({"title": "Registry", "user": user,
+                json!({"title": "Registry", "user": user, "csrf": "a-form-token",
                 "repositories": [{"name": "team/app", "tags": 2}]}),
             ),
             (
                 "registry_repo.html",
-                json!({"title": "team/app", "user": user, "name": "team/app",
+                json!({"title": "team/app", "user": user, "csrf": "a-form-token", "name": "team/app",
                 "registry_host": "ci.example:8080",
                 "tags": [{"tag": "1.2", "digest": "sha256:0123456789abcdef0123456789abcdef", "size": 12_345_678, "pushed": NOW}]}),
             ),

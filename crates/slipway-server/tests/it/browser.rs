@@ -324,7 +324,7 @@ fn build_page_context() -> Value {
     };
     json!({
         "title": "team/app #7",
-        "user": {"name": "admin"},
+        "user": {"name": "admin"}, "csrf": "a-form-token",
         "repo": sample_repo(),
         "build": build,
         "stages": [

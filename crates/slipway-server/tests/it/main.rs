@@ -14,6 +14,7 @@ mod secrets;
 mod signature;
 mod status;
 mod store;
+mod web;
 
 use std::path::PathBuf;
 
@@ -163,9 +164,9 @@ fn git(dir: &std::path::Path, args: &[&str]) {
     assert!(status.success(), "git {args:?} failed");
 }
 
-/// The real server in-process on loopback: data in a temporary dir, `admin` as the admin
-/// token, polls held up to 5 s; `tweak` may change the rest of the configuration. Stops
-/// when `shutdown` is cancelled.
+/// The real server in-process on loopback (served as `slipway up` serves it): data in a
+/// temporary dir, `admin` as the admin token, polls held up to 5 s; `tweak` may change the
+/// rest of the configuration. Stops when `shutdown` is cancelled.
 pub struct TestServer {
     pub url: String,
     pub server: slipway_server::app::Server,
@@ -187,14 +188,19 @@ pub async fn serve(
     config.admin_token = Some(admin.to_owned());
     config.poll_wait = std::time::Duration::from_secs(5);
     tweak(&mut config);
+    let limits = config.limits;
     let server = slipway_server::app::Server::open(config)
         .await
         .expect("the server opens");
     server.spawn_background(shutdown.clone());
     let router = server.router();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    // The listener of `slipway up`: its limits, and the peer address handlers see.
+    tokio::spawn(slipway_server::listen::serve(
+        listener,
+        router,
+        limits,
+        shutdown.clone(),
+    ));
     TestServer { url, server, data }
 }
 

@@ -308,6 +308,7 @@ const TABLES: &[&str] = &[
     "tokens",
     "artifacts",
     "step_logs",
+    "sessions",
     "schema_migrations",
 ];
 

@@ -211,6 +211,35 @@ pub fn head(dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Signs in through the login form, as a browser on the UI's page does; the session
+/// cookie to send (`slipway_session=…`).
+pub fn ui_session(up: &Up) -> String {
+    let resp = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(format!("{}/login", up.url))
+        .header("Origin", &up.url)
+        .form(&[("token", ADMIN)])
+        .send()
+        .expect("POST /login");
+    assert_eq!(resp.status().as_u16(), 303, "login");
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie");
+    set.split(';').next().expect("name=value").to_owned()
+}
+
+/// The form token (`csrf`) a UI page carries.
+pub fn form_token(page: &str) -> String {
+    let (_, rest) = page
+        .split_once("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no form token in {page}"));
+    rest.split('"').next().expect("a value").to_owned()
+}
+
 fn wait_for_build(up: &Up, repo: &str, number: i64, timeout: Duration) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
@@ -411,7 +440,7 @@ fn push_to_build(extra: &[&str]) {
     ] {
         let resp = http
             .get(format!("{}{page}", up.url))
-            .header("Cookie", format!("slipway_token={ADMIN}"))
+            .header("Cookie", ui_session(&up))
             .send()
             .expect("page");
         assert_eq!(resp.status().as_u16(), 200, "{page}");
@@ -633,7 +662,7 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
     // The UI lists it, with the pull command.
     let page = reqwest::blocking::Client::new()
         .get(format!("{}/registry/team/base", up.url))
-        .header("Cookie", format!("slipway_token={ADMIN}"))
+        .header("Cookie", ui_session(&up))
         .send()
         .expect("registry page")
         .text()
@@ -685,11 +714,19 @@ fn slipway_up_serves_the_registry_with_its_admin_token() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
+    let session = ui_session(&up);
+    let page = http
+        .get(format!("{}/registry/team/base", up.url))
+        .header("Cookie", &session)
+        .send()
+        .expect("registry page")
+        .text()
+        .expect("page text");
     let resp = http
         .post(format!("{}/registry/team/base/tags/2/delete", up.url))
-        .header("Cookie", format!("slipway_token={ADMIN}"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("")
+        .header("Cookie", &session)
+        .header("Origin", &up.url)
+        .form(&[("csrf", form_token(&page))])
         .send()
         .expect("delete form");
     assert_eq!(resp.status().as_u16(), 303);
@@ -775,7 +812,7 @@ fn plugins_docker_pushes_to_the_built_in_registry_with_a_pipeline_token() {
     // The build page lists the image, linked to its registry page.
     let page = reqwest::blocking::Client::new()
         .get(format!("{}/repos/team/app/builds/1", up.url))
-        .header("Cookie", format!("slipway_token={ADMIN}"))
+        .header("Cookie", ui_session(&up))
         .send()
         .expect("build page")
         .text()
@@ -1071,4 +1108,93 @@ fn pull_requests_build_their_head_without_withheld_secrets() {
         !log.contains("kept-back-value") && !log.contains("given-value"),
         "{log}"
     );
+}
+
+#[test]
+fn slipway_server_takes_its_admin_token_from_a_file_and_guards_metrics() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("admin.token");
+    std::fs::write(&file, format!("{ADMIN}\n")).expect("write the token file");
+    let data = dir.path().join("data");
+    let mut child = slipway()
+        .args(["server", "--listen", "127.0.0.1:0", "--json"])
+        .arg("--admin-token-file")
+        .arg(&file)
+        .args(["--metrics-token", "scrape"])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("slipway server starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("first line of slipway server");
+    let facts: Value = serde_json::from_str(&line).expect("JSON facts");
+    let up = Up {
+        url: facts["url"].as_str().expect("url").to_owned(),
+        child,
+    };
+    assert!(
+        facts["admin_token"].is_null(),
+        "the token was given: {facts}"
+    );
+    // The token is not in the process list.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", up.child.id())).expect("cmdline");
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(ADMIN),
+        "the admin token shows in the process list"
+    );
+    let http = reqwest::blocking::Client::new();
+    let repos = http
+        .get(format!("{}/api/repos", up.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .expect("GET /api/repos");
+    assert_eq!(
+        repos.status().as_u16(),
+        200,
+        "the file's token is the admin's"
+    );
+    let metrics = |token: Option<&str>| {
+        let mut req = http.get(format!("{}/metrics", up.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().expect("GET /metrics").status().as_u16()
+    };
+    assert_eq!(metrics(None), 401);
+    assert_eq!(metrics(Some(ADMIN)), 401);
+    assert_eq!(metrics(Some("scrape")), 200);
+    let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("slipway.db")), 0o600);
+    drop(up);
+
+    // An empty file, and an idle timeout that would cut off polling runners: clear errors.
+    std::fs::write(&file, "\n").expect("empty the file");
+    for (args, expect) in [
+        (
+            vec!["--admin-token-file", file.to_str().expect("utf-8 path")],
+            "first line is empty",
+        ),
+        (
+            vec!["--idle-timeout", "10s"],
+            "--idle-timeout 10s is too short",
+        ),
+    ] {
+        let out = slipway()
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(&args)
+            .output()
+            .expect("slipway server runs");
+        let (_, stderr) = super::text(&out);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
 }
