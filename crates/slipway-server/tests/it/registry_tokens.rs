@@ -446,7 +446,11 @@ async fn a_pipeline_token_pushes_to_its_repositorys_path_unless_the_setting_wide
 async fn the_settings_page_shows_and_edits_the_registry_paths() {
     let h = Harness::start(|_| {}).await;
     let page = format!("{}/repos/{REPO}/settings", h.url);
-    // As the UI itself posts it: its own origin, the login cookie.
+    // As the UI itself posts it: its own origin, a session, the page's form token.
+    let (session, _) = crate::web::login(&h.url, ADMIN).await;
+    let (_, _, settings) =
+        crate::web::get(&h.url, &format!("/repos/{REPO}/settings"), &session).await;
+    let csrf = crate::web::csrf_of(&settings);
     let forms = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -454,9 +458,10 @@ async fn the_settings_page_shows_and_edits_the_registry_paths() {
     let post = |paths: &str| {
         forms
             .post(&page)
-            .header("Cookie", format!("slipway_token={ADMIN}"))
+            .header("Cookie", format!("slipway_session={session}"))
             .header("Origin", &h.url)
             .form(&[
+                ("csrf", csrf.as_str()),
                 ("clone_url", h._repo.clone_url.as_str()),
                 ("default_branch", "main"),
                 ("max_running", "0"),
@@ -480,16 +485,7 @@ async fn the_settings_page_shows_and_edits_the_registry_paths() {
         json!(["team/shared-*", "team/tools/x"]),
         "{repo}"
     );
-    let html = h
-        .http
-        .get(&page)
-        .header("Cookie", format!("slipway_token={ADMIN}"))
-        .send()
-        .await
-        .expect("the page")
-        .text()
-        .await
-        .expect("its text");
+    let (_, _, html) = crate::web::get(&h.url, &format!("/repos/{REPO}/settings"), &session).await;
     assert!(
         html.contains("name=\"registry_paths\"")
             && html.contains("team/shared-*\nteam/tools/x</textarea>"),

@@ -30,7 +30,7 @@ fn http() -> reqwest::Client {
 
 /// Logs in through `POST /login` as the login page does; the session cookie's value and
 /// the whole `Set-Cookie`.
-async fn login(url: &str, token: &str) -> (String, String) {
+pub(crate) async fn login(url: &str, token: &str) -> (String, String) {
     let resp = http()
         .post(format!("{url}/login"))
         .header("Origin", url)
@@ -53,7 +53,7 @@ async fn login(url: &str, token: &str) -> (String, String) {
     (value, set)
 }
 
-async fn get(url: &str, path: &str, cookie: &str) -> (StatusCode, HeaderMap, String) {
+pub(crate) async fn get(url: &str, path: &str, cookie: &str) -> (StatusCode, HeaderMap, String) {
     let resp = http()
         .get(format!("{url}{path}"))
         .header("Cookie", format!("slipway_session={cookie}"))
@@ -66,7 +66,7 @@ async fn get(url: &str, path: &str, cookie: &str) -> (StatusCode, HeaderMap, Str
 }
 
 /// The form token a page carries.
-fn csrf_of(page: &str) -> String {
+pub(crate) fn csrf_of(page: &str) -> String {
     let (_, rest) = page
         .split_once("name=\"csrf\" value=\"")
         .unwrap_or_else(|| panic!("no form token in {page}"));
