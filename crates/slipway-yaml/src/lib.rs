@@ -1,10 +1,19 @@
-//! A YAML tree that remembers where every node came from.
+//! A YAML tree that remembers where every node came from. Pure: no IO, no async.
 //!
-//! Pipeline files are read through this instead of a serde deserializer because lint must
-//! point at the line and column of every unknown key, and because the Drone model keeps
-//! some parts as raw trees (`settings`, other document kinds). Anchors and aliases are
-//! resolved while loading, and `<<` merge keys are applied, so the rest of the crate never
-//! sees either. Duplicate keys in a mapping are kept (first wins) and reported.
+//! Slipway's readers of user files (pipeline files in `slipway-spec`, the proxy's routes
+//! file and compose files in `slipway-proxy`) go through this instead of a serde
+//! deserializer, because their errors must point at the line and column of every unknown
+//! key or bad value, and because some parts are kept as raw trees (a step's `settings`,
+//! other document kinds).
+//!
+//! Types: [`load`] reads a whole stream into [`Document`]s, each a tree of [`Node`]s (a
+//! [`Value`] with its [`Pos`]), and [`YamlProblem`]s.
+//!
+//! Invariants: [`load`] never panics on any input; anchors and aliases are resolved while
+//! loading and `<<` merge keys applied, so no consumer sees either; alias expansion is
+//! bounded (200,000 copied nodes) and nesting too (256 levels), against hostile input;
+//! duplicate keys in a mapping are kept once (the first wins) and reported; a syntax error
+//! is a fatal problem that ends the stream, with the documents read before it kept.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
