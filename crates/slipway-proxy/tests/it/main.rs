@@ -1,0 +1,3 @@
+//! Integration tests of slipway-proxy: one binary, modules by subject.
+
+mod table;
