@@ -28,6 +28,7 @@
 
 pub mod auth;
 pub mod diagnostic;
+pub mod file;
 pub mod route;
 pub mod table;
 

@@ -1,3 +1,4 @@
 //! Integration tests of slipway-proxy: one binary, modules by subject.
 
+mod file;
 mod table;
