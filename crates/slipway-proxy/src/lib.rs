@@ -30,6 +30,7 @@ pub mod auth;
 pub mod diagnostic;
 pub mod file;
 pub mod route;
+pub mod rule;
 pub mod table;
 
 pub use diagnostic::{Diagnostic, Severity};

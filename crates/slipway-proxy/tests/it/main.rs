@@ -2,3 +2,5 @@
 
 mod file;
 mod table;
+
+mod rules;
