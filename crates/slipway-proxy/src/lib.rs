@@ -29,11 +29,13 @@
 pub mod auth;
 pub mod diagnostic;
 pub mod file;
+pub mod labels;
 pub mod route;
 pub mod rule;
 pub mod table;
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use labels::Workload;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
 };

@@ -3,4 +3,5 @@
 mod file;
 mod table;
 
+mod labels;
 mod rules;
