@@ -27,6 +27,7 @@
 //! Everything serializes for `--json` output, password hashes excepted.
 
 pub mod auth;
+pub mod compose;
 pub mod diagnostic;
 pub mod file;
 pub mod labels;

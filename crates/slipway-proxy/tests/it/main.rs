@@ -3,5 +3,6 @@
 mod file;
 mod table;
 
+mod corpus;
 mod labels;
 mod rules;
