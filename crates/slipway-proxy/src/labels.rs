@@ -11,7 +11,9 @@
 //!    `traefik.weight`, and Rancher's `traefik.domain` + `traefik.alias`.
 //! 4. nginx-proxy and its ACME companion: `VIRTUAL_HOST` and friends in the environment.
 //!
-//! `slipway.proxy=false` or `traefik.enable=false` skips the workload altogether.
+//! `slipway.proxy=false` or `traefik.enable=false` skips the workload altogether. A
+//! wildcard host with ACME (a Traefik DNS-01 resolver's usual case) is an error: Slipway
+//! orders certificates by HTTP-01 and TLS-ALPN-01 only.
 //!
 //! Choices where the conventions leave it to the proxy's configuration:
 //! - A Traefik workload with no router gets one with Traefik's default `defaultRule`,
@@ -169,6 +171,16 @@ pub fn read(w: &Workload, middlewares: &Middlewares) -> (Vec<Route>, Vec<Diagnos
     ];
     for reader in readers {
         for r in reader(&mut cx, middlewares) {
+            if r.key.host.is_wildcard() && r.tls == Tls::Acme {
+                let d = Diagnostic::error(format!(
+                    "`{}`: an ACME certificate cannot be ordered for a wildcard by HTTP-01 or TLS-ALPN-01, and Slipway does no DNS-01",
+                    r.key.host
+                ))
+                .origin(w.origin())
+                .hint("upload a wildcard certificate and name it (`slipway.proxy.tls=NAME`), or list the hosts");
+                cx.diags.push(d);
+                continue;
+            }
             if let Some(first) = routes.iter().find(|o| o.key == r.key) {
                 let d = Diagnostic::warning(format!(
                     "`{}` is routed by {} already; {} is not used",

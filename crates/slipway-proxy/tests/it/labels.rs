@@ -577,6 +577,40 @@ fn backends_are_the_network_address_else_the_published_port_else_the_name() {
 }
 
 #[test]
+fn a_wildcard_with_acme_is_an_error_whichever_convention() {
+    let (routes, d) = read(&[workload(
+        "web",
+        &[
+            (
+                "traefik.http.routers.w.rule",
+                "HostRegexp(`{sub:[a-z]+}.example.com`)",
+            ),
+            ("traefik.http.routers.w.tls.certresolver", "dns"),
+        ],
+        &[],
+        &[80],
+    )]);
+    assert!(routes.is_empty(), "{routes:#?}");
+    assert!(
+        d.iter()
+            .any(|d| d.is_error() && d.message.contains("wildcard")),
+        "{d:#?}"
+    );
+    // With an uploaded certificate it is routed.
+    let (routes, d) = read(&[workload(
+        "web",
+        &[
+            ("slipway.proxy.host", "*.example.com"),
+            ("slipway.proxy.tls", "star-cert"),
+        ],
+        &[],
+        &[80],
+    )]);
+    no_errors(&d);
+    assert_eq!(routes[0].tls, Tls::Certificate("star-cert".into()));
+}
+
+#[test]
 fn one_key_from_two_conventions_of_one_workload_is_routed_once() {
     let (routes, d) = read(&[workload(
         "web",
