@@ -12,8 +12,8 @@ use crate::auth::BasicAuth;
 use crate::diagnostic::{Diagnostic, suggestion};
 use crate::route::{
     Address, Backend, BackendSet, HealthCheck, HealthProbe, Host, Hsts, PlainHttp, Route, RouteKey,
-    RouteSet, RouteSource, Scheme, StickyCookie, Tls, parse_cookie_name, parse_duration,
-    parse_header_name, parse_path, parse_status, parse_weight,
+    RouteOptions, RouteSet, RouteSource, Scheme, StickyCookie, Tls, parse_cookie_name,
+    parse_duration, parse_header_name, parse_path, parse_status, parse_weight,
 };
 
 const ROUTE_KEYS: &[&str] = &[
@@ -92,6 +92,14 @@ pub fn parse(text: &str, file: &str) -> Result<RouteSet, Vec<Diagnostic>> {
 struct Reader<'a> {
     file: &'a str,
     diags: Vec<Diagnostic>,
+}
+
+/// A route's settings while its keys are read.
+#[derive(Default)]
+struct Partial {
+    priority: i64,
+    tls: Tls,
+    options: RouteOptions,
 }
 
 impl Reader<'_> {
@@ -221,14 +229,8 @@ impl Reader<'_> {
         let mut host = None;
         let mut path = None;
         let mut sets: Option<Vec<BackendSet>> = None;
-        let mut route = Route::new(
-            RouteKey::new(Host::parse("invalid").ok()?, None),
-            Vec::new(),
-            RouteSource::File {
-                path: self.file.to_owned(),
-            },
-        );
-        route.origin = Some(format!("{}:{}", self.file, node.pos));
+        // Everything but the key and backends, which are checked once all keys are read.
+        let mut route = Partial::default();
         let mut tls_node = None;
         for (key, v) in &entries {
             let v: &Node = v;
@@ -340,9 +342,21 @@ impl Reader<'_> {
                 );
             }
         }
-        route.key = RouteKey::new(host, path);
-        route.backend_sets = sets;
-        (self.diags.len() == before).then_some(route)
+        if self.diags.len() != before {
+            return None;
+        }
+        let mut r = Route::new(
+            RouteKey::new(host, path),
+            sets,
+            RouteSource::File {
+                path: self.file.to_owned(),
+            },
+        );
+        r.priority = route.priority;
+        r.tls = route.tls;
+        r.options = route.options;
+        r.origin = Some(format!("{}:{}", self.file, node.pos));
+        Some(r)
     }
 
     fn backends(&mut self, node: &Node) -> Vec<Backend> {
