@@ -13,7 +13,7 @@
 //!   then file, then labels) and reported as [`Conflict`]s. Lookup: host, then longest
 //!   path, then priority.
 //! - Providers, each a pure function from text or a description to routes and
-//!   [`Diagnostic`]s: [`file`] (the routes file, errors at `FILE:LINE:COL`), [`labels`]
+//!   [`Diagnostic`]s: [`file`](mod@file) (the routes file, errors at `FILE:LINE:COL`), [`labels`]
 //!   (Slipway, Traefik v1/v2/v3 and nginx-proxy conventions of one [`Workload`]), with
 //!   [`rule`] (Traefik rule expressions) and [`auth`] (htpasswd users). [`compose`] reads
 //!   a compose file's services into workloads, for `slipway proxy routes-from`.
