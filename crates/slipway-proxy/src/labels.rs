@@ -16,6 +16,8 @@
 //! orders certificates by HTTP-01 and TLS-ALPN-01 only.
 //!
 //! Choices where the conventions leave it to the proxy's configuration:
+//! - Only workloads with a `traefik.` label are Traefik's (its `exposedByDefault=false`,
+//!   which nearly every setup sets: a container without labels is not published).
 //! - A Traefik workload with no router gets one with Traefik's default `defaultRule`,
 //!   ``Host(`{{ normalize .Name }}`)`` (the name with every run of other characters than
 //!   letters and digits made one `-`); Slipway has no `--providers.docker.defaultRule`.
