@@ -177,3 +177,30 @@ fn proxy_check_reads_a_routes_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn proxy_routes_from_shows_a_conflict_and_which_service_won() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("compose.yml");
+    std::fs::write(
+        &file,
+        "services:\n  one:\n    environment: {VIRTUAL_HOST: a.example.com, VIRTUAL_PORT: \"3000\"}\n  two:\n    labels: {slipway.proxy.host: a.example.com, slipway.proxy.port: \"4000\", slipway.proxy.tls: acme}\n",
+    )
+    .expect("write");
+    let out = slipway()
+        .args(["proxy", "routes-from"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("a.example.com -> one:3000*1 tls=off"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stderr.contains("conflict: a.example.com: labels of service one wins over labels of service two (their TLS differs)"),
+        "{stderr}"
+    );
+}
