@@ -303,6 +303,42 @@ impl Reader<'_> {
     }
 }
 
+/// A Compose `.env` file: `KEY=VALUE` lines, `#` comments, values optionally in single
+/// (literal) or double quotes; a line that is none of these is a diagnostic.
+pub fn parse_env_file(text: &str, file: &str) -> (BTreeMap<String, String>, Vec<Diagnostic>) {
+    let mut vars = BTreeMap::new();
+    let mut diags = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let t = t.strip_prefix("export ").unwrap_or(t);
+        let Some((k, v)) = t.split_once('=') else {
+            diags.push(
+                Diagnostic::warning(format!("`{t}` is not KEY=VALUE: ignored"))
+                    .at(slipway_yaml::Pos {
+                        line: i + 1,
+                        col: 1,
+                    })
+                    .origin(file),
+            );
+            continue;
+        };
+        let v = v.trim();
+        let v = if let Some(inner) = v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            inner.replace("\\n", "\n").replace("\\\"", "\"")
+        } else if let Some(inner) = v.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+            inner.to_owned()
+        } else {
+            // An unquoted value ends at ` #`, as Compose reads it.
+            v.split(" #").next().unwrap_or(v).trim_end().to_owned()
+        };
+        vars.insert(k.trim().to_owned(), v);
+    }
+    (vars, diags)
+}
+
 /// `80` or `8000-8002`; at most 1,000 ports.
 fn port_range(t: &str) -> Result<Vec<u16>, String> {
     let t = t.trim();
@@ -476,5 +512,19 @@ mod tests {
         assert!(e.contains("Variable N not set"), "{e}");
         assert_eq!(i("${N}").expect("ok").1, ["N"]);
         assert!(i("${D").is_err());
+    }
+
+    #[test]
+    fn env_files_as_compose_reads_them() {
+        let (v, d) = parse_env_file(
+            "# c\nA=1\nexport B = two words # note\nC=\"q \\\"x\\\"\"\nD='$lit'\nbad line\n",
+            ".env",
+        );
+        assert_eq!(v["A"], "1");
+        assert_eq!(v["B"], "two words");
+        assert_eq!(v["C"], "q \"x\"");
+        assert_eq!(v["D"], "$lit");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].line, Some(6));
     }
 }

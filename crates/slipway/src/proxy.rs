@@ -23,7 +23,8 @@ pub enum ProxyCommand {
 pub struct RoutesFromArgs {
     /// A docker-compose or stack file.
     pub file: PathBuf,
-    /// A variable for `${VAR}` in the file, over the environment's (repeatable).
+    /// A variable for `${VAR}` in the file, over the environment's and the `.env` file's
+    /// beside FILE (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Print routes, conflicts and diagnostics as one JSON object.
@@ -50,7 +51,21 @@ pub fn run(command: ProxyCommand) -> Result<ExitCode> {
 fn routes_from(args: RoutesFromArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let mut vars: BTreeMap<String, String> = std::env::vars().collect();
+    // As `docker compose` does: the file's `.env`, then the environment over it, then
+    // `--env` over both.
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    let mut env_problems = Vec::new();
+    let dot_env = args
+        .file
+        .parent()
+        .map_or_else(|| PathBuf::from(".env"), |d| d.join(".env"));
+    if let Ok(text) = std::fs::read_to_string(&dot_env) {
+        let (file_vars, problems) =
+            slipway_proxy::compose::parse_env_file(&text, &dot_env.display().to_string());
+        vars = file_vars;
+        env_problems = problems;
+    }
+    vars.extend(std::env::vars());
     for pair in &args.env {
         let Some((k, v)) = pair.split_once('=') else {
             bail!("--env {pair}: write KEY=VALUE");
@@ -58,7 +73,9 @@ fn routes_from(args: RoutesFromArgs) -> Result<ExitCode> {
         vars.insert(k.to_owned(), v.to_owned());
     }
     let shown = args.file.display().to_string();
-    let report = slipway_proxy::compose::routes_from(&text, &shown, &vars);
+    let mut report = slipway_proxy::compose::routes_from(&text, &shown, &vars);
+    env_problems.append(&mut report.diagnostics);
+    report.diagnostics = env_problems;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -85,6 +85,23 @@ fn proxy_routes_from_prints_the_routes_of_a_stack_file() {
             ),
         ]
     );
+    // A `.env` beside the file is read, and the environment wins over it.
+    std::fs::write(
+        dir.path().join(".env"),
+        "# as compose reads it\nAPP_HOST=dotenv.example.com\n",
+    )
+    .expect("write");
+    let out = slipway()
+        .args(["proxy", "routes-from"])
+        .arg(&file)
+        .env_remove("APP_HOST")
+        .output()
+        .expect("runs");
+    assert!(
+        text(&out).0.contains("dotenv.example.com -> "),
+        "{:?}",
+        text(&out)
+    );
     // The human form: one line a route.
     let out = slipway()
         .args(["proxy", "routes-from"])
