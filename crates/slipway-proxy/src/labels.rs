@@ -669,20 +669,7 @@ impl Cx<'_> {
     }
 
     fn has_v1(&self) -> bool {
-        self.w.labels.keys().any(|k| {
-            let l = k.to_ascii_lowercase();
-            [
-                "traefik.port",
-                "traefik.frontend.",
-                "traefik.backend",
-                "traefik.weight",
-                "traefik.domain",
-                "traefik.alias",
-                "traefik.protocol",
-            ]
-            .iter()
-            .any(|p| l.starts_with(p))
-        })
+        has_v1_in(&self.w.labels) || !v1_segments(&self.w.labels).is_empty()
     }
 
     fn v2_router(
@@ -1137,13 +1124,74 @@ impl Cx<'_> {
 
     // ---- Traefik v1 ----
 
+    /// Traefik v1: the workload's own frontend, and one per segment
+    /// (`traefik.SEGMENT.port`, `traefik.SEGMENT.frontend.*`, ...), which sees the
+    /// workload's `traefik.enable`, `traefik.domain`, `traefik.alias` and
+    /// `traefik.docker.network` too (so a segment without a rule gets the workload's host).
     fn traefik_v1(&mut self) -> Vec<Route> {
-        if !self.has_v1() {
-            return Vec::new();
+        let w = self.w;
+        let segments = v1_segments(&w.labels);
+        let mut main = BTreeMap::new();
+        // Per segment: its labels as `traefik.ATTR`, and each one's key as written.
+        let mut views: BTreeMap<String, (Labels, Labels)> = BTreeMap::new();
+        for (k, v) in &w.labels {
+            let lower = k.to_ascii_lowercase();
+            let seg = segments
+                .iter()
+                .find(|s| lower.starts_with(&format!("traefik.{s}.")));
+            match seg {
+                Some(s) => {
+                    let rest = &k["traefik.".len() + s.len() + 1..];
+                    let (view, original) = views.entry(s.clone()).or_default();
+                    view.insert(format!("traefik.{rest}"), v.clone());
+                    original.insert(format!("traefik.{rest}"), k.clone());
+                }
+                None => {
+                    main.insert(k.clone(), v.clone());
+                }
+            }
         }
+        let mut out = Vec::new();
+        // With segments, the workload's own frontend exists only if it names a port or a
+        // rule of its own (its domain and alias are the segments' too).
+        let own = main.keys().any(|k| {
+            let l = k.to_ascii_lowercase();
+            l == "traefik.port" || l.starts_with("traefik.frontend.")
+        });
+        if has_v1_in(&main) && (segments.is_empty() || own) {
+            out.extend(self.traefik_v1_view(&main, None));
+        }
+        for (seg, (mut view, original)) in views {
+            for shared in [
+                "traefik.enable",
+                "traefik.domain",
+                "traefik.alias",
+                "traefik.docker.network",
+            ] {
+                if let Some((k, v)) = main.iter().find(|(k, _)| k.eq_ignore_ascii_case(shared)) {
+                    view.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            let before = self.diags.len();
+            out.extend(self.traefik_v1_view(&view, Some(&seg)));
+            // Diagnostics name the label as the user wrote it.
+            for d in &mut self.diags[before..] {
+                if let Some(k) = d.key.as_ref().and_then(|k| original.get(k)) {
+                    d.key = Some(k.clone());
+                }
+            }
+        }
+        out
+    }
+
+    fn traefik_v1_view(
+        &mut self,
+        labels: &BTreeMap<String, String>,
+        segment: Option<&str>,
+    ) -> Vec<Route> {
         let w = self.w;
         let get = |k: &str| {
-            w.labels
+            labels
                 .iter()
                 .find(|(key, _)| key.eq_ignore_ascii_case(k))
                 .map(|(key, v)| (key.clone(), v.clone()))
@@ -1198,8 +1246,12 @@ impl Cx<'_> {
             }
             _ => Scheme::Http,
         };
-        let set_name =
+        let mut set_name =
             get("traefik.backend").map_or_else(|| normalize(&w.name), |(_, v)| v.trim().to_owned());
+        if let Some(seg) = segment {
+            // Traefik v1 names a segment's backend after the container and the segment.
+            set_name = format!("{set_name}-{seg}");
+        }
         let mut o = RouteOptions::default();
         let mut tls = Tls::Off;
         let mut priority = 0;
@@ -1207,7 +1259,7 @@ impl Cx<'_> {
             o.strip_prefixes = keys.iter().filter_map(|k| k.path.clone()).collect();
             o.strip_prefixes.dedup();
         }
-        for (k, v) in &w.labels {
+        for (k, v) in labels {
             let l = k.to_ascii_lowercase();
             let Some(rest) = l.strip_prefix("traefik.") else {
                 continue;
@@ -1344,9 +1396,6 @@ impl Cx<'_> {
                     self.warn(k, "this Traefik v1 label is not supported: ignored");
                 }
                 r if r.starts_with("http.") || r.starts_with("tcp.") || r.starts_with("udp.") => {}
-                r if r.contains(".frontend.") || r.contains(".port") => {
-                    self.warn(k, "Traefik v1 segment labels (`traefik.NAME.frontend.*`) are not read yet: ignored");
-                }
                 _ => self.warn(k, "unknown Traefik v1 label: ignored"),
             }
         }
@@ -1521,6 +1570,47 @@ impl Cx<'_> {
         }
         out
     }
+}
+
+type Labels = BTreeMap<String, String>;
+
+/// Whether labels hold a Traefik v1 frontend of the workload itself.
+fn has_v1_in(labels: &BTreeMap<String, String>) -> bool {
+    labels.keys().any(|k| {
+        let l = k.to_ascii_lowercase();
+        [
+            "traefik.port",
+            "traefik.frontend.",
+            "traefik.backend",
+            "traefik.weight",
+            "traefik.domain",
+            "traefik.alias",
+            "traefik.protocol",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    })
+}
+
+/// Traefik v1 segment names: `traefik.NAME.port`, `.protocol`, `.weight` or
+/// `.frontend.*`, for a NAME that is not one of v1's or v2's own words.
+fn v1_segments(labels: &BTreeMap<String, String>) -> BTreeSet<String> {
+    const OWN: &[&str] = &[
+        "enable", "port", "protocol", "weight", "backend", "frontend", "domain", "alias", "docker",
+        "tags", "http", "tcp", "udp",
+    ];
+    labels
+        .keys()
+        .filter_map(|k| {
+            let rest = strip_prefix_ci(k, "traefik.")?;
+            let (name, attr) = rest.split_once('.')?;
+            let attr = attr.to_ascii_lowercase();
+            let segment_attr = attr.starts_with("frontend.")
+                || matches!(attr.as_str(), "port" | "protocol" | "weight");
+            (segment_attr && !OWN.contains(&name.to_ascii_lowercase().as_str()))
+                .then(|| name.to_ascii_lowercase())
+        })
+        .collect()
 }
 
 /// nginx-proxy's `HSTS` value: `max-age=N[; includeSubDomains][; preload]`.

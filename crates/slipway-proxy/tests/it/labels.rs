@@ -340,6 +340,49 @@ fn traefik_v1_labels() {
 }
 
 #[test]
+fn traefik_v1_segments_route_one_port_each() {
+    let (routes, d) = read(&[workload(
+        "app",
+        &[
+            ("traefik.enable", "true"),
+            ("traefik.domain", "example.com"),
+            ("traefik.web.frontend.rule", "Host:app.example.com"),
+            ("traefik.web.port", "80"),
+            ("traefik.admin.frontend.rule", "Host:admin.example.com"),
+            ("traefik.admin.port", "9000"),
+            ("traefik.admin.frontend.auth.basic.users", "ann:hunter2"),
+            ("traefik.api.port", "8080"),
+            ("traefik.api.frontend.rule", "Host:api.example.com"),
+        ],
+        &[],
+        &[80, 8080, 9000],
+    )]);
+    let got: Vec<_> = routes.iter().map(summary).collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "api.example.com".to_owned(),
+                vec!["172.18.0.5:8080/1".to_owned()]
+            ),
+            (
+                "app.example.com".to_owned(),
+                vec!["172.18.0.5:80/1".to_owned()]
+            ),
+        ],
+        "{d:#?}"
+    );
+    assert_eq!(routes[1].backend_sets[0].name, "app-web");
+    // The admin segment's plain password keeps it out, and the error names its label.
+    let e = d.iter().find(|d| d.is_error()).expect("an error");
+    assert_eq!(
+        e.key.as_deref(),
+        Some("traefik.admin.frontend.auth.basic.users"),
+        "{e}"
+    );
+}
+
+#[test]
 fn rancher_traefik_domain_and_alias_of_seed_000() {
     // The seed's Drone server: traefik.enable, traefik.domain, traefik.port, traefik.alias.
     let drone = workload(
