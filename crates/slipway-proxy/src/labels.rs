@@ -1173,7 +1173,10 @@ impl Cx<'_> {
                 }
             }
             let before = self.diags.len();
-            out.extend(self.traefik_v1_view(&view, Some(&seg)));
+            for mut r in self.traefik_v1_view(&view, Some(&seg)) {
+                r.origin = Some(format!("segment {seg}"));
+                out.push(r);
+            }
             // Diagnostics name the label as the user wrote it.
             for d in &mut self.diags[before..] {
                 if let Some(k) = d.key.as_ref().and_then(|k| original.get(k)) {

@@ -373,6 +373,7 @@ fn traefik_v1_segments_route_one_port_each() {
         "{d:#?}"
     );
     assert_eq!(routes[1].backend_sets[0].name, "app-web");
+    assert_eq!(routes[1].origin.as_deref(), Some("segment web"));
     // The admin segment's plain password keeps it out, and the error names its label.
     let e = d.iter().find(|d| d.is_error()).expect("an error");
     assert_eq!(
