@@ -209,7 +209,11 @@ pub struct Middlewares {
 impl Middlewares {
     pub fn collect(workloads: &[Workload]) -> Self {
         let mut m = Middlewares::default();
-        for w in workloads {
+        // Traefik reads no label of a disabled container, its middlewares' neither.
+        for w in workloads
+            .iter()
+            .filter(|w| w.label("traefik.enable").and_then(truthy) != Some(false))
+        {
             for (k, v) in &w.labels {
                 if let Some(rest) = strip_prefix_ci(k, "traefik.http.middlewares.")
                     && let Some((name, attr)) = rest.split_once('.')

@@ -159,10 +159,15 @@ fn an_http_and_an_https_router_of_one_host_are_one_route() {
         &[],
         &[],
     );
-    let proxy = workload(
+    let mut proxy = workload(
         "traefik",
         &[
-            ("traefik.enable", "false"),
+            ("traefik.enable", "true"),
+            (
+                "traefik.http.routers.dashboard.rule",
+                "Host(`traefik.example.com`)",
+            ),
+            ("traefik.http.routers.dashboard.service", "api@internal"),
             (
                 "traefik.http.middlewares.https-redirect.redirectscheme.scheme",
                 "https",
@@ -172,7 +177,12 @@ fn an_http_and_an_https_router_of_one_host_are_one_route() {
         &[],
     );
     let (routes, d) = read(&[app.clone(), proxy.clone()]);
-    no_errors(&d);
+    // The dashboard is Traefik's own service: not routed, and said so.
+    assert!(
+        d.iter()
+            .any(|d| d.is_error() && d.message.contains("api@internal")),
+        "{d:#?}"
+    );
     assert_eq!(routes.len(), 1, "{routes:#?}");
     let r = &routes[0];
     assert_eq!(summary(r).1, ["172.18.0.5:3000/1"]);
@@ -189,6 +199,10 @@ fn an_http_and_an_https_router_of_one_host_are_one_route() {
     );
     // Without the middleware's definition, plain HTTP is served, with the HTTPS router's
     // authentication, and the missing middleware is a warning.
+    // A disabled container's middlewares do not exist, as in Traefik.
+    proxy.labels.insert("traefik.enable".into(), "false".into());
+    let (routes, _) = read(&[app.clone(), proxy]);
+    assert_eq!(routes[0].options.http, PlainHttp::Serve);
     let (routes, d) = read(&[app]);
     assert_eq!(routes[0].options.http, PlainHttp::Serve);
     assert!(routes[0].options.basic_auth.is_some());
