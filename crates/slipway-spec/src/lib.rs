@@ -4,7 +4,7 @@
 //!
 //! 1. [`envsubst`] substitutes `${...}` in the raw text with the build's variables
 //!    ([`context::BuildContext::variables`]), with drone/envsubst's exact semantics.
-//! 2. [`yaml`] loads the text into a tree that keeps line and column of every node.
+//! 2. [`yaml`] (the `slipway-yaml` crate) loads the text into a tree that keeps line and column of every node.
 //! 3. [`parse`] reads the tree into one [`model::Config`] for both Drone formats: 1.x
 //!    (`kind: pipeline` documents) and the legacy 0.8 `pipeline:` map. Unknown keys are
 //!    warnings, malformed values errors, each a [`Diagnostic`] with line and column.
@@ -26,7 +26,8 @@ pub mod glob;
 pub mod model;
 pub mod parse;
 pub mod plan;
-pub mod yaml;
+/// The marked YAML tree, from `slipway-yaml` (kept under this name for spec's users).
+pub use slipway_yaml as yaml;
 
 pub use compile::{Compiled, compile, lint};
 pub use context::{BuildContext, BuildEvent};

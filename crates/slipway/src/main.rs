@@ -6,6 +6,7 @@ mod exec;
 mod lint;
 mod plan;
 mod printer;
+mod proxy;
 mod registry;
 mod secrets_file;
 mod up;
@@ -69,6 +70,12 @@ enum Command {
         #[command(subcommand)]
         command: client::TokenCommand,
     },
+    /// The edge proxy: `routes-from COMPOSE_FILE [--json]`, `check ROUTES_FILE` (serving
+    /// traffic comes next).
+    Proxy {
+        #[command(subcommand)]
+        command: proxy::ProxyCommand,
+    },
     /// Builds: `ls`, `show`, `logs [-f]`, `run`, `restart`, `cancel`, `promote`.
     Build {
         #[command(flatten)]
@@ -101,6 +108,7 @@ fn main() -> ExitCode {
         Command::Build { api, command } => client::build(api, command),
         Command::Token { api, command } => client::token(api, command),
         Command::Gc { api, args } => client::gc(api, args),
+        Command::Proxy { command } => proxy::run(command),
     };
     match result {
         Ok(code) => code,

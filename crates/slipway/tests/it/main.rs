@@ -3,6 +3,7 @@
 mod cli;
 mod cluster;
 mod exec;
+mod proxy;
 mod security;
 mod server;
 

@@ -1,10 +1,20 @@
-//! A YAML tree that remembers where every node came from.
+//! A YAML tree that remembers where every node came from. Pure: no IO, no async.
 //!
-//! Pipeline files are read through this instead of a serde deserializer because lint must
-//! point at the line and column of every unknown key, and because the Drone model keeps
-//! some parts as raw trees (`settings`, other document kinds). Anchors and aliases are
-//! resolved while loading, and `<<` merge keys are applied, so the rest of the crate never
-//! sees either. Duplicate keys in a mapping are kept (first wins) and reported.
+//! Slipway's readers of user files (pipeline files in `slipway-spec`, the proxy's routes
+//! file and compose files in `slipway-proxy`) go through this instead of a serde
+//! deserializer, because their errors must point at the line and column of every unknown
+//! key or bad value, and because some parts are kept as raw trees (a step's `settings`,
+//! other document kinds).
+//!
+//! Types: [`load`] reads a whole stream into [`Document`]s, each a tree of [`Node`]s (a
+//! [`Value`] with its [`Pos`]), and [`YamlProblem`]s.
+//!
+//! Invariants: [`load`] never panics on any input; anchors and aliases are resolved while
+//! loading and `<<` merge keys applied (a key the mapping writes itself wins, before or after
+//! the `<<`), so no consumer sees either; alias expansion is
+//! bounded (200,000 copied nodes) and nesting too (256 levels), against hostile input;
+//! duplicate keys in a mapping are kept once (the first wins) and reported; a syntax error
+//! is a fatal problem that ends the stream, with the documents read before it kept.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -193,6 +203,9 @@ enum Frame {
         pos: Pos,
         anchor: usize,
         entries: Vec<(Node, Node)>,
+        /// Per entry: it came from a `<<` merge, so a key written in the mapping itself
+        /// replaces it, wherever the `<<` stands.
+        merged: Vec<bool>,
         pending_key: Option<Node>,
     },
 }
@@ -246,16 +259,23 @@ impl Builder {
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map {
                 entries,
+                merged,
                 pending_key,
                 ..
             }) => match pending_key.take() {
                 None => *pending_key = Some(node),
                 Some(key) => {
+                    let existing = key.as_str().and_then(|name| {
+                        entries.iter().position(|(k, _)| k.as_str() == Some(name))
+                    });
                     if key.as_str() == Some("<<") && !matches!(key.value, Value::Null) {
-                        merge_into(entries, node);
-                    } else if let Some(name) = key.as_str()
-                        && entries.iter().any(|(k, _)| k.as_str() == Some(name))
+                        merge_into(entries, merged, node);
+                    } else if let Some(i) = existing
+                        && merged[i]
                     {
+                        entries[i] = (key, node);
+                        merged[i] = false;
+                    } else if let (Some(name), Some(_)) = (key.as_str(), existing) {
                         self.problems.push(YamlProblem {
                             pos: key.pos,
                             message: format!("duplicate key `{name}`: the first one is used"),
@@ -263,6 +283,7 @@ impl Builder {
                         });
                     } else {
                         entries.push((key, node));
+                        merged.push(false);
                     }
                 }
             },
@@ -270,8 +291,9 @@ impl Builder {
     }
 }
 
-/// `<<: *anchor` (or a list of them): keys already present win, as YAML's merge spec says.
-fn merge_into(entries: &mut Vec<(Node, Node)>, source: Node) {
+/// `<<: *anchor` (or a list of them): keys the mapping writes itself win, before or after
+/// the `<<`, and among several sources the first that has a key, as YAML's merge spec says.
+fn merge_into(entries: &mut Vec<(Node, Node)>, merged: &mut Vec<bool>, source: Node) {
     let sources = match source.value {
         Value::Seq(items) => items,
         _ => vec![source],
@@ -282,6 +304,7 @@ fn merge_into(entries: &mut Vec<(Node, Node)>, source: Node) {
                 let exists = entries.iter().any(|(ek, _)| ek.as_str() == k.as_str());
                 if !exists {
                     entries.push((k, v));
+                    merged.push(true);
                 }
             }
         }
@@ -364,6 +387,7 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                     pos,
                     anchor,
                     entries: Vec::new(),
+                    merged: Vec::new(),
                     pending_key: None,
                 });
             }
@@ -411,5 +435,57 @@ impl Builder {
                 fatal: false,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_keep_their_line_and_column() {
+        let (docs, problems) = load("a:\n  b: [1, 'x']\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        let b = docs[0].root.get("a").and_then(|a| a.get("b")).expect("b");
+        assert_eq!(b.pos, Pos { line: 2, col: 6 });
+        let items = b.as_seq().expect("list");
+        assert_eq!(items[1].pos, Pos { line: 2, col: 10 });
+        assert_eq!(
+            items[1].value,
+            Value::Scalar {
+                text: "x".into(),
+                quoted: true
+            }
+        );
+    }
+
+    #[test]
+    fn merge_keys_fill_in_and_own_keys_win() {
+        let (docs, _) = load("x: &d {a: 1, b: 2}\ny:\n  <<: *d\n  b: 3\n");
+        let y = docs[0].root.get("y").expect("y");
+        assert_eq!(y.get("a").and_then(Node::as_str), Some("1"));
+        assert_eq!(y.get("b").and_then(Node::as_str), Some("3"));
+    }
+
+    #[test]
+    fn duplicates_alias_bombs_and_syntax_errors_are_problems() {
+        let (docs, problems) = load("a: 1\na: 2\n");
+        assert_eq!(docs[0].root.get("a").and_then(Node::as_str), Some("1"));
+        assert_eq!(problems[0].pos, Pos { line: 2, col: 1 });
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..8 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let (_, problems) = load(&bomb);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("aliases expand"))
+        );
+        let (_, problems) = load("a: [1, 2\n");
+        assert!(problems.iter().any(|p| p.fatal));
     }
 }

@@ -1,0 +1,43 @@
+//! The edge proxy (`slipway-proxy`). This increment is its configuration side: where
+//! routes come from and the table they make; the data plane (listeners, TLS, ACME,
+//! balancing, health, drain, takeover) comes next and consumes exactly these types.
+//!
+//! - [`route`]: what a route is. A [`Route`] has a [`RouteKey`] (a [`Host`], exact or
+//!   `*.example.com`, and an optional path prefix or exact path), a priority, weighted
+//!   [`BackendSet`]s of weighted [`Backend`]s (canary splits), a [`Tls`] mode (`acme`,
+//!   `off` or a certificate's name), [`RouteOptions`] (plain HTTP served, redirected or
+//!   off; HSTS; request and response headers; strip prefix; basic auth; sticky cookie;
+//!   active health check) and the [`RouteSource`] that said so.
+//! - [`table`]: a [`RouteTable`] is the merge of every provider's [`RouteSet`]; two
+//!   sources claiming one key are resolved by a fixed rank (`--public-url`, then deploy,
+//!   then file, then labels) and reported as [`Conflict`]s. Lookup: host, then longest
+//!   path, then priority.
+//! - Providers, each a pure function from text or a description to routes and
+//!   [`Diagnostic`]s: [`file`](mod@file) (the routes file, errors at `FILE:LINE:COL`), [`labels`]
+//!   (Slipway, Traefik v1/v2/v3 and nginx-proxy conventions of one [`Workload`]), with
+//!   [`rule`] (Traefik rule expressions) and [`auth`] (htpasswd users). [`compose`] reads
+//!   a compose file's services into workloads, for `slipway proxy routes-from`.
+//!
+//! Invariants: nothing here does IO but [`file::load`], and nothing panics on any input
+//! (property tests feed the rule parser and the label readers arbitrary text); a value
+//! that exists was checked (hosts, paths, addresses, weights, hashes), so the data plane
+//! never re-validates; a routes file with any error yields no routes, so the previous table
+//! keeps serving; a table is immutable once built (the data plane swaps whole tables); and
+//! no route is dropped in silence: every one not used is a diagnostic or a conflict.
+//! Everything serializes for `--json` output, password hashes excepted.
+
+pub mod auth;
+pub mod compose;
+pub mod diagnostic;
+pub mod file;
+pub mod labels;
+pub mod route;
+pub mod rule;
+pub mod table;
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use labels::Workload;
+pub use route::{
+    Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
+};
+pub use table::{Conflict, RouteTable};

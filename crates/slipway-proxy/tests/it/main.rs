@@ -1,0 +1,8 @@
+//! Integration tests of slipway-proxy: one binary, modules by subject.
+
+mod file;
+mod table;
+
+mod corpus;
+mod labels;
+mod rules;
