@@ -445,28 +445,24 @@ async fn a_pipeline_token_pushes_to_its_repositorys_path_unless_the_setting_wide
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_settings_page_shows_and_edits_the_registry_paths() {
     let h = Harness::start(|_| {}).await;
-    let page = format!("{}/repos/{REPO}/settings", h.url);
+    let page = format!("/repos/{REPO}/settings");
     // As the UI itself posts it: its own origin, a session, the page's form token.
     let (session, _) = crate::web::login(&h.url, ADMIN).await;
-    let (_, _, settings) =
-        crate::web::get(&h.url, &format!("/repos/{REPO}/settings"), &session).await;
+    let (_, _, settings) = crate::web::get(&h.url, &page, &session).await;
     let csrf = crate::web::csrf_of(&settings);
-    let forms = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("a client");
     let post = |paths: &str| {
-        forms
-            .post(&page)
-            .header("Cookie", format!("slipway_session={session}"))
-            .header("Origin", &h.url)
-            .form(&[
+        crate::web::form_post(
+            &h.url,
+            &page,
+            &session,
+            &[
                 ("csrf", csrf.as_str()),
                 ("clone_url", h._repo.clone_url.as_str()),
                 ("default_branch", "main"),
                 ("max_running", "0"),
                 ("registry_paths", paths),
-            ])
+            ],
+        )
     };
     let saved = post("team/shared-*\r\nteam/tools/x\r\n")
         .send()
@@ -485,7 +481,7 @@ async fn the_settings_page_shows_and_edits_the_registry_paths() {
         json!(["team/shared-*", "team/tools/x"]),
         "{repo}"
     );
-    let (_, _, html) = crate::web::get(&h.url, &format!("/repos/{REPO}/settings"), &session).await;
+    let (_, _, html) = crate::web::get(&h.url, &page, &session).await;
     assert!(
         html.contains("name=\"registry_paths\"")
             && html.contains("team/shared-*\nteam/tools/x</textarea>"),
