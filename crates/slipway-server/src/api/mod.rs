@@ -298,7 +298,9 @@ impl FromRequestParts<Arc<AppState>> for RunnerCaller {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         // Runners send a bearer token; the UI's cookie is never a runner.
-        let presented = bearer_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let presented = guard::bearer(&parts.headers)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(ApiError::unauthorized)?;
         if let Some((id, secret)) = auth::parse_runner_credential(&presented) {
             let runner = match state.cached_runner(id) {
                 Some(runner) => Some(runner),
@@ -322,16 +324,6 @@ impl FromRequestParts<Arc<AppState>> for RunnerCaller {
             _ => Err(ApiError::forbidden("this needs a runner token")),
         }
     }
-}
-
-/// The token of an `Authorization: Bearer …` header.
-fn bearer_token(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?
-        .trim();
-    (!token.is_empty()).then(|| token.to_owned())
 }
 
 /// A path under a repository: `owner/name[/group…]` then what is asked of it.
