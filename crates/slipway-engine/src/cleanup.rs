@@ -5,7 +5,8 @@
 //! [`LABEL_BUILD`]. A build removes its own resources on every exit path; the owner label is
 //! for what a crashed or killed process left behind: [`remove_orphans`] removes resources
 //! whose owner process on this host is gone, and never those of a live process, so several
-//! engines (or parallel tests) can share one Docker engine.
+//! engines (or parallel tests) can share one Docker engine. [`labelled`] lists what carries
+//! a label (how the tests check that a build left nothing behind).
 //!
 //! Images carry these labels only when an untrusted build made them (a native
 //! `plugins/docker` step of a build that is not [`crate::RunOptions::trusted`]): such an image
@@ -134,16 +135,28 @@ pub(crate) async fn sweep_build(docker: &Docker, build_id: &str) -> Result<usize
     remove_labelled(docker, &format!("{LABEL_BUILD}={build_id}"), |_| true).await
 }
 
-/// Removes containers first, then networks and volumes (which Docker refuses to remove while
-/// a container uses them), then images.
-async fn remove_labelled(
-    docker: &Docker,
-    label: &str,
-    select: impl Fn(&HashMap<String, String>) -> bool,
-) -> Result<usize, EngineError> {
-    let filters = HashMap::from([("label", vec![label])]);
-    let mut removed = 0;
+/// What carries one label on the Docker engine, as [`labelled`] lists it.
+#[derive(Debug, Default)]
+pub struct Labelled {
+    pub containers: Vec<bollard::models::ContainerSummary>,
+    pub networks: Vec<bollard::models::Network>,
+    pub volumes: Vec<bollard::models::Volume>,
+    pub images: Vec<bollard::models::ImageSummary>,
+}
 
+impl Labelled {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+            && self.networks.is_empty()
+            && self.volumes.is_empty()
+            && self.images.is_empty()
+    }
+}
+
+/// The containers (stopped ones too), networks, volumes and images (intermediate ones too)
+/// labelled `label` (`key=value`).
+pub async fn labelled(docker: &Docker, label: &str) -> Result<Labelled, EngineError> {
+    let filters = HashMap::from([("label", vec![label])]);
     let containers = docker
         .list_containers(Some(
             ListContainersOptionsBuilder::new()
@@ -153,6 +166,52 @@ async fn remove_labelled(
         ))
         .await
         .map_err(|e| EngineError::docker("listing containers", e))?;
+    let networks = docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .map_err(|e| EngineError::docker("listing networks", e))?;
+    let volumes = docker
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .map_err(|e| EngineError::docker("listing volumes", e))?
+        .volumes
+        .unwrap_or_default();
+    let images = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| EngineError::docker("listing images", e))?;
+    Ok(Labelled {
+        containers,
+        networks,
+        volumes,
+        images,
+    })
+}
+
+/// Removes containers first, then networks and volumes (which Docker refuses to remove while
+/// a container uses them), then images.
+async fn remove_labelled(
+    docker: &Docker,
+    label: &str,
+    select: impl Fn(&HashMap<String, String>) -> bool,
+) -> Result<usize, EngineError> {
+    let Labelled {
+        containers,
+        networks,
+        volumes,
+        mut images,
+    } = labelled(docker, label).await?;
+    let mut removed = 0;
+
     let force = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
@@ -167,12 +226,6 @@ async fn remove_labelled(
     .await;
     removed += count_removed(results, "container");
 
-    let networks = docker
-        .list_networks(Some(
-            ListNetworksOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await
-        .map_err(|e| EngineError::docker("listing networks", e))?;
     for network in networks {
         let (Some(labels), Some(id)) = (&network.labels, &network.id) else {
             continue;
@@ -182,13 +235,7 @@ async fn remove_labelled(
         }
     }
 
-    let volumes = docker
-        .list_volumes(Some(
-            ListVolumesOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await
-        .map_err(|e| EngineError::docker("listing volumes", e))?;
-    for volume in volumes.volumes.unwrap_or_default() {
+    for volume in volumes {
         if select(&volume.labels) {
             let result = docker
                 .remove_volume(
@@ -200,18 +247,8 @@ async fn remove_labelled(
         }
     }
 
-    let images = docker
-        .list_images(Some(
-            ListImagesOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .map_err(|e| EngineError::docker("listing images", e))?;
     // Newest first: a child before its parent (intermediate images of a build carry the
     // labels set so far), so each removal finds its image free.
-    let mut images = images;
     images.sort_by_key(|image| std::cmp::Reverse(image.created));
     for image in images {
         if !select(&image.labels) {

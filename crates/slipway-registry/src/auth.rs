@@ -165,15 +165,38 @@ fn path_matches(pattern: &str, repo: &str) -> bool {
     })
 }
 
-/// `*` matches any run of bytes (a segment holds no `/`); everything else itself.
+/// `*` matches any run of bytes (a segment holds no `/`); everything else itself. Greedy,
+/// going back only to the last `*` seen: a later `*` can take whatever an earlier one would
+/// have, so O(pattern × name) however many stars an admin's pattern holds (trying every
+/// split per star would be exponential, on every registry request).
 fn glob_segment(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| glob_segment(rest, &name[i..])),
-        Some((c, rest)) => name
-            .split_first()
-            .is_some_and(|(n, tail)| n == c && glob_segment(rest, tail)),
+    let (mut p, mut n) = (0, 0);
+    // The last `*` (its index) and where in `name` its run ends for now.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(c) if name.get(n) == Some(c) => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one byte more, and match the rest after it again.
+                Some((at, end)) => {
+                    star = Some((at, end + 1));
+                    p = at + 1;
+                    n = end + 1;
+                }
+                None => return false,
+            },
+        }
     }
+    pattern
+        .get(p..)
+        .is_some_and(|rest| rest.iter().all(|c| *c == b'*'))
 }
 
 /// Permission to do `actions` on the repositories matching `repositories`.

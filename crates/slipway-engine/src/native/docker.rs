@@ -31,8 +31,11 @@
 //! never pushed, and is removed when the build ends (see [`crate::cleanup`]): a pull request
 //! cannot replace an image a trusted build runs or publishes. Nor does it pull an image the
 //! engine has (`pull_image` is ignored, a present `cache_from` image is not re-pulled),
-//! since a pull replaces the local image for every build. `repo` and `cache_from` may not
-//! name that namespace in any build.
+//! since a pull replaces the local image for every build. Nor does it pass a proxy build
+//! argument (`HTTP_PROXY` and the others Docker predefines): Docker leaves them out of the
+//! layer cache's key, so a layer fetched through the pull request's proxy would be a cache
+//! hit for a trusted build of the same Dockerfile. `repo` and `cache_from` may not name
+//! `slipway-untrusted/` in any build.
 //!
 //! Output: the build's own output line by line; pulls and pushes one line a layer.
 
@@ -284,6 +287,9 @@ async fn build_and_push(
             build_args.insert(upper, value.clone());
         }
     }
+    if !host.trusted {
+        drop_proxy_args(&mut build_args, env, log);
+    }
     let mut labels: HashMap<String, String> = HashMap::new();
     if settings.flag("auto_label")?.unwrap_or(true) {
         // Each label is a step of its own in the classic builder (a container commit), so
@@ -436,6 +442,47 @@ fn reserved(image: &str) -> String {
          (removed when their stage ends); choose another name",
         cleanup::UNTRUSTED_IMAGES.trim_end_matches('/')
     )
+}
+
+/// The build arguments Docker predefines: it passes them to `RUN` without declaring, and
+/// leaves them out of the layer cache's key (moby's `builtinAllowedBuildArgs`).
+const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// An untrusted build passes no proxy build argument (from `build_args` or the step's
+/// environment): one is no part of the cache key, so a `RUN` fetching through a proxy the
+/// pull request chose would leave a layer that a trusted build of the same Dockerfile
+/// takes from the cache as its own.
+fn drop_proxy_args(
+    build_args: &mut HashMap<String, String>,
+    env: &BTreeMap<String, String>,
+    log: &NativeLog,
+) {
+    let asked: Vec<&str> = PROXY_ARGS
+        .into_iter()
+        .filter(|name| {
+            build_args.remove(*name).is_some() || env.get(*name).is_some_and(|v| !v.is_empty())
+        })
+        .collect();
+    if !asked.is_empty() {
+        log.line(&format!(
+            "build arguments {} not passed in an untrusted build: Docker keeps proxy settings \
+             out of its layer cache's key, so a layer built through this build's proxy could be \
+             reused by trusted builds; set the proxy on the runner's Docker engine instead, or \
+             mark the repository trusted",
+            asked.join(", ")
+        ));
+    }
 }
 
 /// The end of an untrusted build's step: its image gets a build-scoped name only (so the

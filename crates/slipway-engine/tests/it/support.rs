@@ -1,15 +1,11 @@
 //! Plan builders, a collecting event sink and the leftover check shared by the tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use bollard::Docker;
-use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder,
-};
 use slipway_engine::{
     BuildReport, Event, EventSink, RunOptions, StepReport, WorkspaceSource, cleanup,
 };
@@ -180,42 +176,14 @@ pub async fn docker() -> Result<Docker, bollard::errors::Error> {
 pub async fn assert_clean(build_id: &str) -> TestResult {
     let docker = docker().await?;
     let label = format!("{}={build_id}", cleanup::LABEL_BUILD);
-    let filters = HashMap::from([("label", vec![label.as_str()])]);
-    let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await?;
-    let networks = docker
-        .list_networks(Some(
-            ListNetworksOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await?;
-    let volumes = docker
-        .list_volumes(Some(
-            ListVolumesOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await?
-        .volumes
-        .unwrap_or_default();
-    let images = docker
-        .list_images(Some(
-            ListImagesOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await?;
+    let left = cleanup::labelled(&docker, &label).await?;
     assert!(
-        containers.is_empty() && networks.is_empty() && volumes.is_empty() && images.is_empty(),
+        left.is_empty(),
         "build {build_id} left containers {:?}, networks {:?}, volumes {:?}, images {:?}",
-        containers.iter().map(|c| &c.names).collect::<Vec<_>>(),
-        networks.iter().map(|n| &n.name).collect::<Vec<_>>(),
-        volumes.iter().map(|v| &v.name).collect::<Vec<_>>(),
-        images
+        left.containers.iter().map(|c| &c.names).collect::<Vec<_>>(),
+        left.networks.iter().map(|n| &n.name).collect::<Vec<_>>(),
+        left.volumes.iter().map(|v| &v.name).collect::<Vec<_>>(),
+        left.images
             .iter()
             .map(|i| (&i.id, &i.repo_tags))
             .collect::<Vec<_>>(),

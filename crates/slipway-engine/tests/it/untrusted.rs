@@ -473,3 +473,69 @@ async fn untrusted_pull_always_does_not_replace_a_present_image() -> TestResult 
     let _ = Command::new("docker").args(["rmi", &reference]).output();
     result
 }
+
+/// Docker keeps the proxy build arguments out of the layer cache's key: a pull request that
+/// set one could build a layer (`RUN` fetching through its proxy) that a trusted build of
+/// the same Dockerfile then takes from the cache as its own. So an untrusted build's
+/// `plugins/docker` passes none of them, and says so; a trusted build's still does.
+#[tokio::test]
+async fn untrusted_builds_pass_no_proxy_build_arguments() -> TestResult {
+    let repo = tempfile::tempdir()?;
+    let commit = repo_with(
+        repo.path(),
+        &[(
+            "Dockerfile",
+            "FROM slipway-test/busybox:latest\n\
+             RUN echo \"proxy=[${HTTP_PROXY}${http_proxy}${HTTPS_PROXY}${ALL_PROXY}]\"\n",
+        )],
+    )?;
+    let settings = json!({
+        "repo": "slipway-test/proxied",
+        "dry_run": true,
+        "no_cache": true,
+        "build_args": {"HTTP_PROXY": "http://evil.invalid:3128",
+                       "HTTPS_PROXY": "http://evil.invalid:3128",
+                       "ALL_PROXY": "socks5://evil.invalid:1080"},
+    });
+    let mut step = docker_step("image", settings);
+    step.environment.insert(
+        "http_proxy".to_owned(),
+        "http://evil.invalid:3128".to_owned(),
+    );
+
+    let work = tempfile::tempdir()?;
+    let mut untrusted = options(work.path());
+    with_git(&mut untrusted, repo.path(), &commit);
+    let (report, events) = run(
+        &plan(vec![cloned(pipeline("pr", vec![step.clone()]))]),
+        untrusted,
+    )
+    .await?;
+    assert_eq!(report.status, Status::Success, "{:#?}", events.all_logs());
+    let logs = events.logs("image");
+    assert!(logs.iter().any(|l| l == "proxy=[]"), "{logs:#?}");
+    assert!(!logs.iter().any(|l| l.contains("proxy=[http")), "{logs:#?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("not passed in an untrusted build")
+                && l.contains("HTTP_PROXY")
+                && l.contains("http_proxy")),
+        "{logs:#?}"
+    );
+    assert_clean(&report.build_id).await?;
+
+    // A trusted build passes them (Docker's own behaviour).
+    let work = tempfile::tempdir()?;
+    let mut trusted = options(work.path());
+    trusted.trusted = true;
+    with_git(&mut trusted, repo.path(), &commit);
+    let (report, events) = run(&plan(vec![cloned(pipeline("main", vec![step]))]), trusted).await?;
+    assert_eq!(report.status, Status::Success, "{:#?}", events.all_logs());
+    let logs = events.logs("image");
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("proxy=[http://evil.invalid:3128")),
+        "{logs:#?}"
+    );
+    Ok(())
+}

@@ -536,3 +536,37 @@ fn path_patterns_are_validated_with_a_reason() {
         );
     }
 }
+
+/// A pattern of many `*` against a long name that almost matches answers at once: matching
+/// is linear in the stars, not exponential (a repository's `registry_paths` is checked on
+/// every registry request of its pipelines).
+#[test]
+fn path_patterns_with_many_stars_match_in_bounded_time() {
+    let pattern = format!("team/{}*b", "*a".repeat(16));
+    let pattern = RepoPattern::parse_path(&pattern).expect("a valid pattern");
+    let name = format!("team/{}", "a".repeat(200));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let matcher = pattern.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(matcher.matches(&name));
+    });
+    let matched = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the match answered within 5 s");
+    assert!(!matched, "no `b` in the name");
+    // And the stars still mean what they did.
+    for (pattern, repo, expected) in [
+        ("team/*a*b", "team/xaxb", true),
+        ("team/*a*b", "team/xaxb/below", true),
+        ("team/*a*b", "team/xaxbx", false),
+        ("team/a*", "team/a", true),
+        ("team/*-*", "team/x-", true),
+        ("team/*-*", "team/x", false),
+        ("team/**x", "team/yx", true),
+        ("team/*/cache", "team/app/cache", true),
+        ("team/*/cache", "team/app/x/cache", false),
+    ] {
+        let p = RepoPattern::parse_path(pattern).expect(pattern);
+        assert_eq!(p.matches(repo), expected, "{pattern} ~ {repo}");
+    }
+}

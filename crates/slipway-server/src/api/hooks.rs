@@ -59,19 +59,7 @@ pub async fn receive(
             "no repository `{name}` here; add it with `slipway repo add {name} --clone-url URL`"
         ))
     })?;
-    let secret = state
-        .secrets
-        .open_webhook_secret(&repo.name, &repo.webhook_secret)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!(
-                    "{name}: the stored webhook secret does not open ({e}); was secret.key \
-                     replaced? Set a new secret with `slipway repo add` again"
-                ),
-            )
-        })?;
+    let secret = super::webhook_secret(&state, &repo)?;
     webhook::verify(provider, &h, &body, secret.as_bytes()).map_err(refused)?;
 
     let delivery_id = webhook::delivery_id(provider, &h);

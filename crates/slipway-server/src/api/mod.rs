@@ -298,7 +298,9 @@ impl FromRequestParts<Arc<AppState>> for RunnerCaller {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         // Runners send a bearer token; the UI's cookie is never a runner.
-        let presented = guard::bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+        let presented = guard::bearer(&parts.headers)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(ApiError::unauthorized)?;
         if let Some((id, secret)) = auth::parse_runner_credential(&presented) {
             let runner = match state.cached_runner(id) {
                 Some(runner) => Some(runner),
@@ -370,15 +372,12 @@ pub fn repo_json(
             repo.status_token.is_some().into(),
         );
         if with_secret {
-            match state
-                .secrets
-                .open_webhook_secret(&repo.name, &repo.webhook_secret)
-            {
+            match webhook_secret(state, repo) {
                 Ok(plain) => {
                     obj.insert("webhook_secret".into(), plain.into());
                 }
                 Err(e) => {
-                    tracing::error!("{}: {e}", repo.name);
+                    tracing::error!("{}", e.message);
                     obj.remove("webhook_secret");
                 }
             }
@@ -388,6 +387,25 @@ pub fn repo_json(
         obj.insert("webhook_url".into(), webhook_url(state).into());
     }
     v
+}
+
+/// `repo`'s webhook secret in clear (the store holds it sealed, see [`crate::secrets`]),
+/// for verifying a delivery and for showing it to an admin.
+pub fn webhook_secret(state: &AppState, repo: &crate::store::Repo) -> Result<String, ApiError> {
+    state
+        .secrets
+        .open_webhook_secret(&repo.name, &repo.webhook_secret)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!(
+                    "{}: the stored webhook secret does not open ({e}); was secret.key \
+                     replaced? Set a new secret with `slipway repo add` again",
+                    repo.name
+                ),
+            )
+        })
 }
 
 pub fn webhook_url(state: &AppState) -> String {

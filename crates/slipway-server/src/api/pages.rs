@@ -409,16 +409,7 @@ async fn repo_page_inner(
         ["settings"] => {
             // The page shows the webhook secret to copy: the plain one, not the stored seal.
             let mut shown = repo.clone();
-            shown.webhook_secret = state
-                .secrets
-                .open_webhook_secret(&repo.name, &repo.webhook_secret)
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        format!("{}: the webhook secret: {e}", repo.name),
-                    )
-                })?;
+            shown.webhook_secret = super::webhook_secret(state, &repo)?;
             render(
                 state,
                 "settings.html",

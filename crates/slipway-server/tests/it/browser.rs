@@ -124,6 +124,37 @@ impl Browser {
             .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
     }
 
+    /// Signs in on `url`'s login page with `token` as a person does (types it, presses the
+    /// button) and waits for the start page.
+    pub async fn log_in(&self, url: &str, token: &str) {
+        let client = self.client();
+        client
+            .goto(&format!("{url}/login"))
+            .await
+            .expect("login page");
+        client
+            .find(Locator::Id("token"))
+            .await
+            .expect("the token field")
+            .send_keys(token)
+            .await
+            .expect("type the token");
+        client
+            .find(Locator::Css(
+                "form[action=\"/login\"] button[type=\"submit\"]",
+            ))
+            .await
+            .expect("the log-in button")
+            .click()
+            .await
+            .expect("log in");
+        self.wait_for(
+            "the logged-in start page",
+            "return location.pathname === '/' && document.readyState === 'complete';",
+        )
+        .await;
+    }
+
     /// Polls `script` every 100 ms until it returns something truthy (not null, false, 0,
     /// "" or []), for at most 15 s; panics naming `what` (and the last value) otherwise.
     pub async fn wait_for(&self, what: &str, script: &str) -> Value {

@@ -189,33 +189,8 @@ async fn live_build_page_streams_a_docker_step_and_cancels_it() {
     assert_eq!(build["number"], 1, "{build}");
 
     // Log in through the form.
+    browser.log_in(&url, ADMIN).await;
     let client = browser.client();
-    client
-        .goto(&format!("{url}/login"))
-        .await
-        .expect("login page");
-    client
-        .find(Locator::Id("token"))
-        .await
-        .expect("the token field")
-        .send_keys(ADMIN)
-        .await
-        .expect("type the token");
-    client
-        .find(Locator::Css(
-            "form[action=\"/login\"] button[type=\"submit\"]",
-        ))
-        .await
-        .expect("the log-in button")
-        .click()
-        .await
-        .expect("log in");
-    browser
-        .wait_for(
-            "the logged-in start page",
-            "return location.pathname === '/' && document.readyState === 'complete';",
-        )
-        .await;
 
     // The build page, opened while the build is pending or running.
     client

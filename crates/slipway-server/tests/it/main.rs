@@ -10,6 +10,7 @@ mod parse;
 mod protocol;
 mod registry_tokens;
 mod robustness;
+mod runner_harness;
 mod secrets;
 mod signature;
 mod status;

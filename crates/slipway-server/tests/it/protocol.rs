@@ -6,27 +6,20 @@
 //! work is answered with the next stage's lease when one waits.
 
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use super::{BareRepo, TestServer, serve};
+use super::runner_harness::RunnerHarness;
 
 const ADMIN: &str = "protocol-admin-token-0123456789abcdef";
 const REPO: &str = "team/proto";
 
-struct Harness {
-    url: String,
-    runner_token: String,
-    /// Each registered runner's own credential, by runner id.
-    credentials: std::sync::Mutex<std::collections::HashMap<i64, String>>,
-    http: reqwest::Client,
-    repo: BareRepo,
-    data: tempfile::TempDir,
-    shutdown: CancellationToken,
-}
+/// [`RunnerHarness`] and the calls of these tests.
+struct Harness(RunnerHarness);
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+impl std::ops::Deref for Harness {
+    type Target = RunnerHarness;
+
+    fn deref(&self) -> &RunnerHarness {
+        &self.0
     }
 }
 
@@ -44,78 +37,7 @@ impl Harness {
 
     /// The same with `pipeline` as the repository's `.drone.yml`.
     async fn with_pipeline(pipeline: &str) -> Harness {
-        let repo = BareRepo::with_pipeline(pipeline);
-        let shutdown = CancellationToken::new();
-        let TestServer { url, server, data } = serve(ADMIN, &shutdown, |_| {}).await;
-        let harness = Harness {
-            url,
-            runner_token: server.state.runner_token.clone(),
-            credentials: Default::default(),
-            http: reqwest::Client::new(),
-            repo,
-            data,
-            shutdown,
-        };
-        let (status, body) = harness
-            .admin_post(
-                "/api/repos",
-                json!({"name": REPO, "provider": "generic", "config_path": ".drone.yml",
-                       "clone_url": harness.repo.clone_url, "trusted": true}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        harness
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("the server answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("a body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, body)
-    }
-
-    async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(
-            self.http
-                .post(format!("{}{path}", self.url))
-                .bearer_auth(ADMIN)
-                .json(&body),
-        )
-        .await
-    }
-
-    async fn admin_get(&self, path: &str) -> (u16, Value) {
-        self.send(
-            self.http
-                .get(format!("{}{path}", self.url))
-                .bearer_auth(ADMIN),
-        )
-        .await
-    }
-
-    /// A runner protocol call with the credential of the runner the body names (the runner
-    /// token for a registration).
-    async fn runner_post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let credential = body["runner_id"]
-            .as_i64()
-            .and_then(|id| self.credentials.lock().expect("lock").get(&id).cloned())
-            .unwrap_or_else(|| self.runner_token.clone());
-        self.runner_post_as(&credential, path, body).await
-    }
-
-    async fn runner_post_as(&self, bearer: &str, path: &str, body: &Value) -> (u16, Value) {
-        self.send(
-            self.http
-                .post(format!("{}/api/runner{path}", self.url))
-                .bearer_auth(bearer)
-                .json(body),
-        )
-        .await
+        Harness(RunnerHarness::start(ADMIN, REPO, pipeline, |_| {}).await)
     }
 
     /// A batch of `events` of attempt 1 by `runner` for `stage`.
@@ -132,45 +54,10 @@ impl Harness {
         self.register_with(name, true).await.0
     }
 
-    /// Registers a runner: its id and credential.
-    async fn register_with(&self, name: &str, allow_exec: bool) -> (i64, String) {
-        let (status, body) = self
-            .runner_post(
-                "/register",
-                &json!({"name": name, "labels": {"os": "linux", "arch": "amd64"}, "capacity": 1,
-                        "version": "test", "allow_exec": allow_exec,
-                        "protocol": slipway_runner::protocol::PROTOCOL_VERSION}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let id = body["runner_id"].as_i64().expect("a runner id");
-        let credential = body["credential"]
-            .as_str()
-            .expect("a credential")
-            .to_owned();
-        self.credentials
-            .lock()
-            .expect("lock")
-            .insert(id, credential.clone());
-        (id, credential)
-    }
-
-    /// "Run pipeline" with `body` (`{"branch": …}`, `{"commit": …}`): the new build.
-    async fn run(&self, body: Value) -> Value {
-        let (status, build) = self
-            .admin_post(&format!("/api/repos/{REPO}/builds"), body)
-            .await;
-        assert_eq!(status, 201, "{build}");
-        build
-    }
-
     /// Runs a build of `main` and leases its stage to `runner`: (build number, stage id).
     async fn build_and_lease(&self, runner: i64) -> (i64, i64) {
         let build = self.run(json!({"branch": "main"})).await;
-        let (status, lease) = self
-            .runner_post("/poll", &json!({"runner_id": runner}))
-            .await;
-        assert_eq!(status, 200, "a lease: {lease}");
+        let lease = self.poll(runner).await;
         assert_eq!(lease["attempt"], 1, "{lease}");
         (
             build["number"].as_i64().expect("a number"),

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::Digest as _;
-use tokio_util::sync::CancellationToken;
 
-use super::{BareRepo, TestServer, serve};
+use super::runner_harness::RunnerHarness;
 
 const ADMIN: &str = "registry-admin-token-0123456789abcdef";
 const REPO: &str = "team/app";
@@ -22,20 +21,14 @@ const PIPELINE: &str = "kind: pipeline\ntype: docker\nname: default\nclone:\n  d
                         steps:\n- name: publish\n  image: plugins/docker\n  settings:\n    \
                         repo: team/app\n";
 
-struct Harness {
-    url: String,
-    runner_token: String,
-    /// The credential the runner's registration returned (the runner token until then).
-    credential: std::sync::Mutex<Option<String>>,
-    http: reqwest::Client,
-    _repo: BareRepo,
-    _data: tempfile::TempDir,
-    shutdown: CancellationToken,
-}
+/// [`RunnerHarness`] and the registry calls of these tests.
+struct Harness(RunnerHarness);
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+impl std::ops::Deref for Harness {
+    type Target = RunnerHarness;
+
+    fn deref(&self) -> &RunnerHarness {
+        &self.0
     }
 }
 
@@ -48,100 +41,17 @@ struct Answer {
 
 impl Harness {
     async fn start(tweak: impl FnOnce(&mut slipway_server::config::ServerConfig)) -> Harness {
-        let repo = BareRepo::with_pipeline(PIPELINE);
-        let shutdown = CancellationToken::new();
-        let TestServer { url, server, data } = serve(ADMIN, &shutdown, tweak).await;
-        let h = Harness {
-            url,
-            runner_token: server.state.runner_token.clone(),
-            credential: std::sync::Mutex::new(None),
-            http: reqwest::Client::new(),
-            _repo: repo,
-            _data: data,
-            shutdown,
-        };
-        let (status, body) = h
-            .admin(
-                reqwest::Method::POST,
-                "/api/repos",
-                json!({"name": REPO, "provider": "generic", "config_path": ".drone.yml",
-                       "clone_url": h._repo.clone_url, "trusted": true}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        h
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("the server answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("a body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(ADMIN);
-        if !body.is_null() {
-            request = request.json(&body);
-        }
-        self.send(request).await
-    }
-
-    async fn runner_post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let bearer = self
-            .credential
-            .lock()
-            .expect("lock")
-            .clone()
-            .unwrap_or_else(|| self.runner_token.clone());
-        self.send(
-            self.http
-                .post(format!("{}/api/runner{path}", self.url))
-                .bearer_auth(bearer)
-                .json(body),
-        )
-        .await
+        Harness(RunnerHarness::start(ADMIN, REPO, PIPELINE, tweak).await)
     }
 
     async fn register(&self) -> i64 {
-        let (status, body) = self
-            .runner_post(
-                "/register",
-                &json!({"name": "registry-runner", "labels": {"os": "linux", "arch": "amd64"},
-                        "capacity": 1, "version": "test",
-                        "protocol": slipway_runner::protocol::PROTOCOL_VERSION}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        *self.credential.lock().expect("lock") = body["credential"].as_str().map(str::to_owned);
-        body["runner_id"].as_i64().expect("a runner id")
+        self.register_with("registry-runner", false).await.0
     }
 
     /// Runs a build of `main`; the lease `runner` gets for its stage.
     async fn build_and_lease(&self, runner: i64) -> Value {
-        let (status, build) = self
-            .admin(
-                reqwest::Method::POST,
-                &format!("/api/repos/{REPO}/builds"),
-                json!({"branch": "main"}),
-            )
-            .await;
-        assert_eq!(status, 201, "{build}");
+        self.run(json!({"branch": "main"})).await;
         self.poll(runner).await
-    }
-
-    async fn poll(&self, runner: i64) -> Value {
-        let (status, lease) = self
-            .runner_post("/poll", &json!({"runner_id": runner}))
-            .await;
-        assert_eq!(status, 200, "a lease: {lease}");
-        lease
     }
 
     async fn done(&self, runner: i64, lease: &Value) {
@@ -152,6 +62,50 @@ impl Harness {
             .runner_post(&format!("/stages/{stage}/done"), &body)
             .await;
         assert_eq!(status, 204, "{answer}");
+    }
+
+    /// The repository as the API shows it.
+    async fn repo_json(&self) -> Value {
+        let (status, repo) = self.admin_get(&format!("/api/repos/{REPO}")).await;
+        assert_eq!(status, 200, "{repo}");
+        repo
+    }
+
+    /// Changes the repository's settings: the status and the answer.
+    async fn patch_repo(&self, settings: Value) -> (u16, Value) {
+        self.admin(
+            reqwest::Method::PATCH,
+            &format!("/api/repos/{REPO}"),
+            settings,
+        )
+        .await
+    }
+
+    /// Runs a build whose stage `runner` leases; for each `(repository, allowed)`, a bearer
+    /// token of the stage's registry credentials pushes to it (201) if allowed, else is
+    /// refused naming the repository (403), and so do the Basic credentials themselves.
+    /// Then the stage ends.
+    async fn assert_stage_pushes(&self, runner: i64, cases: &[(&str, bool)]) {
+        let lease = self.build_and_lease(runner).await;
+        let (user, password) = registry_password(&lease);
+        let (user, password) = (user.as_str(), password.as_str());
+        for &(repo, allowed) in cases {
+            let bearer = self.bearer(user, password, repo).await;
+            let push = self.push(repo, &Auth::Bearer(&bearer)).await;
+            if allowed {
+                assert_eq!(push.status, 201, "{repo}: {push:?}");
+            } else {
+                assert_eq!(push.status, 403, "{repo}: {push:?}");
+                assert!(
+                    push.message.contains(&format!("may not push `{repo}`")),
+                    "{repo}: {push:?}"
+                );
+            }
+            // Basic credentials are held to the same paths.
+            let basic = self.push(repo, &Auth::Basic(user, password)).await;
+            assert_eq!(basic.status, if allowed { 201 } else { 403 }, "{repo}");
+        }
+        self.done(runner, &lease).await;
     }
 
     /// `GET /v2/token` for `scopes` with Basic credentials: the status and the token.
@@ -242,8 +196,7 @@ fn registry_password(lease: &Value) -> (String, String) {
 async fn a_deleted_robot_token_takes_its_bearer_tokens_with_it() {
     let h = Harness::start(|_| {}).await;
     let (status, robot) = h
-        .admin(
-            reqwest::Method::POST,
+        .admin_post(
             "/api/tokens",
             json!({"name": "deployer", "scope": "robot:team"}),
         )
@@ -355,32 +308,18 @@ async fn a_stage_attempts_token_ends_with_the_attempt_when_the_stage_is_tried_ag
 async fn a_pipeline_token_pushes_to_its_repositorys_path_unless_the_setting_widens_it() {
     let h = Harness::start(|_| {}).await;
     let runner = h.register().await;
-    let lease = h.build_and_lease(runner).await;
-    let (user, password) = registry_password(&lease);
-    for (repo, allowed) in [
-        ("team/app", true),
-        ("team/app/sub", true),
-        ("team/other", false),
-        ("team/apple", false),
-        ("team/shared-lib", false),
-        ("other/x", false),
-    ] {
-        let bearer = h.bearer(&user, &password, repo).await;
-        let push = h.push(repo, &Auth::Bearer(&bearer)).await;
-        if allowed {
-            assert_eq!(push.status, 201, "{repo}: {push:?}");
-        } else {
-            assert_eq!(push.status, 403, "{repo}: {push:?}");
-            assert!(
-                push.message.contains(&format!("may not push `{repo}`")),
-                "{repo}: {push:?}"
-            );
-        }
-        // Basic credentials are held to the same paths.
-        let basic = h.push(repo, &Auth::Basic(&user, &password)).await;
-        assert_eq!(basic.status, if allowed { 201 } else { 403 }, "{repo}");
-    }
-    h.done(runner, &lease).await;
+    h.assert_stage_pushes(
+        runner,
+        &[
+            ("team/app", true),
+            ("team/app/sub", true),
+            ("team/other", false),
+            ("team/apple", false),
+            ("team/shared-lib", false),
+            ("other/x", false),
+        ],
+    )
+    .await;
 
     // Invalid patterns are refused with the reason, and nothing changes.
     for (bad, reason) in [
@@ -389,11 +328,7 @@ async fn a_pipeline_token_pushes_to_its_repositorys_path_unless_the_setting_wide
         ("team//x", "empty segment"),
     ] {
         let (status, body) = h
-            .admin(
-                reqwest::Method::PATCH,
-                &format!("/api/repos/{REPO}"),
-                json!({"registry_paths": ["team/ok-*", bad], "auto_cancel": true}),
-            )
+            .patch_repo(json!({"registry_paths": ["team/ok-*", bad], "auto_cancel": true}))
             .await;
         assert_eq!(status, 400, "{bad}: {body}");
         let text = body.to_string();
@@ -402,90 +337,63 @@ async fn a_pipeline_token_pushes_to_its_repositorys_path_unless_the_setting_wide
             "{bad}: {text}"
         );
     }
-    let (_, repo) = h
-        .admin(
-            reqwest::Method::GET,
-            &format!("/api/repos/{REPO}"),
-            Value::Null,
-        )
-        .await;
+    let repo = h.repo_json().await;
     assert_eq!(repo["registry_paths"], json!([]), "{repo}");
     assert_eq!(repo["auto_cancel"], json!(false), "{repo}");
 
     let (status, repo) = h
-        .admin(
-            reqwest::Method::PATCH,
-            &format!("/api/repos/{REPO}"),
-            json!({"registry_paths": [" team/shared-* ", "", "team/shared-*"]}),
-        )
+        .patch_repo(json!({"registry_paths": [" team/shared-* ", "", "team/shared-*"]}))
         .await;
     assert_eq!(status, 200, "{repo}");
     assert_eq!(repo["registry_paths"], json!(["team/shared-*"]), "{repo}");
 
-    let lease = h.build_and_lease(runner).await;
-    let (user, password) = registry_password(&lease);
-    for (repo, allowed) in [
-        ("team/app", true),
-        ("team/shared-lib", true),
-        ("team/shared-lib/x", true),
-        ("team/other", false),
-        ("other/shared-lib", false),
-    ] {
-        let bearer = h.bearer(&user, &password, repo).await;
-        let push = h.push(repo, &Auth::Bearer(&bearer)).await;
-        assert_eq!(
-            push.status,
-            if allowed { 201 } else { 403 },
-            "{repo}: {push:?}"
-        );
-    }
-    h.done(runner, &lease).await;
+    h.assert_stage_pushes(
+        runner,
+        &[
+            ("team/app", true),
+            ("team/shared-lib", true),
+            ("team/shared-lib/x", true),
+            ("team/other", false),
+            ("other/shared-lib", false),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_settings_page_shows_and_edits_the_registry_paths() {
     let h = Harness::start(|_| {}).await;
-    let page = format!("{}/repos/{REPO}/settings", h.url);
+    let page = format!("/repos/{REPO}/settings");
     // As the UI itself posts it: its own origin, a session, the page's form token.
     let (session, _) = crate::web::login(&h.url, ADMIN).await;
-    let (_, _, settings) =
-        crate::web::get(&h.url, &format!("/repos/{REPO}/settings"), &session).await;
+    let (_, _, settings) = crate::web::get(&h.url, &page, &session).await;
     let csrf = crate::web::csrf_of(&settings);
-    let forms = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("a client");
     let post = |paths: &str| {
-        forms
-            .post(&page)
-            .header("Cookie", format!("slipway_session={session}"))
-            .header("Origin", &h.url)
-            .form(&[
+        crate::web::form_post(
+            &h.url,
+            &page,
+            &session,
+            &[
                 ("csrf", csrf.as_str()),
-                ("clone_url", h._repo.clone_url.as_str()),
+                ("clone_url", h.repo.clone_url.as_str()),
                 ("default_branch", "main"),
                 ("max_running", "0"),
                 ("registry_paths", paths),
-            ])
+            ],
+        )
     };
     let saved = post("team/shared-*\r\nteam/tools/x\r\n")
         .send()
         .await
         .expect("the form is posted");
     assert!(saved.status().is_redirection(), "{}", saved.status());
-    let (_, repo) = h
-        .admin(
-            reqwest::Method::GET,
-            &format!("/api/repos/{REPO}"),
-            Value::Null,
-        )
-        .await;
+    let repo = h.repo_json().await;
     assert_eq!(
         repo["registry_paths"],
         json!(["team/shared-*", "team/tools/x"]),
         "{repo}"
     );
-    let (_, _, html) = crate::web::get(&h.url, &format!("/repos/{REPO}/settings"), &session).await;
+    let (_, _, html) = crate::web::get(&h.url, &page, &session).await;
     assert!(
         html.contains("name=\"registry_paths\"")
             && html.contains("team/shared-*\nteam/tools/x</textarea>"),
@@ -500,13 +408,7 @@ async fn the_settings_page_shows_and_edits_the_registry_paths() {
         text.contains("Team/x") && text.contains("not allowed"),
         "{text}"
     );
-    let (_, repo) = h
-        .admin(
-            reqwest::Method::GET,
-            &format!("/api/repos/{REPO}"),
-            Value::Null,
-        )
-        .await;
+    let repo = h.repo_json().await;
     assert_eq!(
         repo["registry_paths"],
         json!(["team/shared-*", "team/tools/x"])

@@ -8,7 +8,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use fantoccini::Locator;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
@@ -28,23 +27,44 @@ fn http() -> reqwest::Client {
         .expect("a client")
 }
 
+/// `req` with the session cookie `cookie`.
+fn with_session(req: reqwest::RequestBuilder, cookie: &str) -> reqwest::RequestBuilder {
+    req.header("Cookie", format!("slipway_session={cookie}"))
+}
+
+/// The answer's `Set-Cookie` ("" without one).
+fn set_cookie_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// `POST /login` with `token`, as the login page of `origin` sends it, plus `headers`.
+async fn post_login(
+    url: &str,
+    origin: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = http()
+        .post(format!("{url}/login"))
+        .header("Origin", origin)
+        .form(&[("token", token)]);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.expect("POST /login")
+}
+
 /// Logs in through `POST /login` as the login page does; the session cookie's value and
 /// the whole `Set-Cookie`.
 pub(crate) async fn login(url: &str, token: &str) -> (String, String) {
-    let resp = http()
-        .post(format!("{url}/login"))
-        .header("Origin", url)
-        .form(&[("token", token)])
-        .send()
-        .await
-        .expect("POST /login");
+    let resp = post_login(url, url, token, &[]).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "login");
-    let set = resp
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .expect("a Set-Cookie")
-        .to_owned();
+    let set = set_cookie_of(&resp);
+    assert!(!set.is_empty(), "a Set-Cookie");
     let value = set
         .strip_prefix("slipway_session=")
         .and_then(|rest| rest.split(';').next())
@@ -54,9 +74,7 @@ pub(crate) async fn login(url: &str, token: &str) -> (String, String) {
 }
 
 pub(crate) async fn get(url: &str, path: &str, cookie: &str) -> (StatusCode, HeaderMap, String) {
-    let resp = http()
-        .get(format!("{url}{path}"))
-        .header("Cookie", format!("slipway_session={cookie}"))
+    let resp = with_session(http().get(format!("{url}{path}")), cookie)
         .send()
         .await
         .expect("GET");
@@ -78,15 +96,77 @@ fn is_login(status: StatusCode, headers: &HeaderMap) -> bool {
         && headers.get(LOCATION).and_then(|v| v.to_str().ok()) == Some("/login")
 }
 
+/// Posts `form` to the UI's `path` as its own page does: this origin, the session
+/// `cookie` (the form token is the caller's to add).
+pub(crate) fn form_post(
+    url: &str,
+    path: &str,
+    cookie: &str,
+    form: &[(&str, &str)],
+) -> reqwest::RequestBuilder {
+    with_session(http().post(format!("{url}{path}")), cookie)
+        .header("Origin", url)
+        .form(form)
+}
+
+/// An API call with the admin token; a `null` body sends none.
+async fn admin_api(
+    method: reqwest::Method,
+    url: &str,
+    path: &str,
+    body: Value,
+) -> reqwest::Response {
+    let mut req = http()
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(ADMIN);
+    if !body.is_null() {
+        req = req.json(&body);
+    }
+    req.send().await.expect("the API answers")
+}
+
 async fn add_repo(url: &str, clone_url: &str) {
-    let resp = http()
-        .post(format!("{url}/api/repos"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": REPO, "clone_url": clone_url}))
-        .send()
-        .await
-        .expect("POST /api/repos");
+    let resp = admin_api(
+        reqwest::Method::POST,
+        url,
+        "/api/repos",
+        json!({"name": REPO, "clone_url": clone_url}),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::CREATED, "add the repository");
+}
+
+/// The database file and its WAL, as they are on disk now.
+fn stored_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(dir.join("slipway.db")).expect("the database file");
+    bytes.extend(std::fs::read(dir.join("slipway.db-wal")).unwrap_or_default());
+    bytes
+}
+
+fn holds(bytes: &[u8], text: &str) -> bool {
+    bytes.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
+/// The server opened again on the data dir `dir` (after the test's server was dropped).
+async fn reopen(dir: &std::path::Path) -> slipway_server::app::Server {
+    let mut config = slipway_server::config::ServerConfig::new(dir, "http://127.0.0.1:1");
+    config.admin_token = Some(ADMIN.to_owned());
+    slipway_server::app::Server::open(config)
+        .await
+        .expect("reopens")
+}
+
+/// Polls `done` every 100 ms until it holds, for at most 10 s; panics naming `what`.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -141,33 +221,19 @@ async fn logout_and_a_deleted_token_end_the_session_and_pages_carry_security_hea
     assert_eq!(status, StatusCode::OK, "the cookie reads the API");
 
     // The store holds the session's hash only.
-    let db =
-        std::fs::read(server.state.config.data_dir.join("slipway.db")).expect("the database file");
-    let wal =
-        std::fs::read(server.state.config.data_dir.join("slipway.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
-        assert!(
-            !bytes.windows(cookie.len()).any(|w| w == cookie.as_bytes()),
-            "the session id is stored in clear"
-        );
-    }
+    assert!(
+        !holds(&stored_bytes(&server.state.config.data_dir), &cookie),
+        "the session id is stored in clear"
+    );
 
     // Logging out ends it in the store: the same cookie value, kept, is worthless.
     let csrf = csrf_of(&page);
-    let resp = http()
-        .post(format!("{url}/logout"))
-        .header("Origin", &url)
-        .header("Cookie", format!("slipway_session={cookie}"))
-        .form(&[("csrf", csrf.as_str())])
+    let resp = form_post(&url, "/logout", &cookie, &[("csrf", csrf.as_str())])
         .send()
         .await
         .expect("POST /logout");
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let cleared = resp
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let cleared = set_cookie_of(&resp);
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     let (status, headers, _) = get(&url, "/", &cookie).await;
     assert!(is_login(status, &headers), "after logout: {status}");
@@ -175,26 +241,27 @@ async fn logout_and_a_deleted_token_end_the_session_and_pages_carry_security_hea
     assert_eq!(status, StatusCode::UNAUTHORIZED, "after logout, the API");
 
     // A session of a token that is deleted ends with it.
-    let made: Value = http()
-        .post(format!("{url}/api/tokens"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "second", "scope": "admin"}))
-        .send()
-        .await
-        .expect("POST /api/tokens")
-        .json()
-        .await
-        .expect("the token");
+    let made: Value = admin_api(
+        reqwest::Method::POST,
+        &url,
+        "/api/tokens",
+        json!({"name": "second", "scope": "admin"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("the token");
     let second = made["token"].as_str().expect("a secret");
     let (cookie, _) = login(&url, second).await;
     let (status, _, _) = get(&url, "/", &cookie).await;
     assert_eq!(status, StatusCode::OK, "the second admin's session");
-    let resp = http()
-        .delete(format!("{url}/api/tokens/{}", made["id"]))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("DELETE token");
+    let resp = admin_api(
+        reqwest::Method::DELETE,
+        &url,
+        &format!("/api/tokens/{}", made["id"]),
+        Value::Null,
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let (status, headers, _) = get(&url, "/", &cookie).await;
     assert!(is_login(status, &headers), "the deleted token's session");
@@ -213,19 +280,10 @@ async fn the_session_cookie_is_secure_over_https() {
     let forwarded = |proto: &'static str| {
         let url = url.clone();
         async move {
-            let resp = http()
-                .post(format!("{url}/login"))
-                .header("Origin", &url)
-                .header("X-Forwarded-Proto", proto)
-                .form(&[("token", ADMIN)])
-                .send()
-                .await
-                .expect("POST /login");
-            resp.headers()
-                .get(SET_COOKIE)
-                .and_then(|v| v.to_str().ok())
-                .expect("a cookie")
-                .to_owned()
+            let resp = post_login(&url, &url, ADMIN, &[("X-Forwarded-Proto", proto)]).await;
+            let set = set_cookie_of(&resp);
+            assert!(!set.is_empty(), "a cookie");
+            set
         }
     };
     assert!(forwarded("https").await.contains("; Secure"));
@@ -240,19 +298,9 @@ async fn the_session_cookie_is_secure_over_https() {
         c.public_url = "https://ci.example.com".to_owned();
     })
     .await;
-    let resp = http()
-        .post(format!("{url}/login"))
-        .header("Origin", "https://ci.example.com")
-        .form(&[("token", ADMIN)])
-        .send()
-        .await
-        .expect("POST /login");
+    let resp = post_login(&url, "https://ci.example.com", ADMIN, &[]).await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let set = resp
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let set = set_cookie_of(&resp);
     assert!(set.contains("; Secure"), "{set}");
     shutdown.cancel();
 }
@@ -313,10 +361,8 @@ async fn ui_posts_need_this_origin_and_the_form_token_and_api_changes_a_bearer_t
         if let Some(t) = token {
             form.push(("csrf", t));
         }
-        let mut req = http()
-            .post(format!("{url}/repos/{REPO}/settings"))
-            .header("Cookie", format!("slipway_session={cookie}"))
-            .form(&form);
+        let mut req =
+            with_session(http().post(format!("{url}/repos/{REPO}/settings")), &cookie).form(&form);
         if let Some(o) = origin {
             req = req.header("Origin", o);
         }
@@ -374,14 +420,15 @@ async fn ui_posts_need_this_origin_and_the_form_token_and_api_changes_a_bearer_t
 
     // The API: the cookie does not change anything, a body must be JSON.
     let secret = json!({"name": "EVIL", "value": "x"}).to_string();
-    let cookie_post = http()
-        .post(format!("{url}/api/repos/{REPO}/secrets"))
-        .header("Cookie", format!("slipway_session={cookie}"))
-        .header("Content-Type", "application/json")
-        .body(secret.clone())
-        .send()
-        .await
-        .expect("POST with the cookie");
+    let cookie_post = with_session(
+        http().post(format!("{url}/api/repos/{REPO}/secrets")),
+        &cookie,
+    )
+    .header("Content-Type", "application/json")
+    .body(secret.clone())
+    .send()
+    .await
+    .expect("POST with the cookie");
     assert_eq!(cookie_post.status(), StatusCode::UNAUTHORIZED);
     let message = cookie_post.text().await.unwrap_or_default();
     assert!(message.contains("Bearer"), "{message}");
@@ -394,9 +441,7 @@ async fn ui_posts_need_this_origin_and_the_form_token_and_api_changes_a_bearer_t
         .await
         .expect("POST text/plain");
     assert_eq!(text_plain.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let patch = http()
-        .patch(format!("{url}/api/repos/{REPO}"))
-        .header("Cookie", format!("slipway_session={cookie}"))
+    let patch = with_session(http().patch(format!("{url}/api/repos/{REPO}")), &cookie)
         .header("Content-Type", "application/json")
         .body(json!({"trusted": true}).to_string())
         .send()
@@ -410,14 +455,10 @@ async fn ui_posts_need_this_origin_and_the_form_token_and_api_changes_a_bearer_t
     );
 
     // From the UI's own page, with its token: it works.
-    let mut form: Vec<(&str, String)> = evil.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-    form.push(("csrf", csrf.clone()));
-    let resp = http()
-        .post(format!("{url}/repos/{REPO}/settings"))
-        .header("Cookie", format!("slipway_session={cookie}"))
-        .header("Origin", &url)
+    let mut form = evil.to_vec();
+    form.push(("csrf", csrf.as_str()));
+    let resp = form_post(&url, &format!("/repos/{REPO}/settings"), &cookie, &form)
         .header("Sec-Fetch-Site", "same-origin")
-        .form(&form)
         .send()
         .await
         .expect("POST settings");
@@ -648,11 +689,7 @@ async fn the_data_dir_is_private_and_an_older_one_is_tightened() {
     }
     std::fs::set_permissions(dir.join("logs"), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
-    let mut config = slipway_server::config::ServerConfig::new(&dir, "http://127.0.0.1:1");
-    config.admin_token = Some(ADMIN.to_owned());
-    let reopened = slipway_server::app::Server::open(config)
-        .await
-        .expect("reopens");
+    let reopened = reopen(&dir).await;
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("logs")), 0o700);
     assert_eq!(mode(&dir.join("slipway.db")), 0o600);
@@ -777,32 +814,7 @@ async fn a_page_of_another_port_changes_nothing_and_the_ui_still_works_in_chromi
     let client = browser.client();
 
     // Log in through the form.
-    client
-        .goto(&format!("{url}/login"))
-        .await
-        .expect("login page");
-    client
-        .find(Locator::Id("token"))
-        .await
-        .expect("the token field")
-        .send_keys(ADMIN)
-        .await
-        .expect("type");
-    client
-        .find(Locator::Css(
-            "form[action=\"/login\"] button[type=\"submit\"]",
-        ))
-        .await
-        .expect("the button")
-        .click()
-        .await
-        .expect("log in");
-    browser
-        .wait_for(
-            "the start page",
-            "return location.pathname === '/' && document.readyState === 'complete';",
-        )
-        .await;
+    browser.log_in(&url, ADMIN).await;
 
     // The UI's own forms work: add a repository, a secret, run a build.
     client
@@ -916,18 +928,11 @@ async fn a_page_of_another_port_changes_nothing_and_the_ui_still_works_in_chromi
     browser
         .eval("document.getElementById('cancel-form').submit(); return true;")
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the cancel form did nothing", || async {
         let builds = store.builds(app.id, 10, None).await.expect("builds");
-        if builds.iter().any(|b| b.status.is_done()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cancel form did nothing: {builds:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        builds.iter().any(|b| b.status.is_done())
+    })
+    .await;
     client
         .goto(&format!("{url}/repos/{REPO}/settings"))
         .await
@@ -935,17 +940,15 @@ async fn a_page_of_another_port_changes_nothing_and_the_ui_still_works_in_chromi
     browser
         .eval("document.querySelector('[name=trusted]').checked = true; document.querySelector('form[action$=\"/settings\"]').submit(); return true;")
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store
-        .repo_by_name(REPO)
-        .await
-        .expect("read")
-        .expect("repo")
-        .trusted
-    {
-        assert!(Instant::now() < deadline, "the settings form did nothing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the settings form did nothing", || async {
+        store
+            .repo_by_name(REPO)
+            .await
+            .expect("read")
+            .expect("repo")
+            .trusted
+    })
+    .await;
     browser.close().await;
     shutdown.cancel();
 }
@@ -955,28 +958,20 @@ async fn webhook_secrets_are_sealed_at_rest_and_old_clear_ones_sealed_at_start()
     let shutdown = CancellationToken::new();
     let TestServer { url, server, data } = serve(ADMIN, &shutdown, |_| {}).await;
     let secret = "a-webhook-secret-in-the-clear-0123456789";
-    let resp = http()
-        .post(format!("{url}/api/repos"))
-        .bearer_auth(ADMIN)
-        .json(
-            &json!({"name": REPO, "clone_url": "https://git.example.com/a.git",
-                      "webhook_secret": secret}),
-        )
-        .send()
-        .await
-        .expect("POST /api/repos");
+    let resp = admin_api(
+        reqwest::Method::POST,
+        &url,
+        "/api/repos",
+        json!({"name": REPO, "clone_url": "https://git.example.com/a.git",
+               "webhook_secret": secret}),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let shown: Value = resp.json().await.expect("JSON");
     assert_eq!(shown["webhook_secret"], secret, "shown once, in clear");
     let dir = data.path().join("data");
-    let stored_bytes = || {
-        let mut bytes = std::fs::read(dir.join("slipway.db")).expect("db");
-        bytes.extend(std::fs::read(dir.join("slipway.db-wal")).unwrap_or_default());
-        bytes
-    };
-    let bytes = stored_bytes();
     assert!(
-        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        !holds(&stored_bytes(&dir), secret),
         "the webhook secret is in the database file in clear"
     );
     let row = server
@@ -992,15 +987,16 @@ async fn webhook_secrets_are_sealed_at_rest_and_old_clear_ones_sealed_at_start()
         row.webhook_secret
     );
     // The API and the settings page give it back in clear.
-    let got: Value = http()
-        .get(format!("{url}/api/repos/{REPO}"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let got: Value = admin_api(
+        reqwest::Method::GET,
+        &url,
+        &format!("/api/repos/{REPO}"),
+        Value::Null,
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
     assert_eq!(got["webhook_secret"], secret);
     let (cookie, _) = login(&url, ADMIN).await;
     let (_, _, page) = get(&url, &format!("/repos/{REPO}/settings"), &cookie).await;
@@ -1020,11 +1016,7 @@ async fn webhook_secrets_are_sealed_at_rest_and_old_clear_ones_sealed_at_start()
         .expect("write the old form");
     shutdown.cancel();
     drop(server);
-    let mut config = slipway_server::config::ServerConfig::new(&dir, "http://127.0.0.1:1");
-    config.admin_token = Some(ADMIN.to_owned());
-    let reopened = slipway_server::app::Server::open(config)
-        .await
-        .expect("reopens");
+    let reopened = reopen(&dir).await;
     let row = reopened
         .state
         .store
@@ -1041,9 +1033,8 @@ async fn webhook_secrets_are_sealed_at_rest_and_old_clear_ones_sealed_at_start()
             .expect("opens"),
         secret
     );
-    let bytes = stored_bytes();
     assert!(
-        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        !holds(&stored_bytes(&dir), secret),
         "the old clear secret is still in the database file or its WAL"
     );
 }
