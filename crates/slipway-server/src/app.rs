@@ -121,8 +121,9 @@ impl Server {
 
         let mut first_admin_token = None;
         match &config.admin_token {
+            // A configured token replaces the one it was configured with before.
             Some(token) => {
-                auth::ensure(&store, "admin", token, auth::SCOPE_ADMIN).await?;
+                auth::ensure_only(&store, "admin", token, auth::SCOPE_ADMIN).await?;
             }
             None => {
                 let tokens = store.tokens().await?;
@@ -138,7 +139,7 @@ impl Server {
             // Kept sealed in the data dir so the embedded runner survives restarts.
             None => stored_runner_token(&data, &secrets)?,
         };
-        auth::ensure(&store, "runners", &runner_token, auth::SCOPE_RUNNER).await?;
+        auth::ensure_only(&store, "runners", &runner_token, auth::SCOPE_RUNNER).await?;
 
         let host = host_of(&config.public_url);
         let mut registry_config = slipway_registry::RegistryConfig::new(data.join("registry"));

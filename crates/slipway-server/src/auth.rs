@@ -228,6 +228,28 @@ pub async fn ensure(
     store.create_token(name, &h, scope, crate::now_ms()).await
 }
 
+/// [`ensure`], and revokes every other token of that name and scope (with their sessions):
+/// for the tokens the server is configured with (`--admin-token`, `--runner-token`), so
+/// that starting with a new value rotates the old one out instead of keeping both valid.
+pub async fn ensure_only(
+    store: &Store,
+    name: &str,
+    secret: &str,
+    scope: &str,
+) -> Result<Token, crate::store::StoreError> {
+    let kept = ensure(store, name, secret, scope).await?;
+    for old in store.tokens().await? {
+        if old.id != kept.id && old.name == name && old.scope == scope {
+            store.delete_token(old.id).await?;
+            tracing::warn!(
+                "revoked the earlier `{name}` token (id {}): a new one is configured",
+                old.id
+            );
+        }
+    }
+    Ok(kept)
+}
+
 /// Registry credentials are Slipway tokens: an admin token may do everything (any user
 /// name, `admin` by convention), a robot token pull and push below its namespace, a
 /// `paths:` token (a pipeline's) pull and push on its paths, other tokens nothing in the

@@ -1060,3 +1060,70 @@ async fn a_session_ends_at_its_expiry() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     shutdown.cancel();
 }
+
+/// Starting with a new `--admin-token` (or runner token) rotates the old one out: it no
+/// longer authenticates, and the sessions opened with it end; tokens of other names stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_configured_token_revokes_the_old_one() {
+    let dir = tempfile::tempdir().expect("a data dir");
+    let open = |admin: &str, runner: &str| {
+        let mut config =
+            slipway_server::config::ServerConfig::new(dir.path(), "http://127.0.0.1:1");
+        config.admin_token = Some(admin.to_owned());
+        config.runner_token = Some(runner.to_owned());
+        slipway_server::app::Server::open(config)
+    };
+    let old_admin = "old-admin-token-0123456789abcdef0123";
+    let old_runner = "old-runner-token-0123456789abcdef012";
+    let first = open(old_admin, old_runner).await.expect("opens");
+    let other = first
+        .state
+        .store
+        .create_token(
+            "ci-admin",
+            &slipway_server::auth::hash("ci-admin-secret-0123456789abcdef"),
+            "admin",
+            1,
+        )
+        .await
+        .expect("another admin token");
+    drop(first);
+
+    let second = open(ADMIN, "new-runner-token-0123456789abcdef012")
+        .await
+        .expect("reopens");
+    let store = &second.state.store;
+    for (secret, valid) in [
+        (old_admin, false),
+        (old_runner, false),
+        (ADMIN, true),
+        ("new-runner-token-0123456789abcdef012", true),
+        ("ci-admin-secret-0123456789abcdef", true),
+    ] {
+        assert_eq!(
+            slipway_server::auth::check(store, secret).await.is_some(),
+            valid,
+            "{secret}"
+        );
+    }
+    let names: Vec<String> = store
+        .tokens()
+        .await
+        .expect("tokens")
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| *n == "admin").count(),
+        1,
+        "{names:?}"
+    );
+    assert!(
+        store
+            .tokens()
+            .await
+            .expect("tokens")
+            .iter()
+            .any(|t| t.id == other.id)
+    );
+}
