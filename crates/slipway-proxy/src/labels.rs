@@ -1002,35 +1002,15 @@ impl Cx<'_> {
                             o.response_headers.insert(n, v.clone());
                         }
                     } else if r == "stsseconds" {
-                        if let Some(s) = self.check(k, v, |t| {
-                            t.trim()
-                                .parse::<u64>()
-                                .map_err(|_| format!("`{t}` is not seconds"))
-                        }) {
-                            o.hsts
-                                .get_or_insert(Hsts {
-                                    max_age_secs: 0,
-                                    include_subdomains: false,
-                                    preload: false,
-                                })
-                                .max_age_secs = s;
+                        if let Some(s) = self.check(k, v, parse_seconds) {
+                            o.hsts.get_or_insert_with(Hsts::default).max_age_secs = s;
                         }
                     } else if r == "stsincludesubdomains" {
-                        o.hsts
-                            .get_or_insert(Hsts {
-                                max_age_secs: 0,
-                                include_subdomains: false,
-                                preload: false,
-                            })
-                            .include_subdomains = truthy(v).unwrap_or(false);
+                        o.hsts.get_or_insert_with(Hsts::default).include_subdomains =
+                            truthy(v).unwrap_or(false);
                     } else if r == "stspreload" {
-                        o.hsts
-                            .get_or_insert(Hsts {
-                                max_age_secs: 0,
-                                include_subdomains: false,
-                                preload: false,
-                            })
-                            .preload = truthy(v).unwrap_or(false);
+                        o.hsts.get_or_insert_with(Hsts::default).preload =
+                            truthy(v).unwrap_or(false);
                     } else if r == "sslredirect" {
                         *redirect |= truthy(v).unwrap_or(false);
                     } else if r != "forcestsheader" {
@@ -1333,37 +1313,16 @@ impl Cx<'_> {
                     }
                 }
                 "frontend.headers.stsseconds" => {
-                    if let Some(s) = self.check(k, v, |t| {
-                        t.trim()
-                            .parse::<u64>()
-                            .map_err(|_| format!("`{t}` is not seconds"))
-                    }) {
-                        o.hsts
-                            .get_or_insert(Hsts {
-                                max_age_secs: 0,
-                                include_subdomains: false,
-                                preload: false,
-                            })
-                            .max_age_secs = s;
+                    if let Some(s) = self.check(k, v, parse_seconds) {
+                        o.hsts.get_or_insert_with(Hsts::default).max_age_secs = s;
                     }
                 }
                 "frontend.headers.stsincludesubdomains" => {
-                    o.hsts
-                        .get_or_insert(Hsts {
-                            max_age_secs: 0,
-                            include_subdomains: false,
-                            preload: false,
-                        })
-                        .include_subdomains = truthy(v).unwrap_or(false)
+                    o.hsts.get_or_insert_with(Hsts::default).include_subdomains =
+                        truthy(v).unwrap_or(false)
                 }
                 "frontend.headers.stspreload" => {
-                    o.hsts
-                        .get_or_insert(Hsts {
-                            max_age_secs: 0,
-                            include_subdomains: false,
-                            preload: false,
-                        })
-                        .preload = truthy(v).unwrap_or(false)
+                    o.hsts.get_or_insert_with(Hsts::default).preload = truthy(v).unwrap_or(false)
                 }
                 "frontend.headers.sslredirect" => {
                     if truthy(v) == Some(true) {
@@ -1649,4 +1608,11 @@ fn parse_hsts_header(v: &str) -> Result<Hsts, String> {
         return Err("HSTS needs `max-age=SECONDS` (or `off`)".to_owned());
     }
     Ok(h)
+}
+
+/// A label's whole number of seconds (Traefik's `stsSeconds`).
+fn parse_seconds(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("`{text}` is not seconds"))
 }

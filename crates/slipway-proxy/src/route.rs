@@ -382,7 +382,9 @@ impl PlainHttp {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+/// `Strict-Transport-Security`; the default (`max-age=0`) is what labels that set only a
+/// flag start from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Hsts {
     pub max_age_secs: u64,
     pub include_subdomains: bool,

@@ -204,22 +204,30 @@ pub enum Trust {
 
 impl Trust {
     pub fn of(repo: &Repo, ctx: &BuildContext) -> Trust {
-        if ctx.event == BuildEvent::PullRequest || ctx.pull_request.is_some() {
+        Trust::given(
+            repo,
+            ctx.event == BuildEvent::PullRequest || ctx.pull_request.is_some(),
+        )
+    }
+
+    /// [`Trust::of`] a stored build. Read on every lease, so only the context's
+    /// `pull_request` field is looked at, not the whole context decoded.
+    pub fn of_build(repo: &Repo, build: &Build) -> Trust {
+        let pull_request = build
+            .context
+            .get("pull_request")
+            .is_some_and(|n| !n.is_null());
+        Trust::given(repo, build.event == "pull_request" || pull_request)
+    }
+
+    fn given(repo: &Repo, from_pull_request: bool) -> Trust {
+        if from_pull_request {
             Trust::PullRequest
         } else if repo.trusted {
             Trust::Trusted
         } else {
             Trust::UntrustedRepository
         }
-    }
-
-    /// [`Trust::of`] a stored build.
-    pub fn of_build(repo: &Repo, build: &Build) -> Trust {
-        let mut ctx = context_of(build);
-        if build.event == "pull_request" {
-            ctx.event = BuildEvent::PullRequest;
-        }
-        Trust::of(repo, &ctx)
     }
 
     pub fn is_trusted(self) -> bool {

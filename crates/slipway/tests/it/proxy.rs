@@ -1,8 +1,32 @@
 //! `slipway proxy routes-from` and `slipway proxy check` as a user runs them.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use serde_json::Value;
 
 use crate::{slipway, text};
+
+/// `slipway proxy ARGS... FILE`, to run with [`outcome`].
+fn proxy(args: &[&str], file: &Path) -> Command {
+    let mut cmd = slipway();
+    cmd.arg("proxy").args(args).arg(file);
+    cmd
+}
+
+/// Runs `cmd`: its exit code, standard output and standard error.
+fn outcome(mut cmd: Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().expect("slipway runs");
+    let (stdout, stderr) = text(&out);
+    (out.status.code(), stdout, stderr)
+}
+
+/// `text` written to `name` in `dir`: its path.
+fn written(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).expect("write");
+    file
+}
 
 const STACK: &str = r#"
 version: "3.7"
@@ -30,21 +54,17 @@ services:
 #[test]
 fn proxy_routes_from_prints_the_routes_of_a_stack_file() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("stack.yml");
-    std::fs::write(&file, STACK).expect("write");
-    let out = slipway()
-        .args([
-            "proxy",
+    let file = written(&dir, "stack.yml", STACK);
+    let (code, stdout, stderr) = outcome(proxy(
+        &[
             "routes-from",
             "--json",
             "--env",
             "APP_HOST=shop.example.com",
-        ])
-        .arg(&file)
-        .output()
-        .expect("runs");
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+        ],
+        &file,
+    ));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     let v: Value = serde_json::from_str(&stdout).expect("json");
     let routes: Vec<(String, String, String)> = v["routes"]
         .as_array()
@@ -86,30 +106,22 @@ fn proxy_routes_from_prints_the_routes_of_a_stack_file() {
         ]
     );
     // A `.env` beside the file is read, and the environment wins over it.
-    std::fs::write(
-        dir.path().join(".env"),
+    written(
+        &dir,
+        ".env",
         "# as compose reads it\nAPP_HOST=dotenv.example.com\n",
-    )
-    .expect("write");
-    let out = slipway()
-        .args(["proxy", "routes-from"])
-        .arg(&file)
-        .env_remove("APP_HOST")
-        .output()
-        .expect("runs");
+    );
+    let mut cmd = proxy(&["routes-from"], &file);
+    cmd.env_remove("APP_HOST");
+    let (_, stdout, stderr) = outcome(cmd);
     assert!(
-        text(&out).0.contains("dotenv.example.com -> "),
-        "{:?}",
-        text(&out)
+        stdout.contains("dotenv.example.com -> "),
+        "{stdout}{stderr}"
     );
     // The human form: one line a route.
-    let out = slipway()
-        .args(["proxy", "routes-from"])
-        .arg(&file)
-        .env("APP_HOST", "env.example.com")
-        .output()
-        .expect("runs");
-    let (stdout, _) = text(&out);
+    let mut cmd = proxy(&["routes-from"], &file);
+    cmd.env("APP_HOST", "env.example.com");
+    let (_, stdout, _) = outcome(cmd);
     assert!(
         stdout.contains("env.example.com -> 127.0.0.1:8080*1 tls=off http=serve (labels of service web, router web)"),
         "{stdout}"
@@ -119,20 +131,15 @@ fn proxy_routes_from_prints_the_routes_of_a_stack_file() {
 #[test]
 fn proxy_routes_from_reports_problems_with_their_place_and_exits_1() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("stack.yml");
-    std::fs::write(
-        &file,
+    let file = written(
+        &dir,
+        "stack.yml",
         "services:\n  web:\n    labels:\n      - \"traefik.http.routers.w.rule=Host(`${NAME?set NAME}`)\"\n",
-    )
-    .expect("write");
-    let out = slipway()
-        .args(["proxy", "routes-from"])
-        .arg(&file)
-        .env_remove("NAME")
-        .output()
-        .expect("runs");
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    );
+    let mut cmd = proxy(&["routes-from"], &file);
+    cmd.env_remove("NAME");
+    let (code, stdout, stderr) = outcome(cmd);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(
         stderr.contains(&format!(
             "{}:4:9: error: required variable `NAME`: set NAME",
@@ -140,52 +147,34 @@ fn proxy_routes_from_reports_problems_with_their_place_and_exits_1() {
         )),
         "{stderr}"
     );
-    let out = slipway()
-        .args(["proxy", "routes-from", "/nonexistent.yml"])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out).1.contains("cannot read /nonexistent.yml"),
-        "{:?}",
-        text(&out)
-    );
+    let (code, _, stderr) = outcome(proxy(&["routes-from"], Path::new("/nonexistent.yml")));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("cannot read /nonexistent.yml"), "{stderr}");
 }
 
 #[test]
 fn proxy_check_reads_a_routes_file() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("routes.yml");
-    std::fs::write(
-        &file,
+    let file = written(
+        &dir,
+        "routes.yml",
         "routes:\n  - host: app.example.com\n    path: /api\n    backends: [\"127.0.0.1:9000\", {address: \"127.0.0.1:9001\", weight: 3}]\n    tls: acme\n",
-    )
-    .expect("write");
-    let out = slipway()
-        .args(["proxy", "check"])
-        .arg(&file)
-        .output()
-        .expect("runs");
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    );
+    let (code, stdout, stderr) = outcome(proxy(&["check"], &file));
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.starts_with(
             "app.example.com/api -> 127.0.0.1:9000*1, 127.0.0.1:9001*3 tls=acme http=serve (file "
         ),
         "{stdout}"
     );
-    std::fs::write(
-        &file,
+    written(
+        &dir,
+        "routes.yml",
         "routes:\n  - host: a.com\n    backend: [\"127.0.0.1:1\"]\n",
-    )
-    .expect("write");
-    let out = slipway()
-        .args(["proxy", "check"])
-        .arg(&file)
-        .output()
-        .expect("runs");
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1));
+    );
+    let (code, _, stderr) = outcome(proxy(&["check"], &file));
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains(&format!(
             "{}:3:5: error: unknown key `backend` in a route (hint: did you mean `backends`?)",
@@ -198,19 +187,13 @@ fn proxy_check_reads_a_routes_file() {
 #[test]
 fn proxy_routes_from_shows_a_conflict_and_which_service_won() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("compose.yml");
-    std::fs::write(
-        &file,
+    let file = written(
+        &dir,
+        "compose.yml",
         "services:\n  one:\n    environment: {VIRTUAL_HOST: a.example.com, VIRTUAL_PORT: \"3000\"}\n  two:\n    labels: {slipway.proxy.host: a.example.com, slipway.proxy.port: \"4000\", slipway.proxy.tls: acme}\n",
-    )
-    .expect("write");
-    let out = slipway()
-        .args(["proxy", "routes-from"])
-        .arg(&file)
-        .output()
-        .expect("runs");
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    );
+    let (code, stdout, stderr) = outcome(proxy(&["routes-from"], &file));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
         stdout.starts_with("a.example.com -> one:3000*1 tls=off"),
         "{stdout}"
