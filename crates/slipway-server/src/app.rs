@@ -339,18 +339,10 @@ async fn seal_webhook_secrets(store: &Store, secrets: &SecretBox) -> Result<(), 
 /// The data dir holds the database (webhook secrets, sealed secrets), logs and keys: it is
 /// made 0700, and one an older version made 0755 is tightened.
 fn private_data_dir(data: &Path) -> Result<(), ServerError> {
-    let fail = |source| ServerError::DataDir {
-        path: data.to_owned(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data)
-        .map_err(fail)?;
-    tighten(data, 0o700)?;
-    for sub in ["logs", "mirrors", "registry"] {
-        let dir = data.join(sub);
+    let dirs = [data.to_owned()]
+        .into_iter()
+        .chain(["logs", "mirrors", "registry"].map(|sub| data.join(sub)));
+    for dir in dirs {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
