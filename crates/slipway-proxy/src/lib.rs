@@ -27,17 +27,23 @@
 //! Everything serializes for `--json` output, password hashes excepted.
 
 pub mod auth;
+pub mod balance;
 pub mod compose;
 pub mod diagnostic;
 pub mod file;
+pub mod forward;
 pub mod labels;
 pub mod route;
 pub mod rule;
+pub mod serve;
 pub mod table;
 
+pub use balance::{BackendState, Balance};
 pub use diagnostic::{Diagnostic, Severity};
+pub use forward::{Cidr, Proxy};
 pub use labels::Workload;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
 };
+pub use serve::{Config, serve_http};
 pub use table::{Conflict, RouteTable};

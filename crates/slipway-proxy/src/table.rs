@@ -126,15 +126,21 @@ impl RouteTable {
 
     /// The route for a request's `Host` (as sent, port and case allowed) and path.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
+        self.lookup_index(host, path).map(|i| &self.routes[i])
+    }
+
+    /// As [`RouteTable::lookup`], the route's index in [`RouteTable::routes`]: the data
+    /// plane keeps per-route state (balancer counters, live backends) beside the table.
+    pub fn lookup_index(&self, host: &str, path: &str) -> Option<usize> {
         let host = normalize_host(host);
         let pick = |idx: Option<&Vec<usize>>| {
             idx.into_iter()
                 .flatten()
-                .map(|&i| &self.routes[i])
-                .find(|r| r.key.matches_path(path))
+                .copied()
+                .find(|&i| self.routes[i].key.matches_path(path))
         };
-        if let Some(r) = pick(self.exact.get(host.as_str())) {
-            return Some(r);
+        if let Some(i) = pick(self.exact.get(host.as_str())) {
+            return Some(i);
         }
         let (_, suffix) = host.split_once('.')?;
         pick(self.wildcard.get(suffix))
@@ -142,7 +148,7 @@ impl RouteTable {
 }
 
 /// `App.Example.com:8443.` → `app.example.com`; `[::1]:80` → `[::1]`.
-fn normalize_host(host: &str) -> String {
+pub(crate) fn normalize_host(host: &str) -> String {
     let h = host.trim();
     let h = if h.starts_with('[') {
         h.split_once(']').map_or(h, |(ip, _)| &h[..=ip.len()])

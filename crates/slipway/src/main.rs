@@ -70,11 +70,14 @@ enum Command {
         #[command(subcommand)]
         command: client::TokenCommand,
     },
-    /// The edge proxy: `routes-from COMPOSE_FILE [--json]`, `check ROUTES_FILE` (serving
-    /// traffic comes next).
+    /// The edge proxy: `--http ADDR [--routes FILE]` serves plain HTTP; `routes-from
+    /// COMPOSE_FILE [--json]`, `check ROUTES_FILE` read routes.
+    #[command(args_conflicts_with_subcommands = true)]
     Proxy {
         #[command(subcommand)]
-        command: proxy::ProxyCommand,
+        command: Option<proxy::ProxyCommand>,
+        #[command(flatten)]
+        serve: proxy::ServeArgs,
     },
     /// Builds: `ls`, `show`, `logs [-f]`, `run`, `restart`, `cancel`, `promote`.
     Build {
@@ -91,7 +94,11 @@ fn main() -> ExitCode {
     // otherwise; one-shot commands only warn.
     let serving = matches!(
         cli.command,
-        Command::Up(_) | Command::Server(_) | Command::Runner(_) | Command::Registry(_)
+        Command::Up(_)
+            | Command::Server(_)
+            | Command::Runner(_)
+            | Command::Registry(_)
+            | Command::Proxy { command: None, .. }
     );
     // sqlx logs every statement at info.
     init_tracing(if serving { "info,sqlx=warn" } else { "warn" });
@@ -108,7 +115,7 @@ fn main() -> ExitCode {
         Command::Build { api, command } => client::build(api, command),
         Command::Token { api, command } => client::token(api, command),
         Command::Gc { api, args } => client::gc(api, args),
-        Command::Proxy { command } => proxy::run(command),
+        Command::Proxy { command, serve } => proxy::run(command, serve),
     };
     match result {
         Ok(code) => code,

@@ -1,9 +1,14 @@
-//! `slipway proxy`: the edge proxy's commands. Serving traffic comes with the proxy's data
-//! plane; for now the commands read routes the way the proxy will.
+//! `slipway proxy`: the edge proxy's commands. With no subcommand it serves plain HTTP
+//! (`--http ADDR`) from a routes file (`--routes FILE`), watched and applied live: a
+//! broken file is reported at FILE:LINE:COL and the previous routes keep serving. The
+//! subcommands read routes the way the proxy does, without serving.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -41,11 +46,192 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-pub fn run(command: ProxyCommand) -> Result<ExitCode> {
+/// `slipway proxy` with no subcommand: serve.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where plain HTTP is served.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
+    pub http: SocketAddr,
+    /// The routes file, watched and applied live (no file: every host gets 404).
+    #[arg(long, value_name = "FILE")]
+    pub routes: Option<PathBuf>,
+    /// Peers whose X-Forwarded-* and X-Real-IP headers are kept (a comma list of CIDRs,
+    /// e.g. a load balancer in front); everyone else's are replaced.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Time a client has to send a request's headers (then the connection is closed).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A client connection with no request open for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time to open a connection to a backend before another is tried.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long a backend removed from the routes keeps its in-flight requests and
+    /// WebSockets.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Client connections served at once; more wait to be accepted.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How a backend is picked within a backend set.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub balance: BalanceArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BalanceArg {
+    /// Weighted round robin.
+    RoundRobin,
+    /// The less loaded of two random backends (power of two choices).
+    LeastRequests,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    slipway_proxy::route::parse_duration(text)
+}
+
+pub fn run(command: Option<ProxyCommand>, serve_args: ServeArgs) -> Result<ExitCode> {
     match command {
-        ProxyCommand::RoutesFrom(args) => routes_from(args),
-        ProxyCommand::Check(args) => check(args),
+        Some(ProxyCommand::RoutesFrom(args)) => routes_from(args),
+        Some(ProxyCommand::Check(args)) => check(args),
+        None => serve(serve_args),
     }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let trusted_proxies = args
+        .trusted_proxies
+        .iter()
+        .map(|c| {
+            slipway_proxy::Cidr::parse(c).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let config = slipway_proxy::Config {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        connect_timeout: args.connect_timeout,
+        max_connections: args.max_connections,
+        drain_timeout: args.drain_timeout,
+        trusted_proxies,
+        balance: match args.balance {
+            BalanceArg::RoundRobin => slipway_proxy::Balance::RoundRobin,
+            BalanceArg::LeastRequests => slipway_proxy::Balance::LeastRequests,
+        },
+    };
+    // A broken file at start has no previous routes to keep: refuse to start.
+    let mut watched = None;
+    let table = match &args.routes {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the routes file {}", path.display()))?;
+            match slipway_proxy::file::parse(&text, &path.display().to_string()) {
+                Ok(set) => {
+                    watched = Some(text);
+                    report_table(RouteTable::build([set]))
+                }
+                Err(diagnostics) => {
+                    diagnostics.iter().for_each(|d| eprintln!("{d}"));
+                    bail!(
+                        "{} has errors (above): fix them, or check it with `slipway proxy check {}`",
+                        path.display(),
+                        path.display()
+                    );
+                }
+            }
+        }
+        None => RouteTable::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.http)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} for --http: {e}; \
+                 pick a free port you may bind, e.g. --http 127.0.0.1:8000",
+                    args.http
+                )
+            })?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let proxy = Arc::new(slipway_proxy::Proxy::new(config, table));
+        println!("slipway proxy listening on http://{addr}");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            on_signal.cancel();
+        });
+        if let (Some(path), Some(text)) = (args.routes.clone(), watched) {
+            tokio::spawn(watch_routes(proxy.clone(), path, text));
+        }
+        slipway_proxy::serve_http(proxy, listener, shutdown).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Polls the routes file every second; a changed file that parses replaces the routes,
+/// one with errors is reported and the routes in use stay.
+async fn watch_routes(proxy: Arc<slipway_proxy::Proxy>, path: PathBuf, mut last: String) {
+    let mut missing_reported = false;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => {
+                missing_reported = false;
+                t
+            }
+            Err(e) => {
+                // An editor that writes a new file and renames it leaves a moment without
+                // one: report once, keep serving.
+                if !missing_reported {
+                    eprintln!(
+                        "{}: cannot read the routes file ({e}); the previous routes keep serving",
+                        path.display()
+                    );
+                    missing_reported = true;
+                }
+                continue;
+            }
+        };
+        if text == last {
+            continue;
+        }
+        match reload(&path, &text) {
+            Some(table) => {
+                let n = table.routes().len();
+                proxy.set_routes(report_table(table));
+                eprintln!("{}: applied, {n} route(s)", path.display());
+            }
+            None => eprintln!(
+                "{}: not applied; the previous routes keep serving",
+                path.display()
+            ),
+        }
+        last = text;
+    }
+}
+
+fn reload(path: &Path, text: &str) -> Option<RouteTable> {
+    match slipway_proxy::file::parse(text, &path.display().to_string()) {
+        Ok(set) => Some(RouteTable::build([set])),
+        Err(diagnostics) => {
+            diagnostics.iter().for_each(|d| eprintln!("{d}"));
+            None
+        }
+    }
+}
+
+/// Says what a table holds that a user should know before it serves.
+fn report_table(table: RouteTable) -> RouteTable {
+    for c in table.conflicts() {
+        eprintln!("conflict: {c}");
+    }
+    table
 }
 
 fn routes_from(args: RoutesFromArgs) -> Result<ExitCode> {

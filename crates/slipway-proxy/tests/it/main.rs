@@ -6,3 +6,4 @@ mod table;
 mod corpus;
 mod labels;
 mod rules;
+mod serve;

@@ -204,3 +204,187 @@ fn proxy_routes_from_shows_a_conflict_and_which_service_won() {
         "{stderr}"
     );
 }
+
+/// A backend that answers every request with its name, on a thread.
+fn name_backend(name: &'static str) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    // One request head per turn; keep-alive until the proxy closes.
+                    let mut line = String::new();
+                    let mut head_done = false;
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        if line == "\r\n" {
+                            head_done = true;
+                            break;
+                        }
+                        line.clear();
+                    }
+                    if !head_done {
+                        return;
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if reader.get_mut().write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `slipway proxy` running, its stderr collected.
+struct ProxyProcess {
+    child: std::process::Child,
+    addr: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_proxy(routes: &std::path::Path) -> ProxyProcess {
+    use std::io::{BufRead, BufReader};
+    let mut child = slipway()
+        .args(["proxy", "--http", "127.0.0.1:0", "--routes"])
+        .arg(routes)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start slipway proxy");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read stdout");
+    let addr = line
+        .trim()
+        .strip_prefix("slipway proxy listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    ProxyProcess {
+        child,
+        addr,
+        stderr,
+    }
+}
+
+fn get_through(addr: &str, host: &str) -> (u16, String) {
+    let c = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = c
+        .get(format!("http://{addr}/"))
+        .header("host", host)
+        .send()
+        .expect("request through slipway proxy");
+    (r.status().as_u16(), r.text().unwrap_or_default())
+}
+
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn slipway_proxy_serves_a_routes_file_and_follows_its_changes() {
+    let a = name_backend("A");
+    let b = name_backend("B");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes = dir.path().join("routes.yml");
+    std::fs::write(
+        &routes,
+        format!("routes:\n  - host: app.test\n    backends: [\"{a}\"]\n"),
+    )
+    .expect("write routes");
+    let p = start_proxy(&routes);
+    assert_eq!(get_through(&p.addr, "app.test"), (200, "A".to_owned()));
+    let (status, body) = get_through(&p.addr, "other.test");
+    assert_eq!(status, 404, "{body}");
+
+    // A broken file is reported where it is broken, and A keeps serving.
+    std::fs::write(
+        &routes,
+        format!("routes:\n  - host: app.test\n    backendz: [\"{b}\"]\n"),
+    )
+    .expect("write routes");
+    let shown = routes.display().to_string();
+    eventually("the error to be reported", || {
+        p.stderr
+            .lock()
+            .is_ok_and(|s| s.contains(&format!("{shown}:3:5")) && s.contains("keep serving"))
+    });
+    assert_eq!(get_through(&p.addr, "app.test"), (200, "A".to_owned()));
+
+    std::fs::write(
+        &routes,
+        format!(
+            "routes:\n  - host: app.test\n    backends: [\"{b}\"]\n  - host: other.test\n    backends: [\"{a}\"]\n"
+        ),
+    )
+    .expect("write routes");
+    eventually("the new routes to serve", || {
+        get_through(&p.addr, "app.test") == (200, "B".to_owned())
+    });
+    assert_eq!(get_through(&p.addr, "other.test"), (200, "A".to_owned()));
+}
+
+#[test]
+fn slipway_proxy_refuses_a_taken_port_and_a_broken_file_with_hints() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = slipway()
+        .args(["proxy", "--http", &addr])
+        .output()
+        .expect("run");
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.contains("--http 127.0.0.1:8000"), "{err}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes = dir.path().join("routes.yml");
+    std::fs::write(
+        &routes,
+        "routes:\n  - host: a.test\n    backends: [\"nope\"]\n",
+    )
+    .expect("write");
+    let out = slipway()
+        .args(["proxy", "--http", "127.0.0.1:0", "--routes"])
+        .arg(&routes)
+        .output()
+        .expect("run");
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("{}:3:", routes.display())), "{err}");
+    assert!(err.contains("slipway proxy check"), "{err}");
+}

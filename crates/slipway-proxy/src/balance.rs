@@ -1,0 +1,326 @@
+//! Backends as the data plane sees them, and the choice of one per request.
+//!
+//! A [`Snapshot`] is a [`RouteTable`] with, beside each route, its live backend sets: each
+//! backend a shared [`LiveBackend`] (state, in-flight counter) that outlives snapshots, so
+//! a backend kept by a swap keeps its counters and one dropped by it can be drained while
+//! its requests finish. A snapshot is immutable but for those counters.
+//!
+//! Choice: weighted round robin over a route's backend sets, then over the set's backends
+//! (one counter per route, so the split is exact over any run of requests), or
+//! least-requests by the power of two choices within the set. Only `serving` backends of
+//! weight above 0 are chosen; a retry excludes the backend that failed.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::route::{Address, Scheme};
+use crate::table::RouteTable;
+
+/// Where a backend is in its life. Health checks will add `unhealthy` and `ejected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Gets new requests.
+    Serving,
+    /// Removed from the table: no new requests; in-flight ones and tunnels finish until
+    /// the drain timeout.
+    Draining,
+    /// Drained (or its timeout passed): what was still open to it has been cut.
+    Gone,
+}
+
+impl BackendState {
+    fn from_u8(v: u8) -> BackendState {
+        match v {
+            0 => BackendState::Serving,
+            1 => BackendState::Draining,
+            _ => BackendState::Gone,
+        }
+    }
+}
+
+/// How a backend is picked within a backend set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// The less loaded (in-flight per weight) of two backends picked at random.
+    LeastRequests,
+}
+
+/// One backend address, shared by every route and snapshot that names it.
+#[derive(Debug)]
+pub struct LiveBackend {
+    pub address: Address,
+    pub scheme: Scheme,
+    state: AtomicU8,
+    in_flight: AtomicUsize,
+    /// Cancelled once drained or at the drain timeout: responses and tunnels still open
+    /// to this backend end then.
+    cut: CancellationToken,
+}
+
+impl LiveBackend {
+    fn new(address: Address, scheme: Scheme) -> Arc<LiveBackend> {
+        Arc::new(LiveBackend {
+            address,
+            scheme,
+            state: AtomicU8::new(0),
+            in_flight: AtomicUsize::new(0),
+            cut: CancellationToken::new(),
+        })
+    }
+
+    pub fn state(&self) -> BackendState {
+        BackendState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// Requests (and tunnels) to this backend not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts a request until the returned guard drops (when its response body ends);
+    /// `None` once the backend is gone (a request holding an older snapshot lost a race
+    /// with the drain, and must look again).
+    pub fn try_start(self: &Arc<Self>) -> Option<InFlight> {
+        // SeqCst on both sides: either this sees `Gone`, or the drain sees this request.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.clone());
+        (self.state.load(Ordering::SeqCst) != 2).then_some(guard)
+    }
+
+    /// Stops new requests at once; cuts what is left after `timeout`.
+    fn drain(self: &Arc<Self>, timeout: Duration) {
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        let me = self.clone();
+        let finish = async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                while me.in_flight.load(Ordering::SeqCst) > 0
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                me.state.store(2, Ordering::SeqCst);
+                // A request that counted itself just before `Gone` is served, not cut.
+                if me.in_flight.load(Ordering::SeqCst) == 0
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    break;
+                }
+                me.state.store(1, Ordering::SeqCst);
+            }
+            me.cut.cancel();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(finish);
+            }
+            // No runtime (a table built in a test or a tool): nothing can be in flight.
+            Err(_) => {
+                self.state.store(2, Ordering::SeqCst);
+                self.cut.cancel();
+            }
+        }
+    }
+}
+
+/// One request to a backend, counted until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<LiveBackend>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<LiveBackend> {
+        &self.0
+    }
+
+    /// Fires when the backend's drain is over and what is open to it must end.
+    pub fn cut(&self) -> CancellationToken {
+        self.0.cut.clone()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct LiveSet {
+    weight: u32,
+    backends: Vec<(Arc<LiveBackend>, u32)>,
+}
+
+#[derive(Debug)]
+struct LiveRoute {
+    sets: Vec<LiveSet>,
+    counter: AtomicU64,
+}
+
+/// A route table and its live backends: what one request sees, whole.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub table: RouteTable,
+    routes: Vec<LiveRoute>,
+    backends: HashMap<(Address, Scheme), Arc<LiveBackend>>,
+}
+
+impl Snapshot {
+    /// The snapshot of `table`, reusing `previous`'s live backends for the addresses it
+    /// keeps; [`Snapshot::retire`] drains those it dropped.
+    pub fn build(table: RouteTable, previous: Option<&Snapshot>) -> Snapshot {
+        let mut backends: HashMap<(Address, Scheme), Arc<LiveBackend>> = HashMap::new();
+        let mut routes = Vec::with_capacity(table.routes().len());
+        for route in table.routes() {
+            let sets = route
+                .backend_sets
+                .iter()
+                .map(|set| LiveSet {
+                    weight: set.weight,
+                    backends: set
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let key = (b.address.clone(), b.scheme);
+                            let live = backends
+                                .entry(key.clone())
+                                .or_insert_with(|| {
+                                    previous
+                                        .and_then(|p| p.backends.get(&key))
+                                        .filter(|l| l.state() == BackendState::Serving)
+                                        .cloned()
+                                        .unwrap_or_else(|| {
+                                            LiveBackend::new(b.address.clone(), b.scheme)
+                                        })
+                                })
+                                .clone();
+                            (live, b.weight)
+                        })
+                        .collect(),
+                })
+                .collect();
+            routes.push(LiveRoute {
+                sets,
+                counter: AtomicU64::new(0),
+            });
+        }
+        Snapshot {
+            table,
+            routes,
+            backends,
+        }
+    }
+
+    /// Drains every backend of `self` that `next` does not have.
+    pub fn retire(&self, next: &Snapshot, drain_timeout: Duration) {
+        for (key, live) in &self.backends {
+            let kept = next.backends.get(key).is_some_and(|n| Arc::ptr_eq(n, live));
+            if !kept {
+                live.drain(drain_timeout);
+            }
+        }
+    }
+
+    /// Every live backend, for listings.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<LiveBackend>> {
+        self.backends.values()
+    }
+
+    /// A backend for a request on route `route` (an index of the table), not `exclude`.
+    pub fn pick(
+        &self,
+        route: usize,
+        balance: Balance,
+        exclude: Option<&Arc<LiveBackend>>,
+    ) -> Option<Arc<LiveBackend>> {
+        let live = self.routes.get(route)?;
+        let usable = |b: &Arc<LiveBackend>, w: u32| {
+            w > 0
+                && b.state() == BackendState::Serving
+                && !exclude.is_some_and(|x| Arc::ptr_eq(x, b))
+        };
+        let set_weight = |s: &LiveSet| {
+            if s.backends.iter().any(|(b, w)| usable(b, *w)) {
+                u64::from(s.weight)
+            } else {
+                0
+            }
+        };
+        let total: u64 = live.sets.iter().map(set_weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let n = live.counter.fetch_add(1, Ordering::Relaxed);
+        let mut r = n % total;
+        let set = live.sets.iter().find(|s| {
+            let w = set_weight(s);
+            if r < w {
+                true
+            } else {
+                r -= w;
+                false
+            }
+        })?;
+        let candidates: Vec<(&Arc<LiveBackend>, u32)> = set
+            .backends
+            .iter()
+            .filter(|(b, w)| usable(b, *w))
+            .map(|(b, w)| (b, *w))
+            .collect();
+        match balance {
+            Balance::RoundRobin => {
+                let sum: u64 = candidates.iter().map(|(_, w)| u64::from(*w)).sum();
+                // The quotient, not `n` itself: with two sets, `n % total` already chose
+                // the set, and the backends must still take turns within it.
+                let mut r = (n / total) % sum.max(1);
+                candidates
+                    .iter()
+                    .find(|(_, w)| {
+                        let w = u64::from(*w);
+                        if r < w {
+                            true
+                        } else {
+                            r -= w;
+                            false
+                        }
+                    })
+                    .map(|(b, _)| (*b).clone())
+            }
+            Balance::LeastRequests => {
+                let len = candidates.len() as u64;
+                let a = candidates.get((random() % len) as usize)?;
+                let b = candidates.get((random() % len) as usize)?;
+                // in_flight / weight, compared without division.
+                let load = |(x, w): &(&Arc<LiveBackend>, u32)| {
+                    (x.in_flight() as u128 + 1) * 1_000_000 / u128::from(*w)
+                };
+                Some(if load(a) <= load(b) { a.0 } else { b.0 }.clone())
+            }
+        }
+    }
+}
+
+/// A random number good enough to spread load (not for secrets): std's per-process
+/// random hash keys over a counter.
+pub(crate) fn random() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}

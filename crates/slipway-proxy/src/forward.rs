@@ -1,0 +1,731 @@
+//! One request through the proxy, as layers in this order: request id → route lookup
+//! (unknown host: 404 from Slipway, never an open proxy) → the route's header work
+//! (redirect to HTTPS, basic auth) → balancer (no serving backend: 503 + `Retry-After`) →
+//! the request to the backend (hop-by-hop headers out, `X-Forwarded-*`/`X-Real-IP` in,
+//! strip prefix, request headers) → the pooled client, with one retry on another backend
+//! of an idempotent bodiless request that failed before any response byte → the response
+//! (hop-by-hop out, response headers), its body streamed as it comes and counted in flight
+//! until it ends; a `101` joins the two upgraded connections.
+//!
+//! Invariants: no body is buffered (request and response bodies are passed as streams);
+//! a request holds the snapshot it looked up, so a swap mid-request changes nothing for
+//! it; the backend's in-flight count covers the response body and any tunnel, which is
+//! what a drain waits for.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::balance::{InFlight, Snapshot};
+use crate::route::{PlainHttp, Route, Scheme};
+use crate::serve::Config;
+use crate::table::RouteTable;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the proxy sends, both ways.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Hop-by-hop headers (RFC 9110 7.6.1, and the non-standard ones proxies also drop).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// The proxy: the live snapshot, the backend pool and the limits.
+#[derive(Debug)]
+pub struct Proxy {
+    live: ArcSwap<Snapshot>,
+    /// Swaps are serialized so each retires exactly what it replaced.
+    swap: std::sync::Mutex<()>,
+    client: Client<HttpConnector, Body>,
+    pub(crate) config: Config,
+}
+
+/// What the connection a request came on knows: who sent it, where, and whether it is
+/// idle (for the idle timeout).
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    active: AtomicUsize,
+    served: AtomicU64,
+    /// Milliseconds since `born` when the last request ended.
+    last_done: AtomicU64,
+    born: Instant,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            peer,
+            local,
+            active: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            last_done: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    /// No request open (responses streaming count as open) for `idle`.
+    pub fn idle_for(&self, idle: Duration) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && {
+            let done = Duration::from_millis(self.last_done.load(Ordering::Acquire));
+            self.born.elapsed().saturating_sub(done) >= idle
+        }
+    }
+
+    /// Whether a request came on this connection yet.
+    pub fn served_any(&self) -> bool {
+        self.served.load(Ordering::Acquire) > 0
+    }
+
+    fn begin(self: &Arc<Self>) -> Active {
+        self.served.fetch_add(1, Ordering::AcqRel);
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Active(self.clone())
+    }
+}
+
+/// A request open on its connection, until its response body ends.
+#[derive(Debug)]
+struct Active(Arc<ConnInfo>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let ms = self.0.born.elapsed().as_millis() as u64;
+        self.0.last_done.store(ms, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Proxy {
+    pub fn new(config: Config, table: RouteTable) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Proxy {
+            live: ArcSwap::from_pointee(Snapshot::build(table, None)),
+            swap: std::sync::Mutex::new(()),
+            client,
+            config,
+        }
+    }
+
+    /// Serves `table` from now on. Requests already in flight keep the snapshot they
+    /// started with; backends `table` no longer has get no new requests and are drained.
+    pub fn set_routes(&self, table: RouteTable) {
+        let _one_at_a_time = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.live.load_full();
+        let next = Arc::new(Snapshot::build(table, Some(&old)));
+        self.live.store(next.clone());
+        old.retire(&next, self.config.drain_timeout);
+    }
+
+    /// The snapshot being served.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Answers one request; never fails (errors are responses).
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Arc<ConnInfo>) -> Response<Body> {
+        let active = conn.begin();
+        let id = request_id(req.headers());
+        req.headers_mut().insert(X_REQUEST_ID, id.clone());
+        let mut resp = self.route(req, conn).await;
+        resp.headers_mut().insert(X_REQUEST_ID, id);
+        resp.map(|body| Tracked::wrap(body, None, Some(active)))
+    }
+
+    async fn route(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        self.route_attempt(req, conn, 0).await
+    }
+
+    async fn route_attempt(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        attempt: u8,
+    ) -> Response<Body> {
+        let Some(host) = request_host(&req) else {
+            return local(
+                StatusCode::BAD_REQUEST,
+                "this request names no host: send a Host header\n",
+            );
+        };
+        let snapshot = self.live.load_full();
+        let Some(index) = snapshot.table.lookup_index(&host, req.uri().path()) else {
+            return local(
+                StatusCode::NOT_FOUND,
+                &format!("no route for host `{host}` on this proxy (Slipway)\n"),
+            );
+        };
+        let route = &snapshot.table.routes()[index];
+        if route.tls.is_on() {
+            match route.options.http {
+                PlainHttp::Serve => {}
+                PlainHttp::Off => {
+                    return local(
+                        StatusCode::NOT_FOUND,
+                        &format!("`{host}` is served over HTTPS only\n"),
+                    );
+                }
+                PlainHttp::Redirect => return redirect_to_https(&host, req.uri()),
+            }
+        }
+        if let Some(auth) = &route.options.basic_auth
+            && !basic_auth_ok(auth, req.headers())
+        {
+            let mut resp = local(StatusCode::UNAUTHORIZED, "401 Unauthorized\n");
+            let challenge = format!("Basic realm=\"{}\"", auth.realm.replace('"', "'"));
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return resp;
+        }
+        let Some(guard) = snapshot
+            .pick(index, self.config.balance, None)
+            .and_then(|b| b.try_start())
+        else {
+            // The pick lost a race with a swap that drained its backend: the new table
+            // has this route's backends now.
+            if attempt == 0 && !Arc::ptr_eq(&snapshot, &self.live.load()) {
+                return Box::pin(self.route_attempt(req, conn, 1)).await;
+            }
+            let mut resp = local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no backend of `{}` is serving; retry shortly\n", route.key),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return resp;
+        };
+        self.forward(req, conn, &snapshot, index, route, &host, guard)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+        snapshot: &Snapshot,
+        index: usize,
+        route: &Route,
+        host: &str,
+        guard: InFlight,
+    ) -> Response<Body> {
+        let upgrade = upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let headers = self.backend_headers(&parts.headers, conn, host, route, upgrade.as_ref());
+        let path = backend_path(&parts.uri, route);
+        // A bodiless idempotent request can be sent again as it was; one whose body has
+        // started streaming cannot.
+        let retryable = is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);
+        let mut body = Some(body.map_err(BoxError::from).boxed());
+        let mut backend = guard.backend().clone();
+        let mut guard = Some(guard);
+        let mut retried = false;
+        let (resp, guard) = loop {
+            if backend.scheme == Scheme::Https {
+                return local(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "backend {} speaks HTTPS, which this proxy does not reach yet: \
+                         give the route an http:// backend\n",
+                        backend.address
+                    ),
+                );
+            }
+            let uri = match Uri::try_from(format!("http://{}{path}", backend.address)) {
+                Ok(u) => u,
+                Err(e) => {
+                    return local(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the request's path cannot be sent on: {e}\n"),
+                    );
+                }
+            };
+            let mut out = Request::new(body.take().unwrap_or_else(empty));
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = uri;
+            // The pool speaks HTTP/1.1 to backends whatever the client spoke to us.
+            *out.version_mut() = Version::HTTP_11;
+            *out.headers_mut() = headers.clone();
+            let Some(counted) = guard.take().or_else(|| backend.try_start()) else {
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("backend {} is gone; retry shortly\n", backend.address),
+                );
+            };
+            match self.client.request(out).await {
+                Ok(resp) => break (resp, counted),
+                Err(e) => {
+                    drop(counted);
+                    let next = if retryable && !retried {
+                        snapshot
+                            .pick(index, self.config.balance, Some(&backend))
+                            .and_then(|b| b.try_start())
+                    } else {
+                        None
+                    };
+                    match next {
+                        Some(other) => {
+                            tracing::debug!(backend = %backend.address, error = %e, "retrying on {}", other.backend().address);
+                            backend = other.backend().clone();
+                            guard = Some(other);
+                            retried = true;
+                        }
+                        None => {
+                            tracing::warn!(backend = %backend.address, error = %e, "backend failed");
+                            return local(
+                                StatusCode::BAD_GATEWAY,
+                                &format!(
+                                    "backend {} failed: {}\n",
+                                    backend.address,
+                                    error_chain(&e)
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        };
+        self.respond(resp, guard, route, client_upgrade)
+    }
+
+    fn respond(
+        &self,
+        mut resp: Response<Incoming>,
+        guard: InFlight,
+        route: &Route,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let kept_upgrade = if switching {
+            resp.headers().get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        set_headers(resp.headers_mut(), &route.options.response_headers);
+        if let (true, Some(client_upgrade), Some(protocol)) =
+            (switching, client_upgrade, kept_upgrade)
+        {
+            resp.headers_mut().insert(header::UPGRADE, protocol);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, backend_upgrade, guard));
+            return resp.map(|_| empty());
+        }
+        resp.map(|body| Tracked::wrap(body.map_err(BoxError::from).boxed(), Some(guard), None))
+    }
+
+    /// The headers sent to the backend.
+    fn backend_headers(
+        &self,
+        incoming: &HeaderMap,
+        conn: &ConnInfo,
+        host: &str,
+        route: &Route,
+        upgrade: Option<&HeaderValue>,
+    ) -> HeaderMap {
+        let mut h = incoming.clone();
+        strip_hop_by_hop(&mut h);
+        h.remove(header::UPGRADE);
+        if let Some(protocol) = upgrade {
+            h.insert(header::UPGRADE, protocol.clone());
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        // HTTP/2 carries the host in `:authority`; backends read `Host`.
+        if !h.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(host)
+        {
+            h.insert(header::HOST, v);
+        }
+        let peer = conn.peer.ip();
+        let trusted = self.config.trusted_proxies.iter().any(|c| c.contains(peer));
+        let peer_text = peer.to_string();
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        let forwarded_for = match (trusted, incoming.get(&X_FORWARDED_FOR)) {
+            (true, Some(prev)) => prev
+                .to_str()
+                .ok()
+                .and_then(|p| value(&format!("{p}, {peer_text}"))),
+            _ => value(&peer_text),
+        };
+        if !trusted {
+            for name in [
+                &X_FORWARDED_PROTO,
+                &X_FORWARDED_HOST,
+                &X_FORWARDED_PORT,
+                &X_REAL_IP,
+            ] {
+                h.remove(name);
+            }
+        }
+        if let Some(v) = forwarded_for {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+        let defaults = [
+            (X_FORWARDED_PROTO, value("http")),
+            (
+                X_FORWARDED_HOST,
+                incoming.get(header::HOST).cloned().or_else(|| value(host)),
+            ),
+            (X_FORWARDED_PORT, value(&conn.local.port().to_string())),
+            (X_REAL_IP, value(&peer_text)),
+        ];
+        for (name, v) in defaults {
+            if !h.contains_key(&name)
+                && let Some(v) = v
+            {
+                h.insert(name, v);
+            }
+        }
+        set_headers(&mut h, &route.options.request_headers);
+        h
+    }
+}
+
+/// Joins the client's and the backend's upgraded connections until either closes or the
+/// backend's drain is over.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    guard: InFlight,
+) {
+    let cut = guard.cut();
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend_io = TokioIo::new(backend);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut backend_io) => {
+            if let Err(e) = r {
+                tracing::debug!(backend = %guard.backend().address, error = %e, "tunnel closed");
+            }
+        }
+        () = cut.cancelled() => {
+            tracing::info!(backend = %guard.backend().address, "tunnel cut at the drain timeout");
+        }
+    }
+    drop(guard);
+}
+
+/// A body that holds its request's counters until it ends (or is dropped), and ends with
+/// an error if its backend's drain timeout passes first.
+struct Tracked {
+    inner: Body,
+    _backend: Option<InFlight>,
+    _active: Option<Active>,
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl Tracked {
+    fn wrap(inner: Body, backend: Option<InFlight>, active: Option<Active>) -> Body {
+        let cut = backend
+            .as_ref()
+            .map(|b| Box::pin(b.cut().cancelled_owned()));
+        Tracked {
+            inner,
+            _backend: backend,
+            _active: active,
+            cut,
+        }
+        .boxed()
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(cut) = self.cut.as_mut()
+            && cut.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err("the backend's drain timeout passed".into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A response Slipway itself gives (404, 503, ...).
+fn local(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text.to_owned()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn redirect_to_https(host: &str, uri: &Uri) -> Response<Body> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = crate::table::normalize_host(host);
+    let target = format!("https://{host}{path}");
+    let mut resp = local(StatusCode::PERMANENT_REDIRECT, &format!("{target}\n"));
+    if let Ok(v) = HeaderValue::from_str(&target) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// The host a request is for: its `Host` header, else its URI's authority (HTTP/2).
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .filter(|h| !h.is_empty())
+}
+
+/// The request's id when it sent a sane one, else a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = format!(
+                "{:016x}{:016x}",
+                crate::balance::random(),
+                crate::balance::random()
+            );
+            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        })
+}
+
+/// `Upgrade`'s value when the request asks for one (`Connection: upgrade`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        h.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+    h.remove(header::UPGRADE);
+}
+
+/// Sets each header; an empty value removes it (as Traefik's `customRequestHeaders`).
+fn set_headers(h: &mut HeaderMap, set: &std::collections::BTreeMap<String, String>) {
+    for (name, value) in set {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        if value.is_empty() {
+            h.remove(&name);
+        } else if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+}
+
+/// The path and query sent to the backend: the route's first matching strip prefix
+/// removed (what is left starts with `/`).
+fn backend_path(uri: &Uri, route: &Route) -> String {
+    let path = uri.path();
+    let stripped = route
+        .options
+        .strip_prefixes
+        .iter()
+        .find_map(|p| {
+            let p = p.trim_end_matches('/');
+            let rest = path.strip_prefix(p)?;
+            (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+        })
+        .unwrap_or(path);
+    let mut out = if stripped.starts_with('/') {
+        stripped.to_owned()
+    } else {
+        format!("/{stripped}")
+    };
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+fn basic_auth_ok(auth: &crate::auth::BasicAuth, headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    let Some(encoded) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(decoded) else {
+        return false;
+    };
+    let Some((name, password)) = text.split_once(':') else {
+        return false;
+    };
+    auth.check(name, password)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address) whose forwarded headers are
+/// trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let t = text.trim();
+        let (ip, bits) = match t.split_once('/') {
+            Some((ip, bits)) => (ip, Some(bits)),
+            None => (t, None),
+        };
+        let net: IpAddr = ip.parse().map_err(|_| {
+            format!("`{text}` is not an IP network: write e.g. 10.0.0.0/8 or 192.168.1.5")
+        })?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => match b.parse::<u8>() {
+                Ok(b) if b <= max => b,
+                _ => return Err(format!("`{text}`: the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.bits)
+    }
+}
