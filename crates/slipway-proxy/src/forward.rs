@@ -12,6 +12,7 @@
 //! it; the backend's in-flight count covers the response body and any tunnel, which is
 //! what a drain waits for.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::balance::{InFlight, Snapshot};
-use crate::route::{PlainHttp, Route, Scheme};
+use crate::route::{PlainHttp, Route, RouteSet, Scheme};
 use crate::serve::Config;
 use crate::table::RouteTable;
 
@@ -63,8 +64,10 @@ const HOP_BY_HOP: [&str; 8] = [
 #[derive(Debug)]
 pub struct Proxy {
     live: ArcSwap<Snapshot>,
-    /// Swaps are serialized so each retires exactly what it replaced.
-    swap: std::sync::Mutex<()>,
+    /// Each provider's routes (`file`, `docker`, `deploy:STACK`, `public-url`, …), merged
+    /// into the live table on every change; the lock also serializes swaps so each retires
+    /// exactly what it replaced.
+    providers: std::sync::Mutex<BTreeMap<String, RouteSet>>,
     client: Client<HttpConnector, Body>,
     pub(crate) config: Config,
 }
@@ -136,7 +139,7 @@ impl Proxy {
             .build(connector);
         Proxy {
             live: ArcSwap::from_pointee(Snapshot::build(table, None)),
-            swap: std::sync::Mutex::new(()),
+            providers: std::sync::Mutex::new(BTreeMap::new()),
             client,
             config,
         }
@@ -144,8 +147,27 @@ impl Proxy {
 
     /// Serves `table` from now on. Requests already in flight keep the snapshot they
     /// started with; backends `table` no longer has get no new requests and are drained.
+    /// Callers that own one provider's routes use [`Proxy::set_provider`] instead; this
+    /// replaces everything, providers' routes included, until the next provider change.
     pub fn set_routes(&self, table: RouteTable) {
-        let _one_at_a_time = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.providers.lock().unwrap_or_else(|p| p.into_inner());
+        self.swap_in(table);
+    }
+
+    /// Replaces the routes of one provider (an empty set removes them) and serves the merge
+    /// of every provider's routes from now on, as [`Proxy::set_routes`] does.
+    pub fn set_provider(&self, provider: &str, routes: RouteSet) {
+        let mut providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
+        if routes.routes.is_empty() {
+            providers.remove(provider);
+        } else {
+            providers.insert(provider.to_owned(), routes);
+        }
+        self.swap_in(RouteTable::build(providers.values().cloned()));
+    }
+
+    /// Holding the providers' lock.
+    fn swap_in(&self, table: RouteTable) {
         let old = self.live.load_full();
         let next = Arc::new(Snapshot::build(table, Some(&old)));
         self.live.store(next.clone());

@@ -797,3 +797,40 @@ async fn h2c_prior_knowledge_is_served() {
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(&body[..], b"a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_provider_replaces_only_its_own_routes() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let p = start_proxy(Config::default(), "routes: []").await;
+    let set = |host: &str, backend: SocketAddr| {
+        let t = table(&format!(
+            "routes:\n  - host: {host}\n    backends: [\"{backend}\"]\n"
+        ));
+        slipway_proxy::RouteSet {
+            routes: t.routes().to_vec(),
+        }
+    };
+    p.proxy.set_provider("file", set("a.test", a.addr));
+    p.proxy.set_provider("docker", set("b.test", b.addr));
+    let c = client();
+    assert_eq!(
+        get(&c, p.addr, "a.test", "/").await.headers()["x-backend"],
+        "a"
+    );
+    assert_eq!(
+        get(&c, p.addr, "b.test", "/").await.headers()["x-backend"],
+        "b"
+    );
+    p.proxy
+        .set_provider("docker", slipway_proxy::RouteSet::default());
+    assert_eq!(
+        get(&c, p.addr, "a.test", "/").await.headers()["x-backend"],
+        "a"
+    );
+    assert_eq!(
+        get(&c, p.addr, "b.test", "/").await.status(),
+        404,
+        "an emptied provider's routes are gone"
+    );
+}
