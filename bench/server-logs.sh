@@ -47,7 +47,7 @@ git -C "$src" -c user.name=b -c user.email=b@example.invalid commit -q -m bench
 git clone -q --bare "$src" "$work/app.git"
 
 mkfifo "$work/up.out"
-RUST_LOG=warn "$bin" up --listen 127.0.0.1:0 --json --admin-token "$ADMIN" \
+RUST_LOG=warn "$bin" up --listen 127.0.0.1:0 --no-proxy --json --admin-token "$ADMIN" \
   --data-dir "$work/data" --capacity 1 >"$work/up.out" 2>"$work/up.log" &
 up_pid=$!
 pids+=("$up_pid")

@@ -55,7 +55,7 @@ git clone -q --bare "$src" "$work/app.git"
 
 # --- slipway up ---
 mkfifo "$work/up.out"
-RUST_LOG=warn "$bin" up --listen 127.0.0.1:0 --json --admin-token "$ADMIN" \
+RUST_LOG=warn "$bin" up --listen 127.0.0.1:0 --no-proxy --json --admin-token "$ADMIN" \
   --data-dir "$work/data" --capacity 1 >"$work/up.out" 2>"$work/up.log" &
 pids+=("$!")
 exec 3<"$work/up.out"

@@ -237,6 +237,20 @@ impl Snapshot {
         }
     }
 
+    /// The live backends of set `set` of route `route` (indexes of the table), in the
+    /// table's order, for listings.
+    pub fn set_backends(
+        &self,
+        route: usize,
+        set: usize,
+    ) -> impl Iterator<Item = &Arc<LiveBackend>> {
+        self.routes
+            .get(route)
+            .and_then(|r| r.sets.get(set))
+            .into_iter()
+            .flat_map(|s| s.backends.iter().map(|(b, _)| b))
+    }
+
     /// Every live backend, for listings.
     pub fn backends(&self) -> impl Iterator<Item = &Arc<LiveBackend>> {
         self.backends.values()

@@ -30,20 +30,24 @@ pub mod auth;
 pub mod balance;
 pub mod compose;
 pub mod diagnostic;
+pub mod edge;
 pub mod file;
 pub mod forward;
 pub mod labels;
 pub mod route;
 pub mod rule;
 pub mod serve;
+pub mod status;
 pub mod table;
 
 pub use balance::{BackendState, Balance};
 pub use diagnostic::{Diagnostic, Severity};
+pub use edge::{Edge, EdgeConfig, EdgeError};
 pub use forward::{Cidr, Proxy};
 pub use labels::Workload;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
 };
 pub use serve::{Config, serve_http};
+pub use status::{CertificateStatus, ProxyStatus};
 pub use table::{Conflict, RouteTable};

@@ -9,6 +9,9 @@ use std::time::Duration;
 pub struct ServerConfig {
     /// `slipway.db`, `logs/`, `mirrors/`, `registry/`, `secret.key` live here.
     pub data_dir: PathBuf,
+    /// The edge proxy this process runs (`slipway up`), shown by `/api/proxy/routes` and
+    /// the web UI's proxy page; `None` with `--no-proxy` and in `slipway server`.
+    pub edge: Option<std::sync::Arc<slipway_proxy::Edge>>,
     /// `postgres://…` or `sqlite://…`; `None`: SQLite at `<data_dir>/slipway.db`.
     pub database_url: Option<String>,
     /// The URL people and git hosts reach the server at (links, webhook URL, statuses).
@@ -70,6 +73,7 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, public_url: impl Into<String>) -> ServerConfig {
         ServerConfig {
             data_dir: data_dir.into(),
+            edge: None,
             database_url: None,
             public_url: public_url.into(),
             admin_token: None,

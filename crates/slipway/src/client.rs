@@ -191,6 +191,48 @@ pub enum BuildCommand {
     },
 }
 
+/// `slipway proxy routes`: one line a route, then its backends indented.
+pub fn proxy_routes(api: ApiArgs) -> Result<ExitCode> {
+    let client = Client::new(&api)?;
+    let status = client.json(reqwest::Method::GET, "/api/proxy/routes", None)?;
+    if api.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    for r in status["routes"].as_array().into_iter().flatten() {
+        let cert = &r["tls"]["certificate"];
+        let tls = match (cert["present"].as_bool(), cert["last_error"].as_str()) {
+            (_, Some(err)) => format!("{} (error: {err})", text(&r["tls"]["mode"])),
+            (Some(true), _) => format!(
+                "{} (until {})",
+                text(&r["tls"]["mode"]),
+                text(&cert["not_after"])
+            ),
+            _ => text(&r["tls"]["mode"]),
+        };
+        println!(
+            "{}{}  tls={tls}  ({})",
+            text(&r["host"]),
+            text(&r["path"]),
+            text(&r["source"])
+        );
+        for b in r["backends"].as_array().into_iter().flatten() {
+            println!(
+                "  {}  {}  weight {}  {} in flight",
+                text(&b["address"]),
+                text(&b["state"]),
+                b["weight"],
+                b["in_flight"]
+            );
+        }
+    }
+    for c in status["conflicts"].as_array().into_iter().flatten() {
+        eprintln!("conflict: {c}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 struct Client {
     base: String,
     token: String,

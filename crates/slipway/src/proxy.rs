@@ -5,9 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -22,6 +21,12 @@ pub enum ProxyCommand {
     RoutesFrom(RoutesFromArgs),
     /// Check a routes file (`--routes FILE`); prints its routes, or FILE:LINE:COL errors.
     Check(CheckArgs),
+    /// The routes a running `slipway up` serves: host, path, source, TLS, and each
+    /// backend's state and in-flight requests (`GET /api/proxy/routes`).
+    Routes {
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -96,142 +101,109 @@ pub fn run(command: Option<ProxyCommand>, serve_args: ServeArgs) -> Result<ExitC
     match command {
         Some(ProxyCommand::RoutesFrom(args)) => routes_from(args),
         Some(ProxyCommand::Check(args)) => check(args),
+        Some(ProxyCommand::Routes { api }) => crate::client::proxy_routes(api),
         None => serve(serve_args),
     }
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let trusted_proxies = args
-        .trusted_proxies
-        .iter()
-        .map(|c| {
-            slipway_proxy::Cidr::parse(c).map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))
+impl ServeArgs {
+    /// The proxy's limits and choices from the flags.
+    fn proxy_config(&self) -> Result<slipway_proxy::Config> {
+        let trusted_proxies = trusted_proxies(&self.trusted_proxies, "--trusted-proxies")?;
+        Ok(slipway_proxy::Config {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            connect_timeout: self.connect_timeout,
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+            trusted_proxies,
+            balance: match self.balance {
+                BalanceArg::RoundRobin => slipway_proxy::Balance::RoundRobin,
+                BalanceArg::LeastRequests => slipway_proxy::Balance::LeastRequests,
+            },
         })
-        .collect::<Result<Vec<_>>>()?;
-    let config = slipway_proxy::Config {
-        header_read_timeout: args.header_read_timeout,
-        idle_timeout: args.idle_timeout,
-        connect_timeout: args.connect_timeout,
-        max_connections: args.max_connections,
-        drain_timeout: args.drain_timeout,
-        trusted_proxies,
-        balance: match args.balance {
-            BalanceArg::RoundRobin => slipway_proxy::Balance::RoundRobin,
-            BalanceArg::LeastRequests => slipway_proxy::Balance::LeastRequests,
-        },
-    };
-    // A broken file at start has no previous routes to keep: refuse to start.
-    let mut watched = None;
-    let table = match &args.routes {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the routes file {}", path.display()))?;
-            match slipway_proxy::file::parse(&text, &path.display().to_string()) {
-                Ok(set) => {
-                    watched = Some(text);
-                    report_table(RouteTable::build([set]))
-                }
-                Err(diagnostics) => {
-                    diagnostics.iter().for_each(|d| eprintln!("{d}"));
-                    bail!(
-                        "{} has errors (above): fix them, or check it with `slipway proxy check {}`",
-                        path.display(),
-                        path.display()
-                    );
-                }
-            }
+    }
+}
+
+/// `--trusted-proxies` (or `flag`) as CIDRs.
+pub fn trusted_proxies(list: &[String], flag: &str) -> Result<Vec<slipway_proxy::Cidr>> {
+    list.iter()
+        .map(|c| slipway_proxy::Cidr::parse(c).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+        .collect()
+}
+
+/// The flags that name each listener, for the caller's messages.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeFlags {
+    pub http: &'static str,
+    pub https: &'static str,
+    pub routes: &'static str,
+}
+
+/// Starts the edge; errors say which flag to change, with a hint.
+pub async fn start_edge(
+    config: slipway_proxy::EdgeConfig,
+    flags: EdgeFlags,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<slipway_proxy::Edge> {
+    use slipway_proxy::edge::Listener;
+    match slipway_proxy::Edge::start(config, shutdown).await {
+        Ok(edge) => Ok(edge),
+        Err(slipway_proxy::EdgeError::Bind {
+            listener,
+            addr,
+            source,
+        }) => {
+            let (flag, example) = match listener {
+                Listener::Http => (flags.http, "127.0.0.1:8000"),
+                Listener::Https => (flags.https, "127.0.0.1:8443"),
+            };
+            bail!(
+                "cannot listen on {addr} for {flag}: {source}; \
+                 pick a free port you may bind, e.g. {flag} {example}"
+            )
         }
-        None => RouteTable::default(),
+        Err(slipway_proxy::EdgeError::RoutesFile { path, diagnostics }) => {
+            diagnostics.iter().for_each(|d| eprintln!("{d}"));
+            bail!(
+                "{} (given to {}) has errors (above): fix them, or check it with `slipway proxy check {}`",
+                path.display(),
+                flags.routes,
+                path.display()
+            )
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let config = slipway_proxy::EdgeConfig {
+        http: Some(args.http),
+        routes_file: args.routes.clone(),
+        proxy: args.proxy_config()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.http)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on {} for --http: {e}; \
-                 pick a free port you may bind, e.g. --http 127.0.0.1:8000",
-                    args.http
-                )
-            })?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        let proxy = Arc::new(slipway_proxy::Proxy::new(config, table));
-        println!("slipway proxy listening on http://{addr}");
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let flags = EdgeFlags {
+            http: "--http",
+            https: "--https",
+            routes: "--routes",
+        };
+        let edge = start_edge(config, flags, shutdown.clone()).await?;
+        if let Some(addr) = edge.http_addr() {
+            println!("slipway proxy listening on http://{addr}");
+        }
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             on_signal.cancel();
         });
-        if let (Some(path), Some(text)) = (args.routes.clone(), watched) {
-            tokio::spawn(watch_routes(proxy.clone(), path, text));
-        }
-        slipway_proxy::serve_http(proxy, listener, shutdown).await;
+        edge.wait().await;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Polls the routes file every second; a changed file that parses replaces the routes,
-/// one with errors is reported and the routes in use stay.
-async fn watch_routes(proxy: Arc<slipway_proxy::Proxy>, path: PathBuf, mut last: String) {
-    let mut missing_reported = false;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => {
-                missing_reported = false;
-                t
-            }
-            Err(e) => {
-                // An editor that writes a new file and renames it leaves a moment without
-                // one: report once, keep serving.
-                if !missing_reported {
-                    eprintln!(
-                        "{}: cannot read the routes file ({e}); the previous routes keep serving",
-                        path.display()
-                    );
-                    missing_reported = true;
-                }
-                continue;
-            }
-        };
-        if text == last {
-            continue;
-        }
-        match reload(&path, &text) {
-            Some(table) => {
-                let n = table.routes().len();
-                proxy.set_routes(report_table(table));
-                eprintln!("{}: applied, {n} route(s)", path.display());
-            }
-            None => eprintln!(
-                "{}: not applied; the previous routes keep serving",
-                path.display()
-            ),
-        }
-        last = text;
-    }
-}
-
-fn reload(path: &Path, text: &str) -> Option<RouteTable> {
-    match slipway_proxy::file::parse(text, &path.display().to_string()) {
-        Ok(set) => Some(RouteTable::build([set])),
-        Err(diagnostics) => {
-            diagnostics.iter().for_each(|d| eprintln!("{d}"));
-            None
-        }
-    }
-}
-
-/// Says what a table holds that a user should know before it serves.
-fn report_table(table: RouteTable) -> RouteTable {
-    for c in table.conflicts() {
-        eprintln!("conflict: {c}");
-    }
-    table
 }
 
 fn routes_from(args: RoutesFromArgs) -> Result<ExitCode> {

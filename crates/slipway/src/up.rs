@@ -101,6 +101,45 @@ pub struct UpArgs {
     /// run directly on this host, as this process's user (root, next to the data dir).
     #[arg(long)]
     pub runner_allow_exec: bool,
+    #[command(flatten)]
+    pub proxy: UpProxyArgs,
+}
+
+/// The edge proxy of `slipway up`.
+#[derive(Debug, Args)]
+pub struct UpProxyArgs {
+    /// Where the edge proxy serves plain HTTP to the team's apps.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
+    pub proxy_http: SocketAddr,
+    /// A routes file for the proxy, watched and applied live.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_routes: Option<PathBuf>,
+    /// Peers whose X-Forwarded-* and X-Real-IP headers the proxy keeps (CIDRs).
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub proxy_trusted_proxies: Vec<String>,
+    /// Run no edge proxy.
+    #[arg(long, conflicts_with_all = ["proxy_http", "proxy_routes"])]
+    pub no_proxy: bool,
+}
+
+impl UpProxyArgs {
+    fn edge_config(&self) -> Result<Option<slipway_proxy::EdgeConfig>> {
+        if self.no_proxy {
+            return Ok(None);
+        }
+        let proxy = slipway_proxy::Config {
+            trusted_proxies: crate::proxy::trusted_proxies(
+                &self.proxy_trusted_proxies,
+                "--proxy-trusted-proxies",
+            )?,
+            ..slipway_proxy::Config::default()
+        };
+        Ok(Some(slipway_proxy::EdgeConfig {
+            http: Some(self.proxy_http),
+            routes_file: self.proxy_routes.clone(),
+            proxy,
+        }))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -215,7 +254,8 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         labels: parse_labels(&args.labels)?,
         allow_exec: args.runner_allow_exec,
     };
-    serve(args.server, Some(embedded))
+    let edge = args.proxy.edge_config()?;
+    serve(args.server, Some(embedded), edge)
 }
 
 /// What `slipway up` asks of its embedded runner.
@@ -227,15 +267,42 @@ struct EmbeddedRunner {
 }
 
 pub fn server(args: ServerArgs) -> Result<ExitCode> {
-    serve(args, None)
+    serve(args, None, None)
 }
 
-fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode> {
+fn serve(
+    args: ServerArgs,
+    embedded: Option<EmbeddedRunner>,
+    edge: Option<slipway_proxy::EdgeConfig>,
+) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let shutdown = shutdown_on_signal();
+        // The proxy's ports are bound before anything else opens, so a taken port is the
+        // first thing said.
+        let edge = match edge {
+            Some(config) => {
+                let flags = crate::proxy::EdgeFlags {
+                    http: "--proxy-http",
+                    https: "--proxy-https",
+                    routes: "--proxy-routes",
+                };
+                let edge = crate::proxy::start_edge(config, flags, shutdown.clone()).await?;
+                if let Some(public_url) = &args.public_url {
+                    match slipway_proxy::edge::public_url_routes(public_url, addr) {
+                        Ok(set) => edge
+                            .proxy()
+                            .set_provider(slipway_proxy::edge::PUBLIC_URL_PROVIDER, set),
+                        Err(e) => tracing::warn!("the proxy does not serve Slipway itself: {e}"),
+                    }
+                }
+                Some(std::sync::Arc::new(edge))
+            }
+            None => None,
+        };
         let local = if addr.ip().is_unspecified() {
             format!("http://127.0.0.1:{}", addr.port())
         } else {
@@ -256,10 +323,10 @@ fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode>
         config.registry_anonymous_pull = args.registry_anonymous_pull.clone();
         config.registry_notify = args.registry_notify.clone();
         config.native_plugins = !args.no_native_plugins;
+        config.edge = edge.clone();
         let server = Server::open(config)
             .await
             .with_context(|| format!("opening the server's data in {}", args.data_dir.display()))?;
-        let shutdown = shutdown_on_signal();
         server.spawn_background(shutdown.clone());
 
         let admin = server.first_admin_token().map(str::to_owned);
@@ -271,6 +338,7 @@ fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode>
                     "listen": addr.to_string(),
                     "admin_token": admin,
                     "runner_token": if embedded.is_none() { Some(&server.state.runner_token) } else { None },
+                    "proxy_http": edge.as_ref().and_then(|e| e.http_addr()).map(|a| a.to_string()),
                 })
             );
         } else {
@@ -286,6 +354,9 @@ fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode>
                 println!("runner token: {}", server.state.runner_token);
             }
             println!("webhook URL for git hosts: {}/hook", public_url.trim_end_matches('/'));
+            if let Some(addr) = edge.as_ref().and_then(|e| e.http_addr()) {
+                println!("edge proxy: http://{addr}");
+            }
         }
 
         let router = server.router();
@@ -318,7 +389,11 @@ fn serve(args: ServerArgs, embedded: Option<EmbeddedRunner>) -> Result<ExitCode>
                 }
             });
         }
-        match http.await {
+        let served = http.await;
+        if let Some(edge) = &edge {
+            edge.wait().await;
+        }
+        match served {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => Err(anyhow::Error::new(e).context("the HTTP task")),
         }

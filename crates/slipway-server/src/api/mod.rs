@@ -10,6 +10,7 @@
 //! | `/`, `/repos/…`, `/runners`, `/registry…` GET | the web UI ([`pages`]) | the `slipway_session` cookie (a server-side session, [`guard`]) |
 //! | the UI's POSTs (forms, `/logout`) | the web UI ([`pages`]) | the session cookie, a same-origin request (`Sec-Fetch-Site` / `Origin`) and the session's form token (`csrf`) |
 //! | `POST /login` | opens a session for an admin token | a same-origin request |
+//! | `GET /api/proxy/routes` | the edge proxy's routes ([`rest::proxy_routes`]) | an admin token |
 //! | `/healthz` | health | none |
 //! | `/metrics` | Prometheus | none, or `Authorization: Bearer <--metrics-token>` when set |
 //!
@@ -61,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(rest::repo_delete),
         )
         .route("/api/runners", get(rest::list_runners))
+        .route("/api/proxy/routes", get(rest::proxy_routes))
         .route("/api/tokens", get(rest::list_tokens).post(rest::add_token))
         .route("/api/registry/gc", post(rest::registry_gc))
         .route(

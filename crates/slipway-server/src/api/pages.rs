@@ -34,6 +34,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/repos/{*path}", get(repo_page).post(repo_form))
         .route("/runners", get(runners_page))
         .route("/registry", get(registry_page))
+        .route("/proxy", get(proxy_page))
         .route(
             "/registry/{*path}",
             get(registry_repo_page).post(registry_form),
@@ -538,6 +539,17 @@ async fn repo_form_inner(
         }
         _ => return Err(ApiError::not_found("no such page")),
     })
+}
+
+async fn proxy_page(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> Response {
+    let ctx = match &state.config.edge {
+        Some(edge) => {
+            let status = edge.status();
+            json!({"running": true, "routes": status.routes, "conflicts": status.conflicts})
+        }
+        None => json!({"running": false, "routes": [], "conflicts": []}),
+    };
+    render(&state, "proxy.html", "Proxy", Some(&user), ctx)
 }
 
 async fn runners_page(State(state): State<Arc<AppState>>, PageUser(user): PageUser) -> Response {

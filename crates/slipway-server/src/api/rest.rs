@@ -149,6 +149,20 @@ pub async fn list_runners(
     ))
 }
 
+/// `GET /api/proxy/routes`: the edge proxy's routes, backends and TLS (404 when this
+/// server runs none).
+pub async fn proxy_routes(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+) -> Result<Json<slipway_proxy::ProxyStatus>, ApiError> {
+    match &state.config.edge {
+        Some(edge) => Ok(Json(edge.status())),
+        None => Err(ApiError::not_found(
+            "this server runs no proxy (it was started with --no-proxy, or as `slipway server`)",
+        )),
+    }
+}
+
 pub async fn find_repo(state: &AppState, name: &str) -> Result<Repo, ApiError> {
     state
         .store

@@ -33,6 +33,7 @@
 //! | `settings.html` | `repo: Repo`, `webhook_url: String` |
 //! | `new_repo.html` | nothing else |
 //! | `runners.html` | `runners: [{runner: Runner, online: bool, running: Int}]` |
+//! | `proxy.html` | `running: bool`, `routes: [RouteStatus]`, `conflicts: [Conflict]` (`slipway_proxy::status`) |
 //! | `registry.html` | `repositories: [{name: String, tags: Int}]` |
 //! | `registry_repo.html` | `name: String`, `registry_host: String`, `tags: [{tag, digest, size: Int (bytes), pushed: ms}]` |
 //! | `login.html` | `error: String \| null` |
@@ -112,6 +113,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("new_repo.html", include_str!("templates/new_repo.html")),
     ("runners.html", include_str!("templates/runners.html")),
     ("registry.html", include_str!("templates/registry.html")),
+    ("proxy.html", include_str!("templates/proxy.html")),
     (
         "registry_repo.html",
         include_str!("templates/registry_repo.html"),
@@ -603,6 +605,24 @@ mod tests {
                 "runners.html",
                 json!({"title": "Runners", "user": user, "csrf": "a-form-token",
                 "runners": [{"runner": runner, "online": true, "running": 1}]}),
+            ),
+            (
+                "proxy.html",
+                json!({"title": "Proxy", "user": user, "csrf": "a-form-token", "running": true,
+                "routes": [{"host": "app.example.com", "path": "/api", "priority": 0,
+                    "source": "labels of container web-1", "origin": "router web",
+                    "tls": {"mode": "acme", "certificate": {"present": false,
+                        "last_error": "urn:ietf:params:acme:error:connection", "last_error_at": "2026-12-07T08:00:00Z",
+                        "next_attempt": "2026-12-07T08:05:00Z"}},
+                    "backends": [{"address": "172.18.0.2:80", "set": "default", "set_weight": 1,
+                        "weight": 1, "state": "serving", "in_flight": 2}]}],
+                "conflicts": [{"key": {"host": "app.example.com"}, "winner": {"kind": "file"},
+                    "loser": {"kind": "labels"}, "reason": "different backends"}]}),
+            ),
+            (
+                "proxy.html",
+                json!({"title": "Proxy", "user": user, "csrf": "a-form-token", "running": false,
+                "routes": [], "conflicts": []}),
             ),
             (
                 "registry.html",

@@ -1,4 +1,5 @@
-//! `slipway proxy routes-from` and `slipway proxy check` as a user runs them.
+//! `slipway proxy` (serving, `routes-from`, `check`, `routes`) and the proxy of `slipway up`,
+//! as a user runs them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -387,4 +388,140 @@ fn slipway_proxy_refuses_a_taken_port_and_a_broken_file_with_hints() {
     assert!(!out.status.success());
     assert!(err.contains(&format!("{}:3:", routes.display())), "{err}");
     assert!(err.contains("slipway proxy check"), "{err}");
+}
+
+#[test]
+fn slipway_up_serves_the_proxy_and_reports_its_routes() {
+    let a = name_backend("A");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes_file = written(
+        &dir,
+        "routes.yml",
+        &format!("routes:\n  - host: app.test\n    backends: [\"{a}\"]\n"),
+    );
+    let data = dir.path().join("data");
+    let up = super::server::start_up(
+        &data,
+        &[
+            "--proxy-http",
+            "127.0.0.1:0",
+            "--proxy-routes",
+            routes_file.to_str().expect("utf-8 path"),
+            "--public-url",
+            "http://ci.test",
+        ],
+    );
+    let edge = up.facts["proxy_http"]
+        .as_str()
+        .expect("proxy_http in the start-up facts")
+        .to_owned();
+    assert_eq!(get_through(&edge, "app.test"), (200, "A".to_owned()));
+    let (status, _) = get_through(&edge, "nobody.test");
+    assert_eq!(status, 404, "an unknown host is not proxied anywhere");
+    // --public-url's host is Slipway itself.
+    let c = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let health = c
+        .get(format!("http://{edge}/healthz"))
+        .header("host", "ci.test")
+        .send()
+        .expect("slipway through its proxy");
+    assert_eq!(health.text().unwrap_or_default(), "ok\n");
+
+    // --public-url names a host this machine cannot resolve: talk to the listener.
+    let server = format!("http://{}", up.facts["listen"].as_str().expect("listen"));
+    let out = slipway()
+        .args([
+            "proxy",
+            "routes",
+            "--json",
+            "--server",
+            &server,
+            "--token",
+            super::server::ADMIN,
+        ])
+        .output()
+        .expect("run");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let status: Value = serde_json::from_str(&stdout).expect("JSON");
+    let routes = status["routes"].as_array().expect("routes");
+    let app = routes
+        .iter()
+        .find(|r| r["host"] == "app.test")
+        .unwrap_or_else(|| panic!("app.test in {status}"));
+    assert!(
+        app["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("file ")),
+        "{app}"
+    );
+    assert_eq!(app["backends"][0]["address"], a.to_string());
+    assert_eq!(app["backends"][0]["state"], "serving");
+    let ci = routes
+        .iter()
+        .find(|r| r["host"] == "ci.test")
+        .unwrap_or_else(|| panic!("ci.test in {status}"));
+    assert_eq!(ci["source"], "--public-url");
+
+    let out = slipway()
+        .args([
+            "proxy",
+            "routes",
+            "--server",
+            &server,
+            "--token",
+            super::server::ADMIN,
+        ])
+        .output()
+        .expect("run");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "app.test  tls=off  (file {})",
+            routes_file.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("  {a}  serving  weight 1  0 in flight")),
+        "{stdout}"
+    );
+
+    // Without a token the API says no.
+    let r = c
+        .get(format!("{server}/api/proxy/routes"))
+        .send()
+        .expect("api");
+    assert_eq!(r.status(), 401);
+}
+
+#[test]
+fn slipway_up_names_its_proxy_flag_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = slipway()
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-http",
+            &addr,
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run");
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("cannot listen on {addr} for --proxy-http")),
+        "{err}"
+    );
+    assert!(err.contains("--proxy-http 127.0.0.1:8000"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -20,6 +20,8 @@ pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 pub struct Up {
     pub child: Child,
     pub url: String,
+    /// The start-up line (`--json`): url, listen, tokens, proxy_http.
+    pub facts: Value,
 }
 
 impl Drop for Up {
@@ -42,6 +44,11 @@ pub fn start_up(data_dir: &Path, extra: &[&str]) -> Up {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(if extra.iter().any(|a| a.starts_with("--proxy")) {
+            &[][..]
+        } else {
+            &["--no-proxy"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -55,7 +62,7 @@ pub fn start_up(data_dir: &Path, extra: &[&str]) -> Up {
         .expect("first line of slipway up");
     let facts: Value = serde_json::from_str(&line).expect("slipway up --json prints JSON");
     let url = facts["url"].as_str().expect("url").to_owned();
-    Up { child, url }
+    Up { child, url, facts }
 }
 
 pub fn api(up: &Up, args: &[&str]) -> Value {
@@ -1137,6 +1144,7 @@ fn slipway_server_takes_its_admin_token_from_a_file_and_guards_metrics() {
     let up = Up {
         url: facts["url"].as_str().expect("url").to_owned(),
         child,
+        facts: facts.clone(),
     };
     assert!(
         facts["admin_token"].is_null(),

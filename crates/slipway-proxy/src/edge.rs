@@ -1,0 +1,272 @@
+//! The assembled edge: one [`Proxy`], its listeners and its providers, as `slipway proxy`
+//! and `slipway up` run it. The binary maps its flags to an [`EdgeConfig`] and calls
+//! [`Edge::start`]; everything past the flags is here.
+//!
+//! Providers own one route set each in the proxy ([`Proxy::set_provider`]): the routes
+//! file (`file`, watched and applied live by [`watch_routes_file`]), and whatever the
+//! caller adds through [`Edge::proxy`] (the deployer, `--public-url`).
+//!
+//! Invariants: nothing is served unless every listener was bound (a port that cannot be
+//! bound is an [`EdgeError::Bind`] naming the listener and the address); a routes file
+//! with errors at start is an [`EdgeError::RoutesFile`] (there is nothing earlier to keep
+//! serving), while a later broken version is reported at FILE:LINE:COL and the routes in
+//! use stay.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::diagnostic::Diagnostic;
+use crate::forward::Proxy;
+use crate::serve::{Config, serve_http};
+use crate::table::RouteTable;
+
+/// The provider name of the routes file.
+pub const FILE_PROVIDER: &str = "file";
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeConfig {
+    /// Where plain HTTP is served; `None` serves none.
+    pub http: Option<SocketAddr>,
+    /// The routes file, watched.
+    pub routes_file: Option<PathBuf>,
+    pub proxy: Config,
+}
+
+/// Which listener an error is about, for the caller to name its flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Http,
+    Https,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        listener: Listener,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the routes file {path} has errors")]
+    RoutesFile {
+        path: PathBuf,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// A running edge.
+#[derive(Debug)]
+pub struct Edge {
+    proxy: Arc<Proxy>,
+    http_addr: Option<SocketAddr>,
+    tasks: TaskTracker,
+}
+
+impl Edge {
+    /// Binds the listeners, loads the routes file and starts serving until `shutdown`.
+    pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Edge, EdgeError> {
+        let file_routes = match &config.routes_file {
+            Some(path) => Some(load_routes_file(path).await?),
+            None => None,
+        };
+        let http = match config.http {
+            Some(addr) => Some(bind(Listener::Http, addr).await?),
+            None => None,
+        };
+        let proxy = Arc::new(Proxy::new(config.proxy.clone(), RouteTable::default()));
+        let tasks = TaskTracker::new();
+        if let (Some(path), Some((set, text))) = (config.routes_file.clone(), file_routes) {
+            proxy.set_provider(FILE_PROVIDER, set);
+            report_conflicts(&proxy);
+            tasks.spawn(watch_routes_file(
+                proxy.clone(),
+                path,
+                text,
+                shutdown.clone(),
+            ));
+        }
+        let mut http_addr = None;
+        if let Some((listener, addr)) = http {
+            http_addr = Some(addr);
+            tasks.spawn(serve_http(proxy.clone(), listener, shutdown.clone()));
+        }
+        tasks.close();
+        Ok(Edge {
+            proxy,
+            http_addr,
+            tasks,
+        })
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Every route with its backends' live state and its host's certificate.
+    pub fn status(&self) -> crate::ProxyStatus {
+        self.proxy.status(|_| None)
+    }
+
+    /// The plain HTTP listener's address, as bound (port 0 resolved).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Waits until every listener and provider task has ended (after `shutdown`).
+    pub async fn wait(&self) {
+        self.tasks.wait().await;
+    }
+}
+
+async fn bind(
+    listener: Listener,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), EdgeError> {
+    let bound = TcpListener::bind(addr)
+        .await
+        .map_err(|source| EdgeError::Bind {
+            listener,
+            addr,
+            source,
+        })?;
+    let local = bound.local_addr().map_err(|source| EdgeError::Bind {
+        listener,
+        addr,
+        source,
+    })?;
+    Ok((bound, local))
+}
+
+async fn load_routes_file(path: &PathBuf) -> Result<(crate::RouteSet, String), EdgeError> {
+    let shown = path.display().to_string();
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| EdgeError::RoutesFile {
+            path: path.clone(),
+            diagnostics: vec![
+                Diagnostic::error(format!("cannot read the routes file: {e}"))
+                    .origin(&shown)
+                    .hint("check the path given to --routes"),
+            ],
+        })?;
+    match crate::file::parse(&text, &shown) {
+        Ok(set) => Ok((set, text)),
+        Err(diagnostics) => Err(EdgeError::RoutesFile {
+            path: path.clone(),
+            diagnostics,
+        }),
+    }
+}
+
+fn report_conflicts(proxy: &Proxy) {
+    for c in proxy.snapshot().table.conflicts() {
+        tracing::warn!("route conflict: {c}");
+    }
+}
+
+/// Polls the routes file every second until `shutdown`; a changed file that parses
+/// replaces the file's routes, one with errors is reported and the routes in use stay.
+pub async fn watch_routes_file(
+    proxy: Arc<Proxy>,
+    path: PathBuf,
+    mut last: String,
+    shutdown: CancellationToken,
+) {
+    let shown = path.display().to_string();
+    let mut missing_reported = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => {
+                missing_reported = false;
+                t
+            }
+            Err(e) => {
+                // An editor that writes a new file and renames it leaves a moment without
+                // one: report once, keep serving.
+                if !missing_reported {
+                    tracing::warn!(
+                        "{shown}: cannot read the routes file ({e}); the previous routes keep serving"
+                    );
+                    missing_reported = true;
+                }
+                continue;
+            }
+        };
+        if text == last {
+            continue;
+        }
+        match crate::file::parse(&text, &shown) {
+            Ok(set) => {
+                let n = set.routes.len();
+                proxy.set_provider(FILE_PROVIDER, set);
+                report_conflicts(&proxy);
+                tracing::info!("{shown}: applied, {n} route(s)");
+            }
+            Err(diagnostics) => {
+                for d in &diagnostics {
+                    tracing::error!("{d}");
+                }
+                tracing::warn!("{shown}: not applied; the previous routes keep serving");
+            }
+        }
+        last = text;
+    }
+}
+
+/// The provider name of Slipway's own host.
+pub const PUBLIC_URL_PROVIDER: &str = "public-url";
+
+/// The route that sends `--public-url`'s host to Slipway itself at `target` (its API
+/// listener): every path, no size limit, an ACME certificate when the URL is `https://`
+/// (plain HTTP is then redirected, as a browser or `docker login` expects).
+pub fn public_url_routes(public_url: &str, target: SocketAddr) -> Result<crate::RouteSet, String> {
+    use crate::route::{
+        Address, Backend, BackendSet, Host, PlainHttp, Route, RouteKey, RouteSource, Tls,
+    };
+    let (https, rest) = if let Some(r) = public_url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = public_url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "--public-url {public_url}: write http://HOST or https://HOST"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    // A port in the URL is where clients connect (the proxy's), not part of the host.
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') && port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = Host::parse(host).map_err(|e| format!("--public-url {public_url}: {e}"))?;
+    let target = if target.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], target.port()))
+    } else {
+        target
+    };
+    let address = Address::parse(&target.to_string())?;
+    let mut route = Route::new(
+        RouteKey::new(host, None),
+        vec![BackendSet::single("slipway", vec![Backend::new(address)])],
+        RouteSource::PublicUrl,
+    );
+    if https {
+        route.tls = Tls::Acme;
+        route.options.http = PlainHttp::Redirect;
+    }
+    route.origin = Some("--public-url".to_owned());
+    Ok(crate::RouteSet {
+        routes: vec![route],
+    })
+}
