@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::diagnostic::Diagnostic;
 use crate::forward::Proxy;
+use crate::observe::{AccessLogTarget, Observer};
 use crate::serve::{Config, serve_http};
 use crate::table::RouteTable;
 
@@ -36,6 +37,11 @@ pub struct EdgeConfig {
     pub http: Option<SocketAddr>,
     /// The routes file, watched.
     pub routes_file: Option<PathBuf>,
+    /// Where the access log goes; `None`: no access log.
+    pub access_log: Option<AccessLogTarget>,
+    /// Where `GET /metrics` is served on its own listener (`slipway proxy`; `slipway up`
+    /// adds the proxy's metrics to the server's `/metrics` instead).
+    pub metrics: Option<SocketAddr>,
     pub proxy: Config,
 }
 
@@ -44,6 +50,7 @@ pub struct EdgeConfig {
 pub enum Listener {
     Http,
     Https,
+    Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,11 @@ pub enum EdgeError {
     Bind {
         listener: Listener,
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("the routes file {path} has errors")]
@@ -66,6 +78,7 @@ pub enum EdgeError {
 pub struct Edge {
     proxy: Arc<Proxy>,
     http_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     tasks: TaskTracker,
 }
 
@@ -80,7 +93,23 @@ impl Edge {
             Some(addr) => Some(bind(Listener::Http, addr).await?),
             None => None,
         };
-        let proxy = Arc::new(Proxy::new(config.proxy.clone(), RouteTable::default()));
+        let metrics = match config.metrics {
+            Some(addr) => Some(bind(Listener::Metrics, addr).await?),
+            None => None,
+        };
+        let observer =
+            Observer::new(config.access_log.as_ref()).map_err(|source| EdgeError::AccessLog {
+                path: match &config.access_log {
+                    Some(AccessLogTarget::File(p)) => p.clone(),
+                    _ => PathBuf::from("stderr"),
+                },
+                source,
+            })?;
+        let proxy = Arc::new(Proxy::with_observer(
+            config.proxy.clone(),
+            RouteTable::default(),
+            observer,
+        ));
         let tasks = TaskTracker::new();
         if let (Some(path), Some((set, text))) = (config.routes_file.clone(), file_routes) {
             proxy.set_provider(FILE_PROVIDER, set);
@@ -92,6 +121,11 @@ impl Edge {
                 shutdown.clone(),
             ));
         }
+        let mut metrics_addr = None;
+        if let Some((listener, addr)) = metrics {
+            metrics_addr = Some(addr);
+            tasks.spawn(serve_metrics(proxy.clone(), listener, shutdown.clone()));
+        }
         let mut http_addr = None;
         if let Some((listener, addr)) = http {
             http_addr = Some(addr);
@@ -101,6 +135,7 @@ impl Edge {
         Ok(Edge {
             proxy,
             http_addr,
+            metrics_addr,
             tasks,
         })
     }
@@ -112,6 +147,17 @@ impl Edge {
     /// Every route with its backends' live state and its host's certificate.
     pub fn status(&self) -> crate::ProxyStatus {
         self.proxy.status(|_| None)
+    }
+
+    /// The proxy's metrics (Prometheus text): traffic per route and backend, backends'
+    /// state.
+    pub fn render_metrics(&self) -> String {
+        self.proxy.render_metrics()
+    }
+
+    /// The metrics listener's address, as bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The plain HTTP listener's address, as bound (port 0 resolved).
@@ -269,4 +315,56 @@ pub fn public_url_routes(public_url: &str, target: SocketAddr) -> Result<crate::
     Ok(crate::RouteSet {
         routes: vec![route],
     })
+}
+
+/// `GET /metrics` on its own listener, until `shutdown`; every other path is 404.
+async fn serve_metrics(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
+    use http_body_util::Full;
+    use hyper::{Response, StatusCode};
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("metrics listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let proxy = proxy.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            let mut r = Response::new(Full::new(bytes::Bytes::from(
+                                proxy.render_metrics(),
+                            )));
+                            r.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static(
+                                    "text/plain; version=0.0.4",
+                                ),
+                            );
+                            r
+                        } else {
+                            let mut r = Response::new(Full::new(bytes::Bytes::from_static(
+                                b"only /metrics here\n",
+                            )));
+                            *r.status_mut() = StatusCode::NOT_FOUND;
+                            r
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }

@@ -33,6 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::balance::{InFlight, Snapshot};
+use crate::observe::{Exchange, Observer};
 use crate::route::{PlainHttp, Route, RouteSet, Scheme};
 use crate::serve::Config;
 use crate::table::RouteTable;
@@ -70,6 +71,7 @@ pub struct Proxy {
     providers: std::sync::Mutex<BTreeMap<String, RouteSet>>,
     client: Client<HttpConnector, Body>,
     pub(crate) config: Config,
+    observer: Arc<Observer>,
 }
 
 /// What the connection a request came on knows: who sent it, where, and whether it is
@@ -130,7 +132,13 @@ impl Drop for Active {
 }
 
 impl Proxy {
+    /// A proxy with no access log (metrics are always kept).
     pub fn new(config: Config, table: RouteTable) -> Proxy {
+        Proxy::with_observer(config, table, Observer::without_log())
+    }
+
+    /// A proxy whose exchanges `observer` logs and counts.
+    pub fn with_observer(config: Config, table: RouteTable, observer: Observer) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -142,6 +150,7 @@ impl Proxy {
             providers: std::sync::Mutex::new(BTreeMap::new()),
             client,
             config,
+            observer: Arc::new(observer),
         }
     }
 
@@ -174,6 +183,10 @@ impl Proxy {
         old.retire(&next, self.config.drain_timeout);
     }
 
+    pub(crate) fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
     /// The snapshot being served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load_full()
@@ -184,13 +197,25 @@ impl Proxy {
         let active = conn.begin();
         let id = request_id(req.headers());
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
-        let mut resp = self.route(req, conn).await;
+        let mut exchange = Exchange::start(
+            conn.peer.ip().to_string(),
+            request_host(&req).unwrap_or_default(),
+            req.method().to_string(),
+            req.uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            id.to_str().unwrap_or_default().to_owned(),
+        );
+        let mut resp = self.route_attempt(req, conn, 0, &mut exchange).await;
         resp.headers_mut().insert(X_REQUEST_ID, id);
-        resp.map(|body| Tracked::wrap(body, None, Some(active)))
-    }
-
-    async fn route(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        self.route_attempt(req, conn, 0).await
+        exchange.status = resp.status().as_u16();
+        let finish = Finish {
+            exchange,
+            observer: self.observer.clone(),
+            bytes: 0,
+        };
+        resp.map(|body| Tracked::wrap(body, None, Some(active), Some(finish)))
     }
 
     async fn route_attempt(
@@ -198,6 +223,7 @@ impl Proxy {
         req: Request<Incoming>,
         conn: &ConnInfo,
         attempt: u8,
+        exchange: &mut Exchange,
     ) -> Response<Body> {
         let Some(host) = request_host(&req) else {
             return local(
@@ -213,6 +239,7 @@ impl Proxy {
             );
         };
         let route = &snapshot.table.routes()[index];
+        exchange.route = Some(route.key.to_string());
         if route.tls.is_on() {
             match route.options.http {
                 PlainHttp::Serve => {}
@@ -242,7 +269,7 @@ impl Proxy {
             // The pick lost a race with a swap that drained its backend: the new table
             // has this route's backends now.
             if attempt == 0 && !Arc::ptr_eq(&snapshot, &self.live.load()) {
-                return Box::pin(self.route_attempt(req, conn, 1)).await;
+                return Box::pin(self.route_attempt(req, conn, 1, exchange)).await;
             }
             let mut resp = local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -252,7 +279,7 @@ impl Proxy {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             return resp;
         };
-        self.forward(req, conn, &snapshot, index, route, &host, guard)
+        self.forward(req, conn, &snapshot, index, route, &host, guard, exchange)
             .await
     }
 
@@ -266,6 +293,7 @@ impl Proxy {
         route: &Route,
         host: &str,
         guard: InFlight,
+        exchange: &mut Exchange,
     ) -> Response<Body> {
         let upgrade = upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -305,6 +333,7 @@ impl Proxy {
             // The pool speaks HTTP/1.1 to backends whatever the client spoke to us.
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = headers.clone();
+            exchange.backend = Some(backend.address.to_string());
             let Some(counted) = guard.take().or_else(|| backend.try_start()) else {
                 return local(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -372,7 +401,14 @@ impl Proxy {
             tokio::spawn(tunnel(client_upgrade, backend_upgrade, guard));
             return resp.map(|_| empty());
         }
-        resp.map(|body| Tracked::wrap(body.map_err(BoxError::from).boxed(), Some(guard), None))
+        resp.map(|body| {
+            Tracked::wrap(
+                body.map_err(BoxError::from).boxed(),
+                Some(guard),
+                None,
+                None,
+            )
+        })
     }
 
     /// The headers sent to the backend.
@@ -479,10 +515,29 @@ struct Tracked {
     _backend: Option<InFlight>,
     _active: Option<Active>,
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    finish: Option<Finish>,
+}
+
+/// An exchange to log and count once its response ends.
+struct Finish {
+    exchange: Exchange,
+    observer: Arc<Observer>,
+    bytes: u64,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.observer.finish(&self.exchange, self.bytes);
+    }
 }
 
 impl Tracked {
-    fn wrap(inner: Body, backend: Option<InFlight>, active: Option<Active>) -> Body {
+    fn wrap(
+        inner: Body,
+        backend: Option<InFlight>,
+        active: Option<Active>,
+        finish: Option<Finish>,
+    ) -> Body {
         let cut = backend
             .as_ref()
             .map(|b| Box::pin(b.cut().cancelled_owned()));
@@ -491,6 +546,7 @@ impl Tracked {
             _backend: backend,
             _active: active,
             cut,
+            finish,
         }
         .boxed()
     }
@@ -509,7 +565,17 @@ impl hyper::body::Body for Tracked {
         {
             return Poll::Ready(Some(Err("the backend's drain timeout passed".into())));
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(finish)) = (&polled, self.finish.as_mut())
+            && let Some(data) = frame.data_ref()
+        {
+            finish.bytes += data.len() as u64;
+        }
+        if matches!(polled, Poll::Ready(None)) {
+            // The last byte went out: the exchange is over now, not when hyper drops us.
+            self.finish.take();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

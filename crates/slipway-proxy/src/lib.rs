@@ -34,6 +34,7 @@ pub mod edge;
 pub mod file;
 pub mod forward;
 pub mod labels;
+pub mod observe;
 pub mod route;
 pub mod rule;
 pub mod serve;

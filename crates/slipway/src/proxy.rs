@@ -83,6 +83,26 @@ pub struct ServeArgs {
     /// How a backend is picked within a backend set.
     #[arg(long, value_enum, default_value = "round-robin")]
     pub balance: BalanceArg,
+    /// The access log, JSON lines: a file (appended to), or `-` for stderr.
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<PathBuf>,
+    /// Serve `GET /metrics` (Prometheus) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// `--access-log FILE|-`.
+pub fn access_log_target(
+    path: Option<&PathBuf>,
+) -> Option<slipway_proxy::observe::AccessLogTarget> {
+    use slipway_proxy::observe::AccessLogTarget;
+    path.map(|p| {
+        if p.as_os_str() == "-" {
+            AccessLogTarget::Stderr
+        } else {
+            AccessLogTarget::File(p.clone())
+        }
+    })
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -157,11 +177,15 @@ pub async fn start_edge(
             let (flag, example) = match listener {
                 Listener::Http => (flags.http, "127.0.0.1:8000"),
                 Listener::Https => (flags.https, "127.0.0.1:8443"),
+                Listener::Metrics => ("--metrics", "127.0.0.1:9100"),
             };
             bail!(
                 "cannot listen on {addr} for {flag}: {source}; \
                  pick a free port you may bind, e.g. {flag} {example}"
             )
+        }
+        Err(e @ slipway_proxy::EdgeError::AccessLog { .. }) => {
+            bail!("{e}; give a file you may write, or `-` for stderr")
         }
         Err(slipway_proxy::EdgeError::RoutesFile { path, diagnostics }) => {
             diagnostics.iter().for_each(|d| eprintln!("{d}"));
@@ -179,6 +203,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     let config = slipway_proxy::EdgeConfig {
         http: Some(args.http),
         routes_file: args.routes.clone(),
+        access_log: access_log_target(args.access_log.as_ref()),
+        metrics: args.metrics,
         proxy: args.proxy_config()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -195,6 +221,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         let edge = start_edge(config, flags, shutdown.clone()).await?;
         if let Some(addr) = edge.http_addr() {
             println!("slipway proxy listening on http://{addr}");
+        }
+        if let Some(addr) = edge.metrics_addr() {
+            println!("metrics on http://{addr}/metrics");
         }
         let on_signal = shutdown.clone();
         tokio::spawn(async move {

@@ -117,6 +117,9 @@ pub struct UpProxyArgs {
     /// Peers whose X-Forwarded-* and X-Real-IP headers the proxy keeps (CIDRs).
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
     pub proxy_trusted_proxies: Vec<String>,
+    /// The proxy's access log, JSON lines: a file (appended to), or `-` for stderr.
+    #[arg(long, value_name = "FILE|-")]
+    pub proxy_access_log: Option<PathBuf>,
     /// Run no edge proxy.
     #[arg(long, conflicts_with_all = ["proxy_http", "proxy_routes"])]
     pub no_proxy: bool,
@@ -137,6 +140,8 @@ impl UpProxyArgs {
         Ok(Some(slipway_proxy::EdgeConfig {
             http: Some(self.proxy_http),
             routes_file: self.proxy_routes.clone(),
+            access_log: crate::proxy::access_log_target(self.proxy_access_log.as_ref()),
+            metrics: None,
             proxy,
         }))
     }

@@ -5,5 +5,6 @@ mod table;
 
 mod corpus;
 mod labels;
+mod observe;
 mod rules;
 mod serve;

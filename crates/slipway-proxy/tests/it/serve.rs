@@ -44,14 +44,14 @@ fn text(s: String) -> TestBody {
 /// A backend named `name`: `/` answers its name; `/slow?ms=N` after N ms; `/sse` three
 /// events 400 ms apart; `/upload` the byte count and sum of the body; `/headers` the
 /// request's headers as JSON; an `Upgrade` request is switched and echoed.
-struct TestBackend {
-    addr: SocketAddr,
+pub(crate) struct TestBackend {
+    pub(crate) addr: SocketAddr,
     kill: CancellationToken,
     hits: Arc<AtomicUsize>,
 }
 
 impl TestBackend {
-    async fn start(name: &str) -> TestBackend {
+    pub(crate) async fn start(name: &str) -> TestBackend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
@@ -211,7 +211,7 @@ async fn start_proxy(config: Config, routes: &str) -> TestProxy {
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .build()

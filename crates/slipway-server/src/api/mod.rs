@@ -88,6 +88,12 @@ async fn metrics(
     if let Err(e) = guard::metrics_allowed(&state, &headers) {
         return e.into_response();
     }
+    let proxy = state
+        .config
+        .edge
+        .as_ref()
+        .map(|e| e.render_metrics())
+        .unwrap_or_default();
     match state.store.queue_stats().await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -103,7 +109,7 @@ async fn metrics(
                  slipway_builds_total {}\n\
                  # HELP slipway_runners Runners registered.\n\
                  # TYPE slipway_runners gauge\n\
-                 slipway_runners {}\n",
+                 slipway_runners {}\n{proxy}",
                 s.pending_stages, s.running_stages, s.builds_total, s.runners
             ),
         )

@@ -491,6 +491,18 @@ fn slipway_up_serves_the_proxy_and_reports_its_routes() {
         "{stdout}"
     );
 
+    // The server's /metrics carries the proxy's.
+    let metrics = c
+        .get(format!("{server}/metrics"))
+        .send()
+        .expect("metrics")
+        .text()
+        .unwrap_or_default();
+    assert!(
+        metrics.contains("slipway_proxy_requests_total{route=\"app.test\",code=\"2xx\"} 1"),
+        "{metrics}"
+    );
+
     // Without a token the API says no.
     let r = c
         .get(format!("{server}/api/proxy/routes"))
