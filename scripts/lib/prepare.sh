@@ -178,13 +178,34 @@ ensure_chromium() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
+# The clients and servers only the tests use beside Docker: curl and h2load (HTTP/2
+# through the proxy), pebble and pebble-challtestsrv (ACME).
+ensure_test_tools() {
+  local missing=()
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+  command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# What the demo and the benchmarks need: packages, the Docker engine, the base image.
 prepare_machine() {
   ensure_packages
   ensure_dockerd
   ensure_base_image
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slipway-target}"
+}
+
+# What every test needs on top: PostgreSQL, Chromium, the proxy's clients, pebble.
+prepare_tests() {
+  prepare_machine
   ensure_postgres
   ensure_chromium
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slipway-target}"
+  ensure_test_tools
 }
 
 # Builds the release binary (for the demo and benchmarks) and prints its path.

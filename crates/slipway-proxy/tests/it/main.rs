@@ -3,6 +3,7 @@
 mod file;
 mod table;
 
+mod clients;
 mod corpus;
 mod labels;
 mod observe;

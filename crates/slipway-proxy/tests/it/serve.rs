@@ -87,6 +87,11 @@ impl TestBackend {
     fn kill(&self) {
         self.kill.cancel();
     }
+
+    /// Requests this backend has received.
+    pub(crate) fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
 }
 
 async fn backend_answer(
