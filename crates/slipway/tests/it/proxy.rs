@@ -632,7 +632,7 @@ fn a_1_gb_upload_streams_through_slipway_proxy_in_bounded_memory() {
     let before = peak_rss_kib(p.child.id());
     // Each cycle of 256 bytes of the pattern visits every byte value once (7 is odd), and
     // LEN is whole cycles: the sum, without making a gigabyte.
-    const _: () = assert!(LEN % 256 == 0);
+    const _: () = assert!(LEN.is_multiple_of(256));
     let expected_sum = (LEN / 256) * (255 * 256 / 2);
     let c = reqwest::blocking::Client::builder()
         .no_proxy()
