@@ -663,3 +663,89 @@ fn a_1_gb_upload_streams_through_slipway_proxy_in_bounded_memory() {
     );
     eprintln!("slipway proxy's peak RSS: {before} KiB at start, {peak} KiB after 1 GiB");
 }
+
+#[test]
+fn changing_the_routes_file_under_load_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let a = name_backend("A");
+    let b = name_backend("B");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file =
+        |backends: &str| format!("routes:\n  - host: app.test\n    backends: [{backends}]\n");
+    let routes = written(&dir, "routes.yml", &file(&format!("\"{a}\"")));
+    let p = start_proxy(&routes);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Every answer's body, and every failure (connection errors included), by the client.
+    let seen: Arc<Mutex<(std::collections::BTreeMap<String, usize>, Vec<String>)>> = Arc::default();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, seen, addr) = (stop.clone(), seen.clone(), p.addr.clone());
+            std::thread::spawn(move || {
+                let c = reqwest::blocking::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .expect("client");
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) && sent < 20_000 {
+                    sent += 1;
+                    let outcome = c
+                        .get(format!("http://{addr}/"))
+                        .header("host", "app.test")
+                        .send()
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| {
+                            let status = r.status();
+                            let body = r.text().map_err(|e| e.to_string())?;
+                            if status == 200 {
+                                Ok(body)
+                            } else {
+                                Err(format!("{status}: {body}"))
+                            }
+                        });
+                    let mut s = seen.lock().expect("lock");
+                    match outcome {
+                        Ok(body) => *s.0.entry(body).or_default() += 1,
+                        Err(e) => s.1.push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    // A, then A and B, then B, then A again: each applied while requests are in flight.
+    for (i, backends) in [
+        format!("\"{a}\", \"{b}\""),
+        format!("\"{b}\""),
+        format!("\"{a}\""),
+        format!("\"{b}\""),
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1300));
+        std::fs::write(&routes, file(backends)).expect("rewrite routes");
+        eventually("the change to be applied", || {
+            p.stderr
+                .lock()
+                .is_ok_and(|s| s.matches("applied, 1 route(s)").count() > i)
+        });
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    clients
+        .into_iter()
+        .for_each(|c| c.join().expect("client thread"));
+    let s = seen.lock().expect("lock");
+    assert!(
+        s.1.is_empty(),
+        "{} failed requests: {:?}",
+        s.1.len(),
+        &s.1[..s.1.len().min(5)]
+    );
+    assert!(
+        s.0.get("A").is_some_and(|n| *n > 50) && s.0.get("B").is_some_and(|n| *n > 50),
+        "both backends served: {:?}",
+        s.0
+    );
+    eprintln!("answers by backend across 4 route changes: {:?}", s.0);
+}
