@@ -664,6 +664,9 @@ fn a_1_gb_upload_streams_through_slipway_proxy_in_bounded_memory() {
     eprintln!("slipway proxy's peak RSS: {before} KiB at start, {peak} KiB after 1 GiB");
 }
 
+/// What a load's clients saw: answers by body, and every failure.
+type Answers = (std::collections::BTreeMap<String, usize>, Vec<String>);
+
 #[test]
 fn changing_the_routes_file_under_load_fails_no_request() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -677,7 +680,7 @@ fn changing_the_routes_file_under_load_fails_no_request() {
     let p = start_proxy(&routes);
     let stop = Arc::new(AtomicBool::new(false));
     // Every answer's body, and every failure (connection errors included), by the client.
-    let seen: Arc<Mutex<(std::collections::BTreeMap<String, usize>, Vec<String>)>> = Arc::default();
+    let seen: Arc<Mutex<Answers>> = Arc::default();
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (stop, seen, addr) = (stop.clone(), seen.clone(), p.addr.clone());
