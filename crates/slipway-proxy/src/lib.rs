@@ -32,15 +32,17 @@ pub mod compose;
 pub mod diagnostic;
 pub mod file;
 pub mod forward;
+pub mod health;
 pub mod labels;
 pub mod route;
 pub mod rule;
 pub mod serve;
 pub mod table;
 
-pub use balance::{BackendState, Balance};
+pub use balance::{BackendState, Balance, Health};
 pub use diagnostic::{Diagnostic, Severity};
 pub use forward::{Cidr, Proxy};
+pub use health::PassiveHealth;
 pub use labels::Workload;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
