@@ -30,6 +30,7 @@ pub mod auth;
 pub mod balance;
 pub mod compose;
 pub mod diagnostic;
+pub mod docker;
 pub mod file;
 pub mod forward;
 pub mod health;

@@ -4,6 +4,8 @@ mod file;
 mod table;
 
 mod corpus;
+mod docker;
+mod health;
 mod labels;
 mod rules;
 mod serve;
