@@ -515,3 +515,158 @@ async fn a_container_with_a_healthcheck_gets_traffic_only_while_healthy() {
         .await;
     assert_eq!(e.state(&address), Some(BackendState::Unhealthy));
 }
+
+/// A unix socket that relays to the engine's, and can cut every connection and refuse new
+/// ones for a while: an engine restart, as the provider sees it.
+struct Relay {
+    path: std::path::PathBuf,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<std::sync::Mutex<CancellationToken>>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Relay {
+    fn start(engine: std::path::PathBuf) -> Relay {
+        let dir = std::env::temp_dir().join(format!(
+            "slipway-proxy-relay-{}-{}",
+            std::process::id(),
+            crate::docker::unique()
+        ));
+        std::fs::create_dir_all(&dir).expect("relay dir");
+        let path = dir.join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind relay");
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (d, k, s) = (down.clone(), cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let client = tokio::select! {
+                    a = listener.accept() => match a { Ok((c, _)) => c, Err(_) => continue },
+                    () = s.cancelled() => return,
+                };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let cut = k.lock().map(|t| t.clone()).unwrap_or_default();
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = tokio::net::UnixStream::connect(&engine).await else {
+                        return;
+                    };
+                    let mut client = client;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        () = cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            path,
+            down,
+            cut,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// Cuts every connection; new ones are closed at once until [`Relay::restore`].
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        if let Ok(mut t) = self.cut.lock() {
+            t.cancel();
+            *t = CancellationToken::new();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+pub(crate) fn unique() -> usize {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_reconnects_after_the_engine_goes_away_and_resyncs() {
+    let Some(c) = Containers::new("reconnect") else {
+        return;
+    };
+    let relay = Relay::start(DockerOptions::default().socket);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    let proxy = Arc::new(Proxy::new(Config::default(), RouteTable::build([])));
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_proxy::serve_http(
+        proxy.clone(),
+        listener,
+        stop.clone(),
+    ));
+    let options = DockerOptions {
+        socket: relay.path.clone(),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_millis(400),
+        ..DockerOptions::default()
+    };
+    let provider = DockerProvider::spawn(proxy.clone(), options, stop.clone());
+    let e = Edge {
+        proxy,
+        addr,
+        provider,
+        _stop: stop.clone().drop_guard(),
+    };
+    tokio::time::timeout(Duration::from_secs(20), e.provider.first_sync())
+        .await
+        .expect("first sync");
+    let before = c.host("before");
+    c.run("before", &["-e", &format!("VIRTUAL_HOST={before}")]);
+    e.wait_for(&before, StatusCode::OK, Some("before")).await;
+    let syncs = e.provider.syncs();
+
+    relay.cut();
+    let after = c.host("after");
+    c.run("after", &["-e", &format!("VIRTUAL_HOST={after}")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.provider.last_error().is_none() {
+        assert!(Instant::now() < deadline, "the cut was not noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last routes keep serving while the engine is away; what started meanwhile is
+    // not known yet.
+    assert_eq!(
+        e.get(&before, "/").await,
+        (StatusCode::OK, "before".to_owned())
+    );
+    assert_eq!(e.get(&after, "/").await.0, StatusCode::NOT_FOUND);
+
+    relay.restore();
+    tokio::time::timeout(Duration::from_secs(20), e.provider.sync_after(syncs))
+        .await
+        .expect("a sync after reconnecting");
+    e.wait_for(&after, StatusCode::OK, Some("after")).await;
+    assert_eq!(e.provider.last_error(), None);
+    // And events are followed again.
+    docker(&["kill", &c.name("before")]).expect("kill");
+    e.wait_for(&before, StatusCode::NOT_FOUND, None).await;
+
+    stop.cancel();
+    let Edge {
+        proxy, provider, ..
+    } = e;
+    provider.stopped().await;
+    assert!(
+        proxy.snapshot().table.routes().is_empty(),
+        "a stopped provider's routes are gone"
+    );
+}
