@@ -9,6 +9,10 @@
 //! (one counter per route, so the split is exact over any run of requests), or
 //! least-requests by the power of two choices within the set. Only `serving` backends of
 //! weight above 0 are chosen; a retry excludes the backend that failed.
+//!
+//! A backend's [`BackendState`] is read from three atomics, so picking takes no lock: its
+//! lifecycle (live, draining, gone), its health (worst of the active check's and the
+//! engine's verdicts, see [`crate::health`]) and the end of a passive ejection.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -22,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::route::{Address, Scheme};
 use crate::table::RouteTable;
 
-/// Where a backend is in its life. Health checks will add `unhealthy` and `ejected`.
+/// Where a backend is in its life: `starting → serving ⇄ unhealthy → draining → gone`, and
+/// `ejected` for a while after consecutive failures. Only `serving` gets new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
@@ -31,16 +36,49 @@ pub enum BackendState {
     /// Removed from the table: no new requests; in-flight ones and tunnels finish until
     /// the drain timeout.
     Draining,
+    /// Failed requests in a row (connection errors, 5xx): no new requests until its
+    /// ejection ends, then one request probes it.
+    Ejected,
+    /// Its health check (or the engine's HEALTHCHECK) fails: no new requests until it
+    /// passes again.
+    Unhealthy,
+    /// It has a health check (or an engine HEALTHCHECK) that has not passed yet.
+    Starting,
     /// Drained (or its timeout passed): what was still open to it has been cut.
     Gone,
 }
 
-impl BackendState {
-    fn from_u8(v: u8) -> BackendState {
+/// Lifecycle values of [`LiveBackend::state`]'s atomic.
+const LIVE: u8 = 0;
+const DRAINING: u8 = 1;
+const GONE: u8 = 2;
+
+/// A verdict on a backend's health, from its active check or from the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Passing, or nothing checks it.
+    Healthy,
+    /// Checked, and not passed yet.
+    Starting,
+    /// Failing.
+    Unhealthy,
+}
+
+impl Health {
+    pub(crate) fn to_u8(self) -> u8 {
+        match self {
+            Health::Healthy => 0,
+            Health::Starting => 1,
+            Health::Unhealthy => 2,
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Health {
         match v {
-            0 => BackendState::Serving,
-            1 => BackendState::Draining,
-            _ => BackendState::Gone,
+            0 => Health::Healthy,
+            1 => Health::Starting,
+            _ => Health::Unhealthy,
         }
     }
 }
@@ -61,7 +99,15 @@ pub enum Balance {
 pub struct LiveBackend {
     pub address: Address,
     pub scheme: Scheme,
+    /// Lifecycle: [`LIVE`], [`DRAINING`] or [`GONE`].
     state: AtomicU8,
+    /// [`Health`] from the active check.
+    pub(crate) checked: AtomicU8,
+    /// [`Health`] from the engine (Docker's HEALTHCHECK).
+    pub(crate) engine: AtomicU8,
+    pub(crate) passive: crate::health::Passive,
+    /// The active check running for this backend, if any.
+    pub(crate) check: std::sync::Mutex<Option<crate::health::RunningCheck>>,
     in_flight: AtomicUsize,
     /// Cancelled once drained or at the drain timeout: responses and tunnels still open
     /// to this backend end then.
@@ -73,14 +119,39 @@ impl LiveBackend {
         Arc::new(LiveBackend {
             address,
             scheme,
-            state: AtomicU8::new(0),
+            state: AtomicU8::new(LIVE),
+            checked: AtomicU8::new(0),
+            engine: AtomicU8::new(0),
+            passive: crate::health::Passive::default(),
+            check: std::sync::Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             cut: CancellationToken::new(),
         })
     }
 
     pub fn state(&self) -> BackendState {
-        BackendState::from_u8(self.state.load(Ordering::SeqCst))
+        match self.state.load(Ordering::SeqCst) {
+            LIVE => {}
+            DRAINING => return BackendState::Draining,
+            _ => return BackendState::Gone,
+        }
+        match self.health() {
+            Health::Unhealthy => BackendState::Unhealthy,
+            Health::Starting => BackendState::Starting,
+            Health::Healthy if self.passive.is_ejected() => BackendState::Ejected,
+            Health::Healthy => BackendState::Serving,
+        }
+    }
+
+    /// The worse of the active check's and the engine's verdicts.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.checked.load(Ordering::Acquire))
+            .max(Health::from_u8(self.engine.load(Ordering::Acquire)))
+    }
+
+    /// Neither draining nor gone: a swap that keeps its address keeps it.
+    pub(crate) fn is_live(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == LIVE
     }
 
     /// Requests (and tunnels) to this backend not yet finished.
@@ -95,18 +166,19 @@ impl LiveBackend {
         // SeqCst on both sides: either this sees `Gone`, or the drain sees this request.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.clone());
-        (self.state.load(Ordering::SeqCst) != 2).then_some(guard)
+        (self.state.load(Ordering::SeqCst) != GONE).then_some(guard)
     }
 
     /// Stops new requests at once; cuts what is left after `timeout`.
     fn drain(self: &Arc<Self>, timeout: Duration) {
         if self
             .state
-            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(LIVE, DRAINING, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
             return;
         }
+        crate::health::stop_check(self);
         let me = self.clone();
         let finish = async move {
             let deadline = tokio::time::Instant::now() + timeout;
@@ -116,14 +188,14 @@ impl LiveBackend {
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                me.state.store(2, Ordering::SeqCst);
+                me.state.store(GONE, Ordering::SeqCst);
                 // A request that counted itself just before `Gone` is served, not cut.
                 if me.in_flight.load(Ordering::SeqCst) == 0
                     || tokio::time::Instant::now() >= deadline
                 {
                     break;
                 }
-                me.state.store(1, Ordering::SeqCst);
+                me.state.store(DRAINING, Ordering::SeqCst);
             }
             me.cut.cancel();
         };
@@ -133,7 +205,7 @@ impl LiveBackend {
             }
             // No runtime (a table built in a test or a tool): nothing can be in flight.
             Err(_) => {
-                self.state.store(2, Ordering::SeqCst);
+                self.state.store(GONE, Ordering::SeqCst);
                 self.cut.cancel();
             }
         }
@@ -178,7 +250,7 @@ struct LiveRoute {
 pub struct Snapshot {
     pub table: RouteTable,
     routes: Vec<LiveRoute>,
-    backends: HashMap<(Address, Scheme), Arc<LiveBackend>>,
+    pub(crate) backends: HashMap<(Address, Scheme), Arc<LiveBackend>>,
 }
 
 impl Snapshot {
@@ -203,7 +275,7 @@ impl Snapshot {
                                 .or_insert_with(|| {
                                     previous
                                         .and_then(|p| p.backends.get(&key))
-                                        .filter(|l| l.state() == BackendState::Serving)
+                                        .filter(|l| l.is_live())
                                         .cloned()
                                         .unwrap_or_else(|| {
                                             LiveBackend::new(b.address.clone(), b.scheme)
@@ -256,18 +328,35 @@ impl Snapshot {
         self.backends.values()
     }
 
-    /// A backend for a request on route `route` (an index of the table), not `exclude`.
+    /// A backend for a request on route `route` (an index of the table), not `exclude`:
+    /// a serving one, else (every one ejected) an ejected one.
     pub fn pick(
         &self,
         route: usize,
         balance: Balance,
         exclude: Option<&Arc<LiveBackend>>,
     ) -> Option<Arc<LiveBackend>> {
+        self.pick_among(route, balance, exclude, &[BackendState::Serving])
+            .or_else(|| {
+                self.pick_among(
+                    route,
+                    balance,
+                    exclude,
+                    &[BackendState::Serving, BackendState::Ejected],
+                )
+            })
+    }
+
+    fn pick_among(
+        &self,
+        route: usize,
+        balance: Balance,
+        exclude: Option<&Arc<LiveBackend>>,
+        states: &[BackendState],
+    ) -> Option<Arc<LiveBackend>> {
         let live = self.routes.get(route)?;
         let usable = |b: &Arc<LiveBackend>, w: u32| {
-            w > 0
-                && b.state() == BackendState::Serving
-                && !exclude.is_some_and(|x| Arc::ptr_eq(x, b))
+            w > 0 && states.contains(&b.state()) && !exclude.is_some_and(|x| Arc::ptr_eq(x, b))
         };
         let set_weight = |s: &LiveSet| {
             if s.backends.iter().any(|(b, w)| usable(b, *w)) {

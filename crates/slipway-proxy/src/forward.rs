@@ -72,6 +72,7 @@ pub struct Proxy {
     client: Client<HttpConnector, Body>,
     pub(crate) config: Config,
     observer: Arc<Observer>,
+    pub(crate) health: crate::health::HealthBoard,
 }
 
 /// What the connection a request came on knows: who sent it, where, and whether it is
@@ -145,13 +146,17 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Proxy {
-            live: ArcSwap::from_pointee(Snapshot::build(table, None)),
+        let proxy = Proxy {
+            live: ArcSwap::from_pointee(Snapshot::build(RouteTable::build([]), None)),
             providers: std::sync::Mutex::new(BTreeMap::new()),
             client,
             config,
             observer: Arc::new(observer),
-        }
+            health: crate::health::HealthBoard::new(),
+        };
+        // Published like any later table, so its backends' health checks start.
+        proxy.swap_in(table);
+        proxy
     }
 
     /// Serves `table` from now on. Requests already in flight keep the snapshot they
@@ -179,7 +184,7 @@ impl Proxy {
     fn swap_in(&self, table: RouteTable) {
         let old = self.live.load_full();
         let next = Arc::new(Snapshot::build(table, Some(&old)));
-        self.live.store(next.clone());
+        self.health.publish(&self.live, &old, next.clone());
         old.retire(&next, self.config.drain_timeout);
     }
 
@@ -341,8 +346,16 @@ impl Proxy {
                 );
             };
             match self.client.request(out).await {
-                Ok(resp) => break (resp, counted),
+                Ok(resp) => {
+                    if resp.status().is_server_error() {
+                        backend.passive_failure(&self.health.passive.load());
+                    } else {
+                        backend.passive_success();
+                    }
+                    break (resp, counted);
+                }
                 Err(e) => {
+                    backend.passive_failure(&self.health.passive.load());
                     drop(counted);
                     let next = if retryable && !retried {
                         snapshot

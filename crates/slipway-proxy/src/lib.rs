@@ -17,6 +17,15 @@
 //!   (Slipway, Traefik v1/v2/v3 and nginx-proxy conventions of one [`Workload`]), with
 //!   [`rule`] (Traefik rule expressions) and [`auth`] (htpasswd users). [`compose`] reads
 //!   a compose file's services into workloads, for `slipway proxy routes-from`.
+//! - [`docker`](mod@docker): the Docker provider, the one that does IO: it follows the local
+//!   engine's containers through its events API, reads each one's labels and environment
+//!   with [`labels`], and gives the proxy the `docker` route set and the containers'
+//!   HEALTHCHECK verdicts. A `kill`/`stop` event drains a container's backends at once;
+//!   `die` forgets it; it reconnects with backoff and resyncs.
+//! - [`health`]: backend health. Active checks (one task per backend), the engine's verdict
+//!   and passive ejection (consecutive connection errors or 5xx, a doubling backoff) make a
+//!   backend's [`BackendState`] (`starting → serving ⇄ unhealthy → draining → gone`, and
+//!   `ejected`); only `serving` ones get new requests, read lock-free by the balancer.
 //!
 //! Invariants: nothing here does IO but [`file::load`], and nothing panics on any input
 //! (property tests feed the rule parser and the label readers arbitrary text); a value
@@ -30,9 +39,11 @@ pub mod auth;
 pub mod balance;
 pub mod compose;
 pub mod diagnostic;
+pub mod docker;
 pub mod edge;
 pub mod file;
 pub mod forward;
+pub mod health;
 pub mod labels;
 pub mod observe;
 pub mod route;
@@ -41,10 +52,11 @@ pub mod serve;
 pub mod status;
 pub mod table;
 
-pub use balance::{BackendState, Balance};
+pub use balance::{BackendState, Balance, Health};
 pub use diagnostic::{Diagnostic, Severity};
 pub use edge::{Edge, EdgeConfig, EdgeError};
 pub use forward::{Cidr, Proxy};
+pub use health::PassiveHealth;
 pub use labels::Workload;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,

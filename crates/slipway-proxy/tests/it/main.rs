@@ -5,6 +5,8 @@ mod table;
 
 mod clients;
 mod corpus;
+mod docker;
+mod health;
 mod labels;
 mod observe;
 mod rules;
