@@ -39,6 +39,8 @@ pub struct EdgeConfig {
     pub routes_file: Option<PathBuf>,
     /// Where the access log goes; `None`: no access log.
     pub access_log: Option<AccessLogTarget>,
+    /// Follow the local Docker engine's containers and route them by their labels.
+    pub docker: Option<crate::docker::DockerOptions>,
     /// Where `GET /metrics` is served on its own listener (`slipway proxy`; `slipway up`
     /// adds the proxy's metrics to the server's `/metrics` instead).
     pub metrics: Option<SocketAddr>,
@@ -79,6 +81,7 @@ pub struct Edge {
     proxy: Arc<Proxy>,
     http_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    docker: Option<crate::docker::DockerProvider>,
     tasks: TaskTracker,
 }
 
@@ -121,6 +124,9 @@ impl Edge {
                 shutdown.clone(),
             ));
         }
+        let docker = config.docker.clone().map(|options| {
+            crate::docker::DockerProvider::spawn(proxy.clone(), options, shutdown.clone())
+        });
         let mut metrics_addr = None;
         if let Some((listener, addr)) = metrics {
             metrics_addr = Some(addr);
@@ -136,6 +142,7 @@ impl Edge {
             proxy,
             http_addr,
             metrics_addr,
+            docker,
             tasks,
         })
     }
@@ -146,7 +153,17 @@ impl Edge {
 
     /// Every route with its backends' live state and its host's certificate.
     pub fn status(&self) -> crate::ProxyStatus {
-        self.proxy.status(|_| None)
+        let mut status = self.proxy.status(|_| None);
+        if let Some(docker) = &self.docker {
+            status.diagnostics = docker.diagnostics();
+            status.docker_error = docker.last_error();
+        }
+        status
+    }
+
+    /// The Docker provider, when it runs.
+    pub fn docker(&self) -> Option<&crate::docker::DockerProvider> {
+        self.docker.as_ref()
     }
 
     /// The proxy's metrics (Prometheus text): traffic per route and backend, backends'

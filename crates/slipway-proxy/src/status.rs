@@ -18,6 +18,11 @@ use crate::table::Conflict;
 pub struct ProxyStatus {
     pub routes: Vec<RouteStatus>,
     pub conflicts: Vec<Conflict>,
+    /// Problems with what providers read (a container's labels), each naming its origin.
+    pub diagnostics: Vec<crate::Diagnostic>,
+    /// Why the Docker engine cannot be followed right now (the last routes keep serving).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_error: Option<String>,
 }
 
 /// One route as served now.
@@ -125,6 +130,8 @@ impl Proxy {
         ProxyStatus {
             routes,
             conflicts: snapshot.table.conflicts().to_vec(),
+            diagnostics: Vec::new(),
+            docker_error: None,
         }
     }
 }

@@ -86,9 +86,42 @@ pub struct ServeArgs {
     /// The access log, JSON lines: a file (appended to), or `-` for stderr.
     #[arg(long, value_name = "FILE|-")]
     pub access_log: Option<PathBuf>,
+    /// Route the local Docker engine's containers by their labels (Traefik v1-v3,
+    /// nginx-proxy's VIRTUAL_HOST, slipway.proxy.*), followed live.
+    #[arg(long)]
+    pub docker_labels: bool,
+    #[command(flatten)]
+    pub docker: DockerArgs,
     /// Serve `GET /metrics` (Prometheus) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+}
+
+/// How the Docker provider reaches containers (`slipway proxy`, `slipway up`).
+#[derive(Debug, Args)]
+pub struct DockerArgs {
+    /// A network to reach containers on before their others (repeatable), as Traefik's
+    /// `providers.docker.network`.
+    #[arg(long = "docker-network", value_name = "NAME")]
+    pub networks: Vec<String>,
+    /// Reach containers at their published ports on 127.0.0.1 (rootless Docker, a proxy
+    /// that is not on the engine's host network).
+    #[arg(long)]
+    pub docker_published_ports: bool,
+}
+
+impl DockerArgs {
+    pub fn options(&self) -> slipway_proxy::docker::DockerOptions {
+        slipway_proxy::docker::DockerOptions {
+            networks: self.networks.clone(),
+            reach: if self.docker_published_ports {
+                slipway_proxy::docker::Reach::PublishedPorts
+            } else {
+                slipway_proxy::docker::Reach::Networks
+            },
+            ..slipway_proxy::docker::DockerOptions::default()
+        }
+    }
 }
 
 /// `--access-log FILE|-`.
@@ -205,6 +238,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         routes_file: args.routes.clone(),
         access_log: access_log_target(args.access_log.as_ref()),
         metrics: args.metrics,
+        docker: args.docker_labels.then(|| args.docker.options()),
         proxy: args.proxy_config()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

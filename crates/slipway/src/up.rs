@@ -120,6 +120,11 @@ pub struct UpProxyArgs {
     /// The proxy's access log, JSON lines: a file (appended to), or `-` for stderr.
     #[arg(long, value_name = "FILE|-")]
     pub proxy_access_log: Option<PathBuf>,
+    /// Do not route the local Docker engine's containers by their labels.
+    #[arg(long)]
+    pub no_docker_labels: bool,
+    #[command(flatten)]
+    pub docker: crate::proxy::DockerArgs,
     /// Run no edge proxy.
     #[arg(long, conflicts_with_all = ["proxy_http", "proxy_routes"])]
     pub no_proxy: bool,
@@ -142,6 +147,7 @@ impl UpProxyArgs {
             routes_file: self.proxy_routes.clone(),
             access_log: crate::proxy::access_log_target(self.proxy_access_log.as_ref()),
             metrics: None,
+            docker: (!self.no_docker_labels).then(|| self.docker.options()),
             proxy,
         }))
     }

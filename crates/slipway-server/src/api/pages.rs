@@ -545,7 +545,8 @@ async fn proxy_page(State(state): State<Arc<AppState>>, PageUser(user): PageUser
     let ctx = match &state.config.edge {
         Some(edge) => {
             let status = edge.status();
-            json!({"running": true, "routes": status.routes, "conflicts": status.conflicts})
+            json!({"running": true, "routes": status.routes, "conflicts": status.conflicts,
+                "diagnostics": status.diagnostics, "docker_error": status.docker_error})
         }
         None => json!({"running": false, "routes": [], "conflicts": []}),
     };

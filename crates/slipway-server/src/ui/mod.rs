@@ -33,7 +33,7 @@
 //! | `settings.html` | `repo: Repo`, `webhook_url: String` |
 //! | `new_repo.html` | nothing else |
 //! | `runners.html` | `runners: [{runner: Runner, online: bool, running: Int}]` |
-//! | `proxy.html` | `running: bool`, `routes: [RouteStatus]`, `conflicts: [Conflict]` (`slipway_proxy::status`) |
+//! | `proxy.html` | `running: bool`, `routes: [RouteStatus]`, `conflicts: [Conflict]`, `diagnostics: [Diagnostic]`, `docker_error: String \| null` (`slipway_proxy::status`) |
 //! | `registry.html` | `repositories: [{name: String, tags: Int}]` |
 //! | `registry_repo.html` | `name: String`, `registry_host: String`, `tags: [{tag, digest, size: Int (bytes), pushed: ms}]` |
 //! | `login.html` | `error: String \| null` |
@@ -617,7 +617,10 @@ mod tests {
                     "backends": [{"address": "172.18.0.2:80", "set": "default", "set_weight": 1,
                         "weight": 1, "state": "serving", "in_flight": 2}]}],
                 "conflicts": [{"key": {"host": "app.example.com"}, "winner": {"kind": "file"},
-                    "loser": {"kind": "labels"}, "reason": "different backends"}]}),
+                    "loser": {"kind": "labels"}, "reason": "different backends"}],
+                "diagnostics": [{"severity": "warning", "origin": "container web-1",
+                    "key": "traefik.http.routers.web.rule", "message": "unknown matcher", "hint": "use Host()"}],
+                "docker_error": "cannot reach the Docker engine at /var/run/docker.sock"}),
             ),
             (
                 "proxy.html",

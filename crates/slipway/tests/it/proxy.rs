@@ -258,10 +258,15 @@ impl Drop for ProxyProcess {
 }
 
 fn start_proxy(routes: &std::path::Path) -> ProxyProcess {
+    start_proxy_with(&["--routes", routes.to_str().expect("utf-8 path")])
+}
+
+/// `slipway proxy --http 127.0.0.1:0 ARGS...`, once it listens.
+fn start_proxy_with(args: &[&str]) -> ProxyProcess {
     use std::io::{BufRead, BufReader};
     let mut child = slipway()
-        .args(["proxy", "--http", "127.0.0.1:0", "--routes"])
-        .arg(routes)
+        .args(["proxy", "--http", "127.0.0.1:0"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -751,4 +756,59 @@ fn changing_the_routes_file_under_load_fails_no_request() {
         s.0
     );
     eprintln!("answers by backend across 4 route changes: {:?}", s.0);
+}
+
+#[test]
+fn slipway_proxy_routes_a_container_by_its_traefik_labels_and_drops_it_when_stopped() {
+    if Command::new("docker")
+        .arg("version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        eprintln!("skipping: no Docker engine");
+        return;
+    }
+    let name = format!("slipway-it-labels-{}", std::process::id());
+    let host = format!("{name}.test");
+    struct Container(String);
+    impl Drop for Container {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+        }
+    }
+    let p = start_proxy_with(&["--docker-labels"]);
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name", &name])
+        .args(["--label", "traefik.enable=true"])
+        .arg("--label")
+        .arg(format!("traefik.http.routers.web.rule=Host(`{host}`)"))
+        .args([
+            "--label",
+            "traefik.http.services.web.loadbalancer.server.port=80",
+        ])
+        .arg(crate::test_image())
+        .args([
+            "sh",
+            "-c",
+            "mkdir -p /www && echo from-the-container > /www/index.html && httpd -f -p 80 -h /www",
+        ])
+        .output()
+        .expect("docker run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let container = Container(name);
+    eventually("the container to be routed", || {
+        get_through(&p.addr, &host) == (200, "from-the-container\n".to_owned())
+    });
+    let out = Command::new("docker")
+        .args(["stop", "-t", "1", &container.0])
+        .output()
+        .expect("docker stop");
+    assert!(out.status.success());
+    eventually("the stopped container's route to go", || {
+        matches!(get_through(&p.addr, &host).0, 404 | 503)
+    });
 }
