@@ -31,7 +31,7 @@ use crate::table::RouteTable;
 pub const FILE_PROVIDER: &str = "file";
 
 /// What to run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EdgeConfig {
     /// Where plain HTTP is served; `None` serves none.
     pub http: Option<SocketAddr>,
@@ -41,10 +41,28 @@ pub struct EdgeConfig {
     pub access_log: Option<AccessLogTarget>,
     /// Follow the local Docker engine's containers and route them by their labels.
     pub docker: Option<crate::docker::DockerOptions>,
+    /// Threads serving the listeners, each with its own single-threaded runtime and pool
+    /// of backend connections (as nginx's workers); 0 serves them on the caller's runtime.
+    /// [`EdgeConfig::default`] gives one per core.
+    pub workers: usize,
     /// Where `GET /metrics` is served on its own listener (`slipway proxy`; `slipway up`
     /// adds the proxy's metrics to the server's `/metrics` instead).
     pub metrics: Option<SocketAddr>,
     pub proxy: Config,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            http: None,
+            routes_file: None,
+            access_log: None,
+            docker: None,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            metrics: None,
+            proxy: Config::default(),
+        }
+    }
 }
 
 /// Which listener an error is about, for the caller to name its flag.
@@ -135,7 +153,12 @@ impl Edge {
         let mut http_addr = None;
         if let Some((listener, addr)) = http {
             http_addr = Some(addr);
-            tasks.spawn(serve_http(proxy.clone(), listener, shutdown.clone()));
+            serve_on_workers(&tasks, &proxy, listener, config.workers, &shutdown, serve_http)
+                .map_err(|source| EdgeError::Bind {
+                    listener: Listener::Http,
+                    addr,
+                    source,
+                })?;
         }
         tasks.close();
         Ok(Edge {
@@ -384,4 +407,59 @@ async fn serve_metrics(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Cance
                 .await;
         });
     }
+}
+
+/// Runs `serve(proxy, listener, shutdown)` on `workers` threads of their own, each
+/// accepting from a clone of `listener` (the kernel hands each connection to one of them),
+/// or on the caller's runtime when `workers` is 0. Each is tracked by `tasks`.
+fn serve_on_workers<F, Fut>(
+    tasks: &TaskTracker,
+    proxy: &Arc<Proxy>,
+    listener: TcpListener,
+    workers: usize,
+    shutdown: &CancellationToken,
+    serve: F,
+) -> std::io::Result<()>
+where
+    F: Fn(Arc<Proxy>, TcpListener, CancellationToken) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if workers == 0 {
+        tasks.spawn(serve(proxy.clone(), listener, shutdown.clone()));
+        return Ok(());
+    }
+    let std_listener = listener.into_std()?;
+    for i in 0..workers {
+        let mine = std_listener.try_clone()?;
+        let (proxy, shutdown, serve) = (proxy.clone(), shutdown.clone(), serve.clone());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("slipway-edge-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("edge worker {i}: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(mine) {
+                        Ok(listener) => serve(proxy, listener, shutdown).await,
+                        Err(e) => tracing::error!("edge worker {i}: {e}"),
+                    }
+                });
+                // `serve` returns once its connections are done with (or the listener is
+                // shut); what is left is cut with the runtime.
+                runtime.shutdown_timeout(Duration::from_millis(100));
+                let _ = done_tx.send(());
+            })?;
+        tasks.spawn(async move {
+            let _ = done_rx.await;
+        });
+    }
+    Ok(())
 }

@@ -69,10 +69,35 @@ pub struct Proxy {
     /// into the live table on every change; the lock also serializes swaps so each retires
     /// exactly what it replaced.
     providers: std::sync::Mutex<BTreeMap<String, RouteSet>>,
-    client: Client<HttpConnector, Body>,
     pub(crate) config: Config,
     observer: Arc<Observer>,
     pub(crate) health: crate::health::HealthBoard,
+}
+
+thread_local! {
+    /// The pool of backend connections of this thread, by connect timeout. A pool per
+    /// thread: a connection's task runs where it was opened, so a request served on one
+    /// worker never hands its bytes to another thread (the edge runs one single-threaded
+    /// runtime per core, as nginx runs one worker per core).
+    static BACKEND_CLIENTS: std::cell::RefCell<Vec<(Duration, Client<HttpConnector, Body>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn backend_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
+    BACKEND_CLIENTS.with(|clients| {
+        let mut clients = clients.borrow_mut();
+        if let Some((_, c)) = clients.iter().find(|(t, _)| *t == connect_timeout) {
+            return c.clone();
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        clients.push((connect_timeout, client.clone()));
+        client
+    })
 }
 
 /// What the connection a request came on knows: who sent it, where, and whether it is
@@ -140,16 +165,9 @@ impl Proxy {
 
     /// A proxy whose exchanges `observer` logs and counts.
     pub fn with_observer(config: Config, table: RouteTable, observer: Observer) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         let proxy = Proxy {
             live: ArcSwap::from_pointee(Snapshot::build(RouteTable::build([]), None)),
             providers: std::sync::Mutex::new(BTreeMap::new()),
-            client,
             config,
             observer: Arc::new(observer),
             health: crate::health::HealthBoard::new(),
@@ -345,7 +363,7 @@ impl Proxy {
                     &format!("backend {} is gone; retry shortly\n", backend.address),
                 );
             };
-            match self.client.request(out).await {
+            match backend_client(self.config.connect_timeout).request(out).await {
                 Ok(resp) => {
                     if resp.status().is_server_error() {
                         backend.passive_failure(&self.health.passive.load());

@@ -92,6 +92,10 @@ pub struct ServeArgs {
     pub docker_labels: bool,
     #[command(flatten)]
     pub docker: DockerArgs,
+    /// Threads serving traffic, each with its own event loop and backend connections
+    /// (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// Serve `GET /metrics` (Prometheus) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -239,6 +243,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         access_log: access_log_target(args.access_log.as_ref()),
         metrics: args.metrics,
         docker: args.docker_labels.then(|| args.docker.options()),
+        workers: args.workers.unwrap_or_else(|| slipway_proxy::EdgeConfig::default().workers),
         proxy: args.proxy_config()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -149,6 +149,7 @@ impl UpProxyArgs {
             metrics: None,
             docker: (!self.no_docker_labels).then(|| self.docker.options()),
             proxy,
+            ..slipway_proxy::EdgeConfig::default()
         }))
     }
 }
