@@ -44,13 +44,16 @@ pub mod edge;
 pub mod file;
 pub mod forward;
 pub mod health;
+pub mod instance;
 pub mod labels;
 pub mod observe;
+pub mod persist;
 pub mod route;
 pub mod rule;
 pub mod serve;
 pub mod status;
 pub mod table;
+pub mod takeover;
 
 pub use balance::{BackendState, Balance, Health};
 pub use diagnostic::{Diagnostic, Severity};
