@@ -18,17 +18,17 @@
 //! connection waits in the one backlog until either accepts it.
 //!
 //! The sequence, for `slipway proxy --takeover` and `slipway up --takeover` alike:
-//! 1. new: [`InstanceLock::acquire`] fails with `Held`; `take_over(&socket_path(dir))`
-//!    gives the listeners by name, served at once (each through
-//!    `tokio::net::TcpListener::from_std`); a name it wants and did not get it binds.
-//! 2. old: [`Handover::taken`] returns a [`Successor`]: it ends its accept loops,
-//!    [`Connections::close`](crate::serve::Connections::close), waits for
-//!    [`Connections::drained`](crate::serve::Connections::drained) (in-flight requests and
-//!    tunnels, up to the drain timeout), then [`Successor::depart`] with its lock, and
-//!    exits.
-//! 3. new: [`Predecessor::gone`] resolves at the EOF; it takes the lock
-//!    ([`InstanceLock::acquire_within`]), starts what only one instance may run, and
-//!    binds its own [`Handover`] for the next upgrade.
+//! 1. new: [`claim`]`(dir, takeover)`: the lock when free ([`Claim::Fresh`]); else, with
+//!    `--takeover`, [`take_over`]`(&socket_path(dir))` ([`Claim::Successor`]): the
+//!    listeners by name, to serve at once (each through
+//!    `tokio::net::TcpListener::from_std`; a name it wants and did not get, it binds);
+//!    else the refusal. It restores the stored routes ([`crate::persist::restore`]).
+//! 2. old: [`Handover::taken`] returns a [`Successor`]: it ends its accept loops, then
+//!    [`Successor::drain_and_depart`]: [`Connections::close`], [`Connections::drained`]
+//!    (in-flight requests and tunnels, up to the drain timeout), the lock released, EOF;
+//!    and exits.
+//! 3. new: [`Predecessor::gone_then_lock`] resolves at the EOF with the lock; it starts
+//!    what only one instance may run, and binds its own [`Handover`] for the next upgrade.
 //!
 //! Invariants: the old stops accepting only after the new said `ok` (a successor that
 //! fails midway leaves the old serving); only a peer of the socket owner's uid is
@@ -49,7 +49,9 @@ use rustix::net::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::instance::InstanceLock;
+use crate::forward::Proxy;
+use crate::instance::{InstanceError, InstanceLock};
+use crate::serve::Connections;
 
 /// The handover socket's name in the data dir.
 pub const SOCKET_FILE: &str = "slipway.sock";
@@ -260,6 +262,62 @@ impl Successor {
         drop(lock);
         drop(self.stream);
     }
+
+    /// The old side's end, once its accept loops have ended: asks every connection to
+    /// finish, waits for them and for every request and tunnel of `proxy` (up to
+    /// `drain_timeout`), then [`Successor::depart`]s. Whether everything ended in time.
+    pub async fn drain_and_depart(
+        self,
+        connections: &Connections,
+        proxy: &Proxy,
+        drain_timeout: Duration,
+        lock: Option<InstanceLock>,
+    ) -> bool {
+        connections.close();
+        let drained = connections.drained(proxy, drain_timeout).await;
+        tracing::info!(drained, "handed over; this instance has finished and goes");
+        self.depart(lock);
+        drained
+    }
+}
+
+/// How an instance starts on a data dir: see [`claim`].
+#[derive(Debug)]
+pub enum Claim {
+    /// No other instance ran: the lock is ours; bind the listeners.
+    Fresh(InstanceLock),
+    /// Another ran, and handed its listeners over: serve them, then wait for
+    /// [`Predecessor::gone_then_lock`].
+    Successor(Taken),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
+}
+
+/// Takes the data dir for a starting instance: its lock when free; else, with `takeover`,
+/// the running instance's listeners; else the refusal ([`InstanceError::Held`], which
+/// names the pid and `--takeover`). `--takeover` with nothing running starts fresh.
+pub async fn claim(data_dir: &Path, takeover: bool) -> Result<Claim, ClaimError> {
+    match InstanceLock::acquire(data_dir) {
+        Ok(lock) => {
+            if takeover {
+                tracing::info!(
+                    data_dir = %data_dir.display(),
+                    "--takeover: no instance runs on this data dir; starting afresh"
+                );
+            }
+            Ok(Claim::Fresh(lock))
+        }
+        Err(InstanceError::Held { .. }) if takeover => {
+            Ok(Claim::Successor(take_over(&socket_path(data_dir)).await?))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What a successor got from the running instance.
@@ -293,6 +351,17 @@ impl Predecessor {
                 break;
             }
         }
+    }
+
+    /// [`Predecessor::gone`], then the data dir's lock (retried for `timeout`, as the
+    /// predecessor's process may take a moment to exit).
+    pub async fn gone_then_lock(
+        self,
+        data_dir: &Path,
+        timeout: Duration,
+    ) -> Result<InstanceLock, InstanceError> {
+        self.gone().await;
+        InstanceLock::acquire_within(data_dir, timeout).await
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use slipway_proxy::instance::{InstanceError, InstanceLock};
 use slipway_proxy::serve::{Connections, serve_http_on};
-use slipway_proxy::takeover::{Handover, listener_fd, socket_path, take_over};
+use slipway_proxy::takeover::{Claim, ClaimError, Handover, claim, listener_fd, socket_path};
 use slipway_proxy::{Config, Proxy, RouteTable, persist};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -109,11 +109,11 @@ async fn old_proxy(data: &Path, routes: &str) -> i32 {
     println!("CHILD handed-over");
     accepting.cancel();
     let _ = serving.await;
-    connections.close();
-    let drained = connections.drained(&proxy, Duration::from_secs(20)).await;
+    let drained = successor
+        .drain_and_depart(&connections, &proxy, Duration::from_secs(20), Some(lock))
+        .await;
     println!("CHILD drained {drained}");
     stop.cancel();
-    successor.depart(Some(lock));
     if drained { 0 } else { 3 }
 }
 
@@ -294,8 +294,10 @@ async fn a_takeover_under_load_fails_no_request_and_the_old_proxy_exits_after_it
     let addr: SocketAddr = old.expect("ready").await.parse().expect("old's address");
 
     // Without --takeover, a second instance is refused while the old one runs.
-    match InstanceLock::acquire(data.path()) {
-        Err(InstanceError::Held { pid, .. }) => assert_eq!(pid, Some(old.pid())),
+    match claim(data.path(), false).await {
+        Err(ClaimError::Instance(InstanceError::Held { pid, .. })) => {
+            assert_eq!(pid, Some(old.pid()))
+        }
         other => panic!("a second instance was not refused: {other:?}"),
     }
     let mode = std::fs::metadata(socket_path(data.path()))
@@ -320,9 +322,10 @@ async fn a_takeover_under_load_fails_no_request_and_the_old_proxy_exits_after_it
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The new instance: the listeners from the old one, the routes it stored.
-    let taken = take_over(&socket_path(data.path()))
-        .await
-        .expect("take the listeners over");
+    let taken = match claim(data.path(), true).await {
+        Ok(Claim::Successor(taken)) => taken,
+        other => panic!("not a takeover: {other:?}"),
+    };
     assert_eq!(
         taken.listeners.keys().collect::<Vec<_>>(),
         ["proxy-http"],
@@ -368,12 +371,15 @@ async fn a_takeover_under_load_fails_no_request_and_the_old_proxy_exits_after_it
         .expect("the old proxy exits")
         .expect("status");
     assert!(status.success(), "{status}");
-    tokio::time::timeout(Duration::from_secs(5), taken.predecessor.gone())
-        .await
-        .expect("the new one learns the old one has gone");
-    let _lock = InstanceLock::acquire_within(data.path(), Duration::from_secs(5))
-        .await
-        .expect("the lock, once the old one has gone");
+    let _lock = tokio::time::timeout(
+        Duration::from_secs(10),
+        taken
+            .predecessor
+            .gone_then_lock(data.path(), Duration::from_secs(5)),
+    )
+    .await
+    .expect("the new one learns the old one has gone")
+    .expect("the lock, once the old one has gone");
 
     let mut seen = Seen::default();
     for t in load {
