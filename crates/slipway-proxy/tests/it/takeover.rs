@@ -4,7 +4,8 @@
 //! sockets cross a real unix socket into another process's fd table, the instance lock is
 //! a real flock between two processes, and "the old one exits" is a process exit.
 //!
-//! Also: the stored route table (served by a new proxy before any provider set a route,
+//! Also: a successor of another protocol version refused while the running one keeps
+//! its listeners (two tasks over a real unix socket); the stored route table (served by a new proxy before any provider set a route,
 //! basic-auth hashes kept) and a corrupt stored file (ignored, with a log line naming it).
 
 use std::collections::BTreeMap;
@@ -558,4 +559,41 @@ async fn a_corrupt_or_unknown_stored_table_is_ignored_with_a_log_line_naming_it(
         assert!(proxy.providers().is_empty());
         assert!(proxy.snapshot().table.routes().is_empty());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_of_another_version_is_refused_and_the_running_one_keeps_its_listeners() {
+    let data = tempfile::tempdir().expect("data dir");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let fds = BTreeMap::from([("proxy-http".to_owned(), listener_fd(&listener).expect("fd"))]);
+    let handover = Arc::new(Handover::bind(&socket_path(data.path()), fds).expect("handover"));
+    let waiting = tokio::spawn({
+        let handover = handover.clone();
+        async move { handover.taken().await }
+    });
+    let mut other = tokio::net::UnixStream::connect(socket_path(data.path()))
+        .await
+        .expect("connect");
+    other
+        .write_all(b"slipway-takeover 9\n")
+        .await
+        .expect("hello");
+    let mut answer = String::new();
+    other.read_to_string(&mut answer).await.expect("answer");
+    assert!(
+        answer.starts_with("slipway-error") && answer.contains("version 1"),
+        "{answer}"
+    );
+    assert!(!waiting.is_finished(), "a refused successor took nothing");
+    // A successor of this version still gets the listener afterwards.
+    let taken = slipway_proxy::take_over(&socket_path(data.path()))
+        .await
+        .expect("take over");
+    let got = &taken.listeners["proxy-http"];
+    assert_eq!(got.local_addr().expect("addr"), addr);
+    let _successor = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the handover ends")
+        .expect("task");
 }
