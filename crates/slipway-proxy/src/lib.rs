@@ -33,7 +33,8 @@
 //!   then stops accepting, finishes its connections gracefully through
 //!   [`serve::Connections`] and drains before it exits), and [`persist`] (each provider's
 //!   routes stored in `DATA/proxy/routes.json`, hashes kept, 0600, atomically, on every
-//!   change; restored at start so a new instance serves the last routes at once).
+//!   change; restored at start so a new instance serves the last routes at once). The
+//!   [`Edge`] does all three when given `EdgeConfig::data_dir` (and `takeover`).
 //!
 //! Invariants: nothing here does IO but [`file::load`], and nothing panics on any input
 //! (property tests feed the rule parser and the label readers arbitrary text); a value
@@ -76,4 +77,6 @@ pub use route::{
 pub use serve::{Config, serve_http};
 pub use status::{CertificateStatus, ProxyStatus};
 pub use table::{Conflict, RouteTable};
-pub use takeover::{Claim, ClaimError, Handover, Taken, TakeoverError, claim, take_over};
+pub use takeover::{
+    Claim, ClaimError, Handover, HandoverSet, Taken, TakeoverError, claim, take_over,
+};

@@ -40,6 +40,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::net::{
@@ -106,7 +107,49 @@ pub enum TakeoverError {
 pub struct Handover {
     socket: UnixListener,
     path: PathBuf,
-    listeners: BTreeMap<String, OwnedFd>,
+    listeners: HandoverSet,
+}
+
+/// The listeners a [`Handover`] gives, by name; shared, so their owner can add one after
+/// the handover socket is bound (`slipway up` adds its API listener to the edge's).
+#[derive(Debug, Clone, Default)]
+pub struct HandoverSet(Arc<Mutex<BTreeMap<String, OwnedFd>>>);
+
+impl HandoverSet {
+    pub fn new() -> HandoverSet {
+        HandoverSet::default()
+    }
+
+    /// Adds (or replaces) the listener `name`: 1-64 of a-z, 0-9 and `-`.
+    pub fn insert(&self, name: &str, fd: OwnedFd) -> Result<(), TakeoverError> {
+        if !valid_name(name) {
+            return Err(TakeoverError::BadName(name.to_owned()));
+        }
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.contains_key(name) && set.len() >= MAX_LISTENERS {
+            return Err(TakeoverError::TooMany(set.len() + 1));
+        }
+        set.insert(name.to_owned(), fd);
+        Ok(())
+    }
+
+    /// The names, in the order they are sent.
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Each listener with its own copy of the fd, to send without holding the lock.
+    fn copies(&self) -> std::io::Result<Vec<(String, OwnedFd)>> {
+        let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter()
+            .map(|(name, fd)| Ok((name.clone(), fd.try_clone()?)))
+            .collect()
+    }
 }
 
 impl Handover {
@@ -120,9 +163,15 @@ impl Handover {
         if listeners.len() > MAX_LISTENERS {
             return Err(TakeoverError::TooMany(listeners.len()));
         }
-        if let Some(bad) = listeners.keys().find(|n| !valid_name(n)) {
-            return Err(TakeoverError::BadName(bad.clone()));
+        let set = HandoverSet::new();
+        for (name, fd) in listeners {
+            set.insert(&name, fd)?;
         }
+        Handover::bind_set(path, set)
+    }
+
+    /// [`Handover::bind`], handing over whatever is in `listeners` when a successor asks.
+    pub fn bind_set(path: &Path, listeners: HandoverSet) -> Result<Handover, TakeoverError> {
         let err = |source| TakeoverError::Bind {
             path: path.to_path_buf(),
             source,
@@ -200,16 +249,17 @@ impl Handover {
                 "a successor said `{hello}`, not `slipway-takeover {VERSION}`"
             )));
         }
+        let listeners = self.listeners.copies().map_err(io)?;
         let mut payload = format!(
             "slipway-listeners {VERSION} {} {}\n",
             std::process::id(),
-            self.listeners.len()
+            listeners.len()
         );
-        for name in self.listeners.keys() {
+        for (name, _) in &listeners {
             payload.push_str(name);
             payload.push('\n');
         }
-        let fds: Vec<BorrowedFd<'_>> = self.listeners.values().map(|f| f.as_fd()).collect();
+        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, f)| f.as_fd()).collect();
         let mut space =
             vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
         let mut control = SendAncillaryBuffer::new(&mut space);
@@ -241,7 +291,7 @@ impl Handover {
             return Err(protocol(format!("the successor answered `{ack}`")));
         }
         tracing::info!(
-            listeners = ?self.listeners.keys().collect::<Vec<_>>(),
+            listeners = ?listeners.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             "handed the listeners over to a successor"
         );
         Ok(Successor { stream })

@@ -597,3 +597,143 @@ async fn a_successor_of_another_version_is_refused_and_the_running_one_keeps_its
         .expect("the handover ends")
         .expect("task");
 }
+
+/// Two edges in one process (one runtime): the listeners still pass as fds over the real
+/// unix socket and the flock conflicts between the two opens of the lock file, so this
+/// proves the edge's wiring; the two-process test above proves the handover itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_on_a_data_dir_hands_its_listeners_and_routes_to_a_successor_edge() {
+    use slipway_proxy::{Edge, EdgeConfig, EdgeError};
+    let data = tempfile::tempdir().expect("data dir");
+    let web = TestBackend::start("web").await;
+    let routes = data.path().join("routes.yml");
+    std::fs::write(
+        &routes,
+        format!(
+            "routes:\n  - host: app.test\n    backends: [\"{}\"]\n",
+            web.addr
+        ),
+    )
+    .expect("write routes");
+    let config = |takeover: bool, routes_file: Option<PathBuf>| EdgeConfig {
+        http: Some("127.0.0.1:0".parse().expect("addr")),
+        metrics: Some("127.0.0.1:0".parse().expect("addr")),
+        routes_file,
+        data_dir: Some(data.path().to_path_buf()),
+        takeover,
+        drain_timeout: Some(Duration::from_secs(10)),
+        ..EdgeConfig::default()
+    };
+    let old_stop = CancellationToken::new();
+    let _old_stop = old_stop.clone().drop_guard();
+    let old = Edge::start(config(false, Some(routes.clone())), old_stop)
+        .await
+        .expect("the first edge starts");
+    let addr = old.http_addr().expect("http");
+    let c = client();
+    let get = |path: &'static str| {
+        let c = c.clone();
+        async move {
+            c.get(format!("http://{addr}{path}"))
+                .header("host", "app.test")
+                .send()
+                .await
+        }
+    };
+    assert_eq!(
+        get("/").await.expect("get").text().await.expect("body"),
+        "web"
+    );
+
+    // A second edge without takeover is refused, naming the data dir, the pid, the flag.
+    let refused = Edge::start(config(false, None), CancellationToken::new()).await;
+    match refused {
+        Err(e @ EdgeError::Claim(_)) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&data.path().display().to_string()),
+                "{message}"
+            );
+            assert!(
+                message.contains(&format!("pid {}", std::process::id())),
+                "{message}"
+            );
+            assert!(message.contains("--takeover"), "{message}");
+        }
+        other => panic!("a second edge was not refused: {other:?}"),
+    }
+
+    let stored = persist::dir(data.path()).join(persist::FILE);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stored.exists() {
+        assert!(Instant::now() < deadline, "the routes were not stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let slow = tokio::spawn(get("/slow?ms=1500"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The caller's own listener (`slipway up`'s API), added after the edge started.
+    let api = std::net::TcpListener::bind("127.0.0.1:0").expect("api listener");
+    old.hand_over_also("api", &api)
+        .expect("api handed over too");
+
+    // The successor has no routes file: it serves what the old one stored.
+    let new_stop = CancellationToken::new();
+    let _new_stop = new_stop.clone().drop_guard();
+    let new = Edge::start(config(true, None), new_stop)
+        .await
+        .expect("the successor starts");
+    assert_eq!(new.http_addr(), Some(addr), "the same listener");
+    assert_eq!(
+        new.metrics_addr(),
+        old.metrics_addr(),
+        "the same metrics listener"
+    );
+    assert!(
+        new.take_listener("proxy-http").is_none(),
+        "the edge serves its own"
+    );
+    let new_api = new
+        .take_listener("api")
+        .expect("the api listener, for the caller");
+    assert_eq!(
+        new_api.local_addr().expect("addr"),
+        api.local_addr().expect("addr")
+    );
+    assert!(new.take_listener("api").is_none(), "taken once");
+    let from_new = get("/").await.expect("get after the takeover");
+    assert_eq!(from_new.text().await.expect("body"), "web");
+
+    let old_signal = old.handed_over_signal();
+    tokio::time::timeout(Duration::from_secs(5), old_signal.cancelled())
+        .await
+        .expect("the old edge was told");
+    let slow = slow
+        .await
+        .expect("join")
+        .expect("the slow request on the old edge");
+    assert_eq!(slow.status(), reqwest::StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(15), old.wait())
+        .await
+        .expect("the old edge ends once drained");
+    assert!(old.handed_over());
+    assert!(!new.handed_over());
+
+    // The successor now holds the data dir and answers the next successor.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = Edge::start(config(false, None), CancellationToken::new()).await;
+        let held = matches!(refused, Err(EdgeError::Claim(_)));
+        if held && socket_path(data.path()).exists() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the successor did not take the data dir"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..3 {
+        let r = get("/").await.expect("get from the successor alone");
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+    }
+}
