@@ -324,7 +324,8 @@ impl Edge {
         self.http_addr
     }
 
-    /// Waits until every listener and provider task has ended (after `shutdown`).
+    /// Waits until every listener and provider task has ended: after `shutdown`, or after
+    /// a handover once the drain has ended ([`Edge::handed_over`]).
     pub async fn wait(&self) {
         self.tasks.wait().await;
     }

@@ -5,8 +5,10 @@
 //! a real flock between two processes, and "the old one exits" is a process exit.
 //!
 //! Also: a successor of another protocol version refused while the running one keeps
-//! its listeners (two tasks over a real unix socket); the stored route table (served by a new proxy before any provider set a route,
-//! basic-auth hashes kept) and a corrupt stored file (ignored, with a log line naming it).
+//! its listeners (two tasks over a real unix socket); the stored route table (served by a
+//! new proxy before any provider set a route, basic-auth hashes kept) and a corrupt stored
+//! file (ignored, with a log line naming it); and the [`slipway_proxy::Edge`]'s wiring of
+//! all of it, two edges in one process.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
