@@ -6,14 +6,25 @@
 //! file (`file`, watched and applied live by [`watch_routes_file`]), and whatever the
 //! caller adds through [`Edge::proxy`] (the deployer, `--public-url`).
 //!
+//! With a data dir ([`EdgeConfig::data_dir`]) the edge is the data dir's one instance
+//! ([`crate::instance`]): it serves the last stored routes at once and stores every change
+//! ([`crate::persist`]), and answers a successor on `DATA/slipway.sock`
+//! ([`crate::takeover`]): it then stops accepting, drains (up to
+//! [`EdgeConfig::drain_timeout`]), releases the lock and ends, so [`Edge::wait`] returns
+//! and [`Edge::handed_over`] says why. Started with [`EdgeConfig::takeover`], it serves
+//! on the running instance's listeners (by [`Listener::handover_name`]) and answers its own
+//! successors once that one has gone.
+//!
 //! Invariants: nothing is served unless every listener was bound (a port that cannot be
 //! bound is an [`EdgeError::Bind`] naming the listener and the address); a routes file
 //! with errors at start is an [`EdgeError::RoutesFile`] (there is nothing earlier to keep
 //! serving), while a later broken version is reported at FILE:LINE:COL and the routes in
 //! use stay.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +34,21 @@ use tokio_util::task::TaskTracker;
 
 use crate::diagnostic::Diagnostic;
 use crate::forward::Proxy;
+use crate::instance::InstanceLock;
 use crate::observe::{AccessLogTarget, Observer};
-use crate::serve::{Config, serve_http};
+use crate::serve::{Config, Connections, serve_http_on};
 use crate::table::RouteTable;
+use crate::takeover::{
+    Claim, ClaimError, Handover, HandoverSet, Predecessor, TakeoverError, listener_fd, socket_path,
+};
+
+/// How long a predecessor serves its in-flight requests and tunnels after a handover,
+/// unless [`EdgeConfig::drain_timeout`] says otherwise.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often route changes are stored, at most.
+const STORE_DEBOUNCE: Duration = Duration::from_millis(500);
+/// How long a successor waits for the lock after its predecessor's EOF (its exit).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// The provider name of the routes file.
 pub const FILE_PROVIDER: &str = "file";
@@ -49,6 +72,16 @@ pub struct EdgeConfig {
     /// adds the proxy's metrics to the server's `/metrics` instead).
     pub metrics: Option<SocketAddr>,
     pub proxy: Config,
+    /// The data dir (`--data`): one instance per dir, the last routes stored in
+    /// `DATA/proxy` and served at start, a successor answered on `DATA/slipway.sock`.
+    /// `None`: none of these.
+    pub data_dir: Option<PathBuf>,
+    /// Take the listeners over from the instance running on `data_dir` (`--takeover`);
+    /// with none running, start afresh.
+    pub takeover: bool,
+    /// After a handover, how long in-flight requests and tunnels may go on; `None`:
+    /// [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Option<Duration>,
 }
 
 impl Default for EdgeConfig {
@@ -60,6 +93,9 @@ impl Default for EdgeConfig {
             docker: None,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             metrics: None,
+            data_dir: None,
+            takeover: false,
+            drain_timeout: None,
             proxy: Config::default(),
         }
     }
@@ -71,6 +107,17 @@ pub enum Listener {
     Http,
     Https,
     Metrics,
+}
+
+impl Listener {
+    /// Its name in a takeover.
+    pub fn handover_name(self) -> &'static str {
+        match self {
+            Listener::Http => "proxy-http",
+            Listener::Https => "proxy-https",
+            Listener::Metrics => "proxy-metrics",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +138,12 @@ pub enum EdgeError {
         path: PathBuf,
         diagnostics: Vec<Diagnostic>,
     },
+    /// The data dir is another instance's (the message names the pid and `--takeover`),
+    /// or the takeover from it failed (naming the socket).
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    #[error(transparent)]
+    Handover(#[from] TakeoverError),
 }
 
 /// A running edge.
@@ -101,6 +154,15 @@ pub struct Edge {
     metrics_addr: Option<SocketAddr>,
     docker: Option<crate::docker::DockerProvider>,
     tasks: TaskTracker,
+    /// Fires when this instance's listeners were handed to a successor.
+    handed_over: CancellationToken,
+    /// Fires once this instance holds the data dir's lock (at once when it started fresh;
+    /// after its predecessor has gone on a takeover; at once without a data dir).
+    holds: CancellationToken,
+    /// What a successor hands over: the edge's listeners, and the caller's.
+    handover_set: HandoverSet,
+    /// Listeners taken over that the edge does not serve itself (`api`), for the caller.
+    taken: std::sync::Mutex<BTreeMap<String, std::net::TcpListener>>,
 }
 
 impl Edge {
@@ -110,14 +172,25 @@ impl Edge {
             Some(path) => Some(load_routes_file(path).await?),
             None => None,
         };
+        // After the routes file (a broken one must not take the listeners over).
+        let (lock, predecessor, mut taken) = match &config.data_dir {
+            None => (None, None, BTreeMap::new()),
+            Some(dir) => match crate::takeover::claim(dir, config.takeover).await? {
+                Claim::Fresh(lock) => (Some(lock), None, BTreeMap::new()),
+                Claim::Successor(t) => (None, Some(t.predecessor), t.listeners),
+            },
+        };
         let http = match config.http {
-            Some(addr) => Some(bind(Listener::Http, addr).await?),
+            Some(addr) => Some(listen(Listener::Http, addr, &mut taken).await?),
             None => None,
         };
         let metrics = match config.metrics {
-            Some(addr) => Some(bind(Listener::Metrics, addr).await?),
+            Some(addr) => Some(listen(Listener::Metrics, addr, &mut taken).await?),
             None => None,
         };
+        // A proxy listener this configuration no longer has is closed; the rest wait for
+        // the caller.
+        taken.retain(|name, _| !name.starts_with("proxy-"));
         let observer =
             Observer::new(config.access_log.as_ref()).map_err(|source| EdgeError::AccessLog {
                 path: match &config.access_log {
@@ -132,6 +205,20 @@ impl Edge {
             observer,
         ));
         let tasks = TaskTracker::new();
+        // The providers and accept loops end at `stop`: the caller's shutdown, or the end
+        // of a handover's drain.
+        let stop = shutdown.child_token();
+        let accepting = stop.child_token();
+        let shutdown = stop.clone();
+        if let Some(dir) = &config.data_dir {
+            let stored = crate::persist::dir(dir);
+            crate::persist::restore(&proxy, &stored);
+            let saver =
+                crate::persist::spawn_saver(proxy.clone(), stored, STORE_DEBOUNCE, stop.clone());
+            tasks.spawn(async move {
+                let _ = saver.await;
+            });
+        }
         if let (Some(path), Some((set, text))) = (config.routes_file.clone(), file_routes) {
             proxy.set_provider(FILE_PROVIDER, set);
             report_conflicts(&proxy);
@@ -145,20 +232,60 @@ impl Edge {
         let docker = config.docker.clone().map(|options| {
             crate::docker::DockerProvider::spawn(proxy.clone(), options, shutdown.clone())
         });
+        let handover_set = HandoverSet::new();
         let mut metrics_addr = None;
         if let Some((listener, addr)) = metrics {
             metrics_addr = Some(addr);
-            tasks.spawn(serve_metrics(proxy.clone(), listener, shutdown.clone()));
+            add_to_handover(&handover_set, Listener::Metrics.handover_name(), &listener)?;
+            tasks.spawn(serve_metrics(proxy.clone(), listener, accepting.clone()));
         }
+        let connections = Connections::new();
         let mut http_addr = None;
         if let Some((listener, addr)) = http {
             http_addr = Some(addr);
-            serve_on_workers(&tasks, &proxy, listener, config.workers, &shutdown, serve_http)
-                .map_err(|source| EdgeError::Bind {
+            add_to_handover(&handover_set, Listener::Http.handover_name(), &listener)?;
+            let (conns, until) = (connections.clone(), stop.clone());
+            // A worker's runtime holds its connections' tasks: it lives until the edge
+            // stops (after a handover's drain), not only until its accept loop ends.
+            let serve = move |proxy, listener, accepting| {
+                let (conns, until) = (conns.clone(), until.clone());
+                async move {
+                    serve_http_on(proxy, listener, accepting, conns).await;
+                    until.cancelled().await;
+                }
+            };
+            serve_on_workers(&tasks, &proxy, listener, config.workers, &accepting, serve).map_err(
+                |source| EdgeError::Bind {
                     listener: Listener::Http,
                     addr,
                     source,
-                })?;
+                },
+            )?;
+        }
+        let handed_over = CancellationToken::new();
+        let holds = CancellationToken::new();
+        if let Some(dir) = config.data_dir.clone() {
+            let holder = match (lock, predecessor) {
+                (Some(lock), _) => Holder::Locked(lock),
+                (None, Some(predecessor)) => Holder::Succeeding(predecessor),
+                (None, None) => Holder::Nothing,
+            };
+            tasks.spawn(
+                HandoverTask {
+                    dir,
+                    set: handover_set.clone(),
+                    proxy: proxy.clone(),
+                    connections,
+                    accepting,
+                    stop,
+                    handed_over: handed_over.clone(),
+                    holds: holds.clone(),
+                    drain_timeout: config.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+                }
+                .run(holder),
+            );
+        } else {
+            holds.cancel();
         }
         tasks.close();
         Ok(Edge {
@@ -167,7 +294,45 @@ impl Edge {
             metrics_addr,
             docker,
             tasks,
+            handed_over,
+            holds,
+            handover_set,
+            taken: std::sync::Mutex::new(taken),
         })
+    }
+
+    /// A listener taken over from the predecessor that the edge does not serve itself
+    /// (`slipway up`'s `api`), once; `None` when there was no takeover or no such listener.
+    /// In blocking mode, as `std` makes it: `set_nonblocking(true)` before
+    /// `tokio::net::TcpListener::from_std`.
+    pub fn take_listener(&self, name: &str) -> Option<std::net::TcpListener> {
+        self.taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+    }
+
+    /// Hands `listener` over to a successor too, as `name` (`api`), with the edge's own.
+    /// Its owner ends its accept loop when [`Edge::handed_over_signal`] fires.
+    pub fn hand_over_also(&self, name: &str, listener: &impl AsFd) -> Result<(), EdgeError> {
+        add_to_handover(&self.handover_set, name, listener)
+    }
+
+    /// Fires when this instance's listeners were handed over to a successor: it stops
+    /// accepting and drains, then everything ends ([`Edge::wait`] returns).
+    pub fn handed_over_signal(&self) -> CancellationToken {
+        self.handed_over.clone()
+    }
+
+    /// Waits until this instance holds the data dir: what must never run twice on one
+    /// store (the server) starts after this.
+    pub async fn holds_data_dir(&self) {
+        self.holds.cancelled().await;
+    }
+
+    /// Whether the listeners were handed over (why [`Edge::wait`] returned).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.is_cancelled()
     }
 
     pub fn proxy(&self) -> &Arc<Proxy> {
@@ -205,9 +370,130 @@ impl Edge {
         self.http_addr
     }
 
-    /// Waits until every listener and provider task has ended (after `shutdown`).
+    /// Waits until every listener and provider task has ended: after `shutdown`, or after
+    /// a handover once the drain has ended ([`Edge::handed_over`]).
     pub async fn wait(&self) {
         self.tasks.wait().await;
+    }
+}
+
+fn add_to_handover(set: &HandoverSet, name: &str, listener: &impl AsFd) -> Result<(), EdgeError> {
+    let fd = listener_fd(listener).map_err(|source| TakeoverError::Io {
+        path: PathBuf::from(name),
+        source,
+    })?;
+    Ok(set.insert(name, fd)?)
+}
+
+/// The listener taken over under `listener`'s name when it listens on `addr` (or `addr`
+/// asks for any port); else a new one bound to `addr`.
+async fn listen(
+    listener: Listener,
+    addr: SocketAddr,
+    taken: &mut BTreeMap<String, std::net::TcpListener>,
+) -> Result<(TcpListener, SocketAddr), EdgeError> {
+    let name = listener.handover_name();
+    if let Some(old) = taken.remove(name) {
+        let err = |source| EdgeError::Bind {
+            listener,
+            addr,
+            source,
+        };
+        let local = old.local_addr().map_err(err)?;
+        if local == addr || (addr.port() == 0 && local.ip() == addr.ip()) {
+            old.set_nonblocking(true).map_err(err)?;
+            return Ok((TcpListener::from_std(old).map_err(err)?, local));
+        }
+        tracing::warn!(
+            "{name}: the running instance listens on {local}, this one is asked for {addr}: binding {addr}"
+        );
+    }
+    bind(listener, addr).await
+}
+
+/// What the handover task starts with.
+enum Holder {
+    Locked(InstanceLock),
+    Succeeding(Predecessor),
+    Nothing,
+}
+
+/// Answers successors on the data dir's socket; after a handover, ends this instance.
+struct HandoverTask {
+    dir: PathBuf,
+    set: HandoverSet,
+    proxy: Arc<Proxy>,
+    connections: Connections,
+    accepting: CancellationToken,
+    stop: CancellationToken,
+    handed_over: CancellationToken,
+    holds: CancellationToken,
+    drain_timeout: Duration,
+}
+
+impl HandoverTask {
+    async fn run(self, holder: Holder) {
+        let lock = match holder {
+            Holder::Locked(lock) => lock,
+            Holder::Succeeding(predecessor) => {
+                let pid = predecessor.pid();
+                tokio::select! {
+                    got = predecessor.gone_then_lock(&self.dir, LOCK_WAIT) => match got {
+                        Ok(lock) => {
+                            tracing::info!(pid, "the previous instance has gone; this one holds the data dir");
+                            lock
+                        }
+                        Err(e) => {
+                            tracing::error!("{e}; this instance serves on but cannot hand over");
+                            return;
+                        }
+                    },
+                    () = self.stop.cancelled() => return,
+                }
+            }
+            Holder::Nothing => {
+                self.holds.cancel();
+                return;
+            }
+        };
+        self.holds.cancel();
+        let handover = match Handover::bind_set(&socket_path(&self.dir), self.set.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}; this instance serves on but cannot hand over");
+                // The lock is held until the stop all the same.
+                self.stop.cancelled().await;
+                drop(lock);
+                return;
+            }
+        };
+        let successor = tokio::select! {
+            s = handover.taken() => s,
+            () = self.stop.cancelled() => {
+                remove_socket(handover.path());
+                return;
+            }
+        };
+        self.accepting.cancel();
+        self.handed_over.cancel();
+        successor
+            .drain_and_depart(
+                &self.connections,
+                &self.proxy,
+                self.drain_timeout,
+                Some(lock),
+            )
+            .await;
+        self.stop.cancel();
+    }
+}
+
+/// A stopped instance's socket is not left for a successor to find dead.
+fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {e}", path.display());
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Proxy {
     /// into the live table on every change; the lock also serializes swaps so each retires
     /// exactly what it replaced.
     providers: std::sync::Mutex<BTreeMap<String, RouteSet>>,
+    /// Bumped on every provider change, for whoever persists the providers' routes.
+    providers_changed: tokio::sync::watch::Sender<u64>,
     pub(crate) config: Config,
     observer: Arc<Observer>,
     pub(crate) health: crate::health::HealthBoard,
@@ -168,6 +170,7 @@ impl Proxy {
         let proxy = Proxy {
             live: ArcSwap::from_pointee(Snapshot::build(RouteTable::build([]), None)),
             providers: std::sync::Mutex::new(BTreeMap::new()),
+            providers_changed: tokio::sync::watch::Sender::new(0),
             config,
             observer: Arc::new(observer),
             health: crate::health::HealthBoard::new(),
@@ -196,6 +199,21 @@ impl Proxy {
             providers.insert(provider.to_owned(), routes);
         }
         self.swap_in(RouteTable::build(providers.values().cloned()));
+        self.providers_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Every provider's routes, as [`Proxy::set_provider`] last set them.
+    pub fn providers(&self) -> BTreeMap<String, RouteSet> {
+        self.providers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes on every [`Proxy::set_provider`].
+    pub fn provider_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.providers_changed.subscribe()
     }
 
     /// Holding the providers' lock.
@@ -363,7 +381,10 @@ impl Proxy {
                     &format!("backend {} is gone; retry shortly\n", backend.address),
                 );
             };
-            match backend_client(self.config.connect_timeout).request(out).await {
+            match backend_client(self.config.connect_timeout)
+                .request(out)
+                .await
+            {
                 Ok(resp) => {
                     if resp.status().is_server_error() {
                         backend.passive_failure(&self.health.passive.load());

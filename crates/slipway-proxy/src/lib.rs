@@ -26,6 +26,15 @@
 //!   and passive ejection (consecutive connection errors or 5xx, a doubling backoff) make a
 //!   backend's [`BackendState`] (`starting → serving ⇄ unhealthy → draining → gone`, and
 //!   `ejected`); only `serving` ones get new requests, read lock-free by the balancer.
+//! - Restart without dropping traffic: [`instance`] (one instance per data dir, a flock on
+//!   `DATA/slipway.lock`; a second is refused naming the pid and `--takeover`),
+//!   [`takeover`] (the running instance's [`Handover`] gives its listening sockets, by
+//!   name, to a successor's [`take_over`] over `DATA/slipway.sock` as SCM_RIGHTS fds; it
+//!   then stops accepting, finishes its connections gracefully through
+//!   [`serve::Connections`] and drains before it exits), and [`persist`] (each provider's
+//!   routes stored in `DATA/proxy/routes.json`, hashes kept, 0600, atomically, on every
+//!   change; restored at start so a new instance serves the last routes at once). The
+//!   [`Edge`] does all three when given `EdgeConfig::data_dir` (and `takeover`).
 //!
 //! Invariants: nothing here does IO but [`file::load`], and nothing panics on any input
 //! (property tests feed the rule parser and the label readers arbitrary text); a value
@@ -44,19 +53,23 @@ pub mod edge;
 pub mod file;
 pub mod forward;
 pub mod health;
+pub mod instance;
 pub mod labels;
 pub mod observe;
+pub mod persist;
 pub mod route;
 pub mod rule;
 pub mod serve;
 pub mod status;
 pub mod table;
+pub mod takeover;
 
 pub use balance::{BackendState, Balance, Health};
 pub use diagnostic::{Diagnostic, Severity};
 pub use edge::{Edge, EdgeConfig, EdgeError};
 pub use forward::{Cidr, Proxy};
 pub use health::PassiveHealth;
+pub use instance::{InstanceError, InstanceLock};
 pub use labels::Workload;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
@@ -64,3 +77,6 @@ pub use route::{
 pub use serve::{Config, serve_http};
 pub use status::{CertificateStatus, ProxyStatus};
 pub use table::{Conflict, RouteTable};
+pub use takeover::{
+    Claim, ClaimError, Handover, HandoverSet, Taken, TakeoverError, claim, take_over,
+};

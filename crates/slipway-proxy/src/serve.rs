@@ -5,10 +5,18 @@
 //! Invariant: no connection costs a task beyond its limits; a connection that stays
 //! silent, or never finishes its headers, is closed by a timer. TLS listeners will wrap
 //! the same per-connection function.
+//!
+//! Graceful close ([`Connections`], for a takeover or a stop): every connection is asked
+//! to finish without failing a request. HTTP/2 gets a GOAWAY at once (the client retries
+//! what the server never started). HTTP/1.1 has no such signal, and closing a keep-alive
+//! connection races with the client's next request, so each response from then on says
+//! `Connection: close` and the connection ends after it; one that stays idle for
+//! [`CLOSE_IDLE_GRACE`] is closed then (its client was not about to send).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -16,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::balance::Balance;
 use crate::forward::{Cidr, ConnInfo, Proxy};
@@ -52,9 +61,76 @@ impl Default for Config {
     }
 }
 
+/// How long an HTTP/1.1 connection asked to close may stay idle before it is closed: long
+/// enough that a client in a run of requests sends its next one (and is told
+/// `Connection: close`), short enough not to hold up a handover.
+pub const CLOSE_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// The connections of one instance's listeners: each runs on a tracked task, so a stop
+/// can ask them all to finish and wait until they have.
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    tracker: TaskTracker,
+    closing: CancellationToken,
+}
+
+impl Connections {
+    pub fn new() -> Connections {
+        Connections::default()
+    }
+
+    /// Asks every connection, open or accepted later, to finish gracefully (see the
+    /// module doc). Requests in flight and upgraded tunnels go on.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Connection tasks not yet ended.
+    pub fn open(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Waits until every connection has ended and no request or tunnel of `proxy` is in
+    /// flight (a tunnel outlives its connection's task), or `timeout` passed; whether
+    /// everything ended.
+    pub async fn drained(&self, proxy: &Proxy, timeout: Duration) -> bool {
+        self.tracker.close();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let ended = tokio::time::timeout_at(deadline, self.tracker.wait())
+            .await
+            .is_ok();
+        loop {
+            let in_flight: usize = proxy.snapshot().backends().map(|b| b.in_flight()).sum();
+            if ended && in_flight == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    connections = self.open(),
+                    in_flight,
+                    "drain timeout passed; closing what is still open"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Serves plain HTTP on `listener` until `shutdown`; in-flight connections then finish on
 /// their own tasks.
 pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
+    serve_http_on(proxy, listener, shutdown, Connections::new()).await;
+}
+
+/// [`serve_http`], with the connections tracked in `connections`: `shutdown` ends the
+/// accept loop, [`Connections::close`] then finishes the connections.
+pub async fn serve_http_on(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    connections: Connections,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(
         proxy.config.max_connections.max(1),
     ));
@@ -82,8 +158,9 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Canc
             }
         };
         let proxy = proxy.clone();
-        tokio::spawn(async move {
-            serve_connection(proxy, stream, peer).await;
+        let closing = connections.closing.clone();
+        connections.tracker.spawn(async move {
+            serve_connection_until(proxy, stream, peer, closing).await;
             drop(permit);
         });
     }
@@ -91,15 +168,45 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Canc
 
 /// One client connection, with its timers.
 pub async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
+    serve_connection_until(proxy, stream, peer, CancellationToken::new()).await;
+}
+
+/// [`serve_connection`], finished gracefully once `closing` fires (see the module doc).
+pub async fn serve_connection_until(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    closing: CancellationToken,
+) {
     let local = stream.local_addr().unwrap_or(peer);
     let _ = stream.set_nodelay(true);
     let info = Arc::new(ConnInfo::new(peer, local));
     let svc_info = info.clone();
     let svc_proxy = proxy.clone();
-    let service = service_fn(move |req| {
+    let svc_closing = closing.clone();
+    let is_h2 = Arc::new(AtomicBool::new(false));
+    let svc_is_h2 = is_h2.clone();
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = svc_proxy.clone();
         let info = svc_info.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+        let closing = svc_closing.clone();
+        let h2 = req.version() == hyper::Version::HTTP_2;
+        svc_is_h2.store(h2, Ordering::Relaxed);
+        async move {
+            let mut resp = proxy.handle(req, &info).await;
+            // Checked as the response head is made, so a client is told before it could
+            // send another request on this connection.
+            if closing.is_cancelled()
+                && !h2
+                && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let config = &proxy.config;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -117,7 +224,8 @@ pub async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream, peer: Socket
     let tick =
         (config.header_read_timeout.min(config.idle_timeout) / 4).max(Duration::from_millis(10));
     let mut ticker = tokio::time::interval(tick);
-    let mut closing = false;
+    let mut shut = false;
+    let mut asked_to_close = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -126,17 +234,28 @@ pub async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream, peer: Socket
                 }
                 return;
             }
-            _ = ticker.tick(), if !closing => {
+            _ = ticker.tick(), if !shut => {
                 let idle = if info.served_any() {
                     config.idle_timeout
                 } else {
                     config.header_read_timeout
                 };
                 if info.idle_for(idle) {
-                    closing = true;
+                    shut = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
+            () = closing.cancelled(), if !asked_to_close && !shut => {
+                asked_to_close = true;
+                ticker = tokio::time::interval(Duration::from_millis(10));
+            }
+        }
+        if asked_to_close
+            && !shut
+            && (is_h2.load(Ordering::Relaxed) || info.idle_for(CLOSE_IDLE_GRACE))
+        {
+            shut = true;
+            conn.as_mut().graceful_shutdown();
         }
     }
 }

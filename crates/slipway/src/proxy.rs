@@ -243,7 +243,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         access_log: access_log_target(args.access_log.as_ref()),
         metrics: args.metrics,
         docker: args.docker_labels.then(|| args.docker.options()),
-        workers: args.workers.unwrap_or_else(|| slipway_proxy::EdgeConfig::default().workers),
+        workers: args
+            .workers
+            .unwrap_or_else(|| slipway_proxy::EdgeConfig::default().workers),
         proxy: args.proxy_config()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
