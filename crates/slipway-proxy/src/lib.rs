@@ -51,6 +51,7 @@ pub mod rule;
 pub mod serve;
 pub mod status;
 pub mod table;
+pub mod tls;
 
 pub use balance::{BackendState, Balance, Health};
 pub use diagnostic::{Diagnostic, Severity};
@@ -61,6 +62,7 @@ pub use labels::Workload;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
 };
-pub use serve::{Config, serve_http};
+pub use serve::{Config, serve_http, serve_https};
+pub use tls::{CertError, CertResolver, CertStore, Challenges};
 pub use status::{CertificateStatus, ProxyStatus};
 pub use table::{Conflict, RouteTable};
