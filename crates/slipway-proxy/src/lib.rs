@@ -35,6 +35,7 @@
 //! no route is dropped in silence: every one not used is a diagnostic or a conflict.
 //! Everything serializes for `--json` output, password hashes excepted.
 
+pub mod acme;
 pub mod auth;
 pub mod balance;
 pub mod compose;
@@ -53,6 +54,7 @@ pub mod status;
 pub mod table;
 pub mod tls;
 
+pub use acme::{AcmeManager, AcmeOptions, ChallengeKind};
 pub use balance::{BackendState, Balance, Health};
 pub use diagnostic::{Diagnostic, Severity};
 pub use edge::{Edge, EdgeConfig, EdgeError};
