@@ -614,7 +614,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CertError> {
 }
 
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn escape_label(v: &str) -> String {
