@@ -177,11 +177,7 @@ impl AcmeManager {
     /// The hosts that need an ACME certificate from now on (names as routes write them).
     pub fn set_hosts(&self, hosts: impl IntoIterator<Item = String>) {
         let hosts: BTreeSet<String> = hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
-        let mut current = self
-            .inner
-            .hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut current = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
         if *current != hosts {
             *current = hosts;
             drop(current);
@@ -503,7 +499,9 @@ impl Inner {
                     Err(e) => e.to_string(),
                     Ok(_) => challenge_failure(&mut order).await,
                 };
-                return Err(format!("{directory} did not validate {host} by {kind}: {detail}"));
+                return Err(format!(
+                    "{directory} did not validate {host} by {kind}: {detail}"
+                ));
             }
             Err(e) => return Err(format!("waiting on the order for {host}: {e}")),
         }
@@ -561,18 +559,20 @@ pub fn backoff(first: Duration, max: Duration, failures: u32) -> Duration {
 fn alpn_challenge_cert(host: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
     let what = |e: &dyn std::fmt::Display| format!("the TLS-ALPN-01 certificate for {host}: {e}");
     let key = rcgen::KeyPair::generate().map_err(|e| what(&e))?;
-    let mut params =
-        rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(|e| what(&e))?;
+    let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(|e| what(&e))?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(|e| what(&e))?;
     let key_der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    CertifiedKey::from_der(
+    // Not `from_der`: its key check parses the leaf with webpki, which refuses the
+    // critical acmeIdentifier extension this certificate exists to carry.
+    let signing_key = crate::tls::crypto_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| what(&e))?;
+    Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
-        key_der,
-        &crate::tls::crypto_provider(),
-    )
-    .map(Arc::new)
-    .map_err(|e| what(&e))
+        signing_key,
+    )))
 }
 
 /// Challenge answers published for one order, withdrawn when it ends.

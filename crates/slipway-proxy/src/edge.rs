@@ -6,6 +6,11 @@
 //! file (`file`, watched and applied live by [`watch_routes_file`]), and whatever the
 //! caller adds through [`Edge::proxy`] (the deployer, `--public-url`).
 //!
+//! With a data dir, the edge owns the [`crate::tls::CertStore`] (uploads by other
+//! processes read again, see [`crate::tls::watch_uploaded`]), the HTTPS listener's
+//! resolver over it, and the [`crate::acme::AcmeManager`] following the live table's
+//! `tls: acme` hosts.
+//!
 //! Invariants: nothing is served unless every listener was bound (a port that cannot be
 //! bound is an [`EdgeError::Bind`] naming the listener and the address); a routes file
 //! with errors at start is an [`EdgeError::RoutesFile`] (there is nothing earlier to keep
@@ -45,6 +50,14 @@ pub struct EdgeConfig {
     /// adds the proxy's metrics to the server's `/metrics` instead).
     pub metrics: Option<SocketAddr>,
     pub proxy: Config,
+    /// Where HTTPS is served; `None` serves none. Needs `data_dir`.
+    pub https: Option<SocketAddr>,
+    /// The data dir whose `certs/` (uploaded) and `acme/` (issued) certificates the HTTPS
+    /// listener serves; uploaded ones changed by another process are read again.
+    pub data_dir: Option<PathBuf>,
+    /// Order certificates for `tls: acme` hosts; `None`: no ACME (uploaded ones only).
+    /// Needs `data_dir`.
+    pub acme: Option<crate::acme::AcmeOptions>,
 }
 
 /// Which listener an error is about, for the caller to name its flag.
@@ -73,6 +86,15 @@ pub enum EdgeError {
         path: PathBuf,
         diagnostics: Vec<Diagnostic>,
     },
+    #[error("{what} needs a data dir for its certificates")]
+    NoDataDir { what: &'static str },
+    #[error("the certificate store under {path}: {source}")]
+    CertStore {
+        path: PathBuf,
+        source: crate::tls::CertError,
+    },
+    #[error("the HTTPS listener's TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A running edge.
@@ -81,7 +103,10 @@ pub struct Edge {
     proxy: Arc<Proxy>,
     http_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
     docker: Option<crate::docker::DockerProvider>,
+    certs: Option<Arc<crate::tls::CertStore>>,
+    acme: Option<crate::acme::AcmeManager>,
     tasks: TaskTracker,
 }
 
@@ -94,6 +119,25 @@ impl Edge {
         };
         let http = match config.http {
             Some(addr) => Some(bind(Listener::Http, addr).await?),
+            None => None,
+        };
+        let certs = match &config.data_dir {
+            Some(dir) => Some(Arc::new(crate::tls::CertStore::open(dir).map_err(
+                |source| EdgeError::CertStore {
+                    path: dir.clone(),
+                    source,
+                },
+            )?)),
+            None if config.https.is_some() => {
+                return Err(EdgeError::NoDataDir {
+                    what: "the HTTPS listener",
+                });
+            }
+            None if config.acme.is_some() => return Err(EdgeError::NoDataDir { what: "ACME" }),
+            None => None,
+        };
+        let https = match config.https {
+            Some(addr) => Some(bind(Listener::Https, addr).await?),
             None => None,
         };
         let metrics = match config.metrics {
@@ -132,6 +176,32 @@ impl Edge {
             metrics_addr = Some(addr);
             tasks.spawn(serve_metrics(proxy.clone(), listener, shutdown.clone()));
         }
+        let mut https_addr = None;
+        let mut acme = None;
+        if let Some(store) = &certs {
+            tasks.spawn(crate::tls::watch_uploaded(store.clone(), shutdown.clone()));
+            if let Some(options) = config.acme.clone() {
+                let manager = crate::acme::AcmeManager::spawn(
+                    options,
+                    store.clone(),
+                    proxy.challenges().clone(),
+                    shutdown.clone(),
+                );
+                manager.follow(proxy.clone(), shutdown.clone());
+                acme = Some(manager);
+            }
+            if let Some((listener, addr)) = https {
+                https_addr = Some(addr);
+                let resolver = crate::tls::CertResolver::new(proxy.clone(), store.clone());
+                let tls = Arc::new(crate::tls::HttpsConfig::new(resolver)?);
+                tasks.spawn(crate::serve::serve_https(
+                    proxy.clone(),
+                    listener,
+                    tls,
+                    shutdown.clone(),
+                ));
+            }
+        }
         let mut http_addr = None;
         if let Some((listener, addr)) = http {
             http_addr = Some(addr);
@@ -142,7 +212,10 @@ impl Edge {
             proxy,
             http_addr,
             metrics_addr,
+            https_addr,
             docker,
+            certs,
+            acme,
             tasks,
         })
     }
@@ -153,7 +226,18 @@ impl Edge {
 
     /// Every route with its backends' live state and its host's certificate.
     pub fn status(&self) -> crate::ProxyStatus {
-        let mut status = self.proxy.status(|_| None);
+        let snapshot = self.proxy.snapshot();
+        let mut status = self.proxy.status(|host| {
+            let store = self.certs.as_ref()?;
+            // The host's mode: an exact route's wins, as in the resolver.
+            let tls = snapshot
+                .table
+                .routes()
+                .iter()
+                .find(|r| r.tls.is_on() && r.key.host.as_str() == host)
+                .map(|r| r.tls.clone())?;
+            Some(store.status(host, &tls))
+        });
         if let Some(docker) = &self.docker {
             status.diagnostics = docker.diagnostics();
             status.docker_error = docker.last_error();
@@ -169,7 +253,26 @@ impl Edge {
     /// The proxy's metrics (Prometheus text): traffic per route and backend, backends'
     /// state.
     pub fn render_metrics(&self) -> String {
-        self.proxy.render_metrics()
+        let mut text = self.proxy.render_metrics();
+        if let Some(store) = &self.certs {
+            text.push_str(&store.render_metrics());
+        }
+        text
+    }
+
+    /// The HTTPS listener's address, as bound.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The certificate store, when the edge has a data dir.
+    pub fn certs(&self) -> Option<&Arc<crate::tls::CertStore>> {
+        self.certs.as_ref()
+    }
+
+    /// The ACME manager, when ACME is on.
+    pub fn acme(&self) -> Option<&crate::acme::AcmeManager> {
+        self.acme.as_ref()
     }
 
     /// The metrics listener's address, as bound.

@@ -65,6 +65,6 @@ pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
 };
 pub use serve::{Config, serve_http, serve_https};
-pub use tls::{CertError, CertResolver, CertStore, Challenges};
 pub use status::{CertificateStatus, ProxyStatus};
 pub use table::{Conflict, RouteTable};
+pub use tls::{CertError, CertResolver, CertStore, Challenges};

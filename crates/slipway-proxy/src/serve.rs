@@ -96,14 +96,14 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Canc
 
 /// Serves HTTPS on `listener` until `shutdown`: each connection's TLS handshake (with the
 /// header-read timeout), then the same serving as plain HTTP, the requests marked as
-/// come over TLS. `tls` is from [`crate::tls::server_config`].
+/// come over TLS. A client hello without SNI gets the configuration of the connection's
+/// local address (see [`crate::tls::HttpsConfig`]).
 pub async fn serve_https(
     proxy: Arc<Proxy>,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<crate::tls::HttpsConfig>,
     shutdown: CancellationToken,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(
         proxy.config.max_connections.max(1),
     ));
@@ -128,15 +128,21 @@ pub async fn serve_https(
             }
         };
         let proxy = proxy.clone();
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let local = stream.local_addr().unwrap_or(peer);
             let _ = stream.set_nodelay(true);
-            let handshake = tokio::time::timeout(
-                proxy.config.header_read_timeout,
-                acceptor.accept(stream),
-            );
-            let tls = match handshake.await {
+            let handshake = async {
+                let start = tokio_rustls::LazyConfigAcceptor::new(
+                    rustls::server::Acceptor::default(),
+                    stream,
+                )
+                .await?;
+                let has_sni = start.client_hello().server_name().is_some();
+                start.into_stream(tls.for_client(has_sni, local.ip())).await
+            };
+            let tls = match tokio::time::timeout(proxy.config.header_read_timeout, handshake).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

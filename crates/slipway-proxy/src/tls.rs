@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,7 +74,7 @@ pub struct CertInfo {
     pub issuer: String,
     /// The leaf's serial number, hex.
     pub serial: String,
-    /// The leaf's DNS names.
+    /// The leaf's DNS names and IP addresses (as text).
     pub names: Vec<String>,
 }
 
@@ -119,41 +120,36 @@ impl CertStore {
             acme: RwLock::new(BTreeMap::new()),
             acme_state: Mutex::new(BTreeMap::new()),
         };
-        for (sub, map) in [("certs", &store.uploaded), ("acme", &store.acme)] {
-            let dir = data_dir.join(sub);
-            create_private_dir(&dir)?;
-            let entries = std::fs::read_dir(&dir).map_err(|source| CertError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            let mut loaded = BTreeMap::new();
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if !path.is_dir() {
-                    continue;
-                }
-                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                let host = host_of_dir_name(name);
-                let read = |file: &str| {
-                    let p = path.join(file);
-                    std::fs::read(&p).map_err(|source| CertError::Io { path: p, source })
-                };
-                let result = read("fullchain.pem").and_then(|chain| {
-                    let key = read("key.pem")?;
-                    check_chain(&host, &chain, &key, &path.display().to_string(), false)
-                });
-                match result {
-                    Ok(cert) => {
-                        loaded.insert(host, cert);
-                    }
-                    Err(e) => tracing::warn!("certificate not loaded: {e}"),
+        *write_lock(&store.uploaded) = load_dir(&data_dir.join("certs"))?;
+        *write_lock(&store.acme) = load_dir(&data_dir.join("acme"))?;
+        Ok(store)
+    }
+
+    /// Reads the uploaded certificates again (another process, `slipway proxy cert add`,
+    /// changed them); the next handshakes use what is on disk now.
+    pub fn reload_uploaded(&self) -> Result<(), CertError> {
+        let loaded = load_dir(&self.dir.join("certs"))?;
+        *write_lock(&self.uploaded) = loaded;
+        Ok(())
+    }
+
+    /// What the uploaded certificates' files are now (names, sizes, modification
+    /// times): a change means [`CertStore::reload_uploaded`] has something to read.
+    fn uploaded_fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.join("certs")) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            for file in ["fullchain.pem", "key.pem"] {
+                let path = entry.path().join(file);
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    out.push((path, meta.len(), meta.modified().ok()));
                 }
             }
-            *write_lock(map) = loaded;
         }
-        Ok(store)
+        out.sort();
+        out
     }
 
     /// Checks and stores an uploaded certificate for `host` (exact or `*.example.com`):
@@ -260,12 +256,13 @@ impl CertStore {
                 .map(|c| (c, CertOrigin::Uploaded)),
             None => self.select(host, tls),
         };
-        let state = lock(&self.acme_state).get(host).cloned().unwrap_or_default();
+        let state = lock(&self.acme_state)
+            .get(host)
+            .cloned()
+            .unwrap_or_default();
         CertificateStatus {
             present: selected.is_some(),
-            not_after: selected
-                .as_ref()
-                .map(|(c, _)| rfc3339(c.info.not_after)),
+            not_after: selected.as_ref().map(|(c, _)| rfc3339(c.info.not_after)),
             issuer: selected.map(|(c, _)| c.info.issuer),
             last_error_at: state.last_error.as_ref().map(|(_, at)| rfc3339(*at)),
             last_error: state.last_error.map(|(e, _)| e),
@@ -275,7 +272,10 @@ impl CertStore {
     }
 
     pub(crate) fn acme_state(&self, host: &str) -> AcmeState {
-        lock(&self.acme_state).get(host).cloned().unwrap_or_default()
+        lock(&self.acme_state)
+            .get(host)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub(crate) fn set_acme_state(&self, host: &str, state: AcmeState) {
@@ -356,16 +356,31 @@ impl Challenges {
 
 /// Picks the certificate per handshake: a TLS-ALPN-01 validation gets its challenge
 /// certificate; otherwise the SNI must be a host a route with TLS names (exact, else a
-/// wildcard route), and gets that route's certificate from the store.
-#[derive(Debug)]
+/// wildcard route), and gets that route's certificate from the store. A client that sends
+/// no SNI (it connected to an IP address) is answered as if it had named
+/// `no_sni_name`, the listener's local address, when the resolver has one.
+#[derive(Debug, Clone)]
 pub struct CertResolver {
     proxy: Arc<Proxy>,
     store: Arc<CertStore>,
+    no_sni_name: Option<String>,
 }
 
 impl CertResolver {
     pub fn new(proxy: Arc<Proxy>, store: Arc<CertStore>) -> CertResolver {
-        CertResolver { proxy, store }
+        CertResolver {
+            proxy,
+            store,
+            no_sni_name: None,
+        }
+    }
+
+    /// The same resolver, answering a client without SNI as if it named `ip`.
+    pub fn for_local_ip(&self, ip: IpAddr) -> CertResolver {
+        CertResolver {
+            no_sni_name: Some(ip.to_canonical().to_string()),
+            ..self.clone()
+        }
     }
 
     /// The certificate for `server_name` (lowercase, no trailing dot), if a route names it.
@@ -385,10 +400,10 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello
-            .server_name()?
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
+        let name = match hello.server_name() {
+            Some(n) => n.trim_end_matches('.').to_ascii_lowercase(),
+            None => self.no_sni_name.clone()?,
+        };
         let acme_validation = hello
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
@@ -404,12 +419,49 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
+/// The HTTPS listener's configurations, built once: the shared one for clients that send
+/// an SNI, and one per local IP address for those that do not (created on the first such
+/// client of that address, then reused). All share one session cache and one ticketer,
+/// so a resumed session skips the full handshake on any of them.
+#[derive(Debug)]
+pub struct HttpsConfig {
+    base: Arc<rustls::ServerConfig>,
+    resolver: CertResolver,
+    by_local_ip: RwLock<HashMap<IpAddr, Arc<rustls::ServerConfig>>>,
+}
+
+impl HttpsConfig {
+    pub fn new(resolver: CertResolver) -> Result<HttpsConfig, rustls::Error> {
+        let base = Arc::new(server_config(Arc::new(resolver.clone()))?);
+        Ok(HttpsConfig {
+            base,
+            resolver,
+            by_local_ip: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration for a client hello: `has_sni`, and the connection's local IP.
+    pub fn for_client(&self, has_sni: bool, local_ip: IpAddr) -> Arc<rustls::ServerConfig> {
+        if has_sni {
+            return self.base.clone();
+        }
+        if let Some(c) = read_lock(&self.by_local_ip).get(&local_ip) {
+            return c.clone();
+        }
+        let mut config = (*self.base).clone();
+        config.cert_resolver = Arc::new(self.resolver.for_local_ip(local_ip));
+        let config = Arc::new(config);
+        write_lock(&self.by_local_ip).insert(local_ip, config.clone());
+        config
+    }
+}
+
 /// The ring provider every TLS use of the proxy shares.
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The HTTPS listener's rustls configuration: TLS 1.3 and 1.2, certificates from
+/// The HTTPS listener's rustls configuration: TLS 1.3 and 1.2, session resumption, certificates from
 /// `resolver`, ALPN `h2`, `http/1.1` and `acme-tls/1` (the last only answered for a
 /// TLS-ALPN-01 validation).
 pub fn server_config(
@@ -419,12 +471,69 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![
-        b"h2".to_vec(),
-        b"http/1.1".to_vec(),
-        ACME_TLS_ALPN.to_vec(),
-    ];
+    // Resumption: stateless tickets (TLS 1.3 and 1.2) and a session cache for clients
+    // that do not take tickets.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     Ok(config)
+}
+
+/// Every certificate under `dir` (one folder per host), creating `dir` when missing.
+/// One that no longer loads (expired, damaged) is skipped with a warning.
+fn load_dir(dir: &Path) -> Result<BTreeMap<String, LoadedCert>, CertError> {
+    create_private_dir(dir)?;
+    let entries = std::fs::read_dir(dir).map_err(|source| CertError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut loaded = BTreeMap::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let host = host_of_dir_name(name);
+        let read = |file: &str| {
+            let p = path.join(file);
+            std::fs::read(&p).map_err(|source| CertError::Io { path: p, source })
+        };
+        let result = read("fullchain.pem").and_then(|chain| {
+            let key = read("key.pem")?;
+            check_chain(&host, &chain, &key, &path.display().to_string(), false)
+        });
+        match result {
+            Ok(cert) => {
+                loaded.insert(host, cert);
+            }
+            Err(e) => tracing::warn!("certificate not loaded: {e}"),
+        }
+    }
+    Ok(loaded)
+}
+
+/// Follows the uploaded certificates on disk until `shutdown` (checked every 2 s): a
+/// certificate added or removed by `slipway proxy cert add` from another process is
+/// served without a restart.
+pub async fn watch_uploaded(store: Arc<CertStore>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut seen = store.uploaded_fingerprint();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let now = store.uploaded_fingerprint();
+        if now != seen {
+            match store.reload_uploaded() {
+                Ok(()) => tracing::info!("uploaded certificates read again"),
+                Err(e) => tracing::warn!("uploaded certificates not read again: {e}"),
+            }
+            seen = now;
+        }
+    }
 }
 
 /// Reads and checks a chain and key for `host`. `check_validity`: refuse one outside its
@@ -486,20 +595,17 @@ fn check_chain(
         });
     }
     let provider = crypto_provider();
-    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-        CertError::KeyMismatch {
-            what: what.to_owned(),
-            detail: e.to_string(),
-        }
-    })?;
-    // `from_der` lets an unknown consistency pass; a key that parsed but is not the
-    // leaf's is caught here.
-    certified
-        .keys_match()
-        .map_err(|e| CertError::KeyMismatch {
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider).map_err(|e| CertError::KeyMismatch {
             what: what.to_owned(),
             detail: e.to_string(),
         })?;
+    // `from_der` lets an unknown consistency pass; a key that parsed but is not the
+    // leaf's is caught here.
+    certified.keys_match().map_err(|e| CertError::KeyMismatch {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    })?;
     Ok(LoadedCert {
         key: Arc::new(certified),
         info,
@@ -513,8 +619,22 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(n) = name {
-                names.push(n.to_ascii_lowercase());
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(n) => {
+                    names.push(n.to_ascii_lowercase());
+                }
+                // An IP literal route (a client with no SNI) is named by its address.
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
             }
         }
     }
@@ -535,7 +655,8 @@ fn names_cover(names: &[String], host: &str) -> bool {
         n == host
             || (!host.starts_with("*.")
                 && n.strip_prefix("*.").is_some_and(|suffix| {
-                    host.split_once('.').is_some_and(|(_, parent)| parent == suffix)
+                    host.split_once('.')
+                        .is_some_and(|(_, parent)| parent == suffix)
                 }))
     })
 }
@@ -575,10 +696,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), C
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(
         ".{name}.tmp-{}-{:x}",
         std::process::id(),

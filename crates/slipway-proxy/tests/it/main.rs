@@ -11,3 +11,4 @@ mod labels;
 mod observe;
 mod rules;
 mod serve;
+mod tls;
