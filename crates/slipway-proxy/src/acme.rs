@@ -13,8 +13,9 @@
 //! requests read only memory); orders are made one at a time, and a host is only ordered
 //! when it has no valid certificate and its backoff has passed, so a restart on the same
 //! data dir (the store reads back what was issued) orders nothing, and a failing host is
-//! tried ever less often, never in a loop; wildcard hosts are never ordered (HTTP-01 and
-//! TLS-ALPN-01 cannot prove one): their status says to upload a certificate.
+//! tried ever less often, never in a loop; wildcard and IP-address hosts are never ordered
+//! (HTTP-01 and TLS-ALPN-01 cannot prove a wildcard; an IP is for clients without SNI):
+//! their status says to upload a certificate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -293,12 +294,18 @@ impl Inner {
     /// When `host` needs an order, recording the answer as its next attempt.
     fn due(&self, host: &str) -> Due {
         let mut state = self.store.acme_state(host);
-        if host.starts_with("*.") {
+        let unprovable = if host.starts_with("*.") {
+            Some("a wildcard certificate cannot be ordered by HTTP-01 or TLS-ALPN-01")
+        } else if host.parse::<std::net::IpAddr>().is_ok() {
+            Some("a certificate for an IP address is not ordered by ACME here")
+        } else {
+            None
+        };
+        if let Some(why) = unprovable {
             if state.last_error.is_none() {
                 state.last_error = Some((
                     format!(
-                        "{host}: a wildcard certificate cannot be ordered by HTTP-01 or \
-                         TLS-ALPN-01; upload one (slipway proxy cert add {host} --cert FULLCHAIN --key KEY)"
+                        "{host}: {why}; upload one (slipway proxy cert add {host} --cert FULLCHAIN --key KEY)"
                     ),
                     SystemTime::now(),
                 ));

@@ -1,6 +1,5 @@
-//! The edge proxy (`slipway-proxy`). This increment is its configuration side: where
-//! routes come from and the table they make; the data plane (listeners, TLS, ACME,
-//! balancing, health, drain, takeover) comes next and consumes exactly these types.
+//! The edge proxy (`slipway-proxy`): where routes come from and the table they make, and
+//! the data plane that serves them (listeners, TLS, ACME, balancing, health, drain).
 //!
 //! - [`route`]: what a route is. A [`Route`] has a [`RouteKey`] (a [`Host`], exact or
 //!   `*.example.com`, and an optional path prefix or exact path), a priority, weighted
@@ -26,6 +25,20 @@
 //!   and passive ejection (consecutive connection errors or 5xx, a doubling backoff) make a
 //!   backend's [`BackendState`] (`starting → serving ⇄ unhealthy → draining → gone`, and
 //!   `ejected`); only `serving` ones get new requests, read lock-free by the balancer.
+//! - [`tls`]: HTTPS. The [`CertStore`] under the data dir (`certs/HOST/` uploaded by
+//!   `add_uploaded`, checked: key matches leaf, leaf names the host, valid now;
+//!   `acme/HOST/` issued; files atomic, keys 0600; uploads by another process read again by
+//!   [`tls::watch_uploaded`]), the SNI [`CertResolver`] (a route with TLS must name the
+//!   SNI, exact then wildcard; no SNI: the route named by the listener's IP; anything else
+//!   gets no certificate) and [`tls::HttpsConfig`] for [`serve_https`] (TLS 1.2/1.3, ALPN
+//!   `h2`/`http/1.1`, session tickets and cache). Which certificate a route gets: `tls:
+//!   NAME` the uploaded NAME, then as `acme`; `tls: acme` the ACME one, else an uploaded
+//!   one for the exact host, else for its wildcard (an uploaded certificate serves while
+//!   ACME has none, or for a host ACME cannot prove: wildcards, IP addresses).
+//! - [`acme`]: the [`AcmeManager`] (RFC 8555 with instant-acme on ring), one background
+//!   task that orders, renews (30 days ahead) and backs off (doubling per host) for every
+//!   `tls: acme` host of the live table, answering HTTP-01 on the plain listener (before
+//!   any route) and TLS-ALPN-01 in the resolver; never on the request path.
 //!
 //! Invariants: nothing here does IO but [`file::load`], and nothing panics on any input
 //! (property tests feed the rule parser and the label readers arbitrary text); a value

@@ -737,6 +737,93 @@ async fn a_client_without_sni_gets_the_certificate_of_the_listeners_ip() {
         .await
         .expect("the second client without SNI");
     assert_eq!(again.serial, info.serial);
+
+    // The IP's route may name another host's certificate (what `h2load https://IP/`
+    // in the benchmark gets, its requests then routed by their authority).
+    let data = tempfile::tempdir().expect("tempdir");
+    let routes = format!(
+        "routes:\n  - host: 127.0.0.1\n    backends: [\"{b}\"]\n    tls: app.test\n  \
+         - host: app.test\n    backends: [\"{b}\"]\n    tls: app.test\n",
+        b = backend.addr
+    );
+    let edge = start_edge(&routes, data.path()).await;
+    let (chain, key) = leaf(&ca, &["app.test"], false);
+    let info = edge
+        .store
+        .add_uploaded("app.test", chain.as_bytes(), key.as_bytes())
+        .expect("a certificate for app.test");
+    let tcp = TcpStream::connect(edge.https).await.expect("connect");
+    let config = rustls::ClientConfig::builder_with_provider(slipway_proxy::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("no SNI, the certificate the IP's route names");
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("leaf");
+    assert_eq!(cert_info(leaf.as_ref()).expect("parse").serial, info.serial);
+}
+
+/// A verifier that takes any certificate (h2load's view), to see which one is sent.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &slipway_proxy::tls::crypto_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &slipway_proxy::tls::crypto_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        slipway_proxy::tls::crypto_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,5 +919,67 @@ async fn the_edge_serves_https_reads_uploads_of_another_process_and_reports_cert
             "a removed certificate still served after 10 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two connections of one TLS client (one `version`) to `addr`, each with a request read
+/// to its end: how the second handshake went.
+async fn second_handshake(
+    addr: SocketAddr,
+    sni: &str,
+    roots_pem: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Option<rustls::HandshakeKind> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots.add(cert.expect("root pem")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(slipway_proxy::tls::crypto_provider())
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut kind = None;
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(
+            format!("GET / HTTP/1.1\r\nhost: {sni}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request");
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    kind
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_client_resumes_its_session_on_tls_13_and_12() {
+    let backend = TestBackend::start("resumed").await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let ca = test_ca("resumption test CA");
+    let routes = format!(
+        "routes:\n  - host: again.example.com\n    backends: [\"{b}\"]\n    tls: again.example.com\n",
+        b = backend.addr
+    );
+    let edge = start_edge(&routes, data.path()).await;
+    let (chain, key) = leaf(&ca, &["again.example.com"], false);
+    edge.store
+        .add_uploaded("again.example.com", chain.as_bytes(), key.as_bytes())
+        .expect("upload");
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let kind = second_handshake(edge.https, "again.example.com", &ca.pem, version).await;
+        assert_eq!(kind, Some(rustls::HandshakeKind::Resumed), "{version:?}");
     }
 }
