@@ -243,6 +243,27 @@ impl CertStore {
             .map(|c| (c, CertOrigin::Uploaded))
     }
 
+    /// [`CertStore::select`]'s key alone, for the handshake: no copy of the certificate's
+    /// description, only the key's reference count.
+    fn select_key(&self, server_name: &str, tls: &Tls) -> Option<Arc<CertifiedKey>> {
+        let key_in = |map: &RwLock<BTreeMap<String, LoadedCert>>, name: &str| {
+            read_lock(map).get(name).map(|c| c.key.clone())
+        };
+        if let Tls::Certificate(name) = tls
+            && let Some(k) = key_in(&self.uploaded, &lowercase(name))
+        {
+            return Some(k);
+        }
+        if let Some(k) = key_in(&self.acme, server_name) {
+            return Some(k);
+        }
+        if let Some(k) = key_in(&self.uploaded, server_name) {
+            return Some(k);
+        }
+        let (_, parent) = server_name.split_once('.')?;
+        key_in(&self.uploaded, &format!("*.{parent}"))
+    }
+
     /// A host's certificate and ACME state, for the routes page and `/metrics`.
     pub fn status(&self, host: &str, tls: &Tls) -> CertificateStatus {
         let selected = match host.strip_prefix("*.") {
@@ -250,7 +271,7 @@ impl CertStore {
             Some(_) => self
                 .uploaded_cert(host)
                 .or_else(|| match tls {
-                    Tls::Certificate(name) => self.uploaded_cert(name),
+                    Tls::Certificate(name) => self.uploaded_cert(&lowercase(name)),
                     _ => None,
                 })
                 .map(|c| (c, CertOrigin::Uploaded)),
@@ -392,9 +413,7 @@ impl CertResolver {
             .iter()
             .filter(|r| r.tls.is_on() && r.key.host.matches(server_name))
             .min_by_key(|r| r.key.host.is_wildcard())?;
-        self.store
-            .select(server_name, &route.tls)
-            .map(|(c, _)| c.key)
+        self.store.select_key(server_name, &route.tls)
     }
 }
 
@@ -733,6 +752,15 @@ fn create_private_dir(dir: &Path) -> Result<(), CertError> {
 
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `name` in lowercase, copied only when it has capitals.
+fn lowercase(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    }
 }
 
 fn escape_label(v: &str) -> String {

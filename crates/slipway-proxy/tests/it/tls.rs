@@ -983,3 +983,74 @@ async fn a_returning_client_resumes_its_session_on_tls_13_and_12() {
         assert_eq!(kind, Some(rustls::HandshakeKind::Resumed), "{version:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_within_30_days_of_expiry_is_renewed_and_one_far_from_it_is_not() {
+    let backend = TestBackend::start("renewed").await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let (soon, later) = ("soon.slipway.test", "later.slipway.test");
+    // Two certificates as an earlier run left them under DATA/acme: one with 10 days
+    // left, one with 60.
+    let ca = test_ca("an earlier CA");
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    let day = Duration::from_secs(86_400);
+    for (host, days_left) in [(soon, 10), (later, 60)] {
+        let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).expect("params");
+        params.not_before = epoch + (now - day * 80);
+        params.not_after = epoch + (now + day * days_left);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca.issuer).expect("cert");
+        let dir = data.path().join("acme").join(host);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("fullchain.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+    }
+    let routes = format!(
+        "{}{}",
+        routes_for(soon, backend.addr, ""),
+        routes_for(later, backend.addr, "").replace("routes:\n", "")
+    );
+    let edge = start_edge(&routes, data.path()).await;
+    let old_serial = edge.store.acme_cert(soon).expect("read back").info.serial;
+    let Some(pebble) = Pebble::start(edge.http.port(), edge.https.port()).await else {
+        return;
+    };
+    let acme = edge.acme(pebble.options(ChallengeKind::Http01));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cert = edge.store.acme_cert(soon).expect("a certificate");
+        if cert.info.serial != old_serial {
+            assert!(cert.info.issuer.contains("Pebble"), "{}", cert.info.issuer);
+            break;
+        }
+        let status = edge.store.status(soon, &Tls::Acme);
+        assert!(Instant::now() < deadline, "not renewed in 60 s: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = https_get(edge.https, soon, &pebble.issuing_root, "/")
+        .await
+        .expect("the renewed certificate, served");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "renewed"));
+    assert_eq!(acme.orders_for(soon), 1);
+    assert_eq!(
+        acme.orders_for(later),
+        0,
+        "60 days left: nothing to renew yet"
+    );
+    let later_status = edge.store.status(later, &Tls::Acme);
+    let next = humantime::parse_rfc3339(later_status.next_attempt.as_deref().expect("planned"))
+        .expect("rfc3339");
+    let in_days = next
+        .duration_since(SystemTime::now())
+        .expect("in the future")
+        .as_secs()
+        / 86_400;
+    assert!(
+        (29..=30).contains(&in_days),
+        "renewal planned in {in_days} days"
+    );
+    drop(pebble);
+}
