@@ -252,13 +252,10 @@ enum Due {
 impl Inner {
     async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let hosts: Vec<String> = self
-                .hosts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect();
+            let hosts: BTreeSet<String> =
+                self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // A host no route asks for any more leaves the status and the metrics.
+            self.store.retain_acme_state(&hosts);
             // With nothing due, look again in an hour (a clock jump, a deleted file).
             let mut wake_at = SystemTime::now() + Duration::from_secs(3600);
             for host in hosts {

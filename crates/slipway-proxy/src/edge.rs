@@ -50,7 +50,9 @@ pub struct EdgeConfig {
     /// adds the proxy's metrics to the server's `/metrics` instead).
     pub metrics: Option<SocketAddr>,
     pub proxy: Config,
-    /// Where HTTPS is served; `None` serves none. Needs `data_dir`.
+    /// Where HTTPS is served; `None` serves none. Needs `data_dir`. Plain HTTP redirects
+    /// to `proxy.https_port` (the port clients reach, 443 by default), not to this
+    /// address's port: set it when they differ.
     pub https: Option<SocketAddr>,
     /// The data dir whose `certs/` (uploaded) and `acme/` (issued) certificates the HTTPS
     /// listener serves; uploaded ones changed by another process are read again.

@@ -299,6 +299,11 @@ impl CertStore {
             .unwrap_or_default()
     }
 
+    /// Forgets the ACME state of hosts no route asks ACME for any more.
+    pub(crate) fn retain_acme_state(&self, hosts: &std::collections::BTreeSet<String>) {
+        lock(&self.acme_state).retain(|h, _| hosts.contains(h));
+    }
+
     pub(crate) fn set_acme_state(&self, host: &str, state: AcmeState) {
         lock(&self.acme_state).insert(host.to_owned(), state);
     }
