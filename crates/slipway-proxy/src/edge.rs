@@ -15,6 +15,11 @@
 //! on the running instance's listeners (by [`Listener::handover_name`]) and answers its own
 //! successors once that one has gone.
 //!
+//! With a data dir, the edge owns the [`crate::tls::CertStore`] (uploads by other
+//! processes read again, see [`crate::tls::watch_uploaded`]), the HTTPS listener's
+//! resolver over it, and the [`crate::acme::AcmeManager`] following the live table's
+//! `tls: acme` hosts.
+//!
 //! Invariants: nothing is served unless every listener was bound (a port that cannot be
 //! bound is an [`EdgeError::Bind`] naming the listener and the address); a routes file
 //! with errors at start is an [`EdgeError::RoutesFile`] (there is nothing earlier to keep
@@ -72,9 +77,10 @@ pub struct EdgeConfig {
     /// adds the proxy's metrics to the server's `/metrics` instead).
     pub metrics: Option<SocketAddr>,
     pub proxy: Config,
-    /// The data dir (`--data`): one instance per dir, the last routes stored in
-    /// `DATA/proxy` and served at start, a successor answered on `DATA/slipway.sock`.
-    /// `None`: none of these.
+    /// The data dir: one instance per dir, the last routes stored in `DATA/proxy` and
+    /// served at start, a successor answered on `DATA/slipway.sock`, and the `certs/`
+    /// (uploaded) and `acme/` (issued) certificates the HTTPS listener serves (uploads
+    /// by another process are read again). `None`: none of these.
     pub data_dir: Option<PathBuf>,
     /// Take the listeners over from the instance running on `data_dir` (`--takeover`);
     /// with none running, start afresh.
@@ -82,6 +88,13 @@ pub struct EdgeConfig {
     /// After a handover, how long in-flight requests and tunnels may go on; `None`:
     /// [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Option<Duration>,
+    /// Where HTTPS is served; `None` serves none. Needs `data_dir`. Plain HTTP redirects
+    /// to `proxy.https_port` (the port clients reach, 443 by default), not to this
+    /// address's port: set it when they differ.
+    pub https: Option<SocketAddr>,
+    /// Order certificates for `tls: acme` hosts; `None`: no ACME (uploaded ones only).
+    /// Needs `data_dir`.
+    pub acme: Option<crate::acme::AcmeOptions>,
 }
 
 impl Default for EdgeConfig {
@@ -96,6 +109,8 @@ impl Default for EdgeConfig {
             data_dir: None,
             takeover: false,
             drain_timeout: None,
+            https: None,
+            acme: None,
             proxy: Config::default(),
         }
     }
@@ -144,6 +159,15 @@ pub enum EdgeError {
     Claim(#[from] ClaimError),
     #[error(transparent)]
     Handover(#[from] TakeoverError),
+    #[error("{what} needs a data dir for its certificates")]
+    NoDataDir { what: &'static str },
+    #[error("the certificate store under {path}: {source}")]
+    CertStore {
+        path: PathBuf,
+        source: crate::tls::CertError,
+    },
+    #[error("the HTTPS listener's TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A running edge.
@@ -152,7 +176,10 @@ pub struct Edge {
     proxy: Arc<Proxy>,
     http_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
     docker: Option<crate::docker::DockerProvider>,
+    certs: Option<Arc<crate::tls::CertStore>>,
+    acme: Option<crate::acme::AcmeManager>,
     tasks: TaskTracker,
     /// Fires when this instance's listeners were handed to a successor.
     handed_over: CancellationToken,
@@ -182,6 +209,25 @@ impl Edge {
         };
         let http = match config.http {
             Some(addr) => Some(listen(Listener::Http, addr, &mut taken).await?),
+            None => None,
+        };
+        let certs = match &config.data_dir {
+            Some(dir) => Some(Arc::new(crate::tls::CertStore::open(dir).map_err(
+                |source| EdgeError::CertStore {
+                    path: dir.clone(),
+                    source,
+                },
+            )?)),
+            None if config.https.is_some() => {
+                return Err(EdgeError::NoDataDir {
+                    what: "the HTTPS listener",
+                });
+            }
+            None if config.acme.is_some() => return Err(EdgeError::NoDataDir { what: "ACME" }),
+            None => None,
+        };
+        let https = match config.https {
+            Some(addr) => Some(listen(Listener::Https, addr, &mut taken).await?),
             None => None,
         };
         let metrics = match config.metrics {
@@ -240,6 +286,41 @@ impl Edge {
             tasks.spawn(serve_metrics(proxy.clone(), listener, accepting.clone()));
         }
         let connections = Connections::new();
+        let mut https_addr = None;
+        let mut acme = None;
+        if let Some(store) = &certs {
+            tasks.spawn(crate::tls::watch_uploaded(store.clone(), shutdown.clone()));
+            if let Some(options) = config.acme.clone() {
+                let manager = crate::acme::AcmeManager::spawn(
+                    options,
+                    store.clone(),
+                    proxy.challenges().clone(),
+                    shutdown.clone(),
+                );
+                manager.follow(proxy.clone(), shutdown.clone());
+                acme = Some(manager);
+            }
+            if let Some((listener, addr)) = https {
+                https_addr = Some(addr);
+                let resolver = crate::tls::CertResolver::new(proxy.clone(), store.clone());
+                let tls = Arc::new(crate::tls::HttpsConfig::new(resolver)?);
+                add_to_handover(&handover_set, Listener::Https.handover_name(), &listener)?;
+                let (conns, until) = (connections.clone(), stop.clone());
+                let serve = move |proxy, listener, accepting| {
+                    let (conns, until, tls) = (conns.clone(), until.clone(), tls.clone());
+                    async move {
+                        crate::serve::serve_https_on(proxy, listener, tls, accepting, conns).await;
+                        until.cancelled().await;
+                    }
+                };
+                serve_on_workers(&tasks, &proxy, listener, config.workers, &accepting, serve)
+                    .map_err(|source| EdgeError::Bind {
+                        listener: Listener::Https,
+                        addr,
+                        source,
+                    })?;
+            }
+        }
         let mut http_addr = None;
         if let Some((listener, addr)) = http {
             http_addr = Some(addr);
@@ -292,7 +373,10 @@ impl Edge {
             proxy,
             http_addr,
             metrics_addr,
+            https_addr,
             docker,
+            certs,
+            acme,
             tasks,
             handed_over,
             holds,
@@ -341,7 +425,18 @@ impl Edge {
 
     /// Every route with its backends' live state and its host's certificate.
     pub fn status(&self) -> crate::ProxyStatus {
-        let mut status = self.proxy.status(|_| None);
+        let snapshot = self.proxy.snapshot();
+        let mut status = self.proxy.status(|host| {
+            let store = self.certs.as_ref()?;
+            // The host's mode: an exact route's wins, as in the resolver.
+            let tls = snapshot
+                .table
+                .routes()
+                .iter()
+                .find(|r| r.tls.is_on() && r.key.host.as_str() == host)
+                .map(|r| r.tls.clone())?;
+            Some(store.status(host, &tls))
+        });
         if let Some(docker) = &self.docker {
             status.diagnostics = docker.diagnostics();
             status.docker_error = docker.last_error();
@@ -357,7 +452,26 @@ impl Edge {
     /// The proxy's metrics (Prometheus text): traffic per route and backend, backends'
     /// state.
     pub fn render_metrics(&self) -> String {
-        self.proxy.render_metrics()
+        let mut text = self.proxy.render_metrics();
+        if let Some(store) = &self.certs {
+            text.push_str(&store.render_metrics());
+        }
+        text
+    }
+
+    /// The HTTPS listener's address, as bound.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The certificate store, when the edge has a data dir.
+    pub fn certs(&self) -> Option<&Arc<crate::tls::CertStore>> {
+        self.certs.as_ref()
+    }
+
+    /// The ACME manager, when ACME is on.
+    pub fn acme(&self) -> Option<&crate::acme::AcmeManager> {
+        self.acme.as_ref()
     }
 
     /// The metrics listener's address, as bound.

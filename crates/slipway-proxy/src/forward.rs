@@ -74,6 +74,8 @@ pub struct Proxy {
     pub(crate) config: Config,
     observer: Arc<Observer>,
     pub(crate) health: crate::health::HealthBoard,
+    /// ACME challenge answers (HTTP-01 here, TLS-ALPN-01 in the HTTPS resolver).
+    challenges: Arc<crate::tls::Challenges>,
 }
 
 thread_local! {
@@ -108,6 +110,8 @@ fn backend_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The connection came over TLS (the HTTPS listener).
+    pub tls: bool,
     active: AtomicUsize,
     served: AtomicU64,
     /// Milliseconds since `born` when the last request ended.
@@ -120,11 +124,18 @@ impl ConnInfo {
         ConnInfo {
             peer,
             local,
+            tls: false,
             active: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             last_done: AtomicU64::new(0),
             born: Instant::now(),
         }
+    }
+
+    /// The same, for a connection that came over TLS.
+    pub fn over_tls(mut self) -> ConnInfo {
+        self.tls = true;
+        self
     }
 
     /// No request open (responses streaming count as open) for `idle`.
@@ -174,6 +185,7 @@ impl Proxy {
             config,
             observer: Arc::new(observer),
             health: crate::health::HealthBoard::new(),
+            challenges: Arc::new(crate::tls::Challenges::default()),
         };
         // Published like any later table, so its backends' health checks start.
         proxy.swap_in(table);
@@ -228,6 +240,11 @@ impl Proxy {
         &self.observer
     }
 
+    /// The ACME challenge answers this proxy serves; the ACME manager fills them.
+    pub fn challenges(&self) -> &Arc<crate::tls::Challenges> {
+        &self.challenges
+    }
+
     /// The snapshot being served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load_full()
@@ -272,6 +289,14 @@ impl Proxy {
                 "this request names no host: send a Host header\n",
             );
         };
+        // An ACME HTTP-01 validation is answered before any route: a route that redirects
+        // to HTTPS (or has no certificate yet) must not hide it.
+        if !conn.tls
+            && let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH)
+            && let Some(answer) = self.challenges.http01(token)
+        {
+            return local(StatusCode::OK, &answer);
+        }
         let snapshot = self.live.load_full();
         let Some(index) = snapshot.table.lookup_index(&host, req.uri().path()) else {
             return local(
@@ -281,7 +306,7 @@ impl Proxy {
         };
         let route = &snapshot.table.routes()[index];
         exchange.route = Some(route.key.to_string());
-        if route.tls.is_on() {
+        if route.tls.is_on() && !conn.tls {
             match route.options.http {
                 PlainHttp::Serve => {}
                 PlainHttp::Off => {
@@ -290,7 +315,9 @@ impl Proxy {
                         &format!("`{host}` is served over HTTPS only\n"),
                     );
                 }
-                PlainHttp::Redirect => return redirect_to_https(&host, req.uri()),
+                PlainHttp::Redirect => {
+                    return redirect_to_https(&host, self.config.https_port, req.uri());
+                }
             }
         }
         if let Some(auth) = &route.options.basic_auth
@@ -320,8 +347,18 @@ impl Proxy {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             return resp;
         };
-        self.forward(req, conn, &snapshot, index, route, &host, guard, exchange)
-            .await
+        let mut resp = self
+            .forward(req, conn, &snapshot, index, route, &host, guard, exchange)
+            .await;
+        // HSTS only over TLS (RFC 6797 7.2: a browser ignores it on plain HTTP anyway).
+        if conn.tls
+            && let Some(hsts) = &route.options.hsts
+            && let Ok(v) = HeaderValue::from_str(&hsts_value(hsts))
+        {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
+        resp
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -510,7 +547,10 @@ impl Proxy {
             h.insert(X_FORWARDED_FOR, v);
         }
         let defaults = [
-            (X_FORWARDED_PROTO, value("http")),
+            (
+                X_FORWARDED_PROTO,
+                value(if conn.tls { "https" } else { "http" }),
+            ),
             (
                 X_FORWARDED_HOST,
                 incoming.get(header::HOST).cloned().or_else(|| value(host)),
@@ -660,10 +700,28 @@ fn local(status: StatusCode, text: &str) -> Response<Body> {
     resp
 }
 
-fn redirect_to_https(host: &str, uri: &Uri) -> Response<Body> {
+/// Where ACME's HTTP-01 validations ask (RFC 8555 8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+fn hsts_value(hsts: &crate::route::Hsts) -> String {
+    let mut v = format!("max-age={}", hsts.max_age_secs);
+    if hsts.include_subdomains {
+        v.push_str("; includeSubDomains");
+    }
+    if hsts.preload {
+        v.push_str("; preload");
+    }
+    v
+}
+
+fn redirect_to_https(host: &str, https_port: u16, uri: &Uri) -> Response<Body> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let host = crate::table::normalize_host(host);
-    let target = format!("https://{host}{path}");
+    let target = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
     let mut resp = local(StatusCode::PERMANENT_REDIRECT, &format!("{target}\n"));
     if let Ok(v) = HeaderValue::from_str(&target) {
         resp.headers_mut().insert(header::LOCATION, v);

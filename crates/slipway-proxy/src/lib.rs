@@ -1,6 +1,5 @@
-//! The edge proxy (`slipway-proxy`). This increment is its configuration side: where
-//! routes come from and the table they make; the data plane (listeners, TLS, ACME,
-//! balancing, health, drain, takeover) comes next and consumes exactly these types.
+//! The edge proxy (`slipway-proxy`): where routes come from and the table they make, and
+//! the data plane that serves them (listeners, TLS, ACME, balancing, health, drain).
 //!
 //! - [`route`]: what a route is. A [`Route`] has a [`RouteKey`] (a [`Host`], exact or
 //!   `*.example.com`, and an optional path prefix or exact path), a priority, weighted
@@ -35,6 +34,20 @@
 //!   routes stored in `DATA/proxy/routes.json`, hashes kept, 0600, atomically, on every
 //!   change; restored at start so a new instance serves the last routes at once). The
 //!   [`Edge`] does all three when given `EdgeConfig::data_dir` (and `takeover`).
+//! - [`tls`]: HTTPS. The [`CertStore`] under the data dir (`certs/HOST/` uploaded by
+//!   `add_uploaded`, checked: key matches leaf, leaf names the host, valid now;
+//!   `acme/HOST/` issued; files atomic, keys 0600; uploads by another process read again by
+//!   [`tls::watch_uploaded`]), the SNI [`CertResolver`] (a route with TLS must name the
+//!   SNI, exact then wildcard; no SNI: the route named by the listener's IP; anything else
+//!   gets no certificate) and [`tls::HttpsConfig`] for [`serve_https`] (TLS 1.2/1.3, ALPN
+//!   `h2`/`http/1.1`, session tickets and cache). Which certificate a route gets: `tls:
+//!   NAME` the uploaded NAME, then as `acme`; `tls: acme` the ACME one, else an uploaded
+//!   one for the exact host, else for its wildcard (an uploaded certificate serves while
+//!   ACME has none, or for a host ACME cannot prove: wildcards, IP addresses).
+//! - [`acme`]: the [`AcmeManager`] (RFC 8555 with instant-acme on ring), one background
+//!   task that orders, renews (30 days ahead) and backs off (doubling per host) for every
+//!   `tls: acme` host of the live table, answering HTTP-01 on the plain listener (before
+//!   any route) and TLS-ALPN-01 in the resolver; never on the request path.
 //!
 //! Invariants: nothing here does IO but [`file::load`], and nothing panics on any input
 //! (property tests feed the rule parser and the label readers arbitrary text); a value
@@ -44,6 +57,7 @@
 //! no route is dropped in silence: every one not used is a diagnostic or a conflict.
 //! Everything serializes for `--json` output, password hashes excepted.
 
+pub mod acme;
 pub mod auth;
 pub mod balance;
 pub mod compose;
@@ -63,7 +77,9 @@ pub mod serve;
 pub mod status;
 pub mod table;
 pub mod takeover;
+pub mod tls;
 
+pub use acme::{AcmeManager, AcmeOptions, ChallengeKind};
 pub use balance::{BackendState, Balance, Health};
 pub use diagnostic::{Diagnostic, Severity};
 pub use edge::{Edge, EdgeConfig, EdgeError};
@@ -74,9 +90,10 @@ pub use labels::Workload;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
 };
-pub use serve::{Config, serve_http};
+pub use serve::{Config, serve_http, serve_https};
 pub use status::{CertificateStatus, ProxyStatus};
 pub use table::{Conflict, RouteTable};
 pub use takeover::{
     Claim, ClaimError, Handover, HandoverSet, Taken, TakeoverError, claim, take_over,
 };
+pub use tls::{CertError, CertResolver, CertStore, Challenges};

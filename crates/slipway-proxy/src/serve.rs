@@ -2,9 +2,11 @@
 //! with keep-alive, HTTP/2 by prior knowledge (h2c), upgrades), and the connection's
 //! limits: header-read timeout (a slowloris is closed, not kept), idle timeout.
 //!
+//! [`serve_https`] is the same behind a rustls handshake (ALPN `h2` or `http/1.1`; the
+//! handshake has the header-read timeout); both listeners share [`serve_io`].
+//!
 //! Invariant: no connection costs a task beyond its limits; a connection that stays
-//! silent, or never finishes its headers, is closed by a timer. TLS listeners will wrap
-//! the same per-connection function.
+//! silent, or never finishes its headers (or its TLS handshake), is closed by a timer.
 //!
 //! Graceful close ([`Connections`], for a takeover or a stop): every connection is asked
 //! to finish without failing a request. HTTP/2 gets a GOAWAY at once (the client retries
@@ -45,6 +47,8 @@ pub struct Config {
     /// Peers whose `X-Forwarded-*` and `X-Real-IP` are kept (others' are replaced).
     pub trusted_proxies: Vec<Cidr>,
     pub balance: Balance,
+    /// The port plain HTTP redirects to (`https://HOST:PORT/…`, no port when 443).
+    pub https_port: u16,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             balance: Balance::RoundRobin,
+            https_port: 443,
         }
     }
 }
@@ -166,7 +171,90 @@ pub async fn serve_http_on(
     }
 }
 
-/// One client connection, with its timers.
+/// Serves HTTPS on `listener` until `shutdown`: each connection's TLS handshake (with the
+/// header-read timeout), then the same serving as plain HTTP, the requests marked as
+/// come over TLS. A client hello without SNI gets the configuration of the connection's
+/// local address (see [`crate::tls::HttpsConfig`]).
+pub async fn serve_https(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    tls: Arc<crate::tls::HttpsConfig>,
+    shutdown: CancellationToken,
+) {
+    serve_https_on(proxy, listener, tls, shutdown, Connections::new()).await;
+}
+
+/// [`serve_https`], with the connections tracked in `connections` (as [`serve_http_on`]).
+pub async fn serve_https_on(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    tls: Arc<crate::tls::HttpsConfig>,
+    shutdown: CancellationToken,
+    connections: Connections,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        proxy.config.max_connections.max(1),
+    ));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let proxy = proxy.clone();
+        let tls = tls.clone();
+        let closing = connections.closing.clone();
+        connections.tracker.spawn(async move {
+            let local = stream.local_addr().unwrap_or(peer);
+            let _ = stream.set_nodelay(true);
+            let handshake = async {
+                let start = tokio_rustls::LazyConfigAcceptor::new(
+                    rustls::server::Acceptor::default(),
+                    stream,
+                )
+                .await?;
+                let has_sni = start.client_hello().server_name().is_some();
+                start.into_stream(tls.for_client(has_sni, local.ip())).await
+            };
+            let tls = match tokio::time::timeout(proxy.config.header_read_timeout, handshake).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let alpn = tls.get_ref().1.alpn_protocol();
+            if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the handshake was the answer; nothing is
+                // served on such a connection (RFC 8737 3).
+                return;
+            }
+            serve_io(proxy, tls, ConnInfo::new(peer, local).over_tls(), closing).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One plain TCP client connection, with its timers.
 pub async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     serve_connection_until(proxy, stream, peer, CancellationToken::new()).await;
 }
@@ -180,7 +268,17 @@ pub async fn serve_connection_until(
 ) {
     let local = stream.local_addr().unwrap_or(peer);
     let _ = stream.set_nodelay(true);
-    let info = Arc::new(ConnInfo::new(peer, local));
+    serve_io(proxy, stream, ConnInfo::new(peer, local), closing).await;
+}
+
+/// One client connection over any transport (TCP, TLS), with its timers; finished
+/// gracefully once `closing` fires.
+pub async fn serve_io<IO>(proxy: Arc<Proxy>, io: IO, info: ConnInfo, closing: CancellationToken)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let info = Arc::new(info);
     let svc_info = info.clone();
     let svc_proxy = proxy.clone();
     let svc_closing = closing.clone();
@@ -216,7 +314,7 @@ pub async fn serve_connection_until(
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     // The idle timer also covers a client that connects and sends nothing, which hyper's
     // header timer (started by a request's first byte) does not: such a connection gets

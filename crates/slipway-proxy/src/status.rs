@@ -69,6 +69,13 @@ pub struct CertificateStatus {
     /// When the next order or renewal is due (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<String>,
+    /// ACME orders failed in a row (the backoff doubles with each).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One backend of a route.

@@ -21,11 +21,42 @@ pub enum ProxyCommand {
     RoutesFrom(RoutesFromArgs),
     /// Check a routes file (`--routes FILE`); prints its routes, or FILE:LINE:COL errors.
     Check(CheckArgs),
+    /// Uploaded certificates: `cert add HOST --cert FULLCHAIN --key KEY`, `cert rm HOST`,
+    /// `cert ls`; a running proxy on the data dir picks changes up within seconds.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// The routes a running `slipway up` serves: host, path, source, TLS, and each
     /// backend's state and in-flight requests (`GET /api/proxy/routes`).
     Routes {
         #[command(flatten)]
         api: crate::client::ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Upload a certificate for HOST (exact, `*.example.com`, or an IP address): the full
+    /// chain and its key, as PEM. Checked: the key matches, the certificate names HOST and
+    /// is valid now.
+    Add {
+        host: String,
+        #[arg(long, value_name = "FULLCHAIN")]
+        cert: PathBuf,
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(long, value_name = "DIR", env = "SLIPWAY_PROXY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Remove the uploaded certificate of HOST.
+    Rm {
+        host: String,
+        #[arg(long, value_name = "DIR", env = "SLIPWAY_PROXY_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// List the uploaded certificates.
+    Ls {
+        #[arg(long, value_name = "DIR", env = "SLIPWAY_PROXY_DATA_DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -57,6 +88,19 @@ pub struct ServeArgs {
     /// Where plain HTTP is served.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
     pub http: SocketAddr,
+    /// Where HTTPS is served (needs --data-dir, which holds the certificates).
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<SocketAddr>,
+    /// The proxy's data: certificates (`certs/`, `acme/`), the last routes (`proxy/`), the
+    /// instance lock and the takeover socket.
+    #[arg(long, value_name = "DIR", env = "SLIPWAY_PROXY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Take the listeners over from the proxy running on --data-dir: it stops accepting,
+    /// finishes its requests and exits; no request fails.
+    #[arg(long, requires = "data_dir")]
+    pub takeover: bool,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
     /// The routes file, watched and applied live (no file: every host gets 404).
     #[arg(long, value_name = "FILE")]
     pub routes: Option<PathBuf>,
@@ -99,6 +143,58 @@ pub struct ServeArgs {
     /// Serve `GET /metrics` (Prometheus) on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+}
+
+/// ACME (`slipway proxy`, `slipway up`).
+#[derive(Debug, Args)]
+pub struct AcmeArgs {
+    /// The ACME account's contact, for expiry notices.
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// The ACME directory (default: Let's Encrypt).
+    #[arg(long, value_name = "URL", conflicts_with = "acme_staging")]
+    pub acme_directory: Option<String>,
+    /// Let's Encrypt's staging directory (untrusted certificates, high rate limits).
+    #[arg(long)]
+    pub acme_staging: bool,
+    /// A PEM root to trust for the directory itself (a private CA); then the only one.
+    #[arg(long, value_name = "FILE")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// How a host is proven: http-01 (on the HTTP listener) or tls-alpn-01 (on HTTPS).
+    #[arg(long, value_name = "KIND", default_value = "http-01")]
+    pub acme_challenge: String,
+    /// Order no certificate: serve uploaded ones only.
+    #[arg(long, conflicts_with_all = ["acme_email", "acme_directory", "acme_staging", "acme_ca_root"])]
+    pub no_acme: bool,
+}
+
+impl AcmeArgs {
+    pub fn options(&self) -> Result<Option<slipway_proxy::acme::AcmeOptions>> {
+        use slipway_proxy::acme::{AcmeOptions, ChallengeKind, LETS_ENCRYPT_STAGING};
+        if self.no_acme {
+            return Ok(None);
+        }
+        let challenge = ChallengeKind::parse(&self.acme_challenge)
+            .map_err(|e| anyhow::anyhow!("--acme-challenge: {e}"))?;
+        let defaults = AcmeOptions::default();
+        Ok(Some(AcmeOptions {
+            contact_email: self.acme_email.clone(),
+            directory_url: match (&self.acme_directory, self.acme_staging) {
+                (Some(url), _) => url.clone(),
+                (None, true) => LETS_ENCRYPT_STAGING.to_owned(),
+                (None, false) => defaults.directory_url.clone(),
+            },
+            extra_root: self.acme_ca_root.clone(),
+            challenge,
+            ..defaults
+        }))
+    }
+}
+
+/// The port plain HTTP redirects to: the HTTPS listener's, or 443 when it is picked at
+/// start (port 0) or absent.
+pub fn https_port(https: Option<SocketAddr>) -> u16 {
+    https.map(|a| a.port()).filter(|p| *p != 0).unwrap_or(443)
 }
 
 /// How the Docker provider reaches containers (`slipway proxy`, `slipway up`).
@@ -159,6 +255,7 @@ pub fn run(command: Option<ProxyCommand>, serve_args: ServeArgs) -> Result<ExitC
         Some(ProxyCommand::RoutesFrom(args)) => routes_from(args),
         Some(ProxyCommand::Check(args)) => check(args),
         Some(ProxyCommand::Routes { api }) => crate::client::proxy_routes(api),
+        Some(ProxyCommand::Cert(command)) => cert(command),
         None => serve(serve_args),
     }
 }
@@ -168,6 +265,7 @@ impl ServeArgs {
     fn proxy_config(&self) -> Result<slipway_proxy::Config> {
         let trusted_proxies = trusted_proxies(&self.trusted_proxies, "--trusted-proxies")?;
         Ok(slipway_proxy::Config {
+            https_port: https_port(self.https),
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
             connect_timeout: self.connect_timeout,
@@ -178,6 +276,7 @@ impl ServeArgs {
                 BalanceArg::RoundRobin => slipway_proxy::Balance::RoundRobin,
                 BalanceArg::LeastRequests => slipway_proxy::Balance::LeastRequests,
             },
+            ..slipway_proxy::Config::default()
         })
     }
 }
@@ -224,6 +323,9 @@ pub async fn start_edge(
         Err(e @ slipway_proxy::EdgeError::AccessLog { .. }) => {
             bail!("{e}; give a file you may write, or `-` for stderr")
         }
+        Err(e @ slipway_proxy::EdgeError::NoDataDir { .. }) => {
+            bail!("{e}: give --data-dir DIR")
+        }
         Err(slipway_proxy::EdgeError::RoutesFile { path, diagnostics }) => {
             diagnostics.iter().for_each(|d| eprintln!("{d}"));
             bail!(
@@ -233,6 +335,7 @@ pub async fn start_edge(
                 path.display()
             )
         }
+        Err(e) => Err(anyhow::Error::new(e)),
     }
 }
 
@@ -246,6 +349,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         workers: args
             .workers
             .unwrap_or_else(|| slipway_proxy::EdgeConfig::default().workers),
+        https: args.https,
+        acme: match args.https {
+            Some(_) => args.acme.options()?,
+            None => None,
+        },
+        data_dir: args.data_dir.clone(),
+        takeover: args.takeover,
+        drain_timeout: Some(args.drain_timeout),
         proxy: args.proxy_config()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -263,6 +374,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         if let Some(addr) = edge.http_addr() {
             println!("slipway proxy listening on http://{addr}");
         }
+        if let Some(addr) = edge.https_addr() {
+            println!("https on {addr}");
+        }
         if let Some(addr) = edge.metrics_addr() {
             println!("metrics on http://{addr}/metrics");
         }
@@ -272,8 +386,63 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             on_signal.cancel();
         });
         edge.wait().await;
+        if edge.handed_over() {
+            tracing::info!("handed over to the new instance; its requests finished");
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `HOST  until 2027-03-01T00:00:00Z  issuer CN=…  serial …  names a, b`.
+fn cert_line(host: &str, info: &slipway_proxy::tls::CertInfo) -> String {
+    format!(
+        "{host}  until {}  issuer {}  serial {}  names {}",
+        humantime::format_rfc3339_seconds(info.not_after),
+        info.issuer,
+        info.serial,
+        info.names.join(", ")
+    )
+}
+
+fn cert(command: CertCommand) -> Result<ExitCode> {
+    let open = |dir: &PathBuf| {
+        slipway_proxy::CertStore::open(dir)
+            .with_context(|| format!("the certificates under {}", dir.display()))
+    };
+    match command {
+        CertCommand::Add {
+            host,
+            cert,
+            key,
+            data_dir,
+        } => {
+            let chain = std::fs::read(&cert)
+                .with_context(|| format!("cannot read --cert {}", cert.display()))?;
+            let key_pem = std::fs::read(&key)
+                .with_context(|| format!("cannot read --key {}", key.display()))?;
+            let info = open(&data_dir)?
+                .add_uploaded(&host, &chain, &key_pem)
+                .with_context(|| format!("the certificate for {host} is refused"))?;
+            println!("{}", cert_line(&host, &info));
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCommand::Rm { host, data_dir } => {
+            if open(&data_dir)?.remove_uploaded(&host)? {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                bail!(
+                    "no uploaded certificate for {host} under {}",
+                    data_dir.display()
+                )
+            }
+        }
+        CertCommand::Ls { data_dir } => {
+            for (host, info) in open(&data_dir)?.uploaded() {
+                println!("{}", cert_line(&host, &info));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn routes_from(args: RoutesFromArgs) -> Result<ExitCode> {

@@ -111,6 +111,17 @@ pub struct UpProxyArgs {
     /// Where the edge proxy serves plain HTTP to the team's apps.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
     pub proxy_http: SocketAddr,
+    /// Where the edge proxy serves HTTPS (certificates uploaded with `slipway proxy cert
+    /// add` or ordered by ACME for `tls: acme` routes).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:443")]
+    pub proxy_https: SocketAddr,
+    #[command(flatten)]
+    pub acme: crate::proxy::AcmeArgs,
+    /// Take over from the `slipway up` running on this data dir: its proxy's and API's
+    /// listening sockets pass to this one, which serves the proxy's routes at once; the old
+    /// one finishes its requests and exits, then this one opens the store.
+    #[arg(long)]
+    pub takeover: bool,
     /// A routes file for the proxy, watched and applied live.
     #[arg(long, value_name = "FILE")]
     pub proxy_routes: Option<PathBuf>,
@@ -126,12 +137,12 @@ pub struct UpProxyArgs {
     #[command(flatten)]
     pub docker: crate::proxy::DockerArgs,
     /// Run no edge proxy.
-    #[arg(long, conflicts_with_all = ["proxy_http", "proxy_routes"])]
+    #[arg(long, conflicts_with_all = ["proxy_http", "proxy_https", "proxy_routes", "takeover"])]
     pub no_proxy: bool,
 }
 
 impl UpProxyArgs {
-    fn edge_config(&self) -> Result<Option<slipway_proxy::EdgeConfig>> {
+    fn edge_config(&self, data_dir: &std::path::Path) -> Result<Option<slipway_proxy::EdgeConfig>> {
         if self.no_proxy {
             return Ok(None);
         }
@@ -140,6 +151,7 @@ impl UpProxyArgs {
                 &self.proxy_trusted_proxies,
                 "--proxy-trusted-proxies",
             )?,
+            https_port: crate::proxy::https_port(Some(self.proxy_https)),
             ..slipway_proxy::Config::default()
         };
         Ok(Some(slipway_proxy::EdgeConfig {
@@ -148,6 +160,10 @@ impl UpProxyArgs {
             access_log: crate::proxy::access_log_target(self.proxy_access_log.as_ref()),
             metrics: None,
             docker: (!self.no_docker_labels).then(|| self.docker.options()),
+            https: Some(self.proxy_https),
+            acme: self.acme.options()?,
+            data_dir: Some(data_dir.to_owned()),
+            takeover: self.takeover,
             proxy,
             ..slipway_proxy::EdgeConfig::default()
         }))
@@ -266,7 +282,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         labels: parse_labels(&args.labels)?,
         allow_exec: args.runner_allow_exec,
     };
-    let edge = args.proxy.edge_config()?;
+    let edge = args.proxy.edge_config(&args.server.data_dir)?;
     serve(args.server, Some(embedded), edge)
 }
 
@@ -288,13 +304,12 @@ fn serve(
     edge: Option<slipway_proxy::EdgeConfig>,
 ) -> Result<ExitCode> {
     runtime()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
+        // A signal stops everything; a handover to a successor stops the server at once
+        // and lets the proxy drain.
         let shutdown = shutdown_on_signal();
-        // The proxy's ports are bound before anything else opens, so a taken port is the
-        // first thing said.
+        let server_stop = shutdown.child_token();
+        // The proxy's ports are bound (or taken over) before anything else opens, so a
+        // taken port or another instance on the data dir is the first thing said.
         let edge = match edge {
             Some(config) => {
                 let flags = crate::proxy::EdgeFlags {
@@ -302,19 +317,44 @@ fn serve(
                     https: "--proxy-https",
                     routes: "--proxy-routes",
                 };
-                let edge = crate::proxy::start_edge(config, flags, shutdown.clone()).await?;
-                if let Some(public_url) = &args.public_url {
-                    match slipway_proxy::edge::public_url_routes(public_url, addr) {
-                        Ok(set) => edge
-                            .proxy()
-                            .set_provider(slipway_proxy::edge::PUBLIC_URL_PROVIDER, set),
-                        Err(e) => tracing::warn!("the proxy does not serve Slipway itself: {e}"),
-                    }
-                }
-                Some(std::sync::Arc::new(edge))
+                Some(std::sync::Arc::new(
+                    crate::proxy::start_edge(config, flags, shutdown.clone()).await?,
+                ))
             }
             None => None,
         };
+        let listener = match edge.as_ref().and_then(|e| e.take_listener("api")) {
+            Some(taken) => {
+                taken
+                    .set_nonblocking(true)
+                    .context("the API listener taken over")?;
+                tokio::net::TcpListener::from_std(taken).context("the API listener taken over")?
+            }
+            None => tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("listening on {}", args.listen))?,
+        };
+        let addr = listener.local_addr().context("reading the bound address")?;
+        if let Some(edge) = &edge {
+            edge.hand_over_also("api", &listener)?;
+            if let Some(public_url) = &args.public_url {
+                match slipway_proxy::edge::public_url_routes(public_url, addr) {
+                    Ok(set) => edge
+                        .proxy()
+                        .set_provider(slipway_proxy::edge::PUBLIC_URL_PROVIDER, set),
+                    Err(e) => tracing::warn!("the proxy does not serve Slipway itself: {e}"),
+                }
+            }
+            // Never two servers on one store: on a takeover, the store opens once the
+            // previous instance has gone (the proxy serves meanwhile).
+            edge.holds_data_dir().await;
+            let (handed, stop) = (edge.handed_over_signal(), server_stop.clone());
+            tokio::spawn(async move {
+                handed.cancelled().await;
+                tracing::info!("handed over to a new instance: the server stops, the proxy drains");
+                stop.cancel();
+            });
+        }
         let local = if addr.ip().is_unspecified() {
             format!("http://127.0.0.1:{}", addr.port())
         } else {
@@ -339,7 +379,7 @@ fn serve(
         let server = Server::open(config)
             .await
             .with_context(|| format!("opening the server's data in {}", args.data_dir.display()))?;
-        server.spawn_background(shutdown.clone());
+        server.spawn_background(server_stop.clone());
 
         let admin = server.first_admin_token().map(str::to_owned);
         if args.json {
@@ -351,6 +391,7 @@ fn serve(
                     "admin_token": admin,
                     "runner_token": if embedded.is_none() { Some(&server.state.runner_token) } else { None },
                     "proxy_http": edge.as_ref().and_then(|e| e.http_addr()).map(|a| a.to_string()),
+                    "proxy_https": edge.as_ref().and_then(|e| e.https_addr()).map(|a| a.to_string()),
                 })
             );
         } else {
@@ -369,11 +410,14 @@ fn serve(
             if let Some(addr) = edge.as_ref().and_then(|e| e.http_addr()) {
                 println!("edge proxy: http://{addr}");
             }
+            if let Some(addr) = edge.as_ref().and_then(|e| e.https_addr()) {
+                println!("edge proxy: https on {addr}");
+            }
         }
 
         let router = server.router();
         let limits = server.state.config.limits;
-        let serve_shutdown = shutdown.clone();
+        let serve_shutdown = server_stop.clone();
         let http = tokio::spawn(async move {
             slipway_server::listen::serve(listener, router, limits, serve_shutdown).await;
         });
@@ -394,7 +438,7 @@ fn serve(
                 poll_timeout: server.state.config.poll_wait,
                 allow_exec,
             };
-            let runner_shutdown = shutdown.clone();
+            let runner_shutdown = server_stop.clone();
             tokio::spawn(async move {
                 if let Err(e) = slipway_runner::run(runner, runner_shutdown).await {
                     tracing::error!("embedded runner stopped: {e}");

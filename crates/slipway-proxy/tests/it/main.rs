@@ -12,3 +12,4 @@ mod observe;
 mod rules;
 mod serve;
 mod takeover;
+mod tls;

@@ -410,6 +410,10 @@ fn slipway_up_serves_the_proxy_and_reports_its_routes() {
         &[
             "--proxy-http",
             "127.0.0.1:0",
+            "--proxy-https",
+            "127.0.0.1:0",
+            "--no-docker-labels",
+            "--no-acme",
             "--proxy-routes",
             routes_file.to_str().expect("utf-8 path"),
             "--public-url",
