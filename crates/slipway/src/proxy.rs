@@ -276,7 +276,6 @@ impl ServeArgs {
                 BalanceArg::RoundRobin => slipway_proxy::Balance::RoundRobin,
                 BalanceArg::LeastRequests => slipway_proxy::Balance::LeastRequests,
             },
-            ..slipway_proxy::Config::default()
         })
     }
 }
