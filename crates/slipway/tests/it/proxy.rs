@@ -816,3 +816,128 @@ fn slipway_proxy_routes_a_container_by_its_traefik_labels_and_drops_it_when_stop
         matches!(get_through(&p.addr, &host).0, 404 | 503)
     });
 }
+
+#[test]
+fn slipway_up_takeover_under_load_fails_no_request_and_the_old_one_exits() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let a = name_backend("A");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routes = written(
+        &dir,
+        "routes.yml",
+        &format!("routes:\n  - host: app.test\n    backends: [\"{a}\"]\n"),
+    );
+    let data = dir.path().join("data");
+    let flags = [
+        "--proxy-http",
+        "127.0.0.1:0",
+        "--proxy-https",
+        "127.0.0.1:0",
+        "--no-docker-labels",
+        "--no-acme",
+        "--proxy-routes",
+        routes.to_str().expect("utf-8 path"),
+    ];
+    let mut old = super::server::start_up(&data, &flags);
+    let edge = old.facts["proxy_http"]
+        .as_str()
+        .expect("proxy_http")
+        .to_owned();
+    let listen = old.facts["listen"].as_str().expect("listen").to_owned();
+
+    // Without --takeover, a second instance on the data dir is refused, naming the flag.
+    let out = slipway()
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run");
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("--takeover"), "{err}");
+    assert!(
+        err.contains(&old.child.id().to_string()),
+        "the pid is named: {err}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Answers>> = Arc::default();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, seen, edge) = (stop.clone(), seen.clone(), edge.clone());
+            std::thread::spawn(move || {
+                let c = reqwest::blocking::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .expect("client");
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) && sent < 20_000 {
+                    sent += 1;
+                    let outcome = c
+                        .get(format!("http://{edge}/"))
+                        .header("host", "app.test")
+                        .send()
+                        .map_err(|e| format!("{e:?}"))
+                        .and_then(|r| {
+                            let status = r.status();
+                            let body = r.text().map_err(|e| format!("{e:?}"))?;
+                            if status == 200 {
+                                Ok(body)
+                            } else {
+                                Err(format!("{status}: {body}"))
+                            }
+                        });
+                    let mut s = seen.lock().expect("lock");
+                    match outcome {
+                        Ok(body) => *s.0.entry(body).or_default() += 1,
+                        Err(e) => s.1.push(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // Its first line comes once the old one has gone and the store is its own.
+    let mut takeover = ["--takeover"].to_vec();
+    takeover.extend(flags);
+    let new = super::server::start_up(&data, &takeover);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = old.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old instance did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "the old instance exits cleanly: {status}");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    clients
+        .into_iter()
+        .for_each(|c| c.join().expect("client thread"));
+    let s = seen.lock().expect("lock");
+    assert!(
+        s.1.is_empty(),
+        "{} failed requests: {:?}",
+        s.1.len(),
+        &s.1[..s.1.len().min(5)]
+    );
+    assert!(s.0.get("A").is_some_and(|n| *n > 100), "{:?}", s.0);
+    assert_eq!(
+        new.facts["proxy_http"],
+        edge.as_str(),
+        "the same listener serves on"
+    );
+    assert_eq!(new.facts["listen"], listen.as_str(), "the API listener too");
+    let health = reqwest::blocking::get(format!("http://{listen}/healthz"))
+        .expect("the new server answers")
+        .text()
+        .unwrap_or_default();
+    assert_eq!(health, "ok\n");
+    eprintln!("answers across the takeover: {:?}", s.0);
+}
