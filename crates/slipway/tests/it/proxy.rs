@@ -941,3 +941,153 @@ fn slipway_up_takeover_under_load_fails_no_request_and_the_old_one_exits() {
     assert_eq!(health, "ok\n");
     eprintln!("answers across the takeover: {:?}", s.0);
 }
+
+#[test]
+fn docker_pushes_200_mb_to_the_registry_through_the_proxy_over_https() {
+    if Command::new("docker")
+        .arg("version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        eprintln!("skipping: no Docker engine");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    // An uploaded certificate for 127.0.0.1: Docker sends no SNI to an IP address, and the
+    // proxy answers with the certificate of the route named by its listener's IP.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    let cert_file = written(&dir, "cert.pem", &cert.pem());
+    let key_file = written(&dir, "key.pem", &key.serialize_pem());
+    let out = slipway()
+        .args(["proxy", "cert", "add", "127.0.0.1", "--cert"])
+        .arg(&cert_file)
+        .arg("--key")
+        .arg(&key_file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("cert add");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("127.0.0.1  until "), "{stdout}");
+
+    let https_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let registry = format!("127.0.0.1:{https_port}");
+    let up = super::server::start_up(
+        &data,
+        &[
+            "--proxy-http",
+            "127.0.0.1:0",
+            "--proxy-https",
+            &registry,
+            "--no-docker-labels",
+            "--no-acme",
+            "--public-url",
+            &format!("https://{registry}"),
+        ],
+    );
+    assert_eq!(up.facts["proxy_https"], registry.as_str());
+    let config = tempfile::tempdir().expect("docker config");
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .arg("--config")
+            .arg(config.path())
+            .args(args)
+            .output()
+            .expect("docker runs")
+    };
+    let image = format!("{registry}/team/big:{}", std::process::id());
+    struct Image(String);
+    impl Drop for Image {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+        }
+    }
+    let build = tempfile::tempdir().expect("context");
+    std::fs::write(
+        build.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN head -c 100000000 /dev/urandom > /a\nRUN head -c 100000000 /dev/urandom > /b\n",
+            crate::test_image()
+        ),
+    )
+    .expect("Dockerfile");
+    let out = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &image])
+        .arg(build.path())
+        .output()
+        .expect("docker build");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _image = Image(image.clone());
+    let login = {
+        use std::io::Write;
+        let mut child = Command::new("docker")
+            .arg("--config")
+            .arg(config.path())
+            .args(["login", &registry, "-u", "admin", "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker login");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(super::server::ADMIN.as_bytes())
+            .expect("password");
+        child.wait_with_output().expect("docker login")
+    };
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let out = docker(&["push", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The layers are in the registry, whole: read the manifest back over HTTPS.
+    let c = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client");
+    let listen = up.facts["listen"].as_str().expect("listen");
+    let out = docker(&["manifest", "inspect", "--insecure", &image]);
+    let manifest: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let total: u64 = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["size"].as_u64())
+        .sum();
+    assert!(total > 200_000_000, "the pushed layers hold {total} bytes");
+    // And it went through the proxy's TLS listener: the proxy's metrics counted it.
+    let metrics = c
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .expect("metrics")
+        .text()
+        .unwrap_or_default();
+    assert!(
+        metrics.contains("slipway_proxy_requests_total{route=\"127.0.0.1\",code=\"2xx\"}"),
+        "{metrics}"
+    );
+}
