@@ -101,7 +101,6 @@ http {
     ssl_certificate_key $work/app.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     keepalive_requests 1000000;
-    http2_max_requests 1000000;
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -122,11 +121,15 @@ routes:
   - host: app.test
     backends: ["127.0.0.1:$bport"]
     tls: app.test
+  # h2load sends no SNI to an IP address: the listener's IP names this route.
+  - host: 127.0.0.1
+    backends: ["127.0.0.1:$bport"]
+    tls: app.test
 EOF
 "$bin" proxy cert add app.test --cert "$work/fullchain.pem" --key "$work/app.key" \
   --data-dir "$work/slipway" >/dev/null
 RUST_LOG=warn "$bin" proxy --http "127.0.0.1:$sport" --https "127.0.0.1:$stls" \
-  --data-dir "$work/slipway" --routes "$work/routes.yml" >"$work/slipway.out" &
+  --data-dir "$work/slipway" --no-acme --routes "$work/routes.yml" >"$work/slipway.out" &
 pids+=($!)
 
 for url in "http://127.0.0.1:$bport/" "http://127.0.0.1:$nport/" "http://127.0.0.1:$sport/"; do
