@@ -16,6 +16,19 @@
 //!   (Slipway, Traefik v1/v2/v3 and nginx-proxy conventions of one [`Workload`]), with
 //!   [`rule`] (Traefik rule expressions) and [`auth`] (htpasswd users). [`compose`] reads
 //!   a compose file's services into workloads, for `slipway proxy routes-from`.
+//! - The data plane, as small layers: [`serve`] (accept loops with a connection limit,
+//!   hyper's auto h1/h2 server per connection, header-read and idle timers, graceful
+//!   close), [`forward`] (one request: id → route lookup (unknown host 404) → redirect and
+//!   basic auth → balancer (no backend 503) → the backend request with forwarded headers
+//!   → one retry of an idempotent bodiless request that failed before any byte → the
+//!   streamed response; upgrades tunnelled), [`balance`] (a [`RouteTable`] with its live
+//!   backends: weighted round robin or least-requests P2C, in-flight counts, drain), and
+//!   [`observe`] (the access log and Prometheus metrics). A [`Proxy`] merges its providers'
+//!   route sets ([`Proxy::set_provider`]) and swaps whole snapshots. [`status`] is what the
+//!   routes API shows.
+//! - [`edge`]: the assembly `slipway proxy` and `slipway up` run ([`Edge::start`]):
+//!   listeners on one single-threaded runtime per core, the routes file's watcher, the
+//!   Docker provider, TLS and ACME, the data dir's lock, stored routes and takeover.
 //! - [`docker`](mod@docker): the Docker provider, the one that does IO: it follows the local
 //!   engine's containers through its events API, reads each one's labels and environment
 //!   with [`labels`], and gives the proxy the `docker` route set and the containers'
@@ -49,11 +62,13 @@
 //!   `tls: acme` host of the live table, answering HTTP-01 on the plain listener (before
 //!   any route) and TLS-ALPN-01 in the resolver; never on the request path.
 //!
-//! Invariants: nothing here does IO but [`file::load`], and nothing panics on any input
+//! Invariants: the providers' readers ([`file`](mod@file) but [`file::load`], [`labels`],
+//! [`rule`], [`compose`]) do no IO, and nothing panics on any input
 //! (property tests feed the rule parser and the label readers arbitrary text); a value
 //! that exists was checked (hosts, paths, addresses, weights, hashes), so the data plane
 //! never re-validates; a routes file with any error yields no routes, so the previous table
-//! keeps serving; a table is immutable once built (the data plane swaps whole tables); and
+//! keeps serving; a table is immutable once built (the data plane swaps whole tables, and a
+//! request keeps the snapshot it started with); no body is buffered; and
 //! no route is dropped in silence: every one not used is a diagnostic or a conflict.
 //! Everything serializes for `--json` output, password hashes excepted.
 

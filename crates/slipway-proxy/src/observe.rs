@@ -3,7 +3,7 @@
 //! (requests by code class, a latency histogram, in-flight requests, backend state).
 //!
 //! An [`Observer`] belongs to a [`Proxy`](crate::Proxy). Each request carries an
-//! [`Exchange`] from its start; the layers that decide its route and backend note them on
+//! `Exchange` from its start; the layers that decide its route and backend note them on
 //! it, and it is finished once, when the response body ends or is dropped (a client that
 //! goes away mid-body is logged with the bytes that it got).
 //!
