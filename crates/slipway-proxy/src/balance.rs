@@ -347,6 +347,17 @@ impl Snapshot {
             })
     }
 
+    /// The serving backend of route `route` whose [`sticky_token`] is `token` (a sticky
+    /// cookie's value), if it is still there and serving.
+    pub fn pick_sticky(&self, route: usize, token: &str) -> Option<Arc<LiveBackend>> {
+        let live = self.routes.get(route)?;
+        live.sets
+            .iter()
+            .flat_map(|s| s.backends.iter())
+            .find(|(b, w)| *w > 0 && b.state() == BackendState::Serving && sticky_token(b) == token)
+            .map(|(b, _)| b.clone())
+    }
+
     fn pick_among(
         &self,
         route: usize,
@@ -426,4 +437,12 @@ pub(crate) fn random() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     h.finish()
+}
+
+/// What a sticky cookie holds for `backend`: a hash of its address, so the cookie does
+/// not tell clients the network's layout, and stays the same across restarts.
+pub fn sticky_token(backend: &LiveBackend) -> String {
+    use sha1::Digest;
+    let digest = sha1::Sha1::digest(backend.address.as_str().as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -330,8 +330,14 @@ impl Proxy {
             }
             return resp;
         }
-        let Some(guard) = snapshot
-            .pick(index, self.config.balance, None)
+        // A sticky cookie naming a backend still serving sends the request there.
+        let sticky = route.options.sticky.as_ref();
+        let pinned = sticky
+            .and_then(|c| cookie(req.headers(), &c.name))
+            .and_then(|token| snapshot.pick_sticky(index, &token));
+        let repin = sticky.is_some() && pinned.is_none();
+        let Some(guard) = pinned
+            .or_else(|| snapshot.pick(index, self.config.balance, None))
             .and_then(|b| b.try_start())
         else {
             // The pick lost a race with a swap that drained its backend: the new table
@@ -347,9 +353,22 @@ impl Proxy {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             return resp;
         };
+        let token = repin.then(|| crate::balance::sticky_token(guard.backend()));
         let mut resp = self
             .forward(req, conn, &snapshot, index, route, &host, guard, exchange)
             .await;
+        if let (Some(c), Some(token)) = (sticky, token) {
+            let mut value = format!("{}={token}; Path=/", c.name);
+            if c.http_only {
+                value.push_str("; HttpOnly");
+            }
+            if c.secure {
+                value.push_str("; Secure");
+            }
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
         // HSTS only over TLS (RFC 6797 7.2: a browser ignores it on plain HTTP anyway).
         if conn.tls
             && let Some(hsts) = &route.options.hsts
@@ -702,6 +721,18 @@ fn local(status: StatusCode, text: &str) -> Response<Body> {
 
 /// Where ACME's HTTP-01 validations ask (RFC 8555 8.3).
 const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_owned())
+}
 
 fn hsts_value(hsts: &crate::route::Hsts) -> String {
     let mut v = format!("max-age={}", hsts.max_age_secs);

@@ -839,3 +839,65 @@ async fn each_provider_replaces_only_its_own_routes() {
         "an emptied provider's routes are gone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_one_is_gone() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let p = start_proxy(
+        Config::default(),
+        &format!(
+            "routes:\n  - host: app.test\n    sticky: {{cookie: pin, http_only: true}}\n    backends: [\"{}\", \"{}\"]\n",
+            a.addr, b.addr
+        ),
+    )
+    .await;
+    let c = client();
+    let first = get(&c, p.addr, "app.test", "/").await;
+    let set = first.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        set.starts_with("pin=") && set.contains("Path=/") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    assert!(
+        !set.contains(&a.addr.to_string()) && !set.contains(&b.addr.to_string()),
+        "{set}"
+    );
+    let pinned = first.headers()["x-backend"]
+        .to_str()
+        .expect("name")
+        .to_owned();
+    let cookie = set.split(';').next().expect("pair").to_owned();
+    for _ in 0..10 {
+        let r = c
+            .get(format!("http://{}/", p.addr))
+            .header("host", "app.test")
+            .header("cookie", format!("other=1; {cookie}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            r.headers()["x-backend"],
+            pinned.as_str(),
+            "stays on its backend"
+        );
+        assert!(
+            r.headers().get("set-cookie").is_none(),
+            "no new cookie while pinned"
+        );
+    }
+    // The pinned backend goes away: the client's request is retried on the other.
+    let (gone, other) = if pinned == "a" { (&a, "b") } else { (&b, "a") };
+    gone.kill();
+    let r = c
+        .get(format!("http://{}/", p.addr))
+        .header("host", "app.test")
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.headers()["x-backend"], other);
+}
