@@ -136,12 +136,33 @@ pub async fn serve_http_on(
     shutdown: CancellationToken,
     connections: Connections,
 ) {
+    accept_connections(
+        proxy,
+        listener,
+        shutdown,
+        connections,
+        serve_connection_until,
+    )
+    .await;
+}
+
+/// The accept loop both listeners share: at most `max_connections` at once (past it,
+/// clients wait in the kernel's backlog instead of costing a task each), each accepted
+/// connection served by `serve` on a task of `connections`, until `shutdown`.
+async fn accept_connections<F, Fut>(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    connections: Connections,
+    serve: F,
+) where
+    F: Fn(Arc<Proxy>, TcpStream, SocketAddr, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(
         proxy.config.max_connections.max(1),
     ));
     loop {
-        // Wait for a free slot before accepting: past the limit, clients queue in the
-        // kernel's backlog instead of costing a task each.
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -162,10 +183,9 @@ pub async fn serve_http_on(
                 continue;
             }
         };
-        let proxy = proxy.clone();
-        let closing = connections.closing.clone();
+        let served = serve(proxy.clone(), stream, peer, connections.closing.clone());
         connections.tracker.spawn(async move {
-            serve_connection_until(proxy, stream, peer, closing).await;
+            served.await;
             drop(permit);
         });
     }
@@ -192,66 +212,48 @@ pub async fn serve_https_on(
     shutdown: CancellationToken,
     connections: Connections,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        proxy.config.max_connections.max(1),
-    ));
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shutdown.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let proxy = proxy.clone();
-        let tls = tls.clone();
-        let closing = connections.closing.clone();
-        connections.tracker.spawn(async move {
-            let local = stream.local_addr().unwrap_or(peer);
-            let _ = stream.set_nodelay(true);
-            let handshake = async {
-                let start = tokio_rustls::LazyConfigAcceptor::new(
-                    rustls::server::Acceptor::default(),
-                    stream,
-                )
-                .await?;
-                let has_sni = start.client_hello().server_name().is_some();
-                start.into_stream(tls.for_client(has_sni, local.ip())).await
-            };
-            let tls = match tokio::time::timeout(proxy.config.header_read_timeout, handshake).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+    accept_connections(
+        proxy,
+        listener,
+        shutdown,
+        connections,
+        move |proxy, stream, peer, closing| {
+            let tls = tls.clone();
+            async move {
+                let local = stream.local_addr().unwrap_or(peer);
+                let _ = stream.set_nodelay(true);
+                let handshake = async {
+                    let start = tokio_rustls::LazyConfigAcceptor::new(
+                        rustls::server::Acceptor::default(),
+                        stream,
+                    )
+                    .await?;
+                    let has_sni = start.client_hello().server_name().is_some();
+                    start.into_stream(tls.for_client(has_sni, local.ip())).await
+                };
+                let tls =
+                    match tokio::time::timeout(proxy.config.header_read_timeout, handshake).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let alpn = tls.get_ref().1.alpn_protocol();
+                if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+                    // A TLS-ALPN-01 validation: the handshake was the answer; nothing is
+                    // served on such a connection (RFC 8737 3).
                     return;
                 }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let alpn = tls.get_ref().1.alpn_protocol();
-            if alpn == Some(crate::tls::ACME_TLS_ALPN) {
-                // A TLS-ALPN-01 validation: the handshake was the answer; nothing is
-                // served on such a connection (RFC 8737 3).
-                return;
+                serve_io(proxy, tls, ConnInfo::new(peer, local).over_tls(), closing).await;
             }
-            serve_io(proxy, tls, ConnInfo::new(peer, local).over_tls(), closing).await;
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// One plain TCP client connection, with its timers.

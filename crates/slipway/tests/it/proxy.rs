@@ -676,10 +676,72 @@ fn a_1_gb_upload_streams_through_slipway_proxy_in_bounded_memory() {
 /// What a load's clients saw: answers by body, and every failure.
 type Answers = (std::collections::BTreeMap<String, usize>, Vec<String>);
 
+/// Keep-alive clients sending GETs for `host` through `addr` until [`Load::finish`] (at
+/// most 20,000 each); every answer and every failure, connection errors included, counted.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Answers>>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: &str, host: &'static str, clients: usize) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen: std::sync::Arc<std::sync::Mutex<Answers>> = Default::default();
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, seen, addr) = (stop.clone(), seen.clone(), addr.to_owned());
+                std::thread::spawn(move || {
+                    let c = reqwest::blocking::Client::builder()
+                        .no_proxy()
+                        .build()
+                        .expect("client");
+                    let mut sent = 0;
+                    while !stop.load(Ordering::Relaxed) && sent < 20_000 {
+                        sent += 1;
+                        let outcome = c
+                            .get(format!("http://{addr}/"))
+                            .header("host", host)
+                            .send()
+                            .map_err(|e| format!("{e:?}"))
+                            .and_then(|r| {
+                                let status = r.status();
+                                let body = r.text().map_err(|e| format!("{e:?}"))?;
+                                if status == 200 {
+                                    Ok(body)
+                                } else {
+                                    Err(format!("{status}: {body}"))
+                                }
+                            });
+                        let mut s = seen.lock().expect("lock");
+                        match outcome {
+                            Ok(body) => *s.0.entry(body).or_default() += 1,
+                            Err(e) => s.1.push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            seen,
+            clients,
+        }
+    }
+
+    /// Stops the clients; what they saw.
+    fn finish(self) -> Answers {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .for_each(|c| c.join().expect("client thread"));
+        std::mem::take(&mut *self.seen.lock().expect("lock"))
+    }
+}
+
 #[test]
 fn changing_the_routes_file_under_load_fails_no_request() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
     let a = name_backend("A");
     let b = name_backend("B");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -687,43 +749,7 @@ fn changing_the_routes_file_under_load_fails_no_request() {
         |backends: &str| format!("routes:\n  - host: app.test\n    backends: [{backends}]\n");
     let routes = written(&dir, "routes.yml", &file(&format!("\"{a}\"")));
     let p = start_proxy(&routes);
-    let stop = Arc::new(AtomicBool::new(false));
-    // Every answer's body, and every failure (connection errors included), by the client.
-    let seen: Arc<Mutex<Answers>> = Arc::default();
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, seen, addr) = (stop.clone(), seen.clone(), p.addr.clone());
-            std::thread::spawn(move || {
-                let c = reqwest::blocking::Client::builder()
-                    .no_proxy()
-                    .build()
-                    .expect("client");
-                let mut sent = 0;
-                while !stop.load(Ordering::Relaxed) && sent < 20_000 {
-                    sent += 1;
-                    let outcome = c
-                        .get(format!("http://{addr}/"))
-                        .header("host", "app.test")
-                        .send()
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| {
-                            let status = r.status();
-                            let body = r.text().map_err(|e| e.to_string())?;
-                            if status == 200 {
-                                Ok(body)
-                            } else {
-                                Err(format!("{status}: {body}"))
-                            }
-                        });
-                    let mut s = seen.lock().expect("lock");
-                    match outcome {
-                        Ok(body) => *s.0.entry(body).or_default() += 1,
-                        Err(e) => s.1.push(e),
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&p.addr, "app.test", 4);
     // A, then A and B, then B, then A again: each applied while requests are in flight.
     for (i, backends) in [
         format!("\"{a}\", \"{b}\""),
@@ -743,11 +769,7 @@ fn changing_the_routes_file_under_load_fails_no_request() {
         });
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    clients
-        .into_iter()
-        .for_each(|c| c.join().expect("client thread"));
-    let s = seen.lock().expect("lock");
+    let s = load.finish();
     assert!(
         s.1.is_empty(),
         "{} failed requests: {:?}",
@@ -819,8 +841,6 @@ fn slipway_proxy_routes_a_container_by_its_traefik_labels_and_drops_it_when_stop
 
 #[test]
 fn slipway_up_takeover_under_load_fails_no_request_and_the_old_one_exits() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
     let a = name_backend("A");
     let dir = tempfile::tempdir().expect("temp dir");
     let routes = written(
@@ -862,42 +882,7 @@ fn slipway_up_takeover_under_load_fails_no_request_and_the_old_one_exits() {
         "the pid is named: {err}"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<Answers>> = Arc::default();
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, seen, edge) = (stop.clone(), seen.clone(), edge.clone());
-            std::thread::spawn(move || {
-                let c = reqwest::blocking::Client::builder()
-                    .no_proxy()
-                    .build()
-                    .expect("client");
-                let mut sent = 0;
-                while !stop.load(Ordering::Relaxed) && sent < 20_000 {
-                    sent += 1;
-                    let outcome = c
-                        .get(format!("http://{edge}/"))
-                        .header("host", "app.test")
-                        .send()
-                        .map_err(|e| format!("{e:?}"))
-                        .and_then(|r| {
-                            let status = r.status();
-                            let body = r.text().map_err(|e| format!("{e:?}"))?;
-                            if status == 200 {
-                                Ok(body)
-                            } else {
-                                Err(format!("{status}: {body}"))
-                            }
-                        });
-                    let mut s = seen.lock().expect("lock");
-                    match outcome {
-                        Ok(body) => *s.0.entry(body).or_default() += 1,
-                        Err(e) => s.1.push(e),
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&edge, "app.test", 4);
     std::thread::sleep(std::time::Duration::from_millis(800));
     // Its first line comes once the old one has gone and the store is its own.
     let mut takeover = ["--takeover"].to_vec();
@@ -916,11 +901,7 @@ fn slipway_up_takeover_under_load_fails_no_request_and_the_old_one_exits() {
     };
     assert!(status.success(), "the old instance exits cleanly: {status}");
     std::thread::sleep(std::time::Duration::from_millis(800));
-    stop.store(true, Ordering::Relaxed);
-    clients
-        .into_iter()
-        .for_each(|c| c.join().expect("client thread"));
-    let s = seen.lock().expect("lock");
+    let s = load.finish();
     assert!(
         s.1.is_empty(),
         "{} failed requests: {:?}",
