@@ -151,7 +151,7 @@ impl ConnInfo {
         self.served.load(Ordering::Acquire) > 0
     }
 
-    fn begin(self: &Arc<Self>) -> Active {
+    pub(crate) fn begin(self: &Arc<Self>) -> Active {
         self.served.fetch_add(1, Ordering::AcqRel);
         self.active.fetch_add(1, Ordering::AcqRel);
         Active(self.clone())
@@ -160,7 +160,7 @@ impl ConnInfo {
 
 /// A request open on its connection, until its response body ends.
 #[derive(Debug)]
-struct Active(Arc<ConnInfo>);
+pub(crate) struct Active(Arc<ConnInfo>);
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -720,7 +720,7 @@ fn local(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 /// Where ACME's HTTP-01 validations ask (RFC 8555 8.3).
-const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+pub(crate) const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -774,10 +774,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(&X_REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())
-        })
+        .filter(|v| sane_request_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(|| {
             let id = format!(
@@ -787,6 +784,11 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             );
             HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
         })
+}
+
+/// A client's request id worth keeping: short printable ASCII.
+pub(crate) fn sane_request_id(b: &[u8]) -> bool {
+    !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
 /// `Upgrade`'s value when the request asks for one (`Connection: upgrade`).
@@ -838,7 +840,16 @@ fn set_headers(h: &mut HeaderMap, set: &std::collections::BTreeMap<String, Strin
 /// The path and query sent to the backend: the route's first matching strip prefix
 /// removed (what is left starts with `/`).
 fn backend_path(uri: &Uri, route: &Route) -> String {
-    let path = uri.path();
+    let mut out = stripped_path(uri.path(), route).into_owned();
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// `path` with the route's first matching strip prefix removed, starting with `/`.
+pub(crate) fn stripped_path<'a>(path: &'a str, route: &Route) -> std::borrow::Cow<'a, str> {
     let stripped = route
         .options
         .strip_prefixes
@@ -849,23 +860,20 @@ fn backend_path(uri: &Uri, route: &Route) -> String {
             (rest.is_empty() || rest.starts_with('/')).then_some(rest)
         })
         .unwrap_or(path);
-    let mut out = if stripped.starts_with('/') {
-        stripped.to_owned()
+    if stripped.starts_with('/') {
+        std::borrow::Cow::Borrowed(stripped)
     } else {
-        format!("/{stripped}")
-    };
-    if let Some(q) = uri.query() {
-        out.push('?');
-        out.push_str(q);
+        std::borrow::Cow::Owned(format!("/{stripped}"))
     }
-    out
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    )
+    is_idempotent_name(m.as_str())
+}
+
+/// GET, HEAD, OPTIONS, PUT and DELETE: sending one again does what sending it once did.
+pub(crate) fn is_idempotent_name(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
 }
 
 fn basic_auth_ok(auth: &crate::auth::BasicAuth, headers: &HeaderMap) -> bool {

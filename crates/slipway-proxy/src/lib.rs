@@ -81,6 +81,7 @@ pub mod docker;
 pub mod edge;
 pub mod file;
 pub mod forward;
+mod h1_relay;
 pub mod health;
 pub mod instance;
 pub mod labels;

@@ -17,7 +17,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -36,7 +36,7 @@ pub enum AccessLogTarget {
 
 /// Requests by status class: 1xx … 5xx.
 #[derive(Debug, Default)]
-struct ClassCounts([AtomicU64; 5]);
+pub(crate) struct ClassCounts([AtomicU64; 5]);
 
 impl ClassCounts {
     fn add(&self, status: u16) {
@@ -45,13 +45,51 @@ impl ClassCounts {
     }
 }
 
+/// One route's counters; [`Observer::route_metrics`] hands them out.
 #[derive(Debug, Default)]
-struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     requests: ClassCounts,
     /// Cumulative counts per bucket of [`BUCKETS`], then the count of all.
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
     backends: RwLock<HashMap<String, Arc<ClassCounts>>>,
+}
+
+impl RouteMetrics {
+    /// The counters of one backend of this route.
+    pub(crate) fn backend(&self, address: &str) -> Arc<ClassCounts> {
+        let known = self
+            .backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(address)
+            .cloned();
+        known.unwrap_or_else(|| {
+            self.backends
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(address.to_owned())
+                .or_default()
+                .clone()
+        })
+    }
+
+    /// Counts one exchange that took `elapsed`, answered by `backend` (if one did).
+    pub(crate) fn count(&self, backend: Option<&ClassCounts>, status: u16, elapsed: Duration) {
+        self.requests.add(status);
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency[BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        if let Some(b) = backend {
+            b.add(status);
+        }
+    }
 }
 
 /// The access log and the metrics of one proxy.
@@ -98,6 +136,11 @@ impl Observer {
         }
     }
 
+    /// Whether exchanges are written to an access log (else only counted).
+    pub(crate) fn logs(&self) -> bool {
+        self.log.is_some()
+    }
+
     fn route(&self, key: &str) -> Arc<RouteMetrics> {
         if let Some(m) = self
             .routes
@@ -120,37 +163,8 @@ impl Observer {
         let elapsed = e.started.elapsed();
         if let Some(route) = &e.route {
             let m = self.route(route);
-            m.requests.add(e.status);
-            let secs = elapsed.as_secs_f64();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    m.latency[i].fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            m.latency[BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
-            m.latency_sum_micros
-                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-            if let Some(backend) = &e.backend {
-                let counts = {
-                    let known = m
-                        .backends
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(backend)
-                        .cloned();
-                    match known {
-                        Some(c) => c,
-                        None => m
-                            .backends
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(backend.clone())
-                            .or_default()
-                            .clone(),
-                    }
-                };
-                counts.add(e.status);
-            }
+            let backend = e.backend.as_deref().map(|b| m.backend(b));
+            m.count(backend.as_deref(), e.status, elapsed);
         }
         if let Some(log) = &self.log {
             let line = AccessLine {
@@ -175,6 +189,12 @@ impl Observer {
                 }
             }
         }
+    }
+
+    /// The counters of the route `key` (its host and path), to count exchanges with
+    /// [`RouteMetrics::count`] without a lookup each time.
+    pub(crate) fn route_metrics(&self, key: &str) -> Arc<RouteMetrics> {
+        self.route(key)
     }
 
     /// The counters in Prometheus' text format, appended to `out`. Live state (in

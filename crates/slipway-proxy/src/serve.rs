@@ -270,7 +270,9 @@ pub async fn serve_connection_until(
 ) {
     let local = stream.local_addr().unwrap_or(peer);
     let _ = stream.set_nodelay(true);
-    serve_io(proxy, stream, ConnInfo::new(peer, local), closing).await;
+    // Simple HTTP/1.1 exchanges are relayed by the fast path, which hands anything else
+    // (HTTP/2, upgrades, streamed bodies) to hyper through `serve_io_shared`.
+    crate::h1_relay::serve(proxy, stream, Arc::new(ConnInfo::new(peer, local)), closing).await;
 }
 
 /// One client connection over any transport (TCP, TLS), with its timers; finished
@@ -279,8 +281,20 @@ pub async fn serve_io<IO>(proxy: Arc<Proxy>, io: IO, info: ConnInfo, closing: Ca
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    serve_io_shared(proxy, io, Arc::new(info), closing).await;
+}
+
+/// [`serve_io`] for a connection whose [`ConnInfo`] is already shared (one the HTTP/1.1
+/// fast path hands over).
+pub(crate) async fn serve_io_shared<IO>(
+    proxy: Arc<Proxy>,
+    io: IO,
+    info: Arc<ConnInfo>,
+    closing: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let peer = info.peer;
-    let info = Arc::new(info);
     let svc_info = info.clone();
     let svc_proxy = proxy.clone();
     let svc_closing = closing.clone();
