@@ -289,6 +289,13 @@ impl Proxy {
                 "this request names no host: send a Host header\n",
             );
         };
+        // Two Hosts could route one way here and another at the backend (RFC 9112 3.2).
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            return local(
+                StatusCode::BAD_REQUEST,
+                "this request names more than one host: send one Host header\n",
+            );
+        }
         // An ACME HTTP-01 validation is answered before any route: a route that redirects
         // to HTTPS (or has no certificate yet) must not hide it.
         if !conn.tls

@@ -9,6 +9,7 @@ mod docker;
 mod health;
 mod labels;
 mod observe;
+mod relay;
 mod rules;
 mod serve;
 mod takeover;

@@ -193,13 +193,13 @@ fn table(yaml: &str) -> RouteTable {
     }
 }
 
-struct TestProxy {
-    proxy: Arc<Proxy>,
-    addr: SocketAddr,
+pub(crate) struct TestProxy {
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) addr: SocketAddr,
     _stop: tokio_util::sync::DropGuard,
 }
 
-async fn start_proxy(config: Config, routes: &str) -> TestProxy {
+pub(crate) async fn start_proxy(config: Config, routes: &str) -> TestProxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("addr");
     let proxy = Arc::new(Proxy::new(config, table(routes)));
