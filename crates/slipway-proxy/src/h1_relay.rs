@@ -82,6 +82,7 @@ pub(crate) async fn serve(
         port: info.local.port().to_string(),
         metrics: None,
         closing: closing.is_cancelled(),
+        last_done: None,
     };
     let mut waits = Waits {
         timer: Box::pin(tokio::time::sleep(proxy.config.header_read_timeout)),
@@ -130,6 +131,8 @@ struct ClientConn {
     metrics: Option<CachedMetrics>,
     /// The listener was asked to close (seen while waiting for a request).
     closing: bool,
+    /// When the last response ended.
+    last_done: Option<Instant>,
 }
 
 struct CachedMetrics {
@@ -212,7 +215,8 @@ async fn read_head(
                 } else {
                     config.header_read_timeout
                 };
-                Instant::now() + wait
+                // The last response's end, read then: one clock read less per request.
+                conn.last_done.unwrap_or_else(Instant::now) + wait
             })
         });
         let deadline = tokio::time::Instant::from_std(deadline);
@@ -532,7 +536,16 @@ async fn relay(
     };
     let (mut backend, mut response) = loop {
         let target = guard.backend().clone();
-        match exchange_head(proxy, &target, &conn.head, fresh_only, &mut rewrite).await {
+        match exchange_head(
+            proxy,
+            &target,
+            &conn.head,
+            fresh_only,
+            &mut rewrite,
+            started,
+        )
+        .await
+        {
             Ok(pair) => break pair,
             Err(Failure::Stale) if retryable && !fresh_only => {
                 // A pooled connection the backend had closed: a new one, same backend.
@@ -598,7 +611,7 @@ async fn relay(
         body.bytes,
     );
     if body.complete && response.backend_keeps && backend.buf.is_empty() && live.is_live() {
-        give_back(&live, backend);
+        give_back(&live, backend, conn.last_done.unwrap_or_else(Instant::now));
     }
     drop(guard);
     body.complete && response.client_keeps
@@ -617,6 +630,8 @@ impl ClientConn {
         started: Instant,
         bytes: u64,
     ) {
+        let done = Instant::now();
+        self.last_done = Some(done);
         let observer = proxy.observer();
         if let Some(mut e) = exchange {
             e.route = Some(route.key.to_string());
@@ -641,9 +656,11 @@ impl ClientConn {
                 c
             }
         };
-        cached
-            .counts
-            .count(Some(&counts), status, started.elapsed());
+        cached.counts.count(
+            Some(&counts),
+            status,
+            done.saturating_duration_since(started),
+        );
     }
 }
 
@@ -685,11 +702,12 @@ async fn exchange_head(
     head: &[u8],
     fresh_only: bool,
     rewrite: &mut Rewrite<'_>,
+    now: Instant,
 ) -> Result<(BackendConn, ResponseHead), Failure> {
     let pooled = if fresh_only {
         None
     } else {
-        take_pooled(backend)
+        take_pooled(backend, now)
     };
     let reused = pooled.is_some();
     let mut conn = match pooled {
@@ -708,7 +726,7 @@ async fn exchange_head(
             BackendConn {
                 stream,
                 buf: BytesMut::with_capacity(READ_SIZE),
-                idle_since: Instant::now(),
+                idle_since: now,
             }
         }
     };
@@ -1151,7 +1169,7 @@ struct Pool {
 }
 
 /// An idle connection to `backend` that still looks open.
-fn take_pooled(backend: &Arc<LiveBackend>) -> Option<BackendConn> {
+fn take_pooled(backend: &Arc<LiveBackend>, now: Instant) -> Option<BackendConn> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let (_, conns) = pool
@@ -1159,7 +1177,9 @@ fn take_pooled(backend: &Arc<LiveBackend>) -> Option<BackendConn> {
             .iter_mut()
             .find(|(b, _)| Arc::ptr_eq(b, backend))?;
         while let Some(conn) = conns.pop() {
-            if conn.idle_since.elapsed() < POOL_IDLE && still_open(&conn.stream) {
+            if now.saturating_duration_since(conn.idle_since) < POOL_IDLE
+                && still_open(&conn.stream)
+            {
                 return Some(conn);
             }
         }
@@ -1167,8 +1187,7 @@ fn take_pooled(backend: &Arc<LiveBackend>) -> Option<BackendConn> {
     })
 }
 
-fn give_back(backend: &Arc<LiveBackend>, mut conn: BackendConn) {
-    let now = Instant::now();
+fn give_back(backend: &Arc<LiveBackend>, mut conn: BackendConn, now: Instant) {
     conn.idle_since = now;
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();

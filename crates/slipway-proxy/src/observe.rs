@@ -49,7 +49,9 @@ impl ClassCounts {
 #[derive(Debug, Default)]
 pub(crate) struct RouteMetrics {
     requests: ClassCounts,
-    /// Cumulative counts per bucket of [`BUCKETS`], then the count of all.
+    /// Counts per bucket of [`BUCKETS`] (each exchange in the first that holds it), then
+    /// those over the last bound. One increment per exchange: the cumulative counts
+    /// Prometheus wants are summed when rendered.
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
     backends: RwLock<HashMap<String, Arc<ClassCounts>>>,
@@ -78,12 +80,11 @@ impl RouteMetrics {
     pub(crate) fn count(&self, backend: Option<&ClassCounts>, status: u16, elapsed: Duration) {
         self.requests.add(status);
         let secs = elapsed.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency[BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         if let Some(b) = backend {
@@ -239,15 +240,16 @@ impl Observer {
         out.push_str("# HELP slipway_proxy_request_duration_seconds From a request's headers to its response's last byte.\n# TYPE slipway_proxy_request_duration_seconds histogram\n");
         for k in &keys {
             let m = &routes[*k];
+            let mut count = 0;
             for (i, bound) in BUCKETS.iter().enumerate() {
+                count += m.latency[i].load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "slipway_proxy_request_duration_seconds_bucket{{route=\"{}\",le=\"{bound}\"}} {}",
+                    "slipway_proxy_request_duration_seconds_bucket{{route=\"{}\",le=\"{bound}\"}} {count}",
                     label(k),
-                    m.latency[i].load(Ordering::Relaxed)
                 );
             }
-            let count = m.latency[BUCKETS.len()].load(Ordering::Relaxed);
+            count += m.latency[BUCKETS.len()].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "slipway_proxy_request_duration_seconds_bucket{{route=\"{k}\",le=\"+Inf\"}} {count}\n\
