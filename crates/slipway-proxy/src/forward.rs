@@ -7,6 +7,14 @@
 //! (hop-by-hop out, response headers), its body streamed as it comes and counted in flight
 //! until it ends; a `101` joins the two upgraded connections.
 //!
+//! WebSocket works over HTTP/1.1 (the `Upgrade` handshake, passed on) and over HTTP/2
+//! (RFC 8441: an extended `CONNECT` with `:protocol websocket`, which the server's SETTINGS
+//! allow). Backends speak HTTP/1.1 only, so the h2 request is sent as the HTTP/1.1
+//! handshake (`GET`, `Upgrade: websocket`, a fresh `Sec-WebSocket-Key`) and the backend's
+//! `101` goes back as the `200` RFC 8441 asks for; the h2 stream and the backend's
+//! connection are then one tunnel, counted and drained as an HTTP/1.1 one. Any other
+//! `CONNECT` is refused: this is a reverse proxy, it opens no tunnel to where a client says.
+//!
 //! Invariants: no body is buffered (request and response bodies are passed as streams);
 //! a request holds the snapshot it looked up, so a swap mid-request changes nothing for
 //! it; the backend's in-flight count covers the response body and any tunnel, which is
@@ -283,6 +291,12 @@ impl Proxy {
         attempt: u8,
         exchange: &mut Exchange,
     ) -> Response<Body> {
+        if req.method() == Method::CONNECT && !is_websocket_connect(&req) {
+            return local(
+                StatusCode::NOT_IMPLEMENTED,
+                "this proxy opens no CONNECT tunnels (WebSocket over HTTP/2 excepted)\n",
+            );
+        }
         let Some(host) = request_host(&req) else {
             return local(
                 StatusCode::BAD_REQUEST,
@@ -399,10 +413,23 @@ impl Proxy {
         guard: InFlight,
         exchange: &mut Exchange,
     ) -> Response<Body> {
-        let upgrade = upgrade_protocol(req.headers());
+        // An h2 WebSocket (RFC 8441) goes to the HTTP/1.1 backend as its handshake.
+        let websocket_h2 = is_websocket_connect(&req);
+        let upgrade = if websocket_h2 {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            upgrade_protocol(req.headers())
+        };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
-        let headers = self.backend_headers(&parts.headers, conn, host, route, upgrade.as_ref());
+        let (mut parts, body) = req.into_parts();
+        let mut headers = self.backend_headers(&parts.headers, conn, host, route, upgrade.as_ref());
+        if websocket_h2 {
+            parts.method = Method::GET;
+            // An h2 client sends no key (its stream needs none); the backend's handshake does.
+            if let Ok(key) = HeaderValue::from_str(&websocket_key()) {
+                headers.insert(header::SEC_WEBSOCKET_KEY, key);
+            }
+        }
         let path = backend_path(&parts.uri, route);
         // A bodiless idempotent request can be sent again as it was; one whose body has
         // started streaming cannot.
@@ -488,7 +515,7 @@ impl Proxy {
                 }
             }
         };
-        self.respond(resp, guard, route, client_upgrade)
+        self.respond(resp, guard, route, client_upgrade, websocket_h2)
     }
 
     fn respond(
@@ -497,6 +524,7 @@ impl Proxy {
         guard: InFlight,
         route: &Route,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        websocket_h2: bool,
     ) -> Response<Body> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let kept_upgrade = if switching {
@@ -509,9 +537,16 @@ impl Proxy {
         if let (true, Some(client_upgrade), Some(protocol)) =
             (switching, client_upgrade, kept_upgrade)
         {
-            resp.headers_mut().insert(header::UPGRADE, protocol);
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if websocket_h2 {
+                // RFC 8441 5: a 2xx opens the stream; the accept answers a key the client
+                // never sent. Sec-WebSocket-Protocol and -Extensions go back as they are.
+                *resp.status_mut() = StatusCode::OK;
+                resp.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+            } else {
+                resp.headers_mut().insert(header::UPGRADE, protocol);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(client_upgrade, backend_upgrade, guard));
             return resp.map(|_| empty());
@@ -811,6 +846,26 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     } else {
         None
     }
+}
+
+/// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 4: `:protocol websocket`).
+fn is_websocket_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// A `Sec-WebSocket-Key`: base64 of 16 random bytes (RFC 6455 4.1). It is a nonce, not a
+/// secret (it only proves the backend read the handshake), so [`crate::balance::random`]
+/// is random enough.
+fn websocket_key() -> String {
+    use base64::Engine;
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&crate::balance::random().to_le_bytes());
+    nonce[8..].copy_from_slice(&crate::balance::random().to_le_bytes());
+    base64::engine::general_purpose::STANDARD.encode(nonce)
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {

@@ -21,11 +21,11 @@
 //!   close), [`forward`] (one request: id → route lookup (unknown host 404) → redirect and
 //!   basic auth → balancer (no backend 503) → the backend request with forwarded headers
 //!   → one retry of an idempotent bodiless request that failed before any byte → the
-//!   streamed response; upgrades tunnelled), [`balance`] (a [`RouteTable`] with its live
-//!   backends: weighted round robin or least-requests P2C, in-flight counts, drain), and
-//!   [`observe`] (the access log and Prometheus metrics). A [`Proxy`] merges its providers'
-//!   route sets ([`Proxy::set_provider`]) and swaps whole snapshots. [`status`] is what the
-//!   routes API shows.
+//!   streamed response; upgrades and HTTP/2 WebSockets tunnelled), [`balance`] (a
+//!   [`RouteTable`] with its live backends: weighted round robin or least-requests P2C,
+//!   in-flight counts, drain), and [`observe`] (the access log and Prometheus metrics). A
+//!   [`Proxy`] merges its providers' route sets ([`Proxy::set_provider`]) and swaps whole
+//!   snapshots. [`status`] is what the routes API shows.
 //! - [`edge`]: the assembly `slipway proxy` and `slipway up` run ([`Edge::start`]):
 //!   listeners on one single-threaded runtime per core, the routes file's watcher, the
 //!   Docker provider, TLS and ACME, the data dir's lock, stored routes and takeover.

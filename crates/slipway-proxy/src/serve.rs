@@ -330,6 +330,7 @@ pub(crate) async fn serve_io_shared<IO>(
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
+    builder.http2().enable_connect_protocol();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     // The idle timer also covers a client that connects and sends nothing, which hyper's

@@ -27,12 +27,12 @@ use crate::serve::TestBackend;
 
 // ---- a private CA made with rcgen ----
 
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
-fn test_ca(name: &str) -> TestCa {
+pub(crate) fn test_ca(name: &str) -> TestCa {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params
@@ -51,7 +51,7 @@ fn test_ca(name: &str) -> TestCa {
 }
 
 /// A leaf for `names` signed by `ca`: (full chain PEM, key PEM).
-fn leaf(ca: &TestCa, names: &[&str], expired: bool) -> (String, String) {
+pub(crate) fn leaf(ca: &TestCa, names: &[&str], expired: bool) -> (String, String) {
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
             .expect("leaf params");
@@ -242,11 +242,11 @@ impl Pebble {
 
 // ---- the proxy with both listeners ----
 
-struct TestEdge {
+pub(crate) struct TestEdge {
     proxy: Arc<Proxy>,
-    http: SocketAddr,
-    https: SocketAddr,
-    store: Arc<CertStore>,
+    pub(crate) http: SocketAddr,
+    pub(crate) https: SocketAddr,
+    pub(crate) store: Arc<CertStore>,
     stop: CancellationToken,
 }
 
@@ -256,7 +256,7 @@ impl Drop for TestEdge {
     }
 }
 
-async fn start_edge(routes: &str, data_dir: &Path) -> TestEdge {
+pub(crate) async fn start_edge(routes: &str, data_dir: &Path) -> TestEdge {
     let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let https_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let http = http_listener.local_addr().expect("addr");
