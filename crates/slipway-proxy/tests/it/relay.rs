@@ -76,6 +76,35 @@ impl RawBackend {
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end);
+                        // The body, skipped: by its length, or to the last chunk.
+                        let lower = head.to_ascii_lowercase();
+                        let body_end = if lower.contains("transfer-encoding: chunked") {
+                            loop {
+                                if let Some(i) = buf.windows(5).position(|w| w == b"0\r\n\r\n") {
+                                    break i + 5;
+                                }
+                                let mut chunk = [0u8; 4096];
+                                match s.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                        } else {
+                            let len = lower
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            while buf.len() < len {
+                                let mut chunk = [0u8; 4096];
+                                match s.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            len
+                        };
+                        buf.drain(..body_end);
                         r.fetch_add(1, Ordering::SeqCst);
                         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                         let (answer, close) = canned(&path);
