@@ -648,7 +648,7 @@ fn unreachable_backends(w: &Workload, routes: &mut [crate::route::Route]) -> Vec
         .into_iter()
         .map(|port| {
             Diagnostic::warning(format!(
-                "port {port} is neither published nor on a network the proxy shares: its routes have no backend"
+                "port {port} is published nowhere the proxy reaches (an `ingress` port, or a `host` port while a task runs on this node) and is on no network the proxy shares: its routes have no backend"
             ))
             .origin(format!("service {}", w.name))
             .hint(format!(
