@@ -21,14 +21,33 @@
 //! use it; the diagnostics kept ([`DockerProvider::diagnostics`]) are those of the last
 //! change, and each one is logged once, when it first appears.
 //!
+//! Swarm services: when the engine is an active swarm manager, the provider also lists the
+//! services (their `Spec.Labels`, where a stack's `deploy.labels` land) and their tasks,
+//! follows `service` events (`create`, `update`, `remove`) next to the container events,
+//! and reads them again on a task container's `start`/`die` and every
+//! [`DockerOptions::swarm_refresh`] (tasks on other nodes have no event here; that tick
+//! also notices the engine joining or leaving a swarm). Each service is a [`Workload`] of
+//! kind service (routes read "labels of service NAME"), reached at its running tasks'
+//! IPs on a network the proxy shares, one backend per task, else at its published ports
+//! (see the `swarm` module). A task's container yields no route of its own on a manager
+//! (its label `com.docker.swarm.service.id` says whose it is): its service's labels win,
+//! and one route is not made twice. A backend a service cannot be reached at (a port
+//! neither published nor on a shared network) is left out with a warning, never sent to
+//! the service's name, which only resolves inside its networks.
+//!
 //! Choices: the proxy runs on the engine's host, which reaches every bridge network, so a
 //! container is reached at its IP on the networks named in [`DockerOptions::networks`]
 //! first, then the one its `traefik.docker.network` label names, then the others by name;
 //! `network_mode: host` is 127.0.0.1; with [`Reach::PublishedPorts`] (rootless Docker,
-//! Docker Desktop) or on no network, its published port on 127.0.0.1. Swarm services'
-//! `deploy.labels` are not read here (a task's container carries only container labels).
+//! Docker Desktop) or on no network, its published port on 127.0.0.1. The host does not
+//! reach overlay networks, so a swarm service is reached at its tasks only on a network
+//! the proxy is on: one named in [`DockerOptions::networks`], or one its own container
+//! (when it runs in one) is attached to.
+
+mod swarm;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,6 +95,9 @@ pub struct DockerOptions {
     /// failure in a row up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How often swarm services and their tasks are read again without an event (tasks on
+    /// other nodes change without one here), and whether the engine is a manager checked.
+    pub swarm_refresh: Duration,
 }
 
 impl Default for DockerOptions {
@@ -92,6 +114,8 @@ impl Default for DockerOptions {
             reach: Reach::Networks,
             reconnect_min: Duration::from_millis(250),
             reconnect_max: Duration::from_secs(10),
+            // Traefik's `swarmModeRefreshSeconds`.
+            swarm_refresh: Duration::from_secs(15),
         }
     }
 }
@@ -162,12 +186,13 @@ impl DockerProvider {
         let _ = rx.wait_for(|s| *s > n).await;
     }
 
-    /// The label readers' problems with the running containers, as of the last change.
+    /// The label readers' problems with the running containers and swarm services, as of
+    /// the last change.
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         lock(&self.shared.diagnostics).clone()
     }
 
-    /// The containers routed from, as the label readers saw them.
+    /// The containers and swarm services routed from, as the label readers saw them.
     pub fn workloads(&self) -> Vec<Workload> {
         lock(&self.shared.workloads).clone()
     }
@@ -200,6 +225,8 @@ async fn run(
         options: options.clone(),
         shared: shared.clone(),
         containers: BTreeMap::new(),
+        swarm: None,
+        services: BTreeMap::new(),
         applied: None,
     };
     loop {
@@ -236,8 +263,12 @@ struct Follower {
     proxy: Arc<Proxy>,
     options: DockerOptions,
     shared: Arc<Shared>,
-    /// By container id.
+    /// By container id (task containers too: they judge their tasks on this node).
     containers: BTreeMap<String, Container>,
+    /// `Some` while the engine is an active swarm manager.
+    swarm: Option<swarm::Swarm>,
+    /// Swarm services by id.
+    services: BTreeMap<String, swarm::Service>,
     /// What was last given to the proxy.
     applied: Option<(RouteSet, HashMap<Address, Health>)>,
 }
@@ -253,6 +284,14 @@ impl Follower {
             socket,
             what,
             source,
+        }
+    }
+
+    fn swarm_api(&self, e: swarm::ApiError) -> DockerError {
+        DockerError::Api {
+            socket: self.socket(),
+            what: e.what,
+            source: e.source,
         }
     }
 
@@ -279,7 +318,7 @@ impl Follower {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
             .to_string();
-        let filters = HashMap::from([("type", vec!["container", "network"])]);
+        let filters = HashMap::from([("type", vec!["container", "network", "service"])]);
         let mut events = docker.events(Some(
             EventsOptionsBuilder::new()
                 .since(&since)
@@ -298,6 +337,7 @@ impl Follower {
             }
         }
         self.containers = containers;
+        self.sync_swarm(&docker).await?;
         self.apply();
         *lock(&self.shared.last_error) = None;
         syncs.send_modify(|n| *n += 1);
@@ -305,11 +345,20 @@ impl Follower {
         tracing::info!(
             socket = %self.socket(),
             containers = self.containers.len(),
+            swarm_services = self.swarm.as_ref().map(|_| self.services.len()),
             "following the Docker engine's containers"
         );
+        let mut refresh = tokio::time::interval(self.options.swarm_refresh);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.reset();
         loop {
             let event = tokio::select! {
                 e = events.next() => e,
+                _ = refresh.tick() => {
+                    self.sync_swarm(&docker).await?;
+                    self.apply();
+                    continue;
+                }
                 () = stop.cancelled() => return Ok(()),
             };
             match event {
@@ -339,11 +388,75 @@ impl Follower {
         }
     }
 
+    /// Whether the engine is a swarm manager, and if so every service, read again.
+    async fn sync_swarm(&mut self, docker: &Docker) -> Result<(), DockerError> {
+        let found = swarm::swarm(docker, &self.options)
+            .await
+            .map_err(|e| self.swarm_api(e))?;
+        if found.is_some() != self.swarm.is_some() {
+            tracing::info!(
+                socket = %self.socket(),
+                manager = found.is_some(),
+                "the Docker engine's swarm mode changed: {}",
+                if found.is_some() { "following its services" } else { "no services to follow" }
+            );
+        }
+        self.services = match &found {
+            Some(s) => swarm::services(docker, s, &self.options)
+                .await
+                .map_err(|e| self.swarm_api(e))?
+                .into_iter()
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        self.swarm = found;
+        Ok(())
+    }
+
+    /// Reads the service `id` again; whether anything changed.
+    async fn refresh_service(&mut self, docker: &Docker, id: &str) -> Result<bool, DockerError> {
+        let Some(s) = &self.swarm else {
+            return Ok(false);
+        };
+        let fresh = swarm::service(docker, s, &self.options, id)
+            .await
+            .map_err(|e| self.swarm_api(e))?;
+        Ok(match fresh {
+            Some(fresh) => self.services.insert(id.to_owned(), fresh.clone()) != Some(fresh),
+            None => self.services.remove(id).is_some(),
+        })
+    }
+
+    /// Applies one `service` event; whether anything changed.
+    async fn handle_service(
+        &mut self,
+        docker: &Docker,
+        id: &str,
+        action: &str,
+    ) -> Result<bool, DockerError> {
+        if self.swarm.is_none() {
+            // A service event from an engine not known as a manager: it has become one.
+            self.sync_swarm(docker).await?;
+            return Ok(true);
+        }
+        match action {
+            "remove" => Ok(self.services.remove(id).is_some()),
+            _ => self.refresh_service(docker, id).await,
+        }
+    }
+
     /// Applies one event; whether anything changed.
     async fn handle(&mut self, docker: &Docker, event: EventMessage) -> Result<bool, DockerError> {
         let actor = event.actor.unwrap_or_default();
         let attributes = actor.attributes.unwrap_or_default();
         let action = event.action.unwrap_or_default();
+        if event.typ == Some(EventMessageTypeEnum::SERVICE) {
+            let id = actor.id.unwrap_or_default();
+            if id.is_empty() {
+                return Ok(false);
+            }
+            return self.handle_service(docker, &id, &action).await;
+        }
         let id = match event.typ {
             Some(EventMessageTypeEnum::CONTAINER) => actor.id.unwrap_or_default(),
             Some(EventMessageTypeEnum::NETWORK)
@@ -359,7 +472,12 @@ impl Follower {
         // `health_status: healthy`, `exec_start: sh -c …`: the word before `:` is the action.
         let verb = action.split(':').next().unwrap_or("").trim();
         let name = attributes.get("name").map_or(id.as_str(), String::as_str);
-        match verb {
+        // A task's container started or ended here: its service has a task more or less.
+        let task_of = (event.typ == Some(EventMessageTypeEnum::CONTAINER)
+            && matches!(verb, "start" | "die" | "destroy"))
+        .then(|| attributes.get(swarm::SERVICE_ID_LABEL).cloned())
+        .flatten();
+        let changed = match verb {
             "start" | "unpause" | "restart" => self.refresh(docker, &id, true).await,
             "rename" | "update" | "health_status" | "connect" | "disconnect" => {
                 self.refresh(docker, &id, false).await
@@ -379,6 +497,10 @@ impl Follower {
             }),
             "die" | "destroy" => Ok(self.containers.remove(&id).is_some()),
             _ => Ok(false),
+        }?;
+        match task_of {
+            Some(service) => Ok(self.refresh_service(docker, &service).await? || changed),
+            None => Ok(changed),
         }
     }
 
@@ -400,12 +522,58 @@ impl Follower {
         Ok(true)
     }
 
-    /// Reads every routed container's labels and gives the proxy the result.
+    /// A service as the label readers see it now: its tasks on this node by their
+    /// containers, and the engine's verdict on each task's IP.
+    fn service_workload(&self, s: &swarm::Service) -> (Workload, HashMap<String, Health>) {
+        let running = |id: &str| self.containers.get(id).filter(|c| !c.stopping);
+        let mut w = s.workload.clone();
+        let mut health = HashMap::new();
+        w.task_addresses = s.tasks.as_ref().map(|tasks| {
+            tasks
+                .iter()
+                .filter(|t| match &t.local_container {
+                    Some(id) => match running(id) {
+                        Some(c) => {
+                            if c.health != Health::Healthy {
+                                health.insert(t.ip.clone(), c.health);
+                            }
+                            true
+                        }
+                        None => false,
+                    },
+                    None => true,
+                })
+                .map(|t| t.ip.clone())
+                .collect()
+        });
+        if s.local_containers.iter().any(|id| running(id).is_some()) {
+            w.published_ports.extend(s.host_ports.iter().cloned());
+        }
+        (w, health)
+    }
+
+    /// Reads every routed container's and service's labels and gives the proxy the result.
     fn apply(&mut self) {
-        let mut routed: Vec<&Container> =
-            self.containers.values().filter(|c| !c.stopping).collect();
+        // On a manager a task's container is its service's: the service's labels route it.
+        let manager = self.swarm.is_some();
+        let mut routed: Vec<&Container> = self
+            .containers
+            .values()
+            .filter(|c| !c.stopping)
+            .filter(|c| !(manager && c.workload.labels.contains_key(swarm::SERVICE_ID_LABEL)))
+            .collect();
         routed.sort_by(|a, b| a.workload.name.cmp(&b.workload.name));
-        let workloads: Vec<Workload> = routed.iter().map(|c| c.workload.clone()).collect();
+        let mut services: Vec<(Workload, HashMap<String, Health>)> = self
+            .services
+            .values()
+            .map(|s| self.service_workload(s))
+            .collect();
+        services.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let workloads: Vec<Workload> = routed
+            .iter()
+            .map(|c| c.workload.clone())
+            .chain(services.iter().map(|(w, _)| w.clone()))
+            .collect();
         let middlewares = Middlewares::collect(&workloads);
         let mut routes = Vec::new();
         let mut diagnostics = Vec::new();
@@ -415,6 +583,18 @@ impl Follower {
             if c.health != Health::Healthy {
                 for b in r.iter().flat_map(|r| r.backends()) {
                     health.insert(b.address.clone(), c.health);
+                }
+            }
+            routes.append(&mut r);
+            diagnostics.append(&mut d);
+        }
+        for (w, verdicts) in &services {
+            let (mut r, mut d) = labels::read(w, &middlewares);
+            diagnostics.extend(unreachable_backends(w, &mut r));
+            for b in r.iter().flat_map(|r| r.backends()) {
+                let ip = b.address.as_str().parse::<SocketAddr>().map(|a| a.ip());
+                if let Some(h) = ip.ok().and_then(|ip| verdicts.get(&ip.to_string())) {
+                    health.insert(b.address.clone(), *h);
                 }
             }
             routes.append(&mut r);
@@ -439,6 +619,43 @@ impl Follower {
         self.proxy.set_provider(PROVIDER, routes);
         self.applied = Some(next);
     }
+}
+
+/// Takes out of a service's routes the backends the proxy cannot reach: the label readers'
+/// last resort, `NAME:PORT`, resolves only inside the service's networks. One warning a
+/// port says so; the route stays (answering 503), so its key is not taken by another.
+fn unreachable_backends(w: &Workload, routes: &mut [crate::route::Route]) -> Vec<Diagnostic> {
+    let mut ports = std::collections::BTreeSet::new();
+    for r in routes.iter_mut() {
+        for set in &mut r.backend_sets {
+            set.backends.retain(|b| {
+                let ip = b.address.as_str().parse::<SocketAddr>();
+                if ip.is_err() {
+                    let port = b
+                        .address
+                        .as_str()
+                        .rsplit(':')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    ports.insert(port);
+                }
+                ip.is_ok()
+            });
+        }
+    }
+    ports
+        .into_iter()
+        .map(|port| {
+            Diagnostic::warning(format!(
+                "port {port} is published nowhere the proxy reaches (an `ingress` port, or a `host` port while a task runs on this node) and is on no network the proxy shares: its routes have no backend"
+            ))
+            .origin(format!("service {}", w.name))
+            .hint(format!(
+                "publish it (`ports: [\"{port}\"]` in the stack, or `--publish`), or attach the proxy to one of the service's networks and name it with `--docker-network`"
+            ))
+        })
+        .collect()
 }
 
 /// Whether a `kill` event's signal ends the process (as `docker stop` and `docker kill`
@@ -562,6 +779,7 @@ fn workload(c: &ContainerInspectResponse, options: &DockerOptions) -> Workload {
         exposed_ports,
         published_ports,
         addresses,
+        task_addresses: None,
     }
 }
 
@@ -646,6 +864,34 @@ mod tests {
         let paused = RUNNING.replace(r#""Paused": false"#, r#""Paused": true"#);
         let c = container(&inspected(&paused), &DockerOptions::default()).expect("running");
         assert!(c.stopping);
+    }
+
+    #[test]
+    fn a_service_port_that_cannot_be_reached_has_no_backend_and_a_warning() {
+        let w = Workload {
+            name: "shop_web".into(),
+            kind: WorkloadKind::Service,
+            labels: BTreeMap::from([("slipway.proxy.host".into(), "shop.test".into())]),
+            exposed_ports: vec![8080],
+            published_ports: vec![PublishedPort {
+                target: 9000,
+                published: 39000,
+                host_ip: None,
+            }],
+            ..Workload::default()
+        };
+        let (mut routes, _) = labels::read(&w, &Middlewares::collect(std::slice::from_ref(&w)));
+        assert_eq!(
+            routes[0].backends().next().map(|b| b.address.to_string()),
+            Some("shop_web:8080".to_owned()),
+            "the readers' last resort"
+        );
+        let d = unreachable_backends(&w, &mut routes);
+        assert_eq!(routes.len(), 1, "the route stays");
+        assert!(routes[0].backends().next().is_none());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].origin.as_deref(), Some("service shop_web"));
+        assert!(d[0].message.contains("port 8080"), "{}", d[0]);
     }
 
     #[test]

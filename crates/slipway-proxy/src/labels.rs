@@ -1,6 +1,7 @@
 //! Label readers: what one container or Swarm service says about its routes, in the
 //! conventions users already write. Pure: the input is a [`Workload`], a description the
-//! Docker provider (later) or the compose reader builds.
+//! Docker provider (of a running container or a live Swarm service) or the compose reader
+//! builds.
 //!
 //! Conventions, read in this order; a key a former one already routes is not routed again
 //! by a later one (a warning says so):
@@ -34,7 +35,8 @@
 //!
 //! A backend is the workload's first network address with the port, else the published
 //! port of that port (on 127.0.0.1 when published on every interface), else `NAME:PORT`
-//! (the name a compose network resolves).
+//! (the name a compose network resolves). A Swarm service the Docker provider reaches at
+//! its tasks ([`Workload::task_addresses`]) has one backend per running task instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,6 +80,11 @@ pub struct Workload {
     pub published_ports: Vec<PublishedPort>,
     /// Its IP addresses on networks the proxy shares, best first.
     pub addresses: Vec<String>,
+    /// A Swarm service reached at its tasks: each running task's IP on the network the
+    /// proxy shares with it, one backend each (none while no task runs, so its routes
+    /// answer 503, not 404, through a restart). `None` for anything reached at one address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_addresses: Option<Vec<String>>,
 }
 
 impl Workload {
@@ -106,6 +113,18 @@ impl Workload {
             .copied()
             .filter(|p| seen.insert(*p))
             .collect()
+    }
+
+    /// Where `port` is reached: every task of a service reached at its tasks, else one
+    /// address.
+    fn addresses(&self, port: u16) -> Result<Vec<Address>, String> {
+        match &self.task_addresses {
+            Some(tasks) => tasks
+                .iter()
+                .map(|ip| Address::from_parts(ip, port))
+                .collect(),
+            None => self.address(port).map(|a| vec![a]),
+        }
     }
 
     fn address(&self, port: u16) -> Result<Address, String> {
@@ -344,19 +363,31 @@ impl Cx<'_> {
         }
     }
 
-    fn backend(&mut self, key: &str, port: u16, scheme: Scheme, weight: u32) -> Option<Backend> {
-        let address = match self.w.address(port) {
+    /// The backends of `port`: one, or one per task of a Swarm service.
+    fn backends(
+        &mut self,
+        key: &str,
+        port: u16,
+        scheme: Scheme,
+        weight: u32,
+    ) -> Option<Vec<Backend>> {
+        let addresses = match self.w.addresses(port) {
             Ok(a) => a,
             Err(e) => {
                 self.err(key, e);
                 return None;
             }
         };
-        Some(Backend {
-            address,
-            weight,
-            scheme,
-        })
+        Some(
+            addresses
+                .into_iter()
+                .map(|address| Backend {
+                    address,
+                    weight,
+                    scheme,
+                })
+                .collect(),
+        )
     }
 
     fn route(&self, key: RouteKey, set: BackendSet, origin: String) -> Route {
@@ -535,13 +566,13 @@ impl Cx<'_> {
         let Some(port) = port else {
             return Vec::new();
         };
-        let Some(backend) = self.backend("slipway.proxy.port", port, scheme, weight) else {
+        let Some(backends) = self.backends("slipway.proxy.port", port, scheme, weight) else {
             return Vec::new();
         };
         let set = BackendSet {
             name: set_name,
             weight: set_weight,
-            backends: vec![backend],
+            backends,
         };
         hosts
             .into_iter()
@@ -878,7 +909,7 @@ impl Cx<'_> {
         if self.diags[before..].iter().any(Diagnostic::is_error) {
             return None;
         }
-        let backend = self.backend(&slabel("server.port"), port, scheme, 1)?;
+        let backends = self.backends(&slabel("server.port"), port, scheme, 1)?;
         Some(Router {
             name: name.to_owned(),
             keys,
@@ -886,7 +917,7 @@ impl Cx<'_> {
             redirect,
             options,
             priority,
-            set: BackendSet::single(service, vec![backend]),
+            set: BackendSet::single(service, backends),
         })
     }
 
@@ -1382,10 +1413,10 @@ impl Cx<'_> {
         if self.diags[before..].iter().any(Diagnostic::is_error) {
             return Vec::new();
         }
-        let Some(backend) = self.backend("traefik.port", port, scheme, weight) else {
+        let Some(backends) = self.backends("traefik.port", port, scheme, weight) else {
             return Vec::new();
         };
-        let set = BackendSet::single(set_name, vec![backend]);
+        let set = BackendSet::single(set_name, backends);
         keys.into_iter()
             .map(|key| {
                 let mut r = self.route(key, set.clone(), format!("{rule_key} label"));
@@ -1500,10 +1531,10 @@ impl Cx<'_> {
         if self.diags[before..].iter().any(Diagnostic::is_error) {
             return Vec::new();
         }
-        let Some(backend) = self.backend("VIRTUAL_PORT", port, scheme, 1) else {
+        let Some(backends) = self.backends("VIRTUAL_PORT", port, scheme, 1) else {
             return Vec::new();
         };
-        let set = BackendSet::single("default", vec![backend]);
+        let set = BackendSet::single("default", backends);
         let mut out = Vec::new();
         for h in hosts {
             let tls = if method == "nohttps" {

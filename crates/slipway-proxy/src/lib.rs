@@ -33,7 +33,10 @@
 //!   engine's containers through its events API, reads each one's labels and environment
 //!   with [`labels`], and gives the proxy the `docker` route set and the containers'
 //!   HEALTHCHECK verdicts. A `kill`/`stop` event drains a container's backends at once;
-//!   `die` forgets it; it reconnects with backoff and resyncs.
+//!   `die` forgets it; it reconnects with backoff and resyncs. On a Swarm manager it also
+//!   follows the services (their `deploy.labels`, `service` events, a periodic task
+//!   refresh), reached at their published ports or at their running tasks' IPs on a
+//!   network the proxy shares; a task's own container is then not routed a second time.
 //! - [`health`]: backend health. Active checks (one task per backend), the engine's verdict
 //!   and passive ejection (consecutive connection errors or 5xx, a doubling backoff) make a
 //!   backend's [`BackendState`] (`starting → serving ⇄ unhealthy → draining → gone`, and

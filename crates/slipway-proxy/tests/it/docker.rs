@@ -670,3 +670,201 @@ async fn the_provider_reconnects_after_the_engine_goes_away_and_resyncs() {
         "a stopped provider's routes are gone"
     );
 }
+
+/// The engine in Swarm mode for one test: joined (`docker swarm init` on loopback, with an
+/// address pool of its own so no other test's network is taken) when it was in none, and
+/// left again when the guard drops, failing or not. `None`, saying why, when swarm mode
+/// cannot be had or the engine is a worker (which cannot list services).
+struct SwarmMode {
+    /// We made the swarm: leave it, and remove the `docker_gwbridge` it created.
+    joined: bool,
+    gwbridge_existed: bool,
+}
+
+impl SwarmMode {
+    fn enter() -> Option<SwarmMode> {
+        let state = docker(&[
+            "info",
+            "-f",
+            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+        ]);
+        match state.as_deref() {
+            Ok("active true") => {
+                return Some(SwarmMode {
+                    joined: false,
+                    gwbridge_existed: true,
+                });
+            }
+            Ok("inactive false") => {}
+            Ok(other) => {
+                eprintln!("skipped: the engine's swarm is `{other}`, not a manager's");
+                return None;
+            }
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return None;
+            }
+        }
+        let gwbridge_existed = docker(&["network", "inspect", "docker_gwbridge"]).is_ok();
+        match docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1",
+            "--listen-addr",
+            "127.0.0.1:2377",
+            "--default-addr-pool",
+            "10.231.0.0/16",
+        ]) {
+            Ok(_) => Some(SwarmMode {
+                joined: true,
+                gwbridge_existed,
+            }),
+            Err(e) => {
+                eprintln!("skipped: swarm mode is not possible here: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SwarmMode {
+    fn drop(&mut self) {
+        if !self.joined {
+            return;
+        }
+        if let Err(e) = docker(&["swarm", "leave", "--force"]) {
+            eprintln!("leaving the test's swarm: {e}");
+        }
+        if !self.gwbridge_existed {
+            let _ = docker(&["network", "rm", "docker_gwbridge"]);
+        }
+    }
+}
+
+/// A swarm service of one test, removed when the guard drops.
+struct SwarmService(String);
+
+impl Drop for SwarmService {
+    fn drop(&mut self) {
+        let _ = docker(&["service", "rm", &self.0]);
+    }
+}
+
+/// A TCP port free on every interface now (a `host`-mode published port binds them all).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A live Swarm service with Traefik v2 labels on the *service* (a stack's
+/// `deploy.labels`) is routed at its published port, its source reads "labels of service
+/// NAME", its task's container (whose own labels say otherwise) yields no second route,
+/// and `docker service rm` takes the route away. The port is published in `host` mode: the
+/// routing mesh of an `ingress` port needs IPVS, which not every kernel has (this test's
+/// does not); the provider reaches both kinds on 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_service_is_routed_by_its_service_labels_and_removing_it_removes_the_route() {
+    let Some(c) = Containers::new("swarm") else {
+        return;
+    };
+    let Some(_swarm) = SwarmMode::enter() else {
+        return;
+    };
+    let e = edge().await;
+    let host = c.host("swarm");
+    let name = c.name("svc");
+    let port = free_port();
+    let script = "mkdir -p /www && hostname > /www/index.html && httpd -f -p 8080 -h /www";
+    let rule = format!("traefik.http.routers.sw.rule=Host(`{host}`)");
+    let publish = format!("mode=host,published={port},target=8080");
+    let created = docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        &name,
+        "--hostname",
+        "swarm-task",
+        "--label",
+        "traefik.enable=true",
+        "--label",
+        &rule,
+        "--label",
+        "traefik.http.services.sw.loadbalancer.server.port=8080",
+        // The task container's own labels: a wrong port, which the service's label beats.
+        "--container-label",
+        "traefik.enable=true",
+        "--container-label",
+        &rule,
+        "--container-label",
+        "traefik.http.services.sw.loadbalancer.server.port=9999",
+        "--publish",
+        &publish,
+        &c.image,
+        "sh",
+        "-c",
+        script,
+    ]);
+    let service = SwarmService(name.clone());
+    created.unwrap_or_else(|e| panic!("{e}"));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = e.get(&host, "/").await;
+        if got == (StatusCode::OK, "swarm-task".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} answers {got:?}; tasks: {:?}; diagnostics: {:?}",
+            docker(&["service", "ps", "--no-trunc", &name]),
+            e.provider.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let snapshot = e.proxy.snapshot();
+    let ours: Vec<_> = snapshot
+        .table
+        .routes()
+        .iter()
+        .filter(|r| r.key.host.to_string() == host)
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(
+        ours[0].source.to_string(),
+        format!("labels of service {name}")
+    );
+    let backends: Vec<String> = ours[0].backends().map(|b| b.address.to_string()).collect();
+    assert_eq!(backends, vec![format!("127.0.0.1:{port}")]);
+    assert!(
+        !snapshot
+            .table
+            .conflicts()
+            .iter()
+            .any(|c| format!("{c:?}").contains(&host)),
+        "{:?}",
+        snapshot.table.conflicts()
+    );
+    let workloads = e.provider.workloads();
+    assert!(
+        workloads
+            .iter()
+            .any(|w| w.name == name && w.kind == slipway_proxy::labels::WorkloadKind::Service),
+        "{workloads:?}"
+    );
+    assert!(
+        !workloads
+            .iter()
+            .any(|w| w.labels.contains_key("com.docker.swarm.service.id")),
+        "a task's container is routed by itself: {workloads:?}"
+    );
+
+    docker(&["service", "rm", &name]).expect("service rm");
+    drop(service);
+    e.wait_for(&host, StatusCode::NOT_FOUND, None).await;
+}

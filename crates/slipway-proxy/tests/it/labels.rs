@@ -26,6 +26,7 @@ fn workload(
         exposed_ports: exposed.to_vec(),
         published_ports: Vec::new(),
         addresses: vec!["172.18.0.5".to_owned()],
+        task_addresses: None,
     }
 }
 
@@ -723,6 +724,7 @@ proptest! {
         exposed in prop::collection::vec(any::<u16>(), 0..3),
         name in "\\PC{0,16}",
         with_address in any::<bool>(),
+        with_tasks in any::<bool>(),
     ) {
         let w = Workload {
             name,
@@ -732,8 +734,47 @@ proptest! {
             exposed_ports: exposed,
             published_ports: Vec::new(),
             addresses: if with_address { vec!["10.1.2.3".into()] } else { Vec::new() },
+            task_addresses: with_tasks.then(|| vec!["10.1.2.4".into(), "10.1.2.5".into()]),
         };
         let (set, _) = read_all(&[w.clone(), w]);
         let _ = slipway_proxy::RouteTable::build([set]);
     }
+}
+
+#[test]
+fn a_swarm_service_reached_at_its_tasks_has_one_backend_per_running_task() {
+    let mut w = workload(
+        "shop_web",
+        &[
+            ("traefik.enable", "true"),
+            ("traefik.http.routers.w.rule", "Host(`shop.test`)"),
+            ("traefik.http.services.w.loadbalancer.server.port", "8080"),
+        ],
+        &[("VIRTUAL_HOST", "np.test"), ("VIRTUAL_PORT", "80")],
+        &[],
+    );
+    w.kind = WorkloadKind::Service;
+    w.addresses = Vec::new();
+    w.task_addresses = Some(vec!["10.0.1.3".into(), "10.0.1.4".into()]);
+    let (set, diags) = read_all(std::slice::from_ref(&w));
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(set.routes.len(), 2);
+    for r in &set.routes {
+        let backends: Vec<String> = r.backends().map(|b| b.address.to_string()).collect();
+        let port = if r.key.host.to_string() == "shop.test" {
+            8080
+        } else {
+            80
+        };
+        assert_eq!(
+            backends,
+            vec![format!("10.0.1.3:{port}"), format!("10.0.1.4:{port}")]
+        );
+        assert_eq!(r.source.to_string(), "labels of service shop_web");
+    }
+    // No task runs (a restart, a scale to 0): the routes stay, with no backend (503).
+    w.task_addresses = Some(Vec::new());
+    let (set, _) = read_all(std::slice::from_ref(&w));
+    assert_eq!(set.routes.len(), 2);
+    assert!(set.routes.iter().all(|r| r.backends().next().is_none()));
 }
