@@ -198,10 +198,16 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "  round $round $who: plain ${R[$who,plain,rps]##* }… see below"
   done
 done
-# The added latency: one request at a time.
-read -r _ _ _ direct50 < <(wrk_run 1 1 5 "http://127.0.0.1:$bport/")
-read -r _ _ _ nginx50 < <(wrk_run 1 1 5 "http://127.0.0.1:$nport/")
-read -r _ _ _ slip50 < <(wrk_run 1 1 5 "http://127.0.0.1:$sport/")
+# The added latency: one request at a time, the three interleaved for ROUNDS rounds (one
+# lone run is at the mercy of how soon an idle virtual CPU wakes).
+lat_direct=(); lat_nginx=(); lat_slip=()
+for round in $(seq 1 "$ROUNDS"); do
+  read -r _ _ _ v < <(wrk_run 1 1 4 "http://127.0.0.1:$bport/"); lat_direct+=("$v")
+  read -r _ _ _ v < <(wrk_run 1 1 4 "http://127.0.0.1:$nport/"); lat_nginx+=("$v")
+  read -r _ _ _ v < <(wrk_run 1 1 4 "http://127.0.0.1:$sport/"); lat_slip+=("$v")
+done
+direct50=$(median "${lat_direct[@]}"); nginx50=$(median "${lat_nginx[@]}"); slip50=$(median "${lat_slip[@]}")
+echo "one request at a time, medians in ms: direct ${lat_direct[*]} | nginx ${lat_nginx[*]} | slipway ${lat_slip[*]}"
 
 echo
 for mode in plain tls; do

@@ -169,6 +169,15 @@ impl LiveBackend {
         (self.state.load(Ordering::SeqCst) != GONE).then_some(guard)
     }
 
+    /// [`LiveBackend::try_start`] for a backend just picked: its `Arc` becomes the guard's
+    /// (no count taken and given back on a line every core touches).
+    pub fn into_in_flight(self: Arc<Self>) -> Option<InFlight> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let live = self.state.load(Ordering::SeqCst) != GONE;
+        let guard = InFlight(self);
+        live.then_some(guard)
+    }
+
     /// Stops new requests at once; cuts what is left after `timeout`.
     fn drain(self: &Arc<Self>, timeout: Duration) {
         if self
@@ -430,12 +439,20 @@ impl Snapshot {
     }
 }
 
-/// A random number good enough to spread load (not for secrets): std's per-process
-/// random hash keys over a counter.
+/// A random number good enough to spread load and name requests (not for secrets): std's
+/// random hash keys (fresh per thread) over a counter of this thread's (a shared one would
+/// be a cache line every core writes on every request).
 pub(crate) fn random() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static COUNTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let n = COUNTER.with(|c| {
+        let n = c.get();
+        c.set(n.wrapping_add(1));
+        n
+    });
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u64(n);
     h.finish()
 }
 

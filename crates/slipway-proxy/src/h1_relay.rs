@@ -190,12 +190,13 @@ async fn read_head(
             if buf[0] == b'P' && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
                 return HeadRead::ToHyper;
             }
-            let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
-            match httparse::Request::new(&mut headers).parse(buf) {
-                Ok(httparse::Status::Complete(_)) => return HeadRead::Complete,
-                Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
-                // Too long, too many headers, or not HTTP/1: hyper answers it.
-                _ => return HeadRead::ToHyper,
+            // The blank line that ends a head is enough to go on: `plan` parses it (once),
+            // and what does not parse goes to hyper.
+            if head_ended(buf) {
+                return HeadRead::Complete;
+            }
+            if buf.len() > MAX_HEAD {
+                return HeadRead::ToHyper;
             }
             head_deadline.get_or_insert_with(|| Instant::now() + config.header_read_timeout);
         }
@@ -245,6 +246,20 @@ async fn read_head(
             }
         }
     }
+}
+
+/// Whether `buf` holds a blank line (`\r\n\r\n`, or the bare `\n\n` that parsers
+/// also accept), which ends a head.
+fn head_ended(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+        rest = &rest[i + 1..];
+        match rest {
+            [b'\n', ..] | [b'\r', b'\n', ..] => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// What a request header is to the relay.
@@ -347,7 +362,7 @@ impl ClientConn {
         }
         let guard = snapshot
             .pick(index, proxy.config.balance, None)
-            .and_then(|b| b.try_start())?;
+            .and_then(LiveBackend::into_in_flight)?;
         if guard.backend().scheme == Scheme::Https {
             return None;
         }
@@ -535,17 +550,8 @@ async fn relay(
         close: close || conn.closing,
     };
     let (mut backend, mut response) = loop {
-        let target = guard.backend().clone();
-        match exchange_head(
-            proxy,
-            &target,
-            &conn.head,
-            fresh_only,
-            &mut rewrite,
-            started,
-        )
-        .await
-        {
+        let target = guard.backend();
+        match exchange_head(proxy, target, &conn.head, fresh_only, &mut rewrite, started).await {
             Ok(pair) => break pair,
             Err(Failure::Stale) if retryable && !fresh_only => {
                 // A pooled connection the backend had closed: a new one, same backend.
@@ -556,9 +562,9 @@ async fn relay(
                     target.passive_failure(&passive);
                 }
                 let next = (retryable && !retried)
-                    .then(|| snapshot.pick(index, proxy.config.balance, Some(&target)))
+                    .then(|| snapshot.pick(index, proxy.config.balance, Some(target)))
                     .flatten()
-                    .and_then(|b| b.try_start());
+                    .and_then(LiveBackend::into_in_flight);
                 let Some(other) = next else {
                     tracing::warn!(backend = %target.address, error = %failure, "backend failed");
                     let text = format!("backend {} failed: {failure}\n", target.address);
@@ -566,7 +572,7 @@ async fn relay(
                     conn.count(
                         proxy,
                         route,
-                        &target,
+                        target,
                         exchange,
                         502,
                         started,
@@ -581,7 +587,7 @@ async fn relay(
             }
         }
     };
-    let live = guard.backend().clone();
+    let live = guard.backend();
     // 103 Early Hints and the like go on as they come; the answer follows.
     while response.interim {
         backend.buf.advance(response.len);
@@ -604,14 +610,14 @@ async fn relay(
     conn.count(
         proxy,
         route,
-        &live,
+        live,
         exchange.take(),
         response.status,
         started,
         body.bytes,
     );
     if body.complete && response.backend_keeps && backend.buf.is_empty() && live.is_live() {
-        give_back(&live, backend, conn.last_done.unwrap_or_else(Instant::now));
+        give_back(live, backend, conn.last_done.unwrap_or_else(Instant::now));
     }
     drop(guard);
     body.complete && response.client_keeps
@@ -1335,6 +1341,16 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn a_head_ends_at_its_blank_line() {
+        assert!(head_ended(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_ended(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(head_ended(b"GET / HTTP/1.1\r\n\r\nGET /next"));
+        assert!(!head_ended(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!head_ended(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        assert!(!head_ended(b""));
     }
 
     #[test]

@@ -137,8 +137,12 @@ impl LiveBackend {
     /// A request to this backend was answered (not 5xx).
     pub(crate) fn passive_success(&self) {
         let p = &self.passive;
-        p.failures.store(0, Ordering::Release);
-        if p.ejections.swap(0, Ordering::AcqRel) > 0 {
+        // Read before writing: every request lands here, and a write to a line that other
+        // cores read on each request would bounce it between them for nothing.
+        if p.failures.load(Ordering::Acquire) != 0 {
+            p.failures.store(0, Ordering::Release);
+        }
+        if p.ejections.load(Ordering::Acquire) > 0 && p.ejections.swap(0, Ordering::AcqRel) > 0 {
             p.until_ms.store(0, Ordering::Release);
             tracing::info!(backend = %self.address, "ejected backend answers again");
         }
