@@ -305,7 +305,8 @@ impl Edge {
                 let resolver = crate::tls::CertResolver::new(proxy.clone(), store.clone());
                 let tls = Arc::new(crate::tls::HttpsConfig::new(resolver)?);
                 add_to_handover(&handover_set, Listener::Https.handover_name(), &listener)?;
-                let (conns, until) = (connections.clone(), stop.clone());
+                let spread = crate::serve::Spread::new(config.workers);
+                let (conns, until) = (connections.spread_over(spread.clone()), stop.clone());
                 let serve = move |proxy, listener, accepting| {
                     let (conns, until, tls) = (conns.clone(), until.clone(), tls.clone());
                     async move {
@@ -313,19 +314,28 @@ impl Edge {
                         until.cancelled().await;
                     }
                 };
-                serve_on_workers(&tasks, &proxy, listener, config.workers, &accepting, serve)
-                    .map_err(|source| EdgeError::Bind {
-                        listener: Listener::Https,
-                        addr,
-                        source,
-                    })?;
+                serve_on_workers(
+                    &tasks,
+                    &proxy,
+                    listener,
+                    &spread,
+                    config.workers,
+                    &accepting,
+                    serve,
+                )
+                .map_err(|source| EdgeError::Bind {
+                    listener: Listener::Https,
+                    addr,
+                    source,
+                })?;
             }
         }
         let mut http_addr = None;
         if let Some((listener, addr)) = http {
             http_addr = Some(addr);
             add_to_handover(&handover_set, Listener::Http.handover_name(), &listener)?;
-            let (conns, until) = (connections.clone(), stop.clone());
+            let spread = crate::serve::Spread::new(config.workers);
+            let (conns, until) = (connections.spread_over(spread.clone()), stop.clone());
             // A worker's runtime holds its connections' tasks: it lives until the edge
             // stops (after a handover's drain), not only until its accept loop ends.
             let serve = move |proxy, listener, accepting| {
@@ -335,13 +345,20 @@ impl Edge {
                     until.cancelled().await;
                 }
             };
-            serve_on_workers(&tasks, &proxy, listener, config.workers, &accepting, serve).map_err(
-                |source| EdgeError::Bind {
-                    listener: Listener::Http,
-                    addr,
-                    source,
-                },
-            )?;
+            serve_on_workers(
+                &tasks,
+                &proxy,
+                listener,
+                &spread,
+                config.workers,
+                &accepting,
+                serve,
+            )
+            .map_err(|source| EdgeError::Bind {
+                listener: Listener::Http,
+                addr,
+                source,
+            })?;
         }
         let handed_over = CancellationToken::new();
         let holds = CancellationToken::new();
@@ -811,11 +828,14 @@ async fn serve_metrics(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Cance
 
 /// Runs `serve(proxy, listener, shutdown)` on `workers` threads of their own, each
 /// accepting from a clone of `listener` (the kernel hands each connection to one of them),
-/// or on the caller's runtime when `workers` is 0. Each is tracked by `tasks`.
+/// or on the caller's runtime when `workers` is 0. Each is tracked by `tasks`, and
+/// registers in `spread`, over which `serve` spreads the connections it accepts.
+#[allow(clippy::too_many_arguments)]
 fn serve_on_workers<F, Fut>(
     tasks: &TaskTracker,
     proxy: &Arc<Proxy>,
     listener: TcpListener,
+    spread: &Arc<crate::serve::Spread>,
     workers: usize,
     shutdown: &CancellationToken,
     serve: F,
@@ -832,6 +852,7 @@ where
     for i in 0..workers {
         let mine = std_listener.try_clone()?;
         let (proxy, shutdown, serve) = (proxy.clone(), shutdown.clone(), serve.clone());
+        let spread = spread.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("slipway-edge-{i}"))
@@ -847,6 +868,7 @@ where
                     }
                 };
                 runtime.block_on(async move {
+                    spread.register(i);
                     match TcpListener::from_std(mine) {
                         Ok(listener) => serve(proxy, listener, shutdown).await,
                         Err(e) => tracing::error!("edge worker {i}: {e}"),

@@ -77,11 +77,22 @@ pub const CLOSE_IDLE_GRACE: Duration = Duration::from_secs(1);
 pub struct Connections {
     tracker: TaskTracker,
     closing: CancellationToken,
+    /// The worker runtimes accepted connections are spread over, if several.
+    spread: Option<Arc<Spread>>,
 }
 
 impl Connections {
     pub fn new() -> Connections {
         Connections::default()
+    }
+
+    /// The same connections, each accepted one served by the least busy runtime of
+    /// `spread` (the one that accepted it only when that is the least busy).
+    pub fn spread_over(&self, spread: Arc<Spread>) -> Connections {
+        Connections {
+            spread: Some(spread),
+            ..self.clone()
+        }
     }
 
     /// Asks every connection, open or accepted later, to finish gracefully (see the
@@ -122,6 +133,89 @@ impl Connections {
     }
 }
 
+/// The worker runtimes (one per core) that one listener's connections are spread over.
+///
+/// Why: every worker accepts from the same socket, and the first awake takes a whole burst
+/// of new connections (a load client's 64 at once) while the others sleep, so one core
+/// would serve them all. Each accepted connection is given to the worker with the fewest
+/// open connections instead; moving it costs two `epoll_ctl`s, once per connection.
+#[derive(Debug)]
+pub struct Spread {
+    workers: Vec<SpreadWorker>,
+}
+
+#[derive(Debug)]
+struct SpreadWorker {
+    runtime: std::sync::OnceLock<(std::thread::ThreadId, tokio::runtime::Handle)>,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+impl Spread {
+    pub fn new(workers: usize) -> Arc<Spread> {
+        Arc::new(Spread {
+            workers: (0..workers)
+                .map(|_| SpreadWorker {
+                    runtime: std::sync::OnceLock::new(),
+                    open: std::sync::atomic::AtomicUsize::new(0),
+                })
+                .collect(),
+        })
+    }
+
+    /// Worker `index` runs on the calling thread, on the current runtime.
+    pub fn register(&self, index: usize) {
+        if let (Some(w), Ok(handle)) = (
+            self.workers.get(index),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let _ = w.runtime.set((std::thread::current().id(), handle));
+        }
+    }
+
+    /// The registered worker with the fewest open connections (the calling thread's on a
+    /// tie), counted as serving one more until the returned guard drops.
+    fn assign(self: &Arc<Self>) -> Option<Assigned> {
+        let me = std::thread::current().id();
+        let (index, _) = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                w.runtime
+                    .get()
+                    .map(|(t, _)| (i, (w.open.load(Ordering::Relaxed), *t != me)))
+            })
+            .min_by_key(|(_, key)| *key)?;
+        self.workers[index].open.fetch_add(1, Ordering::Relaxed);
+        Some(Assigned {
+            spread: self.clone(),
+            index,
+        })
+    }
+}
+
+/// A connection counted on one worker of a [`Spread`] until dropped.
+struct Assigned {
+    spread: Arc<Spread>,
+    index: usize,
+}
+
+impl Assigned {
+    /// The worker's runtime, unless it is the calling thread's own.
+    fn elsewhere(&self) -> Option<&tokio::runtime::Handle> {
+        let (thread, handle) = self.spread.workers[self.index].runtime.get()?;
+        (*thread != std::thread::current().id()).then_some(handle)
+    }
+}
+
+impl Drop for Assigned {
+    fn drop(&mut self) {
+        self.spread.workers[self.index]
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves plain HTTP on `listener` until `shutdown`; in-flight connections then finish on
 /// their own tasks.
 pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
@@ -156,7 +250,7 @@ async fn accept_connections<F, Fut>(
     connections: Connections,
     serve: F,
 ) where
-    F: Fn(Arc<Proxy>, TcpStream, SocketAddr, CancellationToken) -> Fut,
+    F: Fn(Arc<Proxy>, TcpStream, SocketAddr, CancellationToken) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(
@@ -183,10 +277,33 @@ async fn accept_connections<F, Fut>(
                 continue;
             }
         };
+        let assigned = connections.spread.as_ref().and_then(Spread::assign);
+        if let Some(handle) = assigned.as_ref().and_then(Assigned::elsewhere).cloned() {
+            // Deregistered here, registered with the other worker's reactor there.
+            let std_stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot hand a connection to another worker");
+                    continue;
+                }
+            };
+            let (proxy, serve, closing) =
+                (proxy.clone(), serve.clone(), connections.closing.clone());
+            handle.spawn(connections.tracker.track_future(async move {
+                match TcpStream::from_std(std_stream) {
+                    Ok(stream) => serve(proxy, stream, peer, closing).await,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "a handed connection cannot be served")
+                    }
+                }
+                drop((permit, assigned));
+            }));
+            continue;
+        }
         let served = serve(proxy.clone(), stream, peer, connections.closing.clone());
         connections.tracker.spawn(async move {
             served.await;
-            drop(permit);
+            drop((permit, assigned));
         });
     }
 }
