@@ -20,6 +20,9 @@
 //! - [`template`]: minijinja templates over a [`template::Context`] (`build`, `repo`,
 //!   `deploy` objects and the `DRONE_*` variables); [`template::render_or_default`] falls
 //!   back to the default message when a template does not render, and says where it broke.
+//! - [`rules`]: the [`rules::Event`]s a finished build or a deployment raises (`build.fixed`
+//!   and `build.broken` from the branch's previous outcome) and the [`rules::Rule`]s
+//!   (repository, branch, environment globs and events) that pick them.
 //!
 //! Invariants:
 //! - **HTTP 200 is not success.** Every service that answers with a code in its body
@@ -43,6 +46,7 @@ mod channels;
 mod error;
 mod message;
 mod notifier;
+pub mod rules;
 pub mod template;
 
 pub use channels::dingtalk::DingTalk;

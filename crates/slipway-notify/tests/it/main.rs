@@ -4,6 +4,7 @@
 
 mod email;
 mod http_channels;
+mod rules;
 mod support;
 mod templates;
 mod wechat;
