@@ -2,8 +2,9 @@
 //! (`DRONE_REPO_NAME`, `DRONE_BUILD_NUMBER`, `DRONE_COMMIT_AUTHOR`, `DRONE_COMMIT_MESSAGE`,
 //! `DRONE_BUILD_LINK`, `DRONE_BUILD_STATUS`, ...) and the `build`, `repo` and `deploy`
 //! objects, as the Drone notification plugins name their fields (`build.number`,
-//! `build.author`, `repo.name`, ...). Undefined names render as empty text, as in those
-//! plugins.
+//! `build.author`, `repo.name`, ...), and a `commit` object (`commit.author`,
+//! `commit.branch`, `commit.message`, `commit.sha`) as appleboy's plugins have it.
+//! Undefined names render as empty text, as in those plugins.
 //!
 //! [`from_handlebars`] reads the plugins' Handlebars-style templates (`{{build.number}}`,
 //! `{{#success build.status}}…{{else}}…{{/success}}`, `{{truncate build.commit 8}}`, ...)
@@ -198,6 +199,14 @@ impl Context {
             "build": self.build,
             "repo": self.repo,
             "deploy": self.deploy,
+        });
+        // appleboy's plugins (drone-telegram, drone-discord) read the commit as its own
+        // object.
+        let b = &self.build;
+        value["commit"] = serde_json::json!({
+            "sha": b.commit, "ref": b.git_ref, "branch": b.branch, "message": b.message,
+            "author": b.author, "email": b.author_email, "avatar": b.author_avatar,
+            "link": self.repo.link,
         });
         for (name, text) in self.variables() {
             value[name] = serde_json::Value::String(text);

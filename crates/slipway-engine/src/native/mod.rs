@@ -5,8 +5,9 @@
 //! native yet ([`unavailable_plugin`]), and running a native step ([`run`]). The native
 //! plugins: `plugins/docker` ([`docker`]): build the workspace's Dockerfile, tag, push,
 //! report the pushed image as an [`Event::Artifact`](crate::Event::Artifact); and the
-//! notification plugins `clem109/drone-wechat`, `lizheming/drone-wechat`, `plugins/slack`
-//! and `plugins/webhook` ([`notify`]), sent with `slipway-notify`.
+//! notification plugins `clem109/drone-wechat`, `lizheming/drone-wechat`, `plugins/slack`,
+//! `plugins/webhook`, `appleboy/drone-telegram` and `appleboy/drone-discord` ([`notify`]),
+//! sent with `slipway-notify`.
 //!
 //! Invariants:
 //! - A step is native only when native plugins are on ([`crate::RunOptions::native_plugins`]),
@@ -70,6 +71,8 @@ fn plugin_named(name: &str) -> Option<NativePlugin> {
         "lizheming/drone-wechat" => notify(NotifyPlugin::WeChat, "lizheming/drone-wechat"),
         "plugins/slack" => notify(NotifyPlugin::Slack, "plugins/slack"),
         "plugins/webhook" => notify(NotifyPlugin::Webhook, "plugins/webhook"),
+        "appleboy/drone-telegram" => notify(NotifyPlugin::Telegram, "appleboy/drone-telegram"),
+        "appleboy/drone-discord" => notify(NotifyPlugin::Discord, "appleboy/drone-discord"),
         _ => None,
     }
 }
@@ -83,6 +86,8 @@ const KNOWN_PLUGINS: &[&str] = &[
     "drillster/drone-volume-cache",
     "meltwater/drone-cache",
     "homoluctus/drone-slack",
+    "drone-plugins/drone-email",
+    "lddsb/drone-dingtalk-message",
 ];
 const KNOWN_PLUGIN_PREFIXES: &[&str] = &["plugins/", "appleboy/drone-"];
 
@@ -265,6 +270,10 @@ mod tests {
             Some("homoluctus/drone-slack")
         );
         assert_eq!(unavailable_plugin("plugins/s3"), Some("plugins/s3"));
+        assert_eq!(
+            unavailable_plugin("drone-plugins/drone-email"),
+            Some("drone-plugins/drone-email")
+        );
         assert_eq!(
             unavailable_plugin("appleboy/drone-ssh"),
             Some("appleboy/drone-ssh")

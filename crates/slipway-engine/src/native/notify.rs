@@ -1,6 +1,7 @@
 //! Notification plugins, natively: `clem109/drone-wechat` and `lizheming/drone-wechat`
-//! (WeChat Work application messages), `plugins/slack` and `plugins/webhook`, sent with
-//! [`slipway_notify`] instead of the plugin's container.
+//! (WeChat Work application messages), `plugins/slack`, `plugins/webhook`,
+//! `appleboy/drone-telegram` and `appleboy/drone-discord`, sent with [`slipway_notify`]
+//! instead of the plugin's container.
 //!
 //! Settings, as the plugins document them (`settings:` in 1.x files, inline keys in 0.8
 //! files; each also read from `PLUGIN_<KEY>`, where `from_secret` values and 0.8
@@ -21,6 +22,11 @@
 //!   (the body; default the JSON of `repo` and `build`), `headers` (`NAME=value`),
 //!   `username`/`password`, `token_value`, `valid_response_codes`, `signature_secret`.
 //!   `skip_verify` and `debug` are named in the log as ignored.
+//! - Telegram (appleboy): `token` (or `TELEGRAM_TOKEN`), `to` (chat ids, or
+//!   `TELEGRAM_TO`; one message each), `message` (default: the default message's text),
+//!   `disable_notification`. Photos, documents and the other media settings are not sent.
+//! - Discord (appleboy): `webhook_id` and `webhook_token` (or `DISCORD_WEBHOOK_ID`,
+//!   `DISCORD_WEBHOOK_TOKEN`), `message` (the embed's text), `username`, `avatar_url`.
 //!
 //! The API base of each service is the one given with `--notify-api KIND=URL`
 //! ([`crate::RunOptions::notify_api`]), else the service's own. The step fails when the
@@ -46,6 +52,8 @@ pub(crate) enum NotifyPlugin {
     WeChat,
     Slack,
     Webhook,
+    Telegram,
+    Discord,
 }
 
 /// Runs a notification plugin step. `Err` is the failure's message, masked.
@@ -65,12 +73,16 @@ pub(crate) async fn run(
         "password",
         "token_value",
         "signature_secret",
+        "token",
+        "webhook_token",
     ]
     .iter()
     .filter_map(|key| settings.text(&[key]))
     .chain(settings.list(&["urls"]).unwrap_or_default())
     .chain(spec.env.get("SLACK_WEBHOOK").cloned())
     .chain(spec.env.get("WEBHOOK_URLS").cloned())
+    .chain(spec.env.get("TELEGRAM_TOKEN").cloned())
+    .chain(spec.env.get("DISCORD_WEBHOOK_TOKEN").cloned())
     .collect();
     let log = NativeLog::new(
         log.clone(),
@@ -84,6 +96,8 @@ pub(crate) async fn run(
         NotifyPlugin::WeChat => wechat(&settings, &context, &log),
         NotifyPlugin::Slack => slack(&settings, &context, &log),
         NotifyPlugin::Webhook => webhook(&settings, &context, &log),
+        NotifyPlugin::Telegram => telegram(&settings, &context, &log),
+        NotifyPlugin::Discord => discord(&settings, &context, &log),
     };
     let (channels, message) = result.map_err(|e| log.mask(&e.to_string()))?;
     let notifier = Notifier::new(NotifierConfig {
@@ -322,4 +336,88 @@ fn webhook(
         })
         .collect();
     Ok((channels, message))
+}
+
+/// The default message with its text from the `message` setting, when given and it renders.
+fn with_message(settings: &Settings<'_>, context: &Context, log: &NativeLog) -> Message {
+    let mut message = template::default_message(context);
+    if let Some(source) = settings.text(&["message"])
+        && let Some(text) = render(log, "message", &source, context)
+    {
+        message.text = text;
+        message.fields.clear();
+    }
+    message
+}
+
+fn telegram(
+    settings: &Settings<'_>,
+    context: &Context,
+    log: &NativeLog,
+) -> Result<Plan, PluginError> {
+    let token = settings
+        .text_or_env("token", "TELEGRAM_TOKEN")
+        .ok_or_else(|| PluginError::setting("token", "is required"))?;
+    let to = settings
+        .list(&["to"])
+        .filter(|to| !to.is_empty())
+        .or_else(|| {
+            settings
+                .text_or_env("to", "TELEGRAM_TO")
+                .map(|text| text.split(',').map(|t| t.trim().to_string()).collect())
+        })
+        .ok_or_else(|| PluginError::setting("to", "is required"))?;
+    for ignored in [
+        "photo", "document", "sticker", "audio", "voice", "location", "venue", "video",
+    ] {
+        if settings.has(ignored) {
+            log.line(&format!(
+                "setting `{ignored}` is not sent natively (text messages only)"
+            ));
+        }
+    }
+    let disable_notification = settings.flag("disable_notification")?.unwrap_or(false);
+    let mut message = with_message(settings, context, log);
+    if settings.has("message") {
+        // The plugin sends the message alone, without a title above it.
+        message.title.clear();
+        message.link = None;
+    }
+    let channels = to
+        .into_iter()
+        .map(|chat_id| {
+            Channel::new(
+                "telegram",
+                ChannelConfig::Telegram(slipway_notify::Telegram {
+                    token: Secret::new(token.clone()),
+                    chat_id,
+                    disable_notification,
+                }),
+            )
+        })
+        .collect();
+    Ok((channels, message))
+}
+
+fn discord(
+    settings: &Settings<'_>,
+    context: &Context,
+    log: &NativeLog,
+) -> Result<Plan, PluginError> {
+    let id = settings
+        .text_or_env("webhook_id", "DISCORD_WEBHOOK_ID")
+        .ok_or_else(|| PluginError::setting("webhook_id", "is required"))?;
+    let token = settings
+        .text_or_env("webhook_token", "DISCORD_WEBHOOK_TOKEN")
+        .ok_or_else(|| PluginError::setting("webhook_token", "is required"))?;
+    let config = slipway_notify::Discord {
+        url: Secret::new(format!("https://discord.com/api/webhooks/{id}/{token}")),
+        username: settings.text(&["username"]),
+        avatar_url: settings.text(&["avatar_url"]),
+    };
+    let message = with_message(settings, context, log);
+    Ok((
+        vec![Channel::new("discord", ChannelConfig::Discord(config))],
+        message,
+    ))
 }

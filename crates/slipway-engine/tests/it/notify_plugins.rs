@@ -326,3 +326,94 @@ steps:
     assert!(!all.contains("slack-secret-path"), "{all}");
     assert_clean(&report.build_id).await
 }
+
+/// `appleboy/drone-telegram` (1.x, the corpus's template with `commit.*`) and
+/// `appleboy/drone-discord` (0.8 inline, its `secrets:`), through their kinds' API bases.
+#[tokio::test]
+async fn telegram_and_discord_plugins() -> TestResult {
+    let (url, seen) = stand_in(|path, _, _| {
+        if path.contains("/sendMessage") {
+            json!({"ok": true, "result": {"message_id": 1}})
+        } else {
+            json!({"id": "1"})
+        }
+    })
+    .await;
+    let ctx = slipway_spec::BuildContext {
+        event: slipway_spec::BuildEvent::Push,
+        branch: "main".into(),
+        repo: "company/test".into(),
+        author: "octocat".into(),
+        message: "Fix the login page".into(),
+        build_number: 12,
+        ..Default::default()
+    };
+    let telegram = r#"
+kind: pipeline
+type: docker
+name: notify
+clone:
+  disable: true
+steps:
+  - name: telegram
+    image: appleboy/drone-telegram:linux-amd64
+    settings:
+      message: "{{#success build.status}}Build #{{build.number}} of `{{repo.name}}` succeeded. Commit by {{commit.author}} on `{{commit.branch}}`: {{commit.message}}{{else}}failed{{/success}}"
+      to:
+        from_secret: telegram_to
+      token:
+        from_secret: telegram_token
+"#;
+    let discord = r#"
+pipeline:
+  discord:
+    image: appleboy/drone-discord:1.0.0
+    secrets: [ discord_webhook_id, discord_webhook_token ]
+    message: "{{repo.name}} #{{build.number}} {{build.status}}"
+"#;
+    let secrets = [
+        ("telegram_to", "-1001,-1002"),
+        ("telegram_token", "123:tg-secret-token"),
+        ("discord_webhook_id", "42"),
+        ("discord_webhook_token", "discord-secret-token"),
+    ];
+    let mut all_logs = String::new();
+    for text in [telegram, discord] {
+        let plan = slipway_spec::compile(text, &ctx)
+            .map_err(|d| format!("{d:?}"))?
+            .plan;
+        let work = tempfile::tempdir()?;
+        let mut options = options(work.path());
+        options.secrets = secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        options.notify_api.insert(NotifyKind::Telegram, url.clone());
+        options.notify_api.insert(NotifyKind::Discord, url.clone());
+        let (report, events) = run(&plan, options).await?;
+        assert_eq!(report.status, Status::Success, "{:#?}", events.all_logs());
+        all_logs.push_str(&events.all_logs().join("\n"));
+        assert_clean(&report.build_id).await?;
+    }
+    let telegram = posted(&seen, "/bot123:tg-secret-token/sendMessage");
+    assert_eq!(telegram.len(), 2, "{telegram:#?}");
+    assert_eq!(telegram[0]["chat_id"], "-1001");
+    assert_eq!(telegram[1]["chat_id"], "-1002");
+    assert_eq!(
+        telegram[0]["text"],
+        "Build #12 of `test` succeeded. Commit by octocat on `main`: Fix the login page"
+    );
+    let discord = posted(&seen, "/api/webhooks/42/discord-secret-token");
+    assert_eq!(discord.len(), 1);
+    assert_eq!(discord[0]["embeds"][0]["description"], "test #12 success");
+    let queries: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|s| s.1.clone())
+        .collect();
+    assert!(queries.contains(&"wait=true".to_string()), "{queries:?}");
+    assert!(!all_logs.contains("tg-secret-token"), "{all_logs}");
+    assert!(!all_logs.contains("discord-secret-token"), "{all_logs}");
+    Ok(())
+}
