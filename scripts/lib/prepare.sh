@@ -179,10 +179,12 @@ ensure_chromium() {
 }
 
 # The clients and servers only the tests use beside Docker: curl and h2load (HTTP/2
-# through the proxy), pebble and pebble-challtestsrv (ACME).
+# through the proxy), pebble and pebble-challtestsrv (ACME), aiosmtpd (the notify crate's
+# email tests, Debian's python3, not a pyenv one).
 ensure_test_tools() {
   local missing=()
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
   command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
   command -v pebble >/dev/null 2>&1 || missing+=(pebble)
   if [ ${#missing[@]} -gt 0 ]; then

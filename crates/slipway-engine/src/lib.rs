@@ -21,8 +21,11 @@
 //!   workspace's build context (minus `.dockerignore`) streamed as a tar to the engine's
 //!   build API, tagged, pushed with the step's credentials (or
 //!   [`RunOptions::own_registry`]'s for the server's registry), reported as
-//!   [`Event::Artifact`]. Known plugins that are not native yet fail at once when their
-//!   image is not on the engine, rather than attempting a pull.
+//!   [`Event::Artifact`]. The notification plugins `clem109/drone-wechat`,
+//!   `lizheming/drone-wechat`, `plugins/slack` and `plugins/webhook` are sent with
+//!   `slipway-notify` (API bases from [`RunOptions::notify_api`]); the step fails when the
+//!   service refused the message. Known plugins that are not native yet fail at once when
+//!   their image is not on the engine, rather than attempting a pull.
 //! - [`mask`] and [`log`]: [`Masker`] and [`LineSplitter`], output bytes to masked lines.
 //! - `beneath`: every host-side read of workspace content (the native plugins'), resolved
 //!   beneath the workspace root through descriptors, never through a link leaving it.
@@ -99,6 +102,11 @@
 //! - **Removal off the critical path.** A finished step's container is removed in the
 //!   background, so the next step does not wait for it; a pipeline's teardown waits for all
 //!   of these removals before removing the rest.
+
+/// The kinds of notification channel, for [`RunOptions::notify_api`].
+pub use slipway_notify::Kind as NotifyKind;
+/// Parses one `--notify-api KIND=URL` value.
+pub use slipway_notify::parse_api_override as parse_notify_api;
 
 mod abort;
 mod backend;

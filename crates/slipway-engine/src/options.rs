@@ -28,7 +28,7 @@ pub struct RunOptions {
     pub default_step_timeout: Option<Duration>,
     /// Time limit for the whole build, on top of each pipeline's `timeout_secs`.
     pub build_timeout: Option<Duration>,
-    /// Run well-known plugin steps (`plugins/docker`) natively, with no plugin container,
+    /// Run well-known plugin steps (`plugins/docker`, the notification plugins) natively, with no plugin container,
     /// and fail known plugins that are not native yet at once when their image is not on
     /// the engine (instead of a pull that could hang offline). `true` is the default
     /// callers should use; `false` runs every plugin image as an ordinary container.
@@ -45,6 +45,10 @@ pub struct RunOptions {
     /// `local-<hash of the checkout's path>`. `None`: cache volumes are temp volumes (empty,
     /// removed after the build), with a warning in the log of each step mounting one.
     pub cache_scope: Option<String>,
+    /// API bases for native notification steps, per kind (`--notify-api KIND=URL`): a
+    /// WeChat Work proxy, a self-hosted Feishu/Lark, or a test's stand-in. Kinds not named
+    /// reach the service's own API.
+    pub notify_api: BTreeMap<slipway_notify::Kind, String>,
 }
 
 /// A registry and the account to push to it with.

@@ -705,7 +705,14 @@ impl Build<'_> {
             .timeout_secs
             .map(Duration::from_secs)
             .or(self.options.default_step_timeout);
-        let work = crate::native::run(plugin, host, spec, log, self.options.own_registry.as_ref());
+        let work = crate::native::run(
+            plugin,
+            host,
+            spec,
+            log,
+            self.options.own_registry.as_ref(),
+            &self.options.notify_api,
+        );
         // Dropping the work on a time-out or abort closes its requests to the engine, which
         // stops the build or push under way.
         let ended = tokio::select! {

@@ -97,6 +97,8 @@ pub struct RunnerConfig {
     /// Run `type: exec` stages, whose commands run directly on this host as this
     /// process's user (`--allow-exec`). Off: such a lease is refused with an error.
     pub allow_exec: bool,
+    /// API bases for native notification steps (`--notify-api KIND=URL`).
+    pub notify_api: BTreeMap<slipway_engine::NotifyKind, String>,
 }
 
 impl std::fmt::Debug for RunnerConfig {
@@ -110,6 +112,7 @@ impl std::fmt::Debug for RunnerConfig {
             .field("work_root", &self.work_root)
             .field("poll_timeout", &self.poll_timeout)
             .field("allow_exec", &self.allow_exec)
+            .field("notify_api", &self.notify_api)
             .finish()
     }
 }
@@ -179,6 +182,7 @@ pub async fn run(config: RunnerConfig, shutdown: CancellationToken) -> Result<()
     let shared = Arc::new(Shared {
         client,
         allow_exec: config.allow_exec,
+        notify_api: config.notify_api.clone(),
         runner_id: registration.runner_id,
         heartbeat: Duration::from_secs(registration.heartbeat_secs.max(1)),
         work_root: config.work_root.clone(),

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub client: Client,
     /// `type: exec` leases may run (see [`crate::RunnerConfig::allow_exec`]).
     pub allow_exec: bool,
+    /// [`crate::RunnerConfig::notify_api`].
+    pub notify_api: std::collections::BTreeMap<slipway_engine::NotifyKind, String>,
     pub runner_id: i64,
     pub heartbeat: Duration,
     pub work_root: PathBuf,
@@ -279,7 +281,12 @@ fn exec_refusal(lease: &Lease, allow_exec: bool) -> Option<String> {
     ))
 }
 
-fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> RunOptions {
+fn run_options(
+    lease: &Lease,
+    work_root: PathBuf,
+    cancel: CancellationToken,
+    notify_api: &std::collections::BTreeMap<slipway_engine::NotifyKind, String>,
+) -> RunOptions {
     let workspace = match &lease.workspace {
         // The engine clones, then makes sure the commit is there even when only
         // `reference` (a pull request's ref) reaches it: see its workspace module.
@@ -308,6 +315,7 @@ fn run_options(lease: &Lease, work_root: PathBuf, cancel: CancellationToken) -> 
                 password: r.password.clone(),
             }),
         cache_scope: lease.cache_scope.clone(),
+        notify_api: notify_api.clone(),
     }
 }
 
@@ -331,6 +339,7 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) -> Option<Reply
         &lease,
         shared.work_root.clone(),
         stage.engine_cancel.clone(),
+        &shared.notify_api,
     );
     let sink = Arc::new(StageSink {
         queue: stage.queue.clone(),

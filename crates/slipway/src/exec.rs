@@ -43,6 +43,10 @@ pub struct ExecArgs {
     /// Print events as JSON lines (with a final report line) instead of the terminal view.
     #[arg(long)]
     pub json: bool,
+    /// The API base of a notification kind for native notification steps, KIND=URL
+    /// (repeatable), e.g. `wechat-work=http://127.0.0.1:9000`.
+    #[arg(long = "notify-api", value_name = "KIND=URL", value_parser = crate::up::parse_notify_api)]
+    pub notify_api: Vec<(slipway_engine::NotifyKind, String)>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -126,6 +130,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
             native_plugins: true,
             own_registry: None,
             cache_scope: Some(slipway_engine::cache::local_scope(&checkout)),
+            notify_api: args.notify_api.iter().cloned().collect(),
         };
         slipway_engine::run(&plan, options, sink).await
     })?;

@@ -101,6 +101,10 @@ pub struct UpArgs {
     /// run directly on this host, as this process's user (root, next to the data dir).
     #[arg(long)]
     pub runner_allow_exec: bool,
+    /// The API base of a notification kind for the embedded runner's native notification
+    /// steps, KIND=URL (repeatable), e.g. `wechat-work=http://127.0.0.1:9000`.
+    #[arg(long = "notify-api", value_name = "KIND=URL", value_parser = parse_notify_api)]
+    pub notify_api: Vec<(slipway_engine::NotifyKind, String)>,
     #[command(flatten)]
     pub proxy: UpProxyArgs,
 }
@@ -194,6 +198,15 @@ pub struct RunnerArgs {
     /// host, as this runner's user. Off: the server never leases them here.
     #[arg(long)]
     pub allow_exec: bool,
+    /// The API base of a notification kind for native notification steps, KIND=URL
+    /// (repeatable), e.g. `wechat-work=http://127.0.0.1:9000`.
+    #[arg(long = "notify-api", value_name = "KIND=URL", value_parser = parse_notify_api)]
+    pub notify_api: Vec<(slipway_engine::NotifyKind, String)>,
+}
+
+/// One `--notify-api KIND=URL`.
+pub fn parse_notify_api(text: &str) -> Result<(slipway_engine::NotifyKind, String), String> {
+    slipway_engine::parse_notify_api(text).map_err(|e| e.to_string())
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -281,6 +294,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         capacity: args.capacity,
         labels: parse_labels(&args.labels)?,
         allow_exec: args.runner_allow_exec,
+        notify_api: args.notify_api.iter().cloned().collect(),
     };
     let edge = args.proxy.edge_config(&args.server.data_dir)?;
     serve(args.server, Some(embedded), edge)
@@ -292,6 +306,7 @@ struct EmbeddedRunner {
     capacity: u32,
     labels: BTreeMap<String, String>,
     allow_exec: bool,
+    notify_api: BTreeMap<slipway_engine::NotifyKind, String>,
 }
 
 pub fn server(args: ServerArgs) -> Result<ExitCode> {
@@ -426,6 +441,7 @@ fn serve(
             capacity,
             labels,
             allow_exec,
+            notify_api,
         }) = embedded
         {
             let runner = slipway_runner::RunnerConfig {
@@ -437,6 +453,7 @@ fn serve(
                 work_root: absolute(&args.data_dir)?.join("workspaces"),
                 poll_timeout: server.state.config.poll_wait,
                 allow_exec,
+                notify_api,
             };
             let runner_shutdown = server_stop.clone();
             tokio::spawn(async move {
@@ -485,6 +502,7 @@ pub fn runner(args: RunnerArgs) -> Result<ExitCode> {
             work_root,
             poll_timeout: Duration::from_secs(25),
             allow_exec: args.allow_exec,
+            notify_api: args.notify_api.iter().cloned().collect(),
         };
         slipway_runner::run(config, shutdown)
             .await

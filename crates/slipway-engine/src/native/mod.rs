@@ -2,9 +2,12 @@
 //! runner's Docker engine, instead of as a plugin container.
 //!
 //! Owns which steps are native ([`native_plugin`]), which known plugin images are not
-//! native yet ([`unavailable_plugin`]), and running a native step ([`run`]). Today there
-//! is one native plugin, `plugins/docker` ([`docker`]): build the workspace's Dockerfile,
-//! tag, push, report the pushed image as an [`Event::Artifact`](crate::Event::Artifact).
+//! native yet ([`unavailable_plugin`]), and running a native step ([`run`]). The native
+//! plugins: `plugins/docker` ([`docker`]): build the workspace's Dockerfile, tag, push,
+//! report the pushed image as an [`Event::Artifact`](crate::Event::Artifact); and the
+//! notification plugins `clem109/drone-wechat`, `lizheming/drone-wechat`, `plugins/slack`,
+//! `plugins/webhook`, `appleboy/drone-telegram` and `appleboy/drone-discord` ([`notify`]),
+//! sent with `slipway-notify`.
 //!
 //! Invariants:
 //! - A step is native only when native plugins are on ([`crate::RunOptions::native_plugins`]),
@@ -31,9 +34,11 @@
 pub(crate) mod context;
 pub(crate) mod docker;
 pub(crate) mod dockerignore;
+pub(crate) mod notify;
 pub(crate) mod settings;
 pub(crate) mod tags;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use bollard::Docker;
@@ -49,13 +54,26 @@ use crate::options::RegistryCredential;
 pub(crate) enum NativePlugin {
     /// `plugins/docker`: build and push an image.
     Docker,
+    /// A notification plugin; `image` is its name for the log.
+    Notify {
+        plugin: notify::NotifyPlugin,
+        image: &'static str,
+    },
 }
 
-impl NativePlugin {
-    pub(crate) fn image(self) -> &'static str {
-        match self {
-            NativePlugin::Docker => "plugins/docker",
-        }
+/// The plugin `name` (an [`image_name`]) is, if it is native.
+fn plugin_named(name: &str) -> Option<NativePlugin> {
+    use notify::NotifyPlugin;
+    let notify = |plugin, image| Some(NativePlugin::Notify { plugin, image });
+    match name {
+        "plugins/docker" => Some(NativePlugin::Docker),
+        "clem109/drone-wechat" => notify(NotifyPlugin::WeChat, "clem109/drone-wechat"),
+        "lizheming/drone-wechat" => notify(NotifyPlugin::WeChat, "lizheming/drone-wechat"),
+        "plugins/slack" => notify(NotifyPlugin::Slack, "plugins/slack"),
+        "plugins/webhook" => notify(NotifyPlugin::Webhook, "plugins/webhook"),
+        "appleboy/drone-telegram" => notify(NotifyPlugin::Telegram, "appleboy/drone-telegram"),
+        "appleboy/drone-discord" => notify(NotifyPlugin::Discord, "appleboy/drone-discord"),
+        _ => None,
     }
 }
 
@@ -68,6 +86,8 @@ const KNOWN_PLUGINS: &[&str] = &[
     "drillster/drone-volume-cache",
     "meltwater/drone-cache",
     "homoluctus/drone-slack",
+    "drone-plugins/drone-email",
+    "lddsb/drone-dingtalk-message",
 ];
 const KNOWN_PLUGIN_PREFIXES: &[&str] = &["plugins/", "appleboy/drone-"];
 
@@ -101,10 +121,7 @@ pub(crate) fn native_plugin(step: &StepPlan) -> Option<NativePlugin> {
     if !step.commands.is_empty() {
         return None;
     }
-    match image_name(&step.image) {
-        "plugins/docker" => Some(NativePlugin::Docker),
-        _ => None,
-    }
+    plugin_named(image_name(&step.image))
 }
 
 /// Whether `image` is a known plugin that is not native yet: its name for the message.
@@ -112,7 +129,7 @@ pub(crate) fn unavailable_plugin(image: &str) -> Option<&str> {
     let name = image_name(image);
     let known =
         KNOWN_PLUGINS.contains(&name) || KNOWN_PLUGIN_PREFIXES.iter().any(|p| name.starts_with(p));
-    (known && name != NativePlugin::Docker.image()).then_some(name)
+    (known && plugin_named(name).is_none()).then_some(name)
 }
 
 /// What a native step needs from the pipeline it runs in.
@@ -212,9 +229,13 @@ pub(crate) async fn run(
     spec: &StepSpec<'_>,
     log: &StepLog,
     own_registry: Option<&RegistryCredential>,
+    notify_api: &BTreeMap<slipway_notify::Kind, String>,
 ) -> Result<(), String> {
     match plugin {
         NativePlugin::Docker => docker::run(host, spec, log, own_registry).await,
+        NativePlugin::Notify { plugin, image } => {
+            notify::run(plugin, image, spec, log, notify_api).await
+        }
     }
 }
 
@@ -245,15 +266,22 @@ mod tests {
             Some("peloton/drone-rancher")
         );
         assert_eq!(
-            unavailable_plugin("clem109/drone-wechat:latest"),
-            Some("clem109/drone-wechat")
+            unavailable_plugin("homoluctus/drone-slack:latest"),
+            Some("homoluctus/drone-slack")
         );
-        assert_eq!(unavailable_plugin("plugins/slack"), Some("plugins/slack"));
+        assert_eq!(unavailable_plugin("plugins/s3"), Some("plugins/s3"));
+        assert_eq!(
+            unavailable_plugin("drone-plugins/drone-email"),
+            Some("drone-plugins/drone-email")
+        );
         assert_eq!(
             unavailable_plugin("appleboy/drone-ssh"),
             Some("appleboy/drone-ssh")
         );
         assert_eq!(unavailable_plugin("plugins/docker"), None);
+        assert_eq!(unavailable_plugin("clem109/drone-wechat"), None);
+        assert_eq!(unavailable_plugin("plugins/webhook:1"), None);
+        assert_eq!(unavailable_plugin("lizheming/drone-wechat"), None);
         assert_eq!(unavailable_plugin("golang:1.22"), None);
     }
 }

@@ -546,23 +546,23 @@ async fn docker_plugin_bad_dockerfile_fails_the_step() -> TestResult {
 #[tokio::test]
 async fn docker_plugin_unavailable_plugins_fail_at_once() -> TestResult {
     let work = tempfile::tempdir()?;
-    let mut wechat = step("wechat", &[]);
-    wechat.image = "clem109/drone-wechat".into();
-    wechat.pull = slipway_spec::plan::PullPolicy::Always;
+    let mut rsync = step("rsync", &[]);
+    rsync.image = "drillster/drone-rsync".into();
+    rsync.pull = slipway_spec::plan::PullPolicy::Always;
     let started = Instant::now();
     let (report, events) = run(
-        &plan(vec![pipeline("notify", vec![wechat])]),
+        &plan(vec![pipeline("sync", vec![rsync])]),
         options(work.path()),
     )
     .await?;
     assert!(started.elapsed() < Duration::from_secs(10));
-    let wechat = step_report(&report, "notify", "wechat");
-    assert_eq!(wechat.status, Status::Error, "{report:#?}");
-    let error = wechat.error.clone().unwrap_or_default();
+    let rsync = step_report(&report, "sync", "rsync");
+    assert_eq!(rsync.status, Status::Error, "{report:#?}");
+    let error = rsync.error.clone().unwrap_or_default();
     assert!(
-        error.contains("plugin `clem109/drone-wechat` is not available natively yet"),
+        error.contains("plugin `drillster/drone-rsync` is not available natively yet"),
         "{error}\n{:#?}",
-        events.logs("wechat")
+        events.logs("rsync")
     );
     assert_clean(&report.build_id).await
 }

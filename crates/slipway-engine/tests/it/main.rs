@@ -7,6 +7,7 @@ mod clone;
 mod docker;
 mod docker_plugin;
 mod host;
+mod notify_plugins;
 mod orphans;
 mod prestart;
 mod scheduling;

@@ -86,6 +86,7 @@ pub fn options(work_root: &Path) -> RunOptions {
         default_step_timeout: None,
         build_timeout: None,
         native_plugins: true,
+        notify_api: Default::default(),
         own_registry: None,
         cache_scope: None,
     }

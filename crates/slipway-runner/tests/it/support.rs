@@ -93,6 +93,7 @@ pub fn config(addr: SocketAddr, work_root: &Path) -> RunnerConfig {
         capacity: 1,
         work_root: work_root.to_path_buf(),
         poll_timeout: Duration::from_secs(1),
+        notify_api: Default::default(),
         allow_exec: false,
     }
 }

@@ -159,6 +159,7 @@ async fn live_build_page_streams_a_docker_step_and_cancels_it() {
         capacity: 1,
         work_root: data.path().join("workspaces"),
         poll_timeout: Duration::from_secs(5),
+        notify_api: Default::default(),
         allow_exec: false,
     };
     let runner_shutdown = shutdown.clone();

@@ -365,3 +365,82 @@ fn assert_no_leftovers_of_exited_process() {
         );
     }
 }
+
+/// A native `plugins/webhook` step sends where `--notify-api webhook=URL` points (the URL's
+/// path kept), with no plugin container; a malformed `--notify-api` is refused up front.
+#[test]
+fn native_notify_step_obeys_notify_api() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // One request: read it whole, answer 200, hand it to the test.
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).expect("read");
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length || n == 0 {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .expect("write");
+        String::from_utf8_lossy(&request).to_string()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join(".drone.yml"),
+        "kind: pipeline\ntype: docker\nname: default\nclone:\n  disable: true\nsteps:\n  - name: hook\n    image: plugins/webhook\n    settings:\n      urls: https://hooks.example.com/builds\n      content_type: text/plain\n      template: \"build {{build.number}} {{build.status}}\"\n",
+    )
+    .expect("write pipeline");
+    let (events, report, code) = exec_json(
+        dir.path(),
+        &[
+            "--build-number",
+            "5",
+            "--notify-api",
+            &format!("webhook=http://{addr}"),
+        ],
+    );
+    assert_eq!(code, 0, "{report:#}\n{:#?}", logs_of(&events, "hook"));
+    assert_eq!(step_status(&report)["hook"], "success");
+    assert!(
+        logs_of(&events, "hook")
+            .iter()
+            .any(|l| l.contains("runs natively")),
+        "{:#?}",
+        logs_of(&events, "hook")
+    );
+    let request = server.join().expect("stand-in");
+    assert!(request.starts_with("POST /builds HTTP/1.1"), "{request}");
+    assert!(request.ends_with("build 5 success"), "{request}");
+
+    let out = slipway()
+        .args(["exec", "--notify-api", "pager=http://127.0.0.1:1"])
+        .current_dir(dir.path())
+        .output()
+        .expect("slipway runs");
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown channel kind `pager`"), "{stderr}");
+}
