@@ -305,10 +305,10 @@ impl Edge {
                 let resolver = crate::tls::CertResolver::new(proxy.clone(), store.clone());
                 let tls = Arc::new(crate::tls::HttpsConfig::new(resolver)?);
                 add_to_handover(&handover_set, Listener::Https.handover_name(), &listener)?;
-                let spread = crate::serve::Spread::new(config.workers);
-                let (conns, until) = (connections.spread_over(spread.clone()), stop.clone());
-                let serve = move |proxy, listener, accepting| {
-                    let (conns, until, tls) = (conns.clone(), until.clone(), tls.clone());
+                let (conns, until) = (connections.clone(), stop.clone());
+                let serve = move |proxy, listener, accepting, spread| {
+                    let (conns, until, tls) =
+                        (conns.spread_over(spread), until.clone(), tls.clone());
                     async move {
                         crate::serve::serve_https_on(proxy, listener, tls, accepting, conns).await;
                         until.cancelled().await;
@@ -317,29 +317,22 @@ impl Edge {
                 serve_on_workers(
                     &tasks,
                     &proxy,
-                    listener,
-                    &spread,
+                    (listener, Listener::Https, addr),
                     config.workers,
                     &accepting,
                     serve,
-                )
-                .map_err(|source| EdgeError::Bind {
-                    listener: Listener::Https,
-                    addr,
-                    source,
-                })?;
+                )?;
             }
         }
         let mut http_addr = None;
         if let Some((listener, addr)) = http {
             http_addr = Some(addr);
             add_to_handover(&handover_set, Listener::Http.handover_name(), &listener)?;
-            let spread = crate::serve::Spread::new(config.workers);
-            let (conns, until) = (connections.spread_over(spread.clone()), stop.clone());
+            let (conns, until) = (connections.clone(), stop.clone());
             // A worker's runtime holds its connections' tasks: it lives until the edge
             // stops (after a handover's drain), not only until its accept loop ends.
-            let serve = move |proxy, listener, accepting| {
-                let (conns, until) = (conns.clone(), until.clone());
+            let serve = move |proxy, listener, accepting, spread| {
+                let (conns, until) = (conns.spread_over(spread), until.clone());
                 async move {
                     serve_http_on(proxy, listener, accepting, conns).await;
                     until.cancelled().await;
@@ -348,17 +341,11 @@ impl Edge {
             serve_on_workers(
                 &tasks,
                 &proxy,
-                listener,
-                &spread,
+                (listener, Listener::Http, addr),
                 config.workers,
                 &accepting,
                 serve,
-            )
-            .map_err(|source| EdgeError::Bind {
-                listener: Listener::Http,
-                addr,
-                source,
-            })?;
+            )?;
         }
         let handed_over = CancellationToken::new();
         let holds = CancellationToken::new();
@@ -829,28 +816,37 @@ async fn serve_metrics(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Cance
 /// Runs `serve(proxy, listener, shutdown)` on `workers` threads of their own, each
 /// accepting from a clone of `listener` (the kernel hands each connection to one of them),
 /// or on the caller's runtime when `workers` is 0. Each is tracked by `tasks`, and
-/// registers in `spread`, over which `serve` spreads the connections it accepts.
-#[allow(clippy::too_many_arguments)]
+/// registers in the [`Spread`](crate::serve::Spread) given to `serve`, over which the
+/// connections it accepts are spread. `listener` comes with its kind and address, for the
+/// error when it cannot be shared.
 fn serve_on_workers<F, Fut>(
     tasks: &TaskTracker,
     proxy: &Arc<Proxy>,
-    listener: TcpListener,
-    spread: &Arc<crate::serve::Spread>,
+    (listener, kind, addr): (TcpListener, Listener, SocketAddr),
     workers: usize,
     shutdown: &CancellationToken,
     serve: F,
-) -> std::io::Result<()>
+) -> Result<(), EdgeError>
 where
-    F: Fn(Arc<Proxy>, TcpListener, CancellationToken) -> Fut + Clone + Send + 'static,
+    F: Fn(Arc<Proxy>, TcpListener, CancellationToken, Arc<crate::serve::Spread>) -> Fut
+        + Clone
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let spread = crate::serve::Spread::new(workers);
     if workers == 0 {
-        tasks.spawn(serve(proxy.clone(), listener, shutdown.clone()));
+        tasks.spawn(serve(proxy.clone(), listener, shutdown.clone(), spread));
         return Ok(());
     }
-    let std_listener = listener.into_std()?;
+    let bind = |source| EdgeError::Bind {
+        listener: kind,
+        addr,
+        source,
+    };
+    let std_listener = listener.into_std().map_err(bind)?;
     for i in 0..workers {
-        let mine = std_listener.try_clone()?;
+        let mine = std_listener.try_clone().map_err(bind)?;
         let (proxy, shutdown, serve) = (proxy.clone(), shutdown.clone(), serve.clone());
         let spread = spread.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -870,7 +866,7 @@ where
                 runtime.block_on(async move {
                     spread.register(i);
                     match TcpListener::from_std(mine) {
-                        Ok(listener) => serve(proxy, listener, shutdown).await,
+                        Ok(listener) => serve(proxy, listener, shutdown, spread).await,
                         Err(e) => tracing::error!("edge worker {i}: {e}"),
                     }
                 });
@@ -878,7 +874,8 @@ where
                 // shut); what is left is cut with the runtime.
                 runtime.shutdown_timeout(Duration::from_millis(100));
                 let _ = done_tx.send(());
-            })?;
+            })
+            .map_err(bind)?;
         tasks.spawn(async move {
             let _ = done_rx.await;
         });

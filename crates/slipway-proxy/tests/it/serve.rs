@@ -48,6 +48,7 @@ pub(crate) struct TestBackend {
     pub(crate) addr: SocketAddr,
     kill: CancellationToken,
     hits: Arc<AtomicUsize>,
+    dead: tokio::sync::watch::Receiver<bool>,
 }
 
 impl TestBackend {
@@ -60,13 +61,20 @@ impl TestBackend {
         let hits = Arc::new(AtomicUsize::new(0));
         let name: Arc<str> = name.into();
         let (k, h) = (kill.clone(), hits.clone());
+        let (dead_tx, dead) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             // Connections live in the set: a kill drops them all, as a dying process.
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let (stream, _) = tokio::select! {
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-                    () = k.cancelled() => return,
+                    () = k.cancelled() => {
+                        // Every connection closed before `kill` returns.
+                        drop(listener);
+                        conns.shutdown().await;
+                        dead_tx.send_replace(true);
+                        return;
+                    }
                 };
                 let (name, hits) = (name.clone(), h.clone());
                 conns.spawn(async move {
@@ -81,11 +89,18 @@ impl TestBackend {
                 });
             }
         });
-        TestBackend { addr, kill, hits }
+        TestBackend {
+            addr,
+            kill,
+            hits,
+            dead,
+        }
     }
 
-    fn kill(&self) {
+    /// Closes the listener and every connection, as a dying process, and returns once done.
+    async fn kill(&self) {
         self.kill.cancel();
+        let _ = self.dead.clone().wait_for(|dead| *dead).await;
     }
 
     /// Requests this backend has received.
@@ -432,7 +447,7 @@ async fn killing_one_of_two_backends_under_load_fails_no_request() {
     let running = tokio::spawn(load(p.addr, "k.test", 4, Duration::from_secs(3)));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let before = b.hits.load(Ordering::Relaxed);
-    b.kill();
+    b.kill().await;
     let seen = running.await.expect("load");
     assert!(before > 0, "b served before it was killed");
     assert!(
@@ -891,7 +906,7 @@ async fn a_sticky_cookie_keeps_a_client_on_its_backend_until_that_one_is_gone() 
     }
     // The pinned backend goes away: the client's request is retried on the other.
     let (gone, other) = if pinned == "a" { (&a, "b") } else { (&b, "a") };
-    gone.kill();
+    gone.kill().await;
     let r = c
         .get(format!("http://{}/", p.addr))
         .header("host", "app.test")
