@@ -17,8 +17,10 @@
 //!   [`rule`] (Traefik rule expressions) and [`auth`] (htpasswd users). [`compose`] reads
 //!   a compose file's services into workloads, for `slipway proxy routes-from`.
 //! - The data plane, as small layers: [`serve`] (accept loops with a connection limit,
-//!   hyper's auto h1/h2 server per connection, header-read and idle timers, graceful
-//!   close), [`forward`] (one request: id → route lookup (unknown host 404) → redirect and
+//!   each connection given to the least busy worker, hyper's auto h1/h2 server per
+//!   connection, header-read and idle timers, graceful close), `h1_relay` (plain HTTP/1.1
+//!   exchanges that need nothing but forwarding, relayed by its own loop; anything else
+//!   is handed to hyper with the bytes read), [`forward`] (one request: id → route lookup (unknown host 404) → redirect and
 //!   basic auth → balancer (no backend 503) → the backend request with forwarded headers
 //!   → one retry of an idempotent bodiless request that failed before any byte → the
 //!   streamed response; upgrades and HTTP/2 WebSockets tunnelled), [`balance`] (a
