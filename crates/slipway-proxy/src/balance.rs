@@ -163,15 +163,13 @@ impl LiveBackend {
     /// `None` once the backend is gone (a request holding an older snapshot lost a race
     /// with the drain, and must look again).
     pub fn try_start(self: &Arc<Self>) -> Option<InFlight> {
-        // SeqCst on both sides: either this sees `Gone`, or the drain sees this request.
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(self.clone());
-        (self.state.load(Ordering::SeqCst) != GONE).then_some(guard)
+        self.clone().into_in_flight()
     }
 
     /// [`LiveBackend::try_start`] for a backend just picked: its `Arc` becomes the guard's
     /// (no count taken and given back on a line every core touches).
     pub fn into_in_flight(self: Arc<Self>) -> Option<InFlight> {
+        // SeqCst on both sides: either this sees `Gone`, or the drain sees this request.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let live = self.state.load(Ordering::SeqCst) != GONE;
         let guard = InFlight(self);

@@ -704,13 +704,7 @@ fn workload(c: &ContainerInspectResponse, options: &DockerOptions) -> Workload {
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let environment = config
-        .and_then(|c| c.env.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let environment = environment(config.and_then(|c| c.env.as_deref()));
     let exposed_ports = config
         .and_then(|c| c.exposed_ports.as_ref())
         .into_iter()
@@ -784,6 +778,15 @@ fn workload(c: &ContainerInspectResponse, options: &DockerOptions) -> Workload {
 }
 
 /// `80/tcp` (or `80`) is 80; a UDP or SCTP port is none.
+/// A container's `KEY=VALUE` environment as a map (a bare `KEY` is unset, not empty).
+fn environment(env: Option<&[String]>) -> BTreeMap<String, String> {
+    env.into_iter()
+        .flatten()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 fn tcp_port(spec: &str) -> Option<u16> {
     let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
     (proto == "tcp").then(|| port.parse().ok()).flatten()

@@ -275,13 +275,7 @@ fn webhook(
     log: &NativeLog,
 ) -> Result<Plan, PluginError> {
     let urls = settings
-        .list(&["urls"])
-        .filter(|urls| !urls.is_empty())
-        .or_else(|| {
-            settings
-                .text_or_env("urls", "WEBHOOK_URLS")
-                .map(|text| text.split(',').map(|u| u.trim().to_string()).collect())
-        })
+        .list_or_env("urls", "WEBHOOK_URLS")
         .ok_or_else(|| PluginError::setting("urls", "is required"))?;
     for ignored in ["skip_verify", "debug"] {
         if settings.has(ignored) {
@@ -359,13 +353,7 @@ fn telegram(
         .text_or_env("token", "TELEGRAM_TOKEN")
         .ok_or_else(|| PluginError::setting("token", "is required"))?;
     let to = settings
-        .list(&["to"])
-        .filter(|to| !to.is_empty())
-        .or_else(|| {
-            settings
-                .text_or_env("to", "TELEGRAM_TO")
-                .map(|text| text.split(',').map(|t| t.trim().to_string()).collect())
-        })
+        .list_or_env("to", "TELEGRAM_TO")
         .ok_or_else(|| PluginError::setting("to", "is required"))?;
     for ignored in [
         "photo", "document", "sticker", "audio", "voice", "location", "venue", "video",

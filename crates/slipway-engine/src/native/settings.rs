@@ -88,6 +88,20 @@ impl<'a> Settings<'a> {
         )
     }
 
+    /// Like [`Settings::list`] for `key`, then the plain variable `env` split at commas.
+    pub(crate) fn list_or_env(&self, key: &str, env: &str) -> Option<Vec<String>> {
+        self.list(&[key])
+            .filter(|items| !items.is_empty())
+            .or_else(|| {
+                self.text_or_env(key, env).map(|text| {
+                    text.split(',')
+                        .map(|item| item.trim().to_string())
+                        .filter(|item| !item.is_empty())
+                        .collect()
+                })
+            })
+    }
+
     /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`); `None` when not set.
     pub(crate) fn flag(&self, key: &str) -> Result<Option<bool>, PluginError> {
         let Some(value) = self.raw(key) else {

@@ -18,6 +18,13 @@ const CORP_SECRET: &str = "seed-corp-secret-9f8e7d6c5b";
 /// What a stand-in saw: path, query, headers, body.
 type Seen = Arc<Mutex<Vec<(String, String, HeaderMap, Bytes)>>>;
 
+/// The plan of pipeline `text` for `ctx`, its diagnostics as the error.
+fn plan_of(text: &str, ctx: &slipway_spec::BuildContext) -> Result<slipway_spec::Plan, String> {
+    slipway_spec::compile(text, ctx)
+        .map(|compiled| compiled.plan)
+        .map_err(|d| format!("{d:?}"))
+}
+
 /// A loopback HTTP server answering with `answer(path, query, body)`.
 async fn stand_in(
     answer: impl Fn(&str, &str, &Bytes) -> Value + Send + Sync + 'static,
@@ -106,9 +113,7 @@ async fn seed_report_deploy_sends_a_textcard() -> TestResult {
         build_number: 14,
         ..Default::default()
     };
-    let mut plan = slipway_spec::compile(&text, &ctx)
-        .map_err(|d| format!("{d:?}"))?
-        .plan;
+    let mut plan = plan_of(&text, &ctx)?;
     for pipeline in &mut plan.pipelines {
         for step in &mut pipeline.steps {
             // The image build and the Rancher update are other tests' business.
@@ -191,9 +196,7 @@ steps:
         build_number: 3,
         ..Default::default()
     };
-    let plan = slipway_spec::compile(text, &ctx)
-        .map_err(|d| format!("{d:?}"))?
-        .plan;
+    let plan = plan_of(text, &ctx)?;
     let work = tempfile::tempdir()?;
     let mut first = options(work.path());
     first
@@ -268,9 +271,7 @@ steps:
         build_number: 9,
         ..Default::default()
     };
-    let plan = slipway_spec::compile(text, &ctx)
-        .map_err(|d| format!("{d:?}"))?
-        .plan;
+    let plan = plan_of(text, &ctx)?;
     let work = tempfile::tempdir()?;
     let mut options = options(work.path());
     options.secrets.insert(
@@ -379,9 +380,7 @@ pipeline:
     ];
     let mut all_logs = String::new();
     for text in [telegram, discord] {
-        let plan = slipway_spec::compile(text, &ctx)
-            .map_err(|d| format!("{d:?}"))?
-            .plan;
+        let plan = plan_of(text, &ctx)?;
         let work = tempfile::tempdir()?;
         let mut options = options(work.path());
         options.secrets = secrets

@@ -303,13 +303,7 @@ pub(super) fn describe(
         .into_iter()
         .collect();
     labels.extend(spec.and_then(|s| s.labels.clone()).unwrap_or_default());
-    let environment = container
-        .and_then(|c| c.env.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let environment = super::environment(container.and_then(|c| c.env.as_deref()));
     let endpoint = s.endpoint.as_ref();
     let ports: Vec<&EndpointPortConfig> = endpoint
         .and_then(|e| e.ports.as_ref())

@@ -314,18 +314,7 @@ async fn a_websocket_echoes_through_the_proxy_over_http2_h2c_and_tls() {
     h2_websocket_echoes(&mut send, "http://app.test/ws/again").await;
 
     // HTTPS, HTTP/2 by ALPN.
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
-        roots.add(cert.expect("root pem")).expect("root");
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(slipway_proxy::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = crate::tls::client_config(&ca.pem, &[b"h2"]);
     let tcp = TcpStream::connect(edge.https).await.expect("connect");
     let name = rustls_pki_types::ServerName::try_from("app.test").expect("name");
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))

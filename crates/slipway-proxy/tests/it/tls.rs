@@ -340,18 +340,7 @@ async fn https_get(
     roots_pem: &str,
     path: &str,
 ) -> Result<Answer, String> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
-        roots.add(cert.expect("root pem")).expect("root");
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(slipway_proxy::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let config = client_config(roots_pem, &[b"h2", b"http/1.1"]);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
@@ -930,12 +919,8 @@ async fn second_handshake(
     roots_pem: &str,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> Option<rustls::HandshakeKind> {
-    use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
-        roots.add(cert.expect("root pem")).expect("root");
-    }
+    let roots = root_store(roots_pem);
     let config = rustls::ClientConfig::builder_with_provider(slipway_proxy::tls::crypto_provider())
         .with_protocol_versions(&[version])
         .expect("versions")
@@ -1053,4 +1038,26 @@ async fn a_certificate_within_30_days_of_expiry_is_renewed_and_one_far_from_it_i
         "renewal planned in {in_days} days"
     );
     drop(pebble);
+}
+
+/// The certificates of `pem`, as the only roots a test client trusts.
+pub(crate) fn root_store(pem: &str) -> rustls::RootCertStore {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(cert.expect("root pem")).expect("root");
+    }
+    roots
+}
+
+/// A TLS client trusting only `roots_pem`, offering `alpn`.
+pub(crate) fn client_config(roots_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(slipway_proxy::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(root_store(roots_pem))
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
 }
