@@ -20,6 +20,12 @@
 //! - [`template`]: minijinja templates over a [`template::Context`] (`build`, `repo`,
 //!   `deploy` objects and the `DRONE_*` variables); [`template::render_or_default`] falls
 //!   back to the default message when a template does not render, and says where it broke.
+//! - [`settings`]: a channel from named settings ([`settings::Settings`]: plain ones and
+//!   credentials apart, checked against each kind's [`settings::specs`]), as the server
+//!   stores them.
+//! - [`outbox`]: deliveries from a persisted [`outbox::Outbox`], one worker per channel
+//!   ([`outbox::Dispatcher`]) with stored backoff, the services' rate limits
+//!   ([`outbox::rate_limit`]) and digests of what piled up.
 //! - [`rules`]: the [`rules::Event`]s a finished build or a deployment raises (`build.fixed`
 //!   and `build.broken` from the branch's previous outcome) and the [`rules::Rule`]s
 //!   (repository, branch, environment globs and events) that pick them.
@@ -46,7 +52,9 @@ mod channels;
 mod error;
 mod message;
 mod notifier;
+pub mod outbox;
 pub mod rules;
+pub mod settings;
 pub mod template;
 
 pub use channels::dingtalk::DingTalk;

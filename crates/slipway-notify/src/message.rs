@@ -1,9 +1,9 @@
 //! The message model, independent of the service, and its plain and Markdown forms.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How the thing reported went; gives the colour where a service has one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Success,
@@ -53,14 +53,14 @@ impl Status {
 }
 
 /// A name and a value shown beside the text (commit, author, duration, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Field {
     pub name: String,
     pub value: String,
 }
 
 /// Where the reader goes next: the build, or the deployed URL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     pub url: String,
     /// The button's text (WeChat Work's `btntxt`, a Slack or Teams button).
@@ -69,7 +69,7 @@ pub struct Link {
 
 /// What is said. `text` is the body (from a template, or the default), plain text with
 /// Markdown where a service renders it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub title: String,
     pub status: Option<Status>,
@@ -77,7 +77,7 @@ pub struct Message {
     pub fields: Vec<Field>,
     pub link: Option<Link>,
     /// The event's data (the template context), for the generic webhook's JSON body.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Value>,
 }
 

@@ -36,7 +36,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The wait before attempt `next` (2, 3, ...) after `error`.
-    fn wait(&self, next: u32, error: &DeliveryError) -> Duration {
+    pub(crate) fn wait(&self, next: u32, error: &DeliveryError) -> Duration {
         let backoff = self
             .base
             .saturating_mul(2u32.saturating_pow(next.saturating_sub(2)))

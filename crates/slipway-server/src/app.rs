@@ -1,5 +1,5 @@
 //! The server as a whole: opens every part under the data dir, serves the router, and runs
-//! the background tasks (lease reaper, commit statuses).
+//! the background tasks (lease reaper, commit statuses, notifications).
 //!
 //! The data dir and its `logs/`, `mirrors/` and `registry/` are made 0700, the SQLite
 //! database (with its -wal and -shm), `secret.key` and `runner.token` 0600; what an older
@@ -39,6 +39,8 @@ pub enum ServerError {
     Secrets(#[from] crate::secrets::SecretError),
     #[error(transparent)]
     Registry(#[from] slipway_registry::RegistryError),
+    #[error(transparent)]
+    Notify(#[from] slipway_notify::ConfigError),
     #[error(
         "the data directory: {path}: {source} (it must be a directory this user owns and may \
          write; its files are made readable by this user only)"
@@ -62,6 +64,8 @@ pub struct AppState {
     /// lease expired), so long-polling runners look again.
     pub queue: Notify,
     pub statuses: StatusClient,
+    /// Notification channels' workers and the outbox's fan-out (see [`crate::notify`]).
+    pub notify: crate::notify::Notifications,
     pub ui: crate::ui::Ui,
     pub registry: slipway_registry::Registry,
     /// The runner token (plain), for the embedded runner of `slipway up`.
@@ -188,9 +192,11 @@ impl Server {
             }
         }
 
+        let notify = crate::notify::Notifications::new(store.clone(), config.notify_api.clone())?;
         let state = Arc::new(AppState {
             config,
             store,
+            notify,
             logs,
             mirrors,
             secrets,
@@ -238,6 +244,7 @@ impl Server {
             self.state.clone(),
             shutdown.clone(),
         ));
+        tokio::spawn(crate::notify::spawn(self.state.clone(), shutdown.clone()));
         if !self.state.config.registry_notify.is_empty() {
             let endpoints = self
                 .state

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub metrics_token: Option<String>,
     /// Header-read timeout, idle timeout and connection cap of the HTTP listeners.
     pub limits: ListenerLimits,
+    /// API bases per notification kind (`--notify-api KIND=URL`): self-hosted Feishu/Lark,
+    /// a WeChat Work proxy, or a test's stand-in.
+    pub notify_api: std::collections::BTreeMap<slipway_notify::Kind, String>,
 }
 
 /// What one client may hold of a listener (see [`crate::listen`]).
@@ -89,6 +92,7 @@ impl ServerConfig {
             session_ttl: Duration::from_secs(7 * 24 * 3600),
             metrics_token: None,
             limits: ListenerLimits::default(),
+            notify_api: std::collections::BTreeMap::new(),
         }
     }
 

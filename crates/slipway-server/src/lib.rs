@@ -9,6 +9,8 @@
 //!   at a commit, changed files, branches and tags.
 //! - [`secrets`]: the AEAD that encrypts secrets at rest.
 //! - [`status`]: commit statuses back to GitHub, Gitea and GitLab.
+//! - [`notify`]: notification channels wired to the store and the event bus: the outbox of
+//!   finished builds fanned out to deliveries, sent by `slipway-notify`'s workers.
 //! - [`logstore`]: build logs (files, and short steps' whole logs in the store), each line
 //!   stored exactly once, followed live.
 //! - [`builds`]: builds from start to end (create, settle stages, finish, cancel, restart,
@@ -34,6 +36,7 @@ pub mod events;
 pub mod listen;
 pub mod logstore;
 pub mod mirror;
+pub mod notify;
 pub mod queue;
 pub mod secrets;
 pub mod status;

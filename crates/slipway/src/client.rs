@@ -233,14 +233,14 @@ pub fn proxy_routes(api: ApiArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: String,
     http: reqwest::blocking::Client,
 }
 
 impl Client {
-    fn new(args: &ApiArgs) -> Result<Client> {
+    pub(crate) fn new(args: &ApiArgs) -> Result<Client> {
         let Some(token) = args.token.clone() else {
             bail!(
                 "no token: pass --token or set SLIPWAY_TOKEN (the admin token `slipway up` printed)"
@@ -289,7 +289,12 @@ impl Client {
         Ok(resp)
     }
 
-    fn json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    pub(crate) fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let resp = self.send(method, path, body)?;
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
@@ -311,7 +316,7 @@ fn params(list: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 

@@ -4,6 +4,7 @@ mod build_args;
 mod client;
 mod exec;
 mod lint;
+mod notify;
 mod plan;
 mod printer;
 mod proxy;
@@ -60,6 +61,14 @@ enum Command {
         api: client::ApiArgs,
         #[command(subcommand)]
         command: client::SecretCommand,
+    },
+    /// Notification channels: `notify add NAME --kind KIND …`, `ls`, `show`, `test`, `rm`,
+    /// `log [NAME]`, `kinds`.
+    Notify {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: notify::NotifyCommand,
     },
     /// Registry garbage collection and retention on a running server (`--dry-run` lists).
     Gc {
@@ -120,6 +129,7 @@ fn main() -> ExitCode {
         Command::Build { api, command } => client::build(api, command),
         Command::Token { api, command } => client::token(api, command),
         Command::Gc { api, args } => client::gc(api, args),
+        Command::Notify { api, command } => notify::run(api, command),
         Command::Proxy { command, serve } => proxy::run(command, serve),
     };
     match result {

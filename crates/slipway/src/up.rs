@@ -67,6 +67,11 @@ pub struct ServerArgs {
     /// Run `plugins/docker` steps as ordinary containers instead of natively.
     #[arg(long)]
     pub no_native_plugins: bool,
+    /// The API base of a notification kind, KIND=URL (repeatable), e.g.
+    /// `wechat-work=http://127.0.0.1:9000`: for the server's channels and (`slipway up`) the
+    /// embedded runner's native notification steps. A channel's own `api_base` wins.
+    #[arg(long = "notify-api", value_name = "KIND=URL", value_parser = parse_notify_api)]
+    pub notify_api: Vec<(slipway_engine::NotifyKind, String)>,
     /// Print the start-up facts (url, admin token, runner token) as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -101,10 +106,6 @@ pub struct UpArgs {
     /// run directly on this host, as this process's user (root, next to the data dir).
     #[arg(long)]
     pub runner_allow_exec: bool,
-    /// The API base of a notification kind for the embedded runner's native notification
-    /// steps, KIND=URL (repeatable), e.g. `wechat-work=http://127.0.0.1:9000`.
-    #[arg(long = "notify-api", value_name = "KIND=URL", value_parser = parse_notify_api)]
-    pub notify_api: Vec<(slipway_engine::NotifyKind, String)>,
     #[command(flatten)]
     pub proxy: UpProxyArgs,
 }
@@ -294,7 +295,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         capacity: args.capacity,
         labels: parse_labels(&args.labels)?,
         allow_exec: args.runner_allow_exec,
-        notify_api: args.notify_api.iter().cloned().collect(),
+        notify_api: args.server.notify_api.iter().cloned().collect(),
     };
     let edge = args.proxy.edge_config(&args.server.data_dir)?;
     serve(args.server, Some(embedded), edge)
@@ -390,6 +391,7 @@ fn serve(
         config.registry_anonymous_pull = args.registry_anonymous_pull.clone();
         config.registry_notify = args.registry_notify.clone();
         config.native_plugins = !args.no_native_plugins;
+        config.notify_api = args.notify_api.iter().cloned().collect();
         config.edge = edge.clone();
         let server = Server::open(config)
             .await

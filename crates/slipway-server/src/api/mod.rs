@@ -24,6 +24,7 @@
 pub mod guard;
 pub mod hooks;
 pub mod live;
+pub mod notify;
 pub mod pages;
 pub mod rest;
 pub mod runner;
@@ -65,6 +66,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/proxy/routes", get(rest::proxy_routes))
         .route("/api/tokens", get(rest::list_tokens).post(rest::add_token))
         .route("/api/registry/gc", post(rest::registry_gc))
+        .route(
+            "/api/notify/channels",
+            get(notify::list_channels).post(notify::add_channel),
+        )
+        .route(
+            "/api/notify/channels/{name}",
+            get(notify::get_channel).delete(notify::delete_channel),
+        )
+        .route(
+            "/api/notify/channels/{name}/test",
+            post(notify::test_channel),
+        )
+        .route("/api/notify/deliveries", get(notify::list_deliveries))
         .route(
             "/api/tokens/{id}",
             axum::routing::delete(rest::delete_token),

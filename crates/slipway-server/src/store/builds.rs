@@ -392,8 +392,11 @@ impl Store {
     }
 
     /// Sets a final status, only if the build is not finished yet, so two settles at once
-    /// finish it once. Whether it changed.
+    /// finish it once, and records in the same transaction what the notifications owe it
+    /// (a `notify_outbox` row, see [`super::notify`]). Whether it changed.
     pub async fn finish_build(&self, id: i64, status: Status, now: i64) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let mut tx = self.begin(&mut conn).await?;
         let done = sqlx::query(
             "UPDATE builds SET status = $2, finished = $3 \
              WHERE id = $1 AND status IN ('pending', 'running')",
@@ -401,9 +404,19 @@ impl Store {
         .bind(id)
         .bind(status.as_str())
         .bind(now)
-        .execute(&mut *self.conn().await?)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO notify_outbox (build_id, created) VALUES ($1, $2)")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The newest builds of all repositories (highest id first), with the repository name.

@@ -30,7 +30,7 @@
 //! locks the row it changes. Code: `open` (URLs, connections, migrations), `builds`
 //! (repositories, builds), `queue` (stages, leases, steps, short steps' logs), `commit` (SQLite: the group
 //! commit of the runners' stage ends), `misc` (secrets, runners, tokens, sessions, artifacts,
-//! counts), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
+//! counts), `notify` (notification channels, the outbox, deliveries and attempts), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -41,9 +41,12 @@ use slipway_engine::Status;
 mod builds;
 mod commit;
 mod misc;
+mod notify;
 mod open;
 mod queue;
 mod rows;
+
+pub use notify::{AttemptRow, ChannelRow, DeliveryRow, NewAttempt, NewDelivery};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]

@@ -37,6 +37,10 @@ const SQLITE_MIGRATIONS: Migrations = &[
         "0005_sessions",
         include_str!("../../migrations/sqlite/0005_sessions.sql"),
     ),
+    (
+        "0006_notifications",
+        include_str!("../../migrations/sqlite/0006_notifications.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: Migrations = &[
@@ -59,6 +63,10 @@ const POSTGRES_MIGRATIONS: Migrations = &[
     (
         "0005_sessions",
         include_str!("../../migrations/postgres/0005_sessions.sql"),
+    ),
+    (
+        "0006_notifications",
+        include_str!("../../migrations/postgres/0006_notifications.sql"),
     ),
 ];
 

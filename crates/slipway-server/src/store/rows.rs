@@ -56,7 +56,7 @@ fn boolean(row: &AnyRow, table: &str, column: &str) -> Result<bool> {
     }
 }
 
-fn json<T: DeserializeOwned>(row: &AnyRow, table: &str, column: &str) -> Result<T> {
+pub(super) fn json<T: DeserializeOwned>(row: &AnyRow, table: &str, column: &str) -> Result<T> {
     let text: String = row.try_get(column)?;
     serde_json::from_str(&text).map_err(|e| corrupt(table, column, row, e))
 }

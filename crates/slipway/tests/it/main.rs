@@ -3,6 +3,7 @@
 mod cli;
 mod cluster;
 mod exec;
+mod notify;
 mod proxy;
 mod security;
 mod server;
