@@ -14,9 +14,9 @@
 //! - **Backoff is stored, not slept**: a retry is a row due later (`next_at`), so a restart
 //!   keeps its schedule, and newer rows are not held behind it. What is due goes oldest
 //!   first.
-//! - **Rate limits queue**: when a channel's window is full the worker waits for a slot;
-//!   everything that became due meanwhile goes as one [`digest`] message, recorded on each
-//!   of the merged rows.
+//! - **Rate limits queue**: while a channel's window has room, deliveries go one by one;
+//!   when it is full the worker waits for a slot, and everything that is due then goes as
+//!   one [`digest`] message (at most [`DIGEST_MAX`] rows), recorded on each merged row.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -172,7 +172,7 @@ pub fn digest(messages: &[Message]) -> Message {
 }
 
 /// How many rows one digest may carry (a message must stay within the services' sizes).
-const DIGEST_MAX: usize = 20;
+pub const DIGEST_MAX: usize = 20;
 /// A worker with nothing due looks again this often even if nobody woke it.
 const IDLE_POLL: Duration = Duration::from_secs(30);
 
@@ -213,14 +213,21 @@ impl<O: Outbox> Dispatcher<O> {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the worker of channel `id` (replacing one running for it). Must be called
-    /// within a Tokio runtime.
+    /// Starts the worker of channel `id` (replacing one running for it), with its
+    /// service's documented [`rate_limit`]. Must be called within a Tokio runtime.
     pub fn start(&self, id: i64, channel: Channel) {
+        let limit = rate_limit(channel.kind());
+        self.start_limited(id, channel, limit);
+    }
+
+    /// [`Dispatcher::start`] with another limit (a service with a stricter plan; tests).
+    pub fn start_limited(&self, id: i64, channel: Channel, limit: Option<RateLimit>) {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(run_worker(
             id,
             channel,
+            limit,
             self.notifier.clone(),
             self.outbox.clone(),
             self.retry,
@@ -278,17 +285,20 @@ async fn pause(wait: Duration, wake: &Notify, stop: &Notify) -> bool {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_worker<O: Outbox>(
     id: i64,
     channel: Channel,
+    limit: Option<RateLimit>,
     notifier: Arc<Notifier>,
     outbox: Arc<O>,
     retry: RetryPolicy,
     wake: Arc<Notify>,
     stop: Arc<Notify>,
 ) {
-    let limit = rate_limit(channel.kind());
     let mut sent: VecDeque<Instant> = VecDeque::new();
+    // Set after waiting for a full window: what is due then goes as one digest.
+    let mut waited = false;
     loop {
         let due = match outbox
             .due(id, now_ms(), if limit.is_some() { DIGEST_MAX } else { 1 })
@@ -341,9 +351,15 @@ async fn run_worker<O: Outbox>(
                     _ = stop.notified() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
+                waited = true;
                 continue;
             }
         }
+        let mut due = due;
+        if !waited {
+            due.truncate(1);
+        }
+        waited = false;
         let messages: Vec<Message> = due.iter().map(|p| p.message.clone()).collect();
         let message = digest(&messages);
         let ids: Vec<i64> = due.iter().map(|p| p.id).collect();

@@ -4,6 +4,7 @@
 
 mod email;
 mod http_channels;
+mod outbox;
 mod rules;
 mod support;
 mod templates;
