@@ -25,6 +25,7 @@ pub mod guard;
 pub mod hooks;
 pub mod live;
 pub mod notify;
+pub mod notify_pages;
 pub mod pages;
 pub mod rest;
 pub mod runner;

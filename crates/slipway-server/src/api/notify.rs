@@ -60,7 +60,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
 }
 
 /// A channel as the API shows it: its credentials' names, never their values.
-fn channel_json(state: &AppState, row: &ChannelRow) -> Value {
+pub fn channel_json(state: &AppState, row: &ChannelRow) -> Value {
     let mut row = row.clone();
     row.secret_names = if row.secrets.is_empty() {
         Vec::new()
@@ -116,6 +116,20 @@ pub async fn add_channel(
     _admin: Admin,
     Json(req): Json<AddChannel>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (row, template_error) = create_channel(&state, req).await?;
+    let mut body = channel_json(&state, &row);
+    if let (Some(object), Some(error)) = (body.as_object_mut(), template_error) {
+        object.insert("template_error".into(), error.into());
+    }
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Checks, seals and stores a new channel and starts its worker; the channel, and its
+/// template's error if it does not render (it is kept: the default message goes instead).
+pub async fn create_channel(
+    state: &AppState,
+    req: AddChannel,
+) -> Result<(ChannelRow, Option<String>), ApiError> {
     let name = req.name.trim().to_owned();
     if name.is_empty()
         || !name
@@ -169,18 +183,13 @@ pub async fn add_channel(
         created: crate::now_ms(),
     };
     let row = state.store.add_channel(&new).await?;
-    let channel = notify::open_channel(&state, &row)?;
+    let channel = notify::open_channel(state, &row)?;
     state.notify.start_channel(row.id, channel);
     state.wake_notifications();
     tracing::info!("notification channel {} added ({})", row.name, row.kind);
-    // A template that does not render is kept (the default message goes instead) but said.
-    let context = sample_context(&state, &row).await?;
+    let context = sample_context(state, &row).await?;
     let (_, template_error) = notify::render(&row, &context, Event::BuildSuccess);
-    let mut body = channel_json(&state, &row);
-    if let (Some(object), Some(error)) = (body.as_object_mut(), template_error) {
-        object.insert("template_error".into(), error.into());
-    }
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((row, template_error))
 }
 
 pub async fn list_channels(
@@ -215,11 +224,17 @@ pub async fn delete_channel(
     _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let row = channel_named(&state, &name).await?;
+    remove_channel(&state, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops a channel's worker and deletes it with its deliveries.
+pub async fn remove_channel(state: &AppState, name: &str) -> Result<(), ApiError> {
+    let row = channel_named(state, name).await?;
     state.notify.stop_channel(row.id);
     state.store.delete_channel(row.id).await?;
     tracing::info!("notification channel {name} deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Sends one message now (not through the outbox, one attempt) and says how it went.
@@ -228,14 +243,20 @@ pub async fn test_channel(
     _admin: Admin,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = channel_named(&state, &name).await?;
-    let channel = notify::open_channel(&state, &row)?;
-    let context = sample_context(&state, &row).await?;
+    Ok(Json(send_test(&state, &name).await?))
+}
+
+/// One test message to channel `name`, now: `{ok, status, answer, title, template_error,
+/// latency_ms}`.
+pub async fn send_test(state: &AppState, name: &str) -> Result<Value, ApiError> {
+    let row = channel_named(state, name).await?;
+    let channel = notify::open_channel(state, &row)?;
+    let context = sample_context(state, &row).await?;
     let (message, template_error) = notify::render(&row, &context, Event::BuildSuccess);
     let started = std::time::Instant::now();
     let result = state.notify.notifier.send(&channel, &message).await;
     let latency_ms = crate::app::millis(started.elapsed());
-    Ok(Json(match result {
+    Ok(match result {
         Ok(accepted) => json!({
             "ok": true, "status": accepted.status, "answer": accepted.answer,
             "title": message.title, "template_error": template_error, "latency_ms": latency_ms,
@@ -244,7 +265,7 @@ pub async fn test_channel(
             "ok": false, "status": error.status, "answer": error.to_string(),
             "title": message.title, "template_error": template_error, "latency_ms": latency_ms,
         }),
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize)]

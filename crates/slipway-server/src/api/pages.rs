@@ -35,6 +35,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/runners", get(runners_page))
         .route("/registry", get(registry_page))
         .route("/proxy", get(proxy_page))
+        .merge(super::notify_pages::routes())
         .route(
             "/registry/{*path}",
             get(registry_repo_page).post(registry_form),
@@ -128,7 +129,7 @@ impl FromRequest<Arc<AppState>> for PageForm {
 }
 
 /// A page, or the error page with the error's status.
-fn render(
+pub(super) fn render(
     state: &AppState,
     template: &str,
     title: &str,
@@ -158,7 +159,7 @@ fn render(
     }
 }
 
-fn error_page(state: &AppState, user: Option<&Session>, e: ApiError) -> Response {
+pub(super) fn error_page(state: &AppState, user: Option<&Session>, e: ApiError) -> Response {
     let status = e.status;
     let mut page = render(
         state,
@@ -281,7 +282,7 @@ async fn new_repo_page(State(state): State<Arc<AppState>>, PageUser(user): PageU
     )
 }
 
-fn field(form: &HashMap<String, String>, name: &str) -> Option<String> {
+pub(super) fn field(form: &HashMap<String, String>, name: &str) -> Option<String> {
     form.get(name)
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())

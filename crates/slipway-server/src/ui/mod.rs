@@ -16,7 +16,7 @@
 //!
 //! # Templates and their contexts
 //! Every page extends `layout.html` (nav: Repositories `/`, Runners `/runners`, Registry
-//! `/registry`, and a logout form POSTing to `/logout`, or a "Log in" link). Every context
+//! `/registry`, Proxy `/proxy`, Notifications `/notify`, and a logout form POSTing to `/logout`, or a "Log in" link). Every context
 //! has `title: String` and `user: {name: String} | null`, and may have `flash: String | null`
 //! (a notice shown above the content). A context with a `user` has `csrf: String`, the
 //! session's form token: every form but the login form carries it as the hidden field
@@ -34,6 +34,7 @@
 //! | `new_repo.html` | nothing else |
 //! | `runners.html` | `runners: [{runner: Runner, online: bool, running: Int}]` |
 //! | `proxy.html` | `running: bool`, `routes: [RouteStatus]`, `conflicts: [Conflict]`, `diagnostics: [Diagnostic]`, `docker_error: String \| null` (`slipway_proxy::status`) |
+//! | `notify.html` | `channels: [Channel (with secret_names)]`, `deliveries: [Delivery (with attempt_log)]`, `kinds: [{name, settings: [{name, secret, required, help}]}]`, `flash: String \| null` |
 //! | `registry.html` | `repositories: [{name: String, tags: Int}]` |
 //! | `registry_repo.html` | `name: String`, `registry_host: String`, `tags: [{tag, digest, size: Int (bytes), pushed: ms}]` |
 //! | `login.html` | `error: String \| null` |
@@ -48,6 +49,9 @@
 //!   `auto_cancel`, `max_running`, `status_url`, `status_token` (blank keeps the old one),
 //!   `registry_paths` (patterns a pipeline's registry token may push to besides the
 //!   repository's own path, one a line; blank clears).
+//! - `POST /notify` (`notify.html`): `name`, `kind`, `url`, `settings` and `secrets`
+//!   (NAME=VALUE lines), `repo`, `branch`, `events` (comma-separated), `template`;
+//!   `POST /notify/{name}/test`, `POST /notify/{name}/delete`.
 //! - `POST /registry/{name}/tags/{tag}/delete`, `POST /login` (`token`), `POST /logout`.
 //! - Every form above but `/login` also sends `csrf`.
 //!
@@ -114,6 +118,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("runners.html", include_str!("templates/runners.html")),
     ("registry.html", include_str!("templates/registry.html")),
     ("proxy.html", include_str!("templates/proxy.html")),
+    ("notify.html", include_str!("templates/notify.html")),
     (
         "registry_repo.html",
         include_str!("templates/registry_repo.html"),
@@ -626,6 +631,25 @@ mod tests {
                 "proxy.html",
                 json!({"title": "Proxy", "user": user, "csrf": "a-form-token", "running": false,
                 "routes": [], "conflicts": []}),
+            ),
+            (
+                "notify.html",
+                json!({"title": "Notifications", "user": user, "csrf": "a-form-token",
+                "flash": "robot: delivered (12 ms)",
+                "channels": [{"name": "robot", "kind": "wechat-work-robot", "settings": {"format": "markdown"},
+                    "secret_names": ["url"], "events": ["build.failure"], "repo": "team/*",
+                    "template": null, "branch": null, "environment": null}],
+                "deliveries": [{"id": 1, "channel": "robot", "event": "build.failure", "repo": "team/app",
+                    "build_number": 3, "status": "delivered", "attempts": 2, "created": NOW,
+                    "answer": "{\"errcode\":0}", "template_error": "template error at line 1, column 4: x",
+                    "attempt_log": [{"at": NOW, "http_status": 500, "latency_ms": 3, "merged": 1},
+                        {"at": NOW, "http_status": null, "latency_ms": 3, "merged": 2}]}],
+                "kinds": [{"name": "email", "settings": [{"name": "host", "secret": false, "required": true, "help": "the SMTP server"}]}]}),
+            ),
+            (
+                "notify.html",
+                json!({"title": "Notifications", "user": user, "csrf": "a-form-token",
+                "channels": [], "deliveries": [], "kinds": []}),
             ),
             (
                 "registry.html",

@@ -718,6 +718,58 @@ fn a_wrong_template_is_reported_with_line_and_column_and_the_default_message_is_
         "the default message went"
     );
 
+    // The UI page: the channel, a test sent from it, and a channel added by its form.
+    let cookie = super::server::ui_session(&up);
+    let browser = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = browser
+        .get(format!("{}/notify", up.url))
+        .header("cookie", &cookie)
+        .send()
+        .and_then(|r| r.text())
+        .expect("GET /notify");
+    assert!(page.contains("data-channel=\"hook\""), "{page}");
+    assert!(
+        page.contains("url=******") && !page.contains(&hook_url),
+        "{page}"
+    );
+    let csrf = super::server::form_token(&page);
+    let tested = browser
+        .post(format!("{}/notify/hook/test", up.url))
+        .header("cookie", &cookie)
+        .header("origin", &up.url)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .expect("POST test");
+    assert_eq!(tested.status().as_u16(), 200);
+    let flash = tested.text().expect("page");
+    assert!(flash.contains("hook: delivered"), "{flash}");
+    assert!(flash.contains("template error at line 2"), "{flash}");
+    assert_eq!(hook.seen("/t").len(), 2);
+    let added = browser
+        .post(format!("{}/notify", up.url))
+        .header("cookie", &cookie)
+        .header("origin", &up.url)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "from-ui"),
+            ("kind", "webhook"),
+            ("url", &hook_url),
+            ("events", "build.failure, build.fixed"),
+        ])
+        .send()
+        .expect("POST /notify");
+    assert_eq!(added.status().as_u16(), 303);
+    let shown = api(&up, &["notify", "show", "from-ui"]);
+    assert_eq!(
+        shown["events"],
+        json!(["build.failure", "build.fixed"]),
+        "{shown}"
+    );
+    cli(&up, &["notify", "rm", "from-ui"]);
+
     // Bad settings say what and where, and nothing is stored.
     let out = slipway()
         .args([
