@@ -310,6 +310,15 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
+        // A build that is over as it is created (a pipeline file that does not parse) is
+        // owed its notification like one a stage end finished.
+        if build.status.is_done() {
+            sqlx::query("INSERT INTO notify_outbox (build_id, created) VALUES ($1, $2)")
+                .bind(build.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok((build, stages))
     }

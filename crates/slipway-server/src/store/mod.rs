@@ -11,7 +11,8 @@
 //! - **Build numbers** are per repository, start at 1 and have no gaps or repeats: the next
 //!   number is taken inside the transaction that inserts the build.
 //! - **A build is created whole or not at all**: build, stages, steps and the delivery id
-//!   in one transaction. A delivery id already recorded for the repository makes
+//!   in one transaction (with its notification outbox row when it is over at once, as a
+//!   broken pipeline file makes it). A delivery id already recorded for the repository makes
 //!   [`Store::create_build`] fail with [`StoreError::DuplicateDelivery`] and change nothing;
 //!   so does a webhook body already built within [`REPLAY_WINDOW_MS`]
 //!   ([`StoreError::ReplayedBody`]), whatever its delivery id.
