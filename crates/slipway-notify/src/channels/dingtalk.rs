@@ -122,10 +122,13 @@ pub(crate) fn payload(config: &DingTalk, message: &Message) -> Value {
         link: None,
         ..message.clone()
     };
-    // Text and markdown messages mention only the numbers written in the text.
+    // Text and markdown messages mention only the numbers written in the text: those the
+    // text does not name yet are added.
+    let body = message.markdown();
     let mentions: String = config
         .at_mobiles
         .iter()
+        .filter(|mobile| !body.contains(&format!("@{mobile}")))
         .map(|mobile| format!(" @{mobile}"))
         .collect();
     let at = json!({ "atMobiles": config.at_mobiles, "isAtAll": config.at_all });
@@ -162,7 +165,7 @@ pub(crate) fn payload(config: &DingTalk, message: &Message) -> Value {
             }] },
         }),
         _ => {
-            let text = with_keyword(config, &message.title, message.markdown()) + &mentions;
+            let text = with_keyword(config, &message.title, body) + &mentions;
             json!({
                 "msgtype": "markdown",
                 "markdown": { "title": title, "text": text },
