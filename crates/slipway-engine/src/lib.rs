@@ -22,9 +22,11 @@
 //!   build API, tagged, pushed with the step's credentials (or
 //!   [`RunOptions::own_registry`]'s for the server's registry), reported as
 //!   [`Event::Artifact`]. The notification plugins `clem109/drone-wechat`,
-//!   `lizheming/drone-wechat`, `plugins/slack` and `plugins/webhook` are sent with
-//!   `slipway-notify` (API bases from [`RunOptions::notify_api`]); the step fails when the
-//!   service refused the message. Known plugins that are not native yet fail at once when
+//!   `lizheming/drone-wechat`, `plugins/slack`, `plugins/webhook`,
+//!   `appleboy/drone-telegram`, `appleboy/drone-discord`, `drone-plugins/drone-email` and
+//!   `lddsb/drone-dingtalk-message` are sent with `slipway-notify` (API bases from
+//!   [`RunOptions::notify_api`]; email goes to the step's SMTP server); the step fails when
+//!   the service refused the message. Known plugins that are not native yet fail at once when
 //!   their image is not on the engine, rather than attempting a pull.
 //! - [`mask`] and [`log`]: [`Masker`] and [`LineSplitter`], output bytes to masked lines.
 //! - `beneath`: every host-side read of workspace content (the native plugins'), resolved

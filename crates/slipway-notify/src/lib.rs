@@ -57,9 +57,9 @@ pub mod rules;
 pub mod settings;
 pub mod template;
 
-pub use channels::dingtalk::DingTalk;
+pub use channels::dingtalk::{DingTalk, DingTalkMsgType};
 pub use channels::discord::Discord;
-pub use channels::email::{Email, EmailTls};
+pub use channels::email::{Email, EmailTls, html_text};
 pub use channels::feishu::Feishu;
 pub use channels::slack::Slack;
 pub use channels::teams::Teams;

@@ -289,13 +289,43 @@ fn duration_text(secs: i64) -> String {
 
 /// Renders `source` over `context`.
 pub fn render(source: &str, context: &Context) -> Result<String, TemplateError> {
+    render_with(source, context, &serde_json::Value::Null)
+}
+
+/// Renders `source` over `context` with `extra` merged over what the template sees
+/// (objects key by key, anything else replaced): a plugin's own names, such as
+/// drone-email's `commit.author.name` or `repo.fullName`.
+pub fn render_with(
+    source: &str,
+    context: &Context,
+    extra: &serde_json::Value,
+) -> Result<String, TemplateError> {
     let env = environment();
     let template = env
         .template_from_str(source)
         .map_err(|e| template_error(source, &e))?;
+    let mut value = context.value();
+    merge(&mut value, extra);
     template
-        .render(context.value())
+        .render(value)
         .map_err(|e| template_error(source, &e))
+}
+
+/// `extra` over `base`: objects merged key by key, anything else replaced; null changes
+/// nothing.
+fn merge(base: &mut serde_json::Value, extra: &serde_json::Value) {
+    match (base, extra) {
+        (_, serde_json::Value::Null) => {}
+        (serde_json::Value::Object(base), serde_json::Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(
+                    base.entry(key.clone()).or_insert(serde_json::Value::Null),
+                    value,
+                );
+            }
+        }
+        (base, extra) => *base = extra.clone(),
+    }
 }
 
 /// The default message for `context`: title with the status, the commit's first line,

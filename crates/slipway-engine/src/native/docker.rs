@@ -54,7 +54,7 @@ use super::context::{self, ContextSpec, OUTSIDE_DOCKERFILE};
 use super::dockerignore::IgnoreRules;
 use super::settings::Settings;
 use super::tags::{auto_tags, has_registry_host, valid_tag};
-use super::{NativeHost, NativeLog, PluginError};
+use super::{NativeHost, NativeLog, PluginError, workspace_path};
 use crate::backend::StepSpec;
 use crate::backend::docker::split_reference;
 use crate::beneath::{BeneathError, Root};
@@ -693,41 +693,6 @@ fn target(
         registry,
         credentials,
     })
-}
-
-/// Resolves a path setting against the workspace, lexically: its `/`-separated path
-/// relative to the workspace (`""` for the workspace itself). Absolute paths inside the
-/// container workspace are accepted; leaving the workspace (`..`, another absolute path) is
-/// an error naming the setting. Links are resolved when the path is opened, beneath the
-/// workspace's [`Root`].
-fn workspace_path(host: NativeHost<'_>, setting: &str, value: &str) -> Result<String, PluginError> {
-    let outside = || {
-        PluginError::setting(
-            setting,
-            format!(
-                "`{value}` is outside the workspace {}",
-                host.container_workspace
-            ),
-        )
-    };
-    let relative = match value.strip_prefix(host.container_workspace) {
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
-        _ if value.starts_with('/') => return Err(outside()),
-        _ => value,
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in relative.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    return Err(outside());
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    Ok(parts.join("/"))
 }
 
 /// How a path of the workspace is shown to the user.

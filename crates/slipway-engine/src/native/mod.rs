@@ -6,8 +6,9 @@
 //! plugins: `plugins/docker` ([`docker`]): build the workspace's Dockerfile, tag, push,
 //! report the pushed image as an [`Event::Artifact`](crate::Event::Artifact); and the
 //! notification plugins `clem109/drone-wechat`, `lizheming/drone-wechat`, `plugins/slack`,
-//! `plugins/webhook`, `appleboy/drone-telegram` and `appleboy/drone-discord` ([`notify`]),
-//! sent with `slipway-notify`.
+//! `plugins/webhook`, `appleboy/drone-telegram`, `appleboy/drone-discord`,
+//! `drone-plugins/drone-email` (and `drillster/drone-email`) and
+//! `lddsb/drone-dingtalk-message` ([`notify`]), sent with `slipway-notify`.
 //!
 //! Invariants:
 //! - A step is native only when native plugins are on ([`crate::RunOptions::native_plugins`]),
@@ -37,6 +38,7 @@ pub(crate) mod dockerignore;
 pub(crate) mod notify;
 pub(crate) mod settings;
 pub(crate) mod tags;
+pub(crate) mod tpl;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -73,6 +75,11 @@ fn plugin_named(name: &str) -> Option<NativePlugin> {
         "plugins/webhook" => notify(NotifyPlugin::Webhook, "plugins/webhook"),
         "appleboy/drone-telegram" => notify(NotifyPlugin::Telegram, "appleboy/drone-telegram"),
         "appleboy/drone-discord" => notify(NotifyPlugin::Discord, "appleboy/drone-discord"),
+        "drone-plugins/drone-email" => notify(NotifyPlugin::Email, "drone-plugins/drone-email"),
+        "drillster/drone-email" => notify(NotifyPlugin::Email, "drillster/drone-email"),
+        "lddsb/drone-dingtalk-message" => {
+            notify(NotifyPlugin::DingTalk, "lddsb/drone-dingtalk-message")
+        }
         _ => None,
     }
 }
@@ -147,6 +154,45 @@ pub(crate) struct NativeHost<'a> {
     pub workspace: &'a Path,
     /// The same directory as steps see it (`/drone/src`), for absolute paths in settings.
     pub container_workspace: &'a str,
+}
+
+/// Resolves a path setting against the workspace, lexically: its `/`-separated path
+/// relative to the workspace (`""` for the workspace itself). Absolute paths inside the
+/// container workspace are accepted; leaving the workspace (`..`, another absolute path) is
+/// an error naming the setting. Links are resolved when the path is opened, beneath the
+/// workspace's [`Root`](crate::beneath::Root).
+pub(crate) fn workspace_path(
+    host: NativeHost<'_>,
+    setting: &str,
+    value: &str,
+) -> Result<String, PluginError> {
+    let outside = || {
+        PluginError::setting(
+            setting,
+            format!(
+                "`{value}` is outside the workspace {}",
+                host.container_workspace
+            ),
+        )
+    };
+    let relative = match value.strip_prefix(host.container_workspace) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ if value.starts_with('/') => return Err(outside()),
+        _ => value,
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in relative.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(outside());
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    Ok(parts.join("/"))
 }
 
 /// Why a native step failed. Messages name the setting, file or registry at fault and
@@ -234,7 +280,7 @@ pub(crate) async fn run(
     match plugin {
         NativePlugin::Docker => docker::run(host, spec, log, own_registry).await,
         NativePlugin::Notify { plugin, image } => {
-            notify::run(plugin, image, spec, log, notify_api).await
+            notify::run(plugin, image, host, spec, log, notify_api).await
         }
     }
 }
@@ -271,8 +317,8 @@ mod tests {
         );
         assert_eq!(unavailable_plugin("plugins/s3"), Some("plugins/s3"));
         assert_eq!(
-            unavailable_plugin("drone-plugins/drone-email"),
-            Some("drone-plugins/drone-email")
+            unavailable_plugin("drillster/drone-rsync"),
+            Some("drillster/drone-rsync")
         );
         assert_eq!(
             unavailable_plugin("appleboy/drone-ssh"),
@@ -282,6 +328,9 @@ mod tests {
         assert_eq!(unavailable_plugin("clem109/drone-wechat"), None);
         assert_eq!(unavailable_plugin("plugins/webhook:1"), None);
         assert_eq!(unavailable_plugin("lizheming/drone-wechat"), None);
+        assert_eq!(unavailable_plugin("drone-plugins/drone-email:latest"), None);
+        assert_eq!(unavailable_plugin("drillster/drone-email"), None);
+        assert_eq!(unavailable_plugin("lddsb/drone-dingtalk-message"), None);
         assert_eq!(unavailable_plugin("golang:1.22"), None);
     }
 }

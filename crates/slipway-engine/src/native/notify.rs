@@ -1,7 +1,8 @@
 //! Notification plugins, natively: `clem109/drone-wechat` and `lizheming/drone-wechat`
 //! (WeChat Work application messages), `plugins/slack`, `plugins/webhook`,
-//! `appleboy/drone-telegram` and `appleboy/drone-discord`, sent with [`slipway_notify`]
-//! instead of the plugin's container.
+//! `appleboy/drone-telegram`, `appleboy/drone-discord`, `drone-plugins/drone-email` (also
+//! `drillster/drone-email`) and `lddsb/drone-dingtalk-message`, sent with
+//! [`slipway_notify`] instead of the plugin's container.
 //!
 //! Settings, as the plugins document them (`settings:` in 1.x files, inline keys in 0.8
 //! files; each also read from `PLUGIN_<KEY>`, where `from_secret` values and 0.8
@@ -27,23 +28,52 @@
 //!   `disable_notification`. Photos, documents and the other media settings are not sent.
 //! - Discord (appleboy): `webhook_id` and `webhook_token` (or `DISCORD_WEBHOOK_ID`,
 //!   `DISCORD_WEBHOOK_TOKEN`), `message` (the embed's text), `username`, `avatar_url`.
+//! - Email (drone-email): `host` (required), `port` (default 587; 465 is implicit TLS),
+//!   `username`, `password`, `from` (an address or `Name <address>`; or `from.address` and
+//!   `from.name`), `recipients` (a list or comma-separated), `recipients_file` (a file of
+//!   the workspace, one address a line), `recipients_only` (when false, the default, the
+//!   commit author's `DRONE_COMMIT_AUTHOR_EMAIL` is added), `subject` and `body` (the
+//!   plugin's templates, with its names: `commit.author.name`, `repo.fullName`, ...; a body
+//!   holding HTML tags is sent as the HTML part with its text beside it, any other as text;
+//!   without one, the default message), `no_starttls` (plain SMTP, as the plugin means it;
+//!   port 465 stays implicit TLS), `client_hostname`/`clienthostname` (the `EHLO` name);
+//!   each also from the plugin's `EMAIL_HOST`, `EMAIL_PORT`, `EMAIL_USERNAME`,
+//!   `EMAIL_PASSWORD`, `EMAIL_RECIPIENTS`, `EMAIL_CLIENTHOSTNAME`. One message per
+//!   recipient, as the plugin sends them. STARTTLS is required, not opportunistic, and the
+//!   certificate always verified: `skip_verify` is logged as not honoured, and Slipway's
+//!   own `ca_cert` (PEM, e.g. from a secret) adds a private CA. Attachments are not sent.
+//! - DingTalk (lddsb): `token`/`access_token` (required), `secret` (signs the request),
+//!   `type`/`msg_type`/`message_type` (`markdown`, the default, `text`, `link`,
+//!   `actionCard`, `feedCard`), `tpl` (a template file of the workspace with the plugin's
+//!   `[TPL_…]` placeholders, see [`super::tpl`]; without one, the default message),
+//!   `tpl_repo_full_name`, `tpl_repo_short_name`, `tpl_commit_branch_name`,
+//!   `tpl_build_status_success`, `tpl_build_status_failure`, `msg_at_all`,
+//!   `msg_at_mobiles`, `tips_title` (the notification's title), `success_color`,
+//!   `failure_color`, `success_pic`, `failure_pic`. `debug`, `lang`, `message_color`,
+//!   `message_pic` and `sha_link` are named in the log as ignored; a `tpl` URL is not
+//!   fetched (the default message goes instead, a log line says so).
 //!
 //! The API base of each service is the one given with `--notify-api KIND=URL`
-//! ([`crate::RunOptions::notify_api`]), else the service's own. The step fails when the
-//! service refused the message (after the retries a busy service gets), with its answer in
-//! the log; the step's own credentials are masked in every line, like secrets.
+//! ([`crate::RunOptions::notify_api`]), else the service's own (email goes to its `host`
+//! and `port`). The step fails when the service refused the message (after the retries a
+//! busy service gets), with its answer in the log; the step's own credentials are masked in
+//! every line, like secrets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 
+use serde_json::json;
 use slipway_notify::template::{self, Context};
 use slipway_notify::{
-    Channel, ChannelConfig, Delivery, Kind, Message, Notifier, NotifierConfig, Secret, Slack,
-    WeChatMsgType, WeChatWork, Webhook, WebhookBody,
+    Channel, ChannelConfig, Delivery, DingTalk, DingTalkMsgType, Email, EmailTls, Kind, Message,
+    Notifier, NotifierConfig, Secret, Slack, WeChatMsgType, WeChatWork, Webhook, WebhookBody,
 };
 
 use super::settings::Settings;
-use super::{NativeLog, PluginError};
+use super::tpl;
+use super::{NativeHost, NativeLog, PluginError, workspace_path};
 use crate::backend::StepSpec;
+use crate::beneath::{BeneathError, Root};
 use crate::log::StepLog;
 
 /// Which notification plugin a step is.
@@ -54,12 +84,15 @@ pub(crate) enum NotifyPlugin {
     Webhook,
     Telegram,
     Discord,
+    Email,
+    DingTalk,
 }
 
 /// Runs a notification plugin step. `Err` is the failure's message, masked.
 pub(crate) async fn run(
     plugin: NotifyPlugin,
     image: &str,
+    host: NativeHost<'_>,
     spec: &StepSpec<'_>,
     log: &StepLog,
     notify_api: &BTreeMap<Kind, String>,
@@ -75,6 +108,8 @@ pub(crate) async fn run(
         "signature_secret",
         "token",
         "webhook_token",
+        "access_token",
+        "secret",
     ]
     .iter()
     .filter_map(|key| settings.text(&[key]))
@@ -83,6 +118,7 @@ pub(crate) async fn run(
     .chain(spec.env.get("WEBHOOK_URLS").cloned())
     .chain(spec.env.get("TELEGRAM_TOKEN").cloned())
     .chain(spec.env.get("DISCORD_WEBHOOK_TOKEN").cloned())
+    .chain(spec.env.get("EMAIL_PASSWORD").cloned())
     .collect();
     let log = NativeLog::new(
         log.clone(),
@@ -98,6 +134,8 @@ pub(crate) async fn run(
         NotifyPlugin::Webhook => webhook(&settings, &context, &log),
         NotifyPlugin::Telegram => telegram(&settings, &context, &log),
         NotifyPlugin::Discord => discord(&settings, &context, &log),
+        NotifyPlugin::Email => email(&settings, &context, &spec.env, host, &log),
+        NotifyPlugin::DingTalk => dingtalk(&settings, &context, &spec.env, host, &log),
     };
     let (channels, message) = result.map_err(|e| log.mask(&e.to_string()))?;
     let notifier = Notifier::new(NotifierConfig {
@@ -105,12 +143,26 @@ pub(crate) async fn run(
         ..NotifierConfig::default()
     })
     .map_err(|e| e.to_string())?;
+    // Channels of one kind named apart (email's recipients): each delivery says which.
+    let named = channels
+        .iter()
+        .map(|c| &c.name)
+        .collect::<BTreeSet<_>>()
+        .len()
+        > 1;
     let mut failed = Vec::new();
     for channel in &channels {
+        if named {
+            log.line(&format!("to {}", channel.name));
+        }
         let delivery = notifier.deliver(channel, &message).await;
         report(&log, channel, &delivery);
         if let Err(error) = &delivery.outcome {
-            failed.push(log.mask(&error.to_string()));
+            let error = log.mask(&error.to_string());
+            // The same refusal for every recipient is said once.
+            if !failed.contains(&error) {
+                failed.push(error);
+            }
         }
     }
     match failed.len() {
@@ -140,7 +192,19 @@ fn report(log: &NativeLog, channel: &Channel, delivery: &Delivery) {
 
 /// Renders a plugin template setting; on an error, logs it and returns `None`.
 fn render(log: &NativeLog, setting: &str, source: &str, context: &Context) -> Option<String> {
-    match template::render(&template::from_handlebars(source), context) {
+    render_with(log, setting, source, context, &serde_json::Value::Null)
+}
+
+/// [`render`] with a plugin's own names merged over the context
+/// ([`template::render_with`]).
+fn render_with(
+    log: &NativeLog,
+    setting: &str,
+    source: &str,
+    context: &Context,
+    extra: &serde_json::Value,
+) -> Option<String> {
+    match template::render_with(&template::from_handlebars(source), context, extra) {
         Ok(text) => Some(text),
         Err(error) => {
             log.line(&format!(
@@ -408,4 +472,418 @@ fn discord(
         vec![Channel::new("discord", ChannelConfig::Discord(config))],
         message,
     ))
+}
+
+/// The most a template or recipients file of the workspace may hold.
+const WORKSPACE_FILE_LIMIT: u64 = 1 << 20;
+
+/// The text of the workspace file a path setting names (relative to the workspace, or
+/// absolute inside it), read beneath the workspace root: a path or link leaving it is an
+/// error naming the setting.
+fn workspace_text(host: NativeHost<'_>, setting: &str, value: &str) -> Result<String, PluginError> {
+    let relative = workspace_path(host, setting, value)?;
+    let root = Root::open(host.workspace)
+        .map_err(|e| PluginError::Context(format!("opening the workspace: {e}")))?;
+    let found = root.open_file(&relative).map_err(|e| match e {
+        BeneathError::NotFound { .. } => PluginError::setting(
+            setting,
+            format!(
+                "`{value}` does not exist in the workspace (paths are relative to {})",
+                host.container_workspace
+            ),
+        ),
+        other => PluginError::setting(setting, other.to_string()),
+    })?;
+    let mut bytes = Vec::new();
+    found
+        .file
+        .take(WORKSPACE_FILE_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| PluginError::setting(setting, format!("reading `{value}`: {e}")))?;
+    if bytes.len() as u64 > WORKSPACE_FILE_LIMIT {
+        return Err(PluginError::setting(
+            setting,
+            format!("`{value}` is larger than {WORKSPACE_FILE_LIMIT} bytes"),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| PluginError::setting(setting, format!("`{value}` is not UTF-8 text")))
+}
+
+fn is_url(text: &str) -> bool {
+    text.starts_with("http://") || text.starts_with("https://")
+}
+
+/// drone-email's default subject.
+const EMAIL_SUBJECT: &str = "[{{ build.status }}] {{ repo.owner }}/{{ repo.name }} ({{ commit.branch }} - {{ truncate commit.sha 8 }})";
+
+/// The names drone-email's templates see beside the common ones: the commit's author as an
+/// object, `commit.link`, `repo.fullName`, `remote.url`, `job`, `prev`, `tag`,
+/// `pullRequest`, `deployTo`.
+fn email_names(context: &Context, env: &BTreeMap<String, String>) -> serde_json::Value {
+    let get = |name: &str| env.get(name).cloned().unwrap_or_default();
+    let number = |name: &str| env.get(name).and_then(|v| v.trim().parse::<i64>().ok());
+    json!({
+        "commit": {
+            "author": {
+                "name": get("DRONE_COMMIT_AUTHOR"),
+                "email": get("DRONE_COMMIT_AUTHOR_EMAIL"),
+                "avatar": get("DRONE_COMMIT_AUTHOR_AVATAR"),
+            },
+            "link": get("DRONE_COMMIT_LINK"),
+        },
+        "repo": {
+            "fullName": context.repo.full_name,
+            "scm": get("DRONE_REPO_SCM"),
+            "private": get("DRONE_REPO_PRIVATE") == "true",
+        },
+        "remote": { "url": get("DRONE_REMOTE_URL") },
+        "job": {
+            "status": context.build.status,
+            "started": number("DRONE_STAGE_STARTED").unwrap_or(context.build.started),
+        },
+        "prev": {
+            "build": {
+                "status": get("DRONE_PREV_BUILD_STATUS"),
+                "number": number("DRONE_PREV_BUILD_NUMBER"),
+            },
+            "commit": { "sha": get("DRONE_PREV_COMMIT_SHA") },
+        },
+        "tag": get("DRONE_TAG"),
+        "pullRequest": number("DRONE_PULL_REQUEST"),
+        "deployTo": get("DRONE_DEPLOY_TO"),
+    })
+}
+
+/// Whether a rendered body is HTML: it holds a tag (`<p>`, `</td>`, `<br/>`, `<!DOCTYPE`),
+/// not merely an address in angle brackets.
+fn looks_like_html(text: &str) -> bool {
+    text.match_indices('<').any(|(i, _)| {
+        let rest = &text[i + 1..];
+        if rest.starts_with('!') {
+            return true;
+        }
+        let name_start = rest.strip_prefix('/').unwrap_or(rest);
+        let name_len = name_start
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(name_start.len());
+        name_len > 0
+            && name_start.as_bytes()[0].is_ascii_alphabetic()
+            && name_start[name_len..].starts_with([' ', '>', '/', '\n', '\t', '\r'])
+    })
+}
+
+/// `from`, else `from.address` with `from.name` as the display name.
+fn email_from(settings: &Settings<'_>) -> Result<String, PluginError> {
+    let address = settings
+        .text(&["from", "from.address", "from_address"])
+        .ok_or_else(|| PluginError::setting("from", "is required"))?;
+    Ok(match settings.text(&["from.name", "from_name"]) {
+        Some(name) if !address.contains('<') => format!(
+            "\"{}\" <{address}>",
+            name.replace('\\', "\\\\").replace('"', "\\\"")
+        ),
+        _ => address,
+    })
+}
+
+fn email(
+    settings: &Settings<'_>,
+    context: &Context,
+    env: &BTreeMap<String, String>,
+    host: NativeHost<'_>,
+    log: &NativeLog,
+) -> Result<Plan, PluginError> {
+    let server = settings
+        .text_or_env("host", "EMAIL_HOST")
+        .ok_or_else(|| PluginError::setting("host", "is required"))?;
+    let port = match settings.text_or_env("port", "EMAIL_PORT") {
+        Some(text) => text
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| PluginError::setting("port", format!("`{text}` is not a port")))?,
+        None => 587,
+    };
+    let from = email_from(settings)?;
+    let no_starttls = settings.flag("no_starttls")?.unwrap_or(false);
+    let tls = match (port, no_starttls) {
+        (465, no_starttls) => {
+            if no_starttls {
+                log.line("port 465 is implicit TLS: `no_starttls` changes nothing there");
+            }
+            EmailTls::Implicit
+        }
+        (_, true) => {
+            log.line(
+                "no_starttls: plain SMTP, the message and any password cross the network \
+                 unencrypted",
+            );
+            EmailTls::None
+        }
+        (_, false) => EmailTls::StartTls,
+    };
+    if settings.flag("skip_verify")? == Some(true) {
+        log.line(
+            "setting `skip_verify` is not honoured: the server's certificate is always \
+             verified; for a server with a private CA, give the CA's PEM in the `ca_cert` \
+             setting (e.g. from a secret)",
+        );
+    }
+    let root_pem = settings.text(&["ca_cert"]);
+    if let Some(pem) = &root_pem
+        && !pem.contains("-----BEGIN CERTIFICATE-----")
+    {
+        return Err(PluginError::setting(
+            "ca_cert",
+            "is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)",
+        ));
+    }
+    for ignored in ["attachment", "attachments"] {
+        if settings.has(ignored) {
+            log.line(&format!(
+                "setting `{ignored}` is not sent natively (no attachments)"
+            ));
+        }
+    }
+
+    let mut recipients = settings
+        .list_or_env("recipients", "EMAIL_RECIPIENTS")
+        .unwrap_or_default();
+    if let Some(file) = settings.text_or_env("recipients_file", "EMAIL_RECIPIENTS_FILE") {
+        let text = workspace_text(host, "recipients_file", &file)?;
+        recipients.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .map(str::to_string),
+        );
+    }
+    let author = env
+        .get("DRONE_COMMIT_AUTHOR_EMAIL")
+        .map(|a| a.trim().to_string())
+        .unwrap_or_default();
+    if !settings.flag("recipients_only")?.unwrap_or(false) && !author.is_empty() {
+        recipients.push(author);
+    }
+    let mut seen = BTreeSet::new();
+    recipients.retain(|r| seen.insert(r.to_ascii_lowercase()));
+    if recipients.is_empty() {
+        return Err(PluginError::setting(
+            "recipients",
+            "no recipient: none is set and the commit author's email is not known (or \
+             `recipients_only` is on)",
+        ));
+    }
+
+    let names = email_names(context, env);
+    let mut message = template::default_message(context);
+    let subject = settings
+        .text(&["subject"])
+        .unwrap_or_else(|| EMAIL_SUBJECT.to_string());
+    if let Some(subject) = render_with(log, "subject", &subject, context, &names) {
+        // A header line: the template's line breaks (a folded YAML scalar) become spaces.
+        let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !subject.is_empty() {
+            message.title = subject;
+        }
+    }
+    let mut html = None;
+    match settings.text(&["body"]) {
+        Some(body) if is_url(&body) => log.line(
+            "setting `body` is a URL: remote templates are not fetched natively; sending the \
+             default body",
+        ),
+        Some(body) => {
+            if let Some(text) = render_with(log, "body", &body, context, &names) {
+                if looks_like_html(&text) {
+                    html = Some(text);
+                } else {
+                    message.text = text.trim().to_string();
+                    message.fields.clear();
+                    message.link = None;
+                }
+            }
+        }
+        None => {}
+    }
+    let hello_name = settings
+        .text(&["client_hostname", "clienthostname"])
+        .or_else(|| settings.text_or_env("clienthostname", "EMAIL_CLIENTHOSTNAME"));
+    let username = settings.text_or_env("username", "EMAIL_USERNAME");
+    let password = settings
+        .text_or_env("password", "EMAIL_PASSWORD")
+        .map(Secret::new);
+    log.line(&format!(
+        "sending through {server}:{port} ({}) to {}",
+        match tls {
+            EmailTls::StartTls => "STARTTLS",
+            EmailTls::Implicit => "implicit TLS",
+            EmailTls::None => "no TLS",
+        },
+        recipients.join(", ")
+    ));
+    let channels = recipients
+        .into_iter()
+        .map(|recipient| {
+            let config = Email {
+                host: server.clone(),
+                port,
+                tls,
+                username: username.clone(),
+                password: password.clone(),
+                from: from.clone(),
+                to: vec![recipient.clone()],
+                root_pem: root_pem.clone(),
+                tls_name: None,
+                hello_name: hello_name.clone(),
+                html: html.clone(),
+            };
+            Channel::new(recipient, ChannelConfig::Email(config))
+        })
+        .collect();
+    Ok((channels, message))
+}
+
+/// Where lddsb/drone-dingtalk-message keeps its own templates, in its image.
+const DINGTALK_PLUGIN_TPLS: &str = "/app/drone/dingtalk/message/tpls/";
+
+fn dingtalk(
+    settings: &Settings<'_>,
+    context: &Context,
+    env: &BTreeMap<String, String>,
+    host: NativeHost<'_>,
+    log: &NativeLog,
+) -> Result<Plan, PluginError> {
+    let token = required(settings, &["token", "access_token"])?;
+    let msg_type = match settings.text(&["type", "msg_type", "message_type"]) {
+        Some(text) => DingTalkMsgType::parse(&text).ok_or_else(|| {
+            PluginError::setting(
+                "type",
+                format!("`{text}` is not markdown, text, link, actionCard or feedCard"),
+            )
+        })?,
+        None => DingTalkMsgType::Markdown,
+    };
+    for ignored in ["debug", "lang", "message_color", "message_pic", "sha_link"] {
+        if settings.has(ignored) {
+            log.line(&format!("setting `{ignored}` is ignored natively"));
+        }
+    }
+    let overrides = tpl::Overrides {
+        repo_full_name: settings.text(&["tpl_repo_full_name"]),
+        repo_short_name: settings.text(&["tpl_repo_short_name"]),
+        commit_branch: settings.text(&["tpl_commit_branch_name"]),
+        status_success: settings.text(&["tpl_build_status_success"]),
+        status_failure: settings.text(&["tpl_build_status_failure"]),
+        success_color: settings.text(&["success_color"]),
+        failure_color: settings.text(&["failure_color"]),
+        success_pic: settings.text(&["success_pic"]),
+        failure_pic: settings.text(&["failure_pic"]),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let values = tpl::values(env, &overrides, now);
+
+    let source = match settings.text(&["tpl", "custom_tpl"]) {
+        Some(path) if is_url(&path) => {
+            log.line(
+                "setting `tpl` is a URL: remote templates are not fetched natively; sending \
+                 the default message",
+            );
+            None
+        }
+        Some(path) if path.starts_with(DINGTALK_PLUGIN_TPLS) => {
+            log.line(&format!(
+                "`{path}` is a template of the plugin's image, which does not run here; \
+                 sending the default message"
+            ));
+            None
+        }
+        Some(path) => Some(workspace_text(host, "tpl", &path)?),
+        None => None,
+    };
+    let mut message = template::default_message(context);
+    let mut title = settings.text(&["tips_title"]);
+    if let Some(source) = source {
+        // The template is the whole text; the notification keeps a title.
+        title = title.or_else(|| Some(std::mem::take(&mut message.title)));
+        message.title.clear();
+        message.text = tpl::fill(&source, &values, env).trim_end().to_string();
+        message.fields.clear();
+        if matches!(msg_type, DingTalkMsgType::Markdown | DingTalkMsgType::Text) {
+            message.link = None;
+        }
+    }
+    let linked = matches!(
+        msg_type,
+        DingTalkMsgType::Link | DingTalkMsgType::ActionCard | DingTalkMsgType::FeedCard
+    );
+    if linked && message.link.is_none() {
+        log.line(&format!(
+            "no build link: a {} message needs one, sending markdown",
+            msg_type.as_str()
+        ));
+    }
+    let pic = &values["TPL_STATUS_PIC"];
+    let pic_url = Some(pic.clone())
+        .filter(|p| !p.is_empty())
+        .or_else(|| Some(context.build.author_avatar.clone()).filter(|a| !a.is_empty()));
+    let config = DingTalk {
+        access_token: Secret::new(token),
+        secret: settings.text(&["secret"]).map(Secret::new),
+        at_mobiles: recipients(settings, &["msg_at_mobiles"]),
+        at_all: settings.flag("msg_at_all")?.unwrap_or(false),
+        keywords: Vec::new(),
+        msg_type,
+        title,
+        pic_url,
+    };
+    Ok((
+        vec![Channel::new("dingtalk", ChannelConfig::DingTalk(config))],
+        message,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_bodies_are_told_from_text() {
+        assert!(looks_like_html("<h1>Build</h1>"));
+        assert!(looks_like_html("ok<br/>done"));
+        assert!(looks_like_html("<!DOCTYPE html>"));
+        assert!(looks_like_html("a <p class=\"x\">b</p>"));
+        assert!(!looks_like_html("Build 7 by Octo <octo@example.com>"));
+        assert!(!looks_like_html("1 < 2 and 3 > 2"));
+        assert!(!looks_like_html("plain text"));
+    }
+
+    #[test]
+    fn from_with_a_name() -> Result<(), PluginError> {
+        let env = BTreeMap::new();
+        let plan: BTreeMap<String, serde_json::Value> = [
+            ("from.address".to_string(), json!("ci@example.com")),
+            ("from.name".to_string(), json!("Slipway \"CI\"")),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            email_from(&Settings::new(&plan, &env))?,
+            "\"Slipway \\\"CI\\\"\" <ci@example.com>"
+        );
+        let plan: BTreeMap<String, serde_json::Value> =
+            [("from".to_string(), json!("Robot <r@example.com>"))]
+                .into_iter()
+                .collect();
+        assert_eq!(
+            email_from(&Settings::new(&plan, &env))?,
+            "Robot <r@example.com>"
+        );
+        let none = BTreeMap::new();
+        assert!(email_from(&Settings::new(&none, &env)).is_err());
+        Ok(())
+    }
 }

@@ -1,6 +1,7 @@
 //! Email over SMTP with lettre and rustls (no OpenSSL): STARTTLS (required, not
 //! opportunistic), implicit TLS (SMTPS, usually port 465) or, only when asked for, plain
-//! SMTP. A `multipart/alternative` message: plain text and a small HTML version.
+//! SMTP. A `multipart/alternative` message: plain text and a small HTML version, or, when
+//! the HTML is given ([`Email::html`], a plugin's body template), that HTML and its text.
 //!
 //! Replies 4xx (transient) and connection failures are retryable; 5xx (permanent), TLS
 //! and address errors are final.
@@ -8,6 +9,7 @@
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::error::{Class, DeliveryError};
@@ -39,6 +41,11 @@ pub struct Email {
     pub root_pem: Option<String>,
     /// The name the server's certificate is checked against (default `host`).
     pub tls_name: Option<String>,
+    /// The name given in `EHLO` (default this machine's host name).
+    pub hello_name: Option<String>,
+    /// The HTML part as given, instead of the one made from the message; the plain part is
+    /// then its text ([`html_text`]). The subject stays the message's title.
+    pub html: Option<String>,
 }
 
 fn kind() -> Kind {
@@ -87,6 +94,117 @@ fn html(message: &Message) -> String {
     out
 }
 
+/// The text of an HTML document, for the plain part beside it: `head`, `style` and
+/// `script` dropped, white space collapsed as HTML does, a line break for `br`, `div`,
+/// `tr` and `li` and a blank line around paragraphs, headings, tables and lists, a space
+/// between table cells, the other tags removed, the common entities decoded.
+pub fn html_text(html: &str) -> String {
+    const DROPPED: [&str; 4] = ["head", "style", "script", "title"];
+    const LINES: [&str; 4] = ["br", "div", "tr", "li"];
+    const PARAGRAPHS: [&str; 12] = [
+        "p",
+        "table",
+        "ul",
+        "ol",
+        "hr",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "blockquote",
+    ];
+    fn text(out: &mut String, segment: &str) {
+        let mut space = false;
+        for c in segment.chars() {
+            if c.is_whitespace() {
+                space = true;
+            } else {
+                if space && !out.is_empty() && !out.ends_with(['\n', ' ']) {
+                    out.push(' ');
+                }
+                space = false;
+                out.push(c);
+            }
+        }
+        if space && !out.is_empty() && !out.ends_with(['\n', ' ']) {
+            out.push(' ');
+        }
+    }
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        text(&mut out, &rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('>') else {
+            text(&mut out, &rest[start..]);
+            rest = "";
+            break;
+        };
+        let tag = &after[..end];
+        rest = &after[end + 1..];
+        let closing = tag.starts_with('/');
+        let name = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if !closing && DROPPED.contains(&name.as_str()) {
+            // Up to the end of the matching end tag, or of the document.
+            let lower = rest.to_ascii_lowercase();
+            rest = match lower.find(&format!("</{name}")) {
+                Some(i) => rest[i..].find('>').map_or("", |j| &rest[i + j + 1..]),
+                None => "",
+            };
+            continue;
+        }
+        let breaks = if PARAGRAPHS.contains(&name.as_str()) {
+            2
+        } else if LINES.contains(&name.as_str()) {
+            1
+        } else {
+            if matches!(name.as_str(), "td" | "th") && !closing {
+                text(&mut out, " ");
+            }
+            0
+        };
+        if breaks > 0 && !out.is_empty() {
+            while out.ends_with(' ') {
+                out.pop();
+            }
+            let present = out.len() - out.trim_end_matches('\n').len();
+            for _ in present..breaks {
+                out.push('\n');
+            }
+        }
+    }
+    text(&mut out, rest);
+    let decoded = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    let mut result = String::with_capacity(decoded.len());
+    let mut blank_lines = 0;
+    for line in decoded.trim().lines().map(str::trim) {
+        if line.is_empty() {
+            blank_lines += 1;
+            if blank_lines > 1 {
+                continue;
+            }
+        } else {
+            blank_lines = 0;
+        }
+        result.push_str(line);
+        result.push('\n');
+    }
+    result.trim_end().to_string()
+}
+
 pub(crate) fn build(config: &Email, message: &Message) -> Result<lettre::Message, DeliveryError> {
     let from: Mailbox = config.from.parse().map_err(|e| setting("from", e))?;
     let mut builder = lettre::Message::builder()
@@ -101,11 +219,12 @@ pub(crate) fn build(config: &Email, message: &Message) -> Result<lettre::Message
             .map_err(|e| setting("recipients", format!("`{to}`: {e}")))?;
         builder = builder.to(mailbox);
     }
+    let (plain, html) = match &config.html {
+        Some(given) => (html_text(given), given.clone()),
+        None => (message.plain(), html(message)),
+    };
     builder
-        .multipart(MultiPart::alternative_plain_html(
-            message.plain(),
-            html(message),
-        ))
+        .multipart(MultiPart::alternative_plain_html(plain, html))
         .map_err(|e| {
             DeliveryError::new(
                 kind(),
@@ -141,6 +260,9 @@ fn transport(
         .port(config.port)
         .tls(tls)
         .timeout(Some(notifier.timeout));
+    if let Some(name) = config.hello_name.as_ref().filter(|n| !n.is_empty()) {
+        builder = builder.hello_name(ClientId::Domain(name.clone()));
+    }
     if let Some(username) = &config.username {
         builder = builder.credentials(Credentials::new(
             username.clone(),

@@ -127,6 +127,8 @@ fn email(port: u16, tls: EmailTls, ca: Option<&str>) -> Channel {
             to: vec!["dev@example.com".into(), "ops@example.com".into()],
             root_pem: ca.map(str::to_string),
             tls_name: Some("localhost".into()),
+            hello_name: None,
+            html: None,
         }),
     )
 }
@@ -200,4 +202,48 @@ async fn email_refused_when_starttls_is_required_but_not_offered() {
         .await
         .expect("plain");
     assert_eq!(delivered(&smtp.maildir).len(), 1);
+}
+
+#[test]
+fn html_text_reads_like_the_page() {
+    let html = r#"<!DOCTYPE html><html><head><title>t</title><style>p { color: red }</style></head>
+<body><table><tr><td class="alert">
+    Successful build #7
+  </td></tr>
+  <tr><td>Repo:</td><td>acme/app</td></tr></table>
+<p>Fix &amp; ship &lt;now&gt;</p><br>bye</body></html>"#;
+    assert_eq!(
+        slipway_notify::html_text(html),
+        "Successful build #7\nRepo: acme/app\n\nFix & ship <now>\n\nbye"
+    );
+}
+
+/// A given HTML part goes as it is, with its text as the plain part (with a given `EHLO`
+/// name, which the server takes but does not record).
+#[tokio::test]
+async fn email_with_a_given_html_part() {
+    if !aiosmtpd_present() {
+        eprintln!(
+            "skipped: python3-aiosmtpd is not installed (apt-get install -y python3-aiosmtpd)"
+        );
+        return;
+    }
+    let (_, cert, key) = certificates();
+    let smtp = start_smtp(&[], &cert, &key);
+    let mut channel = email(smtp.port, EmailTls::None, None);
+    if let ChannelConfig::Email(config) = &mut channel.config {
+        config.html = Some("<h1>Build <b>ok</b></h1><p>all green</p>".into());
+        config.hello_name = Some("ci.example.com".into());
+    }
+    notifier().send(&channel, &message()).await.expect("sent");
+    let mails = delivered(&smtp.maildir);
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert!(mail.contains("Subject: acme/app #42 success"), "{mail}");
+    assert!(mail.contains("<h1>Build <b>ok</b></h1>"), "{mail}");
+    assert!(
+        mail.contains("Build ok\r\n\r\nall green") || mail.contains("Build ok\n\nall green"),
+        "{mail}"
+    );
+    assert!(!mail.contains("Fix the login page"), "{mail}");
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{Value, json};
 use slipway_notify::{
-    Channel, ChannelConfig, Class, DingTalk, Discord, Feishu, Kind, Notifier, NotifierConfig,
-    Slack, Teams, Telegram, Webhook, WebhookBody,
+    Channel, ChannelConfig, Class, DingTalk, DingTalkMsgType, Discord, Feishu, Kind, Notifier,
+    NotifierConfig, Slack, Teams, Telegram, Webhook, WebhookBody,
 };
 
 use crate::support::*;
@@ -99,6 +99,105 @@ async fn dingtalk_signed_with_keyword() {
     assert!(error.to_string().contains("310000"), "{error}");
     assert!(!error.to_string().contains("SECwrongwrongwrong"));
     assert!(!error.to_string().contains("ding-token-abc"));
+}
+
+/// Each message type's documented body; the types built around a link go as markdown
+/// without one, and only text and markdown carry `at`.
+#[tokio::test]
+async fn dingtalk_message_types() {
+    let stand_in = dingtalk_stand_in_any().await;
+    let send = |msg_type, message: slipway_notify::Message| {
+        let config = DingTalk {
+            access_token: "ding-token-abc".into(),
+            msg_type,
+            title: Some("CI".into()),
+            pic_url: Some("http://img.example.com/ok.png".into()),
+            at_mobiles: vec!["13800000000".into()],
+            ..DingTalk::default()
+        };
+        let channel =
+            Channel::new("ding", ChannelConfig::DingTalk(config)).with_api_base(stand_in.url());
+        async move { notifier().send(&channel, &message).await }
+    };
+    for msg_type in [
+        DingTalkMsgType::Text,
+        DingTalkMsgType::Link,
+        DingTalkMsgType::ActionCard,
+        DingTalkMsgType::FeedCard,
+    ] {
+        send(msg_type, message()).await.expect("accepted");
+    }
+    let mut unlinked = message();
+    unlinked.link = None;
+    send(DingTalkMsgType::Link, unlinked)
+        .await
+        .expect("accepted");
+    let bodies: Vec<Value> = stand_in.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(bodies.len(), 5);
+
+    assert_eq!(bodies[0]["msgtype"], "text");
+    let content = bodies[0]["text"]["content"].as_str().unwrap_or_default();
+    assert!(
+        content.starts_with("acme/app #42 success\nFix the login page"),
+        "{content}"
+    );
+    assert!(content.ends_with(" @13800000000"), "{content}");
+    assert_eq!(bodies[0]["at"]["atMobiles"][0], "13800000000");
+
+    assert_eq!(bodies[1]["msgtype"], "link");
+    assert_eq!(bodies[1]["link"]["title"], "CI");
+    assert_eq!(
+        bodies[1]["link"]["messageUrl"],
+        "http://ci.example.com/acme/app/42"
+    );
+    assert_eq!(bodies[1]["link"]["picUrl"], "http://img.example.com/ok.png");
+    let text = bodies[1]["link"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("Fix the login page") && !text.contains("http://ci."),
+        "{text}"
+    );
+    assert!(bodies[1].get("at").is_none());
+
+    assert_eq!(bodies[2]["msgtype"], "actionCard");
+    let card = &bodies[2]["actionCard"];
+    assert_eq!(card["title"], "CI");
+    assert_eq!(card["singleTitle"], "Open build");
+    assert_eq!(card["singleURL"], "http://ci.example.com/acme/app/42");
+    assert!(
+        card["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("**acme/app #42 success**")),
+        "{card}"
+    );
+
+    assert_eq!(bodies[3]["msgtype"], "feedCard");
+    let entry = &bodies[3]["feedCard"]["links"][0];
+    assert_eq!(entry["title"], "CI");
+    assert_eq!(entry["messageURL"], "http://ci.example.com/acme/app/42");
+    assert_eq!(entry["picURL"], "http://img.example.com/ok.png");
+
+    assert_eq!(bodies[4]["msgtype"], "markdown");
+    assert_eq!(bodies[4]["markdown"]["title"], "CI");
+    assert_eq!(
+        DingTalkMsgType::parse("action_card"),
+        Some(DingTalkMsgType::ActionCard)
+    );
+    assert_eq!(
+        DingTalkMsgType::parse("FeedCard"),
+        Some(DingTalkMsgType::FeedCard)
+    );
+    assert_eq!(DingTalkMsgType::parse("card"), None);
+}
+
+/// Any robot message, unsigned, accepted.
+async fn dingtalk_stand_in_any() -> StandIn {
+    StandIn::start(|req| match req.path.as_str() {
+        "/robot/send" if req.json()["msgtype"].is_string() => {
+            Reply::json(200, json!({"errcode": 0, "errmsg": "ok"}))
+        }
+        _ => Reply::json(200, json!({"errcode": 40035, "errmsg": "缺少参数 json"})),
+    })
+    .await
 }
 
 // ---- Feishu ----

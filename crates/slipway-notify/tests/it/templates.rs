@@ -75,3 +75,22 @@ fn handlebars_plugin_templates() {
     let text = template::render(&converted, &context()).expect("renders");
     assert_eq!(text, "build 42 failed (01234567, Octocat)");
 }
+
+#[test]
+fn extra_names_merge_over_the_context() {
+    let extra = serde_json::json!({
+        "commit": { "author": { "name": "Octo Cat", "email": "octo@example.com" } },
+        "repo": { "fullName": "acme/app" },
+    });
+    let source = template::from_handlebars(
+        "{{ commit.author.name }} <{{ commit.author.email }}> {{ repo.fullName }} {{ commit.branch }} {{ truncate commit.sha 8 }} {{ repo.name }}",
+    );
+    let text = template::render_with(&source, &context(), &extra).expect("renders");
+    assert_eq!(
+        text,
+        "Octo Cat <octo@example.com> acme/app develop 01234567 app"
+    );
+    // Without the extra names `commit.author` is appleboy's text.
+    let plain = template::render("{{ commit.author }}", &context()).expect("renders");
+    assert_eq!(plain, "octocat");
+}
