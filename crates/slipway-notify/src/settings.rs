@@ -364,6 +364,7 @@ impl Settings {
                 at_mobiles: self.list("at_mobiles"),
                 at_all: self.flag(kind, "at_all")?,
                 keywords: self.list("keywords"),
+                ..DingTalk::default()
             }),
             Kind::Feishu => ChannelConfig::Feishu(Feishu {
                 token: Secret::new(last_segment(self.need(kind, "url")?)),
@@ -476,6 +477,8 @@ impl Settings {
                     to,
                     root_pem,
                     tls_name: self.get("tls_name").map(str::to_owned),
+                    hello_name: None,
+                    html: None,
                 })
             }
         })
