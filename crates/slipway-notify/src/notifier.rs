@@ -123,6 +123,9 @@ impl Notifier {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("slipway-notify/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the message (and, for 307/308, a signed body) to a
+            // host the channel does not name: a 3xx is reported, not followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ConfigError::Client(e.to_string()))?;
         Ok(Notifier {

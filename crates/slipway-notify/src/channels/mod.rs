@@ -249,6 +249,11 @@ pub(crate) fn check_status(kind: Kind, answer: &Answer) -> Result<(), DeliveryEr
             },
             "the service failed to take the message",
         )),
+        300..=399 => Err(answer.error(
+            kind,
+            Class::Final,
+            "the service answered with a redirect, which is not followed (configure the URL it points to)",
+        )),
         401 | 403 => Err(answer.error(
             kind,
             Class::Final,

@@ -542,3 +542,22 @@ async fn webhook_signature_headers_and_valid_codes() {
     assert_eq!(error.status, Some(401));
     assert!(!error.to_string().contains("another-secret"));
 }
+
+#[tokio::test]
+async fn a_redirect_is_reported_and_not_followed() {
+    let elsewhere = StandIn::start(|_| Reply::text(200, "took it")).await;
+    let target = format!("{}/stolen", elsewhere.url());
+    let stand_in =
+        StandIn::start(move |_| Reply::text(307, "moved").header("location", &target)).await;
+    let mut config = Webhook::new(format!("{}/hooks/builds", stand_in.url()));
+    config.signature_secret = Some("hook-signing-secret".into());
+    let channel = Channel::new("hook", ChannelConfig::Webhook(config));
+    let error = notifier()
+        .send(&channel, &message())
+        .await
+        .expect_err("a redirect is not a delivery");
+    assert_eq!(error.class, Class::Final);
+    assert_eq!(error.status, Some(307));
+    assert!(error.to_string().contains("redirect"), "{error}");
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+}
