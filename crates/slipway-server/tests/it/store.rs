@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use slipway_engine::Status;
 use slipway_server::store::{
-    Backend, CompiledBuild, EndedStage, HeadLease, LeasedEnd, NewBuild, NewRepo, NewStage, Repo,
-    ReportWrite, Runner, Stage, StepUpdate, Store, StoreError,
+    Backend, ChannelRow, CompiledBuild, EndedStage, HeadLease, LeasedEnd, NewAttempt, NewBuild,
+    NewDelivery, NewRepo, NewStage, Repo, ReportWrite, Runner, Stage, StepUpdate, Store,
+    StoreError,
 };
 use sqlx::{Connection, Row};
 
@@ -204,6 +205,7 @@ both_engines!(
     artifacts_and_stats,
     reopen_runs_no_migration_twice,
     unknown_status_is_corrupt,
+    notifications_outbox_deliveries_and_attempts,
 );
 
 // ------------------------------------------------------------------------ helpers
@@ -2202,4 +2204,218 @@ fn test_database_urls() {
         "postgres://u:p@h/t1?sslmode=disable"
     );
     assert_eq!(with_database("postgres://h", "t1"), "postgres://h/t1");
+}
+
+fn channel_row(name: &str) -> ChannelRow {
+    ChannelRow {
+        id: 0,
+        name: name.to_owned(),
+        kind: "webhook".to_owned(),
+        api_base: None,
+        settings: BTreeMap::from([("method".to_owned(), "POST".to_owned())]),
+        secrets: "sealed".to_owned(),
+        secret_names: Vec::new(),
+        template: Some("{{ build.number }}".to_owned()),
+        repo: Some("acme/*".to_owned()),
+        branch: None,
+        environment: None,
+        events: vec!["build.failure".to_owned()],
+        created: 5,
+    }
+}
+
+fn delivery(channel_id: i64, key: &str) -> NewDelivery {
+    NewDelivery {
+        channel_id,
+        dedup_key: key.to_owned(),
+        event: "build.failure".to_owned(),
+        repo: "acme/app".to_owned(),
+        build_number: Some(1),
+        title: "acme/app #1 failure".to_owned(),
+        message: "{}".to_owned(),
+        template_error: None,
+    }
+}
+
+async fn notifications_outbox_deliveries_and_attempts(db: &TestDb) {
+    let (store, repo) = store_with_repo(db, "acme/app").await;
+    let channel = store
+        .add_channel(&channel_row("hook"))
+        .await
+        .expect("channel");
+    assert_eq!(channel.settings["method"], "POST");
+    assert_eq!(channel.events, ["build.failure"]);
+    assert!(matches!(
+        store.add_channel(&channel_row("hook")).await,
+        Err(StoreError::Conflict {
+            what: "channel",
+            ..
+        })
+    ));
+    let other = store
+        .add_channel(&channel_row("other"))
+        .await
+        .expect("other");
+
+    // Finishing a build leaves one outbox row, in the same transaction; finishing it again
+    // changes nothing.
+    let (build, _) = store
+        .create_build(&new_build(repo.id, None), two_stages)
+        .await
+        .expect("build");
+    assert!(store.notify_outbox(10).await.expect("outbox").is_empty());
+    assert!(
+        store
+            .finish_build(build.id, Status::Failure, 100)
+            .await
+            .expect("finish")
+    );
+    assert!(
+        !store
+            .finish_build(build.id, Status::Success, 101)
+            .await
+            .expect("again")
+    );
+    let outbox = store.notify_outbox(10).await.expect("outbox");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].1, build.id);
+    // A build that is over as it is created is owed one too.
+    let (broken, _) = store
+        .create_build(&new_build(repo.id, None), |_| CompiledBuild {
+            status: Status::Error,
+            error: Some("bad".to_owned()),
+            context: json!({}),
+            stages: Vec::new(),
+        })
+        .await
+        .expect("broken");
+    let outbox = store.notify_outbox(10).await.expect("outbox");
+    assert_eq!(
+        outbox.iter().map(|o| o.1).collect::<Vec<_>>(),
+        [build.id, broken.id]
+    );
+
+    // The fan-out inserts each delivery once by its key and removes the row.
+    let woken = store
+        .fan_out(
+            outbox[0].0,
+            &[delivery(channel.id, "k1"), delivery(other.id, "k2")],
+        )
+        .await
+        .expect("fan out");
+    assert_eq!(woken, [channel.id, other.id]);
+    let again = store
+        .fan_out(outbox[0].0, &[delivery(channel.id, "k1")])
+        .await
+        .expect("fan out again");
+    assert!(again.is_empty(), "a key already there adds nothing");
+    assert_eq!(store.notify_outbox(10).await.expect("outbox").len(), 1);
+
+    let now = slipway_server::now_ms() + 1_000;
+    let due = store
+        .due_deliveries(channel.id, now, 10)
+        .await
+        .expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].channel.as_str(), due[0].status.as_str()),
+        ("hook", "pending")
+    );
+    // A failed attempt with a retry: pending, due later.
+    let retry = NewAttempt {
+        number: 1,
+        at: now,
+        latency_ms: 7,
+        http_status: Some(500),
+        ok: false,
+        answer: "HTTP 500".to_owned(),
+        merged: 1,
+        status: "pending",
+        next_at: now + 500,
+    };
+    store
+        .record_attempt(&[due[0].id], &retry)
+        .await
+        .expect("record");
+    assert!(
+        store
+            .due_deliveries(channel.id, now, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_due(channel.id).await.expect("next"),
+        Some(now + 500)
+    );
+    let delivered = NewAttempt {
+        number: 2,
+        at: now + 500,
+        http_status: Some(200),
+        ok: true,
+        answer: "ok".to_owned(),
+        status: "delivered",
+        next_at: now + 500,
+        ..retry
+    };
+    store
+        .record_attempt(&[due[0].id], &delivered)
+        .await
+        .expect("record");
+    assert_eq!(store.next_due(channel.id).await.expect("next"), None);
+    let log = store.deliveries(Some(channel.id), 10).await.expect("log");
+    assert_eq!(log.len(), 1);
+    assert_eq!((log[0].status.as_str(), log[0].attempts), ("delivered", 2));
+    assert_eq!(log[0].finished, Some(now + 507));
+    assert_eq!(log[0].answer.as_deref(), Some("ok"));
+    let attempts = store.attempts(log[0].id).await.expect("attempts");
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| (a.number, a.http_status, a.ok))
+            .collect::<Vec<_>>(),
+        [(1, Some(500), false), (2, Some(200), true)]
+    );
+    assert_eq!(store.deliveries(None, 10).await.expect("all").len(), 2);
+
+    // The previous outcome of the branch, for fixed and broken.
+    assert_eq!(
+        store
+            .previous_outcome(repo.id, "main", broken.number + 1)
+            .await
+            .expect("previous")
+            .as_deref(),
+        Some("error")
+    );
+    assert_eq!(
+        store
+            .previous_outcome(repo.id, "main", 1)
+            .await
+            .expect("none"),
+        None
+    );
+
+    // Deleting a channel deletes its deliveries and their attempts.
+    assert!(store.delete_channel(channel.id).await.expect("delete"));
+    assert!(
+        store
+            .deliveries(Some(channel.id), 10)
+            .await
+            .expect("log")
+            .is_empty()
+    );
+    assert!(
+        store
+            .attempts(log[0].id)
+            .await
+            .expect("attempts")
+            .is_empty()
+    );
+    assert_eq!(store.channels().await.expect("channels").len(), 1);
+    assert!(
+        !store
+            .delete_channel(channel.id)
+            .await
+            .expect("delete again")
+    );
 }
