@@ -6,7 +6,8 @@
 //!
 //! Invariants:
 //! - A finished build's outbox row is written with its status ([`Store::finish_build`]),
-//!   so a crash between the two loses nothing; the fan-out inserts the deliveries and
+//!   and a deployment's with its state change ([`Store::notify_deploy`]), so a crash
+//!   between the two loses nothing; the fan-out inserts the deliveries and
 //!   deletes the row in one transaction, each delivery once by its key.
 //! - One delivery per (build, channel): a channel that wants both `build.failure` and
 //!   `build.broken` is told once, with the more specific event.
@@ -27,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::events::ServerEvent;
-use crate::store::{Build, ChannelRow, NewAttempt, NewDelivery, Repo, Store, StoreError};
+use crate::store::{
+    Build, ChannelRow, DeployNotice, NewAttempt, NewDelivery, Repo, Store, StoreError,
+};
 
 /// A fan-out with nothing to wake it still looks at the outbox this often.
 const FAN_OUT_POLL: Duration = Duration::from_secs(15);
@@ -264,24 +267,34 @@ async fn fan_out_pending(state: &AppState) -> Result<(), StoreError> {
             return Ok(());
         }
         let channels = state.store.channels().await?;
-        for (outbox_id, build_id) in rows {
-            let deliveries = deliveries_for(state, &channels, outbox_id, build_id).await?;
-            for channel in state.store.fan_out(outbox_id, &deliveries).await? {
+        for row in rows {
+            let deliveries = match (&row.deploy, row.build_id) {
+                _ if channels.is_empty() => Vec::new(),
+                (Some(notice), _) => {
+                    let (context, event) = deploy_context(state, notice).await?;
+                    match event {
+                        Some(event) => deliveries_of(&channels, row.id, &context, &[event]),
+                        None => Vec::new(),
+                    }
+                }
+                (None, Some(build_id)) => {
+                    build_deliveries(state, &channels, row.id, build_id).await?
+                }
+                (None, None) => Vec::new(),
+            };
+            for channel in state.store.fan_out(row.id, &deliveries).await? {
                 state.notify.dispatcher.wake(channel);
             }
         }
     }
 }
 
-async fn deliveries_for(
+async fn build_deliveries(
     state: &AppState,
     channels: &[ChannelRow],
     outbox_id: i64,
     build_id: i64,
 ) -> Result<Vec<NewDelivery>, StoreError> {
-    if channels.is_empty() {
-        return Ok(Vec::new());
-    }
     let Some(build) = state.store.build(build_id).await? else {
         return Ok(Vec::new());
     };
@@ -300,13 +313,62 @@ async fn deliveries_for(
     let mut events = Event::for_build(build.status.as_str(), previous.as_deref());
     events.reverse();
     let context = build_context(state, &build, &repo);
+    Ok(deliveries_of(channels, outbox_id, &context, &events))
+}
+
+/// What a template sees of a deployment: the deploy, and the build that triggered it.
+async fn deploy_context(
+    state: &AppState,
+    notice: &DeployNotice,
+) -> Result<(Context, Option<Event>), StoreError> {
+    let mut context = Context::default();
+    if let Some(name) = &notice.repo
+        && let Some(repo) = state.store.repo_by_name(name).await?
+    {
+        match notice.build_number {
+            Some(number) => match state.store.build_by_number(repo.id, number).await? {
+                Some(build) => context = build_context(state, &build, &repo),
+                None => context.repo.full_name = repo.name.clone(),
+            },
+            None => context.repo.full_name = repo.name.clone(),
+        }
+    }
+    if context.repo.full_name.is_empty() {
+        context.repo.full_name = format!("{}/{}", notice.environment, notice.stack);
+    }
+    let (owner, name) = context
+        .repo
+        .full_name
+        .split_once('/')
+        .map(|(o, n)| (o.to_owned(), n.to_owned()))
+        .unwrap_or_default();
+    context.repo.owner = owner;
+    context.repo.name = name;
+    context.deploy = Some(template::Deploy {
+        environment: notice.environment.clone(),
+        stack: notice.stack.clone(),
+        revision: notice.revision.to_string(),
+        status: notice.status.clone(),
+        url: notice.url.clone(),
+        images: notice.images.clone(),
+    });
+    Ok((context, Event::for_deploy(&notice.status)))
+}
+
+/// One delivery per channel whose rule wants one of `events` (the first it wants).
+fn deliveries_of(
+    channels: &[ChannelRow],
+    outbox_id: i64,
+    context: &Context,
+    events: &[Event],
+) -> Vec<NewDelivery> {
     let mut deliveries = Vec::new();
     for row in channels {
         let rule = rule_of(row);
-        let Some(event) = events.iter().copied().find(|e| rule.matches(*e, &context)) else {
+        let Some(event) = events.iter().copied().find(|e| rule.matches(*e, context)) else {
             continue;
         };
-        let (message, template_error) = render(row, &context, event);
+        let (message, template_error) = render(row, context, event);
         if let Some(error) = &template_error {
             tracing::warn!(
                 "notifications: channel {}: the template did not render, the default message is sent: {error}",
@@ -317,18 +379,19 @@ async fn deliveries_for(
             channel_id: row.id,
             dedup_key: format!("outbox:{outbox_id}:channel:{}", row.id),
             event: event.as_str().to_owned(),
-            repo: repo.name.clone(),
-            build_number: Some(build.number),
+            repo: context.repo.full_name.clone(),
+            build_number: (context.build.number > 0)
+                .then(|| i64::try_from(context.build.number).unwrap_or(i64::MAX)),
             title: message.title.clone(),
             message: serde_json::to_string(&message).unwrap_or_default(),
             template_error,
         });
     }
-    Ok(deliveries)
+    deliveries
 }
 
 impl AppState {
-    /// Wakes the fan-out (a channel was added: rows waiting for one may now match).
+    /// Wakes the fan-out: a channel was added, or a deployment told its event.
     pub fn wake_notifications(&self) {
         self.notify.fan_out.notify_one();
     }

@@ -16,11 +16,14 @@ CREATE TABLE notify_channels (
     created     BIGINT  NOT NULL
 );
 
--- What finished builds owe the notifications: written in the transaction that finishes
--- the build, removed in the one that turns it into deliveries (the outbox).
+-- What finished builds and deployments owe the notifications: written in the transaction
+-- that finishes the build (or records the deployment's state), removed in the one that
+-- turns it into deliveries (the outbox). A row names a build, or carries a deployment's
+-- event as JSON (environment, stack, revision, status, URL, images, repository, build).
 CREATE TABLE notify_outbox (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    build_id    BIGINT  NOT NULL,
+    build_id    BIGINT,
+    deploy      TEXT,
     created     BIGINT  NOT NULL
 );
 

@@ -47,7 +47,9 @@ mod open;
 mod queue;
 mod rows;
 
-pub use notify::{AttemptRow, ChannelRow, DeliveryRow, NewAttempt, NewDelivery};
+pub use notify::{
+    AttemptRow, ChannelRow, DeliveryRow, DeployNotice, NewAttempt, NewDelivery, OutboxRow,
+};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]

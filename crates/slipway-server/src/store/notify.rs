@@ -34,6 +34,35 @@ pub struct ChannelRow {
     pub created: i64,
 }
 
+/// What the outbox holds: a finished build, or a deployment's event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub build_id: Option<i64>,
+    pub deploy: Option<DeployNotice>,
+}
+
+/// A deployment's state change, as the deployer tells the notifications.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct DeployNotice {
+    pub environment: String,
+    pub stack: String,
+    pub revision: i64,
+    /// `started`, `succeeded`, `failed`, `rolled_back`.
+    pub status: String,
+    /// Where the stack serves (its first route), if anywhere.
+    #[serde(default)]
+    pub url: String,
+    /// `image@digest` of each service.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// The repository and build that triggered it, when one did.
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub build_number: Option<i64>,
+}
+
 /// A delivery to insert at fan-out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {
@@ -224,15 +253,37 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Outbox rows not yet fanned out, oldest first: `(id, build id)`.
-    pub async fn notify_outbox(&self, limit: i64) -> Result<Vec<(i64, i64)>> {
-        let rows = sqlx::query("SELECT id, build_id FROM notify_outbox ORDER BY id LIMIT $1")
+    /// Outbox rows not yet fanned out, oldest first.
+    pub async fn notify_outbox(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query("SELECT * FROM notify_outbox ORDER BY id LIMIT $1")
             .bind(limit)
             .fetch_all(&mut *self.conn().await?)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("build_id")?)))
-            .collect()
+        rows::all(&rows, |r| {
+            Ok(OutboxRow {
+                id: r.try_get("id")?,
+                build_id: r.try_get("build_id")?,
+                deploy: match r.try_get::<Option<String>, _>("deploy")? {
+                    Some(_) => Some(rows::json(r, "notify_outbox", "deploy")?),
+                    None => None,
+                },
+            })
+        })
+    }
+
+    /// Records a deployment's event for the notifications. The deployer's own store calls
+    /// keep it in the transaction that records the state change; this is the call for one
+    /// that has none.
+    pub async fn notify_deploy(&self, notice: &DeployNotice) -> Result<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO notify_outbox (build_id, deploy, created) VALUES (NULL, $1, $2) \
+             RETURNING id",
+        )
+        .bind(rows::json_text(notice, "deploy notice")?)
+        .bind(rows::now_ms())
+        .fetch_one(&mut *self.conn().await?)
+        .await?;
+        Ok(id)
     }
 
     /// The deliveries of outbox row `outbox_id`, inserted (each once, by its key) in the

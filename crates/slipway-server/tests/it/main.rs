@@ -6,6 +6,7 @@ mod generic;
 mod hooks;
 mod live_ui;
 mod mirror;
+mod notify_deploy;
 mod parse;
 mod protocol;
 mod registry_tokens;

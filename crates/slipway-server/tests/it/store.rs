@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use slipway_engine::Status;
 use slipway_server::store::{
-    Backend, ChannelRow, CompiledBuild, EndedStage, HeadLease, LeasedEnd, NewAttempt, NewBuild,
-    NewDelivery, NewRepo, NewStage, Repo, ReportWrite, Runner, Stage, StepUpdate, Store,
+    Backend, ChannelRow, CompiledBuild, DeployNotice, EndedStage, HeadLease, LeasedEnd, NewAttempt,
+    NewBuild, NewDelivery, NewRepo, NewStage, Repo, ReportWrite, Runner, Stage, StepUpdate, Store,
     StoreError,
 };
 use sqlx::{Connection, Row};
@@ -2278,7 +2278,7 @@ async fn notifications_outbox_deliveries_and_attempts(db: &TestDb) {
     );
     let outbox = store.notify_outbox(10).await.expect("outbox");
     assert_eq!(outbox.len(), 1);
-    assert_eq!(outbox[0].1, build.id);
+    assert_eq!(outbox[0].build_id, Some(build.id));
     // A build that is over as it is created is owed one too.
     let (broken, _) = store
         .create_build(&new_build(repo.id, None), |_| CompiledBuild {
@@ -2291,25 +2291,41 @@ async fn notifications_outbox_deliveries_and_attempts(db: &TestDb) {
         .expect("broken");
     let outbox = store.notify_outbox(10).await.expect("outbox");
     assert_eq!(
-        outbox.iter().map(|o| o.1).collect::<Vec<_>>(),
-        [build.id, broken.id]
+        outbox.iter().map(|o| o.build_id).collect::<Vec<_>>(),
+        [Some(build.id), Some(broken.id)]
     );
+    // A deployment's event rides in the same outbox.
+    let notice = DeployNotice {
+        environment: "production".to_owned(),
+        stack: "shop".to_owned(),
+        revision: 7,
+        status: "rolled_back".to_owned(),
+        url: "https://shop.example.com".to_owned(),
+        images: vec!["reg/shop@sha256:ab".to_owned()],
+        repo: Some("acme/app".to_owned()),
+        build_number: Some(1),
+    };
+    let deploy_row = store.notify_deploy(&notice).await.expect("deploy notice");
+    let outbox = store.notify_outbox(10).await.expect("outbox");
+    assert_eq!(outbox.len(), 3);
+    assert_eq!((outbox[2].id, outbox[2].build_id), (deploy_row, None));
+    assert_eq!(outbox[2].deploy.as_ref(), Some(&notice));
 
     // The fan-out inserts each delivery once by its key and removes the row.
     let woken = store
         .fan_out(
-            outbox[0].0,
+            outbox[0].id,
             &[delivery(channel.id, "k1"), delivery(other.id, "k2")],
         )
         .await
         .expect("fan out");
     assert_eq!(woken, [channel.id, other.id]);
     let again = store
-        .fan_out(outbox[0].0, &[delivery(channel.id, "k1")])
+        .fan_out(outbox[0].id, &[delivery(channel.id, "k1")])
         .await
         .expect("fan out again");
     assert!(again.is_empty(), "a key already there adds nothing");
-    assert_eq!(store.notify_outbox(10).await.expect("outbox").len(), 1);
+    assert_eq!(store.notify_outbox(10).await.expect("outbox").len(), 2);
 
     let now = slipway_server::now_ms() + 1_000;
     let due = store
