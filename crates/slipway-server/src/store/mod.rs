@@ -31,7 +31,8 @@
 //! locks the row it changes. Code: `open` (URLs, connections, migrations), `builds`
 //! (repositories, builds), `queue` (stages, leases, steps, short steps' logs), `commit` (SQLite: the group
 //! commit of the runners' stage ends), `misc` (secrets, runners, tokens, sessions, artifacts,
-//! counts), `notify` (notification channels, the outbox, deliveries and attempts), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
+//! counts), `notify` (notification channels, the outbox, deliveries and attempts), `deploy`
+//! (environments, their secrets, stacks, revisions and rollout steps), `rows` (decoding, where a bad stored value becomes [`StoreError::Corrupt`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -41,12 +42,16 @@ use slipway_engine::Status;
 
 mod builds;
 mod commit;
+mod deploy;
 mod misc;
 mod notify;
 mod open;
 mod queue;
 mod rows;
 
+pub use deploy::{
+    EnvRow, EnvSecretRow, FINAL_STATUSES, NewRevision, RevisionRow, StackRow, StepRow,
+};
 pub use notify::{
     AttemptRow, ChannelRow, DeliveryRow, DeployNotice, NewAttempt, NewDelivery, OutboxRow,
 };

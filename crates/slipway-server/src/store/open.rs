@@ -41,6 +41,10 @@ const SQLITE_MIGRATIONS: Migrations = &[
         "0006_notifications",
         include_str!("../../migrations/sqlite/0006_notifications.sql"),
     ),
+    (
+        "0007_deploy",
+        include_str!("../../migrations/sqlite/0007_deploy.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: Migrations = &[
@@ -67,6 +71,10 @@ const POSTGRES_MIGRATIONS: Migrations = &[
     (
         "0006_notifications",
         include_str!("../../migrations/postgres/0006_notifications.sql"),
+    ),
+    (
+        "0007_deploy",
+        include_str!("../../migrations/postgres/0007_deploy.sql"),
     ),
 ];
 

@@ -12,8 +12,8 @@ use serde_json::json;
 use slipway_engine::Status;
 use slipway_server::store::{
     Backend, ChannelRow, CompiledBuild, DeployNotice, EndedStage, HeadLease, LeasedEnd, NewAttempt,
-    NewBuild, NewDelivery, NewRepo, NewStage, Repo, ReportWrite, Runner, Stage, StepUpdate, Store,
-    StoreError,
+    NewBuild, NewDelivery, NewRepo, NewRevision, NewStage, Repo, ReportWrite, Runner, Stage,
+    StepUpdate, Store, StoreError,
 };
 use sqlx::{Connection, Row};
 
@@ -206,6 +206,7 @@ both_engines!(
     reopen_runs_no_migration_twice,
     unknown_status_is_corrupt,
     notifications_outbox_deliveries_and_attempts,
+    environments_stacks_and_revisions,
 );
 
 // ------------------------------------------------------------------------ helpers
@@ -2433,5 +2434,216 @@ async fn notifications_outbox_deliveries_and_attempts(db: &TestDb) {
             .delete_channel(channel.id)
             .await
             .expect("delete again")
+    );
+}
+
+fn revision_of(image: &str, cause: &str) -> NewRevision {
+    NewRevision {
+        compose: "services:\n  web:\n    image: app\n".to_owned(),
+        rancher: None,
+        vars: BTreeMap::from([("TAG".to_owned(), "v1".to_owned())]),
+        images: BTreeMap::from([("web".to_owned(), image.to_owned())]),
+        cause: cause.to_owned(),
+        build_id: None,
+    }
+}
+
+async fn environments_stacks_and_revisions(db: &TestDb) {
+    let store = db.open().await;
+    let vars = BTreeMap::from([("REPLICAS".to_owned(), "2".to_owned())]);
+    let prod = store
+        .add_env("production", Some("example.com"), &vars)
+        .await
+        .expect("env");
+    assert_eq!(prod.vars["REPLICAS"], "2");
+    assert!(matches!(
+        store.add_env("production", None, &BTreeMap::new()).await,
+        Err(StoreError::Conflict {
+            what: "environment",
+            ..
+        })
+    ));
+    store
+        .add_env("qa", None, &BTreeMap::new())
+        .await
+        .expect("qa");
+    assert_eq!(
+        store
+            .envs()
+            .await
+            .expect("envs")
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["production", "qa"]
+    );
+    store
+        .put_env_secret(prod.id, "DB_PASSWORD", "sealed-1")
+        .await
+        .expect("secret");
+    store
+        .put_env_secret(prod.id, "DB_PASSWORD", "sealed-2")
+        .await
+        .expect("replace");
+    let secrets = store.env_secrets(prod.id).await.expect("secrets");
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0].ciphertext, "sealed-2");
+
+    let shop = store.ensure_stack(prod.id, "shop").await.expect("stack");
+    assert_eq!(
+        store.ensure_stack(prod.id, "shop").await.expect("again").id,
+        shop.id
+    );
+    assert_eq!((shop.env.as_str(), shop.current), ("production", None));
+    // Revision numbers from 1 without gaps, also when deploys race.
+    let (ra, rb) = (
+        revision_of("app@sha256:aa", "user:admin"),
+        revision_of("app@sha256:bb", "build:acme/app#2"),
+    );
+    let (a, b) = tokio::join!(
+        store.new_revision(shop.id, &ra),
+        store.new_revision(shop.id, &rb)
+    );
+    let mut numbers = vec![a.expect("a").number, b.expect("b").number];
+    numbers.sort();
+    assert_eq!(numbers, [1, 2]);
+    let first = store
+        .revision(shop.id, 1)
+        .await
+        .expect("r1")
+        .expect("there");
+    assert_eq!(first.status, "pending");
+    store
+        .set_revision_status(first.id, "rolling", None, None)
+        .await
+        .expect("rolling");
+    store
+        .record_step(
+            first.id,
+            "batch_started",
+            &json!({"service": "web", "batch": 1}),
+        )
+        .await
+        .expect("step");
+    store
+        .record_step(first.id, "healthy", &json!({"container": "c1"}))
+        .await
+        .expect("step");
+    let steps = store.rollout_steps(first.id).await.expect("steps");
+    assert_eq!(
+        steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+        ["batch_started", "healthy"]
+    );
+    assert_eq!(steps[0].detail["batch"], 1);
+    assert_eq!(
+        store
+            .unfinished_revisions()
+            .await
+            .expect("unfinished")
+            .len(),
+        2
+    );
+
+    // Succeeding makes it current and tells the notifications in the same write.
+    let notice = DeployNotice {
+        environment: "production".to_owned(),
+        stack: "shop".to_owned(),
+        revision: 1,
+        status: "succeeded".to_owned(),
+        url: String::new(),
+        images: vec!["app@sha256:aa".to_owned()],
+        repo: None,
+        build_number: None,
+    };
+    store
+        .set_revision_status(first.id, "succeeded", Some("2 of 2 healthy"), Some(&notice))
+        .await
+        .expect("succeeded");
+    let shop = store
+        .stack(prod.id, "shop")
+        .await
+        .expect("stack")
+        .expect("there");
+    assert_eq!(shop.current, Some(1));
+    let outbox = store.notify_outbox(10).await.expect("outbox");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].deploy.as_ref(), Some(&notice));
+    let second = store
+        .revision(shop.id, 2)
+        .await
+        .expect("r2")
+        .expect("there");
+    store
+        .set_revision_status(
+            second.id,
+            "rolled_back",
+            Some("web never became healthy"),
+            None,
+        )
+        .await
+        .expect("rolled back");
+    let shop = store
+        .stack(prod.id, "shop")
+        .await
+        .expect("stack")
+        .expect("there");
+    assert_eq!(
+        shop.current,
+        Some(1),
+        "a revision that failed never becomes current"
+    );
+    let history = store.revisions(shop.id, 10).await.expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .map(|r| (r.number, r.status.as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "rolled_back"), (1, "succeeded")]
+    );
+    assert_eq!(
+        history[0].message.as_deref(),
+        Some("web never became healthy")
+    );
+    assert!(history[0].finished.is_some());
+    assert!(
+        store
+            .unfinished_revisions()
+            .await
+            .expect("unfinished")
+            .is_empty()
+    );
+
+    // The newest revisions' images are the registry's roots.
+    for i in 3..=12 {
+        store
+            .new_revision(
+                shop.id,
+                &revision_of(&format!("app@sha256:{i:02}"), "user:admin"),
+            )
+            .await
+            .expect("revision");
+    }
+    let kept = store.kept_images(10).await.expect("kept");
+    assert_eq!(kept.len(), 10, "{kept:?}");
+    assert!(kept.contains(&"app@sha256:03".to_owned()));
+    assert!(!kept.contains(&"app@sha256:aa".to_owned()));
+
+    assert!(matches!(
+        store.delete_env(prod.id, "production").await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(store.delete_stack(shop.id).await.expect("delete stack"));
+    assert!(
+        store
+            .delete_env(prod.id, "production")
+            .await
+            .expect("delete env")
+    );
+    assert!(
+        store
+            .env_by_name("production")
+            .await
+            .expect("env")
+            .is_none()
     );
 }

@@ -1,0 +1,65 @@
+-- Environments (integration, qa, production, ...): a domain for their stacks' routes and
+-- variables (JSON) the stack files are interpolated with.
+CREATE TABLE environments (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    name     TEXT    NOT NULL UNIQUE,
+    domain   TEXT,
+    vars     TEXT    NOT NULL,
+    created  BIGINT  NOT NULL
+);
+
+-- An environment's secrets, sealed (see crate::secrets); stack files name them.
+CREATE TABLE env_secrets (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    env_id      BIGINT  NOT NULL REFERENCES environments (id) ON DELETE CASCADE,
+    name        TEXT    NOT NULL,
+    ciphertext  TEXT    NOT NULL,
+    created     BIGINT  NOT NULL,
+    updated     BIGINT  NOT NULL,
+    UNIQUE (env_id, name)
+);
+
+-- A stack: a compose file deployed in an environment, one revision at a time.
+-- webhook_hash: the SHA-256 of its redeploy webhook's token, when one was made.
+CREATE TABLE stacks (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    env_id        BIGINT  NOT NULL REFERENCES environments (id),
+    name          TEXT    NOT NULL,
+    current       BIGINT,
+    webhook_hash  TEXT,
+    created       BIGINT  NOT NULL,
+    UNIQUE (env_id, name)
+);
+
+-- Every deploy of a stack: the compose text (and rancher-compose's), the resolved
+-- variables (secrets by name only, JSON), every image pinned to its digest (JSON, service
+-- -> image@digest), what caused it (cause), its status (pending, rolling, paused, succeeded,
+-- failed, rolled_back) and when it ended.
+CREATE TABLE revisions (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    stack_id  BIGINT  NOT NULL REFERENCES stacks (id) ON DELETE CASCADE,
+    number    BIGINT  NOT NULL,
+    compose   TEXT    NOT NULL,
+    rancher   TEXT,
+    vars      TEXT    NOT NULL,
+    images    TEXT    NOT NULL,
+    cause     TEXT    NOT NULL,
+    build_id  BIGINT,
+    status    TEXT    NOT NULL,
+    message   TEXT,
+    created   BIGINT  NOT NULL,
+    finished  BIGINT,
+    UNIQUE (stack_id, number)
+);
+
+-- A rollout recorded step by step (batch started, healthy, traffic shifted, drained,
+-- stopped, ...), so a restarted server finishes or reverts it from its last step.
+CREATE TABLE rollout_steps (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    revision_id  BIGINT  NOT NULL REFERENCES revisions (id) ON DELETE CASCADE,
+    at           BIGINT  NOT NULL,
+    kind         TEXT    NOT NULL,
+    detail       TEXT    NOT NULL
+);
+
+CREATE INDEX rollout_steps_revision ON rollout_steps (revision_id);
