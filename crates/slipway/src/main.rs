@@ -2,6 +2,7 @@
 
 mod build_args;
 mod client;
+mod env;
 mod exec;
 mod lint;
 mod notify;
@@ -61,6 +62,14 @@ enum Command {
         api: client::ApiArgs,
         #[command(subcommand)]
         command: client::SecretCommand,
+    },
+    /// Environments: `env add NAME [--domain D] [--var K=V]…`, `ls`, `show`, `rm`,
+    /// `secret add|ls|rm`.
+    Env {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: env::EnvCommand,
     },
     /// Notification channels: `notify add NAME --kind KIND …`, `ls`, `show`, `test`, `rm`,
     /// `log [NAME]`, `kinds`.
@@ -130,6 +139,7 @@ fn main() -> ExitCode {
         Command::Token { api, command } => client::token(api, command),
         Command::Gc { api, args } => client::gc(api, args),
         Command::Notify { api, command } => notify::run(api, command),
+        Command::Env { api, command } => env::run(api, command),
         Command::Proxy { command, serve } => proxy::run(command, serve),
     };
     match result {

@@ -21,6 +21,7 @@
 //! Repository names contain `/` (`owner/name`, GitLab groups `a/b/c`), so routes under a
 //! repository are one wildcard, split by [`RepoPath::parse`].
 
+pub mod deploy;
 pub mod guard;
 pub mod hooks;
 pub mod live;
@@ -80,6 +81,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(notify::test_channel),
         )
         .route("/api/notify/deliveries", get(notify::list_deliveries))
+        .route("/api/envs", get(deploy::list_envs).post(deploy::add_env))
+        .route(
+            "/api/envs/{env}",
+            get(deploy::get_env).delete(deploy::delete_env),
+        )
+        .route(
+            "/api/envs/{env}/secrets",
+            get(deploy::list_env_secrets).post(deploy::put_env_secret),
+        )
+        .route(
+            "/api/envs/{env}/secrets/{name}",
+            axum::routing::delete(deploy::delete_env_secret),
+        )
         .route(
             "/api/tokens/{id}",
             axum::routing::delete(rest::delete_token),

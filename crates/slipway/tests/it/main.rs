@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod deploy;
 mod exec;
 mod notify;
 mod proxy;

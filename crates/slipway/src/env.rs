@@ -1,0 +1,149 @@
+//! `slipway env …`: environments (integration, qa, production, …) with their domain,
+//! variables and secrets, through the REST API.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::client::{ApiArgs, Client, print_json};
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Add an environment.
+    Add {
+        name: String,
+        /// Its stacks' services are served at SERVICE.DOMAIN.
+        #[arg(long)]
+        domain: Option<String>,
+        /// A variable stack files are interpolated with, K=V (repeatable).
+        #[arg(long = "var", value_name = "K=V")]
+        vars: Vec<String>,
+    },
+    /// List environments.
+    Ls,
+    /// An environment: domain, variables, secrets' names, stacks.
+    Show { name: String },
+    /// Delete an environment (refused while it has stacks).
+    Rm { name: String },
+    /// An environment's secrets: `secret add ENV NAME`, `secret ls ENV`, `secret rm ENV NAME`.
+    Secret {
+        #[command(subcommand)]
+        command: EnvSecretCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvSecretCommand {
+    /// Add or replace a secret (the value from --value or standard input).
+    Add {
+        env: String,
+        name: String,
+        #[arg(long)]
+        value: Option<String>,
+    },
+    /// List secret names.
+    Ls { env: String },
+    /// Delete a secret.
+    Rm { env: String, name: String },
+}
+
+fn vars(list: &[String]) -> Result<serde_json::Map<String, Value>> {
+    let mut out = serde_json::Map::new();
+    for item in list {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("--var `{item}` must be K=V");
+        };
+        out.insert(k.trim().to_owned(), Value::from(v));
+    }
+    Ok(out)
+}
+
+pub fn run(api: ApiArgs, command: EnvCommand) -> Result<ExitCode> {
+    let client = Client::new(&api)?;
+    match command {
+        EnvCommand::Add {
+            name,
+            domain,
+            vars: v,
+        } => {
+            let env = client.json(
+                reqwest::Method::POST,
+                "/api/envs",
+                Some(json!({"name": name, "domain": domain, "vars": vars(&v)?})),
+            )?;
+            if api.json {
+                print_json(&env);
+            }
+            eprintln!("environment {name} added");
+        }
+        EnvCommand::Ls => {
+            let list = client.json(reqwest::Method::GET, "/api/envs", None)?;
+            if api.json {
+                print_json(&list);
+            } else {
+                for e in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{}\t{}\t{} variables",
+                        e["name"].as_str().unwrap_or_default(),
+                        e["domain"].as_str().unwrap_or("-"),
+                        e["vars"].as_object().map_or(0, |m| m.len())
+                    );
+                }
+            }
+        }
+        EnvCommand::Show { name } => {
+            let env = client.json(reqwest::Method::GET, &format!("/api/envs/{name}"), None)?;
+            print_json(&env);
+        }
+        EnvCommand::Rm { name } => {
+            client.json(reqwest::Method::DELETE, &format!("/api/envs/{name}"), None)?;
+            eprintln!("environment {name} deleted");
+        }
+        EnvCommand::Secret { command } => match command {
+            EnvSecretCommand::Add { env, name, value } => {
+                let value = match value {
+                    Some(v) => v,
+                    None => {
+                        let mut v = String::new();
+                        std::io::stdin()
+                            .read_to_string(&mut v)
+                            .context("reading the secret's value from standard input")?;
+                        v.strip_suffix('\n').map(str::to_owned).unwrap_or(v)
+                    }
+                };
+                client.json(
+                    reqwest::Method::POST,
+                    &format!("/api/envs/{env}/secrets"),
+                    Some(json!({"name": name, "value": value})),
+                )?;
+                eprintln!("secret {name} saved for {env}");
+            }
+            EnvSecretCommand::Ls { env } => {
+                let list = client.json(
+                    reqwest::Method::GET,
+                    &format!("/api/envs/{env}/secrets"),
+                    None,
+                )?;
+                if api.json {
+                    print_json(&list);
+                } else {
+                    for s in list.as_array().into_iter().flatten() {
+                        println!("{}", s["name"].as_str().unwrap_or_default());
+                    }
+                }
+            }
+            EnvSecretCommand::Rm { env, name } => {
+                client.json(
+                    reqwest::Method::DELETE,
+                    &format!("/api/envs/{env}/secrets/{name}"),
+                    None,
+                )?;
+                eprintln!("secret {name} deleted from {env}");
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
