@@ -5,8 +5,17 @@
 //! Modules:
 //! - [`compose`]: compose (and Rancher 1.x `rancher-compose.yml`) files read into owned
 //!   types, every problem with its file, line and column; interpolation as Compose does it.
+//!   [`compose::read`] / [`compose::load`] give a [`compose::Read`] (a [`compose::Compose`]
+//!   and its [`compose::Problem`]s, printed `FILE:LINE:COL: error|warning: message`);
+//!   `build:` is refused, unknown keys are warnings, bind mounts are flagged, `x-slipway`
+//!   is read; [`compose::read_rancher`] and [`compose::merge_rancher`] fold a Rancher 1.x
+//!   `rancher-compose.yml` into the services.
 //! - [`plan`]: what a stack file means once read: services, images, replicas, ports,
 //!   routes, health checks, volumes, networks and strategies (`slipway stack plan --json`).
+//!   [`plan::Plan::of`] takes a read compose file and a [`plan::Environment`] (name,
+//!   domain, variables, secret variables whose values it never prints); routes come from
+//!   the domain and, through `slipway-proxy`'s label readers, from Traefik and nginx-proxy
+//!   labels; the JSON schema is documented in the README.
 //! - [`target`]: where containers run, as a trait ([`target::Target`]); the local Docker
 //!   engine is the first implementation, Docker Swarm the next.
 //! - [`rollout`]: a deploy as health-gated target swaps with drain (rolling, blue-green,
