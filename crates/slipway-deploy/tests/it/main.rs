@@ -1,0 +1,5 @@
+//! Integration tests of slipway-deploy: one binary, modules by subject.
+
+mod docker_env;
+mod rollout;
+mod target;
