@@ -47,8 +47,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use slipway_proxy::balance::LiveBackend;
 use slipway_proxy::{
-    Address, Backend, BackendSet, BackendState, Host, Proxy, Route, RouteKey, RouteSet,
-    RouteSource, Tls,
+    Address, Backend, BackendSet, BackendState, Host, Proxy, Route, RouteKey, RouteSource, Tls,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -443,7 +442,9 @@ impl<'a, T: Target> Rollout<'a, T> {
             }
         }
         if spec.replicas == 0 {
-            return Err(invalid("`replicas` is 0: remove the service instead".into()));
+            return Err(invalid(
+                "`replicas` is 0: remove the service instead".into(),
+            ));
         }
         if spec.port == 0 {
             return Err(invalid("`port` is 0".into()));
@@ -615,7 +616,10 @@ impl<'a, T: Target> Rollout<'a, T> {
         let Some(key) = &plan.key else {
             return;
         };
-        let sets: Vec<BackendSet> = sets.into_iter().filter(|s| !s.backends.is_empty()).collect();
+        let sets: Vec<BackendSet> = sets
+            .into_iter()
+            .filter(|s| !s.backends.is_empty())
+            .collect();
         let backends = sets
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.address.to_string()))
@@ -651,11 +655,7 @@ impl<'a, T: Target> Rollout<'a, T> {
     fn replace_route(&self, env: &str, stack: &str, service: &str, route: Option<Route>) {
         let provider = provider_name(env, stack);
         let _one = ROUTES.lock().unwrap_or_else(|p| p.into_inner());
-        let mut set = self
-            .proxy
-            .providers()
-            .remove(&provider)
-            .unwrap_or_else(RouteSet::default);
+        let mut set = self.proxy.providers().remove(&provider).unwrap_or_default();
         set.routes.retain(|r| {
             !matches!(&r.source, RouteSource::Deploy { stack: s, service: v } if s == stack && v == service)
         });
@@ -711,7 +711,9 @@ impl<'a, T: Target> Rollout<'a, T> {
                 match backend.state() {
                     BackendState::Gone => break true,
                     // Still (or again) on a route: another route or service shares it.
-                    BackendState::Serving | BackendState::Starting | BackendState::Unhealthy
+                    BackendState::Serving
+                    | BackendState::Starting
+                    | BackendState::Unhealthy
                     | BackendState::Ejected
                         if backend.in_flight() == 0 =>
                     {
@@ -735,7 +737,10 @@ impl<'a, T: Target> Rollout<'a, T> {
     }
 
     fn stop_grace(&self, plan: &Plan<'_>) -> Duration {
-        plan.spec.template.stop_grace.unwrap_or(Duration::from_secs(10))
+        plan.spec
+            .template
+            .stop_grace
+            .unwrap_or(Duration::from_secs(10))
     }
 
     /// Starts `count` new containers, replicas `first..`, and gates them all; the healthy
@@ -849,9 +854,10 @@ impl<'a, T: Target> Rollout<'a, T> {
                     None => {}
                     Some(p) => {
                         let addr = SocketAddr::new(
-                            member.info.ip_on(&spec.network).unwrap_or(
-                                std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                            ),
+                            member
+                                .info
+                                .ip_on(&spec.network)
+                                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
                             spec.port,
                         );
                         match probe_once(p, addr, health.probe_timeout).await {
@@ -909,13 +915,18 @@ impl<'a, T: Target> Rollout<'a, T> {
         }
         let live = self.live_backends(doomed);
         self.publish(plan, vec![self.set(&plan.spec.revision, keep, 1)]);
-        self.wait_drained(live, plan.spec.update.drain_timeout).await;
+        self.wait_drained(live, plan.spec.update.drain_timeout)
+            .await;
         for m in doomed {
             self.stop(plan, m).await;
         }
     }
 
-    async fn rolling(&self, plan: &Plan<'_>, mut old: Vec<Member>) -> Result<Outcome, RolloutError> {
+    async fn rolling(
+        &self,
+        plan: &Plan<'_>,
+        mut old: Vec<Member>,
+    ) -> Result<Outcome, RolloutError> {
         let spec = plan.spec;
         let total = spec.replicas;
         let mut new: Vec<Member> = Vec::new();
@@ -1052,8 +1063,15 @@ impl<'a, T: Target> Rollout<'a, T> {
     }
 
     /// Drains `old` (already off the route), keeps them until `keep_until`, removes them.
-    async fn finish_old(&self, plan: &Plan<'_>, old: &[Member], live: Vec<(String, Arc<LiveBackend>)>, keep_until: Instant) {
-        self.wait_drained(live, plan.spec.update.drain_timeout).await;
+    async fn finish_old(
+        &self,
+        plan: &Plan<'_>,
+        old: &[Member],
+        live: Vec<(String, Arc<LiveBackend>)>,
+        keep_until: Instant,
+    ) {
+        self.wait_drained(live, plan.spec.update.drain_timeout)
+            .await;
         tokio::time::sleep_until(keep_until).await;
         for m in old {
             self.stop(plan, m).await;
@@ -1080,7 +1098,8 @@ impl<'a, T: Target> Rollout<'a, T> {
         let live = self.live_backends(&old);
         // The switch: one swap of the route's backends.
         self.publish(plan, vec![self.set(&spec.revision, &new, 1)]);
-        self.finish_old(plan, &old, live, Instant::now() + keep_old).await;
+        self.finish_old(plan, &old, live, Instant::now() + keep_old)
+            .await;
         Ok(self.done(plan, &new))
     }
 
@@ -1146,10 +1165,18 @@ impl<'a, T: Target> Rollout<'a, T> {
         loop {
             for m in new {
                 match self.target.inspect_container(&m.info.id).await {
-                    Ok(Some(i)) if i.state == RunState::Running
-                        && !(plan.spec.health.docker && i.health == EngineHealth::Unhealthy) => {}
+                    Ok(Some(i))
+                        if i.state == RunState::Running
+                            && !(plan.spec.health.docker
+                                && i.health == EngineHealth::Unhealthy) => {}
                     Ok(Some(i)) => {
-                        return Err(format!("{} is {:?}/{:?} during the canary", m.name(), i.state, i.health).to_lowercase());
+                        return Err(format!(
+                            "{} is {:?}/{:?} during the canary",
+                            m.name(),
+                            i.state,
+                            i.health
+                        )
+                        .to_lowercase());
                     }
                     Ok(None) => return Err(format!("{} is gone during the canary", m.name())),
                     Err(e) => return Err(e.to_string()),
@@ -1208,13 +1235,21 @@ async fn probe_once(probe: &Probe, addr: SocketAddr, timeout: Duration) -> Resul
             Err(format!("GET {path} answered {code}"))
         }
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| format!("no answer from {addr} within {}", humantime::format_duration(timeout)))?
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+        format!(
+            "no answer from {addr} within {}",
+            humantime::format_duration(timeout)
+        )
+    })?
 }
 
 /// Every serving route's backends by set, for logs and tests: `set → addresses`.
-pub fn route_backends(proxy: &Proxy, env: &str, stack: &str, service: &str) -> BTreeMap<String, Vec<String>> {
+pub fn route_backends(
+    proxy: &Proxy,
+    env: &str,
+    stack: &str,
+    service: &str,
+) -> BTreeMap<String, Vec<String>> {
     let provider = provider_name(env, stack);
     let mut out = BTreeMap::new();
     if let Some(set) = proxy.providers().remove(&provider) {
@@ -1251,8 +1286,14 @@ mod tests {
             spec.strategy,
             Strategy::Canary {
                 steps: vec![
-                    CanaryStep { weight: 10, pause: Duration::from_secs(60) },
-                    CanaryStep { weight: 50, pause: Duration::ZERO },
+                    CanaryStep {
+                        weight: 10,
+                        pause: Duration::from_secs(60)
+                    },
+                    CanaryStep {
+                        weight: 50,
+                        pause: Duration::ZERO
+                    },
                 ]
             }
         );
@@ -1263,7 +1304,10 @@ mod tests {
 
     #[test]
     fn events_serialize_with_their_name() {
-        let e = RolloutEvent::Drained { container: "c".into(), clean: true };
+        let e = RolloutEvent::Drained {
+            container: "c".into(),
+            clean: true,
+        };
         assert_eq!(
             serde_json::to_value(&e).expect("json"),
             serde_json::json!({"event": "drained", "container": "c", "clean": true})

@@ -385,9 +385,7 @@ pub enum TargetError {
         "{kind} `{name}` was not created by Slipway (it lacks the io.slipway.env/stack/service/revision labels): it is left alone"
     )]
     NotOurs { kind: &'static str, name: String },
-    #[error(
-        "{kind} `{name}` belongs to environment `{env}`, stack `{stack}`: choose another name"
-    )]
+    #[error("{kind} `{name}` belongs to environment `{env}`, stack `{stack}`: choose another name")]
     Taken {
         kind: &'static str,
         name: String,
@@ -510,7 +508,11 @@ fn is_not_modified(e: &bollard::errors::Error) -> bool {
 
 /// A Docker duration (nanoseconds), at least 1 ms when set (the engine's minimum).
 fn nanos(d: Option<Duration>) -> Option<i64> {
-    d.map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX).max(1_000_000))
+    d.map(|d| {
+        i64::try_from(d.as_nanos())
+            .unwrap_or(i64::MAX)
+            .max(1_000_000)
+    })
 }
 
 /// `repo[:tag]` or `repo@digest` split as the pull API wants them.
@@ -927,9 +929,15 @@ impl Target for DockerTarget {
         }
     }
 
-    async fn list_containers(&self, selector: &Selector) -> Result<Vec<ContainerInfo>, TargetError> {
+    async fn list_containers(
+        &self,
+        selector: &Selector,
+    ) -> Result<Vec<ContainerInfo>, TargetError> {
         let labels = selector.filters();
-        let filters = HashMap::from([("label", labels.iter().map(String::as_str).collect::<Vec<_>>())]);
+        let filters = HashMap::from([(
+            "label",
+            labels.iter().map(String::as_str).collect::<Vec<_>>(),
+        )]);
         let listed = self
             .docker
             .list_containers(Some(
@@ -997,7 +1005,11 @@ impl Target for DockerTarget {
         }
     }
 
-    async fn pull_image(&self, image: &str, auth: Option<&RegistryAuth>) -> Result<(), TargetError> {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<(), TargetError> {
         if image.contains('@') {
             match self.docker.inspect_image(image).await {
                 Ok(_) => return Ok(()),
@@ -1174,9 +1186,6 @@ mod tests {
     fn references_split_like_the_pull_api() {
         assert_eq!(split_reference("a/b:1"), ("a/b", "1"));
         assert_eq!(split_reference("host:5000/b"), ("host:5000/b", "latest"));
-        assert_eq!(
-            split_reference("b@sha256:00"),
-            ("b", "sha256:00")
-        );
+        assert_eq!(split_reference("b@sha256:00"), ("b", "sha256:00"));
     }
 }

@@ -174,7 +174,11 @@ impl Drop for Env {
                 let _ = docker(&["rm", "-f", "-v", id]);
             }
         }
-        let names = self.unlabelled.lock().map(|n| n.clone()).unwrap_or_default();
+        let names = self
+            .unlabelled
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default();
         for name in names {
             let _ = docker(&["rm", "-f", "-v", &name]);
         }
@@ -243,7 +247,10 @@ pub async fn wait_for(addr: SocketAddr, host: &str, body: &str) {
         if matches!(&got, Ok((200, b)) if b == body) {
             return;
         }
-        assert!(Instant::now() < deadline, "{host} answers {got:?}, not {body}");
+        assert!(
+            Instant::now() < deadline,
+            "{host} answers {got:?}, not {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -273,6 +280,13 @@ impl Seen {
 
     /// No error and no non-2xx, over enough requests to mean something.
     pub fn assert_clean(&self) {
+        eprintln!(
+            "load: {} requests, statuses {:?}, {} errors, bodies {:?}",
+            self.total(),
+            self.statuses,
+            self.errors.len(),
+            self.bodies
+        );
         assert!(
             self.errors.is_empty() && self.non_2xx() == 0,
             "{} errors, {} non-2xx of {}: statuses {:?}, errors {:?}",
@@ -282,14 +296,27 @@ impl Seen {
             self.statuses,
             &self.errors[..self.errors.len().min(5)]
         );
-        assert!(self.total() > 50, "too few requests to mean anything: {self:?}");
+        assert!(
+            self.total() > 50,
+            "too few requests to mean anything: {self:?}"
+        );
     }
 
     /// The answers went from `from` to `to`: first `from`, last `to`, and `to` never before
     /// the first `from` answer.
     pub fn assert_switched(&self, from: &str, to: &str) {
-        assert_eq!(self.order.first().map(String::as_str), Some(from), "{:?}", self.bodies);
-        assert_eq!(self.order.last().map(String::as_str), Some(to), "{:?}", self.bodies);
+        assert_eq!(
+            self.order.first().map(String::as_str),
+            Some(from),
+            "{:?}",
+            self.bodies
+        );
+        assert_eq!(
+            self.order.last().map(String::as_str),
+            Some(to),
+            "{:?}",
+            self.bodies
+        );
         let bodies: Vec<&String> = self.bodies.keys().collect();
         assert_eq!(bodies, [from, to], "only {from} and {to} answered");
     }
@@ -372,6 +399,9 @@ impl Events {
     }
 
     pub fn take(&self) -> Vec<RolloutEvent> {
-        self.0.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
     }
 }

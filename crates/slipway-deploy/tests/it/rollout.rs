@@ -47,7 +47,10 @@ async fn rolling_v1_to_v2_under_load_fails_no_request_and_a_v3_that_never_gets_h
 
     let v1 = env.service("web", "1", "v1", 2);
     let first = rollout.run(&v1).await.expect("deploy v1");
-    assert!(matches!(first, Outcome::Done { ref containers } if containers.len() == 2), "{first:?}");
+    assert!(
+        matches!(first, Outcome::Done { ref containers } if containers.len() == 2),
+        "{first:?}"
+    );
     wait_for(e.addr, &host, "v1").await;
 
     // v1 → v2, one container at a time, under load.
@@ -64,13 +67,27 @@ async fn rolling_v1_to_v2_under_load_fails_no_request_and_a_v3_that_never_gets_h
     seen.assert_switched("v1", "v2");
     let steps = events.take();
     let count = |f: fn(&RolloutEvent) -> bool| steps.iter().filter(|e| f(e)).count();
-    assert_eq!(count(|e| matches!(e, RolloutEvent::BatchStarted { .. })), 2, "{steps:#?}");
-    assert_eq!(count(|e| matches!(e, RolloutEvent::ContainerHealthy { .. })), 2);
-    assert_eq!(count(|e| matches!(e, RolloutEvent::Drained { .. })), 2, "{steps:#?}");
+    assert_eq!(
+        count(|e| matches!(e, RolloutEvent::BatchStarted { .. })),
+        2,
+        "{steps:#?}"
+    );
+    assert_eq!(
+        count(|e| matches!(e, RolloutEvent::ContainerHealthy { .. })),
+        2
+    );
+    assert_eq!(
+        count(|e| matches!(e, RolloutEvent::Drained { .. })),
+        2,
+        "{steps:#?}"
+    );
     assert_eq!(count(|e| matches!(e, RolloutEvent::Stopped { .. })), 2);
     assert_eq!(count(|e| matches!(e, RolloutEvent::Removed { .. })), 2);
     assert!(matches!(steps.last(), Some(RolloutEvent::Done { revision }) if revision == "2"));
-    assert_eq!(revisions_running(&env, "web").await, ["2:Running", "2:Running"]);
+    assert_eq!(
+        revisions_running(&env, "web").await,
+        ["2:Running", "2:Running"]
+    );
 
     // v3 never passes its gate (its probe path answers 404): no traffic, rolled back.
     let load = Load::start(e.addr, &host, 2, 2);
@@ -84,20 +101,41 @@ async fn rolling_v1_to_v2_under_load_fails_no_request_and_a_v3_that_never_gets_h
     let third = rollout.run(&v3).await.expect("deploy v3");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seen = load.stop().await;
-    assert!(matches!(third, Outcome::RolledBack { ref reason } if reason.contains("404")), "{third:?}");
+    assert!(
+        matches!(third, Outcome::RolledBack { ref reason } if reason.contains("404")),
+        "{third:?}"
+    );
     seen.assert_clean();
-    assert_eq!(seen.bodies.keys().collect::<Vec<_>>(), ["v2"], "v3 got traffic");
-    assert_eq!(revisions_running(&env, "web").await, ["2:Running", "2:Running"]);
+    assert_eq!(
+        seen.bodies.keys().collect::<Vec<_>>(),
+        ["v2"],
+        "v3 got traffic"
+    );
+    assert_eq!(
+        revisions_running(&env, "web").await,
+        ["2:Running", "2:Running"]
+    );
     let steps = events.take();
-    assert!(steps.iter().any(|e| matches!(e, RolloutEvent::ContainerFailed { .. })), "{steps:#?}");
-    assert!(matches!(steps.last(), Some(RolloutEvent::RolledBack { .. })));
+    assert!(
+        steps
+            .iter()
+            .any(|e| matches!(e, RolloutEvent::ContainerFailed { .. })),
+        "{steps:#?}"
+    );
+    assert!(matches!(
+        steps.last(),
+        Some(RolloutEvent::RolledBack { .. })
+    ));
     wait_for(e.addr, &host, "v2").await;
 
     // With `pause`, a failing v3 stops there too, and v2 still serves alone.
     v3.update.failure_action = FailureAction::Pause;
     let paused = rollout.run(&v3).await.expect("deploy v3 again");
     assert!(matches!(paused, Outcome::Paused { .. }), "{paused:?}");
-    assert_eq!(revisions_running(&env, "web").await, ["2:Running", "2:Running"]);
+    assert_eq!(
+        revisions_running(&env, "web").await,
+        ["2:Running", "2:Running"]
+    );
     wait_for(e.addr, &host, "v2").await;
 }
 
@@ -157,7 +195,10 @@ async fn blue_green_switches_at_once_under_load_gated_by_dockers_healthcheck() {
         .filter(|e| matches!(e, RolloutEvent::TrafficShifted { .. }))
         .count();
     assert_eq!(shifts, 1, "{steps:#?}");
-    assert_eq!(revisions_running(&env, "api").await, ["2:Running", "2:Running"]);
+    assert_eq!(
+        revisions_running(&env, "api").await,
+        ["2:Running", "2:Running"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +240,8 @@ async fn canary_steps_weights_then_promotes_under_load() {
         async move {
             let mut seen = Vec::new();
             while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                let sets = slipway_deploy::rollout::route_backends(&proxy, &env_name, &stack, "shop");
+                let sets =
+                    slipway_deploy::rollout::route_backends(&proxy, &env_name, &stack, "shop");
                 if seen.last() != Some(&sets) {
                     seen.push(sets);
                 }
@@ -222,7 +264,9 @@ async fn canary_steps_weights_then_promotes_under_load() {
         "never both sets on the route: {history:?}"
     );
     assert_eq!(
-        history.last().map(|s| s.keys().cloned().collect::<Vec<_>>()),
+        history
+            .last()
+            .map(|s| s.keys().cloned().collect::<Vec<_>>()),
         Some(vec!["2".to_owned()])
     );
     assert_eq!(revisions_running(&env, "shop").await, ["2:Running"]);
@@ -267,10 +311,18 @@ async fn removing_a_service_touches_only_labelled_containers() {
     assert_eq!(all.len(), 1, "{all:?}");
     let refused = env.target.remove_container(&stranger).await;
     assert!(
-        matches!(refused, Err(slipway_deploy::target::TargetError::NotOurs { .. })),
+        matches!(
+            refused,
+            Err(slipway_deploy::target::TargetError::NotOurs { .. })
+        ),
         "{refused:?}"
     );
-    assert!(env.target.stop_container(&stranger, Duration::from_secs(1)).await.is_err());
+    assert!(
+        env.target
+            .stop_container(&stranger, Duration::from_secs(1))
+            .await
+            .is_err()
+    );
 
     let removed = rollout
         .remove_service(&env.env, &env.stack, "db", Duration::from_secs(2))

@@ -25,9 +25,15 @@ async fn a_container_runs_as_its_spec_says_and_reports_health_and_address() {
         revision: "4".into(),
         replica: None,
     };
-    let made = t.ensure_network(&env.network, &owner).await.expect("network");
+    let made = t
+        .ensure_network(&env.network, &owner)
+        .await
+        .expect("network");
     assert!(made.created && made.managed);
-    let again = t.ensure_network(&env.network, &owner).await.expect("network again");
+    let again = t
+        .ensure_network(&env.network, &owner)
+        .await
+        .expect("network again");
     assert!(!again.created && again.managed);
     let other = Owner {
         stack: "other".into(),
@@ -38,7 +44,12 @@ async fn a_container_runs_as_its_spec_says_and_reports_health_and_address() {
         Err(TargetError::Taken { .. })
     ));
     let volume = format!("{}-data", env.env);
-    assert!(t.ensure_volume(&volume, &owner).await.expect("volume").created);
+    assert!(
+        t.ensure_volume(&volume, &owner)
+            .await
+            .expect("volume")
+            .created
+    );
 
     let spec = ContainerSpec {
         name: Some(format!("{}-worker", env.env)),
@@ -68,13 +79,20 @@ async fn a_container_runs_as_its_spec_says_and_reports_health_and_address() {
             },
         ],
         healthcheck: Some(Healthcheck {
-            test: vec!["CMD".into(), "test".into(), "-f".into(), "/data/ready".into()],
+            test: vec![
+                "CMD".into(),
+                "test".into(),
+                "-f".into(),
+                "/data/ready".into(),
+            ],
             interval: Some(Duration::from_millis(300)),
             timeout: Some(Duration::from_secs(1)),
             retries: Some(2),
             start_period: None,
         }),
-        restart: RestartPolicy::OnFailure { max_retries: Some(2) },
+        restart: RestartPolicy::OnFailure {
+            max_retries: Some(2),
+        },
         stop_signal: Some("SIGTERM".into()),
         stop_grace: Some(Duration::from_secs(3)),
         user: Some("0:0".into()),
@@ -85,7 +103,10 @@ async fn a_container_runs_as_its_spec_says_and_reports_health_and_address() {
             pids_limit: Some(64),
         },
     };
-    let info = t.run_container(&owner.replica(1), &spec).await.expect("run");
+    let info = t
+        .run_container(&owner.replica(1), &spec)
+        .await
+        .expect("run");
     assert_eq!(info.state, RunState::Running);
     assert!(info.ip_on(&env.network).is_some(), "{info:?}");
     assert_eq!(info.owner().and_then(|o| o.replica), Some(1));
@@ -106,7 +127,10 @@ async fn a_container_runs_as_its_spec_says_and_reports_health_and_address() {
     let aliases = docker(&[
         "inspect",
         "-f",
-        &format!("{{{{json (index .NetworkSettings.Networks \"{}\").Aliases}}}}", env.network),
+        &format!(
+            "{{{{json (index .NetworkSettings.Networks \"{}\").Aliases}}}}",
+            env.network
+        ),
         &info.id,
     ])
     .expect("aliases");
@@ -114,7 +138,11 @@ async fn a_container_runs_as_its_spec_says_and_reports_health_and_address() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let now = t.inspect_container(&info.id).await.expect("inspect").expect("exists");
+        let now = t
+            .inspect_container(&info.id)
+            .await
+            .expect("inspect")
+            .expect("exists");
         if now.health == EngineHealth::Healthy {
             break;
         }
@@ -135,19 +163,41 @@ async fn a_container_runs_as_its_spec_says_and_reports_health_and_address() {
     );
 
     let stopping = Instant::now();
-    t.stop_container(&info.id, Duration::from_secs(3)).await.expect("stop");
-    assert!(stopping.elapsed() < Duration::from_secs(3), "TERM was not sent first");
-    let stopped = t.inspect_container(&info.id).await.expect("inspect").expect("exists");
+    t.stop_container(&info.id, Duration::from_secs(3))
+        .await
+        .expect("stop");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "TERM was not sent first"
+    );
+    let stopped = t
+        .inspect_container(&info.id)
+        .await
+        .expect("inspect")
+        .expect("exists");
     assert_eq!(stopped.state, RunState::Exited);
     t.start_container(&info.id).await.expect("start again");
-    let running = t.inspect_container(&info.id).await.expect("inspect").expect("exists");
+    let running = t
+        .inspect_container(&info.id)
+        .await
+        .expect("inspect")
+        .expect("exists");
     assert_eq!(running.state, RunState::Running);
 
     t.remove_container(&info.id).await.expect("remove");
-    assert!(t.inspect_container(&info.id).await.expect("inspect").is_none());
-    t.remove_container(&info.id).await.expect("removing twice is fine");
+    assert!(
+        t.inspect_container(&info.id)
+            .await
+            .expect("inspect")
+            .is_none()
+    );
+    t.remove_container(&info.id)
+        .await
+        .expect("removing twice is fine");
     t.remove_volume(&volume).await.expect("remove volume");
-    t.remove_network(&env.network).await.expect("remove network");
+    t.remove_network(&env.network)
+        .await
+        .expect("remove network");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +215,10 @@ async fn unlabelled_networks_are_used_but_never_removed_and_images_resolve() {
         revision: "-".into(),
         replica: None,
     };
-    let used = t.ensure_network(&env.network, &owner).await.expect("ensure");
+    let used = t
+        .ensure_network(&env.network, &owner)
+        .await
+        .expect("ensure");
     assert!(!used.created && !used.managed);
     assert!(matches!(
         t.remove_network(&env.network).await,
@@ -175,12 +228,21 @@ async fn unlabelled_networks_are_used_but_never_removed_and_images_resolve() {
 
     // A local build has no repo digest (else it is its repository's); a missing image is NotFound; a registry that is
     // not there fails the pull with the image named.
-    let repo_digests = docker(&["image", "inspect", "-f", "{{json .RepoDigests}}", &env.image])
-        .expect("inspect image");
+    let repo_digests = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .RepoDigests}}",
+        &env.image,
+    ])
+    .expect("inspect image");
     let resolved = t.resolve_digest(&env.image).await.expect("resolve");
     match &resolved {
         None => assert!(!repo_digests.contains("@sha256:"), "{repo_digests}"),
-        Some(d) => assert!(repo_digests.contains(d.as_str()), "{d} not in {repo_digests}"),
+        Some(d) => assert!(
+            repo_digests.contains(d.as_str()),
+            "{d} not in {repo_digests}"
+        ),
     }
     assert!(matches!(
         t.resolve_digest("slipway-test/never-built:nope").await,
