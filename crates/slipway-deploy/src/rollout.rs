@@ -12,8 +12,9 @@
 //!   wait for their in-flight requests (bounded by `drain_timeout`) → stop them; then
 //!   `delay` and the next batch. Stop-first takes the old ones off and stops them before
 //!   the batch starts. Old containers are stopped, not removed, until the rollout is
-//!   over: a rollback starts them again, gates them, routes them, then drains and removes
-//!   every new container.
+//!   over: a rollback starts them again, gates them (running, listening on the port, not
+//!   unhealthy to the engine: their own probe may not be the new one's), routes them, then
+//!   drains and removes every new container.
 //! - blue-green: the whole new set up and healthy, then one atomic switch of the route's
 //!   backends; the old set drains and stays (stopped from traffic) for `keep_old`, then
 //!   it is stopped and removed.
@@ -786,7 +787,9 @@ impl<'a, T: Target> Rollout<'a, T> {
             }
         }
         if failure.is_none() {
-            let gates = started.iter().map(|c| self.gate(plan, c));
+            let gates = started
+                .iter()
+                .map(|c| self.gate(plan, c, &plan.spec.health));
             let results = futures_util::future::join_all(gates).await;
             let mut healthy = Vec::new();
             for (c, r) in started.iter().zip(results) {
@@ -819,9 +822,13 @@ impl<'a, T: Target> Rollout<'a, T> {
     }
 
     /// Waits until the container passes its gate.
-    async fn gate(&self, plan: &Plan<'_>, c: &ContainerInfo) -> Result<Member, String> {
+    async fn gate(
+        &self,
+        plan: &Plan<'_>,
+        c: &ContainerInfo,
+        health: &HealthGate,
+    ) -> Result<Member, String> {
         let spec = plan.spec;
-        let health = &spec.health;
         let deadline = Instant::now() + health.timeout;
         let mut streak = 0u32;
         let mut last = "it did not start".to_owned();
@@ -1012,7 +1019,14 @@ impl<'a, T: Target> Rollout<'a, T> {
             self.emit(RolloutEvent::Restarted {
                 container: m.name().to_owned(),
             });
-            match self.gate(plan, &m.info).await {
+            // The old revision passed its own gate before; its probe may differ from the
+            // new one's, so it is only asked to run, listen and not be unhealthy.
+            let again = HealthGate {
+                probe: Some(Probe::Tcp),
+                successes: 1,
+                ..plan.spec.health.clone()
+            };
+            match self.gate(plan, &m.info, &again).await {
                 Ok(again) => {
                     back.push(again);
                     let serving: Vec<Member> = back.iter().chain(&new).cloned().collect();
@@ -1300,6 +1314,14 @@ mod tests {
         let back = serde_json::to_value(&spec).expect("serializes");
         let again: ServiceSpec = serde_json::from_value(back).expect("reads back");
         assert_eq!(again, spec);
+    }
+
+    /// The server spawns rollouts: their futures must be `Send` (checked by compiling).
+    #[allow(dead_code)]
+    fn rollouts_can_be_spawned(r: &Rollout<'_, crate::target::DockerTarget>, s: &ServiceSpec) {
+        fn send<F: Send>(_: F) {}
+        send(r.run(s));
+        send(r.remove_service("e", "s", "v", Duration::ZERO));
     }
 
     #[test]

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use slipway_deploy::rollout::{
-    CanaryStep, FailureAction, Outcome, Probe, Rollout, RolloutEvent, Strategy,
+    CanaryStep, FailureAction, Outcome, Probe, Rollout, RolloutEvent, Strategy, UpdateOrder,
 };
-use slipway_deploy::target::{Healthcheck, Selector, Target};
+use slipway_deploy::target::{Healthcheck, MountKind, MountSpec, Selector, Target};
 
 use crate::docker_env::{Env, Events, Load, docker, edge, wait_for};
 
@@ -333,4 +333,102 @@ async fn removing_a_service_touches_only_labelled_containers() {
     let state = docker(&["inspect", "-f", "{{.State.Running}}", &stranger]).expect("inspect");
     assert_eq!(state, "true", "the unlabelled container was touched");
     assert!(e.proxy.providers().is_empty(), "{:?}", e.proxy.providers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_second_batch_rolls_back_by_restarting_the_stopped_old_containers() {
+    let Some(env) = Env::new("rollback").await else {
+        return;
+    };
+    let e = edge().await;
+    let events = Events::default();
+    let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
+    let host = env.host("cart");
+    let first = rollout
+        .run(&env.service("cart", "1", "v1", 2))
+        .await
+        .expect("deploy v1");
+    assert!(matches!(first, Outcome::Done { .. }), "{first:?}");
+    wait_for(e.addr, &host, "v1").await;
+
+    // Only the first v2 container (the one that makes /shared/first) serves `/ok`.
+    let mut v2 = env.service("cart", "2", "v2", 2);
+    v2.template.mounts = vec![MountSpec {
+        kind: MountKind::Volume,
+        source: format!("{}-marker", env.env),
+        target: "/shared".into(),
+        read_only: false,
+    }];
+    v2.template.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "mkdir -p /www && echo \"$VERSION\" > /www/index.html; \
+         if mkdir /shared/first 2>/dev/null; then echo ok > /www/ok; fi; \
+         trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"
+            .into(),
+    ]);
+    v2.health.probe = Some(Probe::Http {
+        path: "/ok".into(),
+        status: Some(200),
+    });
+    v2.health.timeout = Duration::from_secs(3);
+    let load = Load::start(e.addr, &host, 2, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    events.take();
+    let outcome = rollout.run(&v2).await.expect("deploy v2");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = load.stop().await;
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    seen.assert_clean();
+    assert!(
+        seen.bodies.get("v2").is_some_and(|&n| n > 0),
+        "batch 1 never served: {:?}",
+        seen.bodies
+    );
+    assert_eq!(seen.order.last().map(String::as_str), Some("v1"));
+    let steps = events.take();
+    let restarted = steps
+        .iter()
+        .filter(|e| matches!(e, RolloutEvent::Restarted { .. }))
+        .count();
+    assert_eq!(restarted, 1, "{steps:#?}");
+    assert!(matches!(
+        steps.last(),
+        Some(RolloutEvent::RolledBack { .. })
+    ));
+    assert_eq!(
+        revisions_running(&env, "cart").await,
+        ["1:Running", "1:Running"]
+    );
+    wait_for(e.addr, &host, "v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_stop_first_keeps_serving_from_the_other_replica() {
+    let Some(env) = Env::new("stopfirst").await else {
+        return;
+    };
+    let e = edge().await;
+    let rollout = Rollout::new(&env.target, &e.proxy);
+    let host = env.host("queue");
+    let first = rollout
+        .run(&env.service("queue", "1", "v1", 2))
+        .await
+        .expect("deploy v1");
+    assert!(matches!(first, Outcome::Done { .. }), "{first:?}");
+    wait_for(e.addr, &host, "v1").await;
+    let mut v2 = env.service("queue", "2", "v2", 2);
+    v2.update.order = UpdateOrder::StopFirst;
+    let load = Load::start(e.addr, &host, 2, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = rollout.run(&v2).await.expect("deploy v2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = load.stop().await;
+    assert!(matches!(second, Outcome::Done { .. }), "{second:?}");
+    seen.assert_clean();
+    seen.assert_switched("v1", "v2");
+    assert_eq!(
+        revisions_running(&env, "queue").await,
+        ["2:Running", "2:Running"]
+    );
 }
