@@ -16,10 +16,16 @@
 //!   domain, variables, secret variables whose values it never prints); routes come from
 //!   the domain and, through `slipway-proxy`'s label readers, from Traefik and nginx-proxy
 //!   labels; the JSON schema is documented in the README.
-//! - [`target`]: where containers run, as a trait ([`target::Target`]); the local Docker
-//!   engine is the first implementation, Docker Swarm the next.
-//! - [`rollout`]: a deploy as health-gated target swaps with drain (rolling, blue-green,
-//!   canary), driving the proxy's backends directly.
+//! - [`target`]: where containers run, as a trait ([`target::Target`]: networks, volumes,
+//!   containers from a [`target::ContainerSpec`], inspect, stop with grace, remove, list by
+//!   [`target::Selector`], image pull and digest); the local Docker engine
+//!   ([`target::DockerTarget`], bollard) is the first implementation, Docker Swarm the
+//!   next. Every object carries `io.slipway.{env,stack,service,revision}` labels
+//!   ([`target::Owner`]), and nothing without them is ever listed, stopped or removed.
+//! - [`rollout`]: a deploy of one [`rollout::ServiceSpec`] as health-gated target swaps with
+//!   drain (rolling start-first or stop-first in batches, blue-green, canary weight steps),
+//!   driving the proxy's backends directly (provider `deploy:ENV/STACK`); every step is a
+//!   [`rollout::RolloutEvent`], the end an [`rollout::Outcome`] (done, rolled back, paused).
 
 pub mod compose;
 pub mod plan;

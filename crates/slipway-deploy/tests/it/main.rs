@@ -1,9 +1,13 @@
-//! Integration tests of the deployer: compose files read with positions, Rancher files
-//! merged, plans of real stack files (the shared corpus and the seeds' examples).
+//! Integration tests of the deployer, one binary, modules by subject: compose files read
+//! with positions, Rancher files merged, plans of real stack files (the shared corpus and
+//! the seeds' examples); the Docker target and rollouts through the real proxy.
 
 mod corpus;
+mod docker_env;
 mod examples;
 mod positions;
+mod rollout;
+mod target;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
