@@ -26,8 +26,12 @@
 //!   drain (rolling start-first or stop-first in batches, blue-green, canary weight steps),
 //!   driving the proxy's backends directly (provider `deploy:ENV/STACK`); every step is a
 //!   [`rollout::RolloutEvent`], the end an [`rollout::Outcome`] (done, rolled back, paused).
+//! - [`stack`]: a whole stack at one revision: [`stack::service_specs`] turns a compose file
+//!   and its plan into services in dependency order, [`stack::deploy_stack`] rolls them out
+//!   one by one and puts the ones already replaced back when a later one fails.
 
 pub mod compose;
 pub mod plan;
 pub mod rollout;
+pub mod stack;
 pub mod target;
