@@ -554,6 +554,26 @@ impl<'a, T: Target> Rollout<'a, T> {
         }
     }
 
+    /// Routes what already runs of `spec`'s service (its running containers of
+    /// `spec.revision`), changing no container: a restarted server's proxy knows no deploy
+    /// routes until this. How many containers the route now has.
+    pub async fn reconcile(&self, spec: &ServiceSpec) -> Result<usize, RolloutError> {
+        let plan = self.check(spec)?;
+        let selector = Selector::service(&spec.env, &spec.stack, &spec.name).revision(&spec.revision);
+        let members: Vec<Member> = self
+            .target
+            .list_containers(&selector)
+            .await?
+            .into_iter()
+            .filter(|info| info.state == RunState::Running)
+            .filter_map(|info| self.member(spec, info))
+            .collect();
+        if plan.key.is_some() && !members.is_empty() {
+            self.publish(&plan, vec![self.set("current", &members, 1)]);
+        }
+        Ok(members.len())
+    }
+
     /// Removes a service: its route, then (drained) every container labelled for it.
     /// Returns how many containers were removed.
     pub async fn remove_service(

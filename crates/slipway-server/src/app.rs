@@ -66,6 +66,9 @@ pub struct AppState {
     pub statuses: StatusClient,
     /// Notification channels' workers and the outbox's fan-out (see [`crate::notify`]).
     pub notify: crate::notify::Notifications,
+    /// The deployer's engine connection and the stacks being rolled out (see
+    /// [`crate::deploy`]).
+    pub deploy: crate::deploy::Deployments,
     pub ui: crate::ui::Ui,
     pub registry: slipway_registry::Registry,
     /// The runner token (plain), for the embedded runner of `slipway up`.
@@ -197,6 +200,7 @@ impl Server {
             config,
             store,
             notify,
+            deploy: crate::deploy::Deployments::default(),
             logs,
             mirrors,
             secrets,
@@ -245,6 +249,7 @@ impl Server {
             shutdown.clone(),
         ));
         tokio::spawn(crate::notify::spawn(self.state.clone(), shutdown.clone()));
+        tokio::spawn(crate::deploy::recover(self.state.clone()));
         if !self.state.config.registry_notify.is_empty() {
             let endpoints = self
                 .state

@@ -9,6 +9,8 @@
 //!   at a commit, changed files, branches and tags.
 //! - [`secrets`]: the AEAD that encrypts secrets at rest.
 //! - [`status`]: commit statuses back to GitHub, Gitea and GitLab.
+//! - [`deploy`]: the deployer wired: stack files of environments planned, revisions
+//!   recorded, rollouts run behind the edge proxy and recovered at start.
 //! - [`notify`]: notification channels wired to the store and the event bus: the outbox of
 //!   finished builds fanned out to deliveries, sent by `slipway-notify`'s workers.
 //! - [`logstore`]: build logs (files, and short steps' whole logs in the store), each line
@@ -32,6 +34,7 @@ pub mod app;
 pub mod auth;
 pub mod builds;
 pub mod config;
+pub mod deploy;
 pub mod events;
 pub mod listen;
 pub mod logstore;

@@ -1,0 +1,568 @@
+//! The deployer, wired to the server: a stack file and an environment's variables and
+//! secrets read and planned by `slipway-deploy`, a numbered revision recorded, the
+//! rollout run on the local Docker engine behind this process's edge proxy, every step
+//! recorded, and the outcome (with its `deploy.*` notification) written in one transaction.
+//!
+//! Invariants:
+//! - **One rollout a stack at a time**: a second deploy of a stack while one runs is
+//!   refused (409), never queued behind it silently.
+//! - **Images are pinned** before the revision is recorded: each service's image is pulled
+//!   when missing and recorded by digest (or by image id for a local image), so a rollback
+//!   runs exactly those bytes without a pull.
+//! - **A restart leaves one revision**: at start, routes of every stack's current revision
+//!   are put back in the proxy, and a rollout the last process did not finish is reverted
+//!   to the current revision (or, for a first deploy, its containers are removed); the
+//!   history says so.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use slipway_deploy::compose::{self, Mode, ReadOptions};
+use slipway_deploy::plan::{Environment, Plan};
+use slipway_deploy::rollout::{Rollout, ServiceSpec};
+use slipway_deploy::stack::{StackEvent, deploy_stack, service_specs};
+use slipway_deploy::target::{DockerTarget, Target};
+use tokio::sync::OnceCell;
+
+use crate::app::AppState;
+use crate::store::{DeployNotice, EnvRow, NewRevision, RevisionRow, StackRow, StoreError};
+
+/// Why a deploy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the stack file has errors:\n{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("stack {0} is being deployed now; wait for it (or `slipway stack abort`)")]
+    Busy(String),
+    #[error(
+        "the deployer needs the edge proxy of `slipway up` (started without --no-proxy): it routes the stacks' traffic"
+    )]
+    NoProxy,
+    #[error("the Docker engine: {0}")]
+    Engine(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The deployer's state in the server.
+#[derive(Debug, Default)]
+pub struct Deployments {
+    target: OnceCell<Arc<DockerTarget>>,
+    /// Stacks (by id) with a rollout running in this process.
+    running: Mutex<HashSet<i64>>,
+}
+
+/// What `POST /api/stacks/{env}/{stack}` asks.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct DeployRequest {
+    /// The compose file's text.
+    pub compose: String,
+    /// Its name, for error positions (`compose.yaml`).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// A `rancher-compose.yml` beside it.
+    #[serde(default)]
+    pub rancher: Option<String>,
+    /// Service → image reference, replacing the file's.
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
+    /// Host paths may be mounted (an admin's deploy of a trusted stack).
+    #[serde(default)]
+    pub allow_bind_mounts: bool,
+}
+
+impl Deployments {
+    async fn target(&self) -> Result<Arc<DockerTarget>, DeployError> {
+        self.target
+            .get_or_try_init(|| async {
+                DockerTarget::connect()
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| DeployError::Engine(e.to_string()))
+            })
+            .await
+            .cloned()
+    }
+
+    fn claim(&self, stack: i64) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stack)
+    }
+
+    fn release(&self, stack: i64) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&stack);
+    }
+}
+
+/// An environment's plain variables and opened secrets.
+fn environment(state: &AppState, env: &EnvRow, secrets: &[crate::store::EnvSecretRow]) -> Environment {
+    let mut opened = BTreeMap::new();
+    for s in secrets {
+        match state.secrets.open(
+            &s.ciphertext,
+            &crate::api::deploy::env_secret_aad(&env.name, &s.name),
+        ) {
+            Ok(value) => {
+                opened.insert(s.name.clone(), value);
+            }
+            Err(e) => tracing::error!("environment {}: secret {} does not open: {e}", env.name, s.name),
+        }
+    }
+    Environment {
+        name: env.name.clone(),
+        domain: env.domain.clone(),
+        variables: env.vars.clone(),
+        secrets: opened,
+    }
+}
+
+/// A stack file read, planned and turned into services for `revision`.
+fn specs_of(
+    env: &Environment,
+    stack: &str,
+    revision: &str,
+    compose_text: &str,
+    file: &str,
+    rancher: Option<&str>,
+    images: &BTreeMap<String, String>,
+    allow_bind_mounts: bool,
+) -> Result<(Vec<ServiceSpec>, Plan), DeployError> {
+    let opts = ReadOptions {
+        vars: env.interpolation_vars(),
+        mode: Mode::Strict,
+        base_dir: None,
+    };
+    let mut read = compose::read(compose_text, file, &opts);
+    if let Some(text) = rancher {
+        let (services, mut problems) = compose::read_rancher(text, "rancher-compose.yml", &opts);
+        read.problems.append(&mut problems);
+        compose::merge_rancher(&mut read.compose, &services, &mut read.problems);
+    }
+    if read.has_errors() {
+        let lines: Vec<String> = read
+            .problems
+            .iter()
+            .filter(|p| p.is_error())
+            .map(ToString::to_string)
+            .collect();
+        return Err(DeployError::Invalid(lines.join("\n")));
+    }
+    let plan = Plan::of(&read.compose, env);
+    let specs = service_specs(
+        &read.compose,
+        &plan,
+        &env.name,
+        stack,
+        revision,
+        images,
+        allow_bind_mounts,
+    )
+    .map_err(|e| DeployError::Refused(e.to_string()))?;
+    Ok((specs, plan))
+}
+
+/// Pulls each service's image when missing and pins it: `image@digest`, or the local
+/// image's id.
+async fn pin_images(
+    target: &DockerTarget,
+    specs: &[ServiceSpec],
+) -> Result<BTreeMap<String, String>, DeployError> {
+    let mut pinned = BTreeMap::new();
+    for spec in specs {
+        let image = &spec.image;
+        let present = target.resolve_digest(image).await;
+        if matches!(present, Err(slipway_deploy::target::TargetError::NotFound { .. })) {
+            target
+                .pull_image(image, None)
+                .await
+                .map_err(|e| DeployError::Engine(format!("service {}: {e}", spec.name)))?;
+        }
+        let digest = target
+            .resolve_digest(image)
+            .await
+            .map_err(|e| DeployError::Engine(format!("service {}: {e}", spec.name)))?;
+        let pin = match digest {
+            Some(d) => d,
+            None => target
+                .docker()
+                .inspect_image(image)
+                .await
+                .ok()
+                .and_then(|i| i.id)
+                .unwrap_or_else(|| image.clone()),
+        };
+        pinned.insert(spec.name.clone(), pin);
+    }
+    Ok(pinned)
+}
+
+/// Where a stack serves: its first route, through this process's proxy.
+fn stack_url(state: &AppState, specs: &[ServiceSpec]) -> String {
+    let Some(route) = specs.iter().find_map(|s| s.route.as_ref()) else {
+        return String::new();
+    };
+    let port = state
+        .config
+        .edge
+        .as_ref()
+        .and_then(|e| e.http_addr())
+        .map(|a| a.port())
+        .filter(|p| *p != 80)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    format!("http://{}{port}{}", route.host, route.path.as_deref().unwrap_or("/"))
+}
+
+fn notice(env: &str, stack: &str, revision: &RevisionRow, status: &str, url: &str) -> DeployNotice {
+    DeployNotice {
+        environment: env.to_owned(),
+        stack: stack.to_owned(),
+        revision: revision.number,
+        status: status.to_owned(),
+        url: url.to_owned(),
+        images: revision.images.values().cloned().collect(),
+        repo: None,
+        build_number: None,
+    }
+}
+
+/// The specs of a stack's current revision, for putting it back.
+async fn current_specs(
+    state: &AppState,
+    env: &Environment,
+    stack: &StackRow,
+) -> Result<Option<Vec<ServiceSpec>>, DeployError> {
+    let Some(number) = stack.current else {
+        return Ok(None);
+    };
+    let Some(revision) = state.store.revision(stack.id, number).await? else {
+        return Ok(None);
+    };
+    let (specs, _) = specs_of(
+        env,
+        &stack.name,
+        &revision.number.to_string(),
+        &revision.compose,
+        "compose.yaml",
+        revision.rancher.as_deref(),
+        &revision.images,
+        true,
+    )?;
+    Ok(Some(specs))
+}
+
+/// Records a new revision of `env/stack` and starts its rollout; the revision as recorded.
+pub async fn deploy(
+    state: Arc<AppState>,
+    env_name: &str,
+    stack_name: &str,
+    req: DeployRequest,
+    cause: String,
+) -> Result<RevisionRow, DeployError> {
+    let edge = state.config.edge.clone().ok_or(DeployError::NoProxy)?;
+    let env_row = state
+        .store
+        .env_by_name(env_name)
+        .await?
+        .ok_or_else(|| DeployError::NotFound(format!("no environment `{env_name}` (see `slipway env ls`)")))?;
+    let secrets = state.store.env_secrets(env_row.id).await?;
+    let env = environment(&state, &env_row, &secrets);
+    let file = req.file.clone().unwrap_or_else(|| "compose.yaml".to_owned());
+    // Checked before anything is recorded: a broken file leaves no revision.
+    let (specs, _) = specs_of(
+        &env,
+        stack_name,
+        "0",
+        &req.compose,
+        &file,
+        req.rancher.as_deref(),
+        &req.images,
+        req.allow_bind_mounts,
+    )?;
+    let target = state.deploy.target().await?;
+    let images = pin_images(&target, &specs).await?;
+    let stack = state.store.ensure_stack(env_row.id, stack_name).await?;
+    if !state.deploy.claim(stack.id) {
+        return Err(DeployError::Busy(format!("{env_name}/{stack_name}")));
+    }
+    let recorded = async {
+        let previous = current_specs(&state, &env, &stack).await?;
+        // The variables are kept by name for secrets, by value otherwise.
+        let mut vars = env.variables.clone();
+        for name in env.secrets.keys() {
+            vars.insert(name.clone(), "(secret)".to_owned());
+        }
+        let revision = state
+            .store
+            .new_revision(
+                stack.id,
+                &NewRevision {
+                    compose: req.compose.clone(),
+                    rancher: req.rancher.clone(),
+                    vars,
+                    images: images.clone(),
+                    cause,
+                    build_id: None,
+                },
+            )
+            .await?;
+        let (specs, _) = specs_of(
+            &env,
+            stack_name,
+            &revision.number.to_string(),
+            &req.compose,
+            &file,
+            req.rancher.as_deref(),
+            &images,
+            req.allow_bind_mounts,
+        )?;
+        Ok::<_, DeployError>((revision, specs, previous))
+    }
+    .await;
+    let (revision, specs, previous) = match recorded {
+        Ok(r) => r,
+        Err(e) => {
+            state.deploy.release(stack.id);
+            return Err(e);
+        }
+    };
+    let url = stack_url(&state, &specs);
+    state
+        .store
+        .set_revision_status(
+            revision.id,
+            "rolling",
+            None,
+            Some(&notice(env_name, stack_name, &revision, "started", &url)),
+        )
+        .await?;
+    state.wake_notifications();
+    tracing::info!(
+        "deploying {env_name}/{stack_name} revision {} ({} services)",
+        revision.number,
+        specs.len()
+    );
+    let task_state = state.clone();
+    let (env_name, stack_name) = (env_name.to_owned(), stack_name.to_owned());
+    let task_revision = revision.clone();
+    tokio::spawn(async move {
+        let state = task_state;
+        let revision = task_revision;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StackEvent>();
+        let store = state.store.clone();
+        let revision_id = revision.id;
+        // Steps are written in order by one task, beside the rollout.
+        let recorder = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let detail = serde_json::to_value(&event).unwrap_or_default();
+                let kind = detail["event"].as_str().unwrap_or("event").to_owned();
+                if let Err(e) = store.record_step(revision_id, &kind, &detail).await {
+                    tracing::warn!("recording a rollout step: {e}");
+                }
+            }
+        });
+        let result = deploy_stack(
+            target.as_ref(),
+            edge.proxy(),
+            &specs,
+            previous.as_deref(),
+            move |event: &StackEvent| {
+                let _ = tx.send(event.clone());
+            },
+        )
+        .await;
+        let _ = recorder.await;
+        let (status, message) = match result {
+            Ok(outcome) => (outcome.status, outcome.message),
+            Err(e) => ("failed".to_owned(), Some(e.to_string())),
+        };
+        let event = match status.as_str() {
+            "succeeded" => "succeeded",
+            "rolled_back" => "rolled_back",
+            "paused" => "failed",
+            _ => "failed",
+        };
+        tracing::info!(
+            "{env_name}/{stack_name} revision {}: {status}{}",
+            revision.number,
+            message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+        );
+        let written = state
+            .store
+            .set_revision_status(
+                revision.id,
+                &status,
+                message.as_deref(),
+                Some(&notice(&env_name, &stack_name, &revision, event, &url)),
+            )
+            .await;
+        if let Err(e) = written {
+            tracing::error!("recording the end of revision {}: {e}", revision.number);
+        }
+        state.wake_notifications();
+        state.deploy.release(revision.stack_id);
+    });
+    Ok(revision)
+}
+
+/// What runs of a stack, by container, for `stack show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerView {
+    pub name: String,
+    pub service: String,
+    pub revision: String,
+    pub state: String,
+    pub health: String,
+}
+
+pub async fn containers(state: &AppState, env: &str, stack: &str) -> Result<Vec<ContainerView>, DeployError> {
+    let target = state.deploy.target().await?;
+    let selector = slipway_deploy::target::Selector {
+        env: env.to_owned(),
+        stack: Some(stack.to_owned()),
+        ..Default::default()
+    };
+    let list = target
+        .list_containers(&selector)
+        .await
+        .map_err(|e| DeployError::Engine(e.to_string()))?;
+    Ok(list
+        .into_iter()
+        .map(|c| {
+            let owner = c.owner();
+            ContainerView {
+                name: c.name.clone(),
+                service: owner.as_ref().map(|o| o.service.clone()).unwrap_or_default(),
+                revision: owner.map(|o| o.revision).unwrap_or_default(),
+                state: format!("{:?}", c.state).to_lowercase(),
+                health: format!("{:?}", c.health).to_lowercase(),
+            }
+        })
+        .collect())
+}
+
+/// Removes a stack's containers (drained) and its records.
+pub async fn remove(state: &AppState, env: &EnvRow, stack: &StackRow) -> Result<usize, DeployError> {
+    let edge = state.config.edge.clone().ok_or(DeployError::NoProxy)?;
+    if !state.deploy.claim(stack.id) {
+        return Err(DeployError::Busy(format!("{}/{}", env.name, stack.name)));
+    }
+    let result = async {
+        let target = state.deploy.target().await?;
+        let views = containers(state, &env.name, &stack.name).await?;
+        let services: std::collections::BTreeSet<String> =
+            views.into_iter().map(|c| c.service).collect();
+        let mut removed = 0;
+        for service in services {
+            removed += Rollout::new(target.as_ref(), edge.proxy())
+                .remove_service(&env.name, &stack.name, &service, std::time::Duration::from_secs(30))
+                .await
+                .map_err(|e| DeployError::Engine(e.to_string()))?;
+        }
+        state.store.delete_stack(stack.id).await?;
+        Ok(removed)
+    }
+    .await;
+    state.deploy.release(stack.id);
+    result
+}
+
+/// At start: routes of every stack's current revision back in the proxy; rollouts the
+/// last process left unfinished reverted.
+pub async fn recover(state: Arc<AppState>) {
+    let Some(edge) = state.config.edge.clone() else {
+        return;
+    };
+    let result: Result<(), DeployError> = async {
+        let unfinished = state.store.unfinished_revisions().await?;
+        let stacks = state.store.stacks(None).await?;
+        if stacks.is_empty() {
+            return Ok(());
+        }
+        let target = state.deploy.target().await?;
+        for stack in stacks {
+            let Some(env_row) = state.store.envs().await?.into_iter().find(|e| e.id == stack.env_id) else {
+                continue;
+            };
+            let secrets = state.store.env_secrets(env_row.id).await?;
+            let env = environment(&state, &env_row, &secrets);
+            let current = current_specs(&state, &env, &stack).await?;
+            let cut: Vec<&RevisionRow> = unfinished.iter().filter(|r| r.stack_id == stack.id).collect();
+            if cut.is_empty() {
+                for spec in current.iter().flatten() {
+                    match Rollout::new(target.as_ref(), edge.proxy()).reconcile(spec).await {
+                        Ok(n) => tracing::info!("{}/{} {}: {n} containers routed", env.name, stack.name, spec.name),
+                        Err(e) => tracing::warn!("{}/{} {}: {e}", env.name, stack.name, spec.name),
+                    }
+                }
+                continue;
+            }
+            // A rollout was cut: the current revision is put back whole (its rollout
+            // replaces whatever runs), or, with none, the stack's containers go.
+            let message = match &current {
+                Some(specs) => {
+                    deploy_stack(target.as_ref(), edge.proxy(), specs, None, |_: &StackEvent| {})
+                        .await
+                        .map_err(|e| DeployError::Engine(e.to_string()))?;
+                    format!(
+                        "the server stopped during this rollout; revision {} was put back",
+                        stack.current.unwrap_or_default()
+                    )
+                }
+                None => {
+                    remove_containers(&state, &target, edge.proxy(), &env.name, &stack.name).await?;
+                    "the server stopped during this rollout; its containers were removed".to_owned()
+                }
+            };
+            for revision in cut {
+                state
+                    .store
+                    .set_revision_status(
+                        revision.id,
+                        "rolled_back",
+                        Some(&message),
+                        Some(&notice(&env.name, &stack.name, revision, "rolled_back", "")),
+                    )
+                    .await?;
+                tracing::warn!("{}/{} revision {}: {message}", env.name, stack.name, revision.number);
+            }
+        }
+        state.wake_notifications();
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!("deployer: recovering the stacks at start: {e}");
+    }
+}
+
+async fn remove_containers(
+    state: &AppState,
+    target: &DockerTarget,
+    proxy: &slipway_proxy::Proxy,
+    env: &str,
+    stack: &str,
+) -> Result<(), DeployError> {
+    let services: std::collections::BTreeSet<String> = containers(state, env, stack)
+        .await?
+        .into_iter()
+        .map(|c| c.service)
+        .collect();
+    for service in services {
+        Rollout::new(target, proxy)
+            .remove_service(env, stack, &service, std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| DeployError::Engine(e.to_string()))?;
+    }
+    Ok(())
+}
