@@ -10,6 +10,7 @@ mod printer;
 mod proxy;
 mod registry;
 mod secrets_file;
+mod stack;
 mod up;
 
 // The proxy and the server allocate per request (headers, bodies' frames): mimalloc's
@@ -93,6 +94,12 @@ enum Command {
         #[command(flatten)]
         serve: proxy::ServeArgs,
     },
+    /// Compose stacks: `stack lint FILE [--rancher FILE]`, `stack plan FILE [--env NAME]
+    /// [--domain D] [--var K=V]... [--json]`.
+    Stack {
+        #[command(subcommand)]
+        command: stack::StackCommand,
+    },
     /// Builds: `ls`, `show`, `logs [-f]`, `run`, `restart`, `cancel`, `promote`.
     Build {
         #[command(flatten)]
@@ -131,6 +138,7 @@ fn main() -> ExitCode {
         Command::Gc { api, args } => client::gc(api, args),
         Command::Notify { api, command } => notify::run(api, command),
         Command::Proxy { command, serve } => proxy::run(command, serve),
+        Command::Stack { command } => stack::run(command),
     };
     match result {
         Ok(code) => code,
