@@ -3,6 +3,7 @@
 
 mod corpus;
 mod examples;
+mod plans;
 mod positions;
 
 use std::collections::BTreeMap;
