@@ -723,7 +723,7 @@ pub fn format_duration(d: Duration) -> String {
     }
     let ms = d.as_millis();
     if ms < 1000 {
-        if d.subsec_nanos() % 1_000_000 == 0 {
+        if d.subsec_nanos().is_multiple_of(1_000_000) {
             return format!("{ms}ms");
         }
         return format!("{}us", d.as_micros());

@@ -11,6 +11,7 @@ mod printer;
 mod proxy;
 mod registry;
 mod secrets_file;
+mod stack;
 mod up;
 
 // The proxy and the server allocate per request (headers, bodies' frames): mimalloc's
@@ -102,6 +103,12 @@ enum Command {
         #[command(flatten)]
         serve: proxy::ServeArgs,
     },
+    /// Compose stacks: `stack lint FILE [--rancher FILE]`, `stack plan FILE [--env NAME]
+    /// [--domain D] [--var K=V]... [--json]`.
+    Stack {
+        #[command(subcommand)]
+        command: stack::StackCommand,
+    },
     /// Builds: `ls`, `show`, `logs [-f]`, `run`, `restart`, `cancel`, `promote`.
     Build {
         #[command(flatten)]
@@ -141,6 +148,7 @@ fn main() -> ExitCode {
         Command::Notify { api, command } => notify::run(api, command),
         Command::Env { api, command } => env::run(api, command),
         Command::Proxy { command, serve } => proxy::run(command, serve),
+        Command::Stack { command } => stack::run(command),
     };
     match result {
         Ok(code) => code,

@@ -616,7 +616,7 @@ impl<'a> Reader<'a> {
                         ),
                         None => {
                             let name = t.trim().to_owned();
-                            set(out, self.from_vars(name));
+                            set(out, self.taken_from_vars(name));
                         }
                     }
                 }
@@ -625,7 +625,7 @@ impl<'a> Reader<'a> {
                 for (k, v) in entries {
                     let Some(key) = k.as_str() else { continue };
                     if v.is_null() {
-                        set(out, self.from_vars(key.to_owned()));
+                        set(out, self.taken_from_vars(key.to_owned()));
                         continue;
                     }
                     if let Some((val, refs)) = self.text_refs(v) {
@@ -646,7 +646,7 @@ impl<'a> Reader<'a> {
     }
 
     /// `- KEY` alone: the variable of that name, or unset.
-    fn from_vars(&self, name: String) -> EnvVar {
+    fn taken_from_vars(&self, name: String) -> EnvVar {
         EnvVar {
             value: self.vars.get(&name).cloned(),
             from_vars: vec![name.clone()],
@@ -1906,7 +1906,7 @@ fn parse_bytes(t: &str) -> Option<u64> {
         _ => return None,
     };
     let v = n * scale;
-    (v.is_finite() && v >= 0.0 && v < 1.8e19).then_some(v as u64)
+    (v.is_finite() && (0.0..1.8e19).contains(&v)).then_some(v as u64)
 }
 
 /// Positions of keys, for messages about a key.

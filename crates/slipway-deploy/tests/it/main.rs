@@ -5,6 +5,7 @@
 mod corpus;
 mod docker_env;
 mod examples;
+mod plans;
 mod positions;
 mod rollout;
 mod target;

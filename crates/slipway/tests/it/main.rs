@@ -8,6 +8,7 @@ mod notify;
 mod proxy;
 mod security;
 mod server;
+mod stack;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

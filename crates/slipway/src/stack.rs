@@ -1,0 +1,160 @@
+//! `slipway stack …`: compose stacks. `lint` checks a stack file (and the
+//! `rancher-compose.yml` beside it) and `plan` shows what a deploy would do; neither needs
+//! an engine. Each subcommand is a variant of [`StackCommand`] with its own args struct and
+//! function, so `deploy`, `rollback` and friends are added the same way.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use slipway_deploy::compose::{self, Mode, Read, ReadOptions};
+use slipway_deploy::plan::{Environment, Plan};
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Check a compose/stack file; prints FILE:LINE:COL: error|warning: message, exits 1 on
+    /// errors. A rancher-compose.yml beside it is read too.
+    Lint(LintArgs),
+    /// What a deploy of the stack would do in an environment: services, images, replicas,
+    /// routes, health checks, strategies (`--json`: the schema in the README).
+    Plan(PlanArgs),
+}
+
+pub fn run(command: StackCommand) -> Result<ExitCode> {
+    match command {
+        StackCommand::Lint(args) => lint(args),
+        StackCommand::Plan(args) => plan(args),
+    }
+}
+
+/// The stack file and its Rancher file, as every stack subcommand takes them.
+#[derive(Debug, Args)]
+pub struct StackFile {
+    /// The compose or stack file.
+    pub file: PathBuf,
+    /// Rancher 1.x rancher-compose.yml (default: the one beside FILE, when present).
+    #[arg(long, value_name = "FILE")]
+    pub rancher: Option<PathBuf>,
+}
+
+impl StackFile {
+    fn read(&self, opts: &ReadOptions) -> Result<Read> {
+        if !self.file.is_file() {
+            bail!("{} is not a file", self.file.display());
+        }
+        Ok(compose::load(&self.file, self.rancher.as_deref(), opts)?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    #[command(flatten)]
+    pub stack: StackFile,
+    /// Print the problems as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn lint(args: LintArgs) -> Result<ExitCode> {
+    let read = args.stack.read(&ReadOptions::default())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&read.problems)?);
+    } else {
+        for p in &read.problems {
+            println!("{p}");
+        }
+    }
+    Ok(if read.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub stack: StackFile,
+    /// The environment's name.
+    #[arg(long = "env", value_name = "NAME", default_value = "default")]
+    pub env: String,
+    /// The environment's domain: services get `SERVICE.DOMAIN` routes.
+    #[arg(long, value_name = "D")]
+    pub domain: Option<String>,
+    /// A variable for interpolation, KEY=VALUE; repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+    /// Print the plan as JSON (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn plan(args: PlanArgs) -> Result<ExitCode> {
+    let mut variables = BTreeMap::new();
+    for v in &args.vars {
+        let Some((k, val)) = v.split_once('=') else {
+            bail!("--var `{v}` must be KEY=VALUE");
+        };
+        if k.is_empty() {
+            bail!("--var `{v}` must be KEY=VALUE");
+        }
+        variables.insert(k.to_owned(), val.to_owned());
+    }
+    let env = Environment {
+        name: args.env.clone(),
+        domain: args.domain.clone(),
+        variables,
+        secrets: BTreeMap::new(),
+    };
+    let opts = ReadOptions {
+        vars: env.interpolation_vars(),
+        mode: Mode::Strict,
+        base_dir: None,
+    };
+    let read = args.stack.read(&opts)?;
+    let shown = args.stack.file.display().to_string();
+    fail_on_errors(&read, &shown)?;
+    let plan = Plan::of(&read.compose, &env);
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &plan.services {
+        let replicas = match s.replicas {
+            Some(n) => format!("{n} replica(s)"),
+            None => "global".to_owned(),
+        };
+        println!(
+            "service {}: {} ({replicas}, {:?} {:?})",
+            s.name,
+            s.image.as_deref().unwrap_or("-"),
+            s.strategy.kind,
+            s.strategy.order
+        );
+        for r in &s.routes {
+            let path = r.path.as_deref().unwrap_or("");
+            println!(
+                "  route {}{path} → :{} (tls {}, {})",
+                r.host, r.port, r.tls, r.source
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the file's warnings to stderr, and fails with every error when there is one.
+fn fail_on_errors(read: &Read, shown: &str) -> Result<()> {
+    for p in &read.problems {
+        eprintln!("{p}");
+    }
+    let errors = read.problems.iter().filter(|p| p.is_error()).count();
+    if errors > 0 {
+        bail!("{shown} has {errors} error(s); `slipway stack lint {shown}` shows them all");
+    }
+    Ok(())
+}
