@@ -559,7 +559,8 @@ impl<'a, T: Target> Rollout<'a, T> {
     /// routes until this. How many containers the route now has.
     pub async fn reconcile(&self, spec: &ServiceSpec) -> Result<usize, RolloutError> {
         let plan = self.check(spec)?;
-        let selector = Selector::service(&spec.env, &spec.stack, &spec.name).revision(&spec.revision);
+        let selector =
+            Selector::service(&spec.env, &spec.stack, &spec.name).revision(&spec.revision);
         let members: Vec<Member> = self
             .target
             .list_containers(&selector)

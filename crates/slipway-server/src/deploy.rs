@@ -105,7 +105,11 @@ impl Deployments {
 }
 
 /// An environment's plain variables and opened secrets.
-fn environment(state: &AppState, env: &EnvRow, secrets: &[crate::store::EnvSecretRow]) -> Environment {
+fn environment(
+    state: &AppState,
+    env: &EnvRow,
+    secrets: &[crate::store::EnvSecretRow],
+) -> Environment {
     let mut opened = BTreeMap::new();
     for s in secrets {
         match state.secrets.open(
@@ -115,7 +119,11 @@ fn environment(state: &AppState, env: &EnvRow, secrets: &[crate::store::EnvSecre
             Ok(value) => {
                 opened.insert(s.name.clone(), value);
             }
-            Err(e) => tracing::error!("environment {}: secret {} does not open: {e}", env.name, s.name),
+            Err(e) => tracing::error!(
+                "environment {}: secret {} does not open: {e}",
+                env.name,
+                s.name
+            ),
         }
     }
     Environment {
@@ -181,7 +189,10 @@ async fn pin_images(
     for spec in specs {
         let image = &spec.image;
         let present = target.resolve_digest(image).await;
-        if matches!(present, Err(slipway_deploy::target::TargetError::NotFound { .. })) {
+        if matches!(
+            present,
+            Err(slipway_deploy::target::TargetError::NotFound { .. })
+        ) {
             target
                 .pull_image(image, None)
                 .await
@@ -220,7 +231,11 @@ fn stack_url(state: &AppState, specs: &[ServiceSpec]) -> String {
         .filter(|p| *p != 80)
         .map(|p| format!(":{p}"))
         .unwrap_or_default();
-    format!("http://{}{port}{}", route.host, route.path.as_deref().unwrap_or("/"))
+    format!(
+        "http://{}{port}{}",
+        route.host,
+        route.path.as_deref().unwrap_or("/")
+    )
 }
 
 fn notice(env: &str, stack: &str, revision: &RevisionRow, status: &str, url: &str) -> DeployNotice {
@@ -270,14 +285,17 @@ pub async fn deploy(
     cause: String,
 ) -> Result<RevisionRow, DeployError> {
     let edge = state.config.edge.clone().ok_or(DeployError::NoProxy)?;
-    let env_row = state
-        .store
-        .env_by_name(env_name)
-        .await?
-        .ok_or_else(|| DeployError::NotFound(format!("no environment `{env_name}` (see `slipway env ls`)")))?;
+    let env_row = state.store.env_by_name(env_name).await?.ok_or_else(|| {
+        DeployError::NotFound(format!(
+            "no environment `{env_name}` (see `slipway env ls`)"
+        ))
+    })?;
     let secrets = state.store.env_secrets(env_row.id).await?;
     let env = environment(&state, &env_row, &secrets);
-    let file = req.file.clone().unwrap_or_else(|| "compose.yaml".to_owned());
+    let file = req
+        .file
+        .clone()
+        .unwrap_or_else(|| "compose.yaml".to_owned());
     // Checked before anything is recorded: a broken file leaves no revision.
     let (specs, _) = specs_of(
         &env,
@@ -395,7 +413,10 @@ pub async fn deploy(
         tracing::info!(
             "{env_name}/{stack_name} revision {}: {status}{}",
             revision.number,
-            message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+            message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
         );
         let written = state
             .store
@@ -425,7 +446,11 @@ pub struct ContainerView {
     pub health: String,
 }
 
-pub async fn containers(state: &AppState, env: &str, stack: &str) -> Result<Vec<ContainerView>, DeployError> {
+pub async fn containers(
+    state: &AppState,
+    env: &str,
+    stack: &str,
+) -> Result<Vec<ContainerView>, DeployError> {
     let target = state.deploy.target().await?;
     let selector = slipway_deploy::target::Selector {
         env: env.to_owned(),
@@ -442,7 +467,10 @@ pub async fn containers(state: &AppState, env: &str, stack: &str) -> Result<Vec<
             let owner = c.owner();
             ContainerView {
                 name: c.name.clone(),
-                service: owner.as_ref().map(|o| o.service.clone()).unwrap_or_default(),
+                service: owner
+                    .as_ref()
+                    .map(|o| o.service.clone())
+                    .unwrap_or_default(),
                 revision: owner.map(|o| o.revision).unwrap_or_default(),
                 state: format!("{:?}", c.state).to_lowercase(),
                 health: format!("{:?}", c.health).to_lowercase(),
@@ -452,7 +480,11 @@ pub async fn containers(state: &AppState, env: &str, stack: &str) -> Result<Vec<
 }
 
 /// Removes a stack's containers (drained) and its records.
-pub async fn remove(state: &AppState, env: &EnvRow, stack: &StackRow) -> Result<usize, DeployError> {
+pub async fn remove(
+    state: &AppState,
+    env: &EnvRow,
+    stack: &StackRow,
+) -> Result<usize, DeployError> {
     let edge = state.config.edge.clone().ok_or(DeployError::NoProxy)?;
     if !state.deploy.claim(stack.id) {
         return Err(DeployError::Busy(format!("{}/{}", env.name, stack.name)));
@@ -465,7 +497,12 @@ pub async fn remove(state: &AppState, env: &EnvRow, stack: &StackRow) -> Result<
         let mut removed = 0;
         for service in services {
             removed += Rollout::new(target.as_ref(), edge.proxy())
-                .remove_service(&env.name, &stack.name, &service, std::time::Duration::from_secs(30))
+                .remove_service(
+                    &env.name,
+                    &stack.name,
+                    &service,
+                    std::time::Duration::from_secs(30),
+                )
                 .await
                 .map_err(|e| DeployError::Engine(e.to_string()))?;
         }
@@ -491,17 +528,34 @@ pub async fn recover(state: Arc<AppState>) {
         }
         let target = state.deploy.target().await?;
         for stack in stacks {
-            let Some(env_row) = state.store.envs().await?.into_iter().find(|e| e.id == stack.env_id) else {
+            let Some(env_row) = state
+                .store
+                .envs()
+                .await?
+                .into_iter()
+                .find(|e| e.id == stack.env_id)
+            else {
                 continue;
             };
             let secrets = state.store.env_secrets(env_row.id).await?;
             let env = environment(&state, &env_row, &secrets);
             let current = current_specs(&state, &env, &stack).await?;
-            let cut: Vec<&RevisionRow> = unfinished.iter().filter(|r| r.stack_id == stack.id).collect();
+            let cut: Vec<&RevisionRow> = unfinished
+                .iter()
+                .filter(|r| r.stack_id == stack.id)
+                .collect();
             if cut.is_empty() {
                 for spec in current.iter().flatten() {
-                    match Rollout::new(target.as_ref(), edge.proxy()).reconcile(spec).await {
-                        Ok(n) => tracing::info!("{}/{} {}: {n} containers routed", env.name, stack.name, spec.name),
+                    match Rollout::new(target.as_ref(), edge.proxy())
+                        .reconcile(spec)
+                        .await
+                    {
+                        Ok(n) => tracing::info!(
+                            "{}/{} {}: {n} containers routed",
+                            env.name,
+                            stack.name,
+                            spec.name
+                        ),
                         Err(e) => tracing::warn!("{}/{} {}: {e}", env.name, stack.name, spec.name),
                     }
                 }
@@ -511,16 +565,23 @@ pub async fn recover(state: Arc<AppState>) {
             // replaces whatever runs), or, with none, the stack's containers go.
             let message = match &current {
                 Some(specs) => {
-                    deploy_stack(target.as_ref(), edge.proxy(), specs, None, |_: &StackEvent| {})
-                        .await
-                        .map_err(|e| DeployError::Engine(e.to_string()))?;
+                    deploy_stack(
+                        target.as_ref(),
+                        edge.proxy(),
+                        specs,
+                        None,
+                        |_: &StackEvent| {},
+                    )
+                    .await
+                    .map_err(|e| DeployError::Engine(e.to_string()))?;
                     format!(
                         "the server stopped during this rollout; revision {} was put back",
                         stack.current.unwrap_or_default()
                     )
                 }
                 None => {
-                    remove_containers(&state, &target, edge.proxy(), &env.name, &stack.name).await?;
+                    remove_containers(&state, &target, edge.proxy(), &env.name, &stack.name)
+                        .await?;
                     "the server stopped during this rollout; its containers were removed".to_owned()
                 }
             };
@@ -534,7 +595,12 @@ pub async fn recover(state: Arc<AppState>) {
                         Some(&notice(&env.name, &stack.name, revision, "rolled_back", "")),
                     )
                     .await?;
-                tracing::warn!("{}/{} revision {}: {message}", env.name, stack.name, revision.number);
+                tracing::warn!(
+                    "{}/{} revision {}: {message}",
+                    env.name,
+                    stack.name,
+                    revision.number
+                );
             }
         }
         state.wake_notifications();

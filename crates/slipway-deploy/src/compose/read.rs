@@ -854,10 +854,15 @@ impl<'a> Reader<'a> {
                     format!("service `{name}`: `build` is ignored: images come from pipelines; `image` is deployed"),
                 );
             } else {
-                self.err(
-                    pos,
-                    format!("service `{name}`: `build: {b}` is refused: images come from pipelines; build and push the image in a pipeline and name it in `image:`"),
+                // Lint reads any compose file (it is valid Compose); a deploy refuses it.
+                let message = format!(
+                    "service `{name}`: `build: {b}` is refused: images come from pipelines; build and push the image in a pipeline and name it in `image:`"
                 );
+                if self.mode == Mode::Strict {
+                    self.err(pos, message);
+                } else {
+                    self.warn(pos, message);
+                }
             }
         } else if s.image.is_none() {
             self.err(key.pos, format!("service `{name}` has no `image`"));

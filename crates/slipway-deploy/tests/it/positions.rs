@@ -30,11 +30,20 @@ fn a_bad_port_is_an_error_at_its_entry() {
 
 #[test]
 fn build_is_refused_at_its_key() {
-    let r = lint("services:\n  app:\n    build: ./app\n");
+    // A deploy refuses it; lint (any compose file) warns.
+    let r = strict("services:\n  app:\n    build: ./app\n", &[]);
     assert_eq!(
         only(&r, Severity::Error),
         [
             "stack.yml:3:5: error: service `app`: `build: ./app` is refused: images come from pipelines; build and push the image in a pipeline and name it in `image:`"
+        ],
+    );
+    let r = lint("services:\n  app:\n    build: ./app\n");
+    assert!(!r.has_errors(), "{}", rendered(&r));
+    assert_eq!(
+        only(&r, Severity::Warning),
+        [
+            "stack.yml:3:5: warning: service `app`: `build: ./app` is refused: images come from pipelines; build and push the image in a pipeline and name it in `image:`"
         ],
     );
     // Beside an image, it is only ignored.
