@@ -134,17 +134,23 @@ fn environment(
     }
 }
 
+/// A stack file's text: the compose file (named for error positions) and its Rancher file.
+struct StackText<'a> {
+    compose: &'a str,
+    file: &'a str,
+    rancher: Option<&'a str>,
+}
+
 /// A stack file read, planned and turned into services for `revision`.
 fn specs_of(
     env: &Environment,
     stack: &str,
     revision: &str,
-    compose_text: &str,
-    file: &str,
-    rancher: Option<&str>,
+    text: &StackText<'_>,
     images: &BTreeMap<String, String>,
     allow_bind_mounts: bool,
 ) -> Result<(Vec<ServiceSpec>, Plan), DeployError> {
+    let (compose_text, file, rancher) = (text.compose, text.file, text.rancher);
     let opts = ReadOptions {
         vars: env.interpolation_vars(),
         mode: Mode::Strict,
@@ -267,9 +273,11 @@ async fn current_specs(
         env,
         &stack.name,
         &revision.number.to_string(),
-        &revision.compose,
-        "compose.yaml",
-        revision.rancher.as_deref(),
+        &StackText {
+            compose: &revision.compose,
+            file: "compose.yaml",
+            rancher: revision.rancher.as_deref(),
+        },
         &revision.images,
         true,
     )?;
@@ -296,14 +304,17 @@ pub async fn deploy(
         .file
         .clone()
         .unwrap_or_else(|| "compose.yaml".to_owned());
+    let text = StackText {
+        compose: &req.compose,
+        file: &file,
+        rancher: req.rancher.as_deref(),
+    };
     // Checked before anything is recorded: a broken file leaves no revision.
     let (specs, _) = specs_of(
         &env,
         stack_name,
         "0",
-        &req.compose,
-        &file,
-        req.rancher.as_deref(),
+        &text,
         &req.images,
         req.allow_bind_mounts,
     )?;
@@ -338,9 +349,7 @@ pub async fn deploy(
             &env,
             stack_name,
             &revision.number.to_string(),
-            &req.compose,
-            &file,
-            req.rancher.as_deref(),
+            &text,
             &images,
             req.allow_bind_mounts,
         )?;

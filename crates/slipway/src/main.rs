@@ -12,6 +12,7 @@ mod proxy;
 mod registry;
 mod secrets_file;
 mod stack;
+mod stack_deploy;
 mod up;
 
 // The proxy and the server allocate per request (headers, bodies' frames): mimalloc's

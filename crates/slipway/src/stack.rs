@@ -20,13 +20,85 @@ pub enum StackCommand {
     /// What a deploy of the stack would do in an environment: services, images, replicas,
     /// routes, health checks, strategies (`--json`: the schema in the README).
     Plan(PlanArgs),
+    /// Deploy a stack file to an environment as a new revision: `stack deploy ENV/STACK -f
+    /// FILE [--image SERVICE=REF]… [--wait]`.
+    Deploy(DeployArgs),
+    /// List stacks (of every environment), with their latest revision.
+    Ls(ApiOnly),
+    /// A stack: its revisions and containers (service, revision, state, health).
+    Show(StackRef),
+    /// A stack's revisions, newest first: what caused each, its images and outcome.
+    History(StackRef),
+    /// Deploy an earlier revision again, exactly its images (no pull): `--to N`, default
+    /// the last that succeeded before the current one.
+    Rollback(RollbackArgs),
+    /// Remove a stack: its route, its containers (drained), its history.
+    Rm(StackRef),
 }
 
 pub fn run(command: StackCommand) -> Result<ExitCode> {
     match command {
         StackCommand::Lint(args) => lint(args),
         StackCommand::Plan(args) => plan(args),
+        StackCommand::Deploy(args) => crate::stack_deploy::deploy(args),
+        StackCommand::Ls(args) => crate::stack_deploy::ls(args),
+        StackCommand::Show(args) => crate::stack_deploy::show(args),
+        StackCommand::History(args) => crate::stack_deploy::history(args),
+        StackCommand::Rollback(args) => crate::stack_deploy::rollback(args),
+        StackCommand::Rm(args) => crate::stack_deploy::rm(args),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ApiOnly {
+    #[command(flatten)]
+    pub api: crate::client::ApiArgs,
+}
+
+/// `ENV/STACK` and the server.
+#[derive(Debug, Args)]
+pub struct StackRef {
+    /// `ENV/STACK`.
+    pub target: String,
+    #[command(flatten)]
+    pub api: crate::client::ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// `ENV/STACK`.
+    pub target: String,
+    /// The compose or stack file (a rancher-compose.yml beside it is sent too).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Rancher 1.x rancher-compose.yml (default: the one beside FILE, when present).
+    #[arg(long, value_name = "FILE")]
+    pub rancher: Option<PathBuf>,
+    /// Deploy this image for a service instead of the file's, SERVICE=REF (repeatable).
+    #[arg(long = "image", value_name = "SERVICE=REF")]
+    pub images: Vec<String>,
+    /// Follow the rollout, printing each step; exit 1 if it did not succeed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Allow host-path (bind) mounts: only for stacks you trust.
+    #[arg(long)]
+    pub allow_bind_mounts: bool,
+    #[command(flatten)]
+    pub api: crate::client::ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// `ENV/STACK`.
+    pub target: String,
+    /// The revision to go back to.
+    #[arg(long)]
+    pub to: Option<i64>,
+    /// Follow the rollout; exit 1 if it did not succeed.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub api: crate::client::ApiArgs,
 }
 
 /// The stack file and its Rancher file, as every stack subcommand takes them.

@@ -1,11 +1,16 @@
-//! Environments and their secrets over the API (an admin token); the deployer's stacks and
-//! revisions come next to them.
+//! Environments, their secrets, and the deployer's stacks and revisions over the API (an
+//! admin token).
 //!
 //! | request | answer |
 //! |---|---|
 //! | `GET /api/envs` · `POST {name, domain?, vars{}}` | environments |
 //! | `GET /api/envs/{env}` · `DELETE` (refused while it has stacks) | one, with its secrets' names and stacks |
 //! | `GET/POST /api/envs/{env}/secrets` `{name, value}` · `DELETE …/secrets/{name}` | its secrets (values never shown) |
+//! | `GET /api/stacks` | stacks with their latest revision |
+//! | `POST /api/stacks/{env}/{stack}` `{compose, file?, rancher?, images{}, allow_bind_mounts?}` | a new revision (201); its rollout runs on |
+//! | `GET /api/stacks/{env}/{stack}` · `DELETE` | the stack, its last revisions and containers · removed with its containers |
+//! | `GET /api/stacks/{env}/{stack}/revisions[/{n}]` | the history · one revision with its rollout's steps |
+//! | `POST /api/stacks/{env}/{stack}/rollback` `{to?}` | a new revision of an earlier one's file and images |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -179,4 +184,185 @@ pub async fn delete_env_secret(
             env.name
         )))
     }
+}
+
+// ------------------------------------------------------------------------ stacks
+
+impl From<crate::deploy::DeployError> for ApiError {
+    fn from(e: crate::deploy::DeployError) -> ApiError {
+        use crate::deploy::DeployError as E;
+        match e {
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Invalid(_) | E::Refused(_) => ApiError::bad_request(e.to_string()),
+            E::Busy(_) | E::NoProxy => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            E::Engine(_) => ApiError::new(StatusCode::BAD_GATEWAY, "engine", e.to_string()),
+            E::Store(e) => e.into(),
+        }
+    }
+}
+
+async fn find_stack(
+    state: &AppState,
+    env: &str,
+    stack: &str,
+) -> Result<(EnvRow, crate::store::StackRow), ApiError> {
+    let env = find_env(state, env).await?;
+    let stack_row = state.store.stack(env.id, stack).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no stack `{}/{stack}` (see `slipway stack ls`)",
+            env.name
+        ))
+    })?;
+    Ok((env, stack_row))
+}
+
+/// `POST /api/stacks/{env}/{stack}`: a new revision from a stack file; its rollout runs on.
+pub async fn deploy_stack(
+    State(state): State<Arc<AppState>>,
+    Admin(token): Admin,
+    Path((env, stack)): Path<(String, String)>,
+    Json(req): Json<crate::deploy::DeployRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !valid_env_name(&stack) {
+        return Err(ApiError::bad_request(format!(
+            "stack name `{stack}`: lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit"
+        )));
+    }
+    let revision = crate::deploy::deploy(
+        state.clone(),
+        &env,
+        &stack,
+        req,
+        format!("user:{}", token.name),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(revision))))
+}
+
+pub async fn list_stacks(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for stack in state.store.stacks(None).await? {
+        let latest = state.store.revisions(stack.id, 1).await?;
+        out.push(json!({"stack": stack, "latest": latest.first()}));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+pub async fn get_stack(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path((env, stack)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (env, stack) = find_stack(&state, &env, &stack).await?;
+    let revisions = state.store.revisions(stack.id, 10).await?;
+    let containers = crate::deploy::containers(&state, &env.name, &stack.name).await?;
+    Ok(Json(
+        json!({"stack": stack, "revisions": revisions, "containers": containers}),
+    ))
+}
+
+pub async fn stack_history(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path((env, stack)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, stack) = find_stack(&state, &env, &stack).await?;
+    Ok(Json(json!(state.store.revisions(stack.id, 100).await?)))
+}
+
+pub async fn get_revision(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path((env, stack, number)): Path<(String, String, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, stack) = find_stack(&state, &env, &stack).await?;
+    let revision = state
+        .store
+        .revision(stack.id, number)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("stack {} has no revision {number}", stack.name))
+        })?;
+    let steps = state.store.rollout_steps(revision.id).await?;
+    let mut body = json!(revision);
+    if let Some(object) = body.as_object_mut() {
+        object.insert("steps".into(), json!(steps));
+    }
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct RollbackRequest {
+    /// The revision to go back to (default: the last one that succeeded before the
+    /// current).
+    #[serde(default)]
+    pub to: Option<i64>,
+}
+
+/// A new revision with exactly an earlier one's file and pinned images (no pull).
+pub async fn rollback_stack(
+    State(state): State<Arc<AppState>>,
+    Admin(token): Admin,
+    Path((env, stack)): Path<(String, String)>,
+    body: Option<Json<RollbackRequest>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req = body.map(|Json(r)| r).unwrap_or_default();
+    let (env_row, stack_row) = find_stack(&state, &env, &stack).await?;
+    let revisions = state.store.revisions(stack_row.id, 1000).await?;
+    let target = match req.to {
+        Some(n) => revisions.iter().find(|r| r.number == n).ok_or_else(|| {
+            ApiError::not_found(format!("stack {env}/{stack} has no revision {n}"))
+        })?,
+        None => revisions
+            .iter()
+            .find(|r| r.status == "succeeded" && Some(r.number) != stack_row.current)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "stack {env}/{stack} has no earlier revision that succeeded to go back to"
+                ))
+            })?,
+    };
+    tracing::info!(
+        "{}/{}: rolling back to revision {} ({})",
+        env_row.name,
+        stack_row.name,
+        target.number,
+        token.name
+    );
+    let request = crate::deploy::DeployRequest {
+        compose: target.compose.clone(),
+        file: None,
+        rancher: target.rancher.clone(),
+        images: target.images.clone(),
+        allow_bind_mounts: true,
+    };
+    let revision = crate::deploy::deploy(
+        state.clone(),
+        &env_row.name,
+        &stack_row.name,
+        request,
+        format!("rollback:{}", target.number),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(revision))))
+}
+
+pub async fn delete_stack(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path((env, stack)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (env, stack) = find_stack(&state, &env, &stack).await?;
+    let removed = crate::deploy::remove(&state, &env, &stack).await?;
+    tracing::info!(
+        "stack {}/{} removed ({removed} containers)",
+        env.name,
+        stack.name
+    );
+    Ok(Json(json!({"removed_containers": removed})))
 }

@@ -94,6 +94,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/envs/{env}/secrets/{name}",
             axum::routing::delete(deploy::delete_env_secret),
         )
+        .route("/api/stacks", get(deploy::list_stacks))
+        .route(
+            "/api/stacks/{env}/{stack}",
+            get(deploy::get_stack)
+                .post(deploy::deploy_stack)
+                .delete(deploy::delete_stack),
+        )
+        .route(
+            "/api/stacks/{env}/{stack}/revisions",
+            get(deploy::stack_history),
+        )
+        .route(
+            "/api/stacks/{env}/{stack}/revisions/{number}",
+            get(deploy::get_revision),
+        )
+        .route(
+            "/api/stacks/{env}/{stack}/rollback",
+            post(deploy::rollback_stack),
+        )
         .route(
             "/api/tokens/{id}",
             axum::routing::delete(rest::delete_token),

@@ -94,3 +94,315 @@ fn environments_with_domain_variables_and_secrets() {
     assert!(out.status.success(), "{}", text(&out).1);
     assert_eq!(api(&up, &["env", "ls"]).as_array().map(Vec::len), Some(1));
 }
+
+/// A busybox httpd answering `$VERSION`, started after `delay` seconds; `extra` goes into
+/// the service (a health check, ...).
+fn stack_file(version: &str, delay: u32, extra: &str) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "sleep {delay}; mkdir -p /www && echo \"$$VERSION\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
+    environment:
+      VERSION: {version}
+    expose: ["8080"]
+    stop_grace_period: 2s
+    deploy:
+      replicas: 2
+{extra}"#,
+        image = super::test_image()
+    )
+}
+
+/// `GET http://HOST/` through the edge proxy at `edge`: (status, body).
+fn through(edge: &str, host: &str) -> (u16, String) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("client");
+    match client
+        .get(format!("http://{edge}/"))
+        .header("host", host)
+        .send()
+    {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.text().unwrap_or_default().trim().to_owned(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Requests through the proxy until stopped, each answer recorded (0: a connection error).
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(u16, String)>>,
+}
+
+impl Load {
+    fn start(edge: &str, host: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, edge, host) = (stop.clone(), edge.to_owned(), host.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && seen.len() < 20_000 {
+                seen.push(through(&edge, &host));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            seen
+        });
+        Load { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(u16, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("load thread")
+    }
+}
+
+fn stack_cli(up: &super::server::Up, args: &[&str]) -> std::process::Output {
+    slipway()
+        .arg("stack")
+        .args(args)
+        .args(["--server", &up.url, "--token", ADMIN])
+        .output()
+        .expect("slipway runs")
+}
+
+fn engine_containers(env: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=io.slipway.env={env}"),
+        ])
+        .args(["--format", "{{.Label \"io.slipway.revision\"}} {{.State}}"])
+        .output()
+        .expect("docker ps");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Removes every container and network of a test's environment when it ends.
+struct EngineCleanup(String);
+
+impl Drop for EngineCleanup {
+    fn drop(&mut self) {
+        let label = format!("label=io.slipway.env={}", self.0);
+        for kind in [["ps", "-aq"], ["network", "ls"]] {
+            let mut list = std::process::Command::new("docker");
+            list.args(kind).args(["--filter", &label]);
+            if kind[0] == "network" {
+                list.arg("-q");
+            }
+            let ids = list
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for id in ids.split_whitespace() {
+                let rm: &[&str] = if kind[0] == "network" {
+                    &["network", "rm"]
+                } else {
+                    &["rm", "-f"]
+                };
+                let _ = std::process::Command::new("docker")
+                    .args(rm)
+                    .arg(id)
+                    .output();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_kill() {
+    if std::process::Command::new("docker")
+        .arg("version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("skipping: no Docker engine");
+        return;
+    }
+    let env = format!("e2e{}", std::process::id());
+    let _cleanup = EngineCleanup(env.clone());
+    let data = tempfile::tempdir().expect("data dir");
+    let proxy = [
+        "--proxy-http",
+        "127.0.0.1:0",
+        "--proxy-https",
+        "127.0.0.1:0",
+        "--no-docker-labels",
+        "--no-acme",
+    ];
+    let up = start_up(data.path(), &proxy);
+    let edge = up.facts["proxy_http"]
+        .as_str()
+        .expect("proxy_http")
+        .to_owned();
+    api(&up, &["env", "add", &env, "--domain", "apps.test"]);
+    let target = format!("{env}/shop");
+    let host = "web.apps.test";
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("stack.yml");
+    let deploy = |text: &str| {
+        std::fs::write(&file, text).expect("write");
+        stack_cli(
+            &up,
+            &[
+                "deploy",
+                &target,
+                "-f",
+                file.to_str().expect("utf-8"),
+                "--wait",
+            ],
+        )
+    };
+
+    // Revision 1.
+    let out = deploy(&stack_file("v1", 0, ""));
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("container"),
+        "progress is shown: {}",
+        text(&out).1
+    );
+    assert_eq!(through(&edge, host), (200, "v1".to_owned()));
+
+    // Revision 2, rolling, under load: every answer 200, from v1 then v2.
+    let load = Load::start(&edge, host);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = deploy(&stack_file("v2", 0, ""));
+    assert!(out.status.success(), "{}", text(&out).1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let answers = load.finish();
+    let failed: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let first_v2 = answers
+        .iter()
+        .position(|(_, b)| b == "v2")
+        .expect("v2 answered");
+    assert!(
+        answers[..first_v2].iter().all(|(_, b)| b == "v1"),
+        "v1 until the switch"
+    );
+    assert_eq!(answers.last().map(|(_, b)| b.as_str()), Some("v2"));
+
+    // Revision 3 never becomes healthy: rolled back, v2 keeps serving, no v3 container left.
+    let unhealthy = "    healthcheck:\n      test: [\"CMD\", \"false\"]\n      interval: 1s\n      retries: 1\n";
+    let out = deploy(&stack_file("v3", 0, unhealthy));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
+    assert!(text(&out).1.contains("rolled_back"), "{}", text(&out).1);
+    assert_eq!(through(&edge, host), (200, "v2".to_owned()));
+    assert!(
+        engine_containers(&env).iter().all(|c| c.starts_with("2 ")),
+        "{:?}",
+        engine_containers(&env)
+    );
+
+    // Back to revision 1, exactly its image, as revision 4.
+    let out = stack_cli(&up, &["rollback", &target, "--to", "1", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(through(&edge, host), (200, "v1".to_owned()));
+    let history = stack_cli(&up, &["history", &target, "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).expect("history JSON");
+    let statuses: Vec<(i64, &str, &str)> = history
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| {
+            (
+                r["number"].as_i64().unwrap_or(0),
+                r["status"].as_str().unwrap_or(""),
+                r["cause"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (4, "succeeded", "rollback:1"),
+            (3, "rolled_back", "user:admin"),
+            (2, "succeeded", "user:admin"),
+            (1, "succeeded", "user:admin")
+        ]
+    );
+    assert_eq!(
+        history[0]["images"], history[3]["images"],
+        "the same pinned image"
+    );
+
+    // Killed mid-rollout (revision 5 is slow to start): the restarted server puts
+    // revision 4 back, alone.
+    std::fs::write(&file, stack_file("v5", 20, "")).expect("write");
+    let out = stack_cli(
+        &up,
+        &["deploy", &target, "-f", file.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !engine_containers(&env).iter().any(|c| c.starts_with("5 ")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revision 5 never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut up = up;
+    up.child.kill().expect("kill -9");
+    up.child.wait().expect("wait");
+    let up = start_up(data.path(), &proxy);
+    let edge = up.facts["proxy_http"]
+        .as_str()
+        .expect("proxy_http")
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = stack_cli(&up, &["history", &target, "--json"]);
+        let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if history[0]["status"] == "rolled_back" {
+            assert_eq!(history[0]["number"], 5);
+            assert!(
+                history[0]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("server stopped"),
+                "{}",
+                history[0]
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revision 5 not reverted: {history}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let containers = engine_containers(&env);
+    assert!(
+        !containers.is_empty() && containers.iter().all(|c| c == "4 running"),
+        "{containers:?}"
+    );
+    assert_eq!(through(&edge, host), (200, "v1".to_owned()));
+
+    // Removed: no container left.
+    let out = stack_cli(&up, &["rm", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(
+        engine_containers(&env).is_empty(),
+        "{:?}",
+        engine_containers(&env)
+    );
+}
