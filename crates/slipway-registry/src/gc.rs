@@ -1,7 +1,8 @@
 //! Online garbage collection and retention.
 //!
 //! A run (1) applies [`RetentionRule`]s: deletes tags beyond the last N matching a
-//! pattern, then untagged manifests older than a given age; (2) marks every blob that a
+//! pattern, then untagged manifests older than a given age, but never one of
+//! [`GcOptions::roots`] or what it refers to; (2) marks every blob that a
 //! remaining manifest refers to; (3) deletes unmarked blobs, and upload sessions idle for
 //! longer than [`GcOptions::upload_max_age`]. With [`GcOptions::dry_run`] nothing is
 //! changed and the report lists what would be.
@@ -59,6 +60,9 @@ pub struct GcOptions {
     pub blob_grace: Duration,
     /// Upload sessions without a write for this long are deleted (default 24 hours).
     pub upload_max_age: Duration,
+    /// Manifests kept whatever the rules say (repository, digest): what the deployer's kept
+    /// revisions run, so a rollback never finds its image collected.
+    pub roots: Vec<(String, Digest)>,
 }
 
 impl Default for GcOptions {
@@ -68,6 +72,7 @@ impl Default for GcOptions {
             retention: Vec::new(),
             blob_grace: Duration::from_secs(3600),
             upload_max_age: Duration::from_secs(24 * 3600),
+            roots: Vec::new(),
         }
     }
 }
@@ -298,6 +303,13 @@ pub(crate) fn run(
             .iter()
             .filter(|(t, _)| !dropped_tags.contains(t))
             .map(|(_, i)| i.digest.clone())
+            .chain(
+                options
+                    .roots
+                    .iter()
+                    .filter(|(r, _)| *r == name)
+                    .map(|(_, d)| d.clone()),
+            )
             .collect();
         loop {
             let before = live.len();

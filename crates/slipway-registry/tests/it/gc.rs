@@ -164,6 +164,17 @@ fn retention_keeps_the_last_tags_and_drops_old_untagged_manifests() {
         6,
         "dry run changed tags"
     );
+    // A root (what a kept deploy revision runs) stays, with everything it refers to.
+    let rooted = rt
+        .block_on(api.server.registry.collect_garbage(GcOptions {
+            dry_run: true,
+            roots: vec![(repo.to_string(), digests[0].clone())],
+            ..options.clone()
+        }))
+        .expect("dry run with a root");
+    assert_eq!(rooted.manifests.len(), 2, "{:?}", rooted.manifests);
+    assert!(!rooted.manifests.iter().any(|(_, d)| *d == digests[0]));
+    assert_eq!(rooted.blobs.len(), 6, "{:?}", rooted.blobs);
 
     let report = rt
         .block_on(api.server.registry.collect_garbage(options))

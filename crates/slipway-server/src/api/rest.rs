@@ -17,7 +17,7 @@
 //! | `GET /api/repos/{repo}/refs` | branches and tags |
 //! | `GET/POST /api/repos/{repo}/secrets` · `DELETE …/secrets/{name}` | secrets (values never shown) |
 //! | `GET /api/runners` | runners |
-//! | `POST /api/registry/gc {dry_run, rules: [{repositories, tags, keep_last, untagged_older_than_secs}], blob_grace_secs}` | registry garbage collection and retention, online; the report |
+//! | `POST /api/registry/gc {dry_run, rules: [{repositories, tags, keep_last, untagged_older_than_secs}], blob_grace_secs}` | registry garbage collection and retention, online, never collecting an image of the deployer's last 10 revisions of a stack; the report |
 //! | `GET /api/tokens` · `POST {name, scope}` · `DELETE /api/tokens/{id}` | API tokens (`admin`, `runner`, `robot:<namespace>`, `paths:<pattern>,…`); the secret only in the POST answer |
 
 use std::collections::BTreeMap;
@@ -635,6 +635,23 @@ pub async fn delete_token(
     }
 }
 
+/// Revisions of each stack whose images the registry keeps (a rollback to any of them
+/// needs no push).
+pub const KEPT_REVISIONS: i64 = 10;
+
+/// The `(repository, digest)`s of `images` (`HOST/REPO@DIGEST`) that are in this server's
+/// registry (`host`); others (another registry, a local image id) are not its to keep.
+pub fn registry_roots(host: &str, images: &[String]) -> Vec<(String, slipway_registry::Digest)> {
+    images
+        .iter()
+        .filter_map(|image| {
+            let (name, digest) = image.split_once('@')?;
+            let repo = name.strip_prefix(host)?.strip_prefix('/')?;
+            Some((repo.to_owned(), digest.parse().ok()?))
+        })
+        .collect()
+}
+
 /// One retention rule of `POST /api/registry/gc`.
 #[derive(Debug, Deserialize)]
 pub struct GcRule {
@@ -675,6 +692,8 @@ pub async fn registry_gc(
     if let Some(secs) = req.blob_grace_secs {
         options.blob_grace = std::time::Duration::from_secs(secs);
     }
+    // What the deployer's kept revisions run is never collected.
+    options.roots = registry_roots(&state.host, &state.store.kept_images(KEPT_REVISIONS).await?);
     for rule in req.rules {
         options.retention.push(slipway_registry::RetentionRule {
             repositories: slipway_registry::RepoPattern::parse(&rule.repositories),
@@ -697,4 +716,24 @@ pub async fn registry_gc(
         "uploads": report.uploads,
         "freed_bytes": report.freed_bytes,
     })))
+}
+
+#[cfg(test)]
+mod registry_roots_tests {
+    #[test]
+    fn only_images_of_this_registry_are_roots() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let roots = super::registry_roots(
+            "127.0.0.1:8080",
+            &[
+                format!("127.0.0.1:8080/team/app@{digest}"),
+                format!("registry.example.com/team/app@{digest}"),
+                "sha256:0123".to_owned(),
+                "127.0.0.1:8080/team/app:latest".to_owned(),
+            ],
+        );
+        assert_eq!(roots.len(), 1);
+        assert_eq!(roots[0].0, "team/app");
+        assert_eq!(roots[0].1.to_string(), digest);
+    }
 }
