@@ -144,9 +144,13 @@ impl Server {
         let runner_token = match &config.runner_token {
             Some(token) => token.clone(),
             // Kept sealed in the data dir so the embedded runner survives restarts.
-            None => stored_runner_token(&data, &secrets)?,
+            None => stored_token(&data, &secrets, "runner.token", "runner-token")?,
         };
         auth::ensure_only(&store, "runners", &runner_token, auth::SCOPE_RUNNER).await?;
+
+        // The deployer pulls the built-in registry's images with a token of its own.
+        let deployer_token = stored_token(&data, &secrets, "deployer.token", "deployer-token")?;
+        auth::ensure_only(&store, "deployer", &deployer_token, auth::SCOPE_ADMIN).await?;
 
         let host = host_of(&config.public_url);
         let mut registry_config = slipway_registry::RegistryConfig::new(data.join("registry"));
@@ -200,7 +204,7 @@ impl Server {
             config,
             store,
             notify,
-            deploy: crate::deploy::Deployments::default(),
+            deploy: crate::deploy::Deployments::new(&host, deployer_token),
             logs,
             mirrors,
             secrets,
@@ -299,15 +303,22 @@ async fn forward_registry_events(state: Arc<AppState>, shutdown: CancellationTok
     }
 }
 
-fn stored_runner_token(data: &std::path::Path, secrets: &SecretBox) -> Result<String, ServerError> {
-    let path = data.join("runner.token");
+/// A token this server keeps for itself, sealed in `file` of the data dir (made when
+/// missing or unreadable) with `aad`.
+fn stored_token(
+    data: &std::path::Path,
+    secrets: &SecretBox,
+    file: &str,
+    aad: &str,
+) -> Result<String, ServerError> {
+    let path = data.join(file);
     if let Ok(sealed) = std::fs::read_to_string(&path)
-        && let Ok(token) = secrets.open(sealed.trim(), "runner-token")
+        && let Ok(token) = secrets.open(sealed.trim(), aad)
     {
         return Ok(token);
     }
     let token = auth::generate();
-    let sealed = secrets.seal(&token, "runner-token");
+    let sealed = secrets.seal(&token, aad);
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -395,6 +406,7 @@ fn tighten_data_files(data: &Path) -> Result<(), ServerError> {
         // Not secret.key: one others could read is refused by `SecretBox::load_or_create`
         // (the key must be considered leaked, not quietly tightened).
         "runner.token",
+        "deployer.token",
     ] {
         let path = data.join(name);
         if path.exists() {

@@ -22,7 +22,7 @@ use slipway_deploy::compose::{self, Mode, ReadOptions};
 use slipway_deploy::plan::{Environment, Plan};
 use slipway_deploy::rollout::{Rollout, ServiceSpec};
 use slipway_deploy::stack::{StackEvent, deploy_stack, service_specs};
-use slipway_deploy::target::{DockerTarget, Target};
+use slipway_deploy::target::{DockerTarget, RegistryAuth, Target};
 use tokio::sync::OnceCell;
 
 use crate::app::AppState;
@@ -50,11 +50,14 @@ pub enum DeployError {
 }
 
 /// The deployer's state in the server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Deployments {
     target: OnceCell<Arc<DockerTarget>>,
     /// Stacks (by id) with a rollout running in this process.
     running: Mutex<HashSet<i64>>,
+    /// Pulls from the built-in registry (`registry_host`) use this.
+    registry_host: String,
+    registry_auth: RegistryAuth,
 }
 
 /// What `POST /api/stacks/{env}/{stack}` asks.
@@ -74,9 +77,35 @@ pub struct DeployRequest {
     /// Host paths may be mounted (an admin's deploy of a trusted stack).
     #[serde(default)]
     pub allow_bind_mounts: bool,
+    /// Pull every tagged image even when present (the redeploy hook: a tag may have moved).
+    #[serde(default)]
+    pub pull_always: bool,
 }
 
 impl Deployments {
+    /// `registry_host` is the built-in registry's host (`public_url`'s); `token` an admin
+    /// token of the deployer's own.
+    pub fn new(registry_host: &str, token: String) -> Deployments {
+        Deployments {
+            target: OnceCell::new(),
+            running: Mutex::new(HashSet::new()),
+            registry_host: registry_host.to_owned(),
+            registry_auth: RegistryAuth {
+                username: "deployer".to_owned(),
+                password: token,
+                server: Some(registry_host.to_owned()),
+            },
+        }
+    }
+
+    /// The credentials for pulling `image`: the deployer's own for the built-in registry.
+    fn auth_for(&self, image: &str) -> Option<&RegistryAuth> {
+        image
+            .strip_prefix(self.registry_host.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+            .then_some(&self.registry_auth)
+    }
+
     async fn target(&self) -> Result<Arc<DockerTarget>, DeployError> {
         self.target
             .get_or_try_init(|| async {
@@ -188,19 +217,23 @@ fn specs_of(
 /// Pulls each service's image when missing and pins it: `image@digest`, or the local
 /// image's id.
 async fn pin_images(
+    deployments: &Deployments,
     target: &DockerTarget,
     specs: &[ServiceSpec],
+    pull_always: bool,
 ) -> Result<BTreeMap<String, String>, DeployError> {
     let mut pinned = BTreeMap::new();
     for spec in specs {
         let image = &spec.image;
         let present = target.resolve_digest(image).await;
-        if matches!(
+        let missing = matches!(
             present,
             Err(slipway_deploy::target::TargetError::NotFound { .. })
-        ) {
+        );
+        // A pinned digest never changes; a tag may name a new image (the redeploy hook).
+        if missing || (pull_always && !image.contains('@')) {
             target
-                .pull_image(image, None)
+                .pull_image(image, deployments.auth_for(image))
                 .await
                 .map_err(|e| DeployError::Engine(format!("service {}: {e}", spec.name)))?;
         }
@@ -319,7 +352,7 @@ pub async fn deploy(
         req.allow_bind_mounts,
     )?;
     let target = state.deploy.target().await?;
-    let images = pin_images(&target, &specs).await?;
+    let images = pin_images(&state.deploy, &target, &specs, req.pull_always).await?;
     let stack = state.store.ensure_stack(env_row.id, stack_name).await?;
     if !state.deploy.claim(stack.id) {
         return Err(DeployError::Busy(format!("{env_name}/{stack_name}")));
@@ -340,6 +373,10 @@ pub async fn deploy(
                     rancher: req.rancher.clone(),
                     vars,
                     images: images.clone(),
+                    refs: specs
+                        .iter()
+                        .map(|s| (s.name.clone(), s.image.clone()))
+                        .collect(),
                     cause,
                     build_id: None,
                 },

@@ -34,6 +34,9 @@ pub enum StackCommand {
     Rollback(RollbackArgs),
     /// Remove a stack: its route, its containers (drained), its history.
     Rm(StackRef),
+    /// Print a new redeploy URL for the stack (POST to it deploys the current file again,
+    /// tags pulled anew; `?tag=T&service=S` changes one tag). The old URL stops working.
+    Webhook(StackRef),
 }
 
 pub fn run(command: StackCommand) -> Result<ExitCode> {
@@ -46,6 +49,7 @@ pub fn run(command: StackCommand) -> Result<ExitCode> {
         StackCommand::History(args) => crate::stack_deploy::history(args),
         StackCommand::Rollback(args) => crate::stack_deploy::rollback(args),
         StackCommand::Rm(args) => crate::stack_deploy::rm(args),
+        StackCommand::Webhook(args) => crate::stack_deploy::webhook(args),
     }
 }
 

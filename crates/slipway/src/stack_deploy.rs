@@ -294,3 +294,19 @@ pub fn rm(args: StackRef) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn webhook(args: StackRef) -> Result<ExitCode> {
+    let (env, stack) = split_target(&args.target)?;
+    let client = Client::new(&args.api)?;
+    let made = client.json(
+        reqwest::Method::POST,
+        &format!("/api/stacks/{env}/{stack}/webhook"),
+        None,
+    )?;
+    if args.api.json {
+        print_json(&made);
+    } else {
+        println!("{}", text(&made["url"]));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -33,7 +33,8 @@ CREATE TABLE stacks (
 
 -- Every deploy of a stack: the compose text (and rancher-compose's), the resolved
 -- variables (secrets by name only, JSON), every image pinned to its digest (JSON, service
--- -> image@digest), what caused it (cause), its status (pending, rolling, paused, succeeded,
+-- -> image@digest) and as referenced (refs, JSON: the tags a redeploy resolves again),
+-- what caused it (cause), its status (pending, rolling, paused, succeeded,
 -- failed, rolled_back) and when it ended.
 CREATE TABLE revisions (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -43,6 +44,7 @@ CREATE TABLE revisions (
     rancher   TEXT,
     vars      TEXT    NOT NULL,
     images    TEXT    NOT NULL,
+    refs      TEXT    NOT NULL,
     cause     TEXT    NOT NULL,
     build_id  BIGINT,
     status    TEXT    NOT NULL,

@@ -11,6 +11,8 @@
 //! | `GET /api/stacks/{env}/{stack}` · `DELETE` | the stack, its last revisions and containers · removed with its containers |
 //! | `GET /api/stacks/{env}/{stack}/revisions[/{n}]` | the history · one revision with its rollout's steps |
 //! | `POST /api/stacks/{env}/{stack}/rollback` `{to?}` | a new revision of an earlier one's file and images |
+//! | `POST /api/stacks/{env}/{stack}/webhook` | a new redeploy URL (the old one stops working) |
+//! | `POST /hooks/deploy/{env}/{stack}/{token}[?tag=T&service=S]` (no other auth) | the current file again, tags resolved and pulled anew (202); a wrong token is 404 |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -340,6 +342,7 @@ pub async fn rollback_stack(
         rancher: target.rancher.clone(),
         images: target.images.clone(),
         allow_bind_mounts: true,
+        pull_always: false,
     };
     let revision = crate::deploy::deploy(
         state.clone(),
@@ -365,4 +368,122 @@ pub async fn delete_stack(
         stack.name
     );
     Ok(Json(json!({"removed_containers": removed})))
+}
+
+/// `POST /api/stacks/{env}/{stack}/webhook`: a new redeploy URL (the old one stops working).
+pub async fn make_webhook(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path((env, stack)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (env, stack) = find_stack(&state, &env, &stack).await?;
+    let token = crate::auth::generate();
+    state
+        .store
+        .set_stack_webhook(stack.id, Some(&crate::auth::hash(&token)))
+        .await?;
+    let url = format!(
+        "{}/hooks/deploy/{}/{}/{token}",
+        state.config.public_url.trim_end_matches('/'),
+        env.name,
+        stack.name
+    );
+    Ok(Json(json!({"url": url})))
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct RedeployQuery {
+    /// With `tag`: the service whose image tag changes (default: the only one).
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// `repo:tag` or `repo` (with a registry port kept) with its tag replaced.
+fn with_tag(image: &str, tag: &str) -> String {
+    let name = image.split('@').next().unwrap_or(image);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let base = match name[last_slash..].rfind(':') {
+        Some(i) => &name[..last_slash + i],
+        None => name,
+    };
+    format!("{base}:{tag}")
+}
+
+/// `POST /hooks/deploy/{env}/{stack}/{token}`: deploys the stack's current file again,
+/// every tag resolved anew and pulled, so an image pushed under the same tag goes out
+/// (`?tag=T[&service=S]` changes one service's tag). A wrong token is a 404 that changes
+/// nothing.
+pub async fn redeploy_hook(
+    State(state): State<Arc<AppState>>,
+    Path((env, stack, token)): Path<(String, String, String)>,
+    axum::extract::Query(query): axum::extract::Query<RedeployQuery>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let not_found = || ApiError::not_found("no such redeploy hook");
+    let (env_row, stack_row) = find_stack(&state, &env, &stack)
+        .await
+        .map_err(|_| not_found())?;
+    let Some(hash) = &stack_row.webhook_hash else {
+        return Err(not_found());
+    };
+    if !crate::auth::matches_hash(&token, hash) {
+        return Err(not_found());
+    }
+    let revisions = state.store.revisions(stack_row.id, 1000).await?;
+    let base = revisions
+        .iter()
+        .find(|r| Some(r.number) == stack_row.current)
+        .or_else(|| revisions.first())
+        .ok_or_else(|| ApiError::bad_request("the stack has no revision to deploy again"))?;
+    let mut images = base.refs.clone();
+    if let Some(tag) = query.tag.as_deref().filter(|t| !t.is_empty()) {
+        let service = match (&query.service, images.len()) {
+            (Some(s), _) => s.clone(),
+            (None, 1) => images.keys().next().cloned().unwrap_or_default(),
+            (None, _) => {
+                return Err(ApiError::bad_request(
+                    "`tag` needs `service` when the stack has more than one",
+                ));
+            }
+        };
+        let image = images.get(&service).ok_or_else(|| {
+            ApiError::bad_request(format!("the stack has no service `{service}`"))
+        })?;
+        let retagged = with_tag(image, tag);
+        images.insert(service, retagged);
+    }
+    let request = crate::deploy::DeployRequest {
+        compose: base.compose.clone(),
+        file: None,
+        rancher: base.rancher.clone(),
+        images,
+        allow_bind_mounts: true,
+        pull_always: true,
+    };
+    let revision = crate::deploy::deploy(
+        state.clone(),
+        &env_row.name,
+        &stack_row.name,
+        request,
+        "webhook".to_owned(),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!(revision))))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tag_replaces_the_tag_and_keeps_the_registry_port() {
+        assert_eq!(
+            super::with_tag("127.0.0.1:5000/team/web:v1", "v2"),
+            "127.0.0.1:5000/team/web:v2"
+        );
+        assert_eq!(
+            super::with_tag("127.0.0.1:5000/team/web", "v2"),
+            "127.0.0.1:5000/team/web:v2"
+        );
+        assert_eq!(super::with_tag("web@sha256:ab", "v3"), "web:v3");
+    }
 }

@@ -114,6 +114,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(deploy::rollback_stack),
         )
         .route(
+            "/api/stacks/{env}/{stack}/webhook",
+            post(deploy::make_webhook),
+        )
+        .route(
+            "/hooks/deploy/{env}/{stack}/{token}",
+            post(deploy::redeploy_hook),
+        )
+        .route(
             "/api/tokens/{id}",
             axum::routing::delete(rest::delete_token),
         )

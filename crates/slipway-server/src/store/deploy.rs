@@ -60,6 +60,8 @@ pub struct NewRevision {
     pub vars: BTreeMap<String, String>,
     /// Service → `image@digest`.
     pub images: BTreeMap<String, String>,
+    /// Service → the image as referenced (a tag), for a redeploy to resolve again.
+    pub refs: BTreeMap<String, String>,
     /// `user:NAME`, `build:REPO#N`, `rule:ENV`, `webhook`, `rollback:N`.
     pub cause: String,
     pub build_id: Option<i64>,
@@ -74,6 +76,7 @@ pub struct RevisionRow {
     pub rancher: Option<String>,
     pub vars: BTreeMap<String, String>,
     pub images: BTreeMap<String, String>,
+    pub refs: BTreeMap<String, String>,
     pub cause: String,
     pub build_id: Option<i64>,
     /// `pending`, `rolling`, `paused`, `succeeded`, `failed`, `rolled_back`.
@@ -124,6 +127,7 @@ fn revision(row: &AnyRow) -> Result<RevisionRow> {
         rancher: row.try_get("rancher")?,
         vars: rows::json(row, "revisions", "vars")?,
         images: rows::json(row, "revisions", "images")?,
+        refs: rows::json(row, "revisions", "refs")?,
         cause: row.try_get("cause")?,
         build_id: row.try_get("build_id")?,
         status: row.try_get("status")?,
@@ -357,9 +361,9 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
         let row = sqlx::query(
-            "INSERT INTO revisions (stack_id, number, compose, rancher, vars, images, cause, \
-             build_id, status, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9) \
-             RETURNING *",
+            "INSERT INTO revisions (stack_id, number, compose, rancher, vars, images, refs, \
+             cause, build_id, status, created) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10) RETURNING *",
         )
         .bind(stack_id)
         .bind(last.unwrap_or(0) + 1)
@@ -367,6 +371,7 @@ impl Store {
         .bind(&new.rancher)
         .bind(json_text(&new.vars, "revision vars")?)
         .bind(json_text(&new.images, "revision images")?)
+        .bind(json_text(&new.refs, "revision refs")?)
         .bind(&new.cause)
         .bind(new.build_id)
         .bind(rows::now_ms())

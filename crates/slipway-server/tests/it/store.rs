@@ -2443,6 +2443,7 @@ fn revision_of(image: &str, cause: &str) -> NewRevision {
         rancher: None,
         vars: BTreeMap::from([("TAG".to_owned(), "v1".to_owned())]),
         images: BTreeMap::from([("web".to_owned(), image.to_owned())]),
+        refs: BTreeMap::from([("web".to_owned(), "app:v1".to_owned())]),
         cause: cause.to_owned(),
         build_id: None,
     }

@@ -406,3 +406,140 @@ fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_
         engine_containers(&env)
     );
 }
+
+fn docker_cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker runs")
+}
+
+/// Builds `FROM <test image>` with `VERSION` baked in, tagged `tag`, and pushes it.
+fn push_version(config: &std::path::Path, tag: &str, version: &str) {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {}\nENV VERSION={version}\n", super::test_image()),
+    )
+    .expect("Dockerfile");
+    let out = docker_cli(
+        config,
+        &[
+            "build",
+            "-q",
+            "-t",
+            tag,
+            dir.path().to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = docker_cli(config, &["push", tag]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[test]
+fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
+    if std::process::Command::new("docker")
+        .arg("version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("skipping: no Docker engine");
+        return;
+    }
+    let env = format!("hook{}", std::process::id());
+    let _cleanup = EngineCleanup(env.clone());
+    let data = tempfile::tempdir().expect("data dir");
+    let proxy = [
+        "--proxy-http",
+        "127.0.0.1:0",
+        "--proxy-https",
+        "127.0.0.1:0",
+        "--no-docker-labels",
+        "--no-acme",
+    ];
+    let up = start_up(data.path(), &proxy);
+    let edge = up.facts["proxy_http"]
+        .as_str()
+        .expect("proxy_http")
+        .to_owned();
+    let registry = up.url.trim_start_matches("http://").to_owned();
+    let config = tempfile::tempdir().expect("docker config");
+    let login = docker_cli(
+        config.path(),
+        &["login", &registry, "-u", "admin", "-p", ADMIN],
+    );
+    assert!(login.status.success(), "{}", text(&login).1);
+    let tag = format!("{registry}/team/web:live");
+    push_version(config.path(), &tag, "v1");
+    // Only the registry has it now: the deployer pulls with its own credentials.
+    let _ = docker_cli(config.path(), &["rmi", &tag]);
+
+    api(&up, &["env", "add", &env, "--domain", "apps.test"]);
+    let target = format!("{env}/web");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  web:\n    image: {tag}\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo \\\"$$VERSION\\\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n    expose: [\"8080\"]\n    stop_grace_period: 2s\n"
+        ),
+    )
+    .expect("write");
+    let out = stack_cli(
+        &up,
+        &[
+            "deploy",
+            &target,
+            "-f",
+            file.to_str().expect("utf-8"),
+            "--wait",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(through(&edge, "web.apps.test"), (200, "v1".to_owned()));
+
+    let out = stack_cli(&up, &["webhook", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let hook = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        hook.starts_with(&format!("{}/hooks/deploy/{env}/web/", up.url)),
+        "{hook}"
+    );
+
+    // v2 under the same tag.
+    push_version(config.path(), &tag, "v2");
+    let _ = docker_cli(config.path(), &["rmi", &tag]);
+    let client = reqwest::blocking::Client::new();
+    let wrong = client.post(format!("{}x", &hook)).send().expect("POST");
+    assert_eq!(wrong.status().as_u16(), 404);
+    let history = |up: &super::server::Up| {
+        let out = stack_cli(up, &["history", &target, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("history")
+    };
+    assert_eq!(
+        history(&up).as_array().map(Vec::len),
+        Some(1),
+        "a wrong token changes nothing"
+    );
+    let accepted = client.post(&hook).send().expect("POST");
+    assert_eq!(accepted.status().as_u16(), 202, "{:?}", accepted.text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let h = history(&up);
+        if h[0]["number"] == 2 && h[0]["status"] == "succeeded" {
+            assert_eq!(h[0]["cause"], "webhook");
+            assert_ne!(h[0]["images"]["web"], h[1]["images"]["web"], "a new digest");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{h}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(through(&edge, "web.apps.test"), (200, "v2".to_owned()));
+    let out = stack_cli(&up, &["rm", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
