@@ -254,6 +254,10 @@ impl Server {
         ));
         tokio::spawn(crate::notify::spawn(self.state.clone(), shutdown.clone()));
         tokio::spawn(crate::deploy::recover(self.state.clone()));
+        tokio::spawn(crate::deploy::apply_rules(
+            self.state.clone(),
+            shutdown.clone(),
+        ));
         if !self.state.config.registry_notify.is_empty() {
             let endpoints = self
                 .state

@@ -80,6 +80,18 @@ pub struct DeployRequest {
     /// Pull every tagged image even when present (the redeploy hook: a tag may have moved).
     #[serde(default)]
     pub pull_always: bool,
+    /// The build this deploy comes from (an environment rule): its id, repository and
+    /// number. Not settable through the API.
+    #[serde(skip)]
+    pub build: Option<BuildRef>,
+}
+
+/// A build a deploy comes from.
+#[derive(Debug, Clone)]
+pub struct BuildRef {
+    pub id: i64,
+    pub repo: String,
+    pub number: i64,
 }
 
 impl Deployments {
@@ -277,7 +289,14 @@ fn stack_url(state: &AppState, specs: &[ServiceSpec]) -> String {
     )
 }
 
-fn notice(env: &str, stack: &str, revision: &RevisionRow, status: &str, url: &str) -> DeployNotice {
+fn notice(
+    env: &str,
+    stack: &str,
+    revision: &RevisionRow,
+    status: &str,
+    url: &str,
+    build: Option<&BuildRef>,
+) -> DeployNotice {
     DeployNotice {
         environment: env.to_owned(),
         stack: stack.to_owned(),
@@ -285,8 +304,8 @@ fn notice(env: &str, stack: &str, revision: &RevisionRow, status: &str, url: &st
         status: status.to_owned(),
         url: url.to_owned(),
         images: revision.images.values().cloned().collect(),
-        repo: None,
-        build_number: None,
+        repo: build.map(|b| b.repo.clone()),
+        build_number: build.map(|b| b.number),
     }
 }
 
@@ -378,7 +397,7 @@ pub async fn deploy(
                         .map(|s| (s.name.clone(), s.image.clone()))
                         .collect(),
                     cause,
-                    build_id: None,
+                    build_id: req.build.as_ref().map(|b| b.id),
                 },
             )
             .await?;
@@ -407,7 +426,14 @@ pub async fn deploy(
             revision.id,
             "rolling",
             None,
-            Some(&notice(env_name, stack_name, &revision, "started", &url)),
+            Some(&notice(
+                env_name,
+                stack_name,
+                &revision,
+                "started",
+                &url,
+                req.build.as_ref(),
+            )),
         )
         .await?;
     state.wake_notifications();
@@ -419,6 +445,7 @@ pub async fn deploy(
     let task_state = state.clone();
     let (env_name, stack_name) = (env_name.to_owned(), stack_name.to_owned());
     let task_revision = revision.clone();
+    let build = req.build.clone();
     tokio::spawn(async move {
         let state = task_state;
         let revision = task_revision;
@@ -470,7 +497,14 @@ pub async fn deploy(
                 revision.id,
                 &status,
                 message.as_deref(),
-                Some(&notice(&env_name, &stack_name, &revision, event, &url)),
+                Some(&notice(
+                    &env_name,
+                    &stack_name,
+                    &revision,
+                    event,
+                    &url,
+                    build.as_ref(),
+                )),
             )
             .await;
         if let Err(e) = written {
@@ -638,7 +672,14 @@ pub async fn recover(state: Arc<AppState>) {
                         revision.id,
                         "rolled_back",
                         Some(&message),
-                        Some(&notice(&env.name, &stack.name, revision, "rolled_back", "")),
+                        Some(&notice(
+                            &env.name,
+                            &stack.name,
+                            revision,
+                            "rolled_back",
+                            "",
+                            None,
+                        )),
                     )
                     .await?;
                 tracing::warn!(
@@ -675,6 +716,189 @@ async fn remove_containers(
             .remove_service(env, stack, &service, std::time::Duration::from_secs(10))
             .await
             .map_err(|e| DeployError::Engine(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The stack file names looked for in a repository, in order.
+pub const STACK_FILES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
+/// Applies the environment rules to every successful build they still owe a look, and
+/// to each new one; stops with `shutdown`.
+pub async fn apply_rules(state: Arc<AppState>, shutdown: tokio_util::sync::CancellationToken) {
+    let mut events = state.events.subscribe();
+    loop {
+        if let Err(e) = apply_pending_rules(&state).await {
+            tracing::warn!("deployer: environment rules: {e}");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+            event = events.recv() => match event {
+                Ok(crate::events::ServerEvent::Build { finished: Some(_), .. }) => {}
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+async fn apply_pending_rules(state: &Arc<AppState>) -> Result<(), DeployError> {
+    let rows = state.store.deploy_outbox(50).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rules = state.store.env_rules(None).await?;
+    for (outbox_id, build_id) in rows {
+        match apply_rules_to(state, &rules, build_id).await {
+            // A rollout of the stack runs: this build is looked at again later.
+            Err(DeployError::Busy(_)) => continue,
+            Err(e) => tracing::warn!("deployer: build id {build_id}: {e}"),
+            Ok(()) => {}
+        }
+        state.store.done_deploy_outbox(outbox_id).await?;
+    }
+    Ok(())
+}
+
+/// `image` without its tag or digest (`host:port/team/app:v1` → `host:port/team/app`).
+fn repository_of(image: &str) -> &str {
+    let name = image.split('@').next().unwrap_or(image);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    match name[last_slash..].rfind(':') {
+        Some(i) => &name[..last_slash + i],
+        None => name,
+    }
+}
+
+async fn apply_rules_to(
+    state: &Arc<AppState>,
+    rules: &[crate::store::EnvRuleRow],
+    build_id: i64,
+) -> Result<(), DeployError> {
+    let Some(build) = state.store.build(build_id).await? else {
+        return Ok(());
+    };
+    // A pull request never deploys.
+    if build.event == "pull_request" {
+        return Ok(());
+    }
+    let Some(repo) = state.store.repo(build.repo_id).await? else {
+        return Ok(());
+    };
+    let glob = slipway_notify::rules::glob;
+    for rule in rules
+        .iter()
+        .filter(|r| glob(&r.repo, &repo.name) && glob(&r.branch, &build.branch))
+    {
+        let Some(env_row) = state
+            .store
+            .envs()
+            .await?
+            .into_iter()
+            .find(|e| e.id == rule.env_id)
+        else {
+            continue;
+        };
+        if let Some(stack) = state.store.stack(env_row.id, &rule.stack).await?
+            && state.store.stack_has_build(stack.id, build.id).await?
+        {
+            continue;
+        }
+        let paths: Vec<&str> = match &rule.file {
+            Some(f) => vec![f.as_str()],
+            None => STACK_FILES.to_vec(),
+        };
+        let found = state
+            .mirrors
+            .read_first_file(repo.id, &build.commit, &paths)
+            .await
+            .map_err(|e| DeployError::Refused(format!("{}: {e}", repo.name)))?;
+        let Some((path, compose_text)) = found else {
+            tracing::warn!(
+                "rule of {}: {} has none of {} at {}",
+                env_row.name,
+                repo.name,
+                paths.join(", "),
+                build.commit
+            );
+            continue;
+        };
+        let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+        let rancher_path = if dir.is_empty() {
+            "rancher-compose.yml".to_owned()
+        } else {
+            format!("{dir}/rancher-compose.yml")
+        };
+        let rancher = state
+            .mirrors
+            .read_file(repo.id, &build.commit, &rancher_path)
+            .await
+            .ok()
+            .flatten();
+        // The images this build pushed replace the services' images of the same
+        // repository, pinned by digest.
+        let secrets = state.store.env_secrets(env_row.id).await?;
+        let env = environment(state, &env_row, &secrets);
+        let read = compose::read(
+            &compose_text,
+            path,
+            &ReadOptions {
+                vars: env.interpolation_vars(),
+                ..ReadOptions::default()
+            },
+        );
+        let artifacts = state.store.artifacts(build.id).await?;
+        let mut images = BTreeMap::new();
+        for service in &read.compose.services {
+            let Some(image) = &service.image else {
+                continue;
+            };
+            if let Some(a) = artifacts
+                .iter()
+                .find(|a| repository_of(&a.image) == repository_of(image))
+            {
+                images.insert(
+                    service.name.clone(),
+                    format!("{}@{}", repository_of(&a.image), a.digest),
+                );
+            }
+        }
+        tracing::info!(
+            "rule of {}: {} #{} deploys {}/{}",
+            env_row.name,
+            repo.name,
+            build.number,
+            env_row.name,
+            rule.stack
+        );
+        let request = DeployRequest {
+            compose: compose_text,
+            file: Some(path.to_owned()),
+            rancher,
+            images,
+            allow_bind_mounts: repo.trusted,
+            pull_always: false,
+            build: Some(BuildRef {
+                id: build.id,
+                repo: repo.name.clone(),
+                number: build.number,
+            }),
+        };
+        deploy(
+            state.clone(),
+            &env_row.name,
+            &rule.stack,
+            request,
+            format!("build:{}#{}", repo.name, build.number),
+        )
+        .await?;
     }
     Ok(())
 }

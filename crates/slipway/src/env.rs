@@ -33,6 +33,36 @@ pub enum EnvCommand {
         #[command(subcommand)]
         command: EnvSecretCommand,
     },
+    /// Deploy each successful build of a branch: `rule add ENV --repo R --branch B
+    /// [--stack S] [--file F]`, `rule ls ENV`, `rule rm ENV ID`.
+    Rule {
+        #[command(subcommand)]
+        command: EnvRuleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvRuleCommand {
+    /// Each successful build of REPO's BRANCH (globs) deploys the repository's stack file at
+    /// that commit, with the images the build pushed.
+    Add {
+        env: String,
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        branch: String,
+        /// The stack (default: the repository's name).
+        #[arg(long)]
+        stack: Option<String>,
+        /// The stack file in the repository (default: compose.yaml, compose.yml,
+        /// docker-compose.yaml, docker-compose.yml).
+        #[arg(long)]
+        file: Option<String>,
+    },
+    /// List an environment's rules.
+    Ls { env: String },
+    /// Delete a rule.
+    Rm { env: String, id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +132,57 @@ pub fn run(api: ApiArgs, command: EnvCommand) -> Result<ExitCode> {
             client.json(reqwest::Method::DELETE, &format!("/api/envs/{name}"), None)?;
             eprintln!("environment {name} deleted");
         }
+        EnvCommand::Rule { command } => match command {
+            EnvRuleCommand::Add {
+                env,
+                repo,
+                branch,
+                stack,
+                file,
+            } => {
+                let rule = client.json(
+                    reqwest::Method::POST,
+                    &format!("/api/envs/{env}/rules"),
+                    Some(json!({"repo": repo, "branch": branch, "stack": stack, "file": file})),
+                )?;
+                if api.json {
+                    print_json(&rule);
+                }
+                eprintln!(
+                    "rule {}: each successful build of {repo} {branch} deploys {env}/{}",
+                    rule["id"],
+                    rule["stack"].as_str().unwrap_or_default()
+                );
+            }
+            EnvRuleCommand::Ls { env } => {
+                let list = client.json(
+                    reqwest::Method::GET,
+                    &format!("/api/envs/{env}/rules"),
+                    None,
+                )?;
+                if api.json {
+                    print_json(&list);
+                } else {
+                    for r in list.as_array().into_iter().flatten() {
+                        println!(
+                            "{}\t{} {}\t-> {}",
+                            r["id"],
+                            r["repo"].as_str().unwrap_or_default(),
+                            r["branch"].as_str().unwrap_or_default(),
+                            r["stack"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            EnvRuleCommand::Rm { env, id } => {
+                client.json(
+                    reqwest::Method::DELETE,
+                    &format!("/api/envs/{env}/rules/{id}"),
+                    None,
+                )?;
+                eprintln!("rule {id} deleted from {env}");
+            }
+        },
         EnvCommand::Secret { command } => match command {
             EnvSecretCommand::Add { env, name, value } => {
                 let value = match value {

@@ -65,3 +65,23 @@ CREATE TABLE rollout_steps (
 );
 
 CREATE INDEX rollout_steps_revision ON rollout_steps (revision_id);
+
+-- Environment rules: each successful build of a repository's branch deploys the
+-- repository's stack file at that commit (file: its path, else the usual names) as stack.
+CREATE TABLE env_rules (
+    id       BIGSERIAL PRIMARY KEY,
+    env_id   BIGINT  NOT NULL REFERENCES environments (id) ON DELETE CASCADE,
+    repo     TEXT    NOT NULL,
+    branch   TEXT    NOT NULL,
+    stack    TEXT    NOT NULL,
+    file     TEXT,
+    created  BIGINT  NOT NULL
+);
+
+-- Successful builds the environment rules still owe a look: written in the transaction
+-- that finishes the build, removed once the rules were applied.
+CREATE TABLE deploy_outbox (
+    id        BIGSERIAL PRIMARY KEY,
+    build_id  BIGINT  NOT NULL,
+    created   BIGINT  NOT NULL
+);

@@ -6,6 +6,7 @@
 //! | `GET /api/envs` · `POST {name, domain?, vars{}}` | environments |
 //! | `GET /api/envs/{env}` · `DELETE` (refused while it has stacks) | one, with its secrets' names and stacks |
 //! | `GET/POST /api/envs/{env}/secrets` `{name, value}` · `DELETE …/secrets/{name}` | its secrets (values never shown) |
+//! | `GET/POST /api/envs/{env}/rules` `{repo, branch, stack?, file?}` · `DELETE …/rules/{id}` | environment rules: each successful build of the branch deploys the repository's stack file at that commit, with the images the build pushed |
 //! | `GET /api/stacks` | stacks with their latest revision |
 //! | `POST /api/stacks/{env}/{stack}` `{compose, file?, rancher?, images{}, allow_bind_mounts?}` | a new revision (201); its rollout runs on |
 //! | `GET /api/stacks/{env}/{stack}` · `DELETE` | the stack, its last revisions and containers · removed with its containers |
@@ -343,6 +344,7 @@ pub async fn rollback_stack(
         images: target.images.clone(),
         allow_bind_mounts: true,
         pull_always: false,
+        build: None,
     };
     let revision = crate::deploy::deploy(
         state.clone(),
@@ -460,6 +462,7 @@ pub async fn redeploy_hook(
         images,
         allow_bind_mounts: true,
         pull_always: true,
+        build: None,
     };
     let revision = crate::deploy::deploy(
         state.clone(),
@@ -485,5 +488,81 @@ mod tests {
             "127.0.0.1:5000/team/web:v2"
         );
         assert_eq!(super::with_tag("web@sha256:ab", "v3"), "web:v3");
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AddRule {
+    /// `owner/name`, or a glob (`team/*`).
+    pub repo: String,
+    /// A branch, or a glob.
+    pub branch: String,
+    /// The stack it deploys (default: the repository's name).
+    #[serde(default)]
+    pub stack: Option<String>,
+    /// The stack file in the repository (default: compose.yaml, …).
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+pub async fn add_rule(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(env): Path<String>,
+    Json(req): Json<AddRule>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let env = find_env(&state, &env).await?;
+    let (repo, branch) = (req.repo.trim(), req.branch.trim());
+    if repo.is_empty() || branch.is_empty() {
+        return Err(ApiError::bad_request("a rule needs `repo` and `branch`"));
+    }
+    let stack = match req
+        .stack
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(s) => s.to_owned(),
+        None => repo.rsplit('/').next().unwrap_or(repo).to_ascii_lowercase(),
+    };
+    if !valid_env_name(&stack) {
+        return Err(ApiError::bad_request(format!(
+            "stack name `{stack}`: lowercase letters, digits, `-`, `_` and `.` (give --stack)"
+        )));
+    }
+    let file = req.file.as_deref().map(str::trim).filter(|f| !f.is_empty());
+    let rule = state
+        .store
+        .add_env_rule(env.id, repo, branch, &stack, file)
+        .await?;
+    tracing::info!(
+        "environment {}: each successful build of {repo} {branch} deploys {stack}",
+        env.name
+    );
+    Ok((StatusCode::CREATED, Json(json!(rule))))
+}
+
+pub async fn list_rules(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(env): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let env = find_env(&state, &env).await?;
+    Ok(Json(json!(state.store.env_rules(Some(env.id)).await?)))
+}
+
+pub async fn delete_rule(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path((env, id)): Path<(String, i64)>,
+) -> Result<StatusCode, ApiError> {
+    let env = find_env(&state, &env).await?;
+    if state.store.delete_env_rule(env.id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "environment {} has no rule {id}",
+            env.name
+        )))
     }
 }

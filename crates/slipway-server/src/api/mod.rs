@@ -94,6 +94,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/envs/{env}/secrets/{name}",
             axum::routing::delete(deploy::delete_env_secret),
         )
+        .route(
+            "/api/envs/{env}/rules",
+            get(deploy::list_rules).post(deploy::add_rule),
+        )
+        .route(
+            "/api/envs/{env}/rules/{id}",
+            axum::routing::delete(deploy::delete_rule),
+        )
         .route("/api/stacks", get(deploy::list_stacks))
         .route(
             "/api/stacks/{env}/{stack}",

@@ -402,7 +402,8 @@ impl Store {
 
     /// Sets a final status, only if the build is not finished yet, so two settles at once
     /// finish it once, and records in the same transaction what the notifications owe it
-    /// (a `notify_outbox` row, see [`super::notify`]). Whether it changed.
+    /// (a `notify_outbox` row, see [`super::notify`]) and, for a success, the environment
+    /// rules (a `deploy_outbox` row, see [`super::deploy`]). Whether it changed.
     pub async fn finish_build(&self, id: i64, status: Status, now: i64) -> Result<bool> {
         let mut conn = self.conn().await?;
         let mut tx = self.begin(&mut conn).await?;
@@ -424,6 +425,14 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        // What the environment rules owe a successful build (see `super::deploy`).
+        if status == Status::Success {
+            sqlx::query("INSERT INTO deploy_outbox (build_id, created) VALUES ($1, $2)")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

@@ -86,6 +86,20 @@ pub struct RevisionRow {
     pub finished: Option<i64>,
 }
 
+/// An environment rule: each successful build of `repo`'s `branch` deploys `stack`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvRuleRow {
+    pub id: i64,
+    pub env_id: i64,
+    pub repo: String,
+    pub branch: String,
+    pub stack: String,
+    /// The stack file's path in the repository; `None`: `compose.yaml`, `compose.yml`,
+    /// `docker-compose.yaml`, `docker-compose.yml`.
+    pub file: Option<String>,
+    pub created: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRow {
     pub at: i64,
@@ -102,6 +116,18 @@ fn env(row: &AnyRow) -> Result<EnvRow> {
         name: row.try_get("name")?,
         domain: row.try_get("domain")?,
         vars: rows::json(row, "environments", "vars")?,
+        created: row.try_get("created")?,
+    })
+}
+
+fn env_rule(row: &AnyRow) -> Result<EnvRuleRow> {
+    Ok(EnvRuleRow {
+        id: row.try_get("id")?,
+        env_id: row.try_get("env_id")?,
+        repo: row.try_get("repo")?,
+        branch: row.try_get("branch")?,
+        stack: row.try_get("stack")?,
+        file: row.try_get("file")?,
         created: row.try_get("created")?,
     })
 }
@@ -204,10 +230,12 @@ impl Store {
                 name: name.to_owned(),
             });
         }
-        sqlx::query("DELETE FROM env_secrets WHERE env_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for table in ["env_secrets", "env_rules"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE env_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let done = sqlx::query("DELETE FROM environments WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -257,6 +285,90 @@ impl Store {
             .execute(&mut *self.conn().await?)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    // ---------------------------------------------------------------- rules
+
+    pub async fn add_env_rule(
+        &self,
+        env_id: i64,
+        repo: &str,
+        branch: &str,
+        stack: &str,
+        file: Option<&str>,
+    ) -> Result<EnvRuleRow> {
+        let row = sqlx::query(
+            "INSERT INTO env_rules (env_id, repo, branch, stack, file, created) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+        )
+        .bind(env_id)
+        .bind(repo)
+        .bind(branch)
+        .bind(stack)
+        .bind(file)
+        .bind(rows::now_ms())
+        .fetch_one(&mut *self.conn().await?)
+        .await?;
+        env_rule(&row)
+    }
+
+    /// Every rule (of one environment), oldest first.
+    pub async fn env_rules(&self, env_id: Option<i64>) -> Result<Vec<EnvRuleRow>> {
+        let rows = match env_id {
+            Some(id) => {
+                sqlx::query("SELECT * FROM env_rules WHERE env_id = $1 ORDER BY id")
+                    .bind(id)
+                    .fetch_all(&mut *self.conn().await?)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM env_rules ORDER BY id")
+                    .fetch_all(&mut *self.conn().await?)
+                    .await?
+            }
+        };
+        rows::all(&rows, env_rule)
+    }
+
+    pub async fn delete_env_rule(&self, env_id: i64, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM env_rules WHERE env_id = $1 AND id = $2")
+            .bind(env_id)
+            .bind(id)
+            .execute(&mut *self.conn().await?)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Successful builds the rules have not looked at yet: `(outbox id, build id)`.
+    pub async fn deploy_outbox(&self, limit: i64) -> Result<Vec<(i64, i64)>> {
+        let rows = sqlx::query("SELECT id, build_id FROM deploy_outbox ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("build_id")?)))
+            .collect()
+    }
+
+    pub async fn done_deploy_outbox(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM deploy_outbox WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.conn().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a revision of the stack was made for this build already (a rule applied
+    /// twice after a crash deploys once).
+    pub async fn stack_has_build(&self, stack_id: i64, build_id: i64) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM revisions WHERE stack_id = $1 AND build_id = $2",
+        )
+        .bind(stack_id)
+        .bind(build_id)
+        .fetch_one(&mut *self.conn().await?)
+        .await?;
+        Ok(n > 0)
     }
 
     // ---------------------------------------------------------------- stacks

@@ -50,7 +50,7 @@ mod queue;
 mod rows;
 
 pub use deploy::{
-    EnvRow, EnvSecretRow, FINAL_STATUSES, NewRevision, RevisionRow, StackRow, StepRow,
+    EnvRow, EnvRuleRow, EnvSecretRow, FINAL_STATUSES, NewRevision, RevisionRow, StackRow, StepRow,
 };
 pub use notify::{
     AttemptRow, ChannelRow, DeliveryRow, DeployNotice, NewAttempt, NewDelivery, OutboxRow,

@@ -543,3 +543,132 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
     let out = stack_cli(&up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
+
+#[test]
+fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() {
+    if std::process::Command::new("docker")
+        .arg("version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("skipping: no Docker engine");
+        return;
+    }
+    let env = format!("rule{}", std::process::id());
+    let _cleanup = EngineCleanup(env.clone());
+    let image = super::test_image();
+    let pipeline = "kind: pipeline\nname: default\nsteps:\n- name: publish\n  image: plugins/docker\n  settings:\n    repo: team/app\n    tags: [latest]\n";
+    let dockerfile = |v: &str| format!("FROM {image}\nENV VERSION={v}\n");
+    let compose = "services:\n  app:\n    image: ${REGISTRY}/team/app:latest\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo \\\"$$VERSION\\\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n    expose: [\"8080\"]\n    stop_grace_period: 2s\n";
+    let served = super::served_repo(&[
+        (".drone.yml", pipeline),
+        ("Dockerfile", &dockerfile("v1")),
+        ("compose.yaml", compose),
+    ]);
+    let data = tempfile::tempdir().expect("data dir");
+    let proxy = [
+        "--proxy-http",
+        "127.0.0.1:0",
+        "--proxy-https",
+        "127.0.0.1:0",
+        "--no-docker-labels",
+        "--no-acme",
+    ];
+    let up = start_up(data.path(), &proxy);
+    let edge = up.facts["proxy_http"]
+        .as_str()
+        .expect("proxy_http")
+        .to_owned();
+    let registry = up.url.trim_start_matches("http://").to_owned();
+    api(
+        &up,
+        &[
+            "repo",
+            "add",
+            "team/app",
+            "--clone-url",
+            &served.clone_url,
+            "--trusted",
+        ],
+    );
+    api(
+        &up,
+        &[
+            "env",
+            "add",
+            &env,
+            "--domain",
+            "apps.test",
+            "--var",
+            &format!("REGISTRY={registry}"),
+        ],
+    );
+    let rule = api(
+        &up,
+        &[
+            "env", "rule", "add", &env, "--repo", "team/app", "--branch", "main",
+        ],
+    );
+    assert_eq!(rule["stack"], "app");
+    let target = format!("{env}/app");
+    let history = |up: &super::server::Up| {
+        let out = stack_cli(up, &["history", &target, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let wait_revision = |number: i64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        loop {
+            let h = history(&up);
+            if h[0]["number"] == number && h[0]["status"] == "succeeded" {
+                return h;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "revision {number}: {h}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    api(&up, &["build", "run", "team/app", "--branch", "main"]);
+    let h = wait_revision(1);
+    assert_eq!(h[0]["cause"], "build:team/app#1");
+    let pinned = h[0]["images"]["app"].as_str().expect("image").to_owned();
+    assert!(
+        pinned.starts_with(&format!("{registry}/team/app@sha256:")),
+        "{pinned}"
+    );
+    assert_eq!(through(&edge, "app.apps.test"), (200, "v1".to_owned()));
+
+    std::fs::write(served.work.path().join("Dockerfile"), dockerfile("v2")).expect("write");
+    super::git(served.work.path(), &["add", "-A"]);
+    super::git(
+        served.work.path(),
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@example.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "v2",
+        ],
+    );
+    super::git(
+        served.work.path(),
+        &[
+            "push",
+            "-q",
+            served.clone_url.trim_start_matches("file://"),
+            "main",
+        ],
+    );
+    api(&up, &["build", "run", "team/app", "--branch", "main"]);
+    let h = wait_revision(2);
+    assert_eq!(h[0]["cause"], "build:team/app#2");
+    assert_ne!(h[0]["images"]["app"], h[1]["images"]["app"]);
+    assert_eq!(through(&edge, "app.apps.test"), (200, "v2".to_owned()));
+    let out = stack_cli(&up, &["rm", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
