@@ -672,3 +672,24 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
     let out = stack_cli(&up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
+
+#[test]
+fn the_demo_example_lints_clean() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    for args in [
+        vec![
+            "lint".to_owned(),
+            dir.join(".drone.yml").display().to_string(),
+        ],
+        vec![
+            "stack".to_owned(),
+            "lint".to_owned(),
+            dir.join("compose.yaml").display().to_string(),
+        ],
+    ] {
+        let out = slipway().args(&args).output().expect("slipway runs");
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+        assert!(!stdout.contains("error"), "{args:?}: {stdout}");
+    }
+}
