@@ -8,7 +8,7 @@
 //! Where routes come from:
 //! - the environment's domain: `SERVICE.DOMAIN` when the service has `x-slipway.route`
 //!   or exposes/publishes exactly one HTTP port (ports of well-known other protocols,
-//!   such as 5432 or 443, do not count), TLS by ACME unless `tls: none`;
+//!   such as 5432 or 443, do not count), plain HTTP unless the route asks for `tls: acme`;
 //! - its labels and environment, through the proxy's readers ([`slipway_proxy::labels`]:
 //!   Slipway, Traefik v1/v2/v3, nginx-proxy's `VIRTUAL_HOST`).
 //!
@@ -424,10 +424,12 @@ fn service_plan(
                     host,
                     path: x_route.and_then(|r| r.path.clone()).filter(|p| p != "/"),
                     port,
-                    tls: if x_route.and_then(|r| r.tls) == Some(false) {
-                        "none".to_owned()
-                    } else {
+                    // ACME only when the route asks: a domain route may be a name no
+                    // public CA can prove (`*.localhost`, an internal domain).
+                    tls: if x_route.and_then(|r| r.tls) == Some(true) {
                         "acme".to_owned()
+                    } else {
+                        "none".to_owned()
                     },
                     source: if x_route.is_some() { "x-slipway" } else { "domain" }.to_owned(),
                     origin: None,

@@ -148,8 +148,9 @@ pub struct HealthGate {
 }
 
 impl HealthGate {
+    // The gate notices Docker's verdict (or a probe's) this soon: each batch waits for it.
     fn default_interval() -> Duration {
-        Duration::from_millis(500)
+        Duration::from_millis(100)
     }
     fn default_probe_timeout() -> Duration {
         Duration::from_secs(2)
@@ -869,6 +870,11 @@ impl<'a, T: Target> Rollout<'a, T> {
             let engine_ok = !engine_checks || info.health == EngineHealth::Healthy;
             if engine_checks && !engine_ok {
                 last = format!("Docker says it is {:?}", info.health).to_lowercase();
+            }
+            // Docker calls a container unhealthy only after its check failed `retries`
+            // times in a row: that is an answer, not a wait (as Swarm fails such a task).
+            if engine_checks && info.health == EngineHealth::Unhealthy {
+                return Err("its health check failed (Docker says it is unhealthy)".into());
             }
             let probe = match (&health.probe, engine_checks) {
                 (Some(p), _) => Some(p.clone()),

@@ -109,7 +109,7 @@ fn follow(client: &Client, env: &str, stack: &str, number: i64) -> Result<bool> 
             );
             return Ok(status == "succeeded");
         }
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
