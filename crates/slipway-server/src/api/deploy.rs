@@ -206,7 +206,7 @@ impl From<crate::deploy::DeployError> for ApiError {
     }
 }
 
-async fn find_stack(
+pub async fn find_stack(
     state: &AppState,
     env: &str,
     stack: &str,
@@ -315,9 +315,22 @@ pub async fn rollback_stack(
     body: Option<Json<RollbackRequest>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = body.map(|Json(r)| r).unwrap_or_default();
-    let (env_row, stack_row) = find_stack(&state, &env, &stack).await?;
+    let revision = rollback(&state, &env, &stack, req.to, &token.name).await?;
+    Ok((StatusCode::CREATED, Json(json!(revision))))
+}
+
+/// Deploys revision `to` of `env/stack` again (default: the last that succeeded before
+/// the current one), by `who`.
+pub async fn rollback(
+    state: &Arc<AppState>,
+    env: &str,
+    stack: &str,
+    to: Option<i64>,
+    who: &str,
+) -> Result<crate::store::RevisionRow, ApiError> {
+    let (env_row, stack_row) = find_stack(state, env, stack).await?;
     let revisions = state.store.revisions(stack_row.id, 1000).await?;
-    let target = match req.to {
+    let target = match to {
         Some(n) => revisions.iter().find(|r| r.number == n).ok_or_else(|| {
             ApiError::not_found(format!("stack {env}/{stack} has no revision {n}"))
         })?,
@@ -331,11 +344,10 @@ pub async fn rollback_stack(
             })?,
     };
     tracing::info!(
-        "{}/{}: rolling back to revision {} ({})",
+        "{}/{}: rolling back to revision {} ({who})",
         env_row.name,
         stack_row.name,
-        target.number,
-        token.name
+        target.number
     );
     let request = crate::deploy::DeployRequest {
         compose: target.compose.clone(),
@@ -346,15 +358,14 @@ pub async fn rollback_stack(
         pull_always: false,
         build: None,
     };
-    let revision = crate::deploy::deploy(
+    Ok(crate::deploy::deploy(
         state.clone(),
         &env_row.name,
         &stack_row.name,
         request,
         format!("rollback:{}", target.number),
     )
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(revision))))
+    .await?)
 }
 
 pub async fn delete_stack(

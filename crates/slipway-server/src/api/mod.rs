@@ -22,6 +22,7 @@
 //! repository are one wildcard, split by [`RepoPath::parse`].
 
 pub mod deploy;
+pub mod deploy_pages;
 pub mod guard;
 pub mod hooks;
 pub mod live;

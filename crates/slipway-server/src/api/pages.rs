@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/registry", get(registry_page))
         .route("/proxy", get(proxy_page))
         .merge(super::notify_pages::routes())
+        .merge(super::deploy_pages::routes())
         .route(
             "/registry/{*path}",
             get(registry_repo_page).post(registry_form),

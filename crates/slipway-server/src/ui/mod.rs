@@ -16,7 +16,7 @@
 //!
 //! # Templates and their contexts
 //! Every page extends `layout.html` (nav: Repositories `/`, Runners `/runners`, Registry
-//! `/registry`, Proxy `/proxy`, Notifications `/notify`, and a logout form POSTing to `/logout`, or a "Log in" link). Every context
+//! `/registry`, Proxy `/proxy`, Deployments `/deploy`, Notifications `/notify`, and a logout form POSTing to `/logout`, or a "Log in" link). Every context
 //! has `title: String` and `user: {name: String} | null`, and may have `flash: String | null`
 //! (a notice shown above the content). A context with a `user` has `csrf: String`, the
 //! session's form token: every form but the login form carries it as the hidden field
@@ -34,6 +34,8 @@
 //! | `new_repo.html` | nothing else |
 //! | `runners.html` | `runners: [{runner: Runner, online: bool, running: Int}]` |
 //! | `proxy.html` | `running: bool`, `routes: [RouteStatus]`, `conflicts: [Conflict]`, `diagnostics: [Diagnostic]`, `docker_error: String \| null` (`slipway_proxy::status`) |
+//! | `deploy.html` | `envs: [{env: EnvRow, stacks: [{stack: StackRow, latest: RevisionRow \| null}], rules: [EnvRuleRow]}]` |
+//! | `stack.html` | `env: EnvRow`, `stack: StackRow`, `revisions: [RevisionRow]` (newest first), `steps: [StepRow]` (of the newest), `containers: [ContainerView]`, `engine_error: String \| null` |
 //! | `notify.html` | `channels: [Channel (with secret_names)]`, `deliveries: [Delivery (with attempt_log)]`, `kinds: [{name, settings: [{name, secret, required, help}]}]`, `flash: String \| null` |
 //! | `registry.html` | `repositories: [{name: String, tags: Int}]` |
 //! | `registry_repo.html` | `name: String`, `registry_host: String`, `tags: [{tag, digest, size: Int (bytes), pushed: ms}]` |
@@ -52,6 +54,7 @@
 //! - `POST /notify` (`notify.html`): `name`, `kind`, `url`, `settings` and `secrets`
 //!   (NAME=VALUE lines), `repo`, `branch`, `events` (comma-separated), `template`;
 //!   `POST /notify/{name}/test`, `POST /notify/{name}/delete`.
+//! - `POST /deploy/{env}/{stack}/rollback` (`stack.html`): `to` (a revision number).
 //! - `POST /registry/{name}/tags/{tag}/delete`, `POST /login` (`token`), `POST /logout`.
 //! - Every form above but `/login` also sends `csrf`.
 //!
@@ -119,6 +122,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("registry.html", include_str!("templates/registry.html")),
     ("proxy.html", include_str!("templates/proxy.html")),
     ("notify.html", include_str!("templates/notify.html")),
+    ("deploy.html", include_str!("templates/deploy.html")),
+    ("stack.html", include_str!("templates/stack.html")),
     (
         "registry_repo.html",
         include_str!("templates/registry_repo.html"),
@@ -650,6 +655,42 @@ mod tests {
                 "notify.html",
                 json!({"title": "Notifications", "user": user, "csrf": "a-form-token",
                 "channels": [], "deliveries": [], "kinds": []}),
+            ),
+            (
+                "deploy.html",
+                json!({"title": "Deployments", "user": user, "csrf": "a-form-token",
+                "envs": [{"env": {"name": "production", "domain": "example.com", "vars": {"A": "1"}},
+                    "stacks": [{"stack": {"name": "shop", "current": 3},
+                        "latest": {"number": 4, "status": "rolled_back", "cause": "build:team/shop#9"}}],
+                    "rules": [{"repo": "team/shop", "branch": "main", "stack": "shop"}]},
+                    {"env": {"name": "qa", "domain": null, "vars": {}}, "stacks": [], "rules": []}]}),
+            ),
+            (
+                "deploy.html",
+                json!({"title": "Deployments", "user": user, "csrf": "a-form-token", "envs": []}),
+            ),
+            (
+                "stack.html",
+                json!({"title": "Stack", "user": user, "csrf": "a-form-token",
+                "env": {"name": "production"}, "stack": {"name": "shop", "current": 3},
+                "containers": [{"service": "web", "name": "production-shop-web-3-1", "revision": "3",
+                    "state": "running", "health": "healthy"}],
+                "engine_error": null,
+                "revisions": [
+                    {"number": 4, "status": "rolled_back", "message": "service web: unhealthy", "cause": "user:admin",
+                     "created": NOW, "images": {"web": "reg/web@sha256:ab"}},
+                    {"number": 3, "status": "succeeded", "message": null, "cause": "rollback:1", "created": NOW,
+                     "images": {"web": "reg/web@sha256:cd"}},
+                    {"number": 2, "status": "succeeded", "message": null, "cause": "webhook", "created": NOW,
+                     "images": {}}],
+                "steps": [{"at": NOW, "kind": "container_failed", "detail": {"service": "web",
+                    "container": "c4", "reason": "unhealthy"}}]}),
+            ),
+            (
+                "stack.html",
+                json!({"title": "Stack", "user": user, "csrf": "a-form-token",
+                "env": {"name": "qa"}, "stack": {"name": "x", "current": null}, "containers": [],
+                "engine_error": "cannot reach the Docker engine", "revisions": [], "steps": []}),
             ),
             (
                 "registry.html",

@@ -540,6 +540,54 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     assert_eq!(through(&edge, "web.apps.test"), (200, "v2".to_owned()));
+
+    // The UI: the stack in the overview, its history, and a rollback from its page.
+    let cookie = super::server::ui_session(&up);
+    let browser = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = |path: &str| {
+        browser
+            .get(format!("{}{path}", up.url))
+            .header("cookie", &cookie)
+            .send()
+            .and_then(|r| r.text())
+            .expect("GET page")
+    };
+    let overview = page("/deploy");
+    assert!(
+        overview.contains(&format!("data-env=\"{env}\""))
+            && overview.contains("data-stack=\"web\""),
+        "{overview}"
+    );
+    let stack_page = page(&format!("/deploy/{env}/web"));
+    assert!(
+        stack_page.contains("data-number=\"2\" data-status=\"succeeded\""),
+        "{stack_page}"
+    );
+    assert!(stack_page.contains("Roll back to #1"), "{stack_page}");
+    let csrf = super::server::form_token(&stack_page);
+    let rolled = browser
+        .post(format!("{}/deploy/{env}/web/rollback", up.url))
+        .header("cookie", &cookie)
+        .header("origin", &up.url)
+        .form(&[("csrf", csrf.as_str()), ("to", "1")])
+        .send()
+        .expect("POST rollback");
+    assert_eq!(rolled.status().as_u16(), 303);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let h = history(&up);
+        if h[0]["number"] == 3 && h[0]["status"] == "succeeded" {
+            assert_eq!(h[0]["cause"], "rollback:1");
+            assert_eq!(h[0]["images"], h[2]["images"], "exactly revision 1's image");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{h}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(through(&edge, "web.apps.test"), (200, "v1".to_owned()));
     let out = stack_cli(&up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
 }

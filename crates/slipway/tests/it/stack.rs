@@ -108,7 +108,10 @@ fn stack_plan_json_has_services_routes_checks_and_strategy() {
     assert_eq!(web["ports"][0]["target"], "80");
     assert_eq!(web["routes"][0]["host"], "web.example.com");
     assert_eq!(web["routes"][0]["port"], 80);
-    assert_eq!(web["routes"][0]["tls"], "none", "ACME only when the route asks");
+    assert_eq!(
+        web["routes"][0]["tls"], "none",
+        "ACME only when the route asks"
+    );
     assert_eq!(web["routes"][0]["source"], "domain");
     assert_eq!(web["health_checks"][0]["kind"], "http");
     assert_eq!(web["health_checks"][0]["path"], "/healthz");
