@@ -10,7 +10,8 @@
 //! - Names the engine sees are the stack's own: the network `slipway-ENV-STACK[-NET]`,
 //!   named volumes `slipway-ENV-STACK-VOL` (an `external` one by its name), so two stacks
 //!   or environments never share an object by accident.
-//! - Bind mounts are refused unless the caller allows them (trusted stacks only).
+//! - Bind mounts and `external` networks and volumes are refused unless the caller allows
+//!   them (trusted stacks only).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -124,6 +125,31 @@ pub fn service_specs(
     allow_bind_mounts: bool,
 ) -> Result<Vec<ServiceSpec>, StackError> {
     let order = deploy_order(compose)?;
+    if !allow_bind_mounts {
+        // Joining a network or mounting a volume the stack did not create reaches into
+        // what others run: like a host path, only for trusted stacks.
+        let external = compose
+            .networks
+            .iter()
+            .filter(|n| n.external)
+            .map(|n| format!("network `{}`", n.name))
+            .chain(
+                compose
+                    .volumes
+                    .iter()
+                    .filter(|v| v.external)
+                    .map(|v| format!("volume `{}`", v.name)),
+            )
+            .next();
+        if let Some(what) = external {
+            return Err(StackError::Service {
+                service: "(stack)".to_owned(),
+                reason: format!(
+                    "the external {what}: only trusted stacks may use objects they did not create"
+                ),
+            });
+        }
+    }
     let mut specs = Vec::new();
     for name in order {
         let (Some(service), Some(planned)) = (compose.service(&name), plan.service(&name)) else {
@@ -422,7 +448,7 @@ pub async fn deploy_stack<T: Target>(
     for (index, spec) in specs.iter().enumerate() {
         let service = spec.name.clone();
         let events = sink.clone();
-        let outcome = Rollout::new(target, proxy)
+        let run = Rollout::new(target, proxy)
             .on_event(move |event| {
                 events(&StackEvent {
                     service: service.clone(),
@@ -430,7 +456,17 @@ pub async fn deploy_stack<T: Target>(
                 })
             })
             .run(spec)
-            .await?;
+            .await;
+        let outcome = match run {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The services already replaced go back before the error is told.
+                if let Some(previous) = previous {
+                    put_back(target, proxy, &specs[..index], previous, &sink).await;
+                }
+                return Err(e);
+            }
+        };
         match &outcome {
             Outcome::Done { .. } => outcomes.push((spec.name.clone(), outcome)),
             Outcome::RolledBack { reason } | Outcome::Paused { reason } => {
@@ -439,21 +475,7 @@ pub async fn deploy_stack<T: Target>(
                 outcomes.push((spec.name.clone(), outcome.clone()));
                 if !paused && let Some(previous) = previous {
                     // The services of this revision already in place go back too.
-                    for done in &specs[..index] {
-                        if let Some(old) = previous.iter().find(|p| p.name == done.name) {
-                            let service = old.name.clone();
-                            let events = sink.clone();
-                            Rollout::new(target, proxy)
-                                .on_event(move |event| {
-                                    events(&StackEvent {
-                                        service: service.clone(),
-                                        event: event.clone(),
-                                    })
-                                })
-                                .run(old)
-                                .await?;
-                        }
-                    }
+                    put_back(target, proxy, &specs[..index], previous, &sink).await;
                 }
                 return Ok(StackOutcome {
                     status: if paused { "paused" } else { "rolled_back" }.to_owned(),
@@ -468,6 +490,36 @@ pub async fn deploy_stack<T: Target>(
         message: None,
         services: outcomes,
     })
+}
+
+/// Deploys the `previous` spec of each of `done` again; a failure is logged (the caller is
+/// already reporting one).
+async fn put_back<T: Target>(
+    target: &T,
+    proxy: &Proxy,
+    done: &[ServiceSpec],
+    previous: &[ServiceSpec],
+    sink: &(impl Fn(&StackEvent) + Send + Sync + Clone + 'static),
+) {
+    for spec in done {
+        let Some(old) = previous.iter().find(|p| p.name == spec.name) else {
+            continue;
+        };
+        let service = old.name.clone();
+        let events = sink.clone();
+        let result = Rollout::new(target, proxy)
+            .on_event(move |event| {
+                events(&StackEvent {
+                    service: service.clone(),
+                    event: event.clone(),
+                })
+            })
+            .run(old)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(service = %old.name, "putting the previous revision back: {e}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -540,6 +592,9 @@ mod tests {
         assert!(err.to_string().contains("only trusted stacks"), "{err}");
         let cycle = "services:\n  a:\n    image: a\n    expose: [\"1\"]\n    depends_on: [b]\n  b:\n    image: b\n    expose: [\"1\"]\n    depends_on: [a]\n";
         assert!(matches!(specs(cycle), Err(StackError::Cycle(_))));
+        let external = "services:\n  web:\n    image: a\n    expose: [\"80\"]\n    networks: [edge]\nnetworks:\n  edge:\n    external: true\n";
+        let err = specs(external).expect_err("external");
+        assert!(err.to_string().contains("external network `edge`"), "{err}");
         let portless = "services:\n  worker:\n    image: w\n";
         let err = specs(portless).expect_err("no port");
         assert!(err.to_string().contains("service `worker`"), "{err}");

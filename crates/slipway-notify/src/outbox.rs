@@ -178,8 +178,32 @@ const IDLE_POLL: Duration = Duration::from_secs(30);
 
 struct Worker {
     wake: Arc<Notify>,
-    stop: Arc<Notify>,
+    stop: Arc<Stop>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Tells a worker to stop: looked at before every attempt, and wakes any wait.
+#[derive(Default)]
+struct Stop {
+    asked: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    fn ask(&self) {
+        self.asked.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn asked(&self) -> bool {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn notified(&self) {
+        if !self.asked() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// The running workers, one per channel id.
@@ -223,7 +247,7 @@ impl<O: Outbox> Dispatcher<O> {
     /// [`Dispatcher::start`] with another limit (a service with a stricter plan; tests).
     pub fn start_limited(&self, id: i64, channel: Channel, limit: Option<RateLimit>) {
         let wake = Arc::new(Notify::new());
-        let stop = Arc::new(Notify::new());
+        let stop = Arc::new(Stop::default());
         let task = tokio::spawn(run_worker(
             id,
             channel,
@@ -235,14 +259,14 @@ impl<O: Outbox> Dispatcher<O> {
             stop.clone(),
         ));
         if let Some(old) = self.workers().insert(id, Worker { wake, stop, task }) {
-            old.stop.notify_one();
+            old.stop.ask();
         }
     }
 
     /// Stops the worker of channel `id` after its current attempt.
     pub fn stop(&self, id: i64) {
         if let Some(worker) = self.workers().remove(&id) {
-            worker.stop.notify_one();
+            worker.stop.ask();
         }
     }
 
@@ -257,7 +281,7 @@ impl<O: Outbox> Dispatcher<O> {
     pub async fn shutdown(&self) {
         let workers: Vec<Worker> = self.workers().drain().map(|(_, w)| w).collect();
         for worker in &workers {
-            worker.stop.notify_one();
+            worker.stop.ask();
         }
         for worker in workers {
             let _ = worker.task.await;
@@ -277,7 +301,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Waits `wait` or until woken; false when told to stop.
-async fn pause(wait: Duration, wake: &Notify, stop: &Notify) -> bool {
+async fn pause(wait: Duration, wake: &Notify, stop: &Stop) -> bool {
     tokio::select! {
         _ = stop.notified() => false,
         _ = wake.notified() => true,
@@ -294,12 +318,15 @@ async fn run_worker<O: Outbox>(
     outbox: Arc<O>,
     retry: RetryPolicy,
     wake: Arc<Notify>,
-    stop: Arc<Notify>,
+    stop: Arc<Stop>,
 ) {
     let mut sent: VecDeque<Instant> = VecDeque::new();
     // Set after waiting for a full window: what is due then goes as one digest.
     let mut waited = false;
     loop {
+        if stop.asked() {
+            return;
+        }
         let due = match outbox
             .due(id, now_ms(), if limit.is_some() { DIGEST_MAX } else { 1 })
             .await
@@ -356,7 +383,11 @@ async fn run_worker<O: Outbox>(
             }
         }
         let mut due = due;
-        if !waited {
+        if waited {
+            // One attempt number for all: only rows at the same attempt are merged.
+            let attempts = due[0].attempts;
+            due.retain(|p| p.attempts == attempts);
+        } else {
             due.truncate(1);
         }
         waited = false;

@@ -253,11 +253,12 @@ impl Server {
             shutdown.clone(),
         ));
         tokio::spawn(crate::notify::spawn(self.state.clone(), shutdown.clone()));
-        tokio::spawn(crate::deploy::recover(self.state.clone()));
-        tokio::spawn(crate::deploy::apply_rules(
-            self.state.clone(),
-            shutdown.clone(),
-        ));
+        // The rules start once every stack is recovered, so none deploys over a recovery.
+        let (state, stop) = (self.state.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            crate::deploy::recover(state.clone()).await;
+            crate::deploy::apply_rules(state, stop).await;
+        });
         if !self.state.config.registry_notify.is_empty() {
             let endpoints = self
                 .state

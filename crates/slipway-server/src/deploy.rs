@@ -84,6 +84,10 @@ pub struct DeployRequest {
     /// number. Not settable through the API.
     #[serde(skip)]
     pub build: Option<BuildRef>,
+    /// The images as referenced, when `images` holds pinned ones (a rollback keeps the
+    /// earlier revision's tags for the redeploy hook). Not settable through the API.
+    #[serde(skip)]
+    pub refs: Option<BTreeMap<String, String>>,
 }
 
 /// A build a deploy comes from.
@@ -130,19 +134,40 @@ impl Deployments {
             .cloned()
     }
 
-    fn claim(&self, stack: i64) -> bool {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(stack)
-    }
-
     fn release(&self, stack: i64) {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&stack);
     }
+}
+
+/// A stack claimed for one rollout (or removal, or recovery); released when dropped, also
+/// on an early return or a panic of the task holding it.
+#[derive(Debug)]
+pub struct Claim {
+    state: Arc<AppState>,
+    stack: i64,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.state.deploy.release(self.stack);
+    }
+}
+
+/// Claims `stack`, or `None` when a rollout of it runs.
+fn claim(state: &Arc<AppState>, stack: i64) -> Option<Claim> {
+    let fresh = state
+        .deploy
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(stack);
+    fresh.then(|| Claim {
+        state: state.clone(),
+        stack,
+    })
 }
 
 /// An environment's plain variables and opened secrets.
@@ -373,9 +398,9 @@ pub async fn deploy(
     let target = state.deploy.target().await?;
     let images = pin_images(&state.deploy, &target, &specs, req.pull_always).await?;
     let stack = state.store.ensure_stack(env_row.id, stack_name).await?;
-    if !state.deploy.claim(stack.id) {
+    let Some(claimed) = claim(&state, stack.id) else {
         return Err(DeployError::Busy(format!("{env_name}/{stack_name}")));
-    }
+    };
     let recorded = async {
         let previous = current_specs(&state, &env, &stack).await?;
         // The variables are kept by name for secrets, by value otherwise.
@@ -392,10 +417,12 @@ pub async fn deploy(
                     rancher: req.rancher.clone(),
                     vars,
                     images: images.clone(),
-                    refs: specs
-                        .iter()
-                        .map(|s| (s.name.clone(), s.image.clone()))
-                        .collect(),
+                    refs: req.refs.clone().unwrap_or_else(|| {
+                        specs
+                            .iter()
+                            .map(|s| (s.name.clone(), s.image.clone()))
+                            .collect()
+                    }),
                     cause,
                     build_id: req.build.as_ref().map(|b| b.id),
                 },
@@ -412,13 +439,7 @@ pub async fn deploy(
         Ok::<_, DeployError>((revision, specs, previous))
     }
     .await;
-    let (revision, specs, previous) = match recorded {
-        Ok(r) => r,
-        Err(e) => {
-            state.deploy.release(stack.id);
-            return Err(e);
-        }
-    };
+    let (revision, specs, previous) = recorded?;
     let url = stack_url(&state, &specs);
     state
         .store
@@ -511,7 +532,7 @@ pub async fn deploy(
             tracing::error!("recording the end of revision {}: {e}", revision.number);
         }
         state.wake_notifications();
-        state.deploy.release(revision.stack_id);
+        drop(claimed);
     });
     Ok(revision)
 }
@@ -561,15 +582,15 @@ pub async fn containers(
 
 /// Removes a stack's containers (drained) and its records.
 pub async fn remove(
-    state: &AppState,
+    state: &Arc<AppState>,
     env: &EnvRow,
     stack: &StackRow,
 ) -> Result<usize, DeployError> {
     let edge = state.config.edge.clone().ok_or(DeployError::NoProxy)?;
-    if !state.deploy.claim(stack.id) {
+    let Some(_claimed) = claim(state, stack.id) else {
         return Err(DeployError::Busy(format!("{}/{}", env.name, stack.name)));
-    }
-    let result = async {
+    };
+    async {
         let target = state.deploy.target().await?;
         let views = containers(state, &env.name, &stack.name).await?;
         let services: std::collections::BTreeSet<String> =
@@ -589,114 +610,132 @@ pub async fn remove(
         state.store.delete_stack(stack.id).await?;
         Ok(removed)
     }
-    .await;
-    state.deploy.release(stack.id);
-    result
+    .await
 }
 
-/// At start: routes of every stack's current revision back in the proxy; rollouts the
-/// last process left unfinished reverted.
+/// At start: routes of every stack's current revision back in the proxy; a rollout the
+/// last process left unfinished reverted. Each stack is claimed while it is looked at, and
+/// one that cannot be recovered is logged without stopping the others.
 pub async fn recover(state: Arc<AppState>) {
     let Some(edge) = state.config.edge.clone() else {
         return;
     };
-    let result: Result<(), DeployError> = async {
-        let unfinished = state.store.unfinished_revisions().await?;
+    let listed = async {
         let stacks = state.store.stacks(None).await?;
-        if stacks.is_empty() {
-            return Ok(());
-        }
-        let target = state.deploy.target().await?;
-        for stack in stacks {
-            let Some(env_row) = state
-                .store
-                .envs()
-                .await?
-                .into_iter()
-                .find(|e| e.id == stack.env_id)
-            else {
-                continue;
-            };
-            let secrets = state.store.env_secrets(env_row.id).await?;
-            let env = environment(&state, &env_row, &secrets);
-            let current = current_specs(&state, &env, &stack).await?;
-            let cut: Vec<&RevisionRow> = unfinished
-                .iter()
-                .filter(|r| r.stack_id == stack.id)
-                .collect();
-            if cut.is_empty() {
-                for spec in current.iter().flatten() {
-                    match Rollout::new(target.as_ref(), edge.proxy())
-                        .reconcile(spec)
-                        .await
-                    {
-                        Ok(n) => tracing::info!(
-                            "{}/{} {}: {n} containers routed",
-                            env.name,
-                            stack.name,
-                            spec.name
-                        ),
-                        Err(e) => tracing::warn!("{}/{} {}: {e}", env.name, stack.name, spec.name),
-                    }
-                }
-                continue;
-            }
-            // A rollout was cut: the current revision is put back whole (its rollout
-            // replaces whatever runs), or, with none, the stack's containers go.
-            let message = match &current {
-                Some(specs) => {
-                    deploy_stack(
-                        target.as_ref(),
-                        edge.proxy(),
-                        specs,
-                        None,
-                        |_: &StackEvent| {},
-                    )
-                    .await
-                    .map_err(|e| DeployError::Engine(e.to_string()))?;
-                    format!(
-                        "the server stopped during this rollout; revision {} was put back",
-                        stack.current.unwrap_or_default()
-                    )
-                }
-                None => {
-                    remove_containers(&state, &target, edge.proxy(), &env.name, &stack.name)
-                        .await?;
-                    "the server stopped during this rollout; its containers were removed".to_owned()
-                }
-            };
-            for revision in cut {
-                state
-                    .store
-                    .set_revision_status(
-                        revision.id,
-                        "rolled_back",
-                        Some(&message),
-                        Some(&notice(
-                            &env.name,
-                            &stack.name,
-                            revision,
-                            "rolled_back",
-                            "",
-                            None,
-                        )),
-                    )
-                    .await?;
-                tracing::warn!(
-                    "{}/{} revision {}: {message}",
-                    env.name,
-                    stack.name,
-                    revision.number
-                );
-            }
-        }
-        state.wake_notifications();
-        Ok(())
+        let unfinished = state.store.unfinished_revisions().await?;
+        let envs = state.store.envs().await?;
+        Ok::<_, DeployError>((stacks, unfinished, envs))
     }
     .await;
-    if let Err(e) = result {
-        tracing::error!("deployer: recovering the stacks at start: {e}");
+    let (stacks, unfinished, envs) = match listed {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("deployer: reading the stacks at start: {e}");
+            return;
+        }
+    };
+    if stacks.is_empty() {
+        return;
     }
+    let target = match state.deploy.target().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("deployer: recovering the stacks at start: {e}");
+            return;
+        }
+    };
+    for stack in stacks {
+        let Some(env_row) = envs.iter().find(|e| e.id == stack.env_id) else {
+            continue;
+        };
+        let Some(_claimed) = claim(&state, stack.id) else {
+            continue;
+        };
+        let revisions: Vec<&RevisionRow> = unfinished
+            .iter()
+            .filter(|r| r.stack_id == stack.id)
+            .collect();
+        if let Err(e) =
+            recover_stack(&state, &target, edge.proxy(), env_row, &stack, &revisions).await
+        {
+            tracing::error!("deployer: recovering {}/{}: {e}", env_row.name, stack.name);
+        }
+    }
+    state.wake_notifications();
+}
+
+async fn recover_stack(
+    state: &Arc<AppState>,
+    target: &DockerTarget,
+    proxy: &slipway_proxy::Proxy,
+    env_row: &EnvRow,
+    stack: &StackRow,
+    unfinished: &[&RevisionRow],
+) -> Result<(), DeployError> {
+    let secrets = state.store.env_secrets(env_row.id).await?;
+    let env = environment(state, env_row, &secrets);
+    let current = current_specs(state, &env, stack).await?;
+    // Only the stack's newest revision can have been rolling when the process stopped;
+    // a paused one waits for a person, and an older unfinished one was superseded.
+    let newest = unfinished.iter().max_by_key(|r| r.number);
+    let cut = newest.filter(|r| {
+        matches!(r.status.as_str(), "pending" | "rolling")
+            && stack.current.is_none_or(|c| r.number > c)
+    });
+    let Some(cut) = cut else {
+        for spec in current.iter().flatten() {
+            match Rollout::new(target, proxy).reconcile(spec).await {
+                Ok(n) => tracing::info!(
+                    "{}/{} {}: {n} containers routed",
+                    env.name,
+                    stack.name,
+                    spec.name
+                ),
+                Err(e) => tracing::warn!("{}/{} {}: {e}", env.name, stack.name, spec.name),
+            }
+        }
+        return Ok(());
+    };
+    // The current revision is put back whole (its rollout replaces whatever runs), or,
+    // with none, the stack's containers go.
+    let message = match &current {
+        Some(specs) => {
+            deploy_stack(target, proxy, specs, None, |_: &StackEvent| {})
+                .await
+                .map_err(|e| DeployError::Engine(e.to_string()))?;
+            format!(
+                "the server stopped during this rollout; revision {} was put back",
+                stack.current.unwrap_or_default()
+            )
+        }
+        None => {
+            remove_containers(state, target, proxy, &env.name, &stack.name).await?;
+            "the server stopped during this rollout; its containers were removed".to_owned()
+        }
+    };
+    state
+        .store
+        .set_revision_status(
+            cut.id,
+            "rolled_back",
+            Some(&message),
+            Some(&notice(
+                &env.name,
+                &stack.name,
+                cut,
+                "rolled_back",
+                "",
+                None,
+            )),
+        )
+        .await?;
+    tracing::warn!(
+        "{}/{} revision {}: {message}",
+        env.name,
+        stack.name,
+        cut.number
+    );
+    Ok(())
 }
 
 async fn remove_containers(
@@ -757,12 +796,12 @@ async fn apply_pending_rules(state: &Arc<AppState>) -> Result<(), DeployError> {
     let rules = state.store.env_rules(None).await?;
     for (outbox_id, build_id) in rows {
         match apply_rules_to(state, &rules, build_id).await {
-            // A rollout of the stack runs: this build is looked at again later.
-            Err(DeployError::Busy(_)) => continue,
+            Ok(Applied::All) => state.store.done_deploy_outbox(outbox_id).await?,
+            // A stack was busy or the engine or store failed: looked at again later (the
+            // stacks deployed already are skipped then).
+            Ok(Applied::Retry) => {}
             Err(e) => tracing::warn!("deployer: build id {build_id}: {e}"),
-            Ok(()) => {}
         }
-        state.store.done_deploy_outbox(outbox_id).await?;
     }
     Ok(())
 }
@@ -777,21 +816,28 @@ fn repository_of(image: &str) -> &str {
     }
 }
 
+/// Whether every rule of a build was applied.
+enum Applied {
+    All,
+    Retry,
+}
+
 async fn apply_rules_to(
     state: &Arc<AppState>,
     rules: &[crate::store::EnvRuleRow],
     build_id: i64,
-) -> Result<(), DeployError> {
+) -> Result<Applied, DeployError> {
     let Some(build) = state.store.build(build_id).await? else {
-        return Ok(());
+        return Ok(Applied::All);
     };
     // A pull request never deploys.
     if build.event == "pull_request" {
-        return Ok(());
+        return Ok(Applied::All);
     }
     let Some(repo) = state.store.repo(build.repo_id).await? else {
-        return Ok(());
+        return Ok(Applied::All);
     };
+    let mut applied = Applied::All;
     let glob = slipway_notify::rules::glob;
     for rule in rules
         .iter()
@@ -890,15 +936,35 @@ async fn apply_rules_to(
                 repo: repo.name.clone(),
                 number: build.number,
             }),
+            refs: None,
         };
-        deploy(
+        let deployed = deploy(
             state.clone(),
             &env_row.name,
             &rule.stack,
             request,
             format!("build:{}#{}", repo.name, build.number),
         )
-        .await?;
+        .await;
+        match deployed {
+            Ok(_) => {}
+            Err(e @ (DeployError::Busy(_) | DeployError::Engine(_) | DeployError::Store(_))) => {
+                tracing::warn!(
+                    "rule of {}: {} #{}: {e} (tried again later)",
+                    env_row.name,
+                    repo.name,
+                    build.number
+                );
+                applied = Applied::Retry;
+            }
+            // The file itself is wrong: trying again cannot help.
+            Err(e) => tracing::warn!(
+                "rule of {}: {} #{} was not deployed: {e}",
+                env_row.name,
+                repo.name,
+                build.number
+            ),
+        }
     }
-    Ok(())
+    Ok(applied)
 }

@@ -316,6 +316,18 @@ fn params(list: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// A secret's value: the one given, else standard input less one trailing newline.
+pub(crate) fn value_or_stdin(value: Option<String>) -> Result<String> {
+    if let Some(v) = value {
+        return Ok(v);
+    }
+    let mut v = String::new();
+    std::io::stdin()
+        .read_to_string(&mut v)
+        .context("reading the secret's value from standard input")?;
+    Ok(v.strip_suffix('\n').map(str::to_owned).unwrap_or(v))
+}
+
 pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -430,16 +442,7 @@ pub fn secret(api: ApiArgs, command: SecretCommand) -> Result<ExitCode> {
             value,
             allow_pull_request,
         } => {
-            let value = match value {
-                Some(v) => v,
-                None => {
-                    let mut v = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut v)
-                        .context("reading the secret's value from standard input")?;
-                    v.strip_suffix('\n').map(str::to_owned).unwrap_or(v)
-                }
-            };
+            let value = value_or_stdin(value)?;
             client.json(
                 reqwest::Method::POST,
                 &format!("/api/repos/{repo}/secrets"),

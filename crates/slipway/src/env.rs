@@ -1,14 +1,13 @@
 //! `slipway env …`: environments (integration, qa, production, …) with their domain,
 //! variables and secrets, through the REST API.
 
-use std::io::Read;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::client::{ApiArgs, Client, print_json};
+use crate::client::{ApiArgs, Client, print_json, value_or_stdin};
 
 #[derive(Debug, Subcommand)]
 pub enum EnvCommand {
@@ -185,16 +184,7 @@ pub fn run(api: ApiArgs, command: EnvCommand) -> Result<ExitCode> {
         },
         EnvCommand::Secret { command } => match command {
             EnvSecretCommand::Add { env, name, value } => {
-                let value = match value {
-                    Some(v) => v,
-                    None => {
-                        let mut v = String::new();
-                        std::io::stdin()
-                            .read_to_string(&mut v)
-                            .context("reading the secret's value from standard input")?;
-                        v.strip_suffix('\n').map(str::to_owned).unwrap_or(v)
-                    }
-                };
+                let value = value_or_stdin(value)?;
                 client.json(
                     reqwest::Method::POST,
                     &format!("/api/envs/{env}/secrets"),

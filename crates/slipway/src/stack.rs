@@ -84,9 +84,9 @@ pub struct DeployArgs {
     /// Follow the rollout, printing each step; exit 1 if it did not succeed.
     #[arg(long)]
     pub wait: bool,
-    /// Allow host-path (bind) mounts: only for stacks you trust.
-    #[arg(long)]
-    pub allow_bind_mounts: bool,
+    /// A stack you trust: it may mount host paths and use `external` networks and volumes.
+    #[arg(long, alias = "allow-bind-mounts")]
+    pub trusted: bool,
     #[command(flatten)]
     pub api: crate::client::ApiArgs,
 }

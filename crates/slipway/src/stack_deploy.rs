@@ -145,7 +145,7 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
         &format!("/api/stacks/{env}/{stack}"),
         Some(
             json!({"compose": compose, "file": file, "rancher": rancher, "images": images,
-            "allow_bind_mounts": args.allow_bind_mounts}),
+            "allow_bind_mounts": args.trusted}),
         ),
     )?;
     finish(&client, env, stack, &revision, args.wait, args.api.json)

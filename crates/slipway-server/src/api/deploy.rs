@@ -357,6 +357,7 @@ pub async fn rollback(
         allow_bind_mounts: true,
         pull_always: false,
         build: None,
+        refs: Some(target.refs.clone()),
     };
     Ok(crate::deploy::deploy(
         state.clone(),
@@ -474,6 +475,7 @@ pub async fn redeploy_hook(
         allow_bind_mounts: true,
         pull_always: true,
         build: None,
+        refs: None,
     };
     let revision = crate::deploy::deploy(
         state.clone(),

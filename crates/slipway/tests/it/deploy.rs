@@ -8,9 +8,9 @@ use super::{slipway, text};
 #[test]
 fn environments_with_domain_variables_and_secrets() {
     let data = tempfile::tempdir().expect("data dir");
-    let up = start_up(data.path(), &[]);
+    let up = &start_up(data.path(), &[]);
     let env = api(
-        &up,
+        up,
         &[
             "env",
             "add",
@@ -25,7 +25,7 @@ fn environments_with_domain_variables_and_secrets() {
     );
     assert_eq!(env["domain"], "example.com");
     assert_eq!(env["vars"], json!({"REPLICAS": "3", "TAG": "v1"}));
-    api(&up, &["env", "add", "qa"]);
+    api(up, &["env", "add", "qa"]);
     let out = slipway()
         .args([
             "env",
@@ -40,10 +40,10 @@ fn environments_with_domain_variables_and_secrets() {
         .output()
         .expect("slipway runs");
     assert!(out.status.success(), "{}", text(&out).1);
-    let shown = api(&up, &["env", "show", "production"]);
+    let shown = api(up, &["env", "show", "production"]);
     assert_eq!(shown["secrets"][0]["name"], "DB_PASSWORD", "{shown}");
     assert!(!shown.to_string().contains("s3cr3t-value"), "{shown}");
-    let listed = api(&up, &["env", "ls"]);
+    let listed = api(up, &["env", "ls"]);
     let names: Vec<&str> = listed
         .as_array()
         .expect("list")
@@ -86,13 +86,13 @@ fn environments_with_domain_variables_and_secrets() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
-    assert_eq!(api(&up, &["env", "ls"]).as_array().map(Vec::len), Some(2));
+    assert_eq!(api(up, &["env", "ls"]).as_array().map(Vec::len), Some(2));
     let out = slipway()
         .args(["env", "rm", "qa", "--server", &up.url, "--token", ADMIN])
         .output()
         .expect("slipway runs");
     assert!(out.status.success(), "{}", text(&out).1);
-    assert_eq!(api(&up, &["env", "ls"]).as_array().map(Vec::len), Some(1));
+    assert_eq!(api(up, &["env", "ls"]).as_array().map(Vec::len), Some(1));
 }
 
 /// A busybox httpd answering `$VERSION`, started after `delay` seconds; `extra` goes into
@@ -219,34 +219,71 @@ impl Drop for EngineCleanup {
     }
 }
 
+/// One test's `slipway up` with its edge proxy on loopback ports, and its own environment
+/// name (`PREFIX<pid>`), whose containers and networks go when the test ends.
+struct Fixture {
+    up: super::server::Up,
+    edge: String,
+    env: String,
+    data: tempfile::TempDir,
+    _cleanup: EngineCleanup,
+}
+
+const PROXY_ARGS: [&str; 6] = [
+    "--proxy-http",
+    "127.0.0.1:0",
+    "--proxy-https",
+    "127.0.0.1:0",
+    "--no-docker-labels",
+    "--no-acme",
+];
+
+impl Fixture {
+    /// `None`, saying so, without a Docker engine.
+    fn start(prefix: &str) -> Option<Fixture> {
+        let engine = std::process::Command::new("docker").arg("version").output();
+        if !engine.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipping: no Docker engine");
+            return None;
+        }
+        let env = format!("{prefix}{}", std::process::id());
+        let cleanup = EngineCleanup(env.clone());
+        let data = tempfile::tempdir().expect("data dir");
+        let up = start_up(data.path(), &PROXY_ARGS);
+        let edge = Fixture::edge_of(&up);
+        Some(Fixture {
+            up,
+            edge,
+            env,
+            data,
+            _cleanup: cleanup,
+        })
+    }
+
+    fn edge_of(up: &super::server::Up) -> String {
+        up.facts["proxy_http"]
+            .as_str()
+            .expect("proxy_http")
+            .to_owned()
+    }
+
+    /// `kill -9` of the server, and a new one on the same data dir.
+    fn kill_and_restart(&mut self) {
+        self.up.child.kill().expect("kill -9");
+        self.up.child.wait().expect("wait");
+        self.up = start_up(self.data.path(), &PROXY_ARGS);
+        self.edge = Fixture::edge_of(&self.up);
+    }
+}
+
 #[test]
 fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_kill() {
-    if std::process::Command::new("docker")
-        .arg("version")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        eprintln!("skipping: no Docker engine");
+    let Some(mut fx) = Fixture::start("e2e") else {
         return;
-    }
-    let env = format!("e2e{}", std::process::id());
-    let _cleanup = EngineCleanup(env.clone());
-    let data = tempfile::tempdir().expect("data dir");
-    let proxy = [
-        "--proxy-http",
-        "127.0.0.1:0",
-        "--proxy-https",
-        "127.0.0.1:0",
-        "--no-docker-labels",
-        "--no-acme",
-    ];
-    let up = start_up(data.path(), &proxy);
-    let edge = up.facts["proxy_http"]
-        .as_str()
-        .expect("proxy_http")
-        .to_owned();
-    api(&up, &["env", "add", &env, "--domain", "apps.test"]);
+    };
+    let (env, edge) = (fx.env.clone(), fx.edge.clone());
+    let up = &fx.up;
+    api(up, &["env", "add", &env, "--domain", "apps.test"]);
     let target = format!("{env}/shop");
     let host = "web.apps.test";
     let dir = tempfile::tempdir().expect("dir");
@@ -254,7 +291,7 @@ fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_
     let deploy = |text: &str| {
         std::fs::write(&file, text).expect("write");
         stack_cli(
-            &up,
+            up,
             &[
                 "deploy",
                 &target,
@@ -313,10 +350,10 @@ fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_
     );
 
     // Back to revision 1, exactly its image, as revision 4.
-    let out = stack_cli(&up, &["rollback", &target, "--to", "1", "--wait"]);
+    let out = stack_cli(up, &["rollback", &target, "--to", "1", "--wait"]);
     assert!(out.status.success(), "{}", text(&out).1);
     assert_eq!(through(&edge, host), (200, "v1".to_owned()));
-    let history = stack_cli(&up, &["history", &target, "--json"]);
+    let history = stack_cli(up, &["history", &target, "--json"]);
     let history: serde_json::Value = serde_json::from_slice(&history.stdout).expect("history JSON");
     let statuses: Vec<(i64, &str, &str)> = history
         .as_array()
@@ -348,7 +385,7 @@ fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_
     // revision 4 back, alone.
     std::fs::write(&file, stack_file("v5", 20, "")).expect("write");
     let out = stack_cli(
-        &up,
+        up,
         &["deploy", &target, "-f", file.to_str().expect("utf-8")],
     );
     assert!(out.status.success(), "{}", text(&out).1);
@@ -360,17 +397,11 @@ fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let mut up = up;
-    up.child.kill().expect("kill -9");
-    up.child.wait().expect("wait");
-    let up = start_up(data.path(), &proxy);
-    let edge = up.facts["proxy_http"]
-        .as_str()
-        .expect("proxy_http")
-        .to_owned();
+    fx.kill_and_restart();
+    let (up, edge) = (&fx.up, fx.edge.clone());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let out = stack_cli(&up, &["history", &target, "--json"]);
+        let out = stack_cli(up, &["history", &target, "--json"]);
         let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if history[0]["status"] == "rolled_back" {
             assert_eq!(history[0]["number"], 5);
@@ -398,7 +429,7 @@ fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_
     assert_eq!(through(&edge, host), (200, "v1".to_owned()));
 
     // Removed: no container left.
-    let out = stack_cli(&up, &["rm", &target]);
+    let out = stack_cli(up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
     assert!(
         engine_containers(&env).is_empty(),
@@ -442,31 +473,10 @@ fn push_version(config: &std::path::Path, tag: &str, version: &str) {
 
 #[test]
 fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
-    if std::process::Command::new("docker")
-        .arg("version")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        eprintln!("skipping: no Docker engine");
+    let Some(fx) = Fixture::start("hook") else {
         return;
-    }
-    let env = format!("hook{}", std::process::id());
-    let _cleanup = EngineCleanup(env.clone());
-    let data = tempfile::tempdir().expect("data dir");
-    let proxy = [
-        "--proxy-http",
-        "127.0.0.1:0",
-        "--proxy-https",
-        "127.0.0.1:0",
-        "--no-docker-labels",
-        "--no-acme",
-    ];
-    let up = start_up(data.path(), &proxy);
-    let edge = up.facts["proxy_http"]
-        .as_str()
-        .expect("proxy_http")
-        .to_owned();
+    };
+    let (env, edge, up) = (fx.env.clone(), fx.edge.clone(), &fx.up);
     let registry = up.url.trim_start_matches("http://").to_owned();
     let config = tempfile::tempdir().expect("docker config");
     let login = docker_cli(
@@ -479,7 +489,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
     // Only the registry has it now: the deployer pulls with its own credentials.
     let _ = docker_cli(config.path(), &["rmi", &tag]);
 
-    api(&up, &["env", "add", &env, "--domain", "apps.test"]);
+    api(up, &["env", "add", &env, "--domain", "apps.test"]);
     let target = format!("{env}/web");
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("compose.yaml");
@@ -491,7 +501,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
     )
     .expect("write");
     let out = stack_cli(
-        &up,
+        up,
         &[
             "deploy",
             &target,
@@ -503,7 +513,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
     assert!(out.status.success(), "{}", text(&out).1);
     assert_eq!(through(&edge, "web.apps.test"), (200, "v1".to_owned()));
 
-    let out = stack_cli(&up, &["webhook", &target]);
+    let out = stack_cli(up, &["webhook", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
     let hook = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(
@@ -522,7 +532,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("history")
     };
     assert_eq!(
-        history(&up).as_array().map(Vec::len),
+        history(up).as_array().map(Vec::len),
         Some(1),
         "a wrong token changes nothing"
     );
@@ -530,7 +540,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
     assert_eq!(accepted.status().as_u16(), 202, "{:?}", accepted.text());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let h = history(&up);
+        let h = history(up);
         if h[0]["number"] == 2 && h[0]["status"] == "succeeded" {
             assert_eq!(h[0]["cause"], "webhook");
             assert_ne!(h[0]["images"]["web"], h[1]["images"]["web"], "a new digest");
@@ -542,7 +552,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
     assert_eq!(through(&edge, "web.apps.test"), (200, "v2".to_owned()));
 
     // The UI: the stack in the overview, its history, and a rollback from its page.
-    let cookie = super::server::ui_session(&up);
+    let cookie = super::server::ui_session(up);
     let browser = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -578,7 +588,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
     assert_eq!(rolled.status().as_u16(), 303);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let h = history(&up);
+        let h = history(up);
         if h[0]["number"] == 3 && h[0]["status"] == "succeeded" {
             assert_eq!(h[0]["cause"], "rollback:1");
             assert_eq!(h[0]["images"], h[2]["images"], "exactly revision 1's image");
@@ -588,23 +598,16 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     assert_eq!(through(&edge, "web.apps.test"), (200, "v1".to_owned()));
-    let out = stack_cli(&up, &["rm", &target]);
+    let out = stack_cli(up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
 #[test]
 fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() {
-    if std::process::Command::new("docker")
-        .arg("version")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        eprintln!("skipping: no Docker engine");
+    let Some(fx) = Fixture::start("rule") else {
         return;
-    }
-    let env = format!("rule{}", std::process::id());
-    let _cleanup = EngineCleanup(env.clone());
+    };
+    let (env, edge, up) = (fx.env.clone(), fx.edge.clone(), &fx.up);
     let image = super::test_image();
     let pipeline = "kind: pipeline\nname: default\nsteps:\n- name: publish\n  image: plugins/docker\n  settings:\n    repo: team/app\n    tags: [latest]\n";
     let dockerfile = |v: &str| format!("FROM {image}\nENV VERSION={v}\n");
@@ -614,23 +617,9 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
         ("Dockerfile", &dockerfile("v1")),
         ("compose.yaml", compose),
     ]);
-    let data = tempfile::tempdir().expect("data dir");
-    let proxy = [
-        "--proxy-http",
-        "127.0.0.1:0",
-        "--proxy-https",
-        "127.0.0.1:0",
-        "--no-docker-labels",
-        "--no-acme",
-    ];
-    let up = start_up(data.path(), &proxy);
-    let edge = up.facts["proxy_http"]
-        .as_str()
-        .expect("proxy_http")
-        .to_owned();
     let registry = up.url.trim_start_matches("http://").to_owned();
     api(
-        &up,
+        up,
         &[
             "repo",
             "add",
@@ -641,7 +630,7 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
         ],
     );
     api(
-        &up,
+        up,
         &[
             "env",
             "add",
@@ -653,7 +642,7 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
         ],
     );
     let rule = api(
-        &up,
+        up,
         &[
             "env", "rule", "add", &env, "--repo", "team/app", "--branch", "main",
         ],
@@ -667,7 +656,7 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
     let wait_revision = |number: i64| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
         loop {
-            let h = history(&up);
+            let h = history(up);
             if h[0]["number"] == number && h[0]["status"] == "succeeded" {
                 return h;
             }
@@ -678,7 +667,7 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
     };
-    api(&up, &["build", "run", "team/app", "--branch", "main"]);
+    api(up, &["build", "run", "team/app", "--branch", "main"]);
     let h = wait_revision(1);
     assert_eq!(h[0]["cause"], "build:team/app#1");
     let pinned = h[0]["images"]["app"].as_str().expect("image").to_owned();
@@ -712,12 +701,12 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
             "main",
         ],
     );
-    api(&up, &["build", "run", "team/app", "--branch", "main"]);
+    api(up, &["build", "run", "team/app", "--branch", "main"]);
     let h = wait_revision(2);
     assert_eq!(h[0]["cause"], "build:team/app#2");
     assert_ne!(h[0]["images"]["app"], h[1]["images"]["app"]);
     assert_eq!(through(&edge, "app.apps.test"), (200, "v2".to_owned()));
-    let out = stack_cli(&up, &["rm", &target]);
+    let out = stack_cli(up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
