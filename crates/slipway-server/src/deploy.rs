@@ -780,12 +780,128 @@ pub async fn apply_rules(state: Arc<AppState>, shutdown: tokio_util::sync::Cance
             _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
             event = events.recv() => match event {
                 Ok(crate::events::ServerEvent::Build { finished: Some(_), .. }) => {}
+                Ok(crate::events::ServerEvent::Image { action, repository, tag: Some(tag), digest, .. })
+                    if action == "push" =>
+                {
+                    tokio::spawn(apply_image_rules(state.clone(), repository, tag, digest));
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
         }
     }
+}
+
+/// The `--image-tag` rules a push of `repository:tag` (`digest`) to the built-in registry
+/// matches: each deploys its stack's current file with that image, by digest, in place of
+/// the services' images of the same repository. A stack being rolled out is tried again
+/// for a minute.
+async fn apply_image_rules(state: Arc<AppState>, repository: String, tag: String, digest: String) {
+    let glob = slipway_notify::rules::glob;
+    let rules = match state.store.env_rules(None).await {
+        Ok(rules) => rules,
+        Err(e) => {
+            tracing::warn!("deployer: image rules: {e}");
+            return;
+        }
+    };
+    let image = format!("{}/{repository}", state.host);
+    for rule in rules.iter().filter(|r| {
+        r.image_tag
+            .as_deref()
+            .is_some_and(|t| glob(t, &tag) && glob(&r.repo, &repository))
+    }) {
+        for _ in 0..30 {
+            match apply_image_rule(&state, rule, &image, &tag, &digest).await {
+                Err(DeployError::Busy(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                Err(e) => {
+                    tracing::warn!("image rule {}: {image}:{tag}: {e}", rule.id);
+                    break;
+                }
+                Ok(()) => break,
+            }
+        }
+    }
+}
+
+async fn apply_image_rule(
+    state: &Arc<AppState>,
+    rule: &crate::store::EnvRuleRow,
+    image: &str,
+    tag: &str,
+    digest: &str,
+) -> Result<(), DeployError> {
+    let Some(env_row) = state
+        .store
+        .envs()
+        .await?
+        .into_iter()
+        .find(|e| e.id == rule.env_id)
+    else {
+        return Ok(());
+    };
+    let stack = state.store.stack(env_row.id, &rule.stack).await?;
+    let base = match &stack {
+        Some(stack) => match stack.current {
+            Some(n) => state.store.revision(stack.id, n).await?,
+            None => None,
+        },
+        None => None,
+    };
+    let Some(base) = base else {
+        return Err(DeployError::Refused(format!(
+            "{}/{} has no revision serving to take the image into (deploy it once first)",
+            env_row.name, rule.stack
+        )));
+    };
+    let (mut images, mut refs) = (base.images.clone(), base.refs.clone());
+    let services: Vec<String> = base
+        .refs
+        .iter()
+        .filter(|(_, r)| repository_of(r) == image)
+        .map(|(s, _)| s.clone())
+        .collect();
+    if services.is_empty() {
+        return Err(DeployError::Refused(format!(
+            "no service of {}/{} runs {image}",
+            env_row.name, rule.stack
+        )));
+    }
+    for service in services {
+        images.insert(service.clone(), format!("{image}@{digest}"));
+        refs.insert(service, format!("{image}:{tag}"));
+    }
+    tracing::info!(
+        "image rule: {image}:{tag} deploys {}/{}",
+        env_row.name,
+        rule.stack
+    );
+    let request = DeployRequest {
+        compose: base.compose.clone(),
+        file: None,
+        rancher: base.rancher.clone(),
+        images,
+        allow_bind_mounts: true,
+        pull_always: false,
+        build: None,
+        refs: Some(refs),
+    };
+    deploy(
+        state.clone(),
+        &env_row.name,
+        &rule.stack,
+        request,
+        format!(
+            "image:{}:{tag}",
+            image.split_once('/').map_or(image, |(_, r)| r)
+        ),
+    )
+    .await
+    .map(drop)
 }
 
 async fn apply_pending_rules(state: &Arc<AppState>) -> Result<(), DeployError> {
@@ -839,10 +955,9 @@ async fn apply_rules_to(
     };
     let mut applied = Applied::All;
     let glob = slipway_notify::rules::glob;
-    for rule in rules
-        .iter()
-        .filter(|r| glob(&r.repo, &repo.name) && glob(&r.branch, &build.branch))
-    {
+    for rule in rules.iter().filter(|r| {
+        r.image_tag.is_none() && glob(&r.repo, &repo.name) && glob(&r.branch, &build.branch)
+    }) {
         let Some(env_row) = state
             .store
             .envs()

@@ -46,10 +46,21 @@ pub enum EnvRuleCommand {
     /// that commit, with the images the build pushed.
     Add {
         env: String,
+        /// The git repository (with --branch) or the registry repository (with
+        /// --image-tag), `owner/name` or a glob.
         #[arg(long)]
         repo: String,
+        /// Each successful build of this branch (a glob) deploys.
+        #[arg(
+            long,
+            required_unless_present = "image_tag",
+            conflicts_with = "image_tag"
+        )]
+        branch: Option<String>,
+        /// Each push of a tag matching this glob (`v*`) to the built-in registry deploys
+        /// the stack's current file with that image.
         #[arg(long)]
-        branch: String,
+        image_tag: Option<String>,
         /// The stack (default: the repository's name).
         #[arg(long)]
         stack: Option<String>,
@@ -136,19 +147,27 @@ pub fn run(api: ApiArgs, command: EnvCommand) -> Result<ExitCode> {
                 env,
                 repo,
                 branch,
+                image_tag,
                 stack,
                 file,
             } => {
                 let rule = client.json(
                     reqwest::Method::POST,
                     &format!("/api/envs/{env}/rules"),
-                    Some(json!({"repo": repo, "branch": branch, "stack": stack, "file": file})),
+                    Some(
+                        json!({"repo": repo, "branch": branch, "image_tag": image_tag,
+                        "stack": stack, "file": file}),
+                    ),
                 )?;
                 if api.json {
                     print_json(&rule);
                 }
+                let what = match (&branch, &image_tag) {
+                    (Some(b), _) => format!("each successful build of {repo} {b}"),
+                    (None, t) => format!("each push of {repo}:{}", t.as_deref().unwrap_or("")),
+                };
                 eprintln!(
-                    "rule {}: each successful build of {repo} {branch} deploys {env}/{}",
+                    "rule {}: {what} deploys {env}/{}",
                     rule["id"],
                     rule["stack"].as_str().unwrap_or_default()
                 );
@@ -163,11 +182,14 @@ pub fn run(api: ApiArgs, command: EnvCommand) -> Result<ExitCode> {
                     print_json(&list);
                 } else {
                     for r in list.as_array().into_iter().flatten() {
+                        let on = match r["image_tag"].as_str() {
+                            Some(tag) => format!("push :{tag}"),
+                            None => r["branch"].as_str().unwrap_or_default().to_owned(),
+                        };
                         println!(
-                            "{}\t{} {}\t-> {}",
+                            "{}\t{} {on}\t-> {}",
                             r["id"],
                             r["repo"].as_str().unwrap_or_default(),
-                            r["branch"].as_str().unwrap_or_default(),
                             r["stack"].as_str().unwrap_or_default()
                         );
                     }

@@ -67,7 +67,9 @@ CREATE TABLE rollout_steps (
 CREATE INDEX rollout_steps_revision ON rollout_steps (revision_id);
 
 -- Environment rules: each successful build of a repository's branch deploys the
--- repository's stack file at that commit (file: its path, else the usual names) as stack.
+-- repository's stack file at that commit (file: its path, else the usual names) as stack;
+-- with image_tag (a glob), a push of a matching tag of that registry repository deploys
+-- the stack's current file with that image instead (branch is then empty).
 CREATE TABLE env_rules (
     id       BIGSERIAL PRIMARY KEY,
     env_id   BIGINT  NOT NULL REFERENCES environments (id) ON DELETE CASCADE,
@@ -75,6 +77,7 @@ CREATE TABLE env_rules (
     branch   TEXT    NOT NULL,
     stack    TEXT    NOT NULL,
     file     TEXT,
+    image_tag TEXT,
     created  BIGINT  NOT NULL
 );
 

@@ -6,7 +6,7 @@
 //! | `GET /api/envs` · `POST {name, domain?, vars{}}` | environments |
 //! | `GET /api/envs/{env}` · `DELETE` (refused while it has stacks) | one, with its secrets' names and stacks |
 //! | `GET/POST /api/envs/{env}/secrets` `{name, value}` · `DELETE …/secrets/{name}` | its secrets (values never shown) |
-//! | `GET/POST /api/envs/{env}/rules` `{repo, branch, stack?, file?}` · `DELETE …/rules/{id}` | environment rules: each successful build of the branch deploys the repository's stack file at that commit, with the images the build pushed |
+//! | `GET/POST /api/envs/{env}/rules` `{repo, branch | image_tag, stack?, file?}` · `DELETE …/rules/{id}` | environment rules: each successful build of the branch deploys the repository's stack file at that commit, with the images the build pushed; or each push of a matching tag to the registry deploys the stack's current file with that image |
 //! | `GET /api/stacks` | stacks with their latest revision |
 //! | `POST /api/stacks/{env}/{stack}` `{compose, file?, rancher?, images{}, allow_bind_mounts?}` | a new revision (201); its rollout runs on |
 //! | `GET /api/stacks/{env}/{stack}` · `DELETE` | the stack, its last revisions and containers · removed with its containers |
@@ -506,16 +506,28 @@ mod tests {
 
 #[derive(Debug, Deserialize)]
 pub struct AddRule {
-    /// `owner/name`, or a glob (`team/*`).
+    /// `owner/name`, or a glob (`team/*`): the git repository (with `branch`) or the
+    /// registry repository (with `image_tag`).
     pub repo: String,
     /// A branch, or a glob.
-    pub branch: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// A tag glob (`v*`): pushes of matching tags to the built-in registry deploy.
+    #[serde(default)]
+    pub image_tag: Option<String>,
     /// The stack it deploys (default: the repository's name).
     #[serde(default)]
     pub stack: Option<String>,
     /// The stack file in the repository (default: compose.yaml, …).
     #[serde(default)]
     pub file: Option<String>,
+}
+
+fn trimmed(value: Option<&str>) -> Option<String> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 pub async fn add_rule(
@@ -525,33 +537,50 @@ pub async fn add_rule(
     Json(req): Json<AddRule>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let env = find_env(&state, &env).await?;
-    let (repo, branch) = (req.repo.trim(), req.branch.trim());
-    if repo.is_empty() || branch.is_empty() {
-        return Err(ApiError::bad_request("a rule needs `repo` and `branch`"));
+    let repo = req.repo.trim();
+    let (branch, image_tag) = (
+        trimmed(req.branch.as_deref()),
+        trimmed(req.image_tag.as_deref()),
+    );
+    if repo.is_empty() || branch.is_some() == image_tag.is_some() {
+        return Err(ApiError::bad_request(
+            "a rule needs `repo` and one of `branch` (builds) or `image_tag` (registry pushes)",
+        ));
     }
-    let stack = match req
-        .stack
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        Some(s) => s.to_owned(),
-        None => repo.rsplit('/').next().unwrap_or(repo).to_ascii_lowercase(),
-    };
+    let stack = trimmed(req.stack.as_deref())
+        .unwrap_or_else(|| repo.rsplit('/').next().unwrap_or(repo).to_ascii_lowercase());
     if !valid_env_name(&stack) {
         return Err(ApiError::bad_request(format!(
             "stack name `{stack}`: lowercase letters, digits, `-`, `_` and `.` (give --stack)"
         )));
     }
-    let file = req.file.as_deref().map(str::trim).filter(|f| !f.is_empty());
     let rule = state
         .store
-        .add_env_rule(env.id, repo, branch, &stack, file)
+        .add_env_rule(
+            env.id,
+            &crate::store::EnvRuleRow {
+                id: 0,
+                env_id: env.id,
+                repo: repo.to_owned(),
+                branch: branch.clone().unwrap_or_default(),
+                stack: stack.clone(),
+                file: trimmed(req.file.as_deref()),
+                image_tag: image_tag.clone(),
+                created: 0,
+            },
+        )
         .await?;
-    tracing::info!(
-        "environment {}: each successful build of {repo} {branch} deploys {stack}",
-        env.name
-    );
+    match &image_tag {
+        Some(tag) => tracing::info!(
+            "environment {}: each push of {repo}:{tag} to the registry deploys {stack}",
+            env.name
+        ),
+        None => tracing::info!(
+            "environment {}: each successful build of {repo} {} deploys {stack}",
+            env.name,
+            branch.unwrap_or_default()
+        ),
+    }
     Ok((StatusCode::CREATED, Json(json!(rule))))
 }
 

@@ -97,6 +97,9 @@ pub struct EnvRuleRow {
     /// The stack file's path in the repository; `None`: `compose.yaml`, `compose.yml`,
     /// `docker-compose.yaml`, `docker-compose.yml`.
     pub file: Option<String>,
+    /// A tag glob: the rule deploys pushes of matching tags of the registry repository
+    /// `repo` (and `branch` is empty).
+    pub image_tag: Option<String>,
     pub created: i64,
 }
 
@@ -128,6 +131,7 @@ fn env_rule(row: &AnyRow) -> Result<EnvRuleRow> {
         branch: row.try_get("branch")?,
         stack: row.try_get("stack")?,
         file: row.try_get("file")?,
+        image_tag: row.try_get("image_tag")?,
         created: row.try_get("created")?,
     })
 }
@@ -289,23 +293,17 @@ impl Store {
 
     // ---------------------------------------------------------------- rules
 
-    pub async fn add_env_rule(
-        &self,
-        env_id: i64,
-        repo: &str,
-        branch: &str,
-        stack: &str,
-        file: Option<&str>,
-    ) -> Result<EnvRuleRow> {
+    pub async fn add_env_rule(&self, env_id: i64, rule: &EnvRuleRow) -> Result<EnvRuleRow> {
         let row = sqlx::query(
-            "INSERT INTO env_rules (env_id, repo, branch, stack, file, created) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+            "INSERT INTO env_rules (env_id, repo, branch, stack, file, image_tag, created) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
         )
         .bind(env_id)
-        .bind(repo)
-        .bind(branch)
-        .bind(stack)
-        .bind(file)
+        .bind(&rule.repo)
+        .bind(&rule.branch)
+        .bind(&rule.stack)
+        .bind(&rule.file)
+        .bind(&rule.image_tag)
         .bind(rows::now_ms())
         .fetch_one(&mut *self.conn().await?)
         .await?;

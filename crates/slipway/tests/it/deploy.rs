@@ -730,3 +730,85 @@ fn the_demo_example_lints_clean() {
         assert!(!stdout.contains("error"), "{args:?}: {stdout}");
     }
 }
+
+#[test]
+fn an_image_tag_rule_deploys_a_matching_push_to_the_registry() {
+    let Some(fx) = Fixture::start("tagrule") else {
+        return;
+    };
+    let (env, edge, up) = (fx.env.clone(), fx.edge.clone(), &fx.up);
+    let registry = up.url.trim_start_matches("http://").to_owned();
+    let config = tempfile::tempdir().expect("docker config");
+    let login = docker_cli(
+        config.path(),
+        &["login", &registry, "-u", "admin", "-p", ADMIN],
+    );
+    assert!(login.status.success(), "{}", text(&login).1);
+    let image = format!("{registry}/team/web");
+    push_version(config.path(), &format!("{image}:v1.0"), "v1");
+    api(up, &["env", "add", &env, "--domain", "apps.test"]);
+    let target = format!("{env}/web");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  web:\n    image: {image}:v1.0\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo \\\"$$VERSION\\\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n    expose: [\"8080\"]\n    stop_grace_period: 2s\n"
+        ),
+    )
+    .expect("write");
+    let out = stack_cli(
+        up,
+        &[
+            "deploy",
+            &target,
+            "-f",
+            file.to_str().expect("utf-8"),
+            "--wait",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let rule = api(
+        up,
+        &[
+            "env",
+            "rule",
+            "add",
+            &env,
+            "--repo",
+            "team/web",
+            "--image-tag",
+            "v*",
+        ],
+    );
+    assert_eq!(
+        (rule["stack"].as_str(), rule["image_tag"].as_str()),
+        (Some("web"), Some("v*"))
+    );
+    let history = || {
+        let out = stack_cli(up, &["history", &target, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+
+    // A tag the rule does not match deploys nothing.
+    push_version(config.path(), &format!("{image}:latest"), "latest");
+    push_version(config.path(), &format!("{image}:v2.0"), "v2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let h = history();
+        if h[0]["number"] == 2 && h[0]["status"] == "succeeded" {
+            assert_eq!(h[0]["cause"], "image:team/web:v2.0", "{h}");
+            assert_eq!(
+                h.as_array().map(Vec::len),
+                Some(2),
+                "`latest` deployed nothing: {h}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{h}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(through(&edge, "web.apps.test"), (200, "v2".to_owned()));
+    let out = stack_cli(up, &["rm", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
