@@ -64,6 +64,7 @@ pub struct Deployments {
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct DeployRequest {
     /// The compose file's text.
+    #[serde(default)]
     pub compose: String,
     /// Its name, for error positions (`compose.yaml`).
     #[serde(default)]
@@ -972,65 +973,22 @@ async fn apply_rules_to(
         {
             continue;
         }
-        let paths: Vec<&str> = match &rule.file {
-            Some(f) => vec![f.as_str()],
-            None => STACK_FILES.to_vec(),
-        };
-        let found = state
-            .mirrors
-            .read_first_file(repo.id, &build.commit, &paths)
-            .await
-            .map_err(|e| DeployError::Refused(format!("{}: {e}", repo.name)))?;
-        let Some((path, compose_text)) = found else {
-            tracing::warn!(
-                "rule of {}: {} has none of {} at {}",
-                env_row.name,
-                repo.name,
-                paths.join(", "),
-                build.commit
-            );
-            continue;
-        };
-        let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-        let rancher_path = if dir.is_empty() {
-            "rancher-compose.yml".to_owned()
-        } else {
-            format!("{dir}/rancher-compose.yml")
-        };
-        let rancher = state
-            .mirrors
-            .read_file(repo.id, &build.commit, &rancher_path)
-            .await
-            .ok()
-            .flatten();
-        // The images this build pushed replace the services' images of the same
-        // repository, pinned by digest.
-        let secrets = state.store.env_secrets(env_row.id).await?;
-        let env = environment(state, &env_row, &secrets);
-        let read = compose::read(
-            &compose_text,
-            path,
-            &ReadOptions {
-                vars: env.interpolation_vars(),
-                ..ReadOptions::default()
-            },
-        );
-        let artifacts = state.store.artifacts(build.id).await?;
-        let mut images = BTreeMap::new();
-        for service in &read.compose.services {
-            let Some(image) = &service.image else {
+        let request = match from_repository(
+            state,
+            &env_row,
+            &repo,
+            &build.commit,
+            Some(&build),
+            rule.file.as_deref(),
+        )
+        .await
+        {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!("rule of {}: {e}", env_row.name);
                 continue;
-            };
-            if let Some(a) = artifacts
-                .iter()
-                .find(|a| repository_of(&a.image) == repository_of(image))
-            {
-                images.insert(
-                    service.name.clone(),
-                    format!("{}@{}", repository_of(&a.image), a.digest),
-                );
             }
-        }
+        };
         tracing::info!(
             "rule of {}: {} #{} deploys {}/{}",
             env_row.name,
@@ -1039,20 +997,6 @@ async fn apply_rules_to(
             env_row.name,
             rule.stack
         );
-        let request = DeployRequest {
-            compose: compose_text,
-            file: Some(path.to_owned()),
-            rancher,
-            images,
-            allow_bind_mounts: repo.trusted,
-            pull_always: false,
-            build: Some(BuildRef {
-                id: build.id,
-                repo: repo.name.clone(),
-                number: build.number,
-            }),
-            refs: None,
-        };
         let deployed = deploy(
             state.clone(),
             &env_row.name,
@@ -1082,4 +1026,101 @@ async fn apply_rules_to(
         }
     }
     Ok(applied)
+}
+
+/// A deploy of `repo`'s stack file at `commit` (a sha, branch or tag): `file`, else the
+/// first of [`STACK_FILES`], with the `rancher-compose.yml` beside it. With `build`, the
+/// images that build pushed replace the services' images of the same repository, pinned
+/// by digest. Host paths and external objects only for a trusted repository.
+pub async fn from_repository(
+    state: &Arc<AppState>,
+    env_row: &EnvRow,
+    repo: &crate::store::Repo,
+    commit: &str,
+    build: Option<&crate::store::Build>,
+    file: Option<&str>,
+) -> Result<DeployRequest, DeployError> {
+    let paths: Vec<&str> = match file {
+        Some(f) => vec![f],
+        None => STACK_FILES.to_vec(),
+    };
+    let mirror_error =
+        |e: crate::mirror::MirrorError| DeployError::Refused(format!("{}: {e}", repo.name));
+    // A commit or ref the mirror does not have yet is fetched.
+    let found = match state.mirrors.read_first_file(repo.id, commit, &paths).await {
+        Ok(found) => found,
+        Err(_) => {
+            state
+                .mirrors
+                .fetch(repo.id, &repo.clone_url, &[commit])
+                .await
+                .map_err(mirror_error)?;
+            state
+                .mirrors
+                .read_first_file(repo.id, commit, &paths)
+                .await
+                .map_err(mirror_error)?
+        }
+    };
+    let Some((path, compose_text)) = found else {
+        return Err(DeployError::NotFound(format!(
+            "{} has none of {} at {commit}",
+            repo.name,
+            paths.join(", ")
+        )));
+    };
+    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+    let rancher_path = if dir.is_empty() {
+        "rancher-compose.yml".to_owned()
+    } else {
+        format!("{dir}/rancher-compose.yml")
+    };
+    let rancher = state
+        .mirrors
+        .read_file(repo.id, commit, &rancher_path)
+        .await
+        .ok()
+        .flatten();
+    let mut images = BTreeMap::new();
+    if let Some(build) = build {
+        let secrets = state.store.env_secrets(env_row.id).await?;
+        let env = environment(state, env_row, &secrets);
+        let read = compose::read(
+            &compose_text,
+            path,
+            &ReadOptions {
+                vars: env.interpolation_vars(),
+                ..ReadOptions::default()
+            },
+        );
+        let artifacts = state.store.artifacts(build.id).await?;
+        for service in &read.compose.services {
+            let Some(image) = &service.image else {
+                continue;
+            };
+            if let Some(a) = artifacts
+                .iter()
+                .find(|a| repository_of(&a.image) == repository_of(image))
+            {
+                images.insert(
+                    service.name.clone(),
+                    format!("{}@{}", repository_of(&a.image), a.digest),
+                );
+            }
+        }
+    }
+    Ok(DeployRequest {
+        compose: compose_text,
+        file: Some(path.to_owned()),
+        rancher,
+        images,
+        allow_bind_mounts: repo.trusted,
+        pull_always: false,
+        build: build.map(|b| BuildRef {
+            id: b.id,
+            repo: repo.name.clone(),
+            number: b.number,
+        }),
+        refs: None,
+    })
 }

@@ -20,8 +20,8 @@ pub enum StackCommand {
     /// What a deploy of the stack would do in an environment: services, images, replicas,
     /// routes, health checks, strategies (`--json`: the schema in the README).
     Plan(PlanArgs),
-    /// Deploy a stack file to an environment as a new revision: `stack deploy ENV/STACK -f
-    /// FILE [--image SERVICE=REF]… [--wait]`.
+    /// Deploy a stack file to an environment as a new revision: `stack deploy ENV/STACK (-f
+    /// FILE | --repo REPO [--build N | --commit SHA]) [--image SERVICE=REF]… [--wait]`.
     Deploy(DeployArgs),
     /// List stacks (of every environment), with their latest revision.
     Ls(ApiOnly),
@@ -73,8 +73,26 @@ pub struct DeployArgs {
     /// `ENV/STACK`.
     pub target: String,
     /// The compose or stack file (a rancher-compose.yml beside it is sent too).
-    #[arg(short = 'f', long = "file")]
-    pub file: PathBuf,
+    #[arg(
+        short = 'f',
+        long = "file",
+        required_unless_present = "repo",
+        conflicts_with = "repo"
+    )]
+    pub file: Option<PathBuf>,
+    /// Take the stack file from this repository instead (compose.yaml, compose.yml,
+    /// docker-compose.yaml, docker-compose.yml, or --path).
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// With --repo: at this build's commit, with the images it pushed.
+    #[arg(long, requires = "repo", conflicts_with = "commit")]
+    pub build: Option<i64>,
+    /// With --repo: at this commit, branch or tag (default: the default branch).
+    #[arg(long, alias = "ref", requires = "repo")]
+    pub commit: Option<String>,
+    /// With --repo: the stack file's path in the repository.
+    #[arg(long, requires = "repo")]
+    pub path: Option<String>,
     /// Rancher 1.x rancher-compose.yml (default: the one beside FILE, when present).
     #[arg(long, value_name = "FILE")]
     pub rancher: Option<PathBuf>,

@@ -115,18 +115,6 @@ fn follow(client: &Client, env: &str, stack: &str, number: i64) -> Result<bool> 
 
 pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
     let (env, stack) = split_target(&args.target)?;
-    let compose = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    let rancher_path = args.rancher.clone().or_else(|| {
-        let beside = args.file.parent()?.join("rancher-compose.yml");
-        beside.is_file().then_some(beside)
-    });
-    let rancher = match &rancher_path {
-        Some(p) => {
-            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
     let mut images = BTreeMap::new();
     for item in &args.images {
         let Some((service, image)) = item.split_once('=') else {
@@ -134,19 +122,37 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
         };
         images.insert(service.trim().to_owned(), image.trim().to_owned());
     }
-    let file = args
-        .file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "compose.yaml".to_owned());
+    let body = match (&args.file, &args.repo) {
+        (Some(path), _) => {
+            let compose = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let rancher_path = args.rancher.clone().or_else(|| {
+                let beside = path.parent()?.join("rancher-compose.yml");
+                beside.is_file().then_some(beside)
+            });
+            let rancher = match &rancher_path {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "compose.yaml".to_owned());
+            json!({"compose": compose, "file": file, "rancher": rancher, "images": images,
+                "allow_bind_mounts": args.trusted})
+        }
+        (None, Some(repo)) => json!({"repo": repo, "build": args.build, "commit": args.commit,
+            "file": args.path, "images": images, "allow_bind_mounts": args.trusted}),
+        (None, None) => bail!("give -f FILE or --repo REPO"),
+    };
     let client = Client::new(&args.api)?;
     let revision = client.json(
         reqwest::Method::POST,
         &format!("/api/stacks/{env}/{stack}"),
-        Some(
-            json!({"compose": compose, "file": file, "rancher": rancher, "images": images,
-            "allow_bind_mounts": args.trusted}),
-        ),
+        Some(body),
     )?;
     finish(&client, env, stack, &revision, args.wait, args.api.json)
 }

@@ -8,7 +8,7 @@
 //! | `GET/POST /api/envs/{env}/secrets` `{name, value}` · `DELETE …/secrets/{name}` | its secrets (values never shown) |
 //! | `GET/POST /api/envs/{env}/rules` `{repo, branch | image_tag, stack?, file?}` · `DELETE …/rules/{id}` | environment rules: each successful build of the branch deploys the repository's stack file at that commit, with the images the build pushed; or each push of a matching tag to the registry deploys the stack's current file with that image |
 //! | `GET /api/stacks` | stacks with their latest revision |
-//! | `POST /api/stacks/{env}/{stack}` `{compose, file?, rancher?, images{}, allow_bind_mounts?}` | a new revision (201); its rollout runs on |
+//! | `POST /api/stacks/{env}/{stack}` `{compose, file?, rancher?, images{}, allow_bind_mounts?}` or `{repo, build? \| commit?, file?, images{}}` | a new revision (201); its rollout runs on |
 //! | `GET /api/stacks/{env}/{stack}` · `DELETE` | the stack, its last revisions and containers · removed with its containers |
 //! | `GET /api/stacks/{env}/{stack}/revisions[/{n}]` | the history · one revision with its rollout's steps |
 //! | `POST /api/stacks/{env}/{stack}/rollback` `{to?}` | a new revision of an earlier one's file and images |
@@ -221,26 +221,83 @@ pub async fn find_stack(
     Ok((env, stack_row))
 }
 
+/// The body of `POST /api/stacks/{env}/{stack}`: a stack file's text, or a repository
+/// and which of its builds (or commits) to take it from.
+#[derive(Debug, Deserialize)]
+pub struct DeployBody {
+    #[serde(flatten)]
+    pub request: crate::deploy::DeployRequest,
+    /// Take the stack file from this repository (`owner/name`) …
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// … at this build's commit, with the images it pushed;
+    #[serde(default)]
+    pub build: Option<i64>,
+    /// … or at this commit, branch or tag (default: the repository's default branch).
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
 /// `POST /api/stacks/{env}/{stack}`: a new revision from a stack file; its rollout runs on.
 pub async fn deploy_stack(
     State(state): State<Arc<AppState>>,
     Admin(token): Admin,
     Path((env, stack)): Path<(String, String)>,
-    Json(req): Json<crate::deploy::DeployRequest>,
+    Json(body): Json<DeployBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !valid_env_name(&stack) {
         return Err(ApiError::bad_request(format!(
             "stack name `{stack}`: lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit"
         )));
     }
-    let revision = crate::deploy::deploy(
-        state.clone(),
-        &env,
-        &stack,
-        req,
-        format!("user:{}", token.name),
-    )
-    .await?;
+    let mut cause = format!("user:{}", token.name);
+    let req = match &body.repo {
+        None if body.request.compose.trim().is_empty() => {
+            return Err(ApiError::bad_request(
+                "give the stack file (`compose`) or a repository (`repo`, with `build` or `commit`)",
+            ));
+        }
+        None => body.request,
+        Some(name) => {
+            let env_row = find_env(&state, &env).await?;
+            let repo = state
+                .store
+                .repo_by_name(name)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no repository `{name}`")))?;
+            let build = match body.build {
+                Some(n) => Some(
+                    state
+                        .store
+                        .build_by_number(repo.id, n)
+                        .await?
+                        .ok_or_else(|| ApiError::not_found(format!("{name} has no build #{n}")))?,
+                ),
+                None => None,
+            };
+            let commit = match (&build, &body.commit) {
+                (Some(b), _) => b.commit.clone(),
+                (None, Some(c)) => c.clone(),
+                (None, None) => repo.default_branch.clone(),
+            };
+            let mut req = crate::deploy::from_repository(
+                &state,
+                &env_row,
+                &repo,
+                &commit,
+                build.as_ref(),
+                body.request.file.as_deref(),
+            )
+            .await?;
+            req.images.extend(body.request.images);
+            req.allow_bind_mounts |= body.request.allow_bind_mounts;
+            if let Some(b) = &build {
+                cause = format!("user:{} (build {name}#{})", token.name, b.number);
+            }
+            req
+        }
+    };
+    let revision = crate::deploy::deploy(state.clone(), &env, &stack, req, cause).await?;
     Ok((StatusCode::CREATED, Json(json!(revision))))
 }
 

@@ -706,6 +706,32 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
     assert_eq!(h[0]["cause"], "build:team/app#2");
     assert_ne!(h[0]["images"]["app"], h[1]["images"]["app"]);
     assert_eq!(through(&edge, "app.apps.test"), (200, "v2".to_owned()));
+
+    // By hand, from the repository at build 1: its file and the image it pushed.
+    let out = stack_cli(
+        up,
+        &[
+            "deploy", &target, "--repo", "team/app", "--build", "1", "--wait",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let h = wait_revision(3);
+    assert_eq!(h[0]["cause"], "user:admin (build team/app#1)");
+    assert_eq!(
+        h[0]["images"]["app"], h[2]["images"]["app"],
+        "build 1's image"
+    );
+    assert_eq!(through(&edge, "app.apps.test"), (200, "v1".to_owned()));
+    let out = stack_cli(
+        up,
+        &["deploy", &target, "--repo", "team/app", "--build", "99"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("team/app has no build #99"),
+        "{}",
+        text(&out).1
+    );
     let out = stack_cli(up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
