@@ -114,6 +114,14 @@ fn stack_file(version: &str, delay: u32, extra: &str) -> String {
     )
 }
 
+/// A stack of one service `name` running `image`, a busybox httpd answering the image's
+/// `$VERSION`.
+fn httpd_stack(name: &str, image: &str) -> String {
+    format!(
+        "services:\n  {name}:\n    image: {image}\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo \\\"$$VERSION\\\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n    expose: [\"8080\"]\n    stop_grace_period: 2s\n"
+    )
+}
+
 /// `GET http://HOST/` through the edge proxy at `edge`: (status, body).
 fn through(edge: &str, host: &str) -> (u16, String) {
     let client = reqwest::blocking::Client::builder()
@@ -493,13 +501,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
     let target = format!("{env}/web");
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("compose.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "services:\n  web:\n    image: {tag}\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo \\\"$$VERSION\\\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n    expose: [\"8080\"]\n    stop_grace_period: 2s\n"
-        ),
-    )
-    .expect("write");
+    std::fs::write(&file, httpd_stack("web", &tag)).expect("write");
     let out = stack_cli(
         up,
         &[
@@ -611,11 +613,11 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
     let image = super::test_image();
     let pipeline = "kind: pipeline\nname: default\nsteps:\n- name: publish\n  image: plugins/docker\n  settings:\n    repo: team/app\n    tags: [latest]\n";
     let dockerfile = |v: &str| format!("FROM {image}\nENV VERSION={v}\n");
-    let compose = "services:\n  app:\n    image: ${REGISTRY}/team/app:latest\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo \\\"$$VERSION\\\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n    expose: [\"8080\"]\n    stop_grace_period: 2s\n";
+    let compose = httpd_stack("app", "${REGISTRY}/team/app:latest");
     let served = super::served_repo(&[
         (".drone.yml", pipeline),
         ("Dockerfile", &dockerfile("v1")),
-        ("compose.yaml", compose),
+        ("compose.yaml", &compose),
     ]);
     let registry = up.url.trim_start_matches("http://").to_owned();
     api(
@@ -776,13 +778,7 @@ fn an_image_tag_rule_deploys_a_matching_push_to_the_registry() {
     let target = format!("{env}/web");
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("compose.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "services:\n  web:\n    image: {image}:v1.0\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo \\\"$$VERSION\\\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n    expose: [\"8080\"]\n    stop_grace_period: 2s\n"
-        ),
-    )
-    .expect("write");
+    std::fs::write(&file, httpd_stack("web", &format!("{image}:v1.0"))).expect("write");
     let out = stack_cli(
         up,
         &[
