@@ -7,6 +7,8 @@
 //!   deploy; the services this revision already replaced are put back to the previous
 //!   revision's specs (when there is one), so the stack never ends half on one revision and
 //!   half on another.
+//! - A successful deploy leaves only the file's services: one the file no longer has is
+//!   taken off its route, drained and removed.
 //! - Names the engine sees are the stack's own: the network `slipway-ENV-STACK[-NET]`,
 //!   named volumes `slipway-ENV-STACK-VOL` (an `external` one by its name), so two stacks
 //!   or environments never share an object by accident.
@@ -27,7 +29,7 @@ use crate::rollout::{
 };
 use crate::target::{
     ContainerSpec, Healthcheck, MountKind, MountSpec, NetworkAttachment, Resources, RestartPolicy,
-    Target,
+    Selector, Target,
 };
 
 /// Why a stack cannot be turned into services.
@@ -483,6 +485,28 @@ pub async fn deploy_stack<T: Target>(
                     services: outcomes,
                 });
             }
+        }
+    }
+    // A service the file no longer has goes (drained) once the others serve.
+    if let Some(first) = specs.first() {
+        let selector = Selector {
+            env: first.env.clone(),
+            stack: Some(first.stack.clone()),
+            ..Selector::default()
+        };
+        let running = target.list_containers(&selector).await?;
+        let gone: BTreeSet<String> = running
+            .iter()
+            .filter_map(|c| c.owner())
+            .map(|o| o.service)
+            .filter(|s| !specs.iter().any(|spec| &spec.name == s))
+            .collect();
+        for service in gone {
+            let drain = first.update.drain_timeout;
+            Rollout::new(target, proxy)
+                .remove_service(&first.env, &first.stack, &service, drain)
+                .await?;
+            tracing::info!(stack = %first.stack, %service, "removed: no longer in the stack file");
         }
     }
     Ok(StackOutcome {

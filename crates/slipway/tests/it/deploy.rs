@@ -834,3 +834,51 @@ fn an_image_tag_rule_deploys_a_matching_push_to_the_registry() {
     let out = stack_cli(up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
+
+#[test]
+fn a_service_dropped_from_the_file_is_removed_by_the_next_deploy() {
+    let Some(fx) = Fixture::start("drop") else {
+        return;
+    };
+    let (env, up) = (fx.env.clone(), &fx.up);
+    api(up, &["env", "add", &env, "--domain", "apps.test"]);
+    let target = format!("{env}/pair");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("compose.yaml");
+    let image = super::test_image();
+    let both = format!(
+        "{}{}",
+        httpd_stack("web", &image),
+        httpd_stack("api", &image).trim_start_matches("services:\n")
+    );
+    for (stack_text, services) in [
+        (both.as_str(), vec!["api", "web"]),
+        (&httpd_stack("web", &image), vec!["web"]),
+    ] {
+        std::fs::write(&file, stack_text).expect("write");
+        let out = stack_cli(
+            up,
+            &[
+                "deploy",
+                &target,
+                "-f",
+                file.to_str().expect("utf-8"),
+                "--wait",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out).1);
+        let out = stack_cli(up, &["show", &target, "--json"]);
+        let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("show");
+        let mut running: Vec<&str> = shown["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .filter_map(|c| c["service"].as_str())
+            .collect();
+        running.sort();
+        running.dedup();
+        assert_eq!(running, services, "{shown}");
+    }
+    let out = stack_cli(up, &["rm", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
