@@ -489,12 +489,9 @@ pub async fn deploy_stack<T: Target>(
     }
     // A service the file no longer has goes (drained) once the others serve.
     if let Some(first) = specs.first() {
-        let selector = Selector {
-            env: first.env.clone(),
-            stack: Some(first.stack.clone()),
-            ..Selector::default()
-        };
-        let running = target.list_containers(&selector).await?;
+        let running = target
+            .list_containers(&Selector::stack(&first.env, &first.stack))
+            .await?;
         let gone: BTreeSet<String> = running
             .iter()
             .filter_map(|c| c.owner())

@@ -132,6 +132,15 @@ impl Selector {
         }
     }
 
+    /// Every object of one stack, all services and revisions.
+    pub fn stack(env: &str, stack: &str) -> Selector {
+        Selector {
+            env: env.to_owned(),
+            stack: Some(stack.to_owned()),
+            ..Selector::default()
+        }
+    }
+
     /// Every object of one environment.
     pub fn env(env: &str) -> Selector {
         Selector {

@@ -554,13 +554,8 @@ pub async fn containers(
     stack: &str,
 ) -> Result<Vec<ContainerView>, DeployError> {
     let target = state.deploy.target().await?;
-    let selector = slipway_deploy::target::Selector {
-        env: env.to_owned(),
-        stack: Some(stack.to_owned()),
-        ..Default::default()
-    };
     let list = target
-        .list_containers(&selector)
+        .list_containers(&slipway_deploy::target::Selector::stack(env, stack))
         .await
         .map_err(|e| DeployError::Engine(e.to_string()))?;
     Ok(list
@@ -779,18 +774,19 @@ pub async fn apply_rules(state: Arc<AppState>, shutdown: tokio_util::sync::Cance
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
-            event = events.recv() => match event {
-                Ok(crate::events::ServerEvent::Build { finished: Some(_), .. }) => {}
-                Ok(crate::events::ServerEvent::Image { action, repository, tag: Some(tag), digest, .. })
-                    if action == "push" =>
+            // A registry push is handled as it comes; a finished build wakes the outbox pass.
+            open = crate::events::wait_for(&mut events, |event| {
+                if let crate::events::ServerEvent::Image { action, repository, tag: Some(tag), digest, .. } = event
+                    && action == "push"
                 {
-                    tokio::spawn(apply_image_rules(state.clone(), repository, tag, digest));
-                    continue;
+                    tokio::spawn(apply_image_rules(state.clone(), repository.clone(), tag.clone(), digest.clone()));
                 }
-                Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            },
+                crate::events::is_finished_build(event)
+            }) => {
+                if !open {
+                    return;
+                }
+            }
         }
     }
 }
@@ -801,8 +797,14 @@ pub async fn apply_rules(state: Arc<AppState>, shutdown: tokio_util::sync::Cance
 /// for a minute.
 async fn apply_image_rules(state: Arc<AppState>, repository: String, tag: String, digest: String) {
     let glob = slipway_notify::rules::glob;
-    let rules = match state.store.env_rules(None).await {
-        Ok(rules) => rules,
+    let read = async {
+        Ok::<_, StoreError>((
+            state.store.env_rules(None).await?,
+            state.store.envs().await?,
+        ))
+    };
+    let (rules, envs) = match read.await {
+        Ok(read) => read,
         Err(e) => {
             tracing::warn!("deployer: image rules: {e}");
             return;
@@ -814,8 +816,11 @@ async fn apply_image_rules(state: Arc<AppState>, repository: String, tag: String
             .as_deref()
             .is_some_and(|t| glob(t, &tag) && glob(&r.repo, &repository))
     }) {
+        let Some(env_row) = envs.iter().find(|e| e.id == rule.env_id) else {
+            continue;
+        };
         for _ in 0..30 {
-            match apply_image_rule(&state, rule, &image, &tag, &digest).await {
+            match apply_image_rule(&state, env_row, rule, &image, &tag, &digest).await {
                 Err(DeployError::Busy(_)) => {
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
@@ -831,20 +836,12 @@ async fn apply_image_rules(state: Arc<AppState>, repository: String, tag: String
 
 async fn apply_image_rule(
     state: &Arc<AppState>,
+    env_row: &EnvRow,
     rule: &crate::store::EnvRuleRow,
     image: &str,
     tag: &str,
     digest: &str,
 ) -> Result<(), DeployError> {
-    let Some(env_row) = state
-        .store
-        .envs()
-        .await?
-        .into_iter()
-        .find(|e| e.id == rule.env_id)
-    else {
-        return Ok(());
-    };
     let stack = state.store.stack(env_row.id, &rule.stack).await?;
     let base = match &stack {
         Some(stack) => match stack.current {
@@ -955,17 +952,12 @@ async fn apply_rules_to(
         return Ok(Applied::All);
     };
     let mut applied = Applied::All;
+    let envs = state.store.envs().await?;
     let glob = slipway_notify::rules::glob;
     for rule in rules.iter().filter(|r| {
         r.image_tag.is_none() && glob(&r.repo, &repo.name) && glob(&r.branch, &build.branch)
     }) {
-        let Some(env_row) = state
-            .store
-            .envs()
-            .await?
-            .into_iter()
-            .find(|e| e.id == rule.env_id)
-        else {
+        let Some(env_row) = envs.iter().find(|e| e.id == rule.env_id) else {
             continue;
         };
         if let Some(stack) = state.store.stack(env_row.id, &rule.stack).await?
@@ -975,7 +967,7 @@ async fn apply_rules_to(
         }
         let request = match from_repository(
             state,
-            &env_row,
+            env_row,
             &repo,
             &build.commit,
             Some(&build),

@@ -79,3 +79,31 @@ impl EventBus {
         self.sender.subscribe()
     }
 }
+
+/// A build that has finished: what the notifications' fan-out and the deploy rules wake for.
+pub fn is_finished_build(event: &ServerEvent) -> bool {
+    matches!(
+        event,
+        ServerEvent::Build {
+            finished: Some(_),
+            ..
+        }
+    )
+}
+
+/// Waits, skipping the events `wake` says nothing about, for one it wakes for; a lagged
+/// receiver wakes too (what was missed may have been one). `false` once the bus is closed.
+/// Cancel-safe, for `select!`.
+pub async fn wait_for(
+    events: &mut broadcast::Receiver<ServerEvent>,
+    mut wake: impl FnMut(&ServerEvent) -> bool,
+) -> bool {
+    loop {
+        match events.recv().await {
+            Ok(event) if wake(&event) => return true,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+}

@@ -27,7 +27,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::events::ServerEvent;
 use crate::store::{
     Build, ChannelRow, DeployNotice, NewAttempt, NewDelivery, Repo, Store, StoreError,
 };
@@ -249,12 +248,11 @@ async fn fan_out_loop(state: Arc<AppState>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = state.notify.fan_out.notified() => {}
             _ = tokio::time::sleep(FAN_OUT_POLL) => {}
-            event = events.recv() => match event {
-                Ok(ServerEvent::Build { finished: Some(_), .. }) => {}
-                Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            },
+            open = crate::events::wait_for(&mut events, crate::events::is_finished_build) => {
+                if !open {
+                    return;
+                }
+            }
         }
     }
 }

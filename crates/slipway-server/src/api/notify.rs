@@ -300,9 +300,11 @@ pub async fn deliveries(
         .store
         .deliveries(channel_id, limit.clamp(1, 500))
         .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut attempts = state.store.attempts_of(&ids).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let attempts = state.store.attempts(row.id).await?;
+        let attempts = attempts.remove(&row.id).unwrap_or_default();
         let mut value = serde_json::to_value(&row).unwrap_or_default();
         if let Some(object) = value.as_object_mut() {
             object.insert(

@@ -417,6 +417,32 @@ impl Store {
         rows::all(&rows, delivery)
     }
 
+    /// The attempts of each of `ids`, in order, in one query (the delivery log's page).
+    pub async fn attempts_of(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::BTreeMap<i64, Vec<AttemptRow>>> {
+        let mut by_delivery: std::collections::BTreeMap<i64, Vec<AttemptRow>> =
+            ids.iter().map(|id| (*id, Vec::new())).collect();
+        if ids.is_empty() {
+            return Ok(by_delivery);
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT * FROM notify_attempts WHERE delivery_id IN ({}) ORDER BY delivery_id, number, id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&mut *self.conn().await?).await?;
+        for row in rows::all(&rows, attempt)? {
+            by_delivery.entry(row.delivery_id).or_default().push(row);
+        }
+        Ok(by_delivery)
+    }
+
     /// The attempts of a delivery, in order.
     pub async fn attempts(&self, delivery_id: i64) -> Result<Vec<AttemptRow>> {
         let rows =

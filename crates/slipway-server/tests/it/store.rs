@@ -2394,6 +2394,15 @@ async fn notifications_outbox_deliveries_and_attempts(db: &TestDb) {
         [(1, Some(500), false), (2, Some(200), true)]
     );
     assert_eq!(store.deliveries(None, 10).await.expect("all").len(), 2);
+    let both = store
+        .attempts_of(&[log[0].id, log[0].id + 1000])
+        .await
+        .expect("attempts of many");
+    assert_eq!(
+        both[&log[0].id], attempts,
+        "the same attempts as one by one"
+    );
+    assert!(both[&(log[0].id + 1000)].is_empty());
 
     // The previous outcome of the branch, for fixed and broken.
     assert_eq!(

@@ -275,6 +275,36 @@ impl Fixture {
             .to_owned()
     }
 
+    /// `docker login` to the server's registry with the admin token, in a config dir of
+    /// the test's own: the registry's host, and the config dir.
+    fn registry_login(&self) -> (String, tempfile::TempDir) {
+        let registry = self.up.url.trim_start_matches("http://").to_owned();
+        let config = tempfile::tempdir().expect("docker config");
+        let login = docker_cli(
+            config.path(),
+            &["login", &registry, "-u", "admin", "-p", ADMIN],
+        );
+        assert!(login.status.success(), "{}", text(&login).1);
+        (registry, config)
+    }
+
+    /// `stack deploy TARGET -f FILE --wait` of a stack file's `text`.
+    fn deploy_text(&self, target: &str, text: &str) -> std::process::Output {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("compose.yaml");
+        std::fs::write(&file, text).expect("write");
+        stack_cli(
+            &self.up,
+            &[
+                "deploy",
+                target,
+                "-f",
+                file.to_str().expect("utf-8"),
+                "--wait",
+            ],
+        )
+    }
+
     /// `kill -9` of the server, and a new one on the same data dir.
     fn kill_and_restart(&mut self) {
         self.up.child.kill().expect("kill -9");
@@ -485,13 +515,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
         return;
     };
     let (env, edge, up) = (fx.env.clone(), fx.edge.clone(), &fx.up);
-    let registry = up.url.trim_start_matches("http://").to_owned();
-    let config = tempfile::tempdir().expect("docker config");
-    let login = docker_cli(
-        config.path(),
-        &["login", &registry, "-u", "admin", "-p", ADMIN],
-    );
-    assert!(login.status.success(), "{}", text(&login).1);
+    let (registry, config) = fx.registry_login();
     let tag = format!("{registry}/team/web:live");
     push_version(config.path(), &tag, "v1");
     // Only the registry has it now: the deployer pulls with its own credentials.
@@ -499,19 +523,7 @@ fn the_redeploy_hook_pulls_a_new_image_pushed_under_the_same_tag() {
 
     api(up, &["env", "add", &env, "--domain", "apps.test"]);
     let target = format!("{env}/web");
-    let dir = tempfile::tempdir().expect("dir");
-    let file = dir.path().join("compose.yaml");
-    std::fs::write(&file, httpd_stack("web", &tag)).expect("write");
-    let out = stack_cli(
-        up,
-        &[
-            "deploy",
-            &target,
-            "-f",
-            file.to_str().expect("utf-8"),
-            "--wait",
-        ],
-    );
+    let out = fx.deploy_text(&target, &httpd_stack("web", &tag));
     assert!(out.status.success(), "{}", text(&out).1);
     assert_eq!(through(&edge, "web.apps.test"), (200, "v1".to_owned()));
 
@@ -765,30 +777,12 @@ fn an_image_tag_rule_deploys_a_matching_push_to_the_registry() {
         return;
     };
     let (env, edge, up) = (fx.env.clone(), fx.edge.clone(), &fx.up);
-    let registry = up.url.trim_start_matches("http://").to_owned();
-    let config = tempfile::tempdir().expect("docker config");
-    let login = docker_cli(
-        config.path(),
-        &["login", &registry, "-u", "admin", "-p", ADMIN],
-    );
-    assert!(login.status.success(), "{}", text(&login).1);
+    let (registry, config) = fx.registry_login();
     let image = format!("{registry}/team/web");
     push_version(config.path(), &format!("{image}:v1.0"), "v1");
     api(up, &["env", "add", &env, "--domain", "apps.test"]);
     let target = format!("{env}/web");
-    let dir = tempfile::tempdir().expect("dir");
-    let file = dir.path().join("compose.yaml");
-    std::fs::write(&file, httpd_stack("web", &format!("{image}:v1.0"))).expect("write");
-    let out = stack_cli(
-        up,
-        &[
-            "deploy",
-            &target,
-            "-f",
-            file.to_str().expect("utf-8"),
-            "--wait",
-        ],
-    );
+    let out = fx.deploy_text(&target, &httpd_stack("web", &format!("{image}:v1.0")));
     assert!(out.status.success(), "{}", text(&out).1);
     let rule = api(
         up,
