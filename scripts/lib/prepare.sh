@@ -200,6 +200,17 @@ prepare_machine() {
   ensure_dockerd
   ensure_base_image
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slipway-target}"
+  check_disk
+}
+
+# A build that runs out of disk fails deep inside rustc or ld ("Bus error"): say it first.
+check_disk() {
+  local dir="$CARGO_TARGET_DIR" free_mb
+  mkdir -p "$dir"
+  free_mb=$(df --output=avail -BM "$dir" 2>/dev/null | tail -1 | tr -dc 0-9)
+  if [ -n "$free_mb" ] && [ "$free_mb" -lt 8000 ]; then
+    echo "warning: only ${free_mb} MB free for $dir; the test build needs about 8 GB (set CARGO_TARGET_DIR elsewhere, or free space)" >&2
+  fi
 }
 
 # What every test needs on top: PostgreSQL, Chromium, the proxy's clients, pebble.
