@@ -24,6 +24,19 @@
 //!   old set drains and is removed; an abort puts all traffic back on the old set and
 //!   removes the new one.
 //!
+//! The bake ([`Bake`]): once the new revision serves alone, it is watched for `window`
+//! with the old set still running off the route (rolling start-first keeps its retired
+//! containers running for this); when the share of its requests the proxy saw answered
+//! 5xx crosses `max_error_rate` (after `min_requests`), traffic goes back to the old set
+//! within one tick (100 ms) and the new set is removed. The same threshold watches a
+//! canary's steps.
+//!
+//! A running rollout obeys its [`Control`] ([`Rollout::with_control`]): `pause` holds it
+//! at the next step (before a batch, a canary weight's clock, the bake's clock) until
+//! `resume`; `promote` skips what is left to wait for (canary steps, batch delays, the
+//! bake); `abort` puts the old revision back and removes the new one, whatever
+//! `failure_action` says.
+//!
 //! The health gate ([`HealthGate`]): a container is healthy when it runs, has an IP on
 //! the service's network, the engine says `healthy` (when it has a healthcheck and
 //! `docker` is on), and the probe (HTTP or TCP; TCP on the service port when nothing
@@ -46,11 +59,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use slipway_proxy::StatusCounts;
 use slipway_proxy::balance::LiveBackend;
 use slipway_proxy::{
     Address, Backend, BackendSet, BackendState, Host, Proxy, Route, RouteKey, RouteSource, Tls,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::target::{
@@ -67,7 +82,7 @@ fn yes() -> bool {
 }
 
 /// One service to deploy at one revision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub env: String,
     pub stack: String,
@@ -98,7 +113,103 @@ pub struct ServiceSpec {
     pub strategy: Strategy,
     #[serde(default)]
     pub pull: PullPolicy,
+    /// Watch the new revision after the switch; `None`: no bake.
+    #[serde(default)]
+    pub bake: Option<Bake>,
 }
+
+/// The watch after the switch (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bake {
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// The share (0 to 1) of the new revision's requests that may answer 5xx.
+    #[serde(default = "Bake::default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// Requests seen before the rate counts (a first 500 is not yet a rate).
+    #[serde(default = "Bake::default_min_requests")]
+    pub min_requests: u64,
+}
+
+impl Bake {
+    pub fn default_max_error_rate() -> f64 {
+        0.05
+    }
+    pub fn default_min_requests() -> u64 {
+        20
+    }
+}
+
+/// What a person asks of a running rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
+    /// Hold at the next step until resumed.
+    Pause,
+    Resume,
+    /// Go all the way now: the remaining canary steps, batch delays and bake are skipped.
+    Promote,
+    /// Put the old revision back and remove the new one.
+    Abort,
+}
+
+impl std::str::FromStr for Command {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Command, String> {
+        match s {
+            "pause" => Ok(Command::Pause),
+            "resume" => Ok(Command::Resume),
+            "promote" => Ok(Command::Promote),
+            "abort" => Ok(Command::Abort),
+            other => Err(format!(
+                "`{other}` is not a rollout command (pause, resume, promote or abort)"
+            )),
+        }
+    }
+}
+
+/// What has been asked so far; promote and abort stay asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Asked {
+    pub paused: bool,
+    pub promoted: bool,
+    pub aborted: bool,
+}
+
+/// The handle a person steers running rollouts with: every rollout given a clone obeys
+/// it (a stack's services share one).
+#[derive(Debug, Clone)]
+pub struct Control(Arc<watch::Sender<Asked>>);
+
+impl Default for Control {
+    fn default() -> Control {
+        Control(Arc::new(watch::Sender::new(Asked::default())))
+    }
+}
+
+impl Control {
+    pub fn send(&self, command: Command) {
+        self.0.send_modify(|a| match command {
+            Command::Pause => a.paused = true,
+            Command::Resume => a.paused = false,
+            Command::Promote => {
+                a.promoted = true;
+                a.paused = false;
+            }
+            Command::Abort => {
+                a.aborted = true;
+                a.paused = false;
+            }
+        });
+    }
+
+    pub fn asked(&self) -> Asked {
+        *self.0.borrow()
+    }
+}
+
+/// The reason of a rollout a person aborted.
+const ABORTED: &str = "aborted by a user";
 
 /// The requests a service takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,7 +382,7 @@ pub enum PullPolicy {
 }
 
 /// One step of a rollout, as it happens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RolloutEvent {
     Started {
@@ -329,6 +440,22 @@ pub enum RolloutEvent {
     Paused {
         reason: String,
     },
+    /// A person paused the rollout: it holds here until resumed.
+    Held,
+    Resumed,
+    /// A person promoted it: what was left to wait for is skipped.
+    Promoted,
+    /// The new revision serves alone and is watched for `window`.
+    BakeStarted {
+        #[serde(with = "duration")]
+        window: Duration,
+        max_error_rate: f64,
+    },
+    /// The bake is over; what the new revision answered meanwhile.
+    BakePassed {
+        requests: u64,
+        server_errors: u64,
+    },
 }
 
 /// How a rollout ended.
@@ -381,6 +508,7 @@ pub struct Rollout<'a, T> {
     proxy: &'a Proxy,
     sink: Option<EventSink>,
     auth: Option<RegistryAuth>,
+    control: Control,
 }
 
 impl<T> std::fmt::Debug for Rollout<'_, T> {
@@ -404,7 +532,14 @@ impl<'a, T: Target> Rollout<'a, T> {
             proxy,
             sink: None,
             auth: None,
+            control: Control::default(),
         }
+    }
+
+    /// Obeys `control` (see the module documentation); without one nobody can steer it.
+    pub fn with_control(mut self, control: Control) -> Self {
+        self.control = control;
+        self
     }
 
     /// Every event goes to `f` too, in order, as it happens.
@@ -459,6 +594,14 @@ impl<'a, T: Target> Rollout<'a, T> {
         {
             return Err(invalid(format!(
                 "health probe path `{path}` must start with `/` and hold no spaces"
+            )));
+        }
+        if let Some(b) = &spec.bake
+            && !(0.0..=1.0).contains(&b.max_error_rate)
+        {
+            return Err(invalid(format!(
+                "bake max_error_rate {} is not a share between 0 and 1",
+                b.max_error_rate
             )));
         }
         if let Strategy::Canary { steps } = &spec.strategy
@@ -790,6 +933,10 @@ impl<'a, T: Target> Rollout<'a, T> {
         let mut started = Vec::new();
         let mut failure = None;
         for replica in first..first + count {
+            if self.control.asked().aborted {
+                failure = Some(ABORTED.to_owned());
+                break;
+            }
             match self
                 .target
                 .run_container(&plan.owner.replica(replica), &template)
@@ -811,7 +958,7 @@ impl<'a, T: Target> Rollout<'a, T> {
         if failure.is_none() {
             let gates = started
                 .iter()
-                .map(|c| self.gate(plan, c, &plan.spec.health));
+                .map(|c| self.gate(plan, c, &plan.spec.health, true));
             let results = futures_util::future::join_all(gates).await;
             let mut healthy = Vec::new();
             for (c, r) in started.iter().zip(results) {
@@ -843,18 +990,22 @@ impl<'a, T: Target> Rollout<'a, T> {
         Err(failure.unwrap_or_default())
     }
 
-    /// Waits until the container passes its gate.
+    /// Waits until the container passes its gate; an `abortable` wait ends with the abort.
     async fn gate(
         &self,
         plan: &Plan<'_>,
         c: &ContainerInfo,
         health: &HealthGate,
+        abortable: bool,
     ) -> Result<Member, String> {
         let spec = plan.spec;
         let deadline = Instant::now() + health.timeout;
         let mut streak = 0u32;
         let mut last = "it did not start".to_owned();
         loop {
+            if abortable && self.control.asked().aborted {
+                return Err(ABORTED.into());
+            }
             let info = match self.target.inspect_container(&c.id).await {
                 Ok(Some(info)) => info,
                 Ok(None) => return Err("the container is gone".into()),
@@ -942,8 +1093,9 @@ impl<'a, T: Target> Rollout<'a, T> {
         }
     }
 
-    /// Takes `doomed` off the route (leaving `keep`), drains and stops them.
-    async fn retire(&self, plan: &Plan<'_>, keep: &[Member], doomed: &[Member]) {
+    /// Takes `doomed` off the route (leaving `keep`) and drains them; stops them unless
+    /// they are `kept` running for a bake's instant way back.
+    async fn retire(&self, plan: &Plan<'_>, keep: &[Member], doomed: &[Member], kept: bool) {
         if doomed.is_empty() {
             return;
         }
@@ -951,9 +1103,140 @@ impl<'a, T: Target> Rollout<'a, T> {
         self.publish(plan, vec![self.set(&plan.spec.revision, keep, 1)]);
         self.wait_drained(live, plan.spec.update.drain_timeout)
             .await;
-        for m in doomed {
-            self.stop(plan, m).await;
+        if !kept {
+            for m in doomed {
+                self.stop(plan, m).await;
+            }
         }
+    }
+
+    /// Returns at once unless paused (then when resumed); `Err` once aborted.
+    async fn checkpoint(&self) -> Result<(), String> {
+        let mut asked = self.control.0.subscribe();
+        let mut held = false;
+        loop {
+            let now = *asked.borrow_and_update();
+            if now.aborted {
+                return Err(ABORTED.into());
+            }
+            if !now.paused {
+                if held {
+                    self.emit(RolloutEvent::Resumed);
+                }
+                return Ok(());
+            }
+            if !held {
+                held = true;
+                self.emit(RolloutEvent::Held);
+            }
+            // The sender lives in `self.control`: `changed` cannot fail while we wait.
+            let _ = asked.changed().await;
+        }
+    }
+
+    /// Holds for `length` of unpaused time, watching `new`: `Ok` at its end or on a
+    /// promote; `Err` with the reason once aborted, once a new container stops or the
+    /// engine calls it unhealthy, or once `errors` says the rate crossed its threshold.
+    async fn hold(
+        &self,
+        plan: &Plan<'_>,
+        new: &[Member],
+        length: Duration,
+        errors: Option<&ErrorWatch>,
+    ) -> Result<(), String> {
+        const TICK: Duration = Duration::from_millis(100);
+        let mut asked = self.control.0.subscribe();
+        let mut left = length;
+        let mut next_inspect = Instant::now();
+        loop {
+            let now = *asked.borrow_and_update();
+            if now.aborted {
+                return Err(ABORTED.into());
+            }
+            if now.promoted {
+                return Ok(());
+            }
+            if now.paused {
+                self.checkpoint().await?;
+                continue;
+            }
+            if let Some(w) = errors {
+                w.check(self.proxy)?;
+            }
+            if Instant::now() >= next_inspect {
+                self.still_running(plan, new).await?;
+                next_inspect = Instant::now() + Duration::from_millis(500);
+            }
+            if left.is_zero() {
+                return Ok(());
+            }
+            let step = left.min(TICK);
+            let began = Instant::now();
+            tokio::select! {
+                () = tokio::time::sleep(step) => {}
+                _ = asked.changed() => {}
+            }
+            left = left.saturating_sub(began.elapsed());
+        }
+    }
+
+    /// `Err` when one of `new` stopped running or the engine calls it unhealthy.
+    async fn still_running(&self, plan: &Plan<'_>, new: &[Member]) -> Result<(), String> {
+        for m in new {
+            match self.target.inspect_container(&m.info.id).await {
+                Ok(Some(i))
+                    if i.state == RunState::Running
+                        && !(plan.spec.health.docker && i.health == EngineHealth::Unhealthy) => {}
+                Ok(Some(i)) => {
+                    return Err(format!(
+                        "{} turned {:?}/{:?} after it got traffic",
+                        m.name(),
+                        i.state,
+                        i.health
+                    )
+                    .to_lowercase());
+                }
+                Ok(None) => return Err(format!("{} is gone", m.name())),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The error rate of `new` from now on, against the bake's threshold (if any).
+    fn error_watch(&self, plan: &Plan<'_>, new: &[Member]) -> Option<ErrorWatch> {
+        let bake = plan.spec.bake.as_ref()?;
+        let key = plan.key.clone()?;
+        let addresses: Vec<Address> = new.iter().map(|m| m.address.clone()).collect();
+        let start = ErrorWatch::read(self.proxy, &key, &addresses);
+        Some(ErrorWatch {
+            key,
+            addresses,
+            start,
+            max_rate: bake.max_error_rate,
+            min_requests: bake.min_requests,
+        })
+    }
+
+    /// The bake, when the spec has one and there is an old set to go back to.
+    async fn bake(&self, plan: &Plan<'_>, new: &[Member], has_old: bool) -> Result<(), String> {
+        let Some(bake) = plan.spec.bake.as_ref().filter(|_| has_old) else {
+            return Ok(());
+        };
+        self.emit(RolloutEvent::BakeStarted {
+            window: bake.window,
+            max_error_rate: bake.max_error_rate,
+        });
+        let watch = self.error_watch(plan, new);
+        self.hold(plan, new, bake.window, watch.as_ref()).await?;
+        let seen = watch
+            .map(|w| ErrorWatch::read(self.proxy, &w.key, &w.addresses).since(w.start))
+            .unwrap_or_default();
+        self.emit(RolloutEvent::BakePassed {
+            requests: seen.total,
+            server_errors: seen.server_errors,
+        });
+        Ok(())
     }
 
     async fn rolling(
@@ -963,11 +1246,17 @@ impl<'a, T: Target> Rollout<'a, T> {
     ) -> Result<Outcome, RolloutError> {
         let spec = plan.spec;
         let total = spec.replicas;
+        let had_old = !old.is_empty();
+        // Retired containers stay running through a bake, for an instant way back.
+        let kept = spec.bake.is_some() && spec.update.order == UpdateOrder::StartFirst;
         let mut new: Vec<Member> = Vec::new();
         let mut retired: Vec<Member> = Vec::new();
         let mut batch = 0;
         while (new.len() as u32) < total {
             batch += 1;
+            if let Err(reason) = self.checkpoint().await {
+                return Ok(self.failed(plan, reason, old, new, retired).await);
+            }
             let started = new.len() as u32;
             let count = spec.update.parallelism.min(total - started);
             let last = started + count == total;
@@ -984,7 +1273,7 @@ impl<'a, T: Target> Rollout<'a, T> {
             if spec.update.order == UpdateOrder::StopFirst {
                 let doomed: Vec<Member> = old.drain(..retiring).collect();
                 let keep: Vec<Member> = old.iter().chain(&new).cloned().collect();
-                self.retire(plan, &keep, &doomed).await;
+                self.retire(plan, &keep, &doomed, false).await;
                 retired.extend(doomed);
             }
             match self.start_batch(plan, started + 1, count).await {
@@ -998,14 +1287,23 @@ impl<'a, T: Target> Rollout<'a, T> {
             if spec.update.order == UpdateOrder::StartFirst {
                 let doomed: Vec<Member> = old.drain(..retiring).collect();
                 let keep: Vec<Member> = old.iter().chain(&new).cloned().collect();
-                self.retire(plan, &keep, &doomed).await;
+                self.retire(plan, &keep, &doomed, kept).await;
                 retired.extend(doomed);
             }
-            if !last && !spec.update.delay.is_zero() {
-                tokio::time::sleep(spec.update.delay).await;
+            if !last
+                && !spec.update.delay.is_zero()
+                && let Err(reason) = self.hold(plan, &new, spec.update.delay, None).await
+            {
+                return Ok(self.failed(plan, reason, old, new, retired).await);
             }
         }
+        if let Err(reason) = self.bake(plan, &new, had_old).await {
+            return Ok(self.failed(plan, reason, old, new, retired).await);
+        }
         for m in retired.iter().chain(&old) {
+            if kept {
+                self.stop(plan, m).await;
+            }
             self.remove(&m.info.id, m.name()).await;
         }
         Ok(self.done(plan, &new))
@@ -1020,7 +1318,13 @@ impl<'a, T: Target> Rollout<'a, T> {
         }
     }
 
-    /// A rolling batch failed: pause, or put the old containers back and remove the new.
+    /// Whether a failure stops where it is: `failure_action: pause`, unless aborted.
+    fn pauses(&self, plan: &Plan<'_>) -> bool {
+        plan.spec.update.failure_action == FailureAction::Pause && !self.control.asked().aborted
+    }
+
+    /// A rolling rollout failed: pause, or put the old containers back (starting the
+    /// stopped ones again) and remove the new.
     async fn failed(
         &self,
         plan: &Plan<'_>,
@@ -1030,7 +1334,7 @@ impl<'a, T: Target> Rollout<'a, T> {
         retired: Vec<Member>,
     ) -> Outcome {
         let spec = plan.spec;
-        if spec.update.failure_action == FailureAction::Pause {
+        if self.pauses(plan) {
             self.emit(RolloutEvent::Paused {
                 reason: reason.clone(),
             });
@@ -1053,12 +1357,8 @@ impl<'a, T: Target> Rollout<'a, T> {
                 successes: 1,
                 ..plan.spec.health.clone()
             };
-            match self.gate(plan, &m.info, &again).await {
-                Ok(again) => {
-                    back.push(again);
-                    let serving: Vec<Member> = back.iter().chain(&new).cloned().collect();
-                    self.publish(plan, vec![self.set("current", &serving, 1)]);
-                }
+            match self.gate(plan, &m.info, &again, false).await {
+                Ok(again) => back.push(again),
                 Err(why) => {
                     self.emit(RolloutEvent::ContainerFailed {
                         container: m.name().to_owned(),
@@ -1068,19 +1368,33 @@ impl<'a, T: Target> Rollout<'a, T> {
                 }
             }
         }
-        if !new.is_empty() {
-            if back.is_empty() {
-                // Nothing of the old revision could come back: the new one keeps serving.
-                tracing::warn!(service = %spec.name, "rollback found no old container to serve");
-            } else {
-                let live = self.live_backends(&new);
-                self.publish(plan, vec![self.set("current", &back, 1)]);
-                self.wait_drained(live, spec.update.drain_timeout).await;
-                for m in &new {
-                    self.stop(plan, m).await;
-                    self.remove(&m.info.id, m.name()).await;
-                }
-            }
+        if !new.is_empty() && back.is_empty() {
+            // Nothing of the old revision could come back: the new one keeps serving.
+            tracing::warn!(service = %spec.name, "rollback found no old container to serve");
+            self.emit(RolloutEvent::RolledBack {
+                reason: reason.clone(),
+            });
+            return Outcome::RolledBack { reason };
+        }
+        self.revert(plan, "current", &back, &new, reason).await
+    }
+
+    /// All traffic on `old` (as the set `set_name`), then `new` drained and removed.
+    async fn revert(
+        &self,
+        plan: &Plan<'_>,
+        set_name: &str,
+        old: &[Member],
+        new: &[Member],
+        reason: String,
+    ) -> Outcome {
+        let live = self.live_backends(new);
+        self.publish(plan, vec![self.set(set_name, old, 1)]);
+        self.wait_drained(live, plan.spec.update.drain_timeout)
+            .await;
+        for m in new {
+            self.stop(plan, m).await;
+            self.remove(&m.info.id, m.name()).await;
         }
         self.emit(RolloutEvent::RolledBack {
             reason: reason.clone(),
@@ -1090,7 +1404,7 @@ impl<'a, T: Target> Rollout<'a, T> {
 
     /// Blue-green or canary: the new set failed before it got any traffic.
     fn not_started(&self, plan: &Plan<'_>, reason: String) -> Outcome {
-        if plan.spec.update.failure_action == FailureAction::Pause {
+        if self.pauses(plan) {
             self.emit(RolloutEvent::Paused {
                 reason: reason.clone(),
             });
@@ -1101,6 +1415,25 @@ impl<'a, T: Target> Rollout<'a, T> {
             });
             Outcome::RolledBack { reason }
         }
+    }
+
+    /// Blue-green or canary after the new set got traffic: pause (the new set serving),
+    /// or everything back on `old` and the new set removed.
+    async fn serving_failed(
+        &self,
+        plan: &Plan<'_>,
+        set_name: &str,
+        old: &[Member],
+        new: &[Member],
+        reason: String,
+    ) -> Outcome {
+        if self.pauses(plan) {
+            self.emit(RolloutEvent::Paused {
+                reason: reason.clone(),
+            });
+            return Outcome::Paused { reason };
+        }
+        self.revert(plan, set_name, old, new, reason).await
     }
 
     /// Drains `old` (already off the route), keeps them until `keep_until`, removes them.
@@ -1120,6 +1453,26 @@ impl<'a, T: Target> Rollout<'a, T> {
         }
     }
 
+    /// The whole new set, started and gated in one batch, then held at a checkpoint (a
+    /// person may pause before the switch); the reason it went no further otherwise.
+    async fn start_all(&self, plan: &Plan<'_>, old: &[Member]) -> Result<Vec<Member>, String> {
+        let spec = plan.spec;
+        self.checkpoint().await?;
+        self.emit(RolloutEvent::BatchStarted {
+            batch: 1,
+            new: spec.replicas as usize,
+            retiring: old.len(),
+        });
+        let new = self.start_batch(plan, 1, spec.replicas).await?;
+        if let Err(reason) = self.checkpoint().await {
+            for m in &new {
+                self.remove(&m.info.id, m.name()).await;
+            }
+            return Err(reason);
+        }
+        Ok(new)
+    }
+
     async fn blue_green(
         &self,
         plan: &Plan<'_>,
@@ -1127,20 +1480,20 @@ impl<'a, T: Target> Rollout<'a, T> {
         keep_old: Duration,
     ) -> Result<Outcome, RolloutError> {
         let spec = plan.spec;
-        self.emit(RolloutEvent::BatchStarted {
-            batch: 1,
-            new: spec.replicas as usize,
-            retiring: old.len(),
-        });
-        let new = match self.start_batch(plan, 1, spec.replicas).await {
+        let new = match self.start_all(plan, &old).await {
             Ok(new) => new,
             Err(reason) => return Ok(self.not_started(plan, reason)),
         };
         let live = self.live_backends(&old);
         // The switch: one swap of the route's backends.
         self.publish(plan, vec![self.set(&spec.revision, &new, 1)]);
-        self.finish_old(plan, &old, live, Instant::now() + keep_old)
-            .await;
+        let keep_until = Instant::now() + keep_old;
+        if let Err(reason) = self.bake(plan, &new, !old.is_empty()).await {
+            return Ok(self
+                .serving_failed(plan, "current", &old, &new, reason)
+                .await);
+        }
+        self.finish_old(plan, &old, live, keep_until).await;
         Ok(self.done(plan, &new))
     }
 
@@ -1151,12 +1504,7 @@ impl<'a, T: Target> Rollout<'a, T> {
         steps: &[CanaryStep],
     ) -> Result<Outcome, RolloutError> {
         let spec = plan.spec;
-        self.emit(RolloutEvent::BatchStarted {
-            batch: 1,
-            new: spec.replicas as usize,
-            retiring: old.len(),
-        });
-        let new = match self.start_batch(plan, 1, spec.replicas).await {
+        let new = match self.start_all(plan, &old).await {
             Ok(new) => new,
             Err(reason) => return Ok(self.not_started(plan, reason)),
         };
@@ -1167,7 +1515,13 @@ impl<'a, T: Target> Rollout<'a, T> {
             "stable"
         };
         if !old.is_empty() {
+            // The bake's threshold watches the steps too.
+            let watch = self.error_watch(plan, &new);
             for step in steps {
+                if self.control.asked().promoted {
+                    self.emit(RolloutEvent::Promoted);
+                    break;
+                }
                 let w = step.weight.min(100);
                 self.publish(
                     plan,
@@ -1176,59 +1530,57 @@ impl<'a, T: Target> Rollout<'a, T> {
                         self.set(&spec.revision, &new, w),
                     ],
                 );
-                if let Err(reason) = self.watch(plan, &new, step.pause).await {
-                    // Abort: everything back on the old set, the new one removed.
-                    let live = self.live_backends(&new);
-                    self.publish(plan, vec![self.set(old_name, &old, 1)]);
-                    self.wait_drained(live, spec.update.drain_timeout).await;
-                    for m in &new {
-                        self.stop(plan, m).await;
-                        self.remove(&m.info.id, m.name()).await;
-                    }
-                    self.emit(RolloutEvent::RolledBack {
-                        reason: reason.clone(),
-                    });
-                    return Ok(Outcome::RolledBack { reason });
+                if let Err(reason) = self.hold(plan, &new, step.pause, watch.as_ref()).await {
+                    return Ok(self
+                        .serving_failed(plan, old_name, &old, &new, reason)
+                        .await);
                 }
             }
         }
         // Promote.
         let live = self.live_backends(&old);
         self.publish(plan, vec![self.set(&spec.revision, &new, 1)]);
+        if let Err(reason) = self.bake(plan, &new, !old.is_empty()).await {
+            return Ok(self
+                .serving_failed(plan, old_name, &old, &new, reason)
+                .await);
+        }
         self.finish_old(plan, &old, live, Instant::now()).await;
         Ok(self.done(plan, &new))
     }
+}
 
-    /// Holds for `pause`, failing as soon as a new container stops running or the engine
-    /// calls it unhealthy.
-    async fn watch(&self, plan: &Plan<'_>, new: &[Member], pause: Duration) -> Result<(), String> {
-        let until = Instant::now() + pause;
-        loop {
-            for m in new {
-                match self.target.inspect_container(&m.info.id).await {
-                    Ok(Some(i))
-                        if i.state == RunState::Running
-                            && !(plan.spec.health.docker
-                                && i.health == EngineHealth::Unhealthy) => {}
-                    Ok(Some(i)) => {
-                        return Err(format!(
-                            "{} is {:?}/{:?} during the canary",
-                            m.name(),
-                            i.state,
-                            i.health
-                        )
-                        .to_lowercase());
-                    }
-                    Ok(None) => return Err(format!("{} is gone during the canary", m.name())),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            let now = Instant::now();
-            if now >= until {
-                return Ok(());
-            }
-            tokio::time::sleep((until - now).min(Duration::from_millis(500))).await;
+/// The 5xx share of a new revision's requests since a reading, against a threshold.
+struct ErrorWatch {
+    key: RouteKey,
+    addresses: Vec<Address>,
+    start: StatusCounts,
+    max_rate: f64,
+    min_requests: u64,
+}
+
+impl ErrorWatch {
+    fn read(proxy: &Proxy, key: &RouteKey, addresses: &[Address]) -> StatusCounts {
+        addresses
+            .iter()
+            .map(|a| proxy.backend_counts(key, a))
+            .fold(StatusCounts::default(), |sum, c| sum + c)
+    }
+
+    fn check(&self, proxy: &Proxy) -> Result<(), String> {
+        let seen = ErrorWatch::read(proxy, &self.key, &self.addresses).since(self.start);
+        if seen.total >= self.min_requests.max(1)
+            && seen.server_errors as f64 > self.max_rate * seen.total as f64
+        {
+            return Err(format!(
+                "{:.1}% of its requests answered 5xx ({} of {}), over the {:.1}% allowed",
+                100.0 * seen.server_errors as f64 / seen.total as f64,
+                seen.server_errors,
+                seen.total,
+                100.0 * self.max_rate
+            ));
         }
+        Ok(())
     }
 }
 

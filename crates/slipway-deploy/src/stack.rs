@@ -24,8 +24,8 @@ use slipway_proxy::Proxy;
 use crate::compose::{self, Command, Compose, HealthTest, VolumeKind};
 use crate::plan::Plan;
 use crate::rollout::{
-    CanaryStep, FailureAction, HealthGate, Outcome, Probe, Rollout, RolloutError, RolloutEvent,
-    RouteSpec, ServiceSpec, Strategy, UpdateConfig, UpdateOrder,
+    Bake, CanaryStep, Control, FailureAction, HealthGate, Outcome, Probe, Rollout, RolloutError,
+    RolloutEvent, RouteSpec, ServiceSpec, Strategy, UpdateConfig, UpdateOrder,
 };
 use crate::target::{
     ContainerSpec, Healthcheck, MountKind, MountSpec, NetworkAttachment, Resources, RestartPolicy,
@@ -386,6 +386,13 @@ pub fn service_specs(
             update,
             strategy,
             pull: Default::default(),
+            bake: s.bake.filter(|w| !w.is_zero()).map(|window| Bake {
+                window,
+                max_error_rate: s
+                    .max_error_rate
+                    .unwrap_or_else(Bake::default_max_error_rate),
+                min_requests: Bake::default_min_requests(),
+            }),
         });
     }
     Ok(specs)
@@ -418,7 +425,7 @@ fn deploy_order(compose: &Compose) -> Result<Vec<String>, StackError> {
 }
 
 /// One event of a stack's deploy: which service, and what happened to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StackEvent {
     pub service: String,
     #[serde(flatten)]
@@ -439,11 +446,14 @@ pub struct StackOutcome {
 /// Deploys `specs` in order; on the first service that does not become healthy, puts the
 /// services already replaced back to `previous` (the last good revision's specs) and says
 /// so. `sink` gets every event as it happens.
+///
+/// Every service's rollout obeys `control`; the put-back does not (it is the way back).
 pub async fn deploy_stack<T: Target>(
     target: &T,
     proxy: &Proxy,
     specs: &[ServiceSpec],
     previous: Option<&[ServiceSpec]>,
+    control: &Control,
     sink: impl Fn(&StackEvent) + Send + Sync + Clone + 'static,
 ) -> Result<StackOutcome, RolloutError> {
     let mut outcomes = Vec::new();
@@ -451,6 +461,7 @@ pub async fn deploy_stack<T: Target>(
         let service = spec.name.clone();
         let events = sink.clone();
         let run = Rollout::new(target, proxy)
+            .with_control(control.clone())
             .on_event(move |event| {
                 events(&StackEvent {
                     service: service.clone(),

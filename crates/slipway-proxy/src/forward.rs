@@ -41,8 +41,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::balance::{InFlight, Snapshot};
-use crate::observe::{Exchange, Observer};
-use crate::route::{PlainHttp, Route, RouteSet, Scheme};
+use crate::observe::{Exchange, Observer, StatusCounts};
+use crate::route::{Address, PlainHttp, Route, RouteKey, RouteSet, Scheme};
 use crate::serve::Config;
 use crate::table::RouteTable;
 
@@ -242,6 +242,12 @@ impl Proxy {
         let next = Arc::new(Snapshot::build(table, Some(&old)));
         self.health.publish(&self.live, &old, next.clone());
         old.retire(&next, self.config.drain_timeout);
+    }
+
+    /// What `backend` answered on the route `key` so far (see [`StatusCounts`]).
+    pub fn backend_counts(&self, key: &RouteKey, backend: &Address) -> StatusCounts {
+        self.observer
+            .backend_counts(&key.to_string(), &backend.to_string())
     }
 
     pub(crate) fn observer(&self) -> &Observer {

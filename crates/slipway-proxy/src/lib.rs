@@ -108,6 +108,7 @@ pub use forward::{Cidr, Proxy};
 pub use health::PassiveHealth;
 pub use instance::{InstanceError, InstanceLock};
 pub use labels::Workload;
+pub use observe::StatusCounts;
 pub use route::{
     Address, Backend, BackendSet, Host, Route, RouteKey, RouteOptions, RouteSet, RouteSource, Tls,
 };

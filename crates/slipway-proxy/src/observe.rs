@@ -43,6 +43,44 @@ impl ClassCounts {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.0[class].fetch_add(1, Ordering::Relaxed);
     }
+
+    fn read(&self) -> StatusCounts {
+        let n = |i: usize| self.0[i].load(Ordering::Relaxed);
+        StatusCounts {
+            total: (0..5).map(n).sum(),
+            server_errors: n(4),
+        }
+    }
+}
+
+/// What one backend of one route answered so far (counters only grow): a deployer
+/// watching a new revision's error rate takes the difference of two readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    /// Exchanges finished.
+    pub total: u64,
+    /// Of those, 5xx (the proxy's own 502/504 for a backend that failed included).
+    pub server_errors: u64,
+}
+
+impl StatusCounts {
+    /// `self - earlier`, for counters read twice.
+    pub fn since(self, earlier: StatusCounts) -> StatusCounts {
+        StatusCounts {
+            total: self.total.saturating_sub(earlier.total),
+            server_errors: self.server_errors.saturating_sub(earlier.server_errors),
+        }
+    }
+}
+
+impl std::ops::Add for StatusCounts {
+    type Output = StatusCounts;
+    fn add(self, other: StatusCounts) -> StatusCounts {
+        StatusCounts {
+            total: self.total + other.total,
+            server_errors: self.server_errors + other.server_errors,
+        }
+    }
 }
 
 /// One route's counters; [`Observer::route_metrics`] hands them out.
@@ -135,6 +173,27 @@ impl Observer {
             log: None,
             routes: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The counts of `backend` (an address as `host:port`) on the route `route` (its
+    /// host and path as the route key shows them); zero for one that answered nothing.
+    pub fn backend_counts(&self, route: &str, backend: &str) -> StatusCounts {
+        let Some(m) = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(route)
+            .cloned()
+        else {
+            return StatusCounts::default();
+        };
+        let counts = m
+            .backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(backend)
+            .cloned();
+        counts.map(|c| c.read()).unwrap_or_default()
     }
 
     /// Whether exchanges are written to an access log (else only counted).

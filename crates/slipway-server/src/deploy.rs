@@ -14,13 +14,13 @@
 //!   to the current revision (or, for a first deploy, its containers are removed); the
 //!   history says so.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use slipway_deploy::compose::{self, Mode, ReadOptions};
 use slipway_deploy::plan::{Environment, Plan};
-use slipway_deploy::rollout::{Rollout, ServiceSpec};
+use slipway_deploy::rollout::{Asked, Command, Control, Rollout, ServiceSpec};
 use slipway_deploy::stack::{StackEvent, deploy_stack, service_specs};
 use slipway_deploy::target::{DockerTarget, RegistryAuth, Target};
 use tokio::sync::OnceCell;
@@ -53,8 +53,8 @@ pub enum DeployError {
 #[derive(Debug)]
 pub struct Deployments {
     target: OnceCell<Arc<DockerTarget>>,
-    /// Stacks (by id) with a rollout running in this process.
-    running: Mutex<HashSet<i64>>,
+    /// Stacks (by id) claimed in this process, with the control of their rollout.
+    running: Mutex<HashMap<i64, Control>>,
     /// Pulls from the built-in registry (`registry_host`) use this.
     registry_host: String,
     registry_auth: RegistryAuth,
@@ -105,7 +105,7 @@ impl Deployments {
     pub fn new(registry_host: &str, token: String) -> Deployments {
         Deployments {
             target: OnceCell::new(),
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             registry_host: registry_host.to_owned(),
             registry_auth: RegistryAuth {
                 username: "deployer".to_owned(),
@@ -159,16 +159,77 @@ impl Drop for Claim {
 
 /// Claims `stack`, or `None` when a rollout of it runs.
 fn claim(state: &Arc<AppState>, stack: i64) -> Option<Claim> {
-    let fresh = state
+    let mut running = state
+        .deploy
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if running.contains_key(&stack) {
+        return None;
+    }
+    running.insert(stack, Control::default());
+    Some(Claim {
+        state: state.clone(),
+        stack,
+    })
+}
+
+impl Claim {
+    /// The control the claimed stack's rollout obeys.
+    fn control(&self) -> Control {
+        self.state
+            .deploy
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.stack)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// What has been asked of the rollout of `stack` running now, if one runs.
+pub fn rollout_asked(state: &AppState, stack: i64) -> Option<Asked> {
+    state
         .deploy
         .running
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(stack);
-    fresh.then(|| Claim {
-        state: state.clone(),
-        stack,
-    })
+        .get(&stack)
+        .map(Control::asked)
+}
+
+/// Steers the rollout of `env/stack` running now: pause, resume, promote or abort.
+pub async fn steer(
+    state: &Arc<AppState>,
+    env: &str,
+    stack: &str,
+    command: Command,
+) -> Result<Asked, DeployError> {
+    let env_row = state.store.env_by_name(env).await?.ok_or_else(|| {
+        DeployError::NotFound(format!("no environment `{env}` (see `slipway env ls`)"))
+    })?;
+    let stack_row = state
+        .store
+        .stack(env_row.id, stack)
+        .await?
+        .ok_or_else(|| DeployError::NotFound(format!("no stack `{env}/{stack}`")))?;
+    let control = state
+        .deploy
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&stack_row.id)
+        .cloned();
+    let Some(control) = control else {
+        return Err(DeployError::Refused(format!(
+            "no rollout of {env}/{stack} is running (a revision paused after a failure is left \
+             as it is: deploy again, or `slipway stack rollback {env}/{stack}`)"
+        )));
+    };
+    control.send(command);
+    tracing::info!("{env}/{stack}: {command:?} asked of its rollout");
+    Ok(control.asked())
 }
 
 /// An environment's plain variables and opened secrets.
@@ -402,6 +463,7 @@ pub async fn deploy(
     let Some(claimed) = claim(&state, stack.id) else {
         return Err(DeployError::Busy(format!("{env_name}/{stack_name}")));
     };
+    let control = claimed.control();
     let recorded = async {
         let previous = current_specs(&state, &env, &stack).await?;
         // The variables are kept by name for secrets, by value otherwise.
@@ -489,6 +551,7 @@ pub async fn deploy(
             edge.proxy(),
             &specs,
             previous.as_deref(),
+            &control,
             move |event: &StackEvent| {
                 let _ = tx.send(event.clone());
             },
@@ -696,9 +759,16 @@ async fn recover_stack(
     // with none, the stack's containers go.
     let message = match &current {
         Some(specs) => {
-            deploy_stack(target, proxy, specs, None, |_: &StackEvent| {})
-                .await
-                .map_err(|e| DeployError::Engine(e.to_string()))?;
+            deploy_stack(
+                target,
+                proxy,
+                specs,
+                None,
+                &Control::default(),
+                |_: &StackEvent| {},
+            )
+            .await
+            .map_err(|e| DeployError::Engine(e.to_string()))?;
             format!(
                 "the server stopped during this rollout; revision {} was put back",
                 stack.current.unwrap_or_default()

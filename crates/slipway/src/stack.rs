@@ -32,6 +32,14 @@ pub enum StackCommand {
     /// Deploy an earlier revision again, exactly its images (no pull): `--to N`, default
     /// the last that succeeded before the current one.
     Rollback(RollbackArgs),
+    /// Hold the running rollout at its next step (a batch, a canary weight, the bake).
+    Pause(StackRef),
+    /// Let a paused rollout go on.
+    Resume(StackRef),
+    /// Finish the running rollout now: the remaining canary steps, delays and bake skipped.
+    Promote(StackRef),
+    /// Stop the running rollout and put the old revision back.
+    Abort(StackRef),
     /// Remove a stack: its route, its containers (drained), its history.
     Rm(StackRef),
     /// Print a new redeploy URL for the stack (POST to it deploys the current file again,
@@ -48,6 +56,10 @@ pub fn run(command: StackCommand) -> Result<ExitCode> {
         StackCommand::Show(args) => crate::stack_deploy::show(args),
         StackCommand::History(args) => crate::stack_deploy::history(args),
         StackCommand::Rollback(args) => crate::stack_deploy::rollback(args),
+        StackCommand::Pause(args) => crate::stack_deploy::steer(args, "pause"),
+        StackCommand::Resume(args) => crate::stack_deploy::steer(args, "resume"),
+        StackCommand::Promote(args) => crate::stack_deploy::steer(args, "promote"),
+        StackCommand::Abort(args) => crate::stack_deploy::steer(args, "abort"),
         StackCommand::Rm(args) => crate::stack_deploy::rm(args),
         StackCommand::Webhook(args) => crate::stack_deploy::webhook(args),
     }

@@ -238,6 +238,16 @@ pub fn show(args: StackRef) -> Result<ExitCode> {
             println!("  {service}\t{}", text(image));
         }
     }
+    let rollout = &shown["rollout"];
+    if rollout.is_object() {
+        let newest = shown["revisions"][0]["number"].as_i64().unwrap_or_default();
+        let held = if rollout["paused"] == true {
+            " (paused: `slipway stack resume`, `promote` or `abort`)"
+        } else {
+            ""
+        };
+        println!("  rolling out revision {newest}{held}");
+    }
     for c in shown["containers"].as_array().into_iter().flatten() {
         println!(
             "  {}\t{}\trevision {}\t{}\t{}",
@@ -284,6 +294,33 @@ pub fn rollback(args: RollbackArgs) -> Result<ExitCode> {
         Some(json!({"to": args.to})),
     )?;
     finish(&client, env, stack, &revision, args.wait, args.api.json)
+}
+
+/// `stack pause|resume|promote|abort`: `command` asked of the running rollout.
+pub fn steer(args: StackRef, command: &str) -> Result<ExitCode> {
+    let (env, stack) = split_target(&args.target)?;
+    let client = Client::new(&args.api)?;
+    let asked = client.json(
+        reqwest::Method::POST,
+        &format!("/api/stacks/{env}/{stack}/rollout/{command}"),
+        None,
+    )?;
+    if args.api.json {
+        print_json(&asked);
+    } else {
+        let r = &asked["rollout"];
+        let state = if r["aborted"] == true {
+            "aborting: the old revision goes back"
+        } else if r["promoted"] == true {
+            "promoted: finishing now"
+        } else if r["paused"] == true {
+            "paused: `slipway stack resume` lets it go on"
+        } else {
+            "running"
+        };
+        eprintln!("rollout of {env}/{stack}: {state}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn rm(args: StackRef) -> Result<ExitCode> {

@@ -162,6 +162,7 @@ impl Env {
             },
             strategy: Strategy::Rolling,
             pull: Default::default(),
+            bake: None,
         }
     }
 }

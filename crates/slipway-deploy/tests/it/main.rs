@@ -8,6 +8,7 @@ mod examples;
 mod plans;
 mod positions;
 mod rollout;
+mod steer;
 mod target;
 
 use std::collections::BTreeMap;

@@ -321,8 +321,9 @@ pub async fn get_stack(
     let (env, stack) = find_stack(&state, &env, &stack).await?;
     let revisions = state.store.revisions(stack.id, 10).await?;
     let containers = crate::deploy::containers(&state, &env.name, &stack.name).await?;
+    let rollout = crate::deploy::rollout_asked(&state, stack.id);
     Ok(Json(
-        json!({"stack": stack, "revisions": revisions, "containers": containers}),
+        json!({"stack": stack, "revisions": revisions, "containers": containers, "rollout": rollout}),
     ))
 }
 
@@ -354,6 +355,20 @@ pub async fn get_revision(
         object.insert("steps".into(), json!(steps));
     }
     Ok(Json(body))
+}
+
+/// `POST /api/stacks/{env}/{stack}/rollout/{command}`: pause, resume, promote or abort
+/// the stack's running rollout; answers what has been asked of it so far.
+pub async fn steer_rollout(
+    State(state): State<Arc<AppState>>,
+    Admin(token): Admin,
+    Path((env, stack, command)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let command: slipway_deploy::rollout::Command =
+        command.parse().map_err(ApiError::bad_request)?;
+    tracing::info!("{env}/{stack}: {command:?} by {}", token.name);
+    let asked = crate::deploy::steer(&state, &env, &stack, command).await?;
+    Ok(Json(json!({"rollout": asked})))
 }
 
 #[derive(Debug, Deserialize, Default)]

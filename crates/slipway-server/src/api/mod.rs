@@ -123,6 +123,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(deploy::rollback_stack),
         )
         .route(
+            "/api/stacks/{env}/{stack}/rollout/{command}",
+            post(deploy::steer_rollout),
+        )
+        .route(
             "/api/stacks/{env}/{stack}/webhook",
             post(deploy::make_webhook),
         )

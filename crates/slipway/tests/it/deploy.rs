@@ -876,3 +876,114 @@ fn a_service_dropped_from_the_file_is_removed_by_the_next_deploy() {
     let out = stack_cli(up, &["rm", &target]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
+
+/// The status of revision `number` of `target`, polled (30 s at most) until `done` says so.
+fn wait_revision(up: &super::server::Up, target: &str, number: i64, done: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let history = api(up, &["stack", "history", target]);
+        let status = history
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["number"] == number)
+            .and_then(|r| r["status"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if done.contains(&status.as_str()) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revision {number} is still {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_canary_is_paused_promoted_and_the_next_one_aborted_from_the_cli() {
+    let Some(fx) = Fixture::start("steer") else {
+        return;
+    };
+    let (env, edge, up) = (fx.env.clone(), fx.edge.clone(), &fx.up);
+    api(up, &["env", "add", &env, "--domain", "apps.test"]);
+    let target = format!("{env}/shop");
+    let host = "web.apps.test";
+    let out = fx.deploy_text(&target, &stack_file("v1", 0, ""));
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = stack_cli(up, &["pause", &target]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("no rollout"), "{}", text(&out).1);
+
+    // A canary whose first step holds 10 minutes: started without --wait.
+    let canary = "    x-slipway:\n      strategy: canary\n      steps:\n        - {weight: 10, pause: 10m}\n";
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("compose.yaml");
+    let start = |version: &str| {
+        std::fs::write(&file, stack_file(version, 0, canary)).expect("write");
+        let out = stack_cli(
+            up,
+            &["deploy", &target, "-f", file.to_str().expect("utf-8")],
+        );
+        assert!(out.status.success(), "{}", text(&out).1);
+    };
+    let http = reqwest::blocking::Client::new();
+    let at_ten = |number: i64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let steps: serde_json::Value = http
+                .get(format!(
+                    "{}/api/stacks/{env}/shop/revisions/{number}",
+                    up.url
+                ))
+                .bearer_auth(ADMIN)
+                .send()
+                .and_then(|r| r.json())
+                .expect("GET the revision");
+            if steps["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["kind"] == "traffic_shifted" && s["detail"]["new_weight"] == 10)
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no 10% step: {steps}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    start("v2");
+    at_ten(2);
+    let out = stack_cli(up, &["pause", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).1.contains("paused"), "{}", text(&out).1);
+    let shown = stack_cli(up, &["show", &target]);
+    assert!(
+        text(&shown).0.contains("rolling out revision 2 (paused"),
+        "{}",
+        text(&shown).0
+    );
+    let out = stack_cli(up, &["promote", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        wait_revision(up, &target, 2, &["succeeded", "rolled_back"]),
+        "succeeded"
+    );
+    assert_eq!(through(&edge, host), (200, "v2".to_owned()));
+
+    start("v3");
+    at_ten(3);
+    let out = stack_cli(up, &["abort", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        wait_revision(up, &target, 3, &["succeeded", "rolled_back"]),
+        "rolled_back"
+    );
+    assert_eq!(through(&edge, host), (200, "v2".to_owned()));
+    assert!(
+        engine_containers(&env).iter().all(|c| c.starts_with("2 ")),
+        "{:?}",
+        engine_containers(&env)
+    );
+}
