@@ -9,8 +9,10 @@
 //! Strategies ([`Strategy`]):
 //! - rolling (the default): batches of `parallelism`. Start-first: start the batch's new
 //!   containers → health gate → add them to the route → take as many old ones off it →
-//!   wait for their in-flight requests (bounded by `drain_timeout`) → stop them; then
-//!   `delay` and the next batch. Stop-first takes the old ones off and stops them before
+//!   wait for their in-flight requests (bounded by `drain_timeout`); then `delay` and the
+//!   next batch. What the engine does between batches is pipelined off the critical path:
+//!   while a batch is gated, the next batch's containers are created (not started) and the
+//!   previous batch's drained old containers are stopped. Stop-first takes the old ones off and stops them before
 //!   the batch starts. Old containers are stopped, not removed, until the rollout is
 //!   over: a rollback starts them again, gates them (running, listening on the port, not
 //!   unhealthy to the engine: their own probe may not be the new one's), routes them, then
@@ -499,6 +501,9 @@ impl Member {
     }
 }
 
+/// Containers created ahead of their batch, by replica number.
+type Ready = BTreeMap<u32, ContainerInfo>;
+
 /// The callback events go to.
 pub type EventSink = Arc<dyn Fn(&RolloutEvent) + Send + Sync>;
 
@@ -909,14 +914,8 @@ impl<'a, T: Target> Rollout<'a, T> {
             .unwrap_or(Duration::from_secs(10))
     }
 
-    /// Starts `count` new containers, replicas `first..`, and gates them all; the healthy
-    /// ones, or the reason of the first that failed (all of them then removed).
-    async fn start_batch(
-        &self,
-        plan: &Plan<'_>,
-        first: u32,
-        count: u32,
-    ) -> Result<Vec<Member>, String> {
+    /// Every container's spec: the template with the image, on the service network.
+    fn container_spec(&self, plan: &Plan<'_>) -> ContainerSpec {
         let spec = plan.spec;
         let mut template = spec.template.clone();
         template.name = None;
@@ -930,6 +929,44 @@ impl<'a, T: Target> Rollout<'a, T> {
                 },
             );
         }
+        template
+    }
+
+    /// Creates (not starts) replicas `first..first + count`; one that fails is left out
+    /// (its start then tries again and says why).
+    async fn create_ahead(&self, plan: &Plan<'_>, first: u32, count: u32) -> Ready {
+        let template = self.container_spec(plan);
+        let mut ready = Ready::new();
+        for replica in first..first + count {
+            match self
+                .target
+                .create_container(&plan.owner.replica(replica), &template)
+                .await
+            {
+                Ok(info) => {
+                    ready.insert(replica, info);
+                }
+                Err(e) => tracing::warn!(replica, error = %e, "creating a container ahead"),
+            }
+        }
+        ready
+    }
+
+    /// Starts `count` new containers, replicas `first..` (those in `ready` were created
+    /// ahead), and gates them all; meanwhile it creates the next batch's (`ahead`: first
+    /// replica and count) and stops `stopping` (old containers already off the route). The
+    /// healthy ones and the next batch's, or the reason of the first that failed (all of
+    /// them then removed).
+    async fn start_batch(
+        &self,
+        plan: &Plan<'_>,
+        first: u32,
+        count: u32,
+        mut ready: Ready,
+        ahead: Option<(u32, u32)>,
+        stopping: &[Member],
+    ) -> Result<(Vec<Member>, Ready), String> {
+        let template = self.container_spec(plan);
         let mut started = Vec::new();
         let mut failure = None;
         for replica in first..first + count {
@@ -937,11 +974,21 @@ impl<'a, T: Target> Rollout<'a, T> {
                 failure = Some(ABORTED.to_owned());
                 break;
             }
-            match self
-                .target
-                .run_container(&plan.owner.replica(replica), &template)
-                .await
-            {
+            let run = match ready.remove(&replica) {
+                Some(created) => match self.target.start_container(&created.id).await {
+                    Ok(()) => Ok(created),
+                    Err(e) => {
+                        self.remove(&created.id, &created.name).await;
+                        Err(e)
+                    }
+                },
+                None => {
+                    self.target
+                        .run_container(&plan.owner.replica(replica), &template)
+                        .await
+                }
+            };
+            match run {
                 Ok(info) => {
                     self.emit(RolloutEvent::ContainerStarted {
                         container: info.name.clone(),
@@ -955,11 +1002,26 @@ impl<'a, T: Target> Rollout<'a, T> {
                 }
             }
         }
+        // Left over only when a start failed: nothing will start them.
+        for c in ready.values() {
+            self.remove(&c.id, &c.name).await;
+        }
+        let mut next = Ready::new();
         if failure.is_none() {
             let gates = started
                 .iter()
                 .map(|c| self.gate(plan, c, &plan.spec.health, true));
-            let results = futures_util::future::join_all(gates).await;
+            let create_next = async {
+                match ahead {
+                    Some((first, count)) => self.create_ahead(plan, first, count).await,
+                    None => Ready::new(),
+                }
+            };
+            let stop_old =
+                futures_util::future::join_all(stopping.iter().map(|m| self.stop(plan, m)));
+            let (results, created, _) =
+                tokio::join!(futures_util::future::join_all(gates), create_next, stop_old);
+            next = created;
             let mut healthy = Vec::new();
             for (c, r) in started.iter().zip(results) {
                 match r {
@@ -980,11 +1042,13 @@ impl<'a, T: Target> Rollout<'a, T> {
                 }
             }
             if failure.is_none() {
-                return Ok(healthy);
+                return Ok((healthy, next));
             }
+        } else {
+            futures_util::future::join_all(stopping.iter().map(|m| self.stop(plan, m))).await;
         }
         // Nothing of this batch ever got traffic.
-        for c in &started {
+        for c in started.iter().chain(next.values()) {
             self.remove(&c.id, &c.name).await;
         }
         Err(failure.unwrap_or_default())
@@ -1093,9 +1157,9 @@ impl<'a, T: Target> Rollout<'a, T> {
         }
     }
 
-    /// Takes `doomed` off the route (leaving `keep`) and drains them; stops them unless
-    /// they are `kept` running for a bake's instant way back.
-    async fn retire(&self, plan: &Plan<'_>, keep: &[Member], doomed: &[Member], kept: bool) {
+    /// Takes `doomed` off the route (leaving `keep`) and drains them; with `stop`, stops
+    /// them too.
+    async fn retire(&self, plan: &Plan<'_>, keep: &[Member], doomed: &[Member], stop: bool) {
         if doomed.is_empty() {
             return;
         }
@@ -1103,7 +1167,7 @@ impl<'a, T: Target> Rollout<'a, T> {
         self.publish(plan, vec![self.set(&plan.spec.revision, keep, 1)]);
         self.wait_drained(live, plan.spec.update.drain_timeout)
             .await;
-        if !kept {
+        if stop {
             for m in doomed {
                 self.stop(plan, m).await;
             }
@@ -1247,14 +1311,20 @@ impl<'a, T: Target> Rollout<'a, T> {
         let spec = plan.spec;
         let total = spec.replicas;
         let had_old = !old.is_empty();
+        let start_first = spec.update.order == UpdateOrder::StartFirst;
         // Retired containers stay running through a bake, for an instant way back.
-        let kept = spec.bake.is_some() && spec.update.order == UpdateOrder::StartFirst;
+        let kept = spec.bake.is_some() && start_first;
         let mut new: Vec<Member> = Vec::new();
         let mut retired: Vec<Member> = Vec::new();
+        // The next batch's containers, created while this one was gated.
+        let mut ready = Ready::new();
+        // Old containers off the route and drained, stopped while the next batch starts.
+        let mut stopping: Vec<Member> = Vec::new();
         let mut batch = 0;
         while (new.len() as u32) < total {
             batch += 1;
             if let Err(reason) = self.checkpoint().await {
+                self.discard(&ready).await;
                 return Ok(self.failed(plan, reason, old, new, retired).await);
             }
             let started = new.len() as u32;
@@ -1270,43 +1340,77 @@ impl<'a, T: Target> Rollout<'a, T> {
                 new: count as usize,
                 retiring,
             });
-            if spec.update.order == UpdateOrder::StopFirst {
+            if !start_first {
                 let doomed: Vec<Member> = old.drain(..retiring).collect();
                 let keep: Vec<Member> = old.iter().chain(&new).cloned().collect();
-                self.retire(plan, &keep, &doomed, false).await;
+                self.retire(plan, &keep, &doomed, true).await;
                 retired.extend(doomed);
             }
-            match self.start_batch(plan, started + 1, count).await {
-                Ok(healthy) => {
+            let ahead = (!last).then(|| {
+                let next = started + count;
+                (next + 1, spec.update.parallelism.min(total - next))
+            });
+            let stop_now = std::mem::take(&mut stopping);
+            match self
+                .start_batch(
+                    plan,
+                    started + 1,
+                    count,
+                    std::mem::take(&mut ready),
+                    ahead,
+                    &stop_now,
+                )
+                .await
+            {
+                Ok((healthy, next)) => {
+                    ready = next;
                     new.extend(healthy);
                     let serving: Vec<Member> = old.iter().chain(&new).cloned().collect();
                     self.publish(plan, vec![self.set(&spec.revision, &serving, 1)]);
                 }
                 Err(reason) => return Ok(self.failed(plan, reason, old, new, retired).await),
             }
-            if spec.update.order == UpdateOrder::StartFirst {
+            if start_first {
                 let doomed: Vec<Member> = old.drain(..retiring).collect();
                 let keep: Vec<Member> = old.iter().chain(&new).cloned().collect();
-                self.retire(plan, &keep, &doomed, kept).await;
+                self.retire(plan, &keep, &doomed, false).await;
+                if !kept {
+                    stopping.extend(doomed.iter().cloned());
+                }
                 retired.extend(doomed);
             }
             if !last
                 && !spec.update.delay.is_zero()
                 && let Err(reason) = self.hold(plan, &new, spec.update.delay, None).await
             {
+                self.discard(&ready).await;
                 return Ok(self.failed(plan, reason, old, new, retired).await);
             }
         }
         if let Err(reason) = self.bake(plan, &new, had_old).await {
             return Ok(self.failed(plan, reason, old, new, retired).await);
         }
-        for m in retired.iter().chain(&old) {
-            if kept {
-                self.stop(plan, m).await;
-            }
-            self.remove(&m.info.id, m.name()).await;
-        }
+        // The old set goes at once: each is off the route and drained. Those the batches
+        // stopped already are not stopped twice.
+        let running: Vec<&Member> = if kept {
+            retired.iter().chain(&old).collect()
+        } else {
+            stopping.iter().chain(&old).collect()
+        };
+        futures_util::future::join_all(running.into_iter().map(|m| self.stop(plan, m))).await;
+        let gone = retired
+            .iter()
+            .chain(&old)
+            .map(|m| self.remove(&m.info.id, m.name()));
+        futures_util::future::join_all(gone).await;
         Ok(self.done(plan, &new))
+    }
+
+    /// Removes containers created ahead that will not start.
+    async fn discard(&self, ready: &Ready) {
+        for c in ready.values() {
+            self.remove(&c.id, &c.name).await;
+        }
     }
 
     fn done(&self, plan: &Plan<'_>, new: &[Member]) -> Outcome {
@@ -1463,7 +1567,9 @@ impl<'a, T: Target> Rollout<'a, T> {
             new: spec.replicas as usize,
             retiring: old.len(),
         });
-        let new = self.start_batch(plan, 1, spec.replicas).await?;
+        let (new, _) = self
+            .start_batch(plan, 1, spec.replicas, Ready::new(), None, &[])
+            .await?;
         if let Err(reason) = self.checkpoint().await {
             for m in &new {
                 self.remove(&m.info.id, m.name()).await;

@@ -440,6 +440,15 @@ pub trait Target: Send + Sync {
         spec: &ContainerSpec,
     ) -> impl Future<Output = Result<ContainerInfo, TargetError>> + Send;
 
+    /// [`Target::run_container`] without the start: a rollout creates the next batch's
+    /// containers while the current one is gated, and starts them with
+    /// [`Target::start_container`]. On an error, what was created is removed.
+    fn create_container(
+        &self,
+        owner: &Owner,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<ContainerInfo, TargetError>> + Send;
+
     /// The container `id` (or name), `None` when it does not exist.
     fn inspect_container(
         &self,
@@ -693,11 +702,47 @@ impl DockerTarget {
         }
     }
 
+    /// Creates (and with `start`, starts) the container `name`; on an error, removes
+    /// what this call created.
+    async fn create_named(
+        &self,
+        owner: &Owner,
+        spec: &ContainerSpec,
+        start: bool,
+    ) -> Result<ContainerInfo, TargetError> {
+        if spec.image.trim().is_empty() {
+            return Err(TargetError::Invalid("the image is empty".to_owned()));
+        }
+        let name = spec.name.clone().unwrap_or_else(|| container_name(owner));
+        match self.create_and_start(&name, owner, spec, start).await {
+            Ok(info) => {
+                let what = if start { "started" } else { "created" };
+                tracing::info!(container = %name, image = %spec.image, "{what} container");
+                Ok(info)
+            }
+            Err(e) => {
+                let force = RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build();
+                // Only what this call created carries these labels under this name.
+                if let Ok(Some(info)) = self.inspect_container(&name).await
+                    && info.owner().as_ref() == Some(owner)
+                    && let Err(re) = self.docker.remove_container(&name, Some(force)).await
+                {
+                    tracing::warn!(container = %name, error = %re, "removing a failed container");
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn create_and_start(
         &self,
         name: &str,
         owner: &Owner,
         spec: &ContainerSpec,
+        start: bool,
     ) -> Result<ContainerInfo, TargetError> {
         let body = Self::create_body(owner, spec);
         self.docker
@@ -733,10 +778,12 @@ impl DockerTarget {
                     TargetError::api(format!("connecting {name} to network {}", n.name), e)
                 })?;
         }
-        self.docker
-            .start_container(name, None)
-            .await
-            .map_err(|e| TargetError::api(format!("starting container {name}"), e))?;
+        if start {
+            self.docker
+                .start_container(name, None)
+                .await
+                .map_err(|e| TargetError::api(format!("starting container {name}"), e))?;
+        }
         self.inspect_container(name)
             .await?
             .ok_or_else(|| TargetError::NotFound {
@@ -821,30 +868,15 @@ impl Target for DockerTarget {
         owner: &Owner,
         spec: &ContainerSpec,
     ) -> Result<ContainerInfo, TargetError> {
-        if spec.image.trim().is_empty() {
-            return Err(TargetError::Invalid("the image is empty".to_owned()));
-        }
-        let name = spec.name.clone().unwrap_or_else(|| container_name(owner));
-        match self.create_and_start(&name, owner, spec).await {
-            Ok(info) => {
-                tracing::info!(container = %name, image = %spec.image, "started container");
-                Ok(info)
-            }
-            Err(e) => {
-                let force = RemoveContainerOptionsBuilder::new()
-                    .force(true)
-                    .v(true)
-                    .build();
-                // Only what this call created carries these labels under this name.
-                if let Ok(Some(info)) = self.inspect_container(&name).await
-                    && info.owner().as_ref() == Some(owner)
-                    && let Err(re) = self.docker.remove_container(&name, Some(force)).await
-                {
-                    tracing::warn!(container = %name, error = %re, "removing a failed container");
-                }
-                Err(e)
-            }
-        }
+        self.create_named(owner, spec, true).await
+    }
+
+    async fn create_container(
+        &self,
+        owner: &Owner,
+        spec: &ContainerSpec,
+    ) -> Result<ContainerInfo, TargetError> {
+        self.create_named(owner, spec, false).await
     }
 
     async fn inspect_container(&self, id: &str) -> Result<Option<ContainerInfo>, TargetError> {

@@ -336,8 +336,8 @@ async fn a_canary_is_paused_resumed_and_promoted_and_the_next_one_aborted() {
     wait_for(e.addr, &host, "v2").await;
     assert_eq!(revisions_running(&env, "web").await, ["2", "2"]);
 
-    // A rolling one aborted during its delay between batches: the stopped v2 container
-    // starts again, v4 goes.
+    // A rolling one aborted during its delay between batches: the drained v2 container
+    // (stopped only while the next batch starts) serves again, v4 goes.
     let events = Events::default();
     let control = Control::default();
     let rollout = Rollout::new(&env.target, &e.proxy)
@@ -346,8 +346,8 @@ async fn a_canary_is_paused_resumed_and_promoted_and_the_next_one_aborted() {
     let mut v4 = env.service("web", "4", "v4", 2);
     v4.update.delay = Duration::from_secs(60);
     let steer = async {
-        until(&events, "first stop", |e| {
-            matches!(e, RolloutEvent::Stopped { .. })
+        until(&events, "first drain", |e| {
+            matches!(e, RolloutEvent::Drained { .. })
         })
         .await;
         control.send(Command::Abort);
