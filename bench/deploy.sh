@@ -27,17 +27,17 @@
 #   slowest container (`docker events`: `start` and `health_status: healthy`, timeNano);
 #   and, for reference, the same from each container's `create` (so the engine's create
 #   and start are not counted either).
-# Prints the medians of ROUNDS rounds (default 5): Slipway's time, Swarm's, the ratio
+# Prints the medians of ROUNDS rounds (default 10): Slipway's time, Swarm's, the ratio
 # (target <= 1.0) and Slipway's overhead (target under 1 s).
 #
 # An active swarm on this engine is never touched: the script stops if there is one.
-# SLIPWAY_BIN=path skips the release build; ROUNDS=5, PARALLELISM=1, SWARM_MONITOR=5s.
+# SLIPWAY_BIN=path skips the release build; ROUNDS=10, PARALLELISM=1, SWARM_MONITOR=5s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prepare.sh
 . scripts/lib/bench.sh
 prepare_machine
-ROUNDS="${ROUNDS:-5}"
+ROUNDS="${ROUNDS:-10}"
 PARALLELISM="${PARALLELISM:-1}"
 SWARM_MONITOR="${SWARM_MONITOR:-5s}"
 case "$PARALLELISM" in 1 | 2 | 3 | 4) ;; *) echo "PARALLELISM must be 1 to 4" >&2; exit 1 ;; esac

@@ -263,7 +263,7 @@ pub struct HealthGate {
 impl HealthGate {
     // The gate notices Docker's verdict (or a probe's) this soon: each batch waits for it.
     fn default_interval() -> Duration {
-        Duration::from_millis(100)
+        Duration::from_millis(50)
     }
     fn default_probe_timeout() -> Duration {
         Duration::from_secs(2)
