@@ -444,8 +444,8 @@ pub struct StackOutcome {
 }
 
 /// Deploys `specs` in order; on the first service that does not become healthy, puts the
-/// services already replaced back to `previous` (the last good revision's specs) and says
-/// so. `sink` gets every event as it happens.
+/// services already replaced back to `previous` (the last good revision's specs; a service
+/// it did not have is removed) and says so. `sink` gets every event as it happens.
 ///
 /// Every service's rollout obeys `control`; the put-back does not (it is the way back).
 pub async fn deploy_stack<T: Target>(
@@ -535,6 +535,18 @@ async fn put_back<T: Target>(
 ) {
     for spec in done {
         let Some(old) = previous.iter().find(|p| p.name == spec.name) else {
+            // New in the failed revision: nothing to put back, so it goes.
+            let removed = Rollout::new(target, proxy)
+                .remove_service(
+                    &spec.env,
+                    &spec.stack,
+                    &spec.name,
+                    spec.update.drain_timeout,
+                )
+                .await;
+            if let Err(e) = removed {
+                tracing::error!(service = %spec.name, "removing a service the previous revision did not have: {e}");
+            }
             continue;
         };
         let service = old.name.clone();

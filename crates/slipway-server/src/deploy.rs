@@ -297,7 +297,7 @@ fn specs_of(
             .filter(|p| p.is_error())
             .map(ToString::to_string)
             .collect();
-        return Err(DeployError::Invalid(lines.join("\n")));
+        return Err(DeployError::Invalid(mask_secrets(env, &lines.join("\n"))));
     }
     let plan = Plan::of(&read.compose, env);
     let specs = service_specs(
@@ -309,8 +309,24 @@ fn specs_of(
         images,
         allow_bind_mounts,
     )
-    .map_err(|e| DeployError::Refused(e.to_string()))?;
+    .map_err(|e| DeployError::Refused(mask_secrets(env, &e.to_string())))?;
     Ok((specs, plan))
+}
+
+/// `message` with every secret value of the environment replaced by `***`: an error that
+/// quotes an interpolated value must not show a secret to whoever reads it.
+fn mask_secrets(env: &Environment, message: &str) -> String {
+    let mut values: Vec<&str> = env
+        .secrets
+        .values()
+        .map(String::as_str)
+        .filter(|v| v.len() >= 3)
+        .collect();
+    // Longest first, so a secret that holds another is masked whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values
+        .into_iter()
+        .fold(message.to_owned(), |m, v| m.replace(v, "***"))
 }
 
 /// Pulls each service's image when missing and pins it: `image@digest`, or the local
@@ -1185,4 +1201,39 @@ pub async fn from_repository(
         }),
         refs: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stack_file_error_never_shows_a_secret_value() {
+        let mut env = Environment::named("production");
+        env.secrets
+            .insert("DB_PASSWORD".into(), "hunter2-long".into());
+        env.secrets.insert("DB".into(), "hunter2".into());
+        let text = "services:\n  web:\n    image: busybox\n    ports: [\"${DB_PASSWORD}\"]\n";
+        let err = specs_of(
+            &env,
+            "shop",
+            "0",
+            &StackText {
+                compose: text,
+                file: "compose.yaml",
+                rancher: None,
+            },
+            &BTreeMap::new(),
+            false,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("compose.yaml:4"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert_eq!(
+            mask_secrets(&env, "port hunter2-long and hunter2"),
+            "port *** and ***"
+        );
+    }
 }
