@@ -256,6 +256,15 @@ impl Principal {
         }
     }
 
+    /// Pull from every repository and nothing else: what the deployer's token gets.
+    pub fn puller(name: impl Into<String>) -> Principal {
+        Principal {
+            name: name.into(),
+            grants: vec![Grant::new(RepoPattern::All, &[Action::Pull])],
+            credential: None,
+        }
+    }
+
     /// Pull and push below one namespace and nothing else: what robot tokens get.
     pub fn robot(name: impl Into<String>, namespace: &str) -> Principal {
         Principal::pusher(name, vec![RepoPattern::Namespace(namespace.to_string())])

@@ -150,7 +150,13 @@ impl Server {
 
         // The deployer pulls the built-in registry's images with a token of its own.
         let deployer_token = stored_token(&data, &secrets, "deployer.token", "deployer-token")?;
-        auth::ensure_only(&store, "deployer", &deployer_token, auth::SCOPE_ADMIN).await?;
+        let deployer =
+            auth::ensure_only(&store, "deployer", &deployer_token, auth::SCOPE_PULL).await?;
+        if deployer.scope != auth::SCOPE_PULL {
+            // A data dir from before: the deployer's token was an admin's; it only pulls.
+            store.delete_token(deployer.id).await?;
+            auth::ensure(&store, "deployer", &deployer_token, auth::SCOPE_PULL).await?;
+        }
 
         let host = host_of(&config.public_url);
         let mut registry_config = slipway_registry::RegistryConfig::new(data.join("registry"));

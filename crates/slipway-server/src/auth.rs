@@ -23,17 +23,21 @@ use crate::store::{Store, Token};
 pub const SCOPE_ADMIN: &str = "admin";
 /// May only speak the runner protocol.
 pub const SCOPE_RUNNER: &str = "runner";
+/// May only pull from the registry (any repository): the deployer's own token, and one a
+/// deploy host may be given.
+pub const SCOPE_PULL: &str = "pull";
 /// `robot:<namespace>`: may only pull and push registry repositories below the namespace.
 pub const SCOPE_ROBOT_PREFIX: &str = "robot:";
 /// `paths:<pattern>[,<pattern>…]`: may only pull and push the registry paths the patterns
 /// name and below them ([`RepoPattern::parse_path`]); what a pipeline's token gets.
 pub const SCOPE_PATHS_PREFIX: &str = "paths:";
 
-/// Checks a scope given by a user: `admin`, `runner`, `robot:<namespace>` or
+/// Checks a scope given by a user: `admin`, `runner`, `pull`, `robot:<namespace>` or
 /// `paths:<pattern>,…`.
 pub fn valid_scope(scope: &str) -> bool {
     scope == SCOPE_ADMIN
         || scope == SCOPE_RUNNER
+        || scope == SCOPE_PULL
         || scope
             .strip_prefix(SCOPE_ROBOT_PREFIX)
             .is_some_and(|ns| !ns.is_empty() && !ns.contains('*') && !ns.ends_with('/'))
@@ -251,7 +255,8 @@ pub async fn ensure_only(
 }
 
 /// Registry credentials are Slipway tokens: an admin token may do everything (any user
-/// name, `admin` by convention), a robot token pull and push below its namespace, a
+/// name, `admin` by convention), a `pull` token pull anything, a robot token pull and push
+/// below its namespace, a
 /// `paths:` token (a pipeline's) pull and push on its paths, other tokens nothing in the
 /// registry. Each principal's credential is its token's row (`token:<id>`).
 #[derive(Debug, Clone)]
@@ -276,6 +281,8 @@ impl Authenticator for RegistryAuth {
             let token = check(&self.store, password).await?;
             let principal = if token.scope == SCOPE_ADMIN {
                 Principal::admin(username)
+            } else if token.scope == SCOPE_PULL {
+                Principal::puller(token.name.clone())
             } else if let Some(namespace) = token.scope.strip_prefix(SCOPE_ROBOT_PREFIX) {
                 Principal::robot(token.name.clone(), namespace)
             } else {

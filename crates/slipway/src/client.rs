@@ -131,8 +131,9 @@ pub enum TokenCommand {
         /// A registry robot: may only pull and push below this namespace.
         #[arg(long, conflicts_with = "scope")]
         robot: Option<String>,
-        /// `admin` (the default), `runner`, or `paths:PATTERN,…` (registry pull and push of
-        /// those paths and below them).
+        /// `admin` (the default), `runner`, `pull` (registry pull of any repository, for a
+        /// deploy host), or `paths:PATTERN,…` (registry pull and push of those paths and
+        /// below them).
         #[arg(long)]
         scope: Option<String>,
     },

@@ -414,3 +414,41 @@ async fn the_settings_page_shows_and_edits_the_registry_paths() {
         json!(["team/shared-*", "team/tools/x"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_token_pulls_everything_and_does_nothing_else() {
+    let h = Harness::start(|_| {}).await;
+    let (status, pusher) = h
+        .admin_post("/api/tokens", json!({"name": "ci", "scope": "robot:team"}))
+        .await;
+    assert_eq!(status, 201, "{pusher}");
+    let pusher = pusher["token"].as_str().expect("the secret").to_owned();
+    assert_eq!(
+        h.push("team/app", &Auth::Basic("ci", &pusher)).await.status,
+        201
+    );
+    let (status, puller) = h
+        .admin_post(
+            "/api/tokens",
+            json!({"name": "deploy-host", "scope": "pull"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{puller}");
+    let puller = puller["token"].as_str().expect("the secret").to_owned();
+    let basic = Auth::Basic("deploy-host", &puller);
+    assert_eq!(h.pull("team/app", &basic).await.status, 200);
+    let push = h.push("team/app", &basic).await;
+    assert!(
+        matches!(push.status, 401 | 403),
+        "a pull token pushed: {push:?}"
+    );
+    // Nothing in the API either.
+    let (status, _) = h
+        .send(
+            h.http
+                .get(format!("{}/api/repos", h.url))
+                .bearer_auth(&puller),
+        )
+        .await;
+    assert!(matches!(status, 401 | 403), "the API answered {status}");
+}
