@@ -1,7 +1,8 @@
 //! Rollouts on the real engine behind the real proxy (on a loopback port, its routes set by
 //! the rollout): busybox httpd services answering their version, deployed under a
-//! continuous bounded load (keep-alive and fresh connections) that records every answer and
-//! every connection error.
+//! continuous bounded load (keep-alive and fresh connections, and for the three strategies
+//! one slow request and one WebSocket held open across their container's drain) that
+//! records every answer, every message and every connection error.
 
 use std::time::{Duration, Instant};
 
