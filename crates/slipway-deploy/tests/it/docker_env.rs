@@ -2,7 +2,8 @@
 //! scratch, built as `scripts/lib/prepare.sh` does when missing), one environment per test
 //! (a unique `io.slipway.env`, its network, removed with everything labelled for it when
 //! the test ends, even on a panic), a real proxy on a loopback port, busybox httpd
-//! services whose version is their `VERSION`, and a load client that records every answer.
+//! services whose version is their `VERSION` (with a slow CGI and a WebSocket one), and a
+//! load client that records every answer, every message and every connection error.
 //! A test skips, saying so, when Docker is not reachable.
 
 use std::collections::BTreeMap;
@@ -12,12 +13,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use slipway_deploy::rollout::{
-    HealthGate, Probe, RolloutEvent, RouteSpec, ServiceSpec, Strategy, UpdateConfig,
+    HealthGate, Probe, RolloutEvent, RouteSpec, ServiceSpec, Strategy, UpdateConfig, route_backends,
 };
 use slipway_deploy::target::{ContainerSpec, DockerTarget, RestartPolicy};
 use slipway_proxy::{Config, Proxy, RouteTable};
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 pub fn docker(args: &[&str]) -> Result<String, String> {
@@ -77,6 +82,38 @@ fn image() -> Option<String> {
     }
 }
 
+/// `/cgi-bin/slow`: its head at once (`X-Container: $HOSTNAME`, the short container id
+/// Docker sets), then `VERSION` only once `/cgi-bin/release` was asked on the same container
+/// (or 20 s passed): a request in flight for as long as the test wants.
+const CGI_SLOW: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\nX-Container: %s\r\n\r\n' "$HOSTNAME"
+i=0
+while [ ! -e /tmp/release ] && [ "$i" -lt 100 ]; do sleep 0.2; i=$((i+1)); done
+echo "$VERSION"
+"#;
+
+/// `/cgi-bin/release`: lets this container's slow request answer.
+const CGI_RELEASE: &str = r#"#!/bin/sh
+touch /tmp/release
+printf 'Content-Type: text/plain\r\n\r\nreleased\n'
+"#;
+
+/// `/cgi-bin/ws`: a WebSocket endpoint in busybox alone. httpd passes a CGI's output that
+/// starts with `HTTP/` through unchanged, so the script answers the handshake itself
+/// (`Sec-WebSocket-Accept` = base64 of the SHA-1 of key + GUID, the hex turned into bytes
+/// by printf) and then pushes unmasked text frames "VERSION HOSTNAME" (under 126 bytes:
+/// a one-byte length) every 200 ms until the client goes (httpd never hands the CGI what
+/// the client sends on a GET, so it cannot answer a close frame).
+const CGI_WS: &str = r#"#!/bin/sh
+key=$(printf '%s' "$HTTP_SEC_WEBSOCKET_KEY" | tr -d ' \r')
+hex=$(printf '%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11' "$key" | sha1sum | cut -c1-40)
+accept=$(printf "$(printf '%s' "$hex" | sed 's/../\\x&/g')" | base64)
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$accept"
+msg="$VERSION $HOSTNAME"
+len=$(printf '%02x' "${#msg}")
+while printf "\\x81\\x$len%s" "$msg"; do sleep 0.2; done
+"#;
+
 /// One test's environment on the engine; everything of it goes when it drops.
 pub struct Env {
     pub env: String,
@@ -119,10 +156,15 @@ impl Env {
         format!("{service}.{}.test", self.env)
     }
 
-    /// A busybox httpd service answering `VERSION` on `/`, gated by an HTTP probe.
+    /// A busybox httpd service answering `VERSION` on `/`, gated by an HTTP probe, with the
+    /// CGIs `slow`, `release` and `ws` (see [`CGI_SLOW`], [`CGI_WS`]).
     pub fn service(&self, name: &str, revision: &str, version: &str, replicas: u32) -> ServiceSpec {
-        // `sh` stays PID 1 and exits on TERM, so a stop is quick.
-        let script = "mkdir -p /www && echo \"$VERSION\" > /www/index.html; \
+        // `sh` stays PID 1 and exits on TERM, so a stop is quick. The image is FROM
+        // scratch: no /tmp until made.
+        let script = "mkdir -p /www/cgi-bin /tmp && echo \"$VERSION\" > /www/index.html; \
+                      printf '%s' \"$CGI_SLOW\" > /www/cgi-bin/slow; \
+                      printf '%s' \"$CGI_RELEASE\" > /www/cgi-bin/release; \
+                      printf '%s' \"$CGI_WS\" > /www/cgi-bin/ws; chmod +x /www/cgi-bin/*; \
                       trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait";
         ServiceSpec {
             env: self.env.clone(),
@@ -133,7 +175,12 @@ impl Env {
             replicas,
             template: ContainerSpec {
                 command: Some(vec!["sh".into(), "-c".into(), script.into()]),
-                env: BTreeMap::from([("VERSION".to_owned(), version.to_owned())]),
+                env: BTreeMap::from([
+                    ("VERSION".to_owned(), version.to_owned()),
+                    ("CGI_SLOW".to_owned(), CGI_SLOW.to_owned()),
+                    ("CGI_RELEASE".to_owned(), CGI_RELEASE.to_owned()),
+                    ("CGI_WS".to_owned(), CGI_WS.to_owned()),
+                ]),
                 labels: BTreeMap::from([("test.purpose".to_owned(), "slipway-deploy".to_owned())]),
                 restart: RestartPolicy::No,
                 stop_grace: Some(Duration::from_secs(2)),
@@ -260,11 +307,41 @@ pub async fn wait_for(addr: SocketAddr, host: &str, body: &str) {
 #[derive(Debug, Default)]
 pub struct Seen {
     pub statuses: BTreeMap<u16, usize>,
+    /// Every connection error, and every fault of the slow request or the WebSocket.
     pub errors: Vec<String>,
+    /// Bodies of the looping clients' 200s.
     pub bodies: BTreeMap<String, usize>,
-    /// Bodies of 200s, in arrival order (all clients).
+    /// Bodies of the looping clients' 200s, in arrival order (all clients).
     pub order: Vec<String>,
+    /// When each of `order` arrived.
+    pub at: Vec<Instant>,
+    /// The slow request (its status is in `statuses` too), when the load had one.
+    pub slow: Option<Pinned>,
+    /// The WebSocket, when the load had one.
+    pub websocket: Option<Pinned>,
 }
+
+/// A long-lived exchange (the slow request, the WebSocket) on one container, which the
+/// client ends [`HOLD`] after that container left the route.
+#[derive(Debug, Clone, Default)]
+pub struct Pinned {
+    /// The container's name, as the rollout's events say it.
+    pub container: String,
+    /// The slow request's status, or the handshake's (101).
+    pub status: u16,
+    /// The slow request's body, or the WebSocket's messages, by version.
+    pub versions: BTreeMap<String, usize>,
+    /// Of those, how many arrived after the container left the route.
+    pub after_left_route: usize,
+    /// When the container's address was first on none of the route's sets.
+    pub left_route: Option<Instant>,
+    /// When the client ended it (released the slow request, sent the WebSocket's close).
+    pub ended: Option<Instant>,
+}
+
+/// How long a long-lived exchange stays open once its container left the route: the
+/// rollout's drain of that container has to wait for it.
+pub const HOLD: Duration = Duration::from_millis(500);
 
 impl Seen {
     pub fn total(&self) -> usize {
@@ -282,11 +359,13 @@ impl Seen {
     /// No error and no non-2xx, over enough requests to mean something.
     pub fn assert_clean(&self) {
         eprintln!(
-            "load: {} requests, statuses {:?}, {} errors, bodies {:?}",
+            "load: {} requests, statuses {:?}, {} errors, bodies {:?}, slow {:?}, websocket {:?}",
             self.total(),
             self.statuses,
             self.errors.len(),
-            self.bodies
+            self.bodies,
+            self.slow.as_ref().map(|p| &p.versions),
+            self.websocket.as_ref().map(|p| &p.versions),
         );
         assert!(
             self.errors.is_empty() && self.non_2xx() == 0,
@@ -321,12 +400,335 @@ impl Seen {
         let bodies: Vec<&String> = self.bodies.keys().collect();
         assert_eq!(bodies, [from, to], "only {from} and {to} answered");
     }
+
+    /// The looping clients' bodies that arrived in `[from, to)`, by version.
+    pub fn bodies_between(&self, from: Instant, to: Instant) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (body, at) in self.order.iter().zip(&self.at) {
+            if (from..to).contains(at) {
+                *out.entry(body.clone()).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// The slow request and the WebSocket both went to an `old` container, outlived its
+    /// leaving the route (the slow one answered 200 `old` after it, the WebSocket got
+    /// messages after it), were ended by the client, and the rollout's drain of their
+    /// container waited for them and was clean, before the container was stopped.
+    pub fn assert_long_lived_drained(&self, old: &str, events: &[(Instant, RolloutEvent)]) {
+        let slow = self.slow.as_ref().expect("the load had a slow request");
+        assert_eq!(slow.status, 200, "{slow:?}");
+        assert_eq!(
+            slow.versions,
+            BTreeMap::from([(old.to_owned(), 1)]),
+            "{slow:?}"
+        );
+        assert_eq!(
+            slow.after_left_route, 1,
+            "the slow request answered before its container left the route: {slow:?}"
+        );
+        let ws = self.websocket.as_ref().expect("the load had a WebSocket");
+        assert_eq!(ws.status, 101, "{ws:?}");
+        assert_eq!(
+            ws.versions.keys().collect::<Vec<_>>(),
+            [old],
+            "the WebSocket's messages: {ws:?}"
+        );
+        assert!(
+            ws.after_left_route > 0,
+            "no WebSocket message once its container left the route: {ws:?}"
+        );
+        for (what, pin) in [("slow request", slow), ("WebSocket", ws)] {
+            let ended = pin
+                .ended
+                .unwrap_or_else(|| panic!("the {what} was never ended by the client: {pin:?}"));
+            assert!(
+                pin.left_route.is_some_and(|l| l + HOLD <= ended),
+                "the {what} ended before its container left the route: {pin:?}"
+            );
+            let at = |f: &dyn Fn(&RolloutEvent) -> bool| {
+                events.iter().find(|(_, e)| f(e)).map(|(t, _)| *t)
+            };
+            let drained = events.iter().find_map(|(t, e)| match e {
+                RolloutEvent::Drained { container, clean } if *container == pin.container => {
+                    Some((*t, *clean))
+                }
+                _ => None,
+            });
+            let (drained_at, clean) = drained.unwrap_or_else(|| {
+                panic!(
+                    "{} (the {what}'s) never drained: {events:#?}",
+                    pin.container
+                )
+            });
+            assert!(clean, "{}'s drain was cut: the {what}", pin.container);
+            assert!(
+                drained_at >= ended,
+                "{} drained while the {what} was still open",
+                pin.container
+            );
+            let stopped = at(
+                &|e| matches!(e, RolloutEvent::Stopped { container } if *container == pin.container),
+            );
+            assert!(
+                stopped.is_some_and(|t| t >= drained_at),
+                "{} not stopped after its drain: {stopped:?}",
+                pin.container
+            );
+        }
+    }
+}
+
+/// Where the load's long-lived exchanges are watched: the route of one service.
+#[derive(Clone)]
+struct Watch {
+    proxy: Arc<Proxy>,
+    env: String,
+    stack: String,
+    service: String,
+    network: String,
+    port: u16,
+}
+
+impl Watch {
+    /// The name of the container whose hostname (short id) is `hostname`, and its address
+    /// as the route has it.
+    async fn locate(&self, hostname: &str) -> Result<(String, String), String> {
+        let format = format!(
+            "{{{{.Name}}}} {{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            self.network
+        );
+        let hostname = hostname.to_owned();
+        let out =
+            tokio::task::spawn_blocking(move || docker(&["inspect", "-f", &format, &hostname]))
+                .await
+                .map_err(|e| e.to_string())??;
+        let (name, ip) = out
+            .split_once(' ')
+            .ok_or_else(|| format!("docker inspect said {out:?}"))?;
+        Ok((
+            name.trim_start_matches('/').to_owned(),
+            format!("{ip}:{}", self.port),
+        ))
+    }
+
+    /// Cancels the returned token [`HOLD`] after `address` is on none of the route's sets
+    /// (noting when in `left`), or at `stop`.
+    fn end_after_leaving(
+        &self,
+        address: String,
+        left: Arc<Mutex<Option<Instant>>>,
+        stop: CancellationToken,
+    ) -> CancellationToken {
+        let end = CancellationToken::new();
+        let (w, done) = (self.clone(), end.clone());
+        tokio::spawn(async move {
+            loop {
+                let sets = route_backends(&w.proxy, &w.env, &w.stack, &w.service);
+                if !sets.values().flatten().any(|a| *a == address) {
+                    if let Ok(mut l) = left.lock() {
+                        *l = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(HOLD) => {}
+                    }
+                    break;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            done.cancel();
+        });
+        end
+    }
+}
+
+fn left_yet(left: &Mutex<Option<Instant>>) -> bool {
+    left.lock().map(|l| l.is_some()).unwrap_or(false)
+}
+
+fn record_error(seen: &Mutex<Seen>, e: String) {
+    if let Ok(mut s) = seen.lock() {
+        s.errors.push(e);
+    }
+}
+
+/// The slow request: sent, on a container (its head came) when `ready` fires, released
+/// [`HOLD`] after that container left the route; its answer recorded.
+async fn slow_request(
+    addr: SocketAddr,
+    host: String,
+    watch: Watch,
+    stop: CancellationToken,
+    seen: Arc<Mutex<Seen>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let fail = |e: String| record_error(&seen, format!("slow request: {e}"));
+    // Longer than the CGI's own 20 s bound.
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(40))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let r = match c
+        .get(format!("http://{addr}/cgi-bin/slow"))
+        .header("host", &host)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{e:?}")),
+    };
+    let status = r.status().as_u16();
+    let Some(hostname) = r
+        .headers()
+        .get("x-container")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return fail(format!("{status} without X-Container"));
+    };
+    let (container, address) = match watch.locate(&hostname).await {
+        Ok(found) => found,
+        Err(e) => return fail(e),
+    };
+    let _ = ready.send(());
+    let left = Arc::new(Mutex::new(None));
+    let end = watch.end_after_leaving(address.clone(), left.clone(), stop);
+    // The release goes straight to the container: it is off the route by then.
+    let release = tokio::spawn(async move {
+        end.cancelled().await;
+        let ended = Instant::now();
+        client(false)
+            .get(format!("http://{address}/cgi-bin/release"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map(|_| ended)
+            .map_err(|e| format!("releasing it: {e}"))
+    });
+    let body = r.text().await.map_err(|e| format!("body ({status}): {e}"));
+    let after_left_route = usize::from(left_yet(&left));
+    let ended = match release.await.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            fail(e);
+            None
+        }
+    };
+    let body = match body {
+        Ok(b) => b.trim().to_owned(),
+        Err(e) => return fail(e),
+    };
+    let left_route = left.lock().ok().and_then(|l| *l);
+    if let Ok(mut s) = seen.lock() {
+        *s.statuses.entry(status).or_default() += 1;
+        s.slow = Some(Pinned {
+            container,
+            status,
+            versions: BTreeMap::from([(body, 1)]),
+            after_left_route,
+            left_route,
+            ended,
+        });
+    }
+}
+
+/// The WebSocket: open, on a container (its first message came) when `ready` fires,
+/// closed by the client [`HOLD`] after that container left the route; every message
+/// recorded.
+async fn websocket(
+    addr: SocketAddr,
+    host: String,
+    watch: Watch,
+    stop: CancellationToken,
+    seen: Arc<Mutex<Seen>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let fail = |e: String| record_error(&seen, format!("websocket: {e}"));
+    let stream = match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("connecting: {e}")),
+    };
+    // The handshake checks the 101 and its Sec-WebSocket-Accept.
+    let (mut ws, response) =
+        match tokio_tungstenite::client_async(format!("ws://{host}/cgi-bin/ws"), stream).await {
+            Ok(pair) => pair,
+            Err(e) => return fail(format!("handshake: {e}")),
+        };
+    let mut pin = Pinned {
+        status: response.status().as_u16(),
+        ..Pinned::default()
+    };
+    // "VERSION HOSTNAME"
+    let parse = |m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>| match m {
+        Some(Ok(Message::Text(t))) => t
+            .split_once(' ')
+            .map(|(v, h)| (v.to_owned(), h.to_owned()))
+            .ok_or_else(|| format!("message {t:?}")),
+        Some(Ok(other)) => Err(format!("unexpected {other:?}")),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("closed by the other side".into()),
+    };
+    let first = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(m) => parse(m),
+        Err(_) => Err("no message within 10 s".into()),
+    };
+    let (version, hostname) = match first {
+        Ok(vh) => vh,
+        Err(e) => return fail(e),
+    };
+    *pin.versions.entry(version).or_default() += 1;
+    let address;
+    (pin.container, address) = match watch.locate(&hostname).await {
+        Ok(found) => found,
+        Err(e) => return fail(e),
+    };
+    let _ = ready.send(());
+    let left = Arc::new(Mutex::new(None));
+    let end = watch.end_after_leaving(address, left.clone(), stop);
+    let cut = loop {
+        tokio::select! {
+            m = ws.next() => match parse(m) {
+                Ok((version, _)) => {
+                    *pin.versions.entry(version).or_default() += 1;
+                    pin.after_left_route += usize::from(left_yet(&left));
+                }
+                Err(e) => break Some(e),
+            },
+            () = end.cancelled() => break None,
+        }
+    };
+    if let Some(e) = cut {
+        fail(e);
+    } else {
+        pin.ended = Some(Instant::now());
+        // A close frame, then the connection goes: the script cannot answer the close.
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        if let Err(e) = ws.close(Some(close)).await {
+            fail(format!("closing: {e}"));
+        }
+    }
+    drop(ws);
+    pin.left_route = left.lock().ok().and_then(|l| *l);
+    if let Ok(mut s) = seen.lock() {
+        s.websocket = Some(pin);
+    }
 }
 
 /// Clients in loops of GET `/` until stopped: `keep_alive` ones reuse their connections,
-/// `fresh` ones open one per request.
+/// `fresh` ones open one per request; and maybe a slow request and a WebSocket.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    end: CancellationToken,
     seen: Arc<Mutex<Seen>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -363,6 +765,7 @@ impl Load {
                                 if status == 200 {
                                     *s.bodies.entry(body.clone()).or_default() += 1;
                                     s.order.push(body);
+                                    s.at.push(Instant::now());
                                 }
                             }
                             Err(e) => s.errors.push(e),
@@ -372,11 +775,64 @@ impl Load {
                 }
             }));
         }
-        Load { stop, seen, tasks }
+        Load {
+            stop,
+            end: CancellationToken::new(),
+            seen,
+            tasks,
+        }
+    }
+
+    /// [`Load::start`] on `service`'s host, plus one slow request and one WebSocket, both
+    /// open on a container when this returns; each is ended by the client [`HOLD`] after
+    /// its container left the route (or at [`Load::stop`]).
+    pub async fn start_with_long_lived(
+        edge: &Edge,
+        env: &Env,
+        service: &ServiceSpec,
+        keep_alive: usize,
+        fresh: usize,
+    ) -> Load {
+        let host = env.host(&service.name);
+        let mut load = Load::start(edge.addr, &host, keep_alive, fresh);
+        let watch = Watch {
+            proxy: edge.proxy.clone(),
+            env: env.env.clone(),
+            stack: env.stack.clone(),
+            service: service.name.clone(),
+            network: service.network.clone(),
+            port: service.port,
+        };
+        let (slow_ready, slow_on) = tokio::sync::oneshot::channel();
+        let (ws_ready, ws_on) = tokio::sync::oneshot::channel();
+        load.tasks.push(tokio::spawn(slow_request(
+            edge.addr,
+            host.clone(),
+            watch.clone(),
+            load.end.clone(),
+            load.seen.clone(),
+            slow_ready,
+        )));
+        load.tasks.push(tokio::spawn(websocket(
+            edge.addr,
+            host,
+            watch,
+            load.end.clone(),
+            load.seen.clone(),
+            ws_ready,
+        )));
+        let both = async { slow_on.await.is_ok() && ws_on.await.is_ok() };
+        let on = tokio::time::timeout(Duration::from_secs(20), both).await;
+        if on != Ok(true) {
+            let seen = load.stop().await;
+            panic!("the slow request or the WebSocket did not open: {seen:?}");
+        }
+        load
     }
 
     pub async fn stop(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
+        self.end.cancel();
         for t in self.tasks {
             t.await.expect("load client");
         }
@@ -385,21 +841,25 @@ impl Load {
     }
 }
 
-/// Collects a rollout's events.
+/// Collects a rollout's events, each with when it came.
 #[derive(Clone, Default)]
-pub struct Events(pub Arc<Mutex<Vec<RolloutEvent>>>);
+pub struct Events(pub Arc<Mutex<Vec<(Instant, RolloutEvent)>>>);
 
 impl Events {
     pub fn sink(&self) -> impl Fn(&RolloutEvent) + Send + Sync + 'static {
         let all = self.0.clone();
         move |e| {
             if let Ok(mut all) = all.lock() {
-                all.push(e.clone());
+                all.push((Instant::now(), e.clone()));
             }
         }
     }
 
     pub fn take(&self) -> Vec<RolloutEvent> {
+        self.take_timed().into_iter().map(|(_, e)| e).collect()
+    }
+
+    pub fn take_timed(&self) -> Vec<(Instant, RolloutEvent)> {
         self.0
             .lock()
             .map(|mut e| std::mem::take(&mut *e))

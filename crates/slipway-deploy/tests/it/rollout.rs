@@ -1,9 +1,10 @@
 //! Rollouts on the real engine behind the real proxy (on a loopback port, its routes set by
 //! the rollout): busybox httpd services answering their version, deployed under a
-//! continuous bounded load (keep-alive and fresh connections) that records every answer and
-//! every connection error.
+//! continuous bounded load (keep-alive and fresh connections, and for the three strategies
+//! one slow request and one WebSocket held open across their container's drain) that
+//! records every answer, every message and every connection error.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use slipway_deploy::rollout::{
     CanaryStep, FailureAction, Outcome, Probe, Rollout, RolloutEvent, Strategy, UpdateOrder,
@@ -34,9 +35,26 @@ async fn revisions_running(env: &Env, service: &str) -> Vec<String> {
     out
 }
 
+/// How many of `events` match `f`.
+fn count(events: &[(Instant, RolloutEvent)], f: fn(&RolloutEvent) -> bool) -> usize {
+    events.iter().filter(|(_, e)| f(e)).count()
+}
+
+/// Every old container drained in time (nothing cut).
+fn assert_drains_clean(events: &[(Instant, RolloutEvent)], n: usize) {
+    let drains: Vec<bool> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            RolloutEvent::Drained { clean, .. } => Some(*clean),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drains, vec![true; n], "{events:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_v1_to_v2_under_load_fails_no_request_and_a_v3_that_never_gets_healthy_rolls_back()
-{
+async fn rolling_4_replicas_under_load_with_a_slow_request_and_a_websocket_fails_nothing_and_a_v3_that_never_gets_healthy_rolls_back()
+ {
     let Some(env) = Env::new("rolling").await else {
         return;
     };
@@ -45,54 +63,58 @@ async fn rolling_v1_to_v2_under_load_fails_no_request_and_a_v3_that_never_gets_h
     let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
     let host = env.host("web");
 
-    let v1 = env.service("web", "1", "v1", 2);
+    // The first deploy starts all four at once (nothing to replace).
+    let mut v1 = env.service("web", "1", "v1", 4);
+    v1.update.parallelism = 4;
     let first = rollout.run(&v1).await.expect("deploy v1");
     assert!(
-        matches!(first, Outcome::Done { ref containers } if containers.len() == 2),
+        matches!(first, Outcome::Done { ref containers } if containers.len() == 4),
         "{first:?}"
     );
     wait_for(e.addr, &host, "v1").await;
 
     // v1 → v2, one container at a time, under load.
-    let load = Load::start(e.addr, &host, 2, 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    events.take();
-    let mut v2 = env.service("web", "2", "v2", 2);
+    let mut v2 = env.service("web", "2", "v2", 4);
     v2.update.delay = Duration::from_millis(300);
+    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    events.take();
     let second = rollout.run(&v2).await.expect("deploy v2");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = load.stop().await;
+    let steps = events.take_timed();
     assert!(matches!(second, Outcome::Done { .. }), "{second:?}");
     seen.assert_clean();
     seen.assert_switched("v1", "v2");
-    let steps = events.take();
-    let count = |f: fn(&RolloutEvent) -> bool| steps.iter().filter(|e| f(e)).count();
+    seen.assert_long_lived_drained("v1", &steps);
     assert_eq!(
-        count(|e| matches!(e, RolloutEvent::BatchStarted { .. })),
-        2,
+        count(&steps, |e| matches!(e, RolloutEvent::BatchStarted { .. })),
+        4,
         "{steps:#?}"
     );
     assert_eq!(
-        count(|e| matches!(e, RolloutEvent::ContainerHealthy { .. })),
-        2
+        count(&steps, |e| matches!(
+            e,
+            RolloutEvent::ContainerHealthy { .. }
+        )),
+        4
+    );
+    assert_drains_clean(&steps, 4);
+    assert_eq!(
+        count(&steps, |e| matches!(e, RolloutEvent::Stopped { .. })),
+        4
     );
     assert_eq!(
-        count(|e| matches!(e, RolloutEvent::Drained { .. })),
-        2,
-        "{steps:#?}"
+        count(&steps, |e| matches!(e, RolloutEvent::Removed { .. })),
+        4
     );
-    assert_eq!(count(|e| matches!(e, RolloutEvent::Stopped { .. })), 2);
-    assert_eq!(count(|e| matches!(e, RolloutEvent::Removed { .. })), 2);
-    assert!(matches!(steps.last(), Some(RolloutEvent::Done { revision }) if revision == "2"));
-    assert_eq!(
-        revisions_running(&env, "web").await,
-        ["2:Running", "2:Running"]
-    );
+    assert!(matches!(steps.last(), Some((_, RolloutEvent::Done { revision })) if revision == "2"));
+    assert_eq!(revisions_running(&env, "web").await, ["2:Running"; 4]);
 
     // v3 never passes its gate (its probe path answers 404): no traffic, rolled back.
     let load = Load::start(e.addr, &host, 2, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut v3 = env.service("web", "3", "v3", 2);
+    let mut v3 = env.service("web", "3", "v3", 4);
     v3.health.probe = Some(Probe::Http {
         path: "/healthz".into(),
         status: None,
@@ -111,10 +133,7 @@ async fn rolling_v1_to_v2_under_load_fails_no_request_and_a_v3_that_never_gets_h
         ["v2"],
         "v3 got traffic"
     );
-    assert_eq!(
-        revisions_running(&env, "web").await,
-        ["2:Running", "2:Running"]
-    );
+    assert_eq!(revisions_running(&env, "web").await, ["2:Running"; 4]);
     let steps = events.take();
     assert!(
         steps
@@ -132,15 +151,13 @@ async fn rolling_v1_to_v2_under_load_fails_no_request_and_a_v3_that_never_gets_h
     v3.update.failure_action = FailureAction::Pause;
     let paused = rollout.run(&v3).await.expect("deploy v3 again");
     assert!(matches!(paused, Outcome::Paused { .. }), "{paused:?}");
-    assert_eq!(
-        revisions_running(&env, "web").await,
-        ["2:Running", "2:Running"]
-    );
+    assert_eq!(revisions_running(&env, "web").await, ["2:Running"; 4]);
     wait_for(e.addr, &host, "v2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blue_green_switches_at_once_under_load_gated_by_dockers_healthcheck() {
+async fn blue_green_4_replicas_switches_at_once_under_load_with_a_slow_request_and_a_websocket_gated_by_dockers_healthcheck()
+ {
     let Some(env) = Env::new("bluegreen").await else {
         return;
     };
@@ -149,7 +166,7 @@ async fn blue_green_switches_at_once_under_load_gated_by_dockers_healthcheck() {
     let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
     let host = env.host("api");
     let spec = |revision: &str, version: &str| {
-        let mut s = env.service("api", revision, version, 2);
+        let mut s = env.service("api", revision, version, 4);
         s.strategy = Strategy::BlueGreen {
             keep_old: Duration::from_secs(1),
         };
@@ -175,62 +192,61 @@ async fn blue_green_switches_at_once_under_load_gated_by_dockers_healthcheck() {
     assert!(matches!(first, Outcome::Done { .. }), "{first:?}");
     wait_for(e.addr, &host, "v1").await;
 
-    let load = Load::start(e.addr, &host, 2, 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v2 = spec("2", "v2");
+    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     events.take();
-    let second = rollout.run(&spec("2", "v2")).await.expect("deploy v2");
+    let second = rollout.run(&v2).await.expect("deploy v2");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = load.stop().await;
+    let steps = events.take_timed();
     assert!(matches!(second, Outcome::Done { .. }), "{second:?}");
     seen.assert_clean();
     seen.assert_switched("v1", "v2");
+    seen.assert_long_lived_drained("v1", &steps);
     // One switch: after the first v2 answer, no v1.
     let first_v2 = seen.order.iter().position(|b| b == "v2").unwrap_or(0);
     let late_v1 = seen.order[first_v2..].iter().filter(|b| *b == "v1").count();
-    // Requests already on their way to v1 at the switch may still finish there.
+    // Requests already on their way to v1 at the switch may still finish there (one per
+    // looping client at most).
     assert!(late_v1 <= 4, "{late_v1} v1 answers after the switch");
-    let steps = events.take();
-    let shifts = steps
-        .iter()
-        .filter(|e| matches!(e, RolloutEvent::TrafficShifted { .. }))
-        .count();
-    assert_eq!(shifts, 1, "{steps:#?}");
     assert_eq!(
-        revisions_running(&env, "api").await,
-        ["2:Running", "2:Running"]
+        count(&steps, |e| matches!(e, RolloutEvent::TrafficShifted { .. })),
+        1,
+        "{steps:#?}"
     );
+    assert_drains_clean(&steps, 4);
+    assert_eq!(revisions_running(&env, "api").await, ["2:Running"; 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canary_steps_weights_then_promotes_under_load() {
+async fn canary_4_replicas_steps_10_50_100_under_load_with_a_slow_request_and_a_websocket() {
     let Some(env) = Env::new("canary").await else {
         return;
     };
     let e = edge().await;
-    let rollout = Rollout::new(&env.target, &e.proxy);
+    let events = Events::default();
+    let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
     let host = env.host("shop");
-    let first = rollout
-        .run(&env.service("shop", "1", "v1", 1))
-        .await
-        .expect("deploy v1");
+    let mut v1 = env.service("shop", "1", "v1", 4);
+    v1.update.parallelism = 4;
+    let first = rollout.run(&v1).await.expect("deploy v1");
     assert!(matches!(first, Outcome::Done { .. }), "{first:?}");
     wait_for(e.addr, &host, "v1").await;
 
-    let load = Load::start(e.addr, &host, 2, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut v2 = env.service("shop", "2", "v2", 1);
+    // 10 and 50 are steps; promote is 100.
+    let mut v2 = env.service("shop", "2", "v2", 4);
     v2.strategy = Strategy::Canary {
-        steps: vec![
-            CanaryStep {
-                weight: 25,
-                pause: Duration::from_millis(1500),
-            },
-            CanaryStep {
-                weight: 75,
-                pause: Duration::from_millis(1500),
-            },
-        ],
+        steps: [10, 50]
+            .map(|weight| CanaryStep {
+                weight,
+                pause: Duration::from_secs(1),
+            })
+            .to_vec(),
     };
+    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    events.take();
     // The route's sets, watched while the canary runs.
     let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let watcher = tokio::spawn({
@@ -251,10 +267,51 @@ async fn canary_steps_weights_then_promotes_under_load() {
         }
     });
     let second = rollout.run(&v2).await.expect("deploy v2");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let end = Instant::now();
     let seen = load.stop().await;
+    let steps = events.take_timed();
     assert!(matches!(second, Outcome::Done { .. }), "{second:?}");
     seen.assert_clean();
     seen.assert_switched("v1", "v2");
+    seen.assert_long_lived_drained("v1", &steps);
+    assert_drains_clean(&steps, 4);
+
+    // The shares follow the weights: 10 %, 50 %, then 100 % (the promote, one set).
+    let shifts: Vec<(Instant, Option<u32>)> = steps
+        .iter()
+        .filter_map(|(t, e)| match e {
+            RolloutEvent::TrafficShifted { new_weight, .. } => Some((*t, *new_weight)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        shifts.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+        [Some(10), Some(50), None],
+        "{steps:#?}"
+    );
+    // An answer that arrives this long after a shift was routed by it.
+    let settle = Duration::from_millis(100);
+    let window = |from: Instant, to: Instant| {
+        let got = seen.bodies_between(from + settle, to);
+        let v1 = got.get("v1").copied().unwrap_or(0);
+        let v2 = got.get("v2").copied().unwrap_or(0);
+        assert!(
+            v1 + v2 >= 20,
+            "too few answers between two shifts to see a share: {got:?}"
+        );
+        (v1, v2, v2 * 100 / (v1 + v2))
+    };
+    let at10 = window(shifts[0].0, shifts[1].0);
+    let at50 = window(shifts[1].0, shifts[2].0);
+    let at100 = window(shifts[2].0, end);
+    eprintln!("canary (v1, v2, v2 %): 10: {at10:?}, 50: {at50:?}, 100: {at100:?}");
+    // Round robin over the sets splits exactly; the bounds leave room for the edges.
+    assert!(at10.1 > 0 && (2..=25).contains(&at10.2), "at 10: {at10:?}");
+    assert!((30..=70).contains(&at50.2), "at 50: {at50:?}");
+    // Only what was already on its way to v1 (one per looping client at most).
+    assert!(at100.0 <= 4, "v1 after the promote: {at100:?}");
+
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
     let history = watcher.await.expect("watcher");
     assert!(
@@ -269,7 +326,7 @@ async fn canary_steps_weights_then_promotes_under_load() {
             .map(|s| s.keys().cloned().collect::<Vec<_>>()),
         Some(vec!["2".to_owned()])
     );
-    assert_eq!(revisions_running(&env, "shop").await, ["2:Running"]);
+    assert_eq!(revisions_running(&env, "shop").await, ["2:Running"; 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
