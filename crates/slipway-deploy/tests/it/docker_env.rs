@@ -859,6 +859,14 @@ impl Events {
         self.take_timed().into_iter().map(|(_, e)| e).collect()
     }
 
+    /// How many of the events so far `f` accepts (none taken).
+    pub fn count(&self, f: impl Fn(&RolloutEvent) -> bool) -> usize {
+        self.0
+            .lock()
+            .map(|all| all.iter().filter(|(_, e)| f(e)).count())
+            .unwrap_or_default()
+    }
+
     pub fn take_timed(&self) -> Vec<(Instant, RolloutEvent)> {
         self.0
             .lock()

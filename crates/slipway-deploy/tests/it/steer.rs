@@ -109,7 +109,7 @@ async fn revisions_running(env: &Env, service: &str) -> Vec<String> {
 async fn until(events: &Events, what: &str, f: impl Fn(&RolloutEvent) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if events.0.lock().expect("events").iter().any(&f) {
+        if events.count(&f) > 0 {
             return;
         }
         assert!(Instant::now() < deadline, "no {what} event");
@@ -118,7 +118,7 @@ async fn until(events: &Events, what: &str, f: impl Fn(&RolloutEvent) -> bool) {
 }
 
 fn has(events: &Events, f: impl Fn(&RolloutEvent) -> bool) -> bool {
-    events.0.lock().expect("events").iter().any(f)
+    events.count(f) > 0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,13 +269,7 @@ async fn a_canary_is_paused_resumed_and_promoted_and_the_next_one_aborted() {
         control.send(Command::Pause);
         until(&events, "held", |e| matches!(e, RolloutEvent::Held)).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let shifts = events
-            .0
-            .lock()
-            .expect("events")
-            .iter()
-            .filter(|e| matches!(e, RolloutEvent::TrafficShifted { .. }))
-            .count();
+        let shifts = events.count(|e| matches!(e, RolloutEvent::TrafficShifted { .. }));
         control.send(Command::Resume);
         until(&events, "resumed", |e| matches!(e, RolloutEvent::Resumed)).await;
         control.send(Command::Promote);
