@@ -1439,10 +1439,7 @@ impl<'a, T: Target> Rollout<'a, T> {
     ) -> Outcome {
         let spec = plan.spec;
         if self.pauses(plan) {
-            self.emit(RolloutEvent::Paused {
-                reason: reason.clone(),
-            });
-            return Outcome::Paused { reason };
+            return self.end(true, reason);
         }
         let mut back = old;
         for m in retired {
@@ -1475,10 +1472,7 @@ impl<'a, T: Target> Rollout<'a, T> {
         if !new.is_empty() && back.is_empty() {
             // Nothing of the old revision could come back: the new one keeps serving.
             tracing::warn!(service = %spec.name, "rollback found no old container to serve");
-            self.emit(RolloutEvent::RolledBack {
-                reason: reason.clone(),
-            });
-            return Outcome::RolledBack { reason };
+            return self.end(false, reason);
         }
         self.revert(plan, "current", &back, &new, reason).await
     }
@@ -1500,15 +1494,12 @@ impl<'a, T: Target> Rollout<'a, T> {
             self.stop(plan, m).await;
             self.remove(&m.info.id, m.name()).await;
         }
-        self.emit(RolloutEvent::RolledBack {
-            reason: reason.clone(),
-        });
-        Outcome::RolledBack { reason }
+        self.end(false, reason)
     }
 
-    /// Blue-green or canary: the new set failed before it got any traffic.
-    fn not_started(&self, plan: &Plan<'_>, reason: String) -> Outcome {
-        if self.pauses(plan) {
+    /// Says how a failed rollout ended: `paused` (what serves keeps serving) or rolled back.
+    fn end(&self, paused: bool, reason: String) -> Outcome {
+        if paused {
             self.emit(RolloutEvent::Paused {
                 reason: reason.clone(),
             });
@@ -1519,6 +1510,11 @@ impl<'a, T: Target> Rollout<'a, T> {
             });
             Outcome::RolledBack { reason }
         }
+    }
+
+    /// Blue-green or canary: the new set failed before it got any traffic.
+    fn not_started(&self, plan: &Plan<'_>, reason: String) -> Outcome {
+        self.end(self.pauses(plan), reason)
     }
 
     /// Blue-green or canary after the new set got traffic: pause (the new set serving),
@@ -1532,10 +1528,7 @@ impl<'a, T: Target> Rollout<'a, T> {
         reason: String,
     ) -> Outcome {
         if self.pauses(plan) {
-            self.emit(RolloutEvent::Paused {
-                reason: reason.clone(),
-            });
-            return Outcome::Paused { reason };
+            return self.end(true, reason);
         }
         self.revert(plan, set_name, old, new, reason).await
     }

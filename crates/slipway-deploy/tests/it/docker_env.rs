@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use slipway_deploy::rollout::{
     HealthGate, Probe, RolloutEvent, RouteSpec, ServiceSpec, Strategy, UpdateConfig, route_backends,
 };
-use slipway_deploy::target::{ContainerSpec, DockerTarget, RestartPolicy};
+use slipway_deploy::target::{ContainerSpec, DockerTarget, RestartPolicy, Target};
 use slipway_proxy::{Config, Proxy, RouteTable};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -154,6 +154,33 @@ impl Env {
     /// A unique host for `service`.
     pub fn host(&self, service: &str) -> String {
         format!("{service}.{}.test", self.env)
+    }
+
+    /// `REVISION:State` of each of `service`'s containers, sorted.
+    pub async fn revisions_running(&self, service: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .target
+            .list_containers(&slipway_deploy::target::Selector::service(
+                &self.env,
+                &self.stack,
+                service,
+            ))
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|c| {
+                format!(
+                    "{}:{:?}",
+                    c.labels
+                        .get(slipway_deploy::target::LABEL_REVISION)
+                        .cloned()
+                        .unwrap_or_default(),
+                    c.state
+                )
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// A busybox httpd service answering `VERSION` on `/`, gated by an HTTP probe, with the
@@ -315,6 +342,8 @@ pub struct Seen {
     pub order: Vec<String>,
     /// When each of `order` arrived.
     pub at: Vec<Instant>,
+    /// The looping clients' other answers: when, status, body.
+    pub other: Vec<(Instant, u16, String)>,
     /// The slow request (its status is in `statuses` too), when the load had one.
     pub slow: Option<Pinned>,
     /// The WebSocket, when the load had one.
@@ -344,6 +373,19 @@ pub struct Pinned {
 pub const HOLD: Duration = Duration::from_millis(500);
 
 impl Seen {
+    /// Every looping client's answer in arrival order: when, status, body.
+    pub fn timeline(&self) -> Vec<(Instant, u16, &str)> {
+        let mut all: Vec<(Instant, u16, &str)> = self
+            .at
+            .iter()
+            .zip(&self.order)
+            .map(|(t, b)| (*t, 200, b.as_str()))
+            .chain(self.other.iter().map(|(t, s, b)| (*t, *s, b.as_str())))
+            .collect();
+        all.sort_by_key(|(t, _, _)| *t);
+        all
+    }
+
     pub fn total(&self) -> usize {
         self.statuses.values().sum::<usize>() + self.errors.len()
     }
@@ -766,6 +808,8 @@ impl Load {
                                     *s.bodies.entry(body.clone()).or_default() += 1;
                                     s.order.push(body);
                                     s.at.push(Instant::now());
+                                } else {
+                                    s.other.push((Instant::now(), status, body));
                                 }
                             }
                             Err(e) => s.errors.push(e),

@@ -13,28 +13,6 @@ use slipway_deploy::target::{Healthcheck, MountKind, MountSpec, Selector, Target
 
 use crate::docker_env::{Env, Events, Load, docker, edge, wait_for};
 
-async fn revisions_running(env: &Env, service: &str) -> Vec<String> {
-    let mut out: Vec<String> = env
-        .target
-        .list_containers(&Selector::service(&env.env, &env.stack, service))
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|c| {
-            format!(
-                "{}:{:?}",
-                c.labels
-                    .get(slipway_deploy::target::LABEL_REVISION)
-                    .cloned()
-                    .unwrap_or_default(),
-                c.state
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// How many of `events` match `f`.
 fn count(events: &[(Instant, RolloutEvent)], f: fn(&RolloutEvent) -> bool) -> usize {
     events.iter().filter(|(_, e)| f(e)).count()
@@ -109,7 +87,7 @@ async fn rolling_4_replicas_under_load_with_a_slow_request_and_a_websocket_fails
         4
     );
     assert!(matches!(steps.last(), Some((_, RolloutEvent::Done { revision })) if revision == "2"));
-    assert_eq!(revisions_running(&env, "web").await, ["2:Running"; 4]);
+    assert_eq!(env.revisions_running("web").await, ["2:Running"; 4]);
 
     // v3 never passes its gate (its probe path answers 404): no traffic, rolled back.
     let load = Load::start(e.addr, &host, 2, 2);
@@ -133,7 +111,7 @@ async fn rolling_4_replicas_under_load_with_a_slow_request_and_a_websocket_fails
         ["v2"],
         "v3 got traffic"
     );
-    assert_eq!(revisions_running(&env, "web").await, ["2:Running"; 4]);
+    assert_eq!(env.revisions_running("web").await, ["2:Running"; 4]);
     let steps = events.take();
     assert!(
         steps
@@ -151,7 +129,7 @@ async fn rolling_4_replicas_under_load_with_a_slow_request_and_a_websocket_fails
     v3.update.failure_action = FailureAction::Pause;
     let paused = rollout.run(&v3).await.expect("deploy v3 again");
     assert!(matches!(paused, Outcome::Paused { .. }), "{paused:?}");
-    assert_eq!(revisions_running(&env, "web").await, ["2:Running"; 4]);
+    assert_eq!(env.revisions_running("web").await, ["2:Running"; 4]);
     wait_for(e.addr, &host, "v2").await;
 }
 
@@ -216,7 +194,7 @@ async fn blue_green_4_replicas_switches_at_once_under_load_with_a_slow_request_a
         "{steps:#?}"
     );
     assert_drains_clean(&steps, 4);
-    assert_eq!(revisions_running(&env, "api").await, ["2:Running"; 4]);
+    assert_eq!(env.revisions_running("api").await, ["2:Running"; 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +304,7 @@ async fn canary_4_replicas_steps_10_50_100_under_load_with_a_slow_request_and_a_
             .map(|s| s.keys().cloned().collect::<Vec<_>>()),
         Some(vec!["2".to_owned()])
     );
-    assert_eq!(revisions_running(&env, "shop").await, ["2:Running"; 4]);
+    assert_eq!(env.revisions_running("shop").await, ["2:Running"; 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,7 +364,7 @@ async fn removing_a_service_touches_only_labelled_containers() {
         .await
         .expect("remove");
     assert_eq!(removed, 1);
-    assert!(revisions_running(&env, "db").await.is_empty());
+    assert!(env.revisions_running("db").await.is_empty());
     let state = docker(&["inspect", "-f", "{{.State.Running}}", &stranger]).expect("inspect");
     assert_eq!(state, "true", "the unlabelled container was touched");
     assert!(e.proxy.providers().is_empty(), "{:?}", e.proxy.providers());
@@ -454,7 +432,7 @@ async fn a_failing_second_batch_rolls_back_by_restarting_the_stopped_old_contain
         Some(RolloutEvent::RolledBack { .. })
     ));
     assert_eq!(
-        revisions_running(&env, "cart").await,
+        env.revisions_running("cart").await,
         ["1:Running", "1:Running"]
     );
     wait_for(e.addr, &host, "v1").await;
@@ -485,7 +463,7 @@ async fn rolling_stop_first_keeps_serving_from_the_other_replica() {
     seen.assert_clean();
     seen.assert_switched("v1", "v2");
     assert_eq!(
-        revisions_running(&env, "queue").await,
+        env.revisions_running("queue").await,
         ["2:Running", "2:Running"]
     );
 }

@@ -2,17 +2,12 @@
 //! person's pause, resume, promote and abort ([`Control`]), on the real engine behind the
 //! real proxy.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::docker_env::{Env, Events, Load, edge, wait_for};
 use slipway_deploy::rollout::{
     Bake, CanaryStep, Command, Control, Outcome, Rollout, RolloutEvent, ServiceSpec, Strategy,
 };
-use slipway_deploy::target::{LABEL_REVISION, Selector, Target};
-
-use crate::docker_env::{Env, Events, edge, wait_for};
 
 /// Answers `$VERSION` from a CGI script, and 500 to every fifth request of a container.
 fn failing_every_fifth(mut spec: ServiceSpec) -> ServiceSpec {
@@ -28,81 +23,22 @@ fn failing_every_fifth(mut spec: ServiceSpec) -> ServiceSpec {
     spec
 }
 
-/// One answer the load client got, or its error, with when it came.
-type Answer = (Instant, Result<(u16, String), String>);
-
-/// Keep-alive and fresh-connection clients recording every answer with its time.
-struct TimedLoad {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Answer>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl TimedLoad {
-    fn start(addr: SocketAddr, host: &str) -> TimedLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..3)
-            .map(|i| {
-                let (stop, seen, host) = (stop.clone(), seen.clone(), host.to_owned());
-                let b = reqwest::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(15));
-                let c = if i == 0 {
-                    b.pool_max_idle_per_host(0)
-                } else {
-                    b
-                }
-                .build()
-                .expect("client");
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = c
-                            .get(format!("http://{addr}/"))
-                            .header("host", &host)
-                            .send()
-                            .await;
-                        let answer = match r {
-                            Ok(r) => {
-                                let status = r.status().as_u16();
-                                r.text()
-                                    .await
-                                    .map(|b| (status, b.trim().to_owned()))
-                                    .map_err(|e| format!("body ({status}): {e}"))
-                            }
-                            Err(e) => Err(format!("{e:?}")),
-                        };
-                        seen.lock().expect("seen").push((Instant::now(), answer));
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-            })
-            .collect();
-        TimedLoad { stop, seen, tasks }
-    }
-
-    async fn stop(self) -> Vec<Answer> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.expect("load client");
-        }
-        let mut seen = std::mem::take(&mut *self.seen.lock().expect("seen"));
-        seen.sort_by_key(|(t, _)| *t);
-        seen
-    }
-}
-
-async fn revisions_running(env: &Env, service: &str) -> Vec<String> {
-    let mut out: Vec<String> = env
-        .target
-        .list_containers(&Selector::service(&env.env, &env.stack, service))
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|c| c.labels.get(LABEL_REVISION).cloned().unwrap_or_default())
-        .collect();
-    out.sort();
-    out
+/// A rollout of `env`'s services behind `edge`, its events collected, steered by the
+/// control returned.
+fn steered<'a>(
+    env: &'a Env,
+    edge: &'a crate::docker_env::Edge,
+) -> (
+    Rollout<'a, slipway_deploy::target::DockerTarget>,
+    Events,
+    Control,
+) {
+    let events = Events::default();
+    let control = Control::default();
+    let rollout = Rollout::new(&env.target, &edge.proxy)
+        .on_event(events.sink())
+        .with_control(control.clone());
+    (rollout, events, control)
 }
 
 /// Waits (30 s at most) for an event `f` accepts.
@@ -127,8 +63,7 @@ async fn a_version_answering_500_to_a_fifth_of_requests_is_reverted_during_its_b
         return;
     };
     let e = edge().await;
-    let events = Events::default();
-    let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
+    let (rollout, events, _) = steered(&env, &e);
     let host = env.host("web");
     let first = rollout
         .run(&env.service("web", "1", "v1", 2))
@@ -144,7 +79,7 @@ async fn a_version_answering_500_to_a_fifth_of_requests_is_reverted_during_its_b
         min_requests: 20,
     };
     v2.bake = Some(bake.clone());
-    let load = TimedLoad::start(e.addr, &host);
+    let load = Load::start(e.addr, &host, 2, 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let began = Instant::now();
     let outcome = rollout.run(&v2).await.expect("deploy v2");
@@ -169,12 +104,12 @@ async fn a_version_answering_500_to_a_fifth_of_requests_is_reverted_during_its_b
     )));
 
     // Every answer came; v1 answered 200s only, v2 its 200s and 500s.
-    let errors: Vec<&String> = seen.iter().filter_map(|(_, a)| a.as_ref().err()).collect();
-    assert!(errors.is_empty(), "connection errors: {errors:?}");
-    let answers: Vec<(Instant, u16, &str)> = seen
-        .iter()
-        .filter_map(|(t, a)| a.as_ref().ok().map(|(s, b)| (*t, *s, b.as_str())))
-        .collect();
+    assert!(
+        seen.errors.is_empty(),
+        "connection errors: {:?}",
+        seen.errors
+    );
+    let answers = seen.timeline();
     for (_, status, body) in &answers {
         assert!(
             matches!((status, *body), (200, "v1") | (200, "v2") | (500, "boom")),
@@ -215,7 +150,7 @@ async fn a_version_answering_500_to_a_fifth_of_requests_is_reverted_during_its_b
         tail.iter().all(|b| *b == "v1"),
         "after the revert: {tail:?}"
     );
-    assert_eq!(revisions_running(&env, "web").await, ["1", "1"]);
+    assert_eq!(env.revisions_running("web").await, ["1:Running"; 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,11 +193,7 @@ async fn a_canary_is_paused_resumed_and_promoted_and_the_next_one_aborted() {
     };
 
     // Paused at 10%: it holds there past the step's clock; resumed, then promoted.
-    let events = Events::default();
-    let control = Control::default();
-    let rollout = Rollout::new(&env.target, &e.proxy)
-        .on_event(events.sink())
-        .with_control(control.clone());
+    let (rollout, events, control) = steered(&env, &e);
     let v2 = canary("2", "v2");
     let steer = async {
         until(&events, "10% shift", at_ten).await;
@@ -308,14 +239,10 @@ async fn a_canary_is_paused_resumed_and_promoted_and_the_next_one_aborted() {
     assert!(shifts_while_held >= 1);
     assert!(matches!(steps.last(), Some(RolloutEvent::Done { .. })));
     wait_for(e.addr, &host, "v2").await;
-    assert_eq!(revisions_running(&env, "web").await, ["2", "2"]);
+    assert_eq!(env.revisions_running("web").await, ["2:Running"; 2]);
 
     // Aborted at 10%: everything back on v2, v3 removed.
-    let events = Events::default();
-    let control = Control::default();
-    let rollout = Rollout::new(&env.target, &e.proxy)
-        .on_event(events.sink())
-        .with_control(control.clone());
+    let (rollout, events, control) = steered(&env, &e);
     let v3 = canary("3", "v3");
     let steer = async {
         until(&events, "10% shift", at_ten).await;
@@ -328,15 +255,11 @@ async fn a_canary_is_paused_resumed_and_promoted_and_the_next_one_aborted() {
         "{outcome:?}"
     );
     wait_for(e.addr, &host, "v2").await;
-    assert_eq!(revisions_running(&env, "web").await, ["2", "2"]);
+    assert_eq!(env.revisions_running("web").await, ["2:Running"; 2]);
 
     // A rolling one aborted during its delay between batches: the drained v2 container
     // (stopped only while the next batch starts) serves again, v4 goes.
-    let events = Events::default();
-    let control = Control::default();
-    let rollout = Rollout::new(&env.target, &e.proxy)
-        .on_event(events.sink())
-        .with_control(control.clone());
+    let (rollout, events, control) = steered(&env, &e);
     let mut v4 = env.service("web", "4", "v4", 2);
     v4.update.delay = Duration::from_secs(60);
     let steer = async {
@@ -357,5 +280,5 @@ async fn a_canary_is_paused_resumed_and_promoted_and_the_next_one_aborted() {
         RolloutEvent::Restarted { .. }
     )));
     wait_for(e.addr, &host, "v2").await;
-    assert_eq!(revisions_running(&env, "web").await, ["2", "2"]);
+    assert_eq!(env.revisions_running("web").await, ["2:Running"; 2]);
 }
