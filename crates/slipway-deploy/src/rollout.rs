@@ -403,6 +403,9 @@ pub enum RolloutEvent {
     ContainerStarted {
         container: String,
         replica: u32,
+        /// How long the engine took to start it (to create it too, unless created ahead).
+        #[serde(default)]
+        engine_ms: u64,
     },
     ContainerHealthy {
         container: String,
@@ -974,6 +977,7 @@ impl<'a, T: Target> Rollout<'a, T> {
                 failure = Some(ABORTED.to_owned());
                 break;
             }
+            let asked = Instant::now();
             let run = match ready.remove(&replica) {
                 Some(created) => match self.target.start_container(&created.id).await {
                     Ok(()) => Ok(created),
@@ -993,6 +997,7 @@ impl<'a, T: Target> Rollout<'a, T> {
                     self.emit(RolloutEvent::ContainerStarted {
                         container: info.name.clone(),
                         replica,
+                        engine_ms: asked.elapsed().as_millis() as u64,
                     });
                     started.push(info);
                 }
