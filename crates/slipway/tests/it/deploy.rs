@@ -1032,11 +1032,6 @@ fn a_rollback_to_the_tenth_latest_revision_after_registry_gc_pulls_nothing() {
             .collect()
     });
     let _images = ImageCleanup(pushed.iter().map(|(p, _)| p.clone()).collect());
-    assert!(
-        pushed
-            .iter()
-            .all(|(p, _)| p.starts_with(&format!("{repo}@sha256:")))
-    );
     let pushed_in = started.elapsed();
 
     // Revisions 1 to 11: v1 to v11, each pinned by digest and pulled by the deployer.
