@@ -112,6 +112,11 @@ pub struct GcArgs {
     /// Also delete untagged manifests pushed longer ago than this (e.g. 7d, 12h).
     #[arg(long, value_parser = parse_age)]
     pub untagged_older_than: Option<u64>,
+    /// Keep unreferenced blobs younger than this (default the server's: 1h). A short grace
+    /// may sweep the layers of a push whose manifest has not arrived yet (that push then
+    /// fails and uploads them again).
+    #[arg(long, value_parser = parse_age)]
+    pub blob_grace: Option<u64>,
 }
 
 /// `90`, `30s`, `10m`, `12h`, `7d` as seconds.
@@ -494,7 +499,7 @@ pub fn gc(api: ApiArgs, args: GcArgs) -> Result<ExitCode> {
     let report = client.json(
         reqwest::Method::POST,
         "/api/registry/gc",
-        Some(json!({"dry_run": args.dry_run, "rules": rules})),
+        Some(json!({"dry_run": args.dry_run, "rules": rules, "blob_grace_secs": args.blob_grace})),
     )?;
     if api.json {
         print_json(&report);

@@ -987,3 +987,280 @@ fn a_canary_is_paused_promoted_and_the_next_one_aborted_from_the_cli() {
         engine_containers(&env)
     );
 }
+
+/// Builds `FROM <test image>` with `VERSION` and a label naming `tag` (so no other test
+/// shares the image through the builder's cache), tagged `tag`, and pushes it.
+fn push_unique_version(config: &std::path::Path, tag: &str, version: &str) {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nLABEL io.slipway.test.image=\"{tag}\"\nENV VERSION={version}\n",
+            super::test_image()
+        ),
+    )
+    .expect("Dockerfile");
+    let out = docker_cli(
+        config,
+        &[
+            "build",
+            "-q",
+            "-t",
+            tag,
+            dir.path().to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = docker_cli(config, &["push", tag]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+/// The `pull` events of the Docker engine while it runs (a `docker events` stream):
+/// (timeNano, the image reference pulled).
+struct Pulls {
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(i128, String)>>>,
+}
+
+impl Pulls {
+    fn watch() -> Pulls {
+        let mut child = std::process::Command::new("docker")
+            .args(["events", "--filter", "type=image", "--filter", "event=pull"])
+            .args(["--format", "{{json .}}"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker events");
+        let stdout = child.stdout.take().expect("events stdout");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let at = event["timeNano"].as_i64().map_or(0, i128::from);
+                let id = event["id"].as_str().unwrap_or_default().to_owned();
+                sink.lock().expect("pulls lock").push((at, id));
+            }
+        });
+        // Let the stream subscribe before anything it should see happens.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Pulls { child, seen }
+    }
+
+    /// The references pulled at or after `since` (ns since the epoch) that start with
+    /// `prefix`, once the engine has had time to report them.
+    fn since(&self, since: i128, prefix: &str) -> Vec<String> {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        self.seen
+            .lock()
+            .expect("pulls lock")
+            .iter()
+            .filter(|(at, id)| *at >= since && id.starts_with(prefix))
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+}
+
+impl Drop for Pulls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_nanos() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+}
+
+/// Removes the test's images (`docker rmi` of each reference) from the engine when it ends.
+struct ImageCleanup(Vec<String>);
+
+impl Drop for ImageCleanup {
+    fn drop(&mut self) {
+        for image in &self.0 {
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", "-f", image])
+                .output();
+        }
+    }
+}
+
+/// `docker image inspect --format FORMAT IMAGE`, trimmed.
+fn inspect_image(image: &str, format: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", format, image])
+        .output()
+        .expect("docker image inspect");
+    assert!(out.status.success(), "{image}: {}", text(&out).1);
+    text(&out).0.trim().to_owned()
+}
+
+/// The tenth-latest revision is one of the ten whose images registry GC keeps: after 11
+/// revisions (each an image pushed to the built-in registry, pulled by the deployer by
+/// digest) and a GC run that drops every tag, the rollback to it finds its image on the
+/// engine and pulls nothing, while GC did delete the 11th-latest revision's image and one
+/// never deployed.
+#[test]
+fn a_rollback_to_the_tenth_latest_revision_after_registry_gc_pulls_nothing() {
+    let Some(fx) = Fixture::start("rbgc") else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let (env, edge, up) = (fx.env.clone(), fx.edge.clone(), &fx.up);
+    let (registry, config) = fx.registry_login();
+    let repo = format!("{registry}/team/web");
+    let pulls = Pulls::watch();
+
+    // v0 (never deployed) to v11, built and pushed in parallel; only the registry keeps
+    // them: the engine's copies are the deployer's own pulls.
+    let pushed: Vec<(String, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..=11)
+            .map(|n| {
+                let (repo, config) = (&repo, config.path());
+                s.spawn(move || {
+                    let tag = format!("{repo}:v{n}");
+                    push_unique_version(config, &tag, &format!("v{n}"));
+                    let pinned = inspect_image(&tag, "{{range .RepoDigests}}{{println .}}{{end}}")
+                        .lines()
+                        .find(|d| d.starts_with(&format!("{repo}@")))
+                        .expect("pushed: a digest in this registry")
+                        .to_owned();
+                    let config_blob = inspect_image(&tag, "{{.Id}}");
+                    let out = docker_cli(config, &["rmi", &tag]);
+                    assert!(out.status.success(), "{}", text(&out).1);
+                    (pinned, config_blob)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("push thread"))
+            .collect()
+    });
+    let _images = ImageCleanup(pushed.iter().map(|(p, _)| p.clone()).collect());
+    let pushed_in = started.elapsed();
+
+    // Revisions 1 to 11: v1 to v11, each pinned by digest and pulled by the deployer.
+    api(up, &["env", "add", &env, "--domain", "apps.test"]);
+    let target = format!("{env}/web");
+    let deploys_from = now_nanos();
+    for (n, (pinned, _)) in pushed.iter().enumerate().skip(1) {
+        let out = fx.deploy_text(&target, &httpd_stack("web", pinned));
+        assert!(out.status.success(), "v{n}: {}", text(&out).1);
+    }
+    assert_eq!(through(&edge, "web.apps.test"), (200, "v11".to_owned()));
+    let deploy_pulls = pulls.since(deploys_from, &repo);
+    assert_eq!(
+        deploy_pulls.len(),
+        11,
+        "the watch sees the deployer's pulls: {deploy_pulls:?}"
+    );
+    let history = || {
+        let out = stack_cli(up, &["history", &target, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("history JSON")
+    };
+    let h = history();
+    assert_eq!(h[0]["number"], 11, "{h}");
+    let tenth_latest = &h[9];
+    assert_eq!(tenth_latest["number"], 2);
+    assert_eq!(tenth_latest["images"]["web"], pushed[2].0.as_str());
+    let deployed_in = started.elapsed();
+
+    // GC with every tag dropped and no grace: only the last 10 revisions' images stay.
+    let gc_from = now_nanos();
+    let out = slipway()
+        .args(["gc", "--keep-last", "0", "--untagged-older-than", "0s"])
+        .args(["--blob-grace", "0s", "--server", &up.url, "--token", ADMIN])
+        .arg("--json")
+        .output()
+        .expect("slipway runs");
+    assert!(out.status.success(), "{}", text(&out).1);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("gc JSON");
+    let strings = |key: &str| -> Vec<String> {
+        let mut all: Vec<String> = report[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().or(v["digest"].as_str()).map(str::to_owned))
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(strings("tags").len(), 12, "every tag dropped: {report}");
+    let manifest = |pinned: &str| pinned.replacen(&format!("{registry}/"), "", 1);
+    let mut collected = vec![manifest(&pushed[0].0), manifest(&pushed[1].0)];
+    collected.sort();
+    assert_eq!(
+        strings("manifests"),
+        collected,
+        "v0 (never deployed) and revision 1 (11th-latest) go: {report}"
+    );
+    let digest_of = |pinned: &str| pinned.rsplit_once('@').expect("pinned").1.to_owned();
+    let mut swept = vec![
+        pushed[0].1.clone(),
+        pushed[1].1.clone(),
+        digest_of(&pushed[0].0),
+        digest_of(&pushed[1].0),
+    ];
+    swept.sort();
+    assert_eq!(
+        strings("blobs"),
+        swept,
+        "their config and manifest blobs go, the shared layer stays: {report}"
+    );
+
+    // What the kept revisions run is all still in the registry.
+    let http = reqwest::blocking::Client::new();
+    let status = |path: &str| {
+        http.head(format!("{}/v2/team/web/{path}", up.url))
+            .basic_auth("admin", Some(ADMIN))
+            .header(
+                "accept",
+                "application/vnd.docker.distribution.manifest.v2+json, \
+                 application/vnd.oci.image.manifest.v1+json",
+            )
+            .send()
+            .expect("HEAD")
+            .status()
+            .as_u16()
+    };
+    for (n, (pinned, config_blob)) in pushed.iter().enumerate() {
+        let digest = digest_of(pinned);
+        let want = if n < 2 { 404 } else { 200 };
+        assert_eq!(
+            status(&format!("manifests/{digest}")),
+            want,
+            "v{n} manifest"
+        );
+        assert_eq!(status(&format!("blobs/{config_blob}")), want, "v{n} config");
+    }
+
+    // Back to revision 2 (the tenth-latest): its pinned image, no pull, v2 served.
+    let out = stack_cli(up, &["rollback", &target, "--to", "2", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(through(&edge, "web.apps.test"), (200, "v2".to_owned()));
+    let after_gc = pulls.since(gc_from, &repo);
+    assert!(after_gc.is_empty(), "no pull after GC: {after_gc:?}");
+    let h = history();
+    assert_eq!(
+        (h[0]["number"].as_i64(), h[0]["status"].as_str()),
+        (Some(12), Some("succeeded")),
+        "{h}"
+    );
+    assert_eq!(h[0]["cause"], "rollback:2");
+    assert_eq!(
+        h[0]["images"], h[10]["images"],
+        "exactly revision 2's image"
+    );
+    let out = stack_cli(up, &["rm", &target]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    eprintln!(
+        "pushed in {pushed_in:?}, 11 revisions by {deployed_in:?}, all in {:?}",
+        started.elapsed()
+    );
+}
