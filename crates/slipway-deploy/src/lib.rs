@@ -24,11 +24,15 @@
 //!   ([`target::Owner`]), and nothing without them is ever listed, stopped or removed.
 //! - [`rollout`]: a deploy of one [`rollout::ServiceSpec`] as health-gated target swaps with
 //!   drain (rolling start-first or stop-first in batches, blue-green, canary weight steps),
-//!   driving the proxy's backends directly (provider `deploy:ENV/STACK`); every step is a
-//!   [`rollout::RolloutEvent`], the end an [`rollout::Outcome`] (done, rolled back, paused).
+//!   driving the proxy's backends directly (provider `deploy:ENV/STACK`), with a bake
+//!   ([`rollout::Bake`]) that reverts on the new revision's 5xx share from the proxy's
+//!   counts; a [`rollout::Control`] pauses, resumes, promotes or aborts it while it runs.
+//!   Every step is a [`rollout::RolloutEvent`], the end an [`rollout::Outcome`] (done,
+//!   rolled back, paused).
 //! - [`stack`]: a whole stack at one revision: [`stack::service_specs`] turns a compose file
 //!   and its plan into services in dependency order, [`stack::deploy_stack`] rolls them out
-//!   one by one and puts the ones already replaced back when a later one fails.
+//!   one by one (one control for all) and, when a later one fails, puts the ones already
+//!   replaced back and removes the ones the previous revision did not have.
 
 pub mod compose;
 pub mod plan;
