@@ -116,6 +116,7 @@ mod beneath;
 pub mod cache;
 pub mod cleanup;
 mod dag;
+pub mod deployer;
 mod error;
 mod event;
 pub mod log;
@@ -140,6 +141,27 @@ pub use mask::Masker;
 pub use options::{RegistryCredential, RunOptions, WorkspaceSource};
 
 use abort::Abort;
+
+/// The build's sink, also keeping what its steps pushed for later deploy steps.
+struct Recording {
+    inner: Arc<dyn EventSink>,
+    pushed: Arc<std::sync::Mutex<Vec<deployer::PushedImage>>>,
+}
+
+impl EventSink for Recording {
+    fn event(&self, event: Event) {
+        if let Event::Artifact { image, digest, .. } = &event {
+            self.pushed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(deployer::PushedImage {
+                    image: image.clone(),
+                    digest: digest.clone(),
+                });
+        }
+        self.inner.event(event);
+    }
+}
 
 /// Runs every pipeline of `plan`, sending events to `sink`; returns when everything has
 /// finished and been cleaned up.
@@ -180,6 +202,11 @@ pub async fn run(
     };
 
     let abort = Abort::root(&options.cancel);
+    let pushed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink: Arc<dyn EventSink> = Arc::new(Recording {
+        inner: sink,
+        pushed: pushed.clone(),
+    });
     let build = scheduler::Build {
         plan,
         options: &options,
@@ -194,6 +221,7 @@ pub async fn run(
         build_id: &build_id,
         build_dir: &build_dir,
         images: backend::docker::KnownImages::default(),
+        pushed,
     };
     let pipelines = abort
         .with_timeout("build", options.build_timeout, build.run(&abort))

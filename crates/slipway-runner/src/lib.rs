@@ -60,6 +60,7 @@
 pub mod protocol;
 
 mod client;
+mod deploy;
 mod queue;
 mod stage;
 
