@@ -85,7 +85,8 @@ fn the_seed_pipeline_builds_pushes_and_updates_the_rancher_service_natively() {
     assert!(out.status.success(), "{}", text(&out).1);
     assert_eq!(through(&edge, "rancher.apps.test"), (200, "v1".to_owned()));
 
-    // A push to `develop` builds v2, pushes it and updates the service.
+    // A push to `develop` builds v2, pushes it and updates the service. The repository
+    // is `registry/test`, the seed's image path, which its builds may push to.
     let served = super::served_repo(&[
         (".drone.yml", &pipeline),
         (
@@ -99,7 +100,7 @@ fn the_seed_pipeline_builds_pushes_and_updates_the_rancher_service_natively() {
         &[
             "repo",
             "add",
-            "team/app",
+            "registry/test",
             "--clone-url",
             &served.clone_url,
             "--trusted",
@@ -110,7 +111,7 @@ fn the_seed_pipeline_builds_pushes_and_updates_the_rancher_service_natively() {
     git(served.work.path(), &["push", "-q", &bare, "develop"]);
     let sha = head(served.work.path());
     let body = github_push_to(
-        "team/app",
+        "registry/test",
         &served.clone_url,
         "develop",
         "0000000000000000000000000000000000000000",
@@ -122,13 +123,13 @@ fn the_seed_pipeline_builds_pushes_and_updates_the_rancher_service_natively() {
         &Delivery::signed(&secret, &body, "seed-develop", "push"),
     );
     assert_eq!(status, 201, "{answer}");
-    let build = wait_done(up, "team/app", 1);
-    let log = logs(up, "team/app", 1, 1);
+    let build = wait_done(up, "registry/test", 1);
+    let log = logs(up, "registry/test", 1, 1);
     assert_eq!(build["status"], "success", "{build:#}\n{log}");
 
     let revision = wait_revision(up, &target, 2);
     assert_eq!(revision["status"], "succeeded", "{revision:#}");
-    assert_eq!(revision["cause"], "build:team/app#1", "{revision:#}");
+    assert_eq!(revision["cause"], "build:registry/test#1", "{revision:#}");
     assert_eq!(
         revision["build_id"].as_i64(),
         build["id"].as_i64(),
