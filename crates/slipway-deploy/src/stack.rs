@@ -727,6 +727,36 @@ mod tests {
     }
 
     #[test]
+    fn overrides_change_only_the_services_they_name() {
+        let text = "services:\n  web:\n    image: shop/web:1\n    expose: [\"8080\"]\n  api:\n    image: shop/api:1\n    expose: [\"9000\"]\n";
+        let mut specs = specs(text).expect("specs");
+        Overrides {
+            strategy: StrategyName::parse("Canary"),
+            parallelism: Some(3),
+            start_first: Some(false),
+            health_timeout_secs: Some(7),
+            services: vec!["web".to_owned()],
+        }
+        .apply(&mut specs);
+        let web = specs.iter().find(|s| s.name == "web").expect("web");
+        let api = specs.iter().find(|s| s.name == "api").expect("api");
+        assert_eq!(web.update.parallelism, 3);
+        assert_eq!(web.update.order, UpdateOrder::StopFirst);
+        assert_eq!(web.health.timeout, Duration::from_secs(7));
+        assert!(matches!(&web.strategy, Strategy::Canary { steps } if steps.len() == 2));
+        assert_eq!(api.update.parallelism, 1);
+        assert_eq!(api.strategy, Strategy::Rolling);
+        assert_eq!(
+            StrategyName::parse("blue_green"),
+            Some(StrategyName::BlueGreen)
+        );
+        assert_eq!(StrategyName::parse("sideways"), None);
+        let line =
+            step_line(&serde_json::json!({"service": "web", "event": "done", "revision": "4"}));
+        assert_eq!(line, "web: revision 4 serves");
+    }
+
+    #[test]
     fn commands_split_like_a_shell() {
         assert_eq!(
             split_command(r#"httpd -f -p "8080" -h '/srv/my www' a\ b"#),

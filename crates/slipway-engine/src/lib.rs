@@ -26,7 +26,10 @@
 //!   `appleboy/drone-telegram`, `appleboy/drone-discord`, `drone-plugins/drone-email` and
 //!   `lddsb/drone-dingtalk-message` are sent with `slipway-notify` (API bases from
 //!   [`RunOptions::notify_api`]; email goes to the step's SMTP server); the step fails when
-//!   the service refused the message. Known plugins that are not native yet fail at once when
+//!   the service refused the message. The deploy plugins `slipway/deploy` and
+//!   `peloton/drone-rancher` ask [`RunOptions::deployer`] (the runner's server, see
+//!   [`deployer`]) to deploy and log the rollout as it goes; without one they fail. Known
+//!   plugins that are not native yet fail at once when
 //!   their image is not on the engine, rather than attempting a pull.
 //! - [`mask`] and [`log`]: [`Masker`] and [`LineSplitter`], output bytes to masked lines.
 //! - `beneath`: every host-side read of workspace content (the native plugins'), resolved

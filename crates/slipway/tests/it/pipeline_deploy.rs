@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::deploy::{Fixture, httpd_stack, push_version, stack_cli, through};
 use super::security::{github_pull_request, logs, push_pull_request, wait_done};
-use super::server::{Delivery, Up, api, deliver, github_push_to, head};
+use super::server::{Delivery, Up, api, deliver, github_push_to, head, ui_session};
 use super::{git, test_image, text};
 
 fn history(up: &Up, target: &str) -> Value {
@@ -143,6 +143,19 @@ fn the_seed_pipeline_builds_pushes_and_updates_the_rancher_service_natively() {
         "{revision:#}"
     );
     assert_eq!(through(&edge, "rancher.apps.test"), (200, "v2".to_owned()));
+    // The build's page links to the revision it deployed.
+    let page = reqwest::blocking::Client::new()
+        .get(format!("{}/repos/registry/test/builds/1", up.url))
+        .header("Cookie", ui_session(up))
+        .send()
+        .expect("build page")
+        .text()
+        .expect("page text");
+    assert!(
+        page.contains(&format!("href=\"/deploy/{env}/rancher_stack\""))
+            && page.contains("revision 2"),
+        "{page}"
+    );
 
     assert!(log.contains("peloton/drone-rancher runs natively"), "{log}");
     for key in ["url", "access_key", "secret_key"] {
