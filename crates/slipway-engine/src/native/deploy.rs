@@ -99,7 +99,8 @@ pub(crate) async fn run(
         DeployProgress::Step { line } => log.line(&line),
         DeployProgress::Finished { status, message } => {
             log.line(&format!(
-                "rollout {status}{}",
+                "rollout {}{}",
+                status.replace('_', " "),
                 message
                     .as_deref()
                     .map(|m| format!(": {m}"))

@@ -259,7 +259,7 @@ fn a_deploy_step_deploys_the_pushed_image_and_fails_when_the_rollout_rolls_back(
 }
 
 #[test]
-fn a_pull_requests_deploy_step_is_refused_by_the_server() {
+fn deploy_steps_of_pull_requests_and_untrusted_repositories_are_refused_by_the_server() {
     let Some(fx) = Fixture::start("prdeploy") else {
         return;
     };
@@ -306,6 +306,28 @@ fn a_pull_requests_deploy_step_is_refused_by_the_server() {
         log.contains("the server refused to deploy") && log.contains("pull request"),
         "{log}"
     );
+
+    // Nor does a push build of an untrusted repository.
+    let untrusted = super::served_repo(&[(".drone.yml", &pipeline)]);
+    api(
+        up,
+        &[
+            "repo",
+            "add",
+            "team/other",
+            "--clone-url",
+            &untrusted.clone_url,
+        ],
+    );
+    api(up, &["build", "run", "team/other", "--branch", "main"]);
+    let build = wait_done(up, "team/other", 1);
+    let log = logs(up, "team/other", 1, 1);
+    assert_eq!(build["status"], "failure", "{build:#}\n{log}");
+    assert!(
+        log.contains("the server refused to deploy") && log.contains("not trusted"),
+        "{log}"
+    );
+
     let h = history(up, &target);
     assert_eq!(h.as_array().map(Vec::len), Some(1), "{h}");
     assert_eq!(through(&edge, "app.apps.test"), (200, "v1".to_owned()));
