@@ -566,6 +566,166 @@ async fn put_back<T: Target>(
     }
 }
 
+/// A rollout strategy named by a pipeline step (`slipway/deploy`'s `strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyName {
+    Rolling,
+    BlueGreen,
+    Canary,
+}
+
+impl StrategyName {
+    /// `rolling`, `blue-green` (or `bluegreen`, `blue_green`) or `canary`.
+    pub fn parse(text: &str) -> Option<StrategyName> {
+        match text.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "rolling" => Some(StrategyName::Rolling),
+            "blue-green" | "bluegreen" => Some(StrategyName::BlueGreen),
+            "canary" => Some(StrategyName::Canary),
+            _ => None,
+        }
+    }
+}
+
+/// What a deploy asks beyond its stack file, for this rollout only (the revision keeps
+/// the file as written, so a rollback or recovery uses the file's own settings): a
+/// pipeline step's `strategy`, or `peloton/drone-rancher`'s `batch_size`, `start_first`
+/// and `timeout`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Overrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<StrategyName>,
+    /// Containers replaced at once (rolling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// `true`: start-first; `false`: stop-first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_first: Option<bool>,
+    /// How long a new container has to pass its health gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout_secs: Option<u64>,
+    /// Only these services get the overrides; empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+}
+
+/// Canary steps when a step asks for `canary` and the file names none.
+const DEFAULT_CANARY: [(u32, u64); 2] = [(10, 5), (50, 5)];
+
+impl Overrides {
+    pub fn is_empty(&self) -> bool {
+        self.strategy.is_none()
+            && self.parallelism.is_none()
+            && self.start_first.is_none()
+            && self.health_timeout_secs.is_none()
+    }
+
+    /// Applies them to the services they name.
+    pub fn apply(&self, specs: &mut [ServiceSpec]) {
+        for spec in specs
+            .iter_mut()
+            .filter(|s| self.services.is_empty() || self.services.contains(&s.name))
+        {
+            if let Some(n) = self.parallelism {
+                spec.update.parallelism = n.max(1);
+            }
+            if let Some(start_first) = self.start_first {
+                spec.update.order = if start_first {
+                    UpdateOrder::StartFirst
+                } else {
+                    UpdateOrder::StopFirst
+                };
+            }
+            if let Some(secs) = self.health_timeout_secs {
+                spec.health.timeout = Duration::from_secs(secs.max(1));
+            }
+            let keeps = match (self.strategy, &spec.strategy) {
+                (None, _) => true,
+                (Some(StrategyName::Rolling), Strategy::Rolling) => true,
+                (Some(StrategyName::BlueGreen), Strategy::BlueGreen { .. }) => true,
+                (Some(StrategyName::Canary), Strategy::Canary { steps }) => !steps.is_empty(),
+                _ => false,
+            };
+            spec.strategy = match self.strategy {
+                _ if keeps => continue,
+                None | Some(StrategyName::Rolling) => Strategy::Rolling,
+                Some(StrategyName::BlueGreen) => Strategy::BlueGreen {
+                    keep_old: Duration::ZERO,
+                },
+                Some(StrategyName::Canary) => Strategy::Canary {
+                    steps: DEFAULT_CANARY
+                        .iter()
+                        .map(|(weight, pause)| CanaryStep {
+                            weight: *weight,
+                            pause: Duration::from_secs(*pause),
+                        })
+                        .collect(),
+                },
+            };
+        }
+    }
+}
+
+/// One recorded rollout step (a [`StackEvent`] as JSON) as a line for people:
+/// `web: container web-3-1 healthy at 172.18.0.5:80`. Shared by the CLI's `--wait` and a
+/// pipeline's deploy step.
+pub fn step_line(detail: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let d = detail;
+    let service = text(&d["service"]);
+    let what = match d["event"].as_str().unwrap_or_default() {
+        "started" => format!(
+            "{} rollout of revision {} ({} replicas, {} running before)",
+            text(&d["strategy"]),
+            text(&d["revision"]),
+            d["replicas"],
+            d["old"]
+        ),
+        "batch_started" => format!(
+            "batch {}: {} new, {} retiring",
+            d["batch"], d["new"], d["retiring"]
+        ),
+        "container_started" => format!("container {} started", text(&d["container"])),
+        "container_healthy" => format!(
+            "container {} healthy at {}",
+            text(&d["container"]),
+            text(&d["address"])
+        ),
+        "container_failed" => format!(
+            "container {} failed: {}",
+            text(&d["container"]),
+            text(&d["reason"])
+        ),
+        "traffic_shifted" => match d["new_weight"].as_u64() {
+            Some(w) => format!("traffic: {w}% to the new revision"),
+            None => format!(
+                "traffic to {}",
+                d["backends"]
+                    .as_array()
+                    .map(|b| b.iter().map(text).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            ),
+        },
+        "drained" => format!(
+            "{} drained{}",
+            text(&d["container"]),
+            if d["clean"] == true {
+                ""
+            } else {
+                " (requests cut)"
+            }
+        ),
+        "stopped" => format!("{} stopped", text(&d["container"])),
+        "removed" => format!("{} removed", text(&d["container"])),
+        "restarted" => format!("{} started again", text(&d["container"])),
+        "done" => format!("revision {} serves", text(&d["revision"])),
+        "rolled_back" => format!("rolled back: {}", text(&d["reason"])),
+        "paused" => format!("paused: {}", text(&d["reason"])),
+        other => other.to_owned(),
+    };
+    format!("{service}: {what}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,6 +747,36 @@ mod tests {
             &BTreeMap::new(),
             false,
         )
+    }
+
+    #[test]
+    fn overrides_change_only_the_services_they_name() {
+        let text = "services:\n  web:\n    image: shop/web:1\n    expose: [\"8080\"]\n  api:\n    image: shop/api:1\n    expose: [\"9000\"]\n";
+        let mut specs = specs(text).expect("specs");
+        Overrides {
+            strategy: StrategyName::parse("Canary"),
+            parallelism: Some(3),
+            start_first: Some(false),
+            health_timeout_secs: Some(7),
+            services: vec!["web".to_owned()],
+        }
+        .apply(&mut specs);
+        let web = specs.iter().find(|s| s.name == "web").expect("web");
+        let api = specs.iter().find(|s| s.name == "api").expect("api");
+        assert_eq!(web.update.parallelism, 3);
+        assert_eq!(web.update.order, UpdateOrder::StopFirst);
+        assert_eq!(web.health.timeout, Duration::from_secs(7));
+        assert!(matches!(&web.strategy, Strategy::Canary { steps } if steps.len() == 2));
+        assert_eq!(api.update.parallelism, 1);
+        assert_eq!(api.strategy, Strategy::Rolling);
+        assert_eq!(
+            StrategyName::parse("blue_green"),
+            Some(StrategyName::BlueGreen)
+        );
+        assert_eq!(StrategyName::parse("sideways"), None);
+        let line =
+            step_line(&serde_json::json!({"service": "web", "event": "done", "revision": "4"}));
+        assert_eq!(line, "web: revision 4 serves");
     }
 
     #[test]

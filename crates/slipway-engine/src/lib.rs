@@ -26,7 +26,10 @@
 //!   `appleboy/drone-telegram`, `appleboy/drone-discord`, `drone-plugins/drone-email` and
 //!   `lddsb/drone-dingtalk-message` are sent with `slipway-notify` (API bases from
 //!   [`RunOptions::notify_api`]; email goes to the step's SMTP server); the step fails when
-//!   the service refused the message. Known plugins that are not native yet fail at once when
+//!   the service refused the message. The deploy plugins `slipway/deploy` and
+//!   `peloton/drone-rancher` ask [`RunOptions::deployer`] (the runner's server, see
+//!   [`deployer`]) to deploy and log the rollout as it goes; without one they fail. Known
+//!   plugins that are not native yet fail at once when
 //!   their image is not on the engine, rather than attempting a pull.
 //! - [`mask`] and [`log`]: [`Masker`] and [`LineSplitter`], output bytes to masked lines.
 //! - `beneath`: every host-side read of workspace content (the native plugins'), resolved
@@ -116,6 +119,7 @@ mod beneath;
 pub mod cache;
 pub mod cleanup;
 mod dag;
+pub mod deployer;
 mod error;
 mod event;
 pub mod log;
@@ -140,6 +144,27 @@ pub use mask::Masker;
 pub use options::{RegistryCredential, RunOptions, WorkspaceSource};
 
 use abort::Abort;
+
+/// The build's sink, also keeping what its steps pushed for later deploy steps.
+struct Recording {
+    inner: Arc<dyn EventSink>,
+    pushed: Arc<std::sync::Mutex<Vec<deployer::PushedImage>>>,
+}
+
+impl EventSink for Recording {
+    fn event(&self, event: Event) {
+        if let Event::Artifact { image, digest, .. } = &event {
+            self.pushed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(deployer::PushedImage {
+                    image: image.clone(),
+                    digest: digest.clone(),
+                });
+        }
+        self.inner.event(event);
+    }
+}
 
 /// Runs every pipeline of `plan`, sending events to `sink`; returns when everything has
 /// finished and been cleaned up.
@@ -180,6 +205,11 @@ pub async fn run(
     };
 
     let abort = Abort::root(&options.cancel);
+    let pushed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink: Arc<dyn EventSink> = Arc::new(Recording {
+        inner: sink,
+        pushed: pushed.clone(),
+    });
     let build = scheduler::Build {
         plan,
         options: &options,
@@ -194,6 +224,7 @@ pub async fn run(
         build_id: &build_id,
         build_dir: &build_dir,
         images: backend::docker::KnownImages::default(),
+        pushed,
     };
     let pipelines = abort
         .with_timeout("build", options.build_timeout, build.run(&abort))

@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::deployer::Deployer;
 
 /// How one build is run. The plan says *what* runs; this says *with what*.
 #[derive(Debug, Clone)]
@@ -49,6 +52,10 @@ pub struct RunOptions {
     /// WeChat Work proxy, a self-hosted Feishu/Lark, or a test's stand-in. Kinds not named
     /// reach the service's own API.
     pub notify_api: BTreeMap<slipway_notify::Kind, String>,
+    /// Carries out native deploy steps (`slipway/deploy`, `peloton/drone-rancher`): the
+    /// runner's connection to its server. `None` (`slipway exec`): such steps fail saying
+    /// they need a server.
+    pub deployer: Option<Arc<dyn Deployer>>,
 }
 
 /// A registry and the account to push to it with.

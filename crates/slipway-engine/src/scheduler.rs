@@ -45,6 +45,9 @@ pub(crate) struct Build<'a> {
     pub build_id: &'a str,
     pub build_dir: &'a Path,
     pub images: KnownImages,
+    /// The images this build's steps pushed (from the sink, see `crate::Recording`), for
+    /// deploy steps.
+    pub pushed: Arc<std::sync::Mutex<Vec<crate::deployer::PushedImage>>>,
 }
 
 /// A step or service that keeps running in the background until the pipeline ends.
@@ -705,14 +708,12 @@ impl Build<'_> {
             .timeout_secs
             .map(Duration::from_secs)
             .or(self.options.default_step_timeout);
-        let work = crate::native::run(
-            plugin,
-            host,
-            spec,
-            log,
-            self.options.own_registry.as_ref(),
-            &self.options.notify_api,
-        );
+        let pushed = self
+            .pushed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let work = crate::native::run(plugin, host, spec, log, self.options, pushed);
         // Dropping the work on a time-out or abort closes its requests to the engine, which
         // stops the build or push under way.
         let ended = tokio::select! {

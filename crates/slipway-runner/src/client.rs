@@ -191,6 +191,53 @@ impl Client {
     }
 }
 
+impl Client {
+    /// POSTs a JSON body and hands back a 2xx answer unread, for a streamed body (no time
+    /// limit: the caller's own limit drops it).
+    pub(crate) async fn post_streamed(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<reqwest::Response, CallError> {
+        let url = self.url(path);
+        let transport = |e: reqwest::Error| CallError::Transport {
+            url: url.clone(),
+            reason: error_chain(&e.without_url()),
+        };
+        let response = self
+            .http
+            .post(&url)
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.map_err(transport)?;
+        let (code, message) = match serde_json::from_slice::<ProtocolError>(&body) {
+            Ok(error) => (Some(error.code), error.message),
+            Err(_) => (
+                None,
+                String::from_utf8_lossy(&body)
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect(),
+            ),
+        };
+        Err(CallError::Status {
+            url,
+            status,
+            code,
+            message,
+        })
+    }
+}
+
 /// `error: cause: cause`, since reqwest's own message hides the interesting part.
 fn error_chain(error: &reqwest::Error) -> String {
     let mut text = error.to_string();

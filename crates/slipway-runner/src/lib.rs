@@ -26,6 +26,12 @@
 //!   returns, the uploader drains the queue, then `/done` carries the pipeline's status (or
 //!   `error` with the message, when the engine could not run at all) and the last batch.
 //!
+//! - **Deploy steps** of a stage (`slipway/deploy`, `peloton/drone-rancher`) reach the
+//!   server through the engine's `Deployer`, here `POST /api/runner/stages/{stage}/deploy`
+//!   with this runner's credential and the stage's attempt; the answer's NDJSON lines (the
+//!   rollout's progress) go to the step's log. Sent once, never retried: a deploy is not
+//!   idempotent. The server alone decides whether the build may deploy.
+//!
 //! Invariants:
 //! - **Order and exactly-once.** A stage's events are queued in the order the engine emits
 //!   them; one task sends them, one batch at a time, and a batch is resent byte for byte
@@ -60,6 +66,7 @@
 pub mod protocol;
 
 mod client;
+mod deploy;
 mod queue;
 mod stage;
 

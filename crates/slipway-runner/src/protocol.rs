@@ -12,6 +12,7 @@
 //! | `POST /api/runner/stages/{stage}/heartbeat` | [`Heartbeat`] | [`HeartbeatResponse`] |
 //! | `POST /api/runner/stages/{stage}/events` | [`EventBatch`] | [`BatchAck`] |
 //! | `POST /api/runner/stages/{stage}/done` | [`StageDone`] | `204`, or `200` [`Lease`] of the next stage when [`StageDone::next`] asked for one |
+//! | `POST /api/runner/stages/{stage}/deploy` | [`StageDeploy`] | `200` NDJSON: one [`DeployProgress`] a line, as the rollout goes; `403` [`DEPLOY_REFUSED`] when the build may not deploy |
 //!
 //! Errors come back as a non-2xx status with a [`ProtocolError`] body. `409` with code
 //! [`LEASE_LOST`] means the stage is no longer this runner's (its lease expired and the stage
@@ -43,6 +44,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const LEASE_LOST: &str = "lease_lost";
 /// [`ProtocolError::code`] of a `409`: a log line number is ahead of what the server has.
 pub const LOG_GAP: &str = "log_gap";
+/// [`ProtocolError::code`] of a `403`: the stage's build may not deploy (a pull request,
+/// an untrusted repository).
+pub const DEPLOY_REFUSED: &str = "deploy_refused";
+
+pub use slipway_engine::deployer::{DeployCall, DeployProgress};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisterRequest {
@@ -229,6 +235,15 @@ pub struct StageDone {
     /// [`Lease`], as a poll would) instead of `204`, which saves the poll.
     #[serde(default)]
     pub next: bool,
+}
+
+/// A deploy step of a leased stage asks the server to deploy. Not retried: a deploy is
+/// not idempotent, and its step fails with the reason instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageDeploy {
+    pub runner_id: i64,
+    pub attempt: u32,
+    pub call: DeployCall,
 }
 
 /// The body of every non-2xx answer.

@@ -285,7 +285,7 @@ fn run_options(
     lease: &Lease,
     work_root: PathBuf,
     cancel: CancellationToken,
-    notify_api: &std::collections::BTreeMap<slipway_engine::NotifyKind, String>,
+    shared: &Shared,
 ) -> RunOptions {
     let workspace = match &lease.workspace {
         // The engine clones, then makes sure the commit is there even when only
@@ -315,7 +315,13 @@ fn run_options(
                 password: r.password.clone(),
             }),
         cache_scope: lease.cache_scope.clone(),
-        notify_api: notify_api.clone(),
+        notify_api: shared.notify_api.clone(),
+        deployer: Some(Arc::new(crate::deploy::StageDeployer {
+            client: shared.client.clone(),
+            runner_id: shared.runner_id,
+            stage_id: lease.stage_id,
+            attempt: lease.attempt,
+        })),
     }
 }
 
@@ -339,7 +345,7 @@ pub(crate) async fn run_stage(shared: Arc<Shared>, lease: Lease) -> Option<Reply
         &lease,
         shared.work_root.clone(),
         stage.engine_cancel.clone(),
-        &shared.notify_api,
+        &shared,
     );
     let sink = Arc::new(StageSink {
         queue: stage.queue.clone(),

@@ -14,6 +14,10 @@
 //!   to the current revision (or, for a first deploy, its containers are removed); the
 //!   history says so.
 
+mod step;
+
+pub use step::{Started, from_step, progress};
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +25,7 @@ use serde::Serialize;
 use slipway_deploy::compose::{self, Mode, ReadOptions};
 use slipway_deploy::plan::{Environment, Plan};
 use slipway_deploy::rollout::{Asked, Command, Control, Rollout, ServiceSpec};
-use slipway_deploy::stack::{StackEvent, deploy_stack, service_specs};
+use slipway_deploy::stack::{Overrides, StackEvent, deploy_stack, service_specs};
 use slipway_deploy::target::{DockerTarget, RegistryAuth, Target};
 use tokio::sync::OnceCell;
 
@@ -37,6 +41,9 @@ pub enum DeployError {
     Invalid(String),
     #[error("{0}")]
     Refused(String),
+    /// The caller may not deploy this at all (a pull request's pipeline step).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("stack {0} is being deployed now; wait for it (or `slipway stack abort`)")]
     Busy(String),
     #[error(
@@ -89,6 +96,10 @@ pub struct DeployRequest {
     /// earlier revision's tags for the redeploy hook). Not settable through the API.
     #[serde(skip)]
     pub refs: Option<BTreeMap<String, String>>,
+    /// Rollout settings of a pipeline's deploy step, for this rollout only. Not settable
+    /// through the API.
+    #[serde(skip)]
+    pub overrides: Overrides,
 }
 
 /// A build a deploy comes from.
@@ -507,7 +518,7 @@ pub async fn deploy(
                 },
             )
             .await?;
-        let (specs, _) = specs_of(
+        let (mut specs, _) = specs_of(
             &env,
             stack_name,
             &revision.number.to_string(),
@@ -515,6 +526,7 @@ pub async fn deploy(
             &images,
             req.allow_bind_mounts,
         )?;
+        req.overrides.apply(&mut specs);
         Ok::<_, DeployError>((revision, specs, previous))
     }
     .await;
@@ -973,6 +985,7 @@ async fn apply_image_rule(
         pull_always: false,
         build: None,
         refs: Some(refs),
+        overrides: Overrides::default(),
     };
     deploy(
         state.clone(),
@@ -1200,6 +1213,7 @@ pub async fn from_repository(
             number: b.number,
         }),
         refs: None,
+        overrides: Overrides::default(),
     })
 }
 

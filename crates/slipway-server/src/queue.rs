@@ -547,7 +547,7 @@ pub async fn revoke_pipeline_tokens(state: &AppState, stage_id: i64) -> Result<(
 }
 
 /// The stage, if `runner_id` holds its lease for `attempt`.
-async fn leased(
+pub(crate) async fn leased(
     state: &AppState,
     stage_id: i64,
     runner_id: i64,

@@ -131,6 +131,8 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
             own_registry: None,
             cache_scope: Some(slipway_engine::cache::local_scope(&checkout)),
             notify_api: args.notify_api.iter().cloned().collect(),
+            // No server here: deploy steps fail saying they need one.
+            deployer: None,
         };
         slipway_engine::run(&plan, options, sink).await
     })?;

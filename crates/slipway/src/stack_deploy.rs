@@ -27,59 +27,7 @@ fn text(v: &Value) -> &str {
 
 /// One recorded step as a line: `web: container web-3-1 healthy at 172.18.0.5:80`.
 fn step_line(step: &Value) -> String {
-    let d = &step["detail"];
-    let service = text(&d["service"]);
-    let what = match text(&d["event"]) {
-        "started" => format!(
-            "{} rollout of revision {} ({} replicas, {} running before)",
-            text(&d["strategy"]),
-            text(&d["revision"]),
-            d["replicas"],
-            d["old"]
-        ),
-        "batch_started" => format!(
-            "batch {}: {} new, {} retiring",
-            d["batch"], d["new"], d["retiring"]
-        ),
-        "container_started" => format!("container {} started", text(&d["container"])),
-        "container_healthy" => format!(
-            "container {} healthy at {}",
-            text(&d["container"]),
-            text(&d["address"])
-        ),
-        "container_failed" => format!(
-            "container {} failed: {}",
-            text(&d["container"]),
-            text(&d["reason"])
-        ),
-        "traffic_shifted" => match d["new_weight"].as_u64() {
-            Some(w) => format!("traffic: {w}% to the new revision"),
-            None => format!(
-                "traffic to {}",
-                d["backends"]
-                    .as_array()
-                    .map(|b| b.iter().map(text).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default()
-            ),
-        },
-        "drained" => format!(
-            "{} drained{}",
-            text(&d["container"]),
-            if d["clean"] == true {
-                ""
-            } else {
-                " (requests cut)"
-            }
-        ),
-        "stopped" => format!("{} stopped", text(&d["container"])),
-        "removed" => format!("{} removed", text(&d["container"])),
-        "restarted" => format!("{} started again", text(&d["container"])),
-        "done" => format!("revision {} serves", text(&d["revision"])),
-        "rolled_back" => format!("rolled back: {}", text(&d["reason"])),
-        "paused" => format!("paused: {}", text(&d["reason"])),
-        other => other.to_owned(),
-    };
-    format!("{service}: {what}")
+    slipway_deploy::stack::step_line(&step["detail"])
 }
 
 /// Follows revision `number` until it ends, printing steps; whether it succeeded.

@@ -8,7 +8,9 @@
 //! notification plugins `clem109/drone-wechat`, `lizheming/drone-wechat`, `plugins/slack`,
 //! `plugins/webhook`, `appleboy/drone-telegram`, `appleboy/drone-discord`,
 //! `drone-plugins/drone-email` (and `drillster/drone-email`) and
-//! `lddsb/drone-dingtalk-message` ([`notify`]), sent with `slipway-notify`.
+//! `lddsb/drone-dingtalk-message` ([`notify`]), sent with `slipway-notify`; and the deploy
+//! plugins `slipway/deploy` and `peloton/drone-rancher` ([`deploy`]), asked of the server
+//! through [`crate::RunOptions::deployer`].
 //!
 //! Invariants:
 //! - A step is native only when native plugins are on ([`crate::RunOptions::native_plugins`]),
@@ -33,6 +35,7 @@
 //!   push.
 
 pub(crate) mod context;
+pub(crate) mod deploy;
 pub(crate) mod docker;
 pub(crate) mod dockerignore;
 pub(crate) mod notify;
@@ -40,16 +43,16 @@ pub(crate) mod settings;
 pub(crate) mod tags;
 pub(crate) mod tpl;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use bollard::Docker;
 use slipway_spec::plan::StepPlan;
 
 use crate::backend::StepSpec;
+use crate::deployer::PushedImage;
 use crate::log::StepLog;
 use crate::mask::Masker;
-use crate::options::RegistryCredential;
+use crate::options::RunOptions;
 
 /// A plugin the engine runs itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,8 @@ pub(crate) enum NativePlugin {
         plugin: notify::NotifyPlugin,
         image: &'static str,
     },
+    /// `slipway/deploy` or `peloton/drone-rancher`: a deploy through the server.
+    Deploy(deploy::DeployPlugin),
 }
 
 /// The plugin `name` (an [`image_name`]) is, if it is native.
@@ -69,6 +74,8 @@ fn plugin_named(name: &str) -> Option<NativePlugin> {
     let notify = |plugin, image| Some(NativePlugin::Notify { plugin, image });
     match name {
         "plugins/docker" => Some(NativePlugin::Docker),
+        "slipway/deploy" => Some(NativePlugin::Deploy(deploy::DeployPlugin::Slipway)),
+        "peloton/drone-rancher" => Some(NativePlugin::Deploy(deploy::DeployPlugin::Rancher)),
         "clem109/drone-wechat" => notify(NotifyPlugin::WeChat, "clem109/drone-wechat"),
         "lizheming/drone-wechat" => notify(NotifyPlugin::WeChat, "lizheming/drone-wechat"),
         "plugins/slack" => notify(NotifyPlugin::Slack, "plugins/slack"),
@@ -86,7 +93,6 @@ fn plugin_named(name: &str) -> Option<NativePlugin> {
 
 /// Plugin images that are known but not native yet: exact names, then name prefixes.
 const KNOWN_PLUGINS: &[&str] = &[
-    "peloton/drone-rancher",
     "clem109/drone-wechat",
     "lizheming/drone-wechat",
     "drillster/drone-rsync",
@@ -268,19 +274,22 @@ impl NativeLog {
 }
 
 /// Runs a native step to its end. `Err` is a step failure, with the message for its log
-/// and report.
+/// and report. `pushed`: the images this build's steps pushed so far.
 pub(crate) async fn run(
     plugin: NativePlugin,
     host: NativeHost<'_>,
     spec: &StepSpec<'_>,
     log: &StepLog,
-    own_registry: Option<&RegistryCredential>,
-    notify_api: &BTreeMap<slipway_notify::Kind, String>,
+    options: &RunOptions,
+    pushed: Vec<PushedImage>,
 ) -> Result<(), String> {
     match plugin {
-        NativePlugin::Docker => docker::run(host, spec, log, own_registry).await,
+        NativePlugin::Docker => docker::run(host, spec, log, options.own_registry.as_ref()).await,
         NativePlugin::Notify { plugin, image } => {
-            notify::run(plugin, image, host, spec, log, notify_api).await
+            notify::run(plugin, image, host, spec, log, &options.notify_api).await
+        }
+        NativePlugin::Deploy(plugin) => {
+            deploy::run(plugin, spec, log, options.deployer.as_deref(), pushed).await
         }
     }
 }
@@ -307,10 +316,8 @@ mod tests {
 
     #[test]
     fn known_plugins() {
-        assert_eq!(
-            unavailable_plugin("peloton/drone-rancher"),
-            Some("peloton/drone-rancher")
-        );
+        assert_eq!(unavailable_plugin("peloton/drone-rancher"), None);
+        assert_eq!(unavailable_plugin("slipway/deploy"), None);
         assert_eq!(
             unavailable_plugin("homoluctus/drone-slack:latest"),
             Some("homoluctus/drone-slack")

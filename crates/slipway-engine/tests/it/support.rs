@@ -89,6 +89,7 @@ pub fn options(work_root: &Path) -> RunOptions {
         notify_api: Default::default(),
         own_registry: None,
         cache_scope: None,
+        deployer: None,
     }
 }
 

@@ -197,6 +197,11 @@ impl From<crate::deploy::DeployError> for ApiError {
         match e {
             E::NotFound(m) => ApiError::not_found(m),
             E::Invalid(_) | E::Refused(_) => ApiError::bad_request(e.to_string()),
+            E::Forbidden(m) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                slipway_runner::protocol::DEPLOY_REFUSED,
+                m,
+            ),
             E::Busy(_) | E::NoProxy => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
@@ -430,6 +435,7 @@ pub async fn rollback(
         pull_always: false,
         build: None,
         refs: Some(target.refs.clone()),
+        overrides: Default::default(),
     };
     Ok(crate::deploy::deploy(
         state.clone(),
@@ -548,6 +554,7 @@ pub async fn redeploy_hook(
         pull_always: true,
         build: None,
         refs: None,
+        overrides: Default::default(),
     };
     let revision = crate::deploy::deploy(
         state.clone(),

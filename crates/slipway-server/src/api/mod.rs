@@ -57,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/runner/stages/{id}/heartbeat", post(runner::heartbeat))
         .route("/api/runner/stages/{id}/events", post(runner::events))
         .route("/api/runner/stages/{id}/done", post(runner::done))
+        .route("/api/runner/stages/{id}/deploy", post(runner::deploy))
         .route("/api/repos", get(rest::list_repos).post(rest::add_repo))
         .route(
             "/api/repos/{*path}",

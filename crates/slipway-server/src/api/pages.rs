@@ -371,13 +371,22 @@ async fn repo_page_inner(
                 })
                 .collect();
             let artifacts = state.store.artifacts(build.id).await?;
+            let deploys: Vec<Value> = state
+                .store
+                .build_revisions(build.id)
+                .await?
+                .into_iter()
+                .map(|(env, stack, number, status)| {
+                    json!({"env": env, "stack": stack, "number": number, "status": status})
+                })
+                .collect();
             render(
                 state,
                 "build.html",
                 &format!("{} #{}", repo.name, build.number),
                 Some(user),
                 json!({"repo": repo, "build": build, "stages": stages, "artifacts": artifacts,
-                       "registry_host": state.host}),
+                       "deploys": deploys, "registry_host": state.host}),
             )
         }
         ["run"] => {

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use slipway_runner::protocol::{
     EventBatch, Heartbeat, HeartbeatResponse, LEASE_LOST, LOG_GAP, PROTOCOL_VERSION, PollRequest,
-    RegisterRequest, RegisterResponse, StageDone,
+    RegisterRequest, RegisterResponse, StageDeploy, StageDone,
 };
 
 use super::{ApiError, RunnerCaller};
@@ -230,4 +230,32 @@ async fn end_stage(state: &Arc<AppState>, id: i64, req: StageDone) -> Result<Res
         None => queue::lease_by_scan(state, &runner).await?,
     };
     lease_answer(lease)
+}
+
+/// A deploy step of a stage this runner holds: checked and started by
+/// [`crate::deploy::from_step`] (which refuses untrusted builds); the answer streams the
+/// rollout's progress, one JSON object a line, until it ends (or at once without `wait`).
+pub async fn deploy(
+    State(state): State<Arc<AppState>>,
+    caller: RunnerCaller,
+    Path(id): Path<i64>,
+    Json(req): Json<StageDeploy>,
+) -> Result<Response, ApiError> {
+    caller.acts_as(req.runner_id)?;
+    let stage = queue::leased(&state, id, req.runner_id, req.attempt).await?;
+    let wait = req.call.wait;
+    let started = crate::deploy::from_step(&state, &stage, req.call).await?;
+    let lines = futures_util::StreamExt::map(
+        crate::deploy::progress(state.clone(), started, wait),
+        |event| {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
+        },
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
 }

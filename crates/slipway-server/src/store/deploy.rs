@@ -358,6 +358,24 @@ impl Store {
 
     /// Whether a revision of the stack was made for this build already (a rule applied
     /// twice after a crash deploys once).
+    /// The revisions a build deployed (its pipeline's deploy steps, the environment
+    /// rules), for the build's page: (environment, stack, revision number, status).
+    pub async fn build_revisions(
+        &self,
+        build_id: i64,
+    ) -> Result<Vec<(String, String, i64, String)>> {
+        let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+            "SELECT environments.name, stacks.name, revisions.number, revisions.status \
+             FROM revisions JOIN stacks ON stacks.id = revisions.stack_id \
+             JOIN environments ON environments.id = stacks.env_id \
+             WHERE revisions.build_id = $1 ORDER BY revisions.id",
+        )
+        .bind(build_id)
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        Ok(rows)
+    }
+
     pub async fn stack_has_build(&self, stack_id: i64, build_id: i64) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM revisions WHERE stack_id = $1 AND build_id = $2",

@@ -116,14 +116,14 @@ fn stack_file(version: &str, delay: u32, extra: &str) -> String {
 
 /// A stack of one service `name` running `image`, a busybox httpd answering the image's
 /// `$VERSION`.
-fn httpd_stack(name: &str, image: &str) -> String {
+pub(super) fn httpd_stack(name: &str, image: &str) -> String {
     format!(
         "services:\n  {name}:\n    image: {image}\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo \\\"$$VERSION\\\" > /www/index.html; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n    expose: [\"8080\"]\n    stop_grace_period: 2s\n"
     )
 }
 
 /// `GET http://HOST/` through the edge proxy at `edge`: (status, body).
-fn through(edge: &str, host: &str) -> (u16, String) {
+pub(super) fn through(edge: &str, host: &str) -> (u16, String) {
     let client = reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .build()
@@ -168,7 +168,7 @@ impl Load {
     }
 }
 
-fn stack_cli(up: &super::server::Up, args: &[&str]) -> std::process::Output {
+pub(super) fn stack_cli(up: &super::server::Up, args: &[&str]) -> std::process::Output {
     slipway()
         .arg("stack")
         .args(args)
@@ -229,10 +229,10 @@ impl Drop for EngineCleanup {
 
 /// One test's `slipway up` with its edge proxy on loopback ports, and its own environment
 /// name (`PREFIX<pid>`), whose containers and networks go when the test ends.
-struct Fixture {
-    up: super::server::Up,
-    edge: String,
-    env: String,
+pub(super) struct Fixture {
+    pub(super) up: super::server::Up,
+    pub(super) edge: String,
+    pub(super) env: String,
     data: tempfile::TempDir,
     _cleanup: EngineCleanup,
 }
@@ -248,7 +248,7 @@ const PROXY_ARGS: [&str; 6] = [
 
 impl Fixture {
     /// `None`, saying so, without a Docker engine.
-    fn start(prefix: &str) -> Option<Fixture> {
+    pub(super) fn start(prefix: &str) -> Option<Fixture> {
         let engine = std::process::Command::new("docker").arg("version").output();
         if !engine.is_ok_and(|o| o.status.success()) {
             eprintln!("skipping: no Docker engine");
@@ -277,7 +277,7 @@ impl Fixture {
 
     /// `docker login` to the server's registry with the admin token, in a config dir of
     /// the test's own: the registry's host, and the config dir.
-    fn registry_login(&self) -> (String, tempfile::TempDir) {
+    pub(super) fn registry_login(&self) -> (String, tempfile::TempDir) {
         let registry = self.up.url.trim_start_matches("http://").to_owned();
         let config = tempfile::tempdir().expect("docker config");
         let login = docker_cli(
@@ -289,7 +289,7 @@ impl Fixture {
     }
 
     /// `stack deploy TARGET -f FILE --wait` of a stack file's `text`.
-    fn deploy_text(&self, target: &str, text: &str) -> std::process::Output {
+    pub(super) fn deploy_text(&self, target: &str, text: &str) -> std::process::Output {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("compose.yaml");
         std::fs::write(&file, text).expect("write");
@@ -476,7 +476,7 @@ fn a_stack_deploys_rolls_out_without_a_failed_request_rolls_back_and_survives_a_
     );
 }
 
-fn docker_cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+pub(super) fn docker_cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new("docker")
         .arg("--config")
         .arg(config)
@@ -487,7 +487,7 @@ fn docker_cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
 }
 
 /// Builds `FROM <test image>` with `VERSION` baked in, tagged `tag`, and pushes it.
-fn push_version(config: &std::path::Path, tag: &str, version: &str) {
+pub(super) fn push_version(config: &std::path::Path, tag: &str, version: &str) {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(
         dir.path().join("Dockerfile"),

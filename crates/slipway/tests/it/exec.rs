@@ -444,3 +444,24 @@ fn native_notify_step_obeys_notify_api() {
     assert!(!out.status.success());
     assert!(stderr.contains("unknown channel kind `pager`"), "{stderr}");
 }
+
+/// Without a server, a deploy step fails saying it needs one.
+#[test]
+fn a_deploy_step_under_exec_fails_saying_it_needs_a_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join(".drone.yml"),
+        "kind: pipeline\ntype: docker\nname: default\nclone:\n  disable: true\nsteps:\n  - name: ship\n    image: slipway/deploy\n    settings:\n      environment: production\n      stack: shop\n",
+    )
+    .expect("write pipeline");
+    let (events, report, code) = exec_json(dir.path(), &[]);
+    assert_ne!(code, 0, "{report:#}");
+    assert_eq!(step_status(&report)["ship"], "failure");
+    let lines = logs_of(&events, "ship");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("needs a Slipway server") && l.contains("slipway exec")),
+        "{lines:#?}"
+    );
+}

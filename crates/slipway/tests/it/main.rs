@@ -5,6 +5,7 @@ mod cluster;
 mod deploy;
 mod exec;
 mod notify;
+mod pipeline_deploy;
 mod proxy;
 mod security;
 mod server;

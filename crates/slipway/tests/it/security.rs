@@ -19,7 +19,7 @@ const RUNNER_TOKEN: &str = "security-test-runner-token-0123456789";
 
 /// A pull request's head as GitHub sends it (`opened`, or `synchronize` for a new push to
 /// it), for `repo`'s PR 1.
-fn github_pull_request(repo: &str, action: &str, head_sha: &str) -> Vec<u8> {
+pub(super) fn github_pull_request(repo: &str, action: &str, head_sha: &str) -> Vec<u8> {
     let (owner, name) = repo.split_once('/').expect("owner/name");
     serde_json::to_vec(&json!({
         "action": action,
@@ -40,7 +40,7 @@ fn github_pull_request(repo: &str, action: &str, head_sha: &str) -> Vec<u8> {
 
 /// Commits `files` on a branch `feature` of `work` and pushes it to the bare repository
 /// as `refs/pull/1/head` only (a fork's change): its commit.
-fn push_pull_request(work: &Path, bare: &str, files: &[(&str, &str)]) -> String {
+pub(super) fn push_pull_request(work: &Path, bare: &str, files: &[(&str, &str)]) -> String {
     git(work, &["checkout", "-q", "-B", "feature"]);
     for (name, content) in files {
         std::fs::write(work.join(name), content).expect("write");
@@ -68,7 +68,7 @@ fn build(up: &Up, repo: &str, number: i64) -> Value {
     api(up, &["build", "show", repo, &number.to_string()])
 }
 
-fn wait_done(up: &Up, repo: &str, number: i64) -> Value {
+pub(super) fn wait_done(up: &Up, repo: &str, number: i64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let b = build(up, repo, number);
@@ -99,7 +99,7 @@ fn patch_repo(up: &Up, repo: &str, body: Value) {
     assert!(response.status().is_success(), "{:?}", response.text());
 }
 
-fn logs(up: &Up, repo: &str, number: i64, stage: i64) -> String {
+pub(super) fn logs(up: &Up, repo: &str, number: i64, stage: i64) -> String {
     let out = slipway()
         .args(["build", "logs", repo, &number.to_string(), "--stage"])
         .arg(stage.to_string())

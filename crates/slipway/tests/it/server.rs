@@ -142,9 +142,21 @@ pub fn github_push(
     after: &str,
     message: &str,
 ) -> Vec<u8> {
+    github_push_to(repo, clone_url, "main", before, after, message)
+}
+
+/// [`github_push`] to `branch`.
+pub fn github_push_to(
+    repo: &str,
+    clone_url: &str,
+    branch: &str,
+    before: &str,
+    after: &str,
+    message: &str,
+) -> Vec<u8> {
     let (owner, name) = repo.split_once('/').expect("owner/name");
     serde_json::to_vec(&json!({
-        "ref": "refs/heads/main",
+        "ref": format!("refs/heads/{branch}"),
         "before": before,
         "after": after,
         "created": false,
