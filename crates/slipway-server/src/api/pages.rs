@@ -371,13 +371,14 @@ async fn repo_page_inner(
                 })
                 .collect();
             let artifacts = state.store.artifacts(build.id).await?;
+            let deploys = state.store.revisions_of_build(build.id).await?;
             render(
                 state,
                 "build.html",
                 &format!("{} #{}", repo.name, build.number),
                 Some(user),
                 json!({"repo": repo, "build": build, "stages": stages, "artifacts": artifacts,
-                       "registry_host": state.host}),
+                       "registry_host": state.host, "deploys": deploys}),
             )
         }
         ["run"] => {
