@@ -129,7 +129,13 @@ fn services(
             for c in &own {
                 *health.entry(c.health.as_str()).or_default() += 1;
             }
-            let health: Vec<String> = health.iter().map(|(h, n)| format!("{h} {n}")).collect();
+            let health: Vec<String> = health
+                .iter()
+                .map(|(h, n)| match *h {
+                    "none" => format!("{n} without a health check"),
+                    h => format!("{n} {h}"),
+                })
+                .collect();
             json!({"name": name, "containers": own.len(), "running": running,
                 "health": health.join(", "),
                 "version": current.and_then(|r| r.images.get(name)),

@@ -238,6 +238,9 @@ async fn a_stack_page_follows_a_canary_live_and_steers_it() {
         !loaded.contains(&"traffic_shifted"),
         "the 10% step is not there yet: {loaded:?}"
     );
+    // Waited for through the API first: the browser's wait is short, a loaded machine's
+    // containers may be slow to get healthy.
+    fx.at_ten(second).await;
     let shown = browser
         .wait_for(
             "the 10% step, live, and weight 10",
@@ -263,7 +266,16 @@ async fn a_stack_page_follows_a_canary_live_and_steers_it() {
         "the canary controls show while it runs"
     );
 
+    // A button is pressed once the one before it has had its answer (they are disabled
+    // meanwhile).
+    let page = &browser;
     let click = |id: &'static str| async move {
+        page
+            .wait_for(
+                "the buttons enabled",
+                "return Array.from(document.querySelectorAll('form.steer button')).every(b => !b.disabled);",
+            )
+            .await;
         client
             .find(Locator::Id(id))
             .await
@@ -313,6 +325,7 @@ async fn a_stack_page_follows_a_canary_live_and_steers_it() {
         .await;
 
     click("rollout-promote").await;
+    assert_eq!(fx.ended(second).await, "succeeded");
     let done = browser
         .wait_for(
             "succeeded, live",
@@ -348,7 +361,6 @@ async fn a_stack_page_follows_a_canary_live_and_steers_it() {
         json!("not reloaded"),
         "everything came without a reload"
     );
-    assert_eq!(fx.ended(second).await, "succeeded");
     browser
         .screenshot(std::path::Path::new("/tmp/slipway-stack-done.png"))
         .await;

@@ -392,10 +392,12 @@
     var setBusy = function (busy) { Array.prototype.forEach.call(buttons, function (b) { b.disabled = busy; }); };
     setBusy(true);
     if (error) error.hidden = true;
-    fetch(form.action, { method: "POST", credentials: "same-origin", body: new URLSearchParams(new FormData(form)) })
+    // The answer is a redirect back to this page: not followed, the stream shows the rest.
+    fetch(form.action, { method: "POST", credentials: "same-origin", redirect: "manual",
+                         body: new URLSearchParams(new FormData(form)) })
       .then(function (res) {
         setBusy(false);
-        if (!res.ok && error) {
+        if (!res.ok && res.type !== "opaqueredirect" && error) {
           error.textContent = form.dataset.command + " was refused (" + res.status + "); reload the page";
           error.hidden = false;
         }
