@@ -1623,7 +1623,6 @@ impl<'a, T: Target> Rollout<'a, T> {
             let watch = self.error_watch(plan, &new);
             for step in steps {
                 if self.control.asked().promoted {
-                    self.emit(RolloutEvent::Promoted);
                     break;
                 }
                 let w = step.weight.min(100);
@@ -1640,6 +1639,9 @@ impl<'a, T: Target> Rollout<'a, T> {
                         .await);
                 }
             }
+        }
+        if self.control.asked().promoted {
+            self.emit(RolloutEvent::Promoted);
         }
         // Promote.
         let live = self.live_backends(&old);

@@ -30,6 +30,7 @@ use slipway_deploy::target::{DockerTarget, RegistryAuth, Target};
 use tokio::sync::OnceCell;
 
 use crate::app::AppState;
+use crate::events::ServerEvent;
 use crate::store::{DeployNotice, EnvRow, NewRevision, RevisionRow, StackRow, StoreError};
 
 /// Why a deploy could not start.
@@ -423,6 +424,49 @@ fn notice(
     }
 }
 
+/// Records a revision's new status, then tells the bus (the stack page's live stream).
+async fn set_status(
+    state: &AppState,
+    revision: &RevisionRow,
+    status: &str,
+    message: Option<&str>,
+    notice: Option<&DeployNotice>,
+) -> Result<(), StoreError> {
+    state
+        .store
+        .set_revision_status(revision.id, status, message, notice)
+        .await?;
+    state.events.publish(ServerEvent::Revision {
+        stack_id: revision.stack_id,
+        revision_id: revision.id,
+        number: revision.number,
+        status: status.to_owned(),
+        message: message.map(str::to_owned),
+    });
+    Ok(())
+}
+
+/// Where each routed service of a stack's current revision serves, through this process's
+/// proxy; empty when nothing serves or the file no longer plans.
+pub async fn service_urls(
+    state: &AppState,
+    env_row: &EnvRow,
+    stack: &StackRow,
+) -> BTreeMap<String, String> {
+    let Ok(secrets) = state.store.env_secrets(env_row.id).await else {
+        return BTreeMap::new();
+    };
+    let env = environment(state, env_row, &secrets);
+    match current_specs(state, &env, stack).await {
+        Ok(Some(specs)) => specs
+            .iter()
+            .filter(|s| s.route.is_some())
+            .map(|s| (s.name.clone(), stack_url(state, std::slice::from_ref(s))))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
 /// The specs of a stack's current revision, for putting it back.
 async fn current_specs(
     state: &AppState,
@@ -532,22 +576,21 @@ pub async fn deploy(
     .await;
     let (revision, specs, previous) = recorded?;
     let url = stack_url(&state, &specs);
-    state
-        .store
-        .set_revision_status(
-            revision.id,
-            "rolling",
-            None,
-            Some(&notice(
-                env_name,
-                stack_name,
-                &revision,
-                "started",
-                &url,
-                req.build.as_ref(),
-            )),
-        )
-        .await?;
+    set_status(
+        &state,
+        &revision,
+        "rolling",
+        None,
+        Some(&notice(
+            env_name,
+            stack_name,
+            &revision,
+            "started",
+            &url,
+            req.build.as_ref(),
+        )),
+    )
+    .await?;
     state.wake_notifications();
     tracing::info!(
         "deploying {env_name}/{stack_name} revision {} ({} services)",
@@ -562,15 +605,27 @@ pub async fn deploy(
         let state = task_state;
         let revision = task_revision;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StackEvent>();
-        let store = state.store.clone();
-        let revision_id = revision.id;
-        // Steps are written in order by one task, beside the rollout.
+        let (store, bus) = (state.store.clone(), state.events.clone());
+        let (revision_id, stack_id) = (revision.id, revision.stack_id);
+        // Steps are written in order by one task, beside the rollout; each is published
+        // once stored, for the stack page's live stream.
         let recorder = tokio::spawn(async move {
+            let mut seq = 0;
             while let Some(event) = rx.recv().await {
                 let detail = serde_json::to_value(&event).unwrap_or_default();
                 let kind = detail["event"].as_str().unwrap_or("event").to_owned();
-                if let Err(e) = store.record_step(revision_id, &kind, &detail).await {
-                    tracing::warn!("recording a rollout step: {e}");
+                match store.record_step(revision_id, &kind, &detail).await {
+                    Ok(at) => {
+                        seq += 1;
+                        bus.publish(ServerEvent::RolloutStep {
+                            stack_id,
+                            revision_id,
+                            seq,
+                            at,
+                            detail,
+                        });
+                    }
+                    Err(e) => tracing::warn!("recording a rollout step: {e}"),
                 }
             }
         });
@@ -604,22 +659,21 @@ pub async fn deploy(
                 .map(|m| format!(" ({m})"))
                 .unwrap_or_default()
         );
-        let written = state
-            .store
-            .set_revision_status(
-                revision.id,
-                &status,
-                message.as_deref(),
-                Some(&notice(
-                    &env_name,
-                    &stack_name,
-                    &revision,
-                    event,
-                    &url,
-                    build.as_ref(),
-                )),
-            )
-            .await;
+        let written = set_status(
+            &state,
+            &revision,
+            &status,
+            message.as_deref(),
+            Some(&notice(
+                &env_name,
+                &stack_name,
+                &revision,
+                event,
+                &url,
+                build.as_ref(),
+            )),
+        )
+        .await;
         if let Err(e) = written {
             tracing::error!("recording the end of revision {}: {e}", revision.number);
         }
@@ -807,22 +861,21 @@ async fn recover_stack(
             "the server stopped during this rollout; its containers were removed".to_owned()
         }
     };
-    state
-        .store
-        .set_revision_status(
-            cut.id,
+    set_status(
+        state,
+        cut,
+        "rolled_back",
+        Some(&message),
+        Some(&notice(
+            &env.name,
+            &stack.name,
+            cut,
             "rolled_back",
-            Some(&message),
-            Some(&notice(
-                &env.name,
-                &stack.name,
-                cut,
-                "rolled_back",
-                "",
-                None,
-            )),
-        )
-        .await?;
+            "",
+            None,
+        )),
+    )
+    .await?;
     tracing::warn!(
         "{}/{} revision {}: {message}",
         env.name,

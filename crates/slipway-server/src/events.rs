@@ -1,6 +1,7 @@
-//! The in-process event bus: state changes of builds, stages and steps, and the registry's
-//! pushes and deletes, published by the code that makes them and consumed by whoever
-//! listens (live UI, commit statuses; deploy triggers and notifications later). Log
+//! The in-process event bus: state changes of builds, stages and steps, the registry's
+//! pushes and deletes, and the deployer's rollout steps and revision statuses, published
+//! by the code that makes them and consumed by whoever listens (live UI, commit statuses,
+//! deploy triggers, notifications). Log
 //! lines travel separately ([`crate::logstore::LogStore::subscribe`]) so a chatty step
 //! cannot crowd state changes out of the channel.
 
@@ -43,16 +44,36 @@ pub enum ServerEvent {
         digest: String,
         actor: String,
     },
+    /// The deployer recorded a step of a revision's rollout (`seq`: its place in the
+    /// revision's steps, from 1, so a stream that also read them from the store skips
+    /// the ones it sent).
+    RolloutStep {
+        stack_id: i64,
+        revision_id: i64,
+        seq: u64,
+        at: i64,
+        detail: serde_json::Value,
+    },
+    /// A revision's status changed (`rolling`, `paused`, `succeeded`, …).
+    Revision {
+        stack_id: i64,
+        revision_id: i64,
+        number: i64,
+        status: String,
+        message: Option<String>,
+    },
 }
 
 impl ServerEvent {
-    /// The build it is about; `None` for registry events.
+    /// The build it is about; `None` for registry and deployer events.
     pub fn build_id(&self) -> Option<i64> {
         match self {
             ServerEvent::Build { build_id, .. }
             | ServerEvent::Stage { build_id, .. }
             | ServerEvent::Step { build_id, .. } => Some(*build_id),
-            ServerEvent::Image { .. } => None,
+            ServerEvent::Image { .. }
+            | ServerEvent::RolloutStep { .. }
+            | ServerEvent::Revision { .. } => None,
         }
     }
 }

@@ -237,6 +237,10 @@ async fn a_canary_is_paused_resumed_and_promoted_and_the_next_one_aborted() {
         "{steps:#?}"
     );
     assert!(shifts_while_held >= 1);
+    assert!(
+        steps.iter().any(|e| matches!(e, RolloutEvent::Promoted)),
+        "{steps:#?}"
+    );
     assert!(matches!(steps.last(), Some(RolloutEvent::Done { .. })));
     wait_for(e.addr, &host, "v2").await;
     assert_eq!(env.revisions_running("web").await, ["2:Running"; 2]);

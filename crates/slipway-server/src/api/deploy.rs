@@ -12,6 +12,7 @@
 //! | `GET /api/stacks/{env}/{stack}` · `DELETE` | the stack, its last revisions and containers · removed with its containers |
 //! | `GET /api/stacks/{env}/{stack}/revisions[/{n}]` | the history · one revision with its rollout's steps |
 //! | `POST /api/stacks/{env}/{stack}/rollback` `{to?}` | a new revision of an earlier one's file and images |
+//! | `GET /api/stacks/{env}/{stack}/events` | SSE of the newest revision's rollout: its steps so far, then each new one and its status changes ([`super::live`]) |
 //! | `POST /api/stacks/{env}/{stack}/webhook` | a new redeploy URL (the old one stops working) |
 //! | `POST /hooks/deploy/{env}/{stack}/{token}[?tag=T&service=S]` (no other auth) | the current file again, tags resolved and pulled anew (202); a wrong token is 404 |
 
@@ -469,18 +470,38 @@ pub async fn make_webhook(
     Path((env, stack)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (env, stack) = find_stack(&state, &env, &stack).await?;
+    let url = new_webhook(&state, &env, &stack).await?;
+    Ok(Json(json!({"url": url})))
+}
+
+/// A new redeploy URL for `stack` (the old one stops working); its token is shown once.
+pub async fn new_webhook(
+    state: &AppState,
+    env: &EnvRow,
+    stack: &crate::store::StackRow,
+) -> Result<String, ApiError> {
     let token = crate::auth::generate();
     state
         .store
         .set_stack_webhook(stack.id, Some(&crate::auth::hash(&token)))
         .await?;
-    let url = format!(
+    Ok(format!(
         "{}/hooks/deploy/{}/{}/{token}",
         state.config.public_url.trim_end_matches('/'),
         env.name,
         stack.name
-    );
-    Ok(Json(json!({"url": url})))
+    ))
+}
+
+/// `GET /api/stacks/{env}/{stack}/events`: the stack's newest rollout, live (SSE, see
+/// [`super::live::stack_events`]).
+pub async fn stack_events(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path((env, stack)): Path<(String, String)>,
+) -> Result<axum::response::Response, ApiError> {
+    let (_, stack) = find_stack(&state, &env, &stack).await?;
+    super::live::stack_events(state, stack).await
 }
 
 #[derive(Debug, Deserialize, Default)]

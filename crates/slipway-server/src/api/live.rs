@@ -1,4 +1,5 @@
-//! Server-sent events: a build's state changes, and one step's log followed live.
+//! Server-sent events: a build's state changes, one step's log, and a stack's rollout,
+//! followed live.
 //!
 //! Both streams start with what is already known (the current states; the stored lines) and
 //! continue with live changes, so a page that connects late or reconnects misses nothing.
@@ -9,6 +10,12 @@
 //! - log stream: `line` `{seq, line}` or, for several lines at once, `lines` `{seq, lines}`
 //!   (`seq` numbers the first), then `end` once the step has finished (or its stage was
 //!   handed to another attempt).
+//! - a stack's rollout (its newest revision): `revision` `{number, status, message,
+//!   rollout}` (`rollout`: what has been asked of it, while it runs), each step recorded
+//!   so far and then each new one as `step` `{seq, at, detail}` (`seq` from 1; `detail`
+//!   the deployer's event: `service`, `event` and its fields), and `status` `{number,
+//!   status, message}` on each change; the stream ends after the status that ends the
+//!   rollout (`succeeded`, `failed`, `rolled_back`, or `paused` after a failure).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +31,7 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::events::ServerEvent;
 use crate::logstore::LogKey;
-use crate::store::Build;
+use crate::store::{Build, FINAL_STATUSES, StackRow};
 
 fn sse(rx: mpsc::Receiver<Event>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -96,6 +103,116 @@ pub async fn build_events(state: Arc<AppState>, build: Build) -> Result<Response
             let finished = matches!(&event, ServerEvent::Build { status, .. } if status.is_done());
             let value = serde_json::to_value(&event).unwrap_or_default();
             if tx.send(data(&value)).await.is_err() || finished {
+                return;
+            }
+        }
+    });
+    Ok(sse(rx))
+}
+
+/// Whether nothing more will be recorded of a revision: a final status, or `paused` (its
+/// rollout stopped after a failure and left it for a person).
+pub fn rollout_over(status: &str) -> bool {
+    FINAL_STATUSES.contains(&status) || status == "paused"
+}
+
+fn rollout_step(seq: u64, at: i64, detail: &serde_json::Value) -> Event {
+    data(&json!({"kind": "step", "seq": seq, "at": at, "detail": detail}))
+}
+
+fn revision_status(number: i64, status: &str, message: Option<&str>) -> Event {
+    data(&json!({"kind": "status", "number": number, "status": status, "message": message}))
+}
+
+/// `GET /api/stacks/{env}/{stack}/events`: the newest revision's rollout.
+pub async fn stack_events(state: Arc<AppState>, stack: StackRow) -> Result<Response, ApiError> {
+    // Subscribed before the snapshot is read, so nothing falls between the two; a step
+    // in both is known by its `seq`.
+    let mut events = state.events.subscribe();
+    let (tx, rx) = mpsc::channel(256);
+    let Some(revision) = state.store.revisions(stack.id, 1).await?.into_iter().next() else {
+        // Nothing to follow: the stream ends at once.
+        return Ok(sse(rx));
+    };
+    let steps = state.store.rollout_steps(revision.id).await?;
+    let asked = crate::deploy::rollout_asked(&state, stack.id);
+    let mut snapshot = vec![data(&json!({"kind": "revision", "number": revision.number,
+        "status": revision.status, "message": revision.message, "rollout": asked}))];
+    let mut sent = 0u64;
+    for step in &steps {
+        sent += 1;
+        snapshot.push(rollout_step(sent, step.at, &step.detail));
+    }
+    let (revision_id, number) = (revision.id, revision.number);
+    let mut status = revision.status.clone();
+    tokio::spawn(async move {
+        for event in snapshot {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+        if rollout_over(&status) {
+            return;
+        }
+        loop {
+            let received = tokio::select! {
+                () = tx.closed() => return,
+                received = events.recv() => received,
+            };
+            let out = match received {
+                Ok(ServerEvent::RolloutStep {
+                    revision_id: r,
+                    seq,
+                    at,
+                    detail,
+                    ..
+                }) if r == revision_id => {
+                    if seq <= sent {
+                        continue;
+                    }
+                    sent = seq;
+                    vec![rollout_step(seq, at, &detail)]
+                }
+                Ok(ServerEvent::Revision {
+                    revision_id: r,
+                    status: now,
+                    message,
+                    ..
+                }) if r == revision_id => {
+                    status.clone_from(&now);
+                    vec![revision_status(number, &now, message.as_deref())]
+                }
+                Ok(_) => continue,
+                // Events were missed: what the store has that was not sent yet.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let (Ok(steps), Ok(Some(row))) = (
+                        state.store.rollout_steps(revision_id).await,
+                        state.store.revision(stack.id, number).await,
+                    ) else {
+                        continue;
+                    };
+                    let mut out = Vec::new();
+                    for step in steps
+                        .iter()
+                        .skip(usize::try_from(sent).unwrap_or(usize::MAX))
+                    {
+                        sent += 1;
+                        out.push(rollout_step(sent, step.at, &step.detail));
+                    }
+                    if row.status != status {
+                        status.clone_from(&row.status);
+                        out.push(revision_status(number, &row.status, row.message.as_deref()));
+                    }
+                    out
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            for event in out {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            if rollout_over(&status) {
                 return;
             }
         }

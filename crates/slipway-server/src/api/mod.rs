@@ -128,6 +128,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(deploy::steer_rollout),
         )
         .route(
+            "/api/stacks/{env}/{stack}/events",
+            get(deploy::stack_events),
+        )
+        .route(
             "/api/stacks/{env}/{stack}/webhook",
             post(deploy::make_webhook),
         )

@@ -371,22 +371,14 @@ async fn repo_page_inner(
                 })
                 .collect();
             let artifacts = state.store.artifacts(build.id).await?;
-            let deploys: Vec<Value> = state
-                .store
-                .build_revisions(build.id)
-                .await?
-                .into_iter()
-                .map(|(env, stack, number, status)| {
-                    json!({"env": env, "stack": stack, "number": number, "status": status})
-                })
-                .collect();
+            let deploys = state.store.revisions_of_build(build.id).await?;
             render(
                 state,
                 "build.html",
                 &format!("{} #{}", repo.name, build.number),
                 Some(user),
                 json!({"repo": repo, "build": build, "stages": stages, "artifacts": artifacts,
-                       "deploys": deploys, "registry_host": state.host}),
+                       "registry_host": state.host, "deploys": deploys}),
             )
         }
         ["run"] => {

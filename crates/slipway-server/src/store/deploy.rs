@@ -110,6 +110,16 @@ pub struct StepRow {
     pub detail: serde_json::Value,
 }
 
+/// A revision a build triggered, for the build's page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildDeploy {
+    pub env: String,
+    pub stack: String,
+    pub number: i64,
+    pub status: String,
+    pub created: i64,
+}
+
 /// The statuses a revision ends in.
 pub const FINAL_STATUSES: [&str; 3] = ["succeeded", "failed", "rolled_back"];
 
@@ -358,24 +368,6 @@ impl Store {
 
     /// Whether a revision of the stack was made for this build already (a rule applied
     /// twice after a crash deploys once).
-    /// The revisions a build deployed (its pipeline's deploy steps, the environment
-    /// rules), for the build's page: (environment, stack, revision number, status).
-    pub async fn build_revisions(
-        &self,
-        build_id: i64,
-    ) -> Result<Vec<(String, String, i64, String)>> {
-        let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
-            "SELECT environments.name, stacks.name, revisions.number, revisions.status \
-             FROM revisions JOIN stacks ON stacks.id = revisions.stack_id \
-             JOIN environments ON environments.id = stacks.env_id \
-             WHERE revisions.build_id = $1 ORDER BY revisions.id",
-        )
-        .bind(build_id)
-        .fetch_all(&mut *self.conn().await?)
-        .await?;
-        Ok(rows)
-    }
-
     pub async fn stack_has_build(&self, stack_id: i64, build_id: i64) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM revisions WHERE stack_id = $1 AND build_id = $2",
@@ -555,23 +547,24 @@ impl Store {
         Ok(())
     }
 
-    /// Appends one step of a revision's rollout.
+    /// Appends one step of a revision's rollout; when it was recorded (ms).
     pub async fn record_step(
         &self,
         revision_id: i64,
         kind: &str,
         detail: &serde_json::Value,
-    ) -> Result<()> {
+    ) -> Result<i64> {
+        let at = rows::now_ms();
         sqlx::query(
             "INSERT INTO rollout_steps (revision_id, at, kind, detail) VALUES ($1, $2, $3, $4)",
         )
         .bind(revision_id)
-        .bind(rows::now_ms())
+        .bind(at)
         .bind(kind)
         .bind(json_text(detail, "rollout step")?)
         .execute(&mut *self.conn().await?)
         .await?;
-        Ok(())
+        Ok(at)
     }
 
     pub async fn rollout_steps(&self, revision_id: i64) -> Result<Vec<StepRow>> {
@@ -609,6 +602,32 @@ impl Store {
             .fetch_optional(&mut *self.conn().await?)
             .await?;
         row.as_ref().map(revision).transpose()
+    }
+
+    /// The revisions a build triggered (by its environment rules or a deploy naming it),
+    /// newest first, each with its environment and stack.
+    pub async fn revisions_of_build(&self, build_id: i64) -> Result<Vec<BuildDeploy>> {
+        let rows = sqlx::query(
+            "SELECT environments.name AS env, stacks.name AS stack, revisions.number, \
+             revisions.status, revisions.created FROM revisions \
+             JOIN stacks ON stacks.id = revisions.stack_id \
+             JOIN environments ON environments.id = stacks.env_id \
+             WHERE revisions.build_id = $1 ORDER BY revisions.id DESC",
+        )
+        .bind(build_id)
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BuildDeploy {
+                    env: r.try_get("env")?,
+                    stack: r.try_get("stack")?,
+                    number: r.try_get("number")?,
+                    status: r.try_get("status")?,
+                    created: r.try_get("created")?,
+                })
+            })
+            .collect()
     }
 
     /// Revisions that were not finished (a server stopped mid-rollout), oldest first.

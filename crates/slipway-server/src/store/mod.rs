@@ -50,7 +50,8 @@ mod queue;
 mod rows;
 
 pub use deploy::{
-    EnvRow, EnvRuleRow, EnvSecretRow, FINAL_STATUSES, NewRevision, RevisionRow, StackRow, StepRow,
+    BuildDeploy, EnvRow, EnvRuleRow, EnvSecretRow, FINAL_STATUSES, NewRevision, RevisionRow,
+    StackRow, StepRow,
 };
 pub use notify::{
     AttemptRow, ChannelRow, DeliveryRow, DeployNotice, NewAttempt, NewDelivery, OutboxRow,

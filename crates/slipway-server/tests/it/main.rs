@@ -2,6 +2,7 @@
 
 mod browser;
 mod corpus;
+mod deploy_ui;
 mod generic;
 mod hooks;
 mod live_ui;

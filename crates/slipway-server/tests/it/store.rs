@@ -2623,8 +2623,43 @@ async fn environments_stacks_and_revisions(db: &TestDb) {
             .is_empty()
     );
 
+    // A build's page lists the revisions it triggered, newest first.
+    let mut from_build = revision_of("app@sha256:cc", "build:acme/app#7");
+    from_build.build_id = Some(4242);
+    let r3 = store
+        .new_revision(shop.id, &from_build)
+        .await
+        .expect("revision of a build");
+    let r4 = store
+        .new_revision(shop.id, &from_build)
+        .await
+        .expect("again");
+    let of_build = store.revisions_of_build(4242).await.expect("of build");
+    assert_eq!(
+        of_build
+            .iter()
+            .map(|d| (
+                d.env.as_str(),
+                d.stack.as_str(),
+                d.number,
+                d.status.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            ("production", "shop", r4.number, "pending"),
+            ("production", "shop", r3.number, "pending")
+        ]
+    );
+    assert!(
+        store
+            .revisions_of_build(4243)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+
     // The newest revisions' images are the registry's roots.
-    for i in 3..=12 {
+    for i in 5..=14 {
         store
             .new_revision(
                 shop.id,
@@ -2635,7 +2670,7 @@ async fn environments_stacks_and_revisions(db: &TestDb) {
     }
     let kept = store.kept_images(10).await.expect("kept");
     assert_eq!(kept.len(), 10, "{kept:?}");
-    assert!(kept.contains(&"app@sha256:03".to_owned()));
+    assert!(kept.contains(&"app@sha256:05".to_owned()));
     assert!(!kept.contains(&"app@sha256:aa".to_owned()));
 
     assert!(matches!(

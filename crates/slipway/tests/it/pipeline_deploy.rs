@@ -152,8 +152,8 @@ fn the_seed_pipeline_builds_pushes_and_updates_the_rancher_service_natively() {
         .text()
         .expect("page text");
     assert!(
-        page.contains(&format!("href=\"/deploy/{env}/rancher_stack\""))
-            && page.contains("revision 2"),
+        page.contains(&format!("href=\"/deploy/{env}/rancher_stack#revision-"))
+            && page.contains("revision #2"),
         "{page}"
     );
 

@@ -359,6 +359,133 @@
     });
   };
 
+  // ---- the stack page: its newest rollout, live ------------------------------------------------
+  // The stream (/api/stacks/{env}/{stack}/events) sends the revision, every step so far and
+  // each new one (`seq` from 1), and its status changes; steps the page already shows are
+  // skipped by `seq`. The state follows the same rules as the server's first rendering.
+  var STATE_TEXT = { held: "paused by a user", baking: "baking", succeeded: "succeeded", rolled_back: "rolled back",
+    failed: "failed", paused: "paused after a failure", rolling: "rolling" };
+  var OVER = { succeeded: true, failed: true, rolled_back: true, paused: true };
+  function StackPage(root) {
+    this.root = root;
+    this.section = document.getElementById("rollout");
+    this.list = document.getElementById("rollout-steps");
+    this.seq = 0;
+    var self = this;
+    if (this.list) each(this.list, "li[data-seq]", function (li) { self.seq = Math.max(self.seq, Number(li.dataset.seq)); });
+  }
+  StackPage.prototype.init = function () {
+    var self = this;
+    // The buttons post without leaving the page; the stream shows what they did.
+    each(this.root, "form.steer", function (form) {
+      form.addEventListener("submit", function (ev) {
+        if (!window.fetch || !window.URLSearchParams) return;
+        ev.preventDefault();
+        self.steer(form);
+      });
+    });
+    if (this.root.dataset.events && window.EventSource) this.listen(this.root.dataset.events);
+  };
+  StackPage.prototype.steer = function (form) {
+    var error = document.getElementById("rollout-error");
+    var buttons = form.parentNode.querySelectorAll("button");
+    var setBusy = function (busy) { Array.prototype.forEach.call(buttons, function (b) { b.disabled = busy; }); };
+    setBusy(true);
+    if (error) error.hidden = true;
+    // The answer is a redirect back to this page: not followed, the stream shows the rest.
+    fetch(form.action, { method: "POST", credentials: "same-origin", redirect: "manual",
+                         body: new URLSearchParams(new FormData(form)) })
+      .then(function (res) {
+        setBusy(false);
+        if (!res.ok && res.type !== "opaqueredirect" && error) {
+          error.textContent = form.dataset.command + " was refused (" + res.status + "); reload the page";
+          error.hidden = false;
+        }
+      }, function () {
+        setBusy(false);
+        if (error) { error.textContent = form.dataset.command + " did not reach the server"; error.hidden = false; }
+      });
+  };
+  StackPage.prototype.listen = function (url) {
+    var self = this;
+    var src = new EventSource(url);
+    this.events = src;
+    src.onmessage = function (ev) {
+      var msg;
+      try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      self.apply(msg);
+    };
+  };
+  StackPage.prototype.setState = function (state) {
+    var el = document.getElementById("rollout-state");
+    if (el) { el.dataset.state = state; el.textContent = STATE_TEXT[state] || state; }
+    var held = state === "held";
+    each(this.root, 'form.steer[data-command="pause"]', function (f) { f.hidden = held; });
+    each(this.root, 'form.steer[data-command="resume"]', function (f) { f.hidden = !held; });
+  };
+  StackPage.prototype.apply = function (msg) {
+    if (!this.section) return;
+    if (msg.kind === "revision") {
+      // A newer revision than the one shown started meanwhile: show that one.
+      if (String(msg.number) !== this.section.dataset.number) { location.reload(); return; }
+      this.status(msg.status);
+    } else if (msg.kind === "step") {
+      if (msg.seq <= this.seq) return;
+      this.seq = msg.seq;
+      this.step(msg);
+    } else if (msg.kind === "status") {
+      this.status(msg.status);
+    }
+  };
+  StackPage.prototype.step = function (msg) {
+    var d = msg.detail || {};
+    var li = document.createElement("li");
+    li.dataset.seq = String(msg.seq);
+    li.dataset.event = d.event || "";
+    var when = document.createElement("span");
+    when.className = "muted";
+    when.textContent = "just now";
+    li.appendChild(when);
+    li.appendChild(document.createTextNode(" "));
+    var service = document.createElement("code");
+    service.textContent = d.service || "";
+    li.appendChild(service);
+    var text = " " + (d.event || "");
+    if (d.new_weight != null) text += " " + d.new_weight + "%";
+    li.appendChild(document.createTextNode(text));
+    if (d.container) {
+      li.appendChild(document.createTextNode(" "));
+      var c = document.createElement("code");
+      c.textContent = d.container;
+      li.appendChild(c);
+    }
+    if (d.reason) li.appendChild(document.createTextNode(": " + d.reason));
+    if (this.list) this.list.appendChild(li);
+    if (d.event === "held") this.setState("held");
+    else if (d.event === "resumed" || d.event === "bake_passed" || d.event === "promoted") this.setState("rolling");
+    else if (d.event === "bake_started") this.setState("baking");
+    else if (d.event === "traffic_shifted") {
+      // Without a weight the new revision serves alone: a canary shown ends at 100%.
+      var w = document.getElementById("canary-weight");
+      if (w && d.new_weight != null) { w.hidden = false; w.querySelector(".weight").textContent = String(d.new_weight); }
+      else if (w && !w.hidden) w.querySelector(".weight").textContent = "100";
+    }
+  };
+  StackPage.prototype.status = function (status) {
+    var number = this.section.dataset.number;
+    each(this.root, 'tr.revision[data-number="' + number + '"]', function (tr) {
+      tr.dataset.status = status;
+      var chip = tr.querySelector(".revision-status");
+      if (chip) chip.textContent = status;
+    });
+    if (OVER[status]) {
+      this.setState(status);
+      var controls = document.getElementById("rollout-controls");
+      if (controls) controls.hidden = true;
+      if (this.events) { this.events.close(); this.events = null; }
+    }
+  };
+
   // ---- every page ----------------------------------------------------------------------------
   function copyButtons() {
     each(document, "button[data-copy]", function (b) {
@@ -399,6 +526,12 @@
       var page = new BuildPage(root);
       window.slipwayBuild = page;
       page.init();
+    }
+    var stack = document.getElementById("stack");
+    if (stack) {
+      var stackPage = new StackPage(stack);
+      window.slipwayStack = stackPage;
+      stackPage.init();
     }
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
