@@ -477,10 +477,10 @@ async fn the_rollout_stream_sends_the_steps_so_far_then_live_ones_and_ends() {
         .iter()
         .filter_map(|s| s["detail"]["event"].as_str())
         .collect();
-    assert_eq!(live.first(), Some(&"traffic_shifted"), "{live:?}");
+    assert_eq!(live[..2], ["promoted", "traffic_shifted"], "{live:?}");
     assert!(live.contains(&"done"), "{live:?}");
     assert_eq!(
-        steps[recorded]["detail"]["new_weight"],
+        steps[recorded + 1]["detail"]["new_weight"],
         Value::Null,
         "all to v2: {live:?}"
     );
