@@ -89,18 +89,8 @@ DOCKER_BUILDKIT=0 docker build -q -t "$IMG1" "$work/img-v1" >/dev/null 2>&1
 DOCKER_BUILDKIT=0 docker build -q -t "$IMG2" "$work/img-v2" >/dev/null 2>&1
 
 # --- slipway up ---
-mkfifo "$work/up.out"
-RUST_LOG=warn "$bin" up --listen 127.0.0.1:0 --json --admin-token "$ADMIN" \
-  --data-dir "$work/data" --capacity 1 --proxy-http 127.0.0.1:0 --proxy-https 127.0.0.1:0 \
-  --no-docker-labels --no-acme >"$work/up.out" 2>"$work/up.log" &
-pids+=("$!")
-exec 3<"$work/up.out"
-read -r -t 30 facts <&3 || { cat "$work/up.log" >&2; exit 1; }
-# Keep draining its stdout so it never blocks on a full pipe.
-cat <&3 >/dev/null &
-pids+=("$!")
-url=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$facts")
-edge=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["proxy_http"])' "$facts")
+start_up --proxy-http 127.0.0.1:0 --proxy-https 127.0.0.1:0 --no-docker-labels --no-acme || exit 1
+edge=$(up_fact proxy_http)
 out=$("$bin" env add "$ENV_NAME" --domain apps.test --server "$url" --token "$ADMIN" 2>&1) ||
   { printf '%s\n' "$out" >&2; exit 1; }
 

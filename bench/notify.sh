@@ -45,16 +45,7 @@ repo() { # dir pipeline-text
 repo "$work/ok" "$(printf 'kind: pipeline\nname: default\nclone:\n  disable: true\nsteps:\n- name: run\n  image: %s\n  commands: ["true"]\n' "$SLIPWAY_BASE_IMAGE")"
 repo "$work/broken" "$(printf 'kind: pipeline\nsteps: [\n')"
 
-mkfifo "$work/up.out"
-RUST_LOG=warn "$bin" up --listen 127.0.0.1:0 --no-proxy --json --admin-token "$ADMIN" \
-  --data-dir "$work/data" --capacity 1 >"$work/up.out" 2>"$work/up.log" &
-pids+=("$!")
-exec 3<"$work/up.out"
-read -r -t 30 facts <&3 || { cat "$work/up.log" >&2; exit 1; }
-# Keep draining its stdout so it never blocks on a full pipe.
-cat <&3 >/dev/null &
-pids+=("$!")
-url=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$facts")
+start_up --no-proxy || exit 1
 say "slipway up at $url"
 
 python3 - "$url" "$ADMIN" "$work" "$N" "$EVENTS" "$bin" <<'PY'

@@ -58,18 +58,8 @@ cleanup() {
 trap cleanup EXIT
 
 # --- slipway up ---
-mkfifo "$work/up.out"
-RUST_LOG=warn "$bin" up --listen 127.0.0.1:0 --json --admin-token "$ADMIN" \
-  --data-dir "$work/data" --capacity 1 --proxy-http 127.0.0.1:0 --proxy-https 127.0.0.1:0 \
-  --no-docker-labels --no-acme >"$work/up.out" 2>"$work/up.log" &
-pids+=("$!")
-exec 3<"$work/up.out"
-read -r -t 30 facts <&3 || { cat "$work/up.log" >&2; exit 1; }
-# Keep draining its stdout so it never blocks on a full pipe.
-cat <&3 >/dev/null &
-pids+=("$!")
-url=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$facts")
-edge=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["proxy_http"])' "$facts")
+start_up --proxy-http 127.0.0.1:0 --proxy-https 127.0.0.1:0 --no-docker-labels --no-acme || exit 1
+edge=$(up_fact proxy_http)
 registry="${url#http://}"
 repo="$registry/team/web"
 out=$("$bin" env add "$ENV_NAME" --domain apps.test --server "$url" --token "$ADMIN" 2>&1) ||

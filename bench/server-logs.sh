@@ -46,16 +46,7 @@ git -C "$src" add -A
 git -C "$src" -c user.name=b -c user.email=b@example.invalid commit -q -m bench
 git clone -q --bare "$src" "$work/app.git"
 
-mkfifo "$work/up.out"
-RUST_LOG=warn "$bin" up --listen 127.0.0.1:0 --no-proxy --json --admin-token "$ADMIN" \
-  --data-dir "$work/data" --capacity 1 >"$work/up.out" 2>"$work/up.log" &
-up_pid=$!
-pids+=("$up_pid")
-exec 3<"$work/up.out"
-read -r -t 30 facts <&3 || { cat "$work/up.log" >&2; exit 1; }
-cat <&3 >/dev/null &
-pids+=("$!")
-url=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$facts")
+start_up --no-proxy || exit 1
 "$bin" repo add bench/logs --clone-url "file://$work/app.git" \
   --server "$url" --token "$ADMIN" --json >/dev/null
 
