@@ -27,7 +27,7 @@
 //! |---|---|
 //! | `index.html` | `repos: [{repo: Repo, last_build: Build \| null}]`, `builds: [{build: Build, repo: String}]` (latest builds across repositories; `repo` is the name) |
 //! | `repo.html` | `repo: Repo`, `builds: [Build]`, `webhook_url: String`, `next_before: Int \| null` (the "Older" link is `?before=N`) |
-//! | `build.html` | `repo: Repo`, `build: Build`, `stages: [{stage: Stage, steps: [Step]}]`, `artifacts: [Artifact]`, `registry_host: String` |
+//! | `build.html` | `repo: Repo`, `build: Build`, `stages: [{stage: Stage, steps: [Step]}]`, `artifacts: [Artifact]`, `registry_host: String`, `deploys: [{env, stack, number, status, created}]` |
 //! | `run.html` | `repo: Repo`, `branches: [String]`, `tags: [String]` (`v*` tags are listed first) |
 //! | `secrets.html` | `repo: Repo`, `secrets: [{name: String, allow_pull_request: bool, updated: ms}]` |
 //! | `settings.html` | `repo: Repo`, `webhook_url: String` |
@@ -35,7 +35,7 @@
 //! | `runners.html` | `runners: [{runner: Runner, online: bool, running: Int}]` |
 //! | `proxy.html` | `running: bool`, `routes: [RouteStatus]`, `conflicts: [Conflict]`, `diagnostics: [Diagnostic]`, `docker_error: String \| null` (`slipway_proxy::status`) |
 //! | `deploy.html` | `envs: [{env: EnvRow, stacks: [{stack: StackRow, latest: RevisionRow \| null}], rules: [EnvRuleRow]}]` |
-//! | `stack.html` | `env: EnvRow`, `stack: StackRow`, `revisions: [RevisionRow]` (newest first), `steps: [StepRow]` (of the newest), `containers: [ContainerView]`, `engine_error: String \| null` |
+//! | `stack.html` | `env: EnvRow`, `stack: StackRow`, `revisions: [RevisionRow]` (newest first), `history: [{revision: RevisionRow, changes: {from, images: [{service, old, new, old_ref, new_ref}], diff: [{op, line}], added, removed} \| null}]`, `steps: [StepRow]` (of the newest), `containers: [ContainerView]`, `services: [{name, containers, running, health, version, reference, url}]`, `rollout: {number, status, state, state_text, weight, running, live, asked} \| null`, `has_webhook: bool`, `webhook_url: String \| null`, `engine_error: String \| null` |
 //! | `notify.html` | `channels: [Channel (with secret_names)]`, `deliveries: [Delivery (with attempt_log)]`, `kinds: [{name, settings: [{name, secret, required, help}]}]`, `flash: String \| null` |
 //! | `registry.html` | `repositories: [{name: String, tags: Int}]` |
 //! | `registry_repo.html` | `name: String`, `registry_host: String`, `tags: [{tag, digest, size: Int (bytes), pushed: ms}]` |
@@ -54,7 +54,9 @@
 //! - `POST /notify` (`notify.html`): `name`, `kind`, `url`, `settings` and `secrets`
 //!   (NAME=VALUE lines), `repo`, `branch`, `events` (comma-separated), `template`;
 //!   `POST /notify/{name}/test`, `POST /notify/{name}/delete`.
-//! - `POST /deploy/{env}/{stack}/rollback` (`stack.html`): `to` (a revision number).
+//! - `POST /deploy/{env}/{stack}/rollback` (`stack.html`): `to` (a revision number);
+//!   `POST /deploy/{env}/{stack}/rollout/{pause|resume|promote|abort}` and
+//!   `POST /deploy/{env}/{stack}/webhook` (no fields).
 //! - `POST /registry/{name}/tags/{tag}/delete`, `POST /login` (`token`), `POST /logout`.
 //! - Every form above but `/login` also sends `csrf`.
 //!
@@ -548,6 +550,8 @@ mod tests {
                 created: NOW,
             }],
             "registry_host": "ci.example:8080",
+            "deploys": [{"env": "production", "stack": "shop", "number": 4,
+                         "status": "succeeded", "created": NOW}],
         })
     }
 
@@ -684,13 +688,33 @@ mod tests {
                     {"number": 2, "status": "succeeded", "message": null, "cause": "webhook", "created": NOW,
                      "images": {}}],
                 "steps": [{"at": NOW, "kind": "container_failed", "detail": {"service": "web",
-                    "container": "c4", "reason": "unhealthy"}}]}),
+                    "container": "c4", "reason": "unhealthy"}}],
+                "history": [
+                    {"revision": {"number": 4, "status": "rolled_back", "message": "service web: unhealthy",
+                      "cause": "user:admin", "created": NOW, "images": {"web": "reg/web@sha256:ab"}},
+                     "changes": {"from": 3, "added": 1, "removed": 1,
+                      "images": [{"service": "web", "old": "reg/web@sha256:cd", "new": "reg/web@sha256:ab",
+                                  "old_ref": "reg/web:v1", "new_ref": "reg/web:v2"}],
+                      "diff": [{"op": " ", "line": "services:"}, {"op": "-", "line": "    image: reg/web:v1"},
+                               {"op": "+", "line": "    image: reg/web:v2"}, {"op": "…", "line": ""}]}},
+                    {"revision": {"number": 3, "status": "succeeded", "message": null, "cause": "rollback:1",
+                      "created": NOW, "images": {"web": "reg/web@sha256:cd"}},
+                     "changes": {"from": 2, "added": 0, "removed": 0, "images": [], "diff": []}},
+                    {"revision": {"number": 2, "status": "succeeded", "message": null, "cause": "webhook",
+                      "created": NOW, "images": {}}, "changes": null}],
+                "services": [{"name": "web", "containers": 1, "running": 1, "health": "1 healthy",
+                    "version": "reg/web@sha256:cd", "reference": "reg/web:v1", "url": "http://web.example.com/"}],
+                "rollout": {"number": 4, "status": "rolling", "state": "held", "state_text": "paused by a user",
+                    "weight": 10, "running": true, "live": true,
+                    "asked": {"paused": true, "promoted": false, "aborted": false}},
+                "has_webhook": true, "webhook_url": "http://ci.example:8080/hooks/deploy/production/shop/t0k3n"}),
             ),
             (
                 "stack.html",
                 json!({"title": "Stack", "user": user, "csrf": "a-form-token",
                 "env": {"name": "qa"}, "stack": {"name": "x", "current": null}, "containers": [],
-                "engine_error": "cannot reach the Docker engine", "revisions": [], "steps": []}),
+                "engine_error": "cannot reach the Docker engine", "revisions": [], "steps": [],
+                "history": [], "services": [], "rollout": null, "has_webhook": false, "webhook_url": null}),
             ),
             (
                 "registry.html",
@@ -757,6 +781,7 @@ mod tests {
             );
         }
         let html = ui.render("build.html", build_context()).expect("renders");
+        assert!(html.contains(r#"href="/deploy/production/shop#revision-4""#));
         assert!(html.contains("&lt;bad&gt; key"), "lint messages escaped");
         assert!(!html.contains("<b>line</b>"));
     }
