@@ -147,26 +147,45 @@ impl Client {
         timeout: Duration,
     ) -> Result<Reply, CallError> {
         let url = self.url(path);
-        let transport = |e: reqwest::Error| CallError::Transport {
-            url: url.clone(),
-            // The URL is in our message already.
-            reason: error_chain(&e.without_url()),
-        };
-        let response = self
+        let response = self.send_post(&url, body, Some(timeout)).await?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| transport(&url, e))?;
+        Ok(Reply { status, url, body })
+    }
+
+    /// POSTs a JSON body and hands back a 2xx answer unread, for a streamed body (no time
+    /// limit: the caller's own limit drops it).
+    pub(crate) async fn post_streamed(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<reqwest::Response, CallError> {
+        self.send_post(&self.url(path), body, None).await
+    }
+
+    /// The POST both share: a 2xx answer unread, anything else as a [`CallError`] with the
+    /// protocol's error code and message when the body has them.
+    async fn send_post(
+        &self,
+        url: &str,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, CallError> {
+        let mut request = self
             .http
-            .post(&url)
+            .post(url)
             .header(reqwest::header::AUTHORIZATION, &self.auth)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(transport)?;
-        if status.is_success() {
-            return Ok(Reply { status, url, body });
+            .body(body);
+        if let Some(t) = timeout {
+            request = request.timeout(t);
         }
+        let response = request.send().await.map_err(|e| transport(url, e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.map_err(|e| transport(url, e))?;
         let (code, message) = match serde_json::from_slice::<ProtocolError>(&body) {
             Ok(error) => (Some(error.code), error.message),
             Err(_) => {
@@ -183,7 +202,7 @@ impl Client {
             }
         };
         Err(CallError::Status {
-            url,
+            url: url.to_owned(),
             status,
             code,
             message,
@@ -191,50 +210,11 @@ impl Client {
     }
 }
 
-impl Client {
-    /// POSTs a JSON body and hands back a 2xx answer unread, for a streamed body (no time
-    /// limit: the caller's own limit drops it).
-    pub(crate) async fn post_streamed(
-        &self,
-        path: &str,
-        body: Bytes,
-    ) -> Result<reqwest::Response, CallError> {
-        let url = self.url(path);
-        let transport = |e: reqwest::Error| CallError::Transport {
-            url: url.clone(),
-            reason: error_chain(&e.without_url()),
-        };
-        let response = self
-            .http
-            .post(&url)
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let body = response.bytes().await.map_err(transport)?;
-        let (code, message) = match serde_json::from_slice::<ProtocolError>(&body) {
-            Ok(error) => (Some(error.code), error.message),
-            Err(_) => (
-                None,
-                String::from_utf8_lossy(&body)
-                    .trim()
-                    .chars()
-                    .take(300)
-                    .collect(),
-            ),
-        };
-        Err(CallError::Status {
-            url,
-            status,
-            code,
-            message,
-        })
+/// A request that got no answer (the URL is in our message already).
+fn transport(url: &str, e: reqwest::Error) -> CallError {
+    CallError::Transport {
+        url: url.to_owned(),
+        reason: error_chain(&e.without_url()),
     }
 }
 

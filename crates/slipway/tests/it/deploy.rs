@@ -268,6 +268,29 @@ impl Fixture {
         })
     }
 
+    /// Adds the trusted repository `name` cloned from `clone_url`, and the test's
+    /// environment (domain `apps.test`) whose `REGISTRY` is the built-in registry's host.
+    pub(crate) fn trusted_repo_and_env(&self, name: &str, clone_url: &str) {
+        let up = &self.up;
+        api(
+            up,
+            &["repo", "add", name, "--clone-url", clone_url, "--trusted"],
+        );
+        let registry = format!("REGISTRY={}", up.url.trim_start_matches("http://"));
+        api(
+            up,
+            &[
+                "env",
+                "add",
+                &self.env,
+                "--domain",
+                "apps.test",
+                "--var",
+                &registry,
+            ],
+        );
+    }
+
     fn edge_of(up: &super::server::Up) -> String {
         up.facts["proxy_http"]
             .as_str()
@@ -632,29 +655,7 @@ fn an_environment_rule_deploys_each_successful_build_with_the_image_it_pushed() 
         ("compose.yaml", &compose),
     ]);
     let registry = up.url.trim_start_matches("http://").to_owned();
-    api(
-        up,
-        &[
-            "repo",
-            "add",
-            "team/app",
-            "--clone-url",
-            &served.clone_url,
-            "--trusted",
-        ],
-    );
-    api(
-        up,
-        &[
-            "env",
-            "add",
-            &env,
-            "--domain",
-            "apps.test",
-            "--var",
-            &format!("REGISTRY={registry}"),
-        ],
-    );
+    fx.trusted_repo_and_env("team/app", &served.clone_url);
     let rule = api(
         up,
         &[

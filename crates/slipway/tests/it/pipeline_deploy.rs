@@ -196,29 +196,7 @@ fn a_deploy_step_deploys_the_pushed_image_and_fails_when_the_rollout_rolls_back(
     let compose = httpd_stack("app", "${REGISTRY}/team/app:latest");
     let served = deploy_repo(&env, &dockerfile("v1"), &compose);
     let bare = served.clone_url.trim_start_matches("file://").to_owned();
-    api(
-        up,
-        &[
-            "repo",
-            "add",
-            "team/app",
-            "--clone-url",
-            &served.clone_url,
-            "--trusted",
-        ],
-    );
-    api(
-        up,
-        &[
-            "env",
-            "add",
-            &env,
-            "--domain",
-            "apps.test",
-            "--var",
-            &format!("REGISTRY={registry}"),
-        ],
-    );
+    fx.trusted_repo_and_env("team/app", &served.clone_url);
     let target = format!("{env}/app");
 
     api(up, &["build", "run", "team/app", "--branch", "main"]);
