@@ -511,12 +511,14 @@ pub(super) fn docker_cli(config: &std::path::Path, args: &[&str]) -> std::proces
 
 /// Builds `FROM <test image>` with `VERSION` baked in, tagged `tag`, and pushes it.
 pub(super) fn push_version(config: &std::path::Path, tag: &str, version: &str) {
+    let dockerfile = format!("FROM {}\nENV VERSION={version}\n", super::test_image());
+    push_dockerfile(config, tag, &dockerfile);
+}
+
+/// Builds `dockerfile` (in an empty context), tagged `tag`, and pushes it.
+fn push_dockerfile(config: &std::path::Path, tag: &str, dockerfile: &str) {
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!("FROM {}\nENV VERSION={version}\n", super::test_image()),
-    )
-    .expect("Dockerfile");
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
     let out = docker_cli(
         config,
         &[
@@ -992,28 +994,11 @@ fn a_canary_is_paused_promoted_and_the_next_one_aborted_from_the_cli() {
 /// Builds `FROM <test image>` with `VERSION` and a label naming `tag` (so no other test
 /// shares the image through the builder's cache), tagged `tag`, and pushes it.
 fn push_unique_version(config: &std::path::Path, tag: &str, version: &str) {
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!(
-            "FROM {}\nLABEL io.slipway.test.image=\"{tag}\"\nENV VERSION={version}\n",
-            super::test_image()
-        ),
-    )
-    .expect("Dockerfile");
-    let out = docker_cli(
-        config,
-        &[
-            "build",
-            "-q",
-            "-t",
-            tag,
-            dir.path().to_str().expect("utf-8"),
-        ],
+    let dockerfile = format!(
+        "FROM {}\nLABEL io.slipway.test.image=\"{tag}\"\nENV VERSION={version}\n",
+        super::test_image()
     );
-    assert!(out.status.success(), "{}", text(&out).1);
-    let out = docker_cli(config, &["push", tag]);
-    assert!(out.status.success(), "{}", text(&out).1);
+    push_dockerfile(config, tag, &dockerfile);
 }
 
 /// The `pull` events of the Docker engine while it runs (a `docker events` stream):
