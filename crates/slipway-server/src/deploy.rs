@@ -62,7 +62,7 @@ pub enum DeployError {
 pub struct Deployments {
     target: OnceCell<Arc<DockerTarget>>,
     /// Stacks (by id) claimed in this process, with the control of their rollout.
-    running: Mutex<HashMap<i64, Control>>,
+    running: Mutex<HashMap<i64, Option<Control>>>,
     /// Pulls from the built-in registry (`registry_host`) use this.
     registry_host: String,
     registry_auth: RegistryAuth,
@@ -179,7 +179,8 @@ fn claim(state: &Arc<AppState>, stack: i64) -> Option<Claim> {
     if running.contains_key(&stack) {
         return None;
     }
-    running.insert(stack, Control::default());
+    // A removal or a recovery holds the stack too, with nothing to steer.
+    running.insert(stack, None);
     Some(Claim {
         state: state.clone(),
         stack,
@@ -187,16 +188,17 @@ fn claim(state: &Arc<AppState>, stack: i64) -> Option<Claim> {
 }
 
 impl Claim {
-    /// The control the claimed stack's rollout obeys.
+    /// The control the claimed stack's rollout obeys, from now on steerable.
     fn control(&self) -> Control {
         self.state
             .deploy
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&self.stack)
-            .cloned()
-            .unwrap_or_default()
+            .entry(self.stack)
+            .or_insert(None)
+            .get_or_insert_with(Control::default)
+            .clone()
     }
 }
 
@@ -208,7 +210,7 @@ pub fn rollout_asked(state: &AppState, stack: i64) -> Option<Asked> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&stack)
-        .map(Control::asked)
+        .and_then(|c| c.as_ref().map(Control::asked))
 }
 
 /// Steers the rollout of `env/stack` running now: pause, resume, promote or abort.
@@ -232,7 +234,8 @@ pub async fn steer(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&stack_row.id)
-        .cloned();
+        .cloned()
+        .flatten();
     let Some(control) = control else {
         return Err(DeployError::Refused(format!(
             "no rollout of {env}/{stack} is running (a revision paused after a failure is left \
