@@ -5,5 +5,7 @@
 //! (The architecture guide grows with the modules; see `record` for the data model.)
 
 pub mod record;
+pub mod source;
 
 pub use record::{ContainerMeta, Record, ServiceKey, Stream};
+pub use source::{Batch, LogSource, Positioned};
