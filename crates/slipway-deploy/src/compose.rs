@@ -588,6 +588,7 @@ pub struct XRoute {
 ///   max_error_rate: 0.05      # 5xx ratio of the new revision that reverts the rollout
 ///   route: {host: app.example.com, path: /, port: 8080, tls: acme}   # or tls: none
 ///   keep_old: 1h              # keep the old revision's containers stopped this long
+///   logs: {multiline: '^\S', multiline_timeout: 1s, json: true}   # see [`XLogs`]
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct XSlipway {
@@ -599,6 +600,21 @@ pub struct XSlipway {
     pub route: Option<XRoute>,
     #[serde(serialize_with = "opt_duration")]
     pub keep_old: Option<Duration>,
+    pub logs: Option<XLogs>,
+}
+
+/// `x-slipway.logs`: how the collector reads the service's output. The deployer writes it
+/// on the containers as labels (`io.slipway.logs.*`), which is all the collector reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct XLogs {
+    /// A regular expression that starts a record: lines that do not match it (a stack
+    /// trace's) are joined to the record before them.
+    pub multiline: Option<String>,
+    /// How long a joined record waits for more lines before it is stored.
+    #[serde(serialize_with = "opt_duration")]
+    pub multiline_timeout: Option<Duration>,
+    /// Parse JSON-object lines into fields.
+    pub json: bool,
 }
 
 /// An HTTP or TCP probe, from Rancher's `health_check`.

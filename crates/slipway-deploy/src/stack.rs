@@ -31,6 +31,7 @@ use crate::target::{
     ContainerSpec, Healthcheck, MountKind, MountSpec, NetworkAttachment, Resources, RestartPolicy,
     Selector, Target,
 };
+use crate::target::{LABEL_LOGS_JSON, LABEL_LOGS_MULTILINE, LABEL_LOGS_MULTILINE_TIMEOUT};
 
 /// Why a stack cannot be turned into services.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -269,6 +270,9 @@ pub fn service_specs(
         };
         let mut labels = service.labels.clone();
         labels.extend(service.deploy.labels.clone());
+        if let Some(logs) = service.slipway.as_ref().and_then(|x| x.logs.as_ref()) {
+            labels.extend(log_labels(logs));
+        }
         let env_vars: BTreeMap<String, String> = service
             .environment
             .iter()
@@ -833,4 +837,22 @@ mod tests {
         let err = specs(portless).expect_err("no port");
         assert!(err.to_string().contains("service `worker`"), "{err}");
     }
+}
+
+/// The labels that tell the log collector how to read a service (`x-slipway.logs`).
+fn log_labels(logs: &compose::XLogs) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if let Some(start) = &logs.multiline {
+        labels.insert(LABEL_LOGS_MULTILINE.to_owned(), start.clone());
+    }
+    if let Some(timeout) = logs.multiline_timeout {
+        labels.insert(
+            LABEL_LOGS_MULTILINE_TIMEOUT.to_owned(),
+            humantime::format_duration(timeout).to_string(),
+        );
+    }
+    if logs.json {
+        labels.insert(LABEL_LOGS_JSON.to_owned(), "true".to_owned());
+    }
+    labels
 }

@@ -56,6 +56,14 @@ pub const LABEL_REVISION: &str = "io.slipway.revision";
 /// A container's replica number within its revision (from 1).
 pub const LABEL_REPLICA: &str = "io.slipway.replica";
 
+/// A container's log records start at lines matching this regular expression; others are
+/// joined to the record before them (`x-slipway.logs.multiline`).
+pub const LABEL_LOGS_MULTILINE: &str = "io.slipway.logs.multiline";
+/// How long a joined record waits for more lines (`x-slipway.logs.multiline_timeout`).
+pub const LABEL_LOGS_MULTILINE_TIMEOUT: &str = "io.slipway.logs.multiline-timeout";
+/// `true`: JSON-object lines are parsed into fields (`x-slipway.logs.json`).
+pub const LABEL_LOGS_JSON: &str = "io.slipway.logs.json";
+
 /// The labels every Slipway object must carry to be listed or removed.
 pub const REQUIRED_LABELS: [&str; 4] = [LABEL_ENV, LABEL_STACK, LABEL_SERVICE, LABEL_REVISION];
 

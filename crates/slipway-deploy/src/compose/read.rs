@@ -8,7 +8,7 @@ use super::{
     CanaryStep, Command, Compose, Condition, Dependency, Deploy, EnvVar, FailureAction, FileRef,
     HealthTest, Healthcheck, Link, Mode, Network, Order, Port, PortRange, Problem, Read,
     ReadOptions, ResourceSpec, Resources, RestartPolicy, SecretDef, Service, ServiceNetwork,
-    ServiceVolume, Severity, Strategy, UpdateConfig, Volume, VolumeKind, XRoute, XSlipway,
+    ServiceVolume, Severity, Strategy, UpdateConfig, Volume, VolumeKind, XLogs, XRoute, XSlipway,
     parse_duration,
 };
 
@@ -1754,6 +1754,7 @@ impl<'a> Reader<'a> {
                 }
                 "bake" => x.bake = self.duration(n, "bake"),
                 "keep_old" => x.keep_old = self.duration(n, "keep_old"),
+                "logs" => x.logs = Some(self.x_logs(n)),
                 "max_error_rate" => {
                     x.max_error_rate = self.float(n, "max_error_rate");
                     if x.max_error_rate.is_some_and(|r| r > 1.0) {
@@ -1810,6 +1811,7 @@ impl<'a> Reader<'a> {
                         "max_error_rate",
                         "route",
                         "keep_old",
+                        "logs",
                     ],
                     "in `x-slipway`",
                 ),
@@ -1819,6 +1821,38 @@ impl<'a> Reader<'a> {
             self.warn(v.pos, "`steps` are for `strategy: canary`: ignored");
         }
         Some(x)
+    }
+
+    fn x_logs(&mut self, v: &Node) -> XLogs {
+        let mut logs = XLogs::default();
+        if v.as_map().is_none() {
+            self.err(v.pos, "`x-slipway.logs` must be a mapping");
+            return logs;
+        }
+        for (k, n) in rv_map(v) {
+            match k.as_str().unwrap_or("") {
+                "multiline" => {
+                    logs.multiline = self.text(n);
+                    if let Some(Err(e)) = logs.multiline.as_deref().map(regex::Regex::new) {
+                        self.err(
+                            n.pos,
+                            format!("`multiline` is not a regular expression: {e}"),
+                        );
+                        logs.multiline = None;
+                    }
+                }
+                "multiline_timeout" => {
+                    logs.multiline_timeout = self.duration(n, "multiline_timeout")
+                }
+                "json" => logs.json = self.boolean(n, "json").unwrap_or(false),
+                _ => self.unknown(
+                    k,
+                    &["multiline", "multiline_timeout", "json"],
+                    "in `x-slipway.logs`",
+                ),
+            }
+        }
+        logs
     }
 
     /// References between parts of the file: networks, volumes, secrets, dependencies.

@@ -106,3 +106,45 @@ fn a_plan_hides_secrets_and_finds_every_route() {
         plan.warnings
     );
 }
+
+#[test]
+fn x_slipway_logs_become_the_collectors_labels_and_a_bad_pattern_is_placed() {
+    use slipway_deploy::stack::service_specs;
+    use slipway_deploy::target::{
+        LABEL_LOGS_JSON, LABEL_LOGS_MULTILINE, LABEL_LOGS_MULTILINE_TIMEOUT,
+    };
+
+    let text = "services:\n  api:\n    image: api:1\n    expose: [\"8080\"]\n    x-slipway:\n      logs: {multiline: '^\\S', multiline_timeout: 2s, json: true}\n";
+    let options = ReadOptions {
+        vars: BTreeMap::new(),
+        mode: Mode::Strict,
+        base_dir: None,
+    };
+    let r = read(text, "stack.yml", &options);
+    assert!(r.problems.is_empty(), "{}", rendered(&r));
+    let env = Environment::named("prod");
+    let plan = Plan::of(&r.compose, &env);
+    let specs = service_specs(
+        &r.compose,
+        &plan,
+        "prod",
+        "app",
+        "1",
+        &BTreeMap::new(),
+        false,
+    )
+    .expect("specs");
+    let labels = &specs[0].template.labels;
+    assert_eq!(labels[LABEL_LOGS_MULTILINE], "^\\S");
+    assert_eq!(labels[LABEL_LOGS_MULTILINE_TIMEOUT], "2s");
+    assert_eq!(labels[LABEL_LOGS_JSON], "true");
+
+    let bad = text.replace("'^\\S'", "'(unclosed'");
+    let r = read(&bad, "stack.yml", &options);
+    let problems = rendered(&r);
+    assert!(
+        problems.contains("stack.yml:6:25")
+            && problems.contains("`multiline` is not a regular expression"),
+        "{problems}"
+    );
+}
