@@ -47,6 +47,29 @@ pub struct ServerConfig {
     /// API bases per notification kind (`--notify-api KIND=URL`): self-hosted Feishu/Lark,
     /// a WeChat Work proxy, or a test's stand-in.
     pub notify_api: std::collections::BTreeMap<slipway_notify::Kind, String>,
+    pub service_logs: ServiceLogsConfig,
+}
+
+/// Service logs: the collector, the routes given on the command line, retention.
+#[derive(Debug, Clone)]
+pub struct ServiceLogsConfig {
+    /// Follow the containers' logs (the deployed ones and those that opt in).
+    pub collect: bool,
+    /// Forward routes, logspout's `ROUTE_URIS` (`--log-route`); not stored, not removable
+    /// through the API.
+    pub routes: Vec<String>,
+    /// `[ENV=]AGE[,SIZE]` (`--log-retention`).
+    pub retention: Vec<String>,
+}
+
+impl Default for ServiceLogsConfig {
+    fn default() -> Self {
+        ServiceLogsConfig {
+            collect: true,
+            routes: Vec::new(),
+            retention: Vec::new(),
+        }
+    }
 }
 
 /// What one client may hold of a listener (see [`crate::listen`]).
@@ -93,6 +116,7 @@ impl ServerConfig {
             metrics_token: None,
             limits: ListenerLimits::default(),
             notify_api: std::collections::BTreeMap::new(),
+            service_logs: ServiceLogsConfig::default(),
         }
     }
 

@@ -264,7 +264,7 @@ impl Client {
         })
     }
 
-    fn send(
+    pub(crate) fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -728,8 +728,8 @@ pub fn build(api: ApiArgs, command: BuildCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Step names in a path segment.
-fn encode(name: &str) -> String {
+/// A name in a path segment.
+pub(crate) fn encode(name: &str) -> String {
     name.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

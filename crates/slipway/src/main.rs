@@ -5,6 +5,7 @@ mod client;
 mod env;
 mod exec;
 mod lint;
+mod logs;
 mod notify;
 mod plan;
 mod printer;
@@ -110,6 +111,17 @@ enum Command {
         #[command(subcommand)]
         command: stack::StackCommand,
     },
+    /// Service logs: `logs ENV/STACK[/SERVICE] [-f] [--since 1h] [--grep RE]
+    /// [--revision N]`, and forward routes: `logs route add URI`, `ls`, `rm ID`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Logs {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: Option<logs::LogsCommand>,
+        #[command(flatten)]
+        args: logs::LogsArgs,
+    },
     /// Builds: `ls`, `show`, `logs [-f]`, `run`, `restart`, `cancel`, `promote`.
     Build {
         #[command(flatten)]
@@ -148,6 +160,7 @@ fn main() -> ExitCode {
         Command::Gc { api, args } => client::gc(api, args),
         Command::Notify { api, command } => notify::run(api, command),
         Command::Env { api, command } => env::run(api, command),
+        Command::Logs { api, command, args } => logs::run(api, command, args),
         Command::Proxy { command, serve } => proxy::run(command, serve),
         Command::Stack { command } => stack::run(command),
     };

@@ -72,6 +72,24 @@ pub struct ServerArgs {
     /// embedded runner's native notification steps. A channel's own `api_base` wins.
     #[arg(long = "notify-api", value_name = "KIND=URL", value_parser = parse_notify_api)]
     pub notify_api: Vec<(slipway_engine::NotifyKind, String)>,
+    /// Forward service logs to URI, as logspout's `ROUTE_URIS` (repeatable; a
+    /// comma-separated list in the variable): `syslog+tcp://HOST:514`, `relp://HOST:2514`,
+    /// `loki+http://HOST:3100`, … Routes added with `slipway logs route add` are kept too.
+    #[arg(
+        long = "log-route",
+        value_name = "URI",
+        env = "ROUTE_URIS",
+        value_delimiter = ','
+    )]
+    pub log_routes: Vec<String>,
+    /// How long and how much service logs are kept, `[ENV=]AGE[,SIZE]` (repeatable):
+    /// `14d,2GiB` for every environment, `staging=2d` for one (default 7d and 1 GiB per
+    /// service).
+    #[arg(long = "log-retention", value_name = "[ENV=]AGE[,SIZE]")]
+    pub log_retention: Vec<String>,
+    /// Do not collect containers' logs.
+    #[arg(long)]
+    pub no_service_logs: bool,
     /// Print the start-up facts (url, admin token, runner token) as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -392,6 +410,9 @@ fn serve(
         config.registry_notify = args.registry_notify.clone();
         config.native_plugins = !args.no_native_plugins;
         config.notify_api = args.notify_api.iter().cloned().collect();
+        config.service_logs.collect = !args.no_service_logs;
+        config.service_logs.routes = args.log_routes.clone();
+        config.service_logs.retention = args.log_retention.clone();
         config.edge = edge.clone();
         let server = Server::open(config)
             .await

@@ -486,6 +486,103 @@
     }
   };
 
+  // ---- service logs --------------------------------------------------------------------------
+  // A live tail of collected records (SSE); pausing holds new records until resumed; the
+  // search's matches are highlighted (the server already filtered by it).
+  function ServiceLogs(root) {
+    this.root = root;
+    this.el = root.querySelector("#service-log");
+    this.paused = false;
+    this.held = [];
+    this.count = 0;
+    this.highlight = null;
+    try { if (root.dataset.grep) this.highlight = new RegExp(root.dataset.grep, "g"); } catch (e) { this.highlight = null; }
+  }
+  ServiceLogs.prototype.init = function () {
+    var self = this;
+    var pause = document.getElementById("logs-pause");
+    if (pause) pause.addEventListener("click", function () { self.setPaused(!self.paused); });
+    each(this.root, ".wrap-toggle", function (box) {
+      box.addEventListener("change", function () { self.el.classList.toggle("wrap", box.checked); });
+    });
+    if (!window.EventSource) return;
+    var src = new EventSource(this.root.dataset.stream);
+    this.source = src;
+    src.onmessage = function (ev) {
+      var r;
+      try { r = JSON.parse(ev.data); } catch (e) { return; }
+      if (self.paused) { self.held.push(r); self.showHeld(); } else self.append(r);
+    };
+    src.onerror = function () {
+      if (src.readyState === EventSource.CLOSED) self.setState("closed", "disconnected");
+    };
+  };
+  ServiceLogs.prototype.setState = function (state, text) {
+    var chip = document.getElementById("logs-state");
+    if (chip) { chip.dataset.state = state; chip.textContent = text; }
+  };
+  ServiceLogs.prototype.showHeld = function () {
+    var p = document.getElementById("logs-held");
+    if (!p) return;
+    p.hidden = !this.paused;
+    p.querySelector(".count").textContent = String(this.held.length);
+  };
+  ServiceLogs.prototype.setPaused = function (paused) {
+    this.paused = paused;
+    var b = document.getElementById("logs-pause");
+    if (b) b.textContent = paused ? "Resume" : "Pause";
+    this.setState(paused ? "paused" : "live", paused ? "paused" : "live");
+    if (!paused) {
+      var held = this.held;
+      this.held = [];
+      for (var i = 0; i < held.length; i++) this.append(held[i]);
+    }
+    this.showHeld();
+  };
+  ServiceLogs.prototype.append = function (r) {
+    var stick = this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 8;
+    var line = document.createElement("div");
+    line.className = "line record" + (r.stream === "stderr" ? " stderr" : "");
+    line.dataset.service = r.service || "";
+    line.dataset.replica = r.replica == null ? "" : String(r.replica);
+    line.dataset.revision = r.revision || "";
+    var meta = document.createElement("span");
+    meta.className = "ln meta";
+    meta.textContent = (r.service || "") + (r.replica == null ? "" : "." + r.replica);
+    meta.title = (r.time || "") + " " + (r.container || "") + (r.revision ? " revision " + r.revision : "") + " " + (r.stream || "");
+    var body = document.createElement("span");
+    body.className = "text";
+    renderAnsi(body, String(r.line == null ? "" : r.line), { fg: null, bg: null, bold: false });
+    if (this.highlight) this.mark(body);
+    line.appendChild(meta);
+    line.appendChild(body);
+    this.el.appendChild(line);
+    this.count++;
+    // A tail keeps the newest few thousand records on the page.
+    while (this.count > 5000 && this.el.firstElementChild) { this.el.firstElementChild.remove(); this.count--; }
+    if (stick) this.el.scrollTop = this.el.scrollHeight;
+  };
+  // Wraps the search's matches in <mark>, span by span (colours stay as they were).
+  ServiceLogs.prototype.mark = function (body) {
+    var re = this.highlight;
+    each(body, "span", function (span) {
+      var text = span.textContent, last = 0, m, out = [];
+      re.lastIndex = 0;
+      while ((m = re.exec(text)) !== null) {
+        if (m[0].length === 0) { re.lastIndex++; continue; }
+        out.push(document.createTextNode(text.slice(last, m.index)));
+        var mark = document.createElement("mark");
+        mark.textContent = m[0];
+        out.push(mark);
+        last = m.index + m[0].length;
+      }
+      if (!out.length) return;
+      out.push(document.createTextNode(text.slice(last)));
+      span.textContent = "";
+      for (var i = 0; i < out.length; i++) span.appendChild(out[i]);
+    });
+  };
+
   // ---- every page ----------------------------------------------------------------------------
   function copyButtons() {
     each(document, "button[data-copy]", function (b) {
@@ -526,6 +623,12 @@
       var page = new BuildPage(root);
       window.slipwayBuild = page;
       page.init();
+    }
+    var logs = document.getElementById("service-logs");
+    if (logs) {
+      var logsPage = new ServiceLogs(logs);
+      window.slipwayLogs = logsPage;
+      logsPage.init();
     }
     var stack = document.getElementById("stack");
     if (stack) {
