@@ -41,6 +41,8 @@ pub enum ServerError {
     Registry(#[from] slipway_registry::RegistryError),
     #[error(transparent)]
     Notify(#[from] slipway_notify::ConfigError),
+    #[error("{0}")]
+    ServiceLogs(String),
     #[error(
         "the data directory: {path}: {source} (it must be a directory this user owns and may \
          write; its files are made readable by this user only)"
@@ -66,6 +68,8 @@ pub struct AppState {
     pub statuses: StatusClient,
     /// Notification channels' workers and the outbox's fan-out (see [`crate::notify`]).
     pub notify: crate::notify::Notifications,
+    /// Service logs: the store, the collector, the forward routes.
+    pub service_logs: Arc<crate::service_logs::ServiceLogs>,
     /// The deployer's engine connection and the stacks being rolled out (see
     /// [`crate::deploy`]).
     pub deploy: crate::deploy::Deployments,
@@ -206,11 +210,17 @@ impl Server {
         }
 
         let notify = crate::notify::Notifications::new(store.clone(), config.notify_api.clone())?;
+        let service_logs = crate::service_logs::ServiceLogs::open(
+            data.join("service-logs"),
+            config.service_logs.clone(),
+        )
+        .map_err(ServerError::ServiceLogs)?;
         let state = Arc::new(AppState {
             config,
             store,
             notify,
             deploy: crate::deploy::Deployments::new(&host, deployer_token),
+            service_logs: Arc::new(service_logs),
             logs,
             mirrors,
             secrets,
@@ -259,6 +269,7 @@ impl Server {
             shutdown.clone(),
         ));
         tokio::spawn(crate::notify::spawn(self.state.clone(), shutdown.clone()));
+        self.state.service_logs.spawn(shutdown.clone());
         // The rules start once every stack is recovered, so none deploys over a recovery.
         let (state, stop) = (self.state.clone(), shutdown.clone());
         tokio::spawn(async move {

@@ -13,6 +13,8 @@
 //!   recorded, rollouts run behind the edge proxy and recovered at start.
 //! - [`notify`]: notification channels wired to the store and the event bus: the outbox of
 //!   finished builds fanned out to deliveries, sent by `slipway-notify`'s workers.
+//! - [`service_logs`]: `slipway-logs` wired: the service log store, the collector on the
+//!   local engine, and the forward routes (command line and API).
 //! - [`logstore`]: build logs (files, and short steps' whole logs in the store), each line
 //!   stored exactly once, followed live.
 //! - [`builds`]: builds from start to end (create, settle stages, finish, cancel, restart,
@@ -42,6 +44,7 @@ pub mod mirror;
 pub mod notify;
 pub mod queue;
 pub mod secrets;
+pub mod service_logs;
 pub mod status;
 pub mod store;
 pub mod ui;

@@ -192,7 +192,7 @@ fn route(api: &ApiArgs, client: &Client, command: RouteCommand) -> Result<ExitCo
             }
             let route = client.json(
                 reqwest::Method::POST,
-                "/api/logs/routes",
+                "/api/log-routes",
                 Some(json!({ "uri": uri })),
             )?;
             if api.json {
@@ -206,7 +206,7 @@ fn route(api: &ApiArgs, client: &Client, command: RouteCommand) -> Result<ExitCo
             }
         }
         RouteCommand::Ls => {
-            let routes = client.json(reqwest::Method::GET, "/api/logs/routes", None)?;
+            let routes = client.json(reqwest::Method::GET, "/api/log-routes", None)?;
             if api.json {
                 print_json(&routes);
                 return Ok(ExitCode::SUCCESS);
@@ -239,7 +239,7 @@ fn route(api: &ApiArgs, client: &Client, command: RouteCommand) -> Result<ExitCo
         RouteCommand::Rm { id } => {
             client.json(
                 reqwest::Method::DELETE,
-                &format!("/api/logs/routes/{}", encode(&id)),
+                &format!("/api/log-routes/{}", encode(&id)),
                 None,
             )?;
             if !api.json {

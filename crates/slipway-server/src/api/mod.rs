@@ -31,6 +31,7 @@ pub mod notify_pages;
 pub mod pages;
 pub mod rest;
 pub mod runner;
+pub mod service_logs;
 
 use std::sync::Arc;
 
@@ -139,11 +140,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/hooks/deploy/{env}/{stack}/{token}",
             post(deploy::redeploy_hook),
         )
+        .route("/api/logs/{env}/{stack}", get(service_logs::get_logs))
+        .route(
+            "/api/log-routes",
+            get(service_logs::list_routes).post(service_logs::add_route),
+        )
+        .route(
+            "/api/log-routes/{id}",
+            axum::routing::delete(service_logs::delete_route),
+        )
         .route(
             "/api/tokens/{id}",
             axum::routing::delete(rest::delete_token),
         )
         .merge(pages::routes())
+        .merge(service_logs::page_routes())
         .layer(axum::middleware::from_fn(guard::json_only))
         .with_state(state);
     // The registry's routes carry their own state.
@@ -183,8 +194,12 @@ async fn metrics(
                  slipway_builds_total {}\n\
                  # HELP slipway_runners Runners registered.\n\
                  # TYPE slipway_runners gauge\n\
-                 slipway_runners {}\n{proxy}",
-                s.pending_stages, s.running_stages, s.builds_total, s.runners
+                 slipway_runners {}\n{proxy}{logs}",
+                s.pending_stages,
+                s.running_stages,
+                s.builds_total,
+                s.runners,
+                logs = state.service_logs.metrics(),
             ),
         )
             .into_response(),

@@ -37,6 +37,8 @@
 //! | `deploy.html` | `envs: [{env: EnvRow, stacks: [{stack: StackRow, latest: RevisionRow \| null}], rules: [EnvRuleRow]}]` |
 //! | `stack.html` | `env: EnvRow`, `stack: StackRow`, `revisions: [RevisionRow]` (newest first), `history: [{revision: RevisionRow, changes: {from, images: [{service, old, new, old_ref, new_ref}], diff: [{op, line}], added, removed} \| null}]`, `steps: [StepRow]` (of the newest), `containers: [ContainerView]`, `services: [{name, containers, running, health, version, reference, url}]`, `rollout: {number, status, state, state_text, weight, running, live, asked} \| null`, `has_webhook: bool`, `webhook_url: String \| null`, `engine_error: String \| null` |
 //! | `notify.html` | `channels: [Channel (with secret_names)]`, `deliveries: [Delivery (with attempt_log)]`, `kinds: [{name, settings: [{name, secret, required, help}]}]`, `flash: String \| null` |
+//! | `service_logs.html` | `env`, `stack`, `services: [String]` (those with records), `stream_url` (the live tail's SSE URL), `query: {service, since, grep, revision, replica, stream}` |
+//! | `log_routes.html` | `routes: [{id, uri, configured, delivered, rejected, lag_bytes, lag_records, last_error}]`, `error: String \| null` |
 //! | `registry.html` | `repositories: [{name: String, tags: Int}]` |
 //! | `registry_repo.html` | `name: String`, `registry_host: String`, `tags: [{tag, digest, size: Int (bytes), pushed: ms}]` |
 //! | `login.html` | `error: String \| null` |
@@ -57,6 +59,7 @@
 //! - `POST /deploy/{env}/{stack}/rollback` (`stack.html`): `to` (a revision number);
 //!   `POST /deploy/{env}/{stack}/rollout/{pause|resume|promote|abort}` and
 //!   `POST /deploy/{env}/{stack}/webhook` (no fields).
+//! - `POST /log-routes` (`log_routes.html`): `uri`; `POST /log-routes/{id}/delete`.
 //! - `POST /registry/{name}/tags/{tag}/delete`, `POST /login` (`token`), `POST /logout`.
 //! - Every form above but `/login` also sends `csrf`.
 //!
@@ -126,6 +129,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("notify.html", include_str!("templates/notify.html")),
     ("deploy.html", include_str!("templates/deploy.html")),
     ("stack.html", include_str!("templates/stack.html")),
+    ("service_logs.html", include_str!("templates/service_logs.html")),
+    ("log_routes.html", include_str!("templates/log_routes.html")),
     (
         "registry_repo.html",
         include_str!("templates/registry_repo.html"),
@@ -715,6 +720,22 @@ mod tests {
                 "env": {"name": "qa"}, "stack": {"name": "x", "current": null}, "containers": [],
                 "engine_error": "cannot reach the Docker engine", "revisions": [], "steps": [],
                 "history": [], "services": [], "rollout": null, "has_webhook": false, "webhook_url": null}),
+            ),
+            (
+                "service_logs.html",
+                json!({"title": "Logs", "user": user, "csrf": "a-form-token", "env": "production",
+                "stack": "shop", "services": ["web", EVIL],
+                "stream_url": "/api/logs/production/shop?grep=%3Cscript%3E&follow=1",
+                "query": {"service": "web", "since": "1h", "grep": EVIL, "revision": "4", "replica": "2", "stream": "stderr"}}),
+            ),
+            (
+                "log_routes.html",
+                json!({"title": "Log routes", "user": user, "csrf": "a-form-token",
+                "routes": [{"id": "a1b2c3d4", "uri": "relp://logs.example:2514", "configured": false,
+                    "delivered": 1200, "rejected": 0, "lag_bytes": 2048, "lag_records": 31, "last_error": EVIL},
+                    {"id": "e5f6", "uri": "syslog+tcp://10.0.0.5:514", "configured": true,
+                    "delivered": 0, "rejected": 0, "lag_bytes": 0, "lag_records": 0, "last_error": null}],
+                "error": "unknown scheme `ftp`"}),
             ),
             (
                 "registry.html",

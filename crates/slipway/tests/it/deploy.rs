@@ -234,6 +234,8 @@ pub(super) struct Fixture {
     pub(super) edge: String,
     pub(super) env: String,
     data: tempfile::TempDir,
+    /// Given to `slipway up` after the proxy's arguments, at each start.
+    extra: Vec<String>,
     _cleanup: EngineCleanup,
 }
 
@@ -249,6 +251,11 @@ const PROXY_ARGS: [&str; 6] = [
 impl Fixture {
     /// `None`, saying so, without a Docker engine.
     pub(super) fn start(prefix: &str) -> Option<Fixture> {
+        Fixture::start_with(prefix, &[])
+    }
+
+    /// [`Fixture::start`] with more arguments for `slipway up`.
+    pub(super) fn start_with(prefix: &str, extra: &[&str]) -> Option<Fixture> {
         let engine = std::process::Command::new("docker").arg("version").output();
         if !engine.is_ok_and(|o| o.status.success()) {
             eprintln!("skipping: no Docker engine");
@@ -257,13 +264,15 @@ impl Fixture {
         let env = format!("{prefix}{}", std::process::id());
         let cleanup = EngineCleanup(env.clone());
         let data = tempfile::tempdir().expect("data dir");
-        let up = start_up(data.path(), &PROXY_ARGS);
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        let up = start_up(data.path(), &Fixture::args(&extra));
         let edge = Fixture::edge_of(&up);
         Some(Fixture {
             up,
             edge,
             env,
             data,
+            extra,
             _cleanup: cleanup,
         })
     }
@@ -289,6 +298,14 @@ impl Fixture {
                 &registry,
             ],
         );
+    }
+
+    fn args(extra: &[String]) -> Vec<&str> {
+        PROXY_ARGS
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+            .collect()
     }
 
     fn edge_of(up: &super::server::Up) -> String {
@@ -329,10 +346,10 @@ impl Fixture {
     }
 
     /// `kill -9` of the server, and a new one on the same data dir.
-    fn kill_and_restart(&mut self) {
+    pub(super) fn kill_and_restart(&mut self) {
         self.up.child.kill().expect("kill -9");
         self.up.child.wait().expect("wait");
-        self.up = start_up(self.data.path(), &PROXY_ARGS);
+        self.up = start_up(self.data.path(), &Fixture::args(&self.extra));
         self.edge = Fixture::edge_of(&self.up);
     }
 }

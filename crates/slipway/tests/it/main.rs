@@ -9,6 +9,7 @@ mod pipeline_deploy;
 mod proxy;
 mod security;
 mod server;
+mod service_logs;
 mod stack;
 
 use std::path::{Path, PathBuf};
