@@ -6,6 +6,7 @@ mod deploy_ui;
 mod generic;
 mod hooks;
 mod live_ui;
+mod logs_ui;
 mod mirror;
 mod notify_deploy;
 mod parse;
