@@ -1,0 +1,1 @@
+//! Elasticsearch and Loki stand-ins.

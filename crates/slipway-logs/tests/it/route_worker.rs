@@ -1,0 +1,1 @@
+//! The worker over an in-memory source.
