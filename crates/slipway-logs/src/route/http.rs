@@ -110,12 +110,61 @@ impl Elasticsearch {
         })
     }
 
+    /// Sends the batch; items answered 429 (or 5xx) are sent again on their own, up to
+    /// three rounds, before the rest of the batch waits for the worker's backoff.
     pub(crate) async fn send(&mut self, batch: &[Outgoing<'_>]) -> Sent {
-        if batch.is_empty() {
-            return Sent::all(0);
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut rejected = Vec::new();
+        let mut last = None;
+        for round in 0..3u32 {
+            if pending.is_empty() {
+                break;
+            }
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << round)).await;
+            }
+            match self.bulk(batch, &pending).await {
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+                Ok(results) => {
+                    let mut retry = Vec::new();
+                    for (i, r) in results {
+                        match r {
+                            Item::Ok => {}
+                            Item::Retry(e) => {
+                                retry.push(i);
+                                last = Some(e);
+                            }
+                            Item::Reject(reason) => rejected.push((i, reason)),
+                        }
+                    }
+                    pending = retry;
+                    if pending.is_empty() {
+                        last = None;
+                    }
+                }
+            }
         }
+        let done = pending.first().copied().unwrap_or(batch.len());
+        rejected.retain(|(i, _)| *i < done);
+        rejected.sort_by_key(|(i, _)| *i);
+        Sent {
+            done,
+            rejected,
+            error: if done < batch.len() { last } else { None },
+        }
+    }
+
+    async fn bulk(
+        &mut self,
+        batch: &[Outgoing<'_>],
+        which: &[usize],
+    ) -> Result<Vec<(usize, Item)>, SinkError> {
         let mut body = String::new();
-        for o in batch {
+        for &i in which {
+            let o = &batch[i];
             body.push_str(&json!({"index": {"_index": self.index, "_id": es_id(o)}}).to_string());
             body.push('\n');
             body.push_str(&es_doc(o).to_string());
@@ -133,72 +182,52 @@ impl Elasticsearch {
             Ok(r) => r,
             Err(e) => {
                 self.connected = false;
-                return Sent::failed(0, request_error(&self.addr, e));
+                return Err(request_error(&self.addr, e));
             }
         };
         self.connected = true;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        if status == 429 || status >= 500 || status == 408 {
-            return Sent::failed(
-                0,
-                SinkError::Http {
-                    addr: self.addr.clone(),
-                    status,
-                    body: excerpt(&text),
-                },
-            );
-        }
         if !(200..300).contains(&status) {
-            // The whole request refused (bad credentials, no such index and no
-            // auto-create...): nothing to skip for good, it may be fixed on the other side.
-            return Sent::failed(
-                0,
-                SinkError::Http {
-                    addr: self.addr.clone(),
-                    status,
-                    body: excerpt(&text),
-                },
-            );
+            // 429 and 5xx are the documented retryable answers; any other whole-request
+            // refusal (bad credentials, a closed index...) is not a verdict on the records
+            // and may be fixed on the other side: retried too, and reported.
+            return Err(SinkError::Http {
+                addr: self.addr.clone(),
+                status,
+                body: excerpt(&text),
+            });
         }
-        let answer: Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => {
-                return Sent::failed(
-                    0,
-                    SinkError::Protocol {
-                        addr: self.addr.clone(),
-                        reason: format!("`_bulk` answer is not JSON ({e}): {}", excerpt(&text)),
-                    },
-                );
-            }
-        };
+        let answer: Value = serde_json::from_str(&text).map_err(|e| SinkError::Protocol {
+            addr: self.addr.clone(),
+            reason: format!("`_bulk` answer is not JSON ({e}): {}", excerpt(&text)),
+        })?;
         if answer.get("errors").and_then(Value::as_bool) != Some(true) {
-            return Sent::all(batch.len());
+            return Ok(which.iter().map(|&i| (i, Item::Ok)).collect());
         }
         let items = answer
             .get("items")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let mut sent = Sent::default();
-        for (i, _) in batch.iter().enumerate() {
-            let item = items
-                .get(i)
-                .and_then(|it| it.get("index").or_else(|| it.get("create")));
-            let Some(item) = item else {
-                sent.done = i;
-                sent.error = Some(SinkError::Protocol {
-                    addr: self.addr.clone(),
-                    reason: format!("`_bulk` answered {} items for {}", items.len(), batch.len()),
-                });
-                return sent;
-            };
-            let st = item.get("status").and_then(Value::as_u64).unwrap_or(0) as u16;
+        if items.len() != which.len() {
+            return Err(SinkError::Protocol {
+                addr: self.addr.clone(),
+                reason: format!("`_bulk` answered {} items for {}", items.len(), which.len()),
+            });
+        }
+        let mut out = Vec::with_capacity(which.len());
+        for (&i, item) in which.iter().zip(&items) {
+            let item = item.get("index").or_else(|| item.get("create"));
+            let st = item
+                .and_then(|it| it.get("status"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as u16;
             if (200..300).contains(&st) {
+                out.push((i, Item::Ok));
                 continue;
             }
-            let err = item.get("error");
+            let err = item.and_then(|it| it.get("error"));
             let etype = err
                 .and_then(|e| e.get("type"))
                 .and_then(Value::as_str)
@@ -207,28 +236,33 @@ impl Elasticsearch {
                 .and_then(|e| e.get("reason"))
                 .and_then(Value::as_str)
                 .unwrap_or("");
+            let id = es_id(&batch[i]);
             if st == 429 || st >= 500 || st == 0 {
-                // Retried from here: the documents after it that were indexed are
-                // indexed again under the same `_id`.
-                sent.done = i;
-                sent.error = Some(SinkError::Http {
-                    addr: self.addr.clone(),
-                    status: st,
-                    body: format!("document {}: {etype}: {reason}", es_id(&batch[i])),
-                });
-                return sent;
+                out.push((
+                    i,
+                    Item::Retry(SinkError::Http {
+                        addr: self.addr.clone(),
+                        status: st,
+                        body: format!("document {id}: {etype}: {reason}"),
+                    }),
+                ));
+            } else {
+                out.push((
+                    i,
+                    Item::Reject(format!(
+                        "Elasticsearch refused document {id} (HTTP {st}): {etype}: {reason}"
+                    )),
+                ));
             }
-            sent.rejected.push((
-                i,
-                format!(
-                    "Elasticsearch refused document {} (HTTP {st}): {etype}: {reason}",
-                    es_id(&batch[i])
-                ),
-            ));
         }
-        sent.done = batch.len();
-        sent
+        Ok(out)
     }
+}
+
+enum Item {
+    Ok,
+    Retry(SinkError),
+    Reject(String),
 }
 
 /// Loki's push API. Streams are labelled env, stack, service and container (the name):
@@ -322,7 +356,7 @@ impl Loki {
                 let idx = batch
                     .iter()
                     .position(|o| {
-                        line.contains(&rfc3339_like(o.record.time_ns))
+                        line.contains(&format!("timestamp {} ignored", go_time(o.record.time_ns)))
                             && line.contains(&format!("container=\"{}\"", o.meta.name))
                     })
                     .unwrap_or(0);
@@ -343,8 +377,18 @@ impl Loki {
 }
 
 /// How Loki prints an entry's timestamp in its errors (Go's `time.Time` String, UTC):
-/// matched by its seconds part only, `2026-12-07 22:35:46`.
-fn rfc3339_like(time_ns: i64) -> String {
+/// `2026-12-07 22:35:46.123456789 +0000 UTC`, the fraction without trailing zeros.
+pub fn go_time(time_ns: i64) -> String {
     let s = rfc3339_micros(time_ns);
-    s[..19].replace('T', " ")
+    let nanos = time_ns.rem_euclid(1_000_000_000);
+    let mut frac = format!("{nanos:09}");
+    while frac.ends_with('0') {
+        frac.pop();
+    }
+    let frac = if frac.is_empty() {
+        String::new()
+    } else {
+        format!(".{frac}")
+    };
+    format!("{}{frac} +0000 UTC", s[..19].replace('T', " "))
 }

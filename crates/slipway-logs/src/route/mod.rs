@@ -50,7 +50,7 @@ mod uri;
 mod worker;
 
 pub use format::Outgoing;
-pub use http::{Elasticsearch, Loki, es_doc, es_id, loki_labels};
+pub use http::{Elasticsearch, Loki, es_doc, es_id, go_time, loki_labels};
 pub use relp::Relp;
 pub use sink::{Sent, Sink, SinkError, StreamSink, UdpSink};
 pub use uri::{
