@@ -71,6 +71,7 @@ pub struct RouteHandle {
     id: String,
     shared: Arc<Mutex<Shared>>,
     source: Arc<dyn LogSource>,
+    stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -125,6 +126,13 @@ impl RouteHandle {
         });
         s.lag = lag;
         s
+    }
+
+    /// Asks this route's worker (only) to end, as the shutdown signal does: it finishes
+    /// or drops the batch in flight (a dropped batch is sent again by the next worker)
+    /// and closes its session. [`RouteHandle::join`] waits for it.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// Whether the worker has ended (after the shutdown signal).
@@ -262,11 +270,34 @@ pub fn spawn_route(
         metas: HashMap::new(),
         shared: shared.clone(),
     };
-    let task = tokio::spawn(worker.run(shutdown));
+    // The worker watches one signal: this route's own, which the server-wide shutdown
+    // (or its sender going away) also raises.
+    let (stop, own) = watch::channel(false);
+    let forward = stop.clone();
+    let mut shutdown = shutdown;
+    tokio::spawn(async move {
+        loop {
+            if *shutdown.borrow_and_update() {
+                let _ = forward.send(true);
+                return;
+            }
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        let _ = forward.send(true);
+                        return;
+                    }
+                }
+                _ = forward.closed() => return,
+            }
+        }
+    });
+    let task = tokio::spawn(worker.run(own));
     Ok(RouteHandle {
         id,
         shared,
         source,
+        stop,
         task,
     })
 }
