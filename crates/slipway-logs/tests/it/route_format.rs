@@ -158,3 +158,64 @@ async fn udp_syslog_and_chunked_gelf_arrive() {
     let v: serde_json::Value = serde_json::from_slice(&whole).expect("reassembled JSON");
     assert_eq!(v["short_message"].as_str().expect("short").len(), 30_000);
 }
+
+#[tokio::test]
+async fn gelf_tcp_is_nul_terminated_and_raw_defaults_to_the_line() {
+    use tokio::io::AsyncReadExt;
+    let key = ServiceKey::new("prod", "shop", "web");
+    let m = meta("abc123def4567", "shop-web-1", &[]);
+    let r1 = record(&m, T, Stream::Stdout, "one");
+    let r2 = record(&m, T, Stream::Stderr, "two\nthree");
+    let batch = [
+        Outgoing {
+            key: &key,
+            position: 0,
+            record: &r1,
+            meta: &m,
+            hostname: "n",
+        },
+        Outgoing {
+            key: &key,
+            position: 19,
+            record: &r2,
+            meta: &m,
+            hostname: "n",
+        },
+    ];
+    for (scheme, want) in [("gelf+tcp", None), ("raw", Some("one\ntwo\nthree\n"))] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let reader = tokio::spawn(async move {
+            let (mut c, _) = listener.accept().await.expect("accept");
+            let mut all = Vec::new();
+            c.read_to_end(&mut all).await.expect("read");
+            all
+        });
+        let mut sink =
+            Sink::new(&RouteUri::parse(&format!("{scheme}://127.0.0.1:{port}")).expect("uri"))
+                .expect("sink");
+        assert_eq!(sink.send(&batch).await.done, 2);
+        sink.close().await;
+        let bytes = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("in time")
+            .expect("join");
+        match want {
+            Some(text) => assert_eq!(std::str::from_utf8(&bytes).expect("utf8"), text),
+            None => {
+                let msgs: Vec<serde_json::Value> = bytes
+                    .split(|b| *b == 0)
+                    .filter(|m| !m.is_empty())
+                    .map(|m| serde_json::from_slice(m).expect("GELF JSON"))
+                    .collect();
+                assert_eq!(msgs.len(), 2);
+                assert_eq!(bytes.last(), Some(&0));
+                assert_eq!(msgs[0]["short_message"], "one");
+                assert_eq!(msgs[1]["level"], 3);
+                assert_eq!(msgs[1]["full_message"], "two\nthree");
+            }
+        }
+    }
+}
