@@ -187,6 +187,9 @@ ensure_test_tools() {
   [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
   command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
   command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+  # The log routes' tests forward to a real rsyslogd over RELP and TCP.
+  [ -x /usr/sbin/rsyslogd ] || missing+=(rsyslog)
+  ls /usr/lib/*/rsyslog/imrelp.so >/dev/null 2>&1 || missing+=(rsyslog-relp)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     as_root apt-get update -qq

@@ -5,6 +5,7 @@
 //! (The architecture guide grows with the modules; see `record` for the data model.)
 
 pub mod record;
+pub mod route;
 pub mod source;
 
 pub use record::{ContainerMeta, Record, ServiceKey, Stream};
