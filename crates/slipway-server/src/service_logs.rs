@@ -5,7 +5,7 @@
 //! this starts them, keeps the route list, and answers the API's and the UI's questions.
 //!
 //! Invariants:
-//! - A route's id names its cursor directory (`service-logs/routes/<id>/`): removing a
+//! - A route's id names its cursor file (`service-logs/routes/<id>.json`): removing a
 //!   route deletes its cursor, so adding the same URI again starts from the oldest kept
 //!   record; a route that stays (across restarts) goes on from its cursor.
 //! - `routes.json` is written atomically (a temporary file renamed over it) before the
@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use slipway_logs::route::{RouteHandle, RouteUri};
+use slipway_logs::route::{RouteHandle, RouteUri, parse_route_uris};
 use slipway_logs::{Positioned, ServiceKey, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +45,8 @@ pub struct ServiceLogs {
     config: ServiceLogsConfig,
     collector: Mutex<Option<slipway_logs::collect::StatusHandle>>,
     routes: Mutex<BTreeMap<String, RunningRoute>>,
-    /// Cancelled at shutdown: every route worker's parent token.
-    stop: Mutex<Option<CancellationToken>>,
+    /// `true` at shutdown: every route worker stops (RELP says `close`).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for ServiceLogs {
@@ -60,8 +60,9 @@ impl std::fmt::Debug for ServiceLogs {
 struct RunningRoute {
     uri: RouteUri,
     configured: bool,
+    /// `None` while it could not be started (the reason is in `error`).
     handle: Option<RouteHandle>,
-    stop: CancellationToken,
+    error: Option<String>,
 }
 
 /// The stored list of routes added through the API.
@@ -79,8 +80,8 @@ impl ServiceLogs {
                 .parse_arg(arg)
                 .map_err(|e| format!("--log-retention `{arg}`: {e}"))?;
         }
-        for uri in &config.routes {
-            RouteUri::parse(uri).map_err(|e| format!("--log-route: {e}"))?;
+        for list in &config.routes {
+            parse_route_uris(list).map_err(|e| format!("--log-route: {e}"))?;
         }
         let store = Store::open(&dir, retention)
             .map_err(|e| format!("service logs at {}: {e}", dir.display()))?;
@@ -90,14 +91,19 @@ impl ServiceLogs {
             config,
             collector: Mutex::new(None),
             routes: Mutex::new(BTreeMap::new()),
-            stop: Mutex::new(None),
+            stop: tokio::sync::watch::Sender::new(false),
         })
     }
 
     /// Starts the collector (when collecting and an engine answers) and every route; they
     /// stop when `shutdown` is cancelled.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) {
-        *lock(&self.stop) = Some(shutdown.clone());
+        let stop = self.stop.clone();
+        let cancelled = shutdown.clone();
+        tokio::spawn(async move {
+            cancelled.cancelled().await;
+            stop.send_replace(true);
+        });
         if self.config.collect {
             match bollard::Docker::connect_with_local_defaults() {
                 Ok(docker) => {
@@ -116,44 +122,57 @@ impl ServiceLogs {
             tracing::warn!("{}: {e}; the routes added through the API are not started", self.routes_file().display());
             Vec::new()
         });
-        for (uri, configured) in self
+        // Checked in `open`: the command line's lists parse.
+        let configured = self
             .config
             .routes
             .iter()
-            .map(|u| (u.clone(), true))
-            .chain(stored.into_iter().map(|u| (u, false)))
-        {
-            match RouteUri::parse(&uri) {
-                Ok(parsed) => {
-                    self.start_route(parsed, configured);
+            .filter_map(|list| parse_route_uris(list).ok())
+            .flatten()
+            .map(|u| (u, true));
+        let kept = stored
+            .iter()
+            .filter_map(|u| match RouteUri::parse(u) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    tracing::warn!("a stored log route is not started: {e}");
+                    None
                 }
-                Err(e) => tracing::warn!("log route not started: {e}"),
-            }
+            })
+            .map(|u| (u, false));
+        for (uri, configured) in configured.chain(kept).collect::<Vec<_>>() {
+            self.start_route(uri, configured);
         }
     }
 
     fn start_route(&self, uri: RouteUri, configured: bool) -> String {
         let id = uri.id();
-        let parent = lock(&self.stop).clone().unwrap_or_default();
-        let stop = parent.child_token();
-        let handle = slipway_logs::route::spawn_route(
+        let source: Arc<dyn slipway_logs::LogSource> = self.store.clone();
+        let (handle, error) = match slipway_logs::route::spawn_route(
             uri.clone(),
-            self.store.clone(),
-            self.dir.join("routes").join(&id),
+            source,
+            self.dir.join("routes"),
             hostname(),
-            stop.clone(),
-        );
+            self.stop.subscribe(),
+        ) {
+            Ok(h) => (Some(h), None),
+            Err(e) => {
+                tracing::warn!("log route {uri} not started: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
         let mut routes = lock(&self.routes);
         if let Some(old) = routes.insert(
             id.clone(),
             RunningRoute {
                 uri,
                 configured,
-                handle: Some(handle),
-                stop,
+                handle,
+                error,
             },
-        ) {
-            old.stop.cancel();
+        ) && let Some(h) = old.handle
+        {
+            h.stop();
         }
         id
     }
@@ -202,7 +221,7 @@ impl ServiceLogs {
                     uri: parsed.clone(),
                     configured: false,
                     handle: None,
-                    stop: CancellationToken::new(),
+                    error: None,
                 },
             );
             if let Err(e) = self.save_routes(&routes) {
@@ -222,13 +241,13 @@ impl ServiceLogs {
             Some(r) if r.configured => return Err(ServiceLogsError::Configured(id.to_owned())),
             Some(_) => {}
         }
-        if let Some(r) = routes.remove(id) {
-            r.stop.cancel();
+        if let Some(h) = routes.remove(id).and_then(|r| r.handle) {
+            h.stop();
         }
         self.save_routes(&routes)?;
         drop(routes);
-        let cursor = self.dir.join("routes").join(id);
-        match std::fs::remove_dir_all(&cursor) {
+        let cursor = self.dir.join("routes").join(format!("{id}.json"));
+        match std::fs::remove_file(&cursor) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
@@ -294,22 +313,29 @@ impl ServiceLogs {
 
 fn route_json(id: &str, r: &RunningRoute) -> Value {
     let status = r.handle.as_ref().map(RouteHandle::status);
-    let (delivered, rejected, lag_bytes, lag_records, last_error) = match &status {
+    let (delivered, rejected, lag_bytes, lag_records, last_error, connected) = match &status {
         Some(s) => (
             s.delivered,
             s.rejected,
-            s.lag_bytes(),
-            s.lag_records(),
+            s.lag.iter().map(|l| l.bytes).sum::<u64>(),
+            // Known only when every service's backlog is counted.
+            s.lag
+                .iter()
+                .map(|l| l.records)
+                .sum::<Option<u64>>(),
             s.last_error.clone(),
+            s.connected,
         ),
-        None => (0, 0, 0, 0, None),
+        None => (0, 0, 0, None, r.error.clone(), false),
     };
     json!({
         "id": id,
-        "uri": r.uri.to_string(),
+        "uri": r.uri.masked(),
         "configured": r.configured,
+        "connected": connected,
         "delivered": delivered,
         "rejected": rejected,
+        "rejections": status.as_ref().map(|s| s.rejections.clone()).unwrap_or_default(),
         "lag_bytes": lag_bytes,
         "lag_records": lag_records,
         "last_error": last_error,

@@ -221,12 +221,15 @@ fn route(api: &ApiArgs, client: &Client, command: RouteCommand) -> Result<ExitCo
                     .as_str()
                     .map(|e| format!("  last error: {e}"))
                     .unwrap_or_default();
+                let records = r["lag_records"]
+                    .as_u64()
+                    .map(|n| format!("{n} records, "))
+                    .unwrap_or_default();
                 println!(
-                    "{}  {}  delivered {}  lag {} records ({} bytes){}{error}",
+                    "{}  {}  delivered {}  not yet delivered: {records}{} bytes{}{error}",
                     r["id"].as_str().unwrap_or("?"),
                     r["uri"].as_str().unwrap_or("?"),
                     r["delivered"].as_u64().unwrap_or(0),
-                    r["lag_records"].as_u64().unwrap_or(0),
                     r["lag_bytes"].as_u64().unwrap_or(0),
                     if r["configured"].as_bool() == Some(true) {
                         "  (--log-route)"

@@ -345,6 +345,12 @@ impl RouteUri {
     }
 
     /// The URI with its password as `******`.
+    /// The URI as given, password included: for keeping it (the server's route list in
+    /// its private data dir), never for printing.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
     pub fn masked(&self) -> String {
         mask_userinfo(&self.raw)
     }
