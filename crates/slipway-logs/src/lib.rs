@@ -6,6 +6,10 @@
 
 pub mod record;
 pub mod source;
+pub mod store;
 
 pub use record::{ContainerMeta, Record, ServiceKey, Stream};
 pub use source::{Batch, LogSource, Positioned};
+pub use store::{
+    Append, Checkpoint, Follow, Query, Retention, RetentionPolicy, Store, StoreOptions,
+};
