@@ -4,10 +4,12 @@
 //!
 //! (The architecture guide grows with the modules; see `record` for the data model.)
 
+pub mod collect;
 pub mod record;
 pub mod source;
 pub mod store;
 
+pub use collect::{Collector, CollectorStatus, Selection, StatusHandle};
 pub use record::{ContainerMeta, Record, ServiceKey, Stream};
 pub use source::{Batch, LogSource, Positioned};
 pub use store::{
