@@ -1155,7 +1155,7 @@ mod tests {
     fn timestamps_are_strict() {
         let (ns, rest) = split_timestamp(b"2024-05-01T10:00:00.123456789Z hello\n").expect("ts");
         assert_eq!(ns % 1_000_000_000, 123_456_789);
-        assert_eq!(rest, b"hello\\n");
+        assert_eq!(rest, b"hello\n");
         let (ns2, _) = split_timestamp(b"2024-05-01T10:00:00.1Z x").expect("ts");
         assert_eq!(ns2 % 1_000_000_000, 100_000_000);
         let e = split_timestamp(b"garbage line").expect_err("bad");
