@@ -589,6 +589,19 @@ struct Chunk {
     meta: ContainerMeta,
     records: Vec<Record>,
     checkpoint: Checkpoint,
+    /// The container is gone and everything it wrote was handed over: its checkpoint is
+    /// dropped once committed (not to be reported lost on the next start).
+    forget: bool,
+}
+
+fn forget(key: &ServiceKey, meta: &ContainerMeta) -> Chunk {
+    Chunk {
+        key: key.clone(),
+        meta: meta.clone(),
+        records: Vec::new(),
+        checkpoint: Checkpoint::default(),
+        forget: true,
+    }
 }
 
 /// Follows the selected containers into a [`Store`]: see the module docs.
@@ -713,8 +726,10 @@ impl Collector {
                     ev = events.next() => match ev {
                         Some(Ok(ev)) => {
                             let id = ev.actor.and_then(|a| a.id);
-                            if ev.action.as_deref() == Some("start") && let Some(id) = id {
-                                sup.started(&id, &mut tasks).await;
+                            match (ev.action.as_deref(), id) {
+                                (Some("start"), Some(id)) => sup.started(&id, &mut tasks).await,
+                                (Some("destroy"), Some(id)) => sup.destroyed(&id).await,
+                                _ => {}
                             }
                         }
                         Some(Err(_)) | None => continue 'outer,
@@ -833,6 +848,25 @@ impl Supervisor {
         Ok(())
     }
 
+    /// A removed container whose task is done: everything it wrote was read.
+    async fn destroyed(&mut self, id: &str) {
+        let live = self.locks.get(id).is_some_and(|l| Arc::strong_count(l) > 1);
+        self.locks.remove(id);
+        if live || self.shared.store.checkpoint(id).is_none() {
+            return;
+        }
+        let Some((key, _)) = self.shared.store.checkpoint(id) else {
+            return;
+        };
+        let meta = ContainerMeta {
+            id: id.to_owned(),
+            name: String::new(),
+            image: String::new(),
+            labels: BTreeMap::new(),
+        };
+        let _ = self.shared.tx.send(forget(&key, &meta)).await;
+    }
+
     async fn started(&mut self, id: &str, tasks: &mut JoinSet<()>) {
         if let Err(e) = self.spawn(id, tasks).await {
             tracing::debug!(container = id, "inspecting a started container: {e}");
@@ -904,16 +938,17 @@ async fn follow_container(
     cancel: CancellationToken,
 ) {
     let id = meta.id.clone();
-    let resume = {
-        let sent = shared.sent.lock().unwrap_or_else(PoisonError::into_inner);
-        sent.get(&id).copied()
-    }
-    .or_else(|| shared.store.checkpoint(&id).map(|(_, c)| c));
     let replica = meta.labels.get(LABEL_REPLICA).and_then(|r| r.parse().ok());
     let revision = meta.labels.get(LABEL_REVISION).cloned();
-    let mut asm = Assembler::new(rules, &id, replica, revision, resume);
     let mut first_chunk = true;
     loop {
+        // From what was handed over (records not yet handed over are read again).
+        let resume = {
+            let sent = shared.sent.lock().unwrap_or_else(PoisonError::into_inner);
+            sent.get(&id).copied()
+        }
+        .or_else(|| shared.store.checkpoint(&id).map(|(_, c)| c));
+        let mut asm = Assembler::new(rules.clone(), &id, replica, revision.clone(), resume);
         let mut stream = Box::pin(
             shared
                 .docker
@@ -974,7 +1009,9 @@ async fn follow_container(
                     tracing::debug!(container = %meta.name, "log stream: {e}");
                     break false;
                 }
-                None => break true,
+                None => {
+                    break true;
+                }
             }
         };
         // Is it still running (a stream that ended while it runs is followed again)?
@@ -984,11 +1021,19 @@ async fn follow_container(
             .await
         {
             Ok(i) => i.state.and_then(|s| s.running).unwrap_or(false),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) if ended_ok => {
+                // Removed, and its stream ended: everything was read.
+                asm.finish();
+                let _ = send(&shared, &key, &meta, &mut asm, &mut first_chunk).await;
+                let _ = shared.tx.send(forget(&key, &meta)).await;
+                shared.status.set_state(&id, FollowState::Stopped);
+                return;
+            }
             Err(_) => {
                 shared.status.set_state(&id, FollowState::Reconnecting);
-                if !send(&shared, &key, &meta, &mut asm, &mut first_chunk).await {
-                    return;
-                }
+                let _ = send(&shared, &key, &meta, &mut asm, &mut first_chunk).await;
                 return;
             }
         };
@@ -1027,6 +1072,7 @@ async fn send(
         meta: meta.clone(),
         records,
         checkpoint,
+        forget: false,
     };
     *first = false;
     {
@@ -1067,7 +1113,12 @@ async fn writer_loop(
         // One Append per service, in arrival order; per container the last checkpoint.
         let mut appends: Vec<Append> = Vec::new();
         let mut stats: HashMap<String, (u64, u64, i64)> = HashMap::new();
+        let mut forgets: Vec<String> = Vec::new();
         for c in chunks {
+            if c.forget {
+                forgets.push(c.meta.id.clone());
+                continue;
+            }
             let st = stats.entry(c.meta.id.clone()).or_default();
             st.0 += c.records.len() as u64;
             st.1 += c.records.iter().map(|r| r.line.len() as u64).sum::<u64>();
@@ -1099,7 +1150,14 @@ async fn writer_loop(
             }
         }
         let s = store.clone();
-        let res = tokio::task::spawn_blocking(move || s.commit(&appends)).await;
+        let res = tokio::task::spawn_blocking(move || {
+            s.commit(&appends)?;
+            for id in &forgets {
+                s.forget_container(id)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
         match res {
             Ok(Ok(())) => status.with(|s| {
                 for (id, (lines, bytes, ts)) in stats {

@@ -998,8 +998,9 @@ impl Store {
             if a.records.is_empty() && a.checkpoints.is_empty() && a.containers.is_empty() {
                 continue;
             }
-            let log = self.service_or_create(&a.key)?;
-            let r = lock(&log).append(a, self.opts.segment_bytes, &mut buf);
+            let r = self
+                .service_or_create(&a.key)
+                .and_then(|log| lock(&log).append(a, self.opts.segment_bytes, &mut buf));
             match r {
                 Ok(()) => {
                     any = true;
@@ -1330,10 +1331,22 @@ impl LogSource for Store {
         let mut buf = Vec::new();
         let (records, next) = match query_range(&snap, &filter, from, snap.end, max, &mut buf) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Retention removed the segment meanwhile: again, from what is kept now.
-                return self.read(key, from, max).map(|mut b| {
-                    b.skipped += skipped;
-                    b
+                // Retention removed the segment meanwhile: once more, from what is kept.
+                let Some(again) = self.snapshot(key) else {
+                    return Err(e);
+                };
+                let start = again.start();
+                let (from2, skipped2) = if from < start {
+                    (start, start - from)
+                } else {
+                    (from, 0)
+                };
+                let (records, next) =
+                    query_range(&again, &filter, from2, again.end, max, &mut buf)?;
+                return Ok(Batch {
+                    records,
+                    next: next.max(from2),
+                    skipped: skipped + skipped2,
                 });
             }
             r => r?,

@@ -139,7 +139,7 @@ async fn exactly_once_across_an_aborted_collector_and_a_docker_restart() {
             ("io.slipway.revision", "r1"),
             ("io.slipway.replica", "1"),
             ("io.slipway.logs.multiline", r"^\d"),
-            ("io.slipway.logs.multiline-timeout", "300ms"),
+            ("io.slipway.logs.multiline-timeout", "2s"),
         ],
         &[],
         &script,
@@ -301,6 +301,55 @@ async fn stopped_containers_are_drained_and_removed_ones_reported_lost() {
             .any(|l| l.container == gone && l.service == gone_key)
     })
     .await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("clean shutdown")
+        .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_stored_once_and_in_order() {
+    let Some(docker) = docker().await else { return };
+    const LINES: usize = 200_000;
+    let stack = unique("burst");
+    let key = ServiceKey::new("test", &stack, "burst");
+    let mut cs = Containers::new();
+    cs.run(
+        &[
+            ("io.slipway.env", "test"),
+            ("io.slipway.stack", &stack),
+            ("io.slipway.service", "burst"),
+            ("io.slipway.revision", "r1"),
+        ],
+        &[],
+        &format!("seq 1 {LINES}; exec sleep 1000"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("open"));
+    let started = std::time::Instant::now();
+    let (task, token, status) = start(store.clone(), docker);
+    use slipway_logs::LogSource;
+    let count = || {
+        status
+            .get()
+            .containers
+            .iter()
+            .filter(|c| c.service == key)
+            .map(|c| c.lines)
+            .sum::<u64>()
+    };
+    wait_for("the burst", 120, || count() >= LINES as u64).await;
+    eprintln!("{LINES} lines collected in {:?}", started.elapsed());
+    let got = lines(&store, &key);
+    assert_eq!(got.len(), LINES);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, l)| *l == (i + 1).to_string()),
+        "in order, once"
+    );
+    assert_eq!(store.read(&key, 0, 10).expect("read").records.len(), 10);
     token.cancel();
     tokio::time::timeout(Duration::from_secs(20), task)
         .await
