@@ -6,6 +6,7 @@
 //! ```text
 //! <dir>/<env>/<stack>/<service>/        names escaped (see `escape_name`)
 //!     00000000000000000000.log          segments, named by their base position
+//!     00000000000000000000.idx          sparse index of a closed segment (time per ~256 KiB)
 //!     00000000000067108864.log
 //!     checkpoint.json                   committed end, per-container checkpoints, segment times
 //!     containers.json                   ContainerMeta of each container that wrote here
@@ -22,6 +23,19 @@
 //! the checkpoints of the containers whose records were appended change together. On
 //! [`Store::open`] anything past the committed end is truncated: the collector reads it
 //! again from its checkpoint. Readers never see past the committed end.
+//!
+//! # Search
+//!
+//! Segments whose time range misses a query's `since`/`until` are not read, nor are the
+//! blocks of the sparse index that miss it; lines are split with `memchr`, filtered on
+//! their raw fields, and only unescaped (into a reused buffer) for the regex when they
+//! hold an escape; only matches are decoded into [`Record`]s.
+//!
+//! # Retention
+//!
+//! [`Retention::default`] is 7 days and 1 GiB per service. [`Store::enforce_retention`]
+//! (the collector runs it every minute) removes whole closed segments, oldest first; the
+//! active segment is never removed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -260,6 +274,41 @@ struct Segment {
     len: u64,
     min_ts: i64,
     max_ts: i64,
+    /// The sparse index: blocks of about [`BLOCK_BYTES`] starting at record boundaries,
+    /// with their time range, so that a time-bounded search reads only the blocks that
+    /// may match. Kept in `<base>.idx` once the segment is closed; rebuilt by a scan for
+    /// the active segment on open.
+    blocks: Arc<Vec<Block>>,
+}
+
+/// One stretch of a segment in the sparse index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Block {
+    /// Offset in the segment of its first record.
+    offset: u64,
+    min_ts: i64,
+    max_ts: i64,
+}
+
+/// The sparse index's granularity.
+const BLOCK_BYTES: u64 = 256 * 1024;
+
+fn index_record(blocks: &mut Vec<Block>, offset: u64, ts: i64) {
+    match blocks.last_mut() {
+        Some(b) if offset - b.offset < BLOCK_BYTES => {
+            b.min_ts = b.min_ts.min(ts);
+            b.max_ts = b.max_ts.max(ts);
+        }
+        _ => blocks.push(Block {
+            offset,
+            min_ts: ts,
+            max_ts: ts,
+        }),
+    }
+}
+
+fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.idx"))
 }
 
 impl Segment {
@@ -376,24 +425,47 @@ impl ServiceLog {
                 len: committed,
                 min_ts: i64::MAX,
                 max_ts: i64::MIN,
+                blocks: Arc::default(),
             };
-            match metas.get(&base) {
-                Some(m) => {
+            let last = bases[i + 1..].iter().all(|&n| n >= ck.end);
+            let saved: Option<Vec<Block>> = if last {
+                None
+            } else {
+                fs::read(index_path(&dir, base))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            };
+            match (metas.get(&base), saved) {
+                (Some(m), Some(blocks)) => {
                     seg.min_ts = m.min_ts;
                     seg.max_ts = m.max_ts;
+                    seg.blocks = Arc::new(blocks);
                 }
-                None => {
-                    // Times unknown (an old checkpoint): scan.
+                (meta, _) => {
+                    // The active segment (or an index lost): scan.
                     let mut lo = i64::MAX;
                     let mut hi = i64::MIN;
-                    scan(&path, base, base, base + committed, &mut |_, line| {
+                    let mut blocks = Vec::new();
+                    let scanned = scan(&path, base, base, base + committed, &mut |pos, line| {
                         let l = parse_line(line)?;
                         lo = lo.min(l.time_ns);
                         hi = hi.max(l.time_ns);
+                        index_record(&mut blocks, pos - base, l.time_ns);
                         Ok(true)
-                    })?;
-                    seg.min_ts = lo;
-                    seg.max_ts = hi;
+                    });
+                    match scanned {
+                        Ok(()) => {
+                            seg.min_ts = lo;
+                            seg.max_ts = hi;
+                            seg.blocks = Arc::new(blocks);
+                        }
+                        Err(e) => {
+                            // Kept without an index: reads that reach the bad line say so.
+                            tracing::warn!("log segment not indexed: {e}");
+                            seg.min_ts = meta.map_or(i64::MIN, |m| m.min_ts);
+                            seg.max_ts = meta.map_or(i64::MAX, |m| m.max_ts);
+                        }
+                    }
                 }
             }
             segments.push(seg);
@@ -452,11 +524,18 @@ impl ServiceLog {
                 Some(s) => s.len >= segment_bytes,
             };
             if need_new {
+                if let Some(closed) = self.segments.last() {
+                    let bytes =
+                        serde_json::to_vec(closed.blocks.as_ref()).map_err(io::Error::other)?;
+                    let name = format!("{:020}.idx", closed.base);
+                    write_atomic(&self.dir, &name, &bytes)?;
+                }
                 let seg = Segment {
                     base: self.end,
                     len: 0,
                     min_ts: i64::MAX,
                     max_ts: i64::MIN,
+                    blocks: Arc::default(),
                 };
                 let path = seg.path(&self.dir);
                 let f = OpenOptions::new()
@@ -477,20 +556,23 @@ impl ServiceLog {
                 self.active = Some(f);
             }
             buf.clear();
+            let (Some(f), Some(seg)) = (self.active.as_mut(), self.segments.last_mut()) else {
+                return Err(io::Error::other("no active segment"));
+            };
             let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            let mut blocks = seg.blocks.as_ref().clone();
             for r in &a.records {
+                index_record(&mut blocks, seg.len + buf.len() as u64, r.time_ns);
                 encode(r, buf);
                 lo = lo.min(r.time_ns);
                 hi = hi.max(r.time_ns);
             }
-            let (Some(f), Some(seg)) = (self.active.as_mut(), self.segments.last_mut()) else {
-                return Err(io::Error::other("no active segment"));
-            };
             f.write_all_at(buf, seg.len)?;
             f.sync_data()?;
             seg.widen(lo);
             seg.widen(hi);
             seg.len += buf.len() as u64;
+            seg.blocks = Arc::new(blocks);
         }
         let new_end = self.segments.last().map_or(self.end, |s| s.base + s.len);
         let old_end = self.end;
@@ -509,6 +591,10 @@ impl ServiceLog {
             self.end = old_end;
             if let Some(seg) = self.segments.last_mut() {
                 seg.len = old_end.saturating_sub(seg.base);
+                let len = seg.len;
+                let mut blocks = seg.blocks.as_ref().clone();
+                blocks.retain(|b| b.offset < len);
+                seg.blocks = Arc::new(blocks);
             }
             for (id, ck) in old_ck {
                 match ck {
@@ -532,7 +618,9 @@ impl ServiceLog {
                 let path = s.path(&self.dir);
                 total -= s.len;
                 removed += s.len;
+                let idx = index_path(&self.dir, s.base);
                 self.segments.remove(0);
+                let _ = fs::remove_file(idx);
                 match fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -870,6 +958,35 @@ impl<'q> Filter<'q> {
             return false;
         }
         true
+    }
+
+    /// The stretches `[from, to)` (positions) of `s` whose blocks may hold a match.
+    fn ranges(&self, s: &Segment) -> Vec<(u64, u64)> {
+        let end = s.base + s.len;
+        if self.q.since_ns.is_none() && self.q.until_ns.is_none() || s.blocks.is_empty() {
+            return vec![(s.base, end)];
+        }
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, b) in s.blocks.iter().enumerate() {
+            if b.offset >= s.len {
+                break;
+            }
+            let may = self.q.since_ns.is_none_or(|t| b.max_ts >= t)
+                && self.q.until_ns.is_none_or(|t| b.min_ts < t);
+            if !may {
+                continue;
+            }
+            let from = s.base + b.offset;
+            let to = s
+                .blocks
+                .get(i + 1)
+                .map_or(end, |n| (s.base + n.offset).min(end));
+            match out.last_mut() {
+                Some(last) if last.1 == from => last.1 = to,
+                _ => out.push((from, to)),
+            }
+        }
+        out
     }
 
     fn matches(&self, l: &Line<'_>, buf: &mut Vec<u8>) -> io::Result<bool> {
@@ -1212,12 +1329,12 @@ fn query_range(
         }
         let path = seg.path(&snap.dir);
         let mut full = false;
-        scan(
-            &path,
-            seg.base,
-            from.max(seg.base),
-            seg_end.min(to),
-            &mut |pos, line| {
+        for (r_from, r_to) in filter.ranges(seg) {
+            let (a, b) = (r_from.max(from), r_to.min(to));
+            if a >= b {
+                continue;
+            }
+            scan(&path, seg.base, a, b, &mut |pos, line| {
                 next = pos + line.len() as u64 + 1;
                 let l = parse_line(line)?;
                 if filter.matches(&l, buf)? {
@@ -1233,11 +1350,15 @@ fn query_range(
                     }
                 }
                 Ok(true)
-            },
-        )?;
+            })?;
+            if full {
+                break;
+            }
+        }
         if full {
             break;
         }
+        next = next.max(seg_end.min(to));
     }
     Ok((out, next))
 }
@@ -1260,12 +1381,8 @@ fn query_tail(
         }
         let path = seg.path(&snap.dir);
         let mut positions: VecDeque<(u64, usize)> = VecDeque::new();
-        scan(
-            &path,
-            seg.base,
-            seg.base,
-            seg.base + seg.len,
-            &mut |pos, line| {
+        for (a, b) in filter.ranges(seg) {
+            scan(&path, seg.base, a, b, &mut |pos, line| {
                 let l = parse_line(line)?;
                 if filter.matches(&l, buf)? {
                     positions.push_back((pos, line.len()));
@@ -1274,8 +1391,8 @@ fn query_tail(
                     }
                 }
                 Ok(true)
-            },
-        )?;
+            })?;
+        }
         let file = File::open(&path)?;
         let mut line = Vec::new();
         let mut these = Vec::with_capacity(positions.len());

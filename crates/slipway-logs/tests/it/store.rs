@@ -378,6 +378,32 @@ fn search_over_a_million_lines() {
     assert_eq!(got.len(), 2000);
     assert_eq!(got[3].0, other);
     assert_eq!(got[3].1.record.line, "job 12003");
+    // Reopened: closed segments' sparse indexes read back, the active one's rebuilt;
+    // the same answers.
+    let idx = std::fs::read_dir(dir.path().join("prod/shop%2Fmain/web"))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".idx"))
+        .count();
+    assert!(idx >= 3, "{idx} indexes");
+    drop(store);
+    let store = Store::open(dir.path(), StoreOptions::default()).expect("reopen");
+    assert_eq!(store.query(&q).expect("query"), got);
+    let q = web(Query {
+        since_ns: Some(250_000_000),
+        until_ns: Some(260_000_000),
+        ..Query::default()
+    });
+    let got = store.query(&q).expect("query");
+    assert_eq!(got.len(), (250_000..260_000).filter(|&i| in_web(i)).count());
+    let q = web(Query {
+        since_ns: Some(999_000_000),
+        ..Query::default()
+    });
+    assert_eq!(
+        store.query(&q).expect("query").len(),
+        (999_000..1_000_000).filter(|&i| in_web(i)).count()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
