@@ -800,6 +800,18 @@ impl Supervisor {
                 continue;
             }
             let stopped_unread = self.first && has_ck;
+            // The environment only excludes: what the labels and name do not select is
+            // not inspected.
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map_or(id.as_str(), |n| n.trim_start_matches('/'));
+            let no_labels = HashMap::new();
+            let labels = c.labels.as_ref().unwrap_or(&no_labels);
+            if !has_ck && self.selection.decide(name, labels, &[]).is_none() {
+                continue;
+            }
             if running || stopped_unread {
                 self.spawn(&id, tasks).await?;
             }
