@@ -630,7 +630,9 @@ impl DockerTarget {
 
     fn create_body(owner: &Owner, spec: &ContainerSpec) -> ContainerCreateBody {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
-        labels.retain(|k, _| !k.starts_with("io.slipway."));
+        // Only the collector's settings (`io.slipway.logs.*`, from `x-slipway.logs`) pass:
+        // who owns a container is Slipway's to say.
+        labels.retain(|k, _| !k.starts_with("io.slipway.") || k.starts_with("io.slipway.logs."));
         labels.extend(owner.labels());
         let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
             test: Some(h.test.clone()),

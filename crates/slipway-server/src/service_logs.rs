@@ -74,16 +74,16 @@ struct RoutesFile {
 impl ServiceLogs {
     /// Opens (creating) the store under `dir` with the configured retention.
     pub fn open(dir: PathBuf, config: ServiceLogsConfig) -> Result<ServiceLogs, String> {
-        let mut retention = slipway_logs::RetentionPolicy::default();
-        for arg in &config.retention {
-            retention
-                .parse_arg(arg)
-                .map_err(|e| format!("--log-retention `{arg}`: {e}"))?;
-        }
+        let retention = slipway_logs::RetentionPolicy::from_args(&config.retention)
+            .map_err(|e| format!("--log-retention: {e}"))?;
         for list in &config.routes {
             parse_route_uris(list).map_err(|e| format!("--log-route: {e}"))?;
         }
-        let store = Store::open(&dir, retention)
+        let options = slipway_logs::StoreOptions {
+            retention,
+            ..Default::default()
+        };
+        let store = Store::open(&dir, options)
             .map_err(|e| format!("service logs at {}: {e}", dir.display()))?;
         Ok(ServiceLogs {
             store: Arc::new(store),
@@ -119,7 +119,10 @@ impl ServiceLogs {
             }
         }
         let stored = self.stored_routes().unwrap_or_else(|e| {
-            tracing::warn!("{}: {e}; the routes added through the API are not started", self.routes_file().display());
+            tracing::warn!(
+                "{}: {e}; the routes added through the API are not started",
+                self.routes_file().display()
+            );
             Vec::new()
         });
         // Checked in `open`: the command line's lists parse.
@@ -258,6 +261,17 @@ impl ServiceLogs {
         lock(&self.routes).get(id).map(|r| route_json(id, r))
     }
 
+    /// The services of `env`/`stack` that have records.
+    pub fn services_of(&self, env: &str, stack: &str) -> Vec<String> {
+        use slipway_logs::LogSource;
+        self.store
+            .services()
+            .into_iter()
+            .filter(|k| k.env == env && k.stack == stack)
+            .map(|k| k.service)
+            .collect()
+    }
+
     /// Every route with what it has delivered and what it has not yet.
     pub fn routes(&self) -> Vec<Value> {
         lock(&self.routes)
@@ -270,7 +284,7 @@ impl ServiceLogs {
     pub fn metrics(&self) -> String {
         let mut out = String::new();
         if let Some(status) = lock(&self.collector).as_ref() {
-            let s = status.snapshot();
+            let s = status.get();
             out.push_str(
                 "# HELP slipway_service_log_records_total Log records collected from containers.\n\
                  # TYPE slipway_service_log_records_total counter\n",
@@ -319,10 +333,7 @@ fn route_json(id: &str, r: &RunningRoute) -> Value {
             s.rejected,
             s.lag.iter().map(|l| l.bytes).sum::<u64>(),
             // Known only when every service's backlog is counted.
-            s.lag
-                .iter()
-                .map(|l| l.records)
-                .sum::<Option<u64>>(),
+            s.lag.iter().map(|l| l.records).sum::<Option<u64>>(),
             s.last_error.clone(),
             s.connected,
         ),

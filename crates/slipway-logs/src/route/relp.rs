@@ -82,7 +82,11 @@ impl Relp {
         Ok(s)
     }
 
-    pub(crate) async fn send(&mut self, batch: &[Outgoing<'_>]) -> Sent {
+    pub(crate) async fn send(
+        &mut self,
+        batch: &[Outgoing<'_>],
+        progress: &mut (dyn FnMut(usize) + Send),
+    ) -> Sent {
         if self.session.is_none() {
             match self.open().await {
                 Ok(s) => self.session = Some(s),
@@ -129,6 +133,11 @@ impl Relp {
                 }
                 in_flight.pop_front();
                 acked += 1;
+                // Once the acknowledgements that arrived together are read: a kill after
+                // this repeats none of them.
+                if s.conn.buffer().is_empty() {
+                    progress(acked);
+                }
             }
             Ok(())
         }

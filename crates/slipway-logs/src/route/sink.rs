@@ -99,12 +99,18 @@ impl Sink {
         })
     }
 
-    /// Sends `batch` (in order) and says how far it got.
-    pub async fn send(&mut self, batch: &[Outgoing<'_>]) -> Sent {
+    /// Sends `batch` (in order) and says how far it got. A sink whose receiver
+    /// acknowledges message by message (RELP) also calls `progress` with the acknowledged
+    /// prefix's length as it grows, so the caller can keep its cursor that close behind.
+    pub async fn send(
+        &mut self,
+        batch: &[Outgoing<'_>],
+        progress: &mut (dyn FnMut(usize) + Send),
+    ) -> Sent {
         match self {
             Sink::Syslog(s) => s.send(batch).await,
             Sink::Udp(s) => s.send(batch).await,
-            Sink::Relp(s) => s.send(batch).await,
+            Sink::Relp(s) => s.send(batch, progress).await,
             Sink::Elasticsearch(s) => s.send(batch).await,
             Sink::Loki(s) => s.send(batch).await,
         }

@@ -184,6 +184,18 @@ fn load_cursors(path: &Path) -> io::Result<BTreeMap<ServiceKey, u64>> {
 
 /// Writes the cursors atomically: a temporary file, fsync, rename, fsync of the directory.
 fn save_cursors(path: &Path, uri: &str, cursors: &BTreeMap<ServiceKey, u64>) -> io::Result<()> {
+    write_cursors(path, uri, cursors, true)
+}
+
+/// [`save_cursors`], durable (`sync`) or only safe from a kill of this process (a renamed
+/// file in the page cache survives it): the cursor kept while RELP acknowledgements come
+/// in, where an fsync per group of acknowledgements would cost more than it saves.
+fn write_cursors(
+    path: &Path,
+    uri: &str,
+    cursors: &BTreeMap<ServiceKey, u64>,
+    sync: bool,
+) -> io::Result<()> {
     use std::io::Write as _;
     let body = serde_json::to_vec(&CursorFile {
         uri: uri.to_string(),
@@ -193,9 +205,12 @@ fn save_cursors(path: &Path, uri: &str, cursors: &BTreeMap<ServiceKey, u64>) -> 
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&body)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent()
+    if sync
+        && let Some(dir) = path.parent()
         && let Ok(d) = std::fs::File::open(dir)
     {
         let _ = d.sync_all();
@@ -414,7 +429,23 @@ impl Worker {
                 hostname: &self.hostname,
             })
             .collect();
-        let sent = self.sink.send(&out).await;
+        // Acknowledged records move the cursor as they are acknowledged (RELP), not only
+        // when the whole batch is.
+        let (path, masked, mut cursors) = (&self.path, &self.masked, self.cursors.clone());
+        let next_of = |done: usize| {
+            if done >= out.len() {
+                batch.next
+            } else {
+                out[done].position
+            }
+        };
+        let mut progress = |done: usize| {
+            cursors.insert(key.clone(), next_of(done));
+            if let Err(e) = write_cursors(path, masked, &cursors, false) {
+                tracing::warn!("saving the cursor {}: {e}", path.display());
+            }
+        };
+        let sent = self.sink.send(&out, &mut progress).await;
         let done = sent.done.min(out.len());
         let to = if done == out.len() {
             batch.next

@@ -117,7 +117,7 @@ async fn udp_syslog_and_chunked_gelf_arrive() {
         meta: &m,
         hostname: "n",
     }];
-    let sent = sink.send(&batch).await;
+    let sent = sink.send(&batch, &mut |_| {}).await;
     assert_eq!(sent.done, 1);
     let mut buf = vec![0; 70_000];
     let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
@@ -138,7 +138,7 @@ async fn udp_syslog_and_chunked_gelf_arrive() {
         meta: &m,
         hostname: "n",
     }];
-    assert_eq!(sink.send(&batch).await.done, 1);
+    assert_eq!(sink.send(&batch, &mut |_| {}).await.done, 1);
     let mut parts: Vec<(u8, Vec<u8>)> = Vec::new();
     loop {
         let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
@@ -196,7 +196,7 @@ async fn gelf_tcp_is_nul_terminated_and_raw_defaults_to_the_line() {
         let mut sink =
             Sink::new(&RouteUri::parse(&format!("{scheme}://127.0.0.1:{port}")).expect("uri"))
                 .expect("sink");
-        assert_eq!(sink.send(&batch).await.done, 2);
+        assert_eq!(sink.send(&batch, &mut |_| {}).await.done, 2);
         sink.close().await;
         let bytes = tokio::time::timeout(Duration::from_secs(5), reader)
             .await

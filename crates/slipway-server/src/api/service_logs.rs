@@ -70,7 +70,11 @@ fn some(v: &Option<String>) -> Option<&str> {
 
 impl LogsQuery {
     fn to_query(&self, env: &str, stack: &str) -> Result<LogQuery, ApiError> {
-        let mut q = LogQuery::new(env, stack);
+        let mut q = LogQuery {
+            env: Some(env.to_owned()),
+            stack: Some(stack.to_owned()),
+            ..LogQuery::default()
+        };
         q.service = some(&self.service).map(str::to_owned);
         if let Some(s) = some(&self.since) {
             q.since_ns = Some(parse_time_bound("since", s).map_err(ApiError::bad_request)?);
@@ -99,13 +103,14 @@ impl LogsQuery {
                 )));
             }
         };
-        q.tail = match some(&self.tail) {
-            Some(t) => Some(t.parse().map_err(|_| {
-                ApiError::bad_request(format!("`tail={t}`: a number of records"))
-            })?),
-            None if q.since_ns.is_none() => Some(100),
-            None => None,
-        };
+        q.tail =
+            match some(&self.tail) {
+                Some(t) => Some(t.parse().map_err(|_| {
+                    ApiError::bad_request(format!("`tail={t}`: a number of records"))
+                })?),
+                None if q.since_ns.is_none() => Some(100),
+                None => None,
+            };
         Ok(q)
     }
 
@@ -154,47 +159,53 @@ pub async fn get_logs(
         .is_some_and(|v| v.contains("text/event-stream"));
     let raw = some(&params.format) == Some("raw");
     let follow = params.follow() || sse;
+    let follow_query = follow.then(|| query.clone());
     let store = state.service_logs.store.clone();
+    // A search runs before the answer starts, so its error is the answer's status; a
+    // follow streams until the client goes.
+    let found = if follow {
+        None
+    } else {
+        let search = store.clone();
+        Some(
+            tokio::task::spawn_blocking(move || search.query(&query))
+                .await
+                .map_err(store_error)?
+                .map_err(store_error)?,
+        )
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<(ServiceKey, Positioned)>>(16);
     tokio::spawn(async move {
-        if follow {
-            let mut tail = store.follow(query);
-            loop {
-                let batch = tokio::select! {
-                    _ = tx.closed() => return,
-                    batch = tail.next() => batch,
-                };
-                match batch {
-                    Ok(batch) if batch.is_empty() => {}
-                    Ok(batch) => {
-                        if tx.send(batch).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("following service logs: {e}");
+        if let Some(records) = found {
+            for chunk in records.chunks(1024) {
+                if tx.send(chunk.to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        let Some(query) = follow_query else { return };
+        let mut tail = store.follow(query);
+        loop {
+            let batch = tokio::select! {
+                _ = tx.closed() => return,
+                batch = tail.next() => batch,
+            };
+            match batch {
+                Ok(batch) => {
+                    if tx.send(batch).await.is_err() {
                         return;
                     }
                 }
-            }
-        } else {
-            let found = tokio::task::spawn_blocking(move || store.query(&query)).await;
-            match found {
-                Ok(Ok(records)) => {
-                    for chunk in records.chunks(1024) {
-                        if tx.send(chunk.to_vec()).await.is_err() {
-                            return;
-                        }
-                    }
+                Err(e) => {
+                    tracing::warn!("following service logs: {e}");
+                    return;
                 }
-                Ok(Err(e)) => tracing::warn!("searching service logs: {e}"),
-                Err(e) => tracing::warn!("searching service logs: {e}"),
             }
         }
     });
-    let batches = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (b, rx))
-    });
+    let batches =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     if sse {
         use futures_util::StreamExt;
         let events = batches.flat_map(|batch| {
@@ -271,7 +282,7 @@ async fn logs_page(
     if let Err(e) = checked {
         return error_page(&state, Some(&user), e);
     }
-    let services = state.service_logs.store.services_of(&env, &stack);
+    let services = state.service_logs.services_of(&env, &stack);
     let mut stream = form_urlencoded::Serializer::new(String::new());
     for (key, value) in [
         ("service", &params.service),
@@ -327,7 +338,10 @@ async fn add_route_form(
     State(state): State<Arc<AppState>>,
     PageForm { user, form }: PageForm,
 ) -> Response {
-    match state.service_logs.add_route(field(&form, "uri").trim()) {
+    match state
+        .service_logs
+        .add_route(field(&form, "uri").as_deref().unwrap_or("").trim())
+    {
         Ok(_) => Redirect::to("/log-routes").into_response(),
         Err(e) => render(
             &state,

@@ -129,7 +129,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("notify.html", include_str!("templates/notify.html")),
     ("deploy.html", include_str!("templates/deploy.html")),
     ("stack.html", include_str!("templates/stack.html")),
-    ("service_logs.html", include_str!("templates/service_logs.html")),
+    (
+        "service_logs.html",
+        include_str!("templates/service_logs.html"),
+    ),
     ("log_routes.html", include_str!("templates/log_routes.html")),
     (
         "registry_repo.html",

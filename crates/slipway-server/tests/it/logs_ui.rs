@@ -62,7 +62,6 @@ fn now_ns() -> i128 {
 const TICKS_EXPR: &str =
     "Array.from(document.querySelectorAll('#service-log .record .text')).map(t => t.textContent)";
 
-
 fn numbers(v: &Value) -> Vec<u64> {
     v.as_array()
         .expect("an array")
@@ -100,7 +99,11 @@ async fn the_live_tail_shows_new_records_within_a_second_pauses_and_searches() {
         ])
         .output()
         .expect("docker run");
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let _ticker = Ticker(name.clone());
 
     browser.log_in(&url, ADMIN).await;
@@ -111,12 +114,18 @@ async fn the_live_tail_shows_new_records_within_a_second_pauses_and_searches() {
         .eval("window.__sameDocument = 'not reloaded'; return true;")
         .await;
     browser
-        .wait_for("the first ticks on the page", &format!("return {TICKS_EXPR}.length > 2;"))
+        .wait_for(
+            "the first ticks on the page",
+            &format!("return {TICKS_EXPR}.length > 2;"),
+        )
         .await;
 
     // Each new tick: on the page within a second of the engine's timestamp.
     let mut seen_at: Vec<(u64, i128)> = Vec::new();
-    let mut last = numbers(&browser.eval(&ticks).await).last().copied().unwrap_or(0);
+    let mut last = numbers(&browser.eval(&ticks).await)
+        .last()
+        .copied()
+        .unwrap_or(0);
     let watch_until = now_ns() + 4_000_000_000;
     while now_ns() < watch_until {
         let shown = numbers(&browser.eval(&ticks).await);
@@ -135,7 +144,10 @@ async fn the_live_tail_shows_new_records_within_a_second_pauses_and_searches() {
             .find(|(e, _)| e == n)
             .unwrap_or_else(|| panic!("tick {n} is in the engine's log"));
         let delay_ms = (shown - stored) / 1_000_000;
-        assert!(delay_ms < 1000, "tick {n} showed {delay_ms} ms after the engine had it");
+        assert!(
+            delay_ms < 1000,
+            "tick {n} showed {delay_ms} ms after the engine had it"
+        );
     }
     let in_order = numbers(&browser.eval(&ticks).await);
     assert!(
@@ -158,7 +170,10 @@ async fn the_live_tail_shows_new_records_within_a_second_pauses_and_searches() {
     let held = browser
         .eval("return Number(document.querySelector('#logs-held .count').textContent);")
         .await;
-    assert!(held.as_f64().unwrap_or(0.0) >= 2.0, "held records are counted: {held}");
+    assert!(
+        held.as_f64().unwrap_or(0.0) >= 2.0,
+        "held records are counted: {held}"
+    );
     client
         .find(Locator::Id("logs-pause"))
         .await
@@ -186,7 +201,11 @@ async fn the_live_tail_shows_new_records_within_a_second_pauses_and_searches() {
         )
         .await;
     let found = numbers(&found);
-    assert_eq!(&found[..10], &(10..20).collect::<Vec<u64>>()[..], "{found:?}");
+    assert_eq!(
+        &found[..10],
+        &(10..20).collect::<Vec<u64>>()[..],
+        "{found:?}"
+    );
     let marks = browser
         .eval("return Array.from(document.querySelectorAll('#service-log mark')).map(m => m.textContent).slice(0, 3);")
         .await;
@@ -194,7 +213,9 @@ async fn the_live_tail_shows_new_records_within_a_second_pauses_and_searches() {
 
     // The API's NDJSON answer: the same records, with their service and stream.
     let body = reqwest::Client::new()
-        .get(format!("{url}/api/logs/-/-?service={name}&since=1h&grep=tick%2010%24"))
+        .get(format!(
+            "{url}/api/logs/-/-?service={name}&since=1h&grep=tick%2010%24"
+        ))
         .bearer_auth(ADMIN)
         .send()
         .await
