@@ -769,8 +769,8 @@ impl<'a, T: Target> Rollout<'a, T> {
     }
 
     fn member(&self, spec: &ServiceSpec, info: ContainerInfo) -> Option<Member> {
-        let ip = info.ip_on(&spec.network)?;
-        let address = Address::from_parts(&ip.to_string(), spec.port).ok()?;
+        let at = info.endpoint(&spec.network, spec.port)?;
+        let address = Address::from_parts(&at.ip().to_string(), at.port()).ok()?;
         Some(Member { info, address })
     }
 
@@ -923,6 +923,9 @@ impl<'a, T: Target> Rollout<'a, T> {
         let mut template = spec.template.clone();
         template.name = None;
         template.image = spec.image.clone();
+        if !template.proxied_ports.contains(&spec.port) {
+            template.proxied_ports.push(spec.port);
+        }
         if !template.networks.iter().any(|n| n.name == spec.network) {
             template.networks.insert(
                 0,
@@ -1107,13 +1110,10 @@ impl<'a, T: Target> Rollout<'a, T> {
                 match &probe {
                     None => {}
                     Some(p) => {
-                        let addr = SocketAddr::new(
-                            member
-                                .info
-                                .ip_on(&spec.network)
-                                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-                            spec.port,
-                        );
+                        let addr = member
+                            .info
+                            .endpoint(&spec.network, spec.port)
+                            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], spec.port)));
                         match probe_once(p, addr, health.probe_timeout).await {
                             Ok(()) => streak += 1,
                             Err(e) => {

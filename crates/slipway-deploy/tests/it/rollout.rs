@@ -36,6 +36,11 @@ async fn rolling_4_replicas_under_load_with_a_slow_request_and_a_websocket_fails
     let Some(env) = Env::new("rolling").await else {
         return;
     };
+    rolling_scenario(&env).await;
+}
+
+/// The rolling scenario on any target (the swarm's test runs it too).
+pub async fn rolling_scenario<T: Target>(env: &Env<T>) {
     let e = edge().await;
     let events = Events::default();
     let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
@@ -139,6 +144,11 @@ async fn blue_green_4_replicas_switches_at_once_under_load_with_a_slow_request_a
     let Some(env) = Env::new("bluegreen").await else {
         return;
     };
+    blue_green_scenario(&env).await;
+}
+
+/// The blue-green scenario on any target (the swarm's test runs it too).
+pub async fn blue_green_scenario<T: Target>(env: &Env<T>) {
     let e = edge().await;
     let events = Events::default();
     let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
@@ -202,6 +212,11 @@ async fn canary_4_replicas_steps_10_50_100_under_load_with_a_slow_request_and_a_
     let Some(env) = Env::new("canary").await else {
         return;
     };
+    canary_scenario(&env).await;
+}
+
+/// The canary scenario on any target (the swarm's test runs it too).
+pub async fn canary_scenario<T: Target>(env: &Env<T>) {
     let e = edge().await;
     let events = Events::default();
     let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
