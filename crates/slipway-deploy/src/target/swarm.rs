@@ -36,8 +36,11 @@
 //! balances by itself, which would take the choice of backend away from the proxy). The
 //! task's `Status.PortStatus` says which port, the node's `Status.Addr` (its advertise
 //! address) where: [`ContainerInfo::endpoints`] holds `node address:published port` by
-//! container port, and the rollout routes to that ([`ContainerInfo::endpoint`]). A task's
-//! overlay IP is in [`ContainerInfo::networks`] when it runs on this node.
+//! container port, and the rollout routes to that ([`ContainerInfo::endpoint`]); the
+//! proxy is on no overlay network, so [`ContainerInfo::networks`] names a task's networks
+//! with no IP (a task whose port status has no published port yet is not reachable, and
+//! the health gate waits). Of the two entries an engine reports for one port binding
+//! (IPv4, then IPv6: they may differ), the first is taken.
 //!
 //! What a task is doing: its service's newest task whose desired state is `running` (else
 //! its newest task); when its container is on this engine, the container's own state and
@@ -648,7 +651,10 @@ impl SwarmTarget {
             && let Some(c) = self.local.inspect_container(&cid).await?
         {
             local = true;
-            info.networks = c.networks;
+            // Overlay IPs are not reachable from the proxy (it is on no overlay): a task is
+            // reached at its endpoints only, never at `ip_on` (a task whose port is not
+            // published yet has no address).
+            info.networks = c.networks.into_keys().map(|n| (n, None)).collect();
             if meant_to_run {
                 info.state = c.state;
                 info.health = c.health;
