@@ -39,8 +39,9 @@
 //! bake); `abort` puts the old revision back and removes the new one, whatever
 //! `failure_action` says.
 //!
-//! The health gate ([`HealthGate`]): a container is healthy when it runs, has an IP on
-//! the service's network, the engine says `healthy` (when it has a healthcheck and
+//! The health gate ([`HealthGate`]): a container is healthy when it runs, has an address
+//! the proxy reaches ([`ContainerInfo::endpoint`]: its IP on the service's network, or on
+//! Swarm its task's published port on its node), the engine says `healthy` (when it has a healthcheck and
 //! `docker` is on), and the probe (HTTP or TCP; TCP on the service port when nothing
 //! else checks it) passed `successes` times in a row, all within `timeout`.
 //!

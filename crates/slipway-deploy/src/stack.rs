@@ -763,6 +763,24 @@ pub fn step_line(detail: &serde_json::Value) -> String {
     format!("{service}: {what}")
 }
 
+/// The labels that tell the log collector how to read a service (`x-slipway.logs`).
+fn log_labels(logs: &compose::XLogs) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if let Some(start) = &logs.multiline {
+        labels.insert(LABEL_LOGS_MULTILINE.to_owned(), start.clone());
+    }
+    if let Some(timeout) = logs.multiline_timeout {
+        labels.insert(
+            LABEL_LOGS_MULTILINE_TIMEOUT.to_owned(),
+            humantime::format_duration(timeout).to_string(),
+        );
+    }
+    if logs.json {
+        labels.insert(LABEL_LOGS_JSON.to_owned(), "true".to_owned());
+    }
+    labels
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -870,22 +888,4 @@ mod tests {
         let err = specs(portless).expect_err("no port");
         assert!(err.to_string().contains("service `worker`"), "{err}");
     }
-}
-
-/// The labels that tell the log collector how to read a service (`x-slipway.logs`).
-fn log_labels(logs: &compose::XLogs) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    if let Some(start) = &logs.multiline {
-        labels.insert(LABEL_LOGS_MULTILINE.to_owned(), start.clone());
-    }
-    if let Some(timeout) = logs.multiline_timeout {
-        labels.insert(
-            LABEL_LOGS_MULTILINE_TIMEOUT.to_owned(),
-            humantime::format_duration(timeout).to_string(),
-        );
-    }
-    if logs.json {
-        labels.insert(LABEL_LOGS_JSON.to_owned(), "true".to_owned());
-    }
-    labels
 }

@@ -10,8 +10,10 @@
 //! the containers of a service listed ([`Target::list_containers`] by a [`Selector`]).
 //! Images: [`Target::pull_image`] (a no-op when an image pinned by digest is already
 //! there) and [`Target::resolve_digest`] (a tag to `repo@sha256:…`, from `RepoDigests`).
-//! The trait's futures are `Send` and it needs no `dyn`: a Docker Swarm target (services
-//! instead of containers) implements the same calls later.
+//! The trait's futures are `Send` and it needs no `dyn`: [`SwarmTarget`] (a one-task
+//! service per container, see [`swarm`]) implements the same calls. Where the proxy
+//! reaches a container is [`ContainerInfo::endpoint`]: a published endpoint when the
+//! target gives one (Swarm), else its IP on the service's network.
 //!
 //! Invariants:
 //! - Everything Slipway creates carries the labels of its [`Owner`]: [`LABEL_ENV`],

@@ -59,7 +59,7 @@ pub async fn rolling_scenario<T: Target>(env: &Env<T>) {
     // v1 → v2, one container at a time, under load.
     let mut v2 = env.service("web", "2", "v2", 4);
     v2.update.delay = Duration::from_millis(300);
-    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    let load = Load::start_with_long_lived(&e, env, &v2, 2, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     events.take();
     let second = rollout.run(&v2).await.expect("deploy v2");
@@ -181,7 +181,7 @@ pub async fn blue_green_scenario<T: Target>(env: &Env<T>) {
     wait_for(e.addr, &host, "v1").await;
 
     let v2 = spec("2", "v2");
-    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    let load = Load::start_with_long_lived(&e, env, &v2, 2, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     events.take();
     let second = rollout.run(&v2).await.expect("deploy v2");
@@ -237,7 +237,7 @@ pub async fn canary_scenario<T: Target>(env: &Env<T>) {
             })
             .to_vec(),
     };
-    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    let load = Load::start_with_long_lived(&e, env, &v2, 2, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     events.take();
     // The route's sets, watched while the canary runs.

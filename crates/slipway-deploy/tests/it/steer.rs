@@ -65,7 +65,7 @@ async fn a_version_answering_500_to_a_fifth_of_requests_is_reverted_during_its_b
 /// The bake scenario on any target (the swarm's test runs it too).
 pub async fn bake_scenario<T: Target>(env: &Env<T>) {
     let e = edge().await;
-    let (rollout, events, _) = steered(&env, &e);
+    let (rollout, events, _) = steered(env, &e);
     let host = env.host("web");
     let first = rollout
         .run(&env.service("web", "1", "v1", 2))
