@@ -19,9 +19,11 @@
 //! - [`target`]: where containers run, as a trait ([`target::Target`]: networks, volumes,
 //!   containers from a [`target::ContainerSpec`], inspect, stop with grace, remove, list by
 //!   [`target::Selector`], image pull and digest); the local Docker engine
-//!   ([`target::DockerTarget`], bollard) is the first implementation, Docker Swarm the
-//!   next. Every object carries `io.slipway.{env,stack,service,revision}` labels
-//!   ([`target::Owner`]), and nothing without them is ever listed, stopped or removed.
+//!   ([`target::DockerTarget`], bollard) and Docker Swarm ([`target::SwarmTarget`]: each
+//!   container a one-task replicated service, reached at its `host`-mode published port,
+//!   see [`target::swarm`]) implement it. Every object carries
+//!   `io.slipway.{env,stack,service,revision}` labels ([`target::Owner`]), and nothing
+//!   without them is ever listed, stopped or removed.
 //! - [`rollout`]: a deploy of one [`rollout::ServiceSpec`] as health-gated target swaps with
 //!   drain (rolling start-first or stop-first in batches, blue-green, canary weight steps),
 //!   driving the proxy's backends directly (provider `deploy:ENV/STACK`), with a bake

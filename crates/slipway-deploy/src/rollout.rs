@@ -39,8 +39,9 @@
 //! bake); `abort` puts the old revision back and removes the new one, whatever
 //! `failure_action` says.
 //!
-//! The health gate ([`HealthGate`]): a container is healthy when it runs, has an IP on
-//! the service's network, the engine says `healthy` (when it has a healthcheck and
+//! The health gate ([`HealthGate`]): a container is healthy when it runs, has an address
+//! the proxy reaches ([`ContainerInfo::endpoint`]: its IP on the service's network, or on
+//! Swarm its task's published port on its node), the engine says `healthy` (when it has a healthcheck and
 //! `docker` is on), and the probe (HTTP or TCP; TCP on the service port when nothing
 //! else checks it) passed `successes` times in a row, all within `timeout`.
 //!
@@ -769,8 +770,8 @@ impl<'a, T: Target> Rollout<'a, T> {
     }
 
     fn member(&self, spec: &ServiceSpec, info: ContainerInfo) -> Option<Member> {
-        let ip = info.ip_on(&spec.network)?;
-        let address = Address::from_parts(&ip.to_string(), spec.port).ok()?;
+        let at = info.endpoint(&spec.network, spec.port)?;
+        let address = Address::from_parts(&at.ip().to_string(), at.port()).ok()?;
         Some(Member { info, address })
     }
 
@@ -923,6 +924,9 @@ impl<'a, T: Target> Rollout<'a, T> {
         let mut template = spec.template.clone();
         template.name = None;
         template.image = spec.image.clone();
+        if !template.proxied_ports.contains(&spec.port) {
+            template.proxied_ports.push(spec.port);
+        }
         if !template.networks.iter().any(|n| n.name == spec.network) {
             template.networks.insert(
                 0,
@@ -1107,13 +1111,10 @@ impl<'a, T: Target> Rollout<'a, T> {
                 match &probe {
                     None => {}
                     Some(p) => {
-                        let addr = SocketAddr::new(
-                            member
-                                .info
-                                .ip_on(&spec.network)
-                                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-                            spec.port,
-                        );
+                        let addr = member
+                            .info
+                            .endpoint(&spec.network, spec.port)
+                            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], spec.port)));
                         match probe_once(p, addr, health.probe_timeout).await {
                             Ok(()) => streak += 1,
                             Err(e) => {

@@ -28,8 +28,8 @@ use crate::rollout::{
     RolloutEvent, RouteSpec, ServiceSpec, Strategy, UpdateConfig, UpdateOrder,
 };
 use crate::target::{
-    ContainerSpec, Healthcheck, MountKind, MountSpec, NetworkAttachment, Resources, RestartPolicy,
-    Selector, Target,
+    ContainerSpec, Healthcheck, MountKind, MountSpec, NetworkAttachment, Placement, Resources,
+    RestartPolicy, Selector, Target,
 };
 use crate::target::{LABEL_LOGS_JSON, LABEL_LOGS_MULTILINE, LABEL_LOGS_MULTILINE_TIMEOUT};
 
@@ -259,6 +259,11 @@ pub fn service_specs(
             .resources
             .as_ref()
             .and_then(|r| r.limits.as_ref());
+        let reservations = service
+            .deploy
+            .resources
+            .as_ref()
+            .and_then(|r| r.reservations.as_ref());
         let resources = Resources {
             memory_bytes: limits
                 .and_then(|l| l.memory)
@@ -267,7 +272,14 @@ pub fn service_specs(
                 .and_then(|l| l.cpus)
                 .map(|c| (c * 1_000_000_000.0) as i64),
             pids_limit: limits.and_then(|l| l.pids),
+            reserve_memory_bytes: reservations
+                .and_then(|r| r.memory)
+                .and_then(|m| i64::try_from(m).ok()),
+            reserve_nano_cpus: reservations
+                .and_then(|r| r.cpus)
+                .map(|c| (c * 1_000_000_000.0) as i64),
         };
+        let placement = placement(service.deploy.placement.as_ref());
         let mut labels = service.labels.clone();
         labels.extend(service.deploy.labels.clone());
         if let Some(logs) = service.slipway.as_ref().and_then(|x| x.logs.as_ref()) {
@@ -377,6 +389,7 @@ pub fn service_specs(
                 user: service.user.clone(),
                 working_dir: service.working_dir.clone(),
                 resources,
+                placement,
                 ..ContainerSpec::default()
             },
             port,
@@ -400,6 +413,26 @@ pub fn service_specs(
         });
     }
     Ok(specs)
+}
+
+/// `deploy.placement` as written (`constraints: [..]`, `preferences: [{spread: ..}]`).
+fn placement(written: Option<&serde_json::Value>) -> Placement {
+    let strings = |v: Option<&serde_json::Value>,
+                   f: &dyn Fn(&serde_json::Value) -> Option<String>| {
+        v.and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(f)
+            .collect::<Vec<String>>()
+    };
+    Placement {
+        constraints: strings(written.and_then(|p| p.get("constraints")), &|c| {
+            c.as_str().map(str::to_owned)
+        }),
+        spread: strings(written.and_then(|p| p.get("preferences")), &|p| {
+            p.get("spread").and_then(|s| s.as_str()).map(str::to_owned)
+        }),
+    }
 }
 
 /// Service names with every dependency before its dependents (file order otherwise).
@@ -730,6 +763,24 @@ pub fn step_line(detail: &serde_json::Value) -> String {
     format!("{service}: {what}")
 }
 
+/// The labels that tell the log collector how to read a service (`x-slipway.logs`).
+fn log_labels(logs: &compose::XLogs) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if let Some(start) = &logs.multiline {
+        labels.insert(LABEL_LOGS_MULTILINE.to_owned(), start.clone());
+    }
+    if let Some(timeout) = logs.multiline_timeout {
+        labels.insert(
+            LABEL_LOGS_MULTILINE_TIMEOUT.to_owned(),
+            humantime::format_duration(timeout).to_string(),
+        );
+    }
+    if logs.json {
+        labels.insert(LABEL_LOGS_JSON.to_owned(), "true".to_owned());
+    }
+    labels
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,22 +888,4 @@ mod tests {
         let err = specs(portless).expect_err("no port");
         assert!(err.to_string().contains("service `worker`"), "{err}");
     }
-}
-
-/// The labels that tell the log collector how to read a service (`x-slipway.logs`).
-fn log_labels(logs: &compose::XLogs) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    if let Some(start) = &logs.multiline {
-        labels.insert(LABEL_LOGS_MULTILINE.to_owned(), start.clone());
-    }
-    if let Some(timeout) = logs.multiline_timeout {
-        labels.insert(
-            LABEL_LOGS_MULTILINE_TIMEOUT.to_owned(),
-            humantime::format_duration(timeout).to_string(),
-        );
-    }
-    if logs.json {
-        labels.insert(LABEL_LOGS_JSON.to_owned(), "true".to_owned());
-    }
-    labels
 }

@@ -10,8 +10,10 @@
 //! the containers of a service listed ([`Target::list_containers`] by a [`Selector`]).
 //! Images: [`Target::pull_image`] (a no-op when an image pinned by digest is already
 //! there) and [`Target::resolve_digest`] (a tag to `repo@sha256:…`, from `RepoDigests`).
-//! The trait's futures are `Send` and it needs no `dyn`: a Docker Swarm target (services
-//! instead of containers) implements the same calls later.
+//! The trait's futures are `Send` and it needs no `dyn`: [`SwarmTarget`] (a one-task
+//! service per container, see [`swarm`]) implements the same calls. Where the proxy
+//! reaches a container is [`ContainerInfo::endpoint`]: a published endpoint when the
+//! target gives one (Swarm), else its IP on the service's network.
 //!
 //! Invariants:
 //! - Everything Slipway creates carries the labels of its [`Owner`]: [`LABEL_ENV`],
@@ -27,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -63,6 +65,9 @@ pub const LABEL_LOGS_MULTILINE: &str = "io.slipway.logs.multiline";
 pub const LABEL_LOGS_MULTILINE_TIMEOUT: &str = "io.slipway.logs.multiline-timeout";
 /// `true`: JSON-object lines are parsed into fields (`x-slipway.logs.json`).
 pub const LABEL_LOGS_JSON: &str = "io.slipway.logs.json";
+
+pub mod swarm;
+pub use swarm::SwarmTarget;
 
 /// The labels every Slipway object must carry to be listed or removed.
 pub const REQUIRED_LABELS: [&str; 4] = [LABEL_ENV, LABEL_STACK, LABEL_SERVICE, LABEL_REVISION];
@@ -261,6 +266,25 @@ pub struct Resources {
     pub nano_cpus: Option<i64>,
     #[serde(default)]
     pub pids_limit: Option<i64>,
+    /// Memory the scheduler keeps for it (Swarm's reservations; the Docker target has
+    /// no use for it).
+    #[serde(default)]
+    pub reserve_memory_bytes: Option<i64>,
+    /// CPUs the scheduler keeps for it, in billionths.
+    #[serde(default)]
+    pub reserve_nano_cpus: Option<i64>,
+}
+
+/// Where a scheduler may put it (Swarm's `deploy.placement`); the Docker target runs
+/// everything on its one engine and ignores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Placement {
+    /// `node.role == worker`, `node.labels.zone == a`, …
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Spread descriptors (`node.labels.zone`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<String>,
 }
 
 /// One container to run. In a rollout's template, `name` and `image` are set by the
@@ -301,6 +325,13 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub resources: Resources,
+    #[serde(default)]
+    pub placement: Placement,
+    /// Container ports Slipway's proxy must reach (a rollout adds the service's port).
+    /// The Docker target needs nothing for them (the proxy reaches the container's IP on
+    /// its network); Swarm publishes each in `host` mode, see [`swarm`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxied_ports: Vec<u16>,
 }
 
 /// What a container is doing.
@@ -339,12 +370,26 @@ pub struct ContainerInfo {
     pub exit_code: Option<i64>,
     /// Its IP on each network it is on (`None` while it has none, e.g. stopped).
     pub networks: BTreeMap<String, Option<IpAddr>>,
+    /// Where Slipway reaches a container port from outside its networks, by container
+    /// port: a Swarm task's `host`-mode published port on its node's address. Empty on
+    /// the Docker target (its networks' IPs are reachable).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<u16, SocketAddr>,
 }
 
 impl ContainerInfo {
     /// Its IP on `network`.
     pub fn ip_on(&self, network: &str) -> Option<IpAddr> {
         self.networks.get(network).copied().flatten()
+    }
+
+    /// Where the proxy reaches its `port`: the published endpoint when it has one, else
+    /// its IP on `network` and `port`.
+    pub fn endpoint(&self, network: &str, port: u16) -> Option<SocketAddr> {
+        self.endpoints
+            .get(&port)
+            .copied()
+            .or_else(|| self.ip_on(network).map(|ip| SocketAddr::new(ip, port)))
     }
 
     /// Its owner, read from its labels.
@@ -413,6 +458,10 @@ pub enum TargetError {
     Pull { image: String, reason: String },
     #[error("invalid container spec: {0}")]
     Invalid(String),
+    #[error(
+        "the engine is not a swarm manager (its swarm state: {state}): run `docker swarm init` on it (or `docker swarm join` it as a manager), or point DOCKER_HOST at a manager"
+    )]
+    NotSwarmManager { state: String },
 }
 
 impl TargetError {
@@ -532,6 +581,27 @@ fn is_not_modified(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// A spec's own labels without any `io.slipway.*`, the owner's over them.
+fn object_labels(owner: &Owner, spec: &ContainerSpec) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+    // Only the collector's settings (`io.slipway.logs.*`, from `x-slipway.logs`) pass:
+    // who owns an object is Slipway's to say.
+    labels.retain(|k, _| !k.starts_with("io.slipway.") || k.starts_with("io.slipway.logs."));
+    labels.extend(owner.labels());
+    labels
+}
+
+fn health_config(h: &Healthcheck) -> HealthConfig {
+    HealthConfig {
+        test: Some(h.test.clone()),
+        interval: nanos(h.interval),
+        timeout: nanos(h.timeout),
+        retries: h.retries.map(i64::from),
+        start_period: nanos(h.start_period),
+        start_interval: None,
+    }
+}
+
 /// A Docker duration (nanoseconds), at least 1 ms when set (the engine's minimum).
 fn nanos(d: Option<Duration>) -> Option<i64> {
     d.map(|d| {
@@ -629,19 +699,8 @@ impl DockerTarget {
     }
 
     fn create_body(owner: &Owner, spec: &ContainerSpec) -> ContainerCreateBody {
-        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
-        // Only the collector's settings (`io.slipway.logs.*`, from `x-slipway.logs`) pass:
-        // who owns a container is Slipway's to say.
-        labels.retain(|k, _| !k.starts_with("io.slipway.") || k.starts_with("io.slipway.logs."));
-        labels.extend(owner.labels());
-        let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
-            test: Some(h.test.clone()),
-            interval: nanos(h.interval),
-            timeout: nanos(h.timeout),
-            retries: h.retries.map(i64::from),
-            start_period: nanos(h.start_period),
-            start_interval: None,
-        });
+        let labels = object_labels(owner, spec);
+        let healthcheck = spec.healthcheck.as_ref().map(health_config);
         let restart_policy = Some(match spec.restart {
             RestartPolicy::No => DockerRestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
@@ -932,6 +991,7 @@ impl Target for DockerTarget {
             health: engine_health(state.and_then(|s| s.health.as_ref()).and_then(|h| h.status)),
             exit_code: state.and_then(|s| s.exit_code),
             networks,
+            endpoints: BTreeMap::new(),
         }))
     }
 

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use slipway_deploy::rollout::{
     HealthGate, Probe, RolloutEvent, RouteSpec, ServiceSpec, Strategy, UpdateConfig, route_backends,
 };
-use slipway_deploy::target::{ContainerSpec, DockerTarget, RestartPolicy, Target};
+use slipway_deploy::target::{ContainerSpec, DockerTarget, RestartPolicy, SwarmTarget, Target};
 use slipway_proxy::{Config, Proxy, RouteTable};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -114,20 +114,31 @@ len=$(printf '%02x' "${#msg}")
 while printf "\\x81\\x$len%s" "$msg"; do sleep 0.2; done
 "#;
 
-/// One test's environment on the engine; everything of it goes when it drops.
-pub struct Env {
+/// One test's environment on the engine; everything of it goes when it drops. `T` is
+/// the target: the engine itself ([`Env::new`]) or the swarm it manages ([`Env::swarm`]).
+pub struct Env<T = DockerTarget> {
     pub env: String,
     pub stack: String,
     pub network: String,
     pub image: String,
-    pub target: DockerTarget,
+    pub target: T,
     /// Containers the test made without Slipway's labels, by name.
     pub unlabelled: Mutex<Vec<String>>,
+    /// The engine in swarm mode for this test (dropped after everything of it is gone).
+    swarm: Option<SwarmMode>,
 }
 
-impl Env {
+fn env_name(test: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "it-{test}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Env<DockerTarget> {
     pub async fn new(test: &str) -> Option<Env> {
-        static N: AtomicUsize = AtomicUsize::new(0);
         let image = image()?;
         let target = match DockerTarget::connect().await {
             Ok(t) => t,
@@ -136,11 +147,7 @@ impl Env {
                 return None;
             }
         };
-        let env = format!(
-            "it-{test}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        let env = env_name(test);
         Some(Env {
             network: format!("{env}-net"),
             stack: "shop".to_owned(),
@@ -148,9 +155,139 @@ impl Env {
             image,
             target,
             unlabelled: Mutex::new(Vec::new()),
+            swarm: None,
         })
     }
+}
 
+impl Env<SwarmTarget> {
+    /// An environment on a single-node swarm of the local engine, made for this test
+    /// ([`SwarmMode`]); `None`, saying why, when swarm mode cannot be had.
+    pub async fn swarm(test: &str) -> Option<Env<SwarmTarget>> {
+        let image = image()?;
+        let swarm = SwarmMode::enter()?;
+        let target = match SwarmTarget::connect().await {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return None;
+            }
+        };
+        let env = env_name(test);
+        Some(Env {
+            network: format!("{env}-net"),
+            stack: "shop".to_owned(),
+            env,
+            image,
+            target,
+            unlabelled: Mutex::new(Vec::new()),
+            swarm: Some(swarm),
+        })
+    }
+}
+
+impl<T> Env<T> {
+    /// Whether the target is a swarm.
+    pub fn is_swarm(&self) -> bool {
+        self.swarm.is_some()
+    }
+}
+
+/// The one lock every test that uses swarm mode holds meanwhile, in every crate (the
+/// proxy's swarm test takes it too): swarm mode is the engine's, one at a time.
+pub const SWARM_LOCK: &str = "/tmp/slipway-test-swarm.lock";
+
+/// The engine in swarm mode for one test, under [`SWARM_LOCK`]: `docker swarm init` on
+/// loopback with an address pool of its own (10.232.0.0/16: the proxy's test uses
+/// 10.231.0.0/16) when it was in none, and left again (with the `docker_gwbridge` it
+/// made) when the guard drops, failing or not. Ingress ports need IPVS, which this
+/// kernel may lack: the swarm target publishes in `host` mode.
+pub struct SwarmMode {
+    joined: bool,
+    gwbridge_existed: bool,
+    _lock: std::fs::File,
+}
+
+impl SwarmMode {
+    pub fn enter() -> Option<SwarmMode> {
+        let lock = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(SWARM_LOCK)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("skipped: opening {SWARM_LOCK}: {e}");
+                return None;
+            }
+        };
+        if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive) {
+            eprintln!("skipped: locking {SWARM_LOCK}: {e}");
+            return None;
+        }
+        let state = docker(&[
+            "info",
+            "-f",
+            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+        ]);
+        match state.as_deref() {
+            Ok("active true") => {
+                return Some(SwarmMode {
+                    joined: false,
+                    gwbridge_existed: true,
+                    _lock: lock,
+                });
+            }
+            Ok("inactive false") => {}
+            Ok(other) => {
+                eprintln!("skipped: the engine's swarm is `{other}`, not a manager's");
+                return None;
+            }
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return None;
+            }
+        }
+        let gwbridge_existed = docker(&["network", "inspect", "docker_gwbridge"]).is_ok();
+        match docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1",
+            "--listen-addr",
+            "127.0.0.1:2377",
+            "--default-addr-pool",
+            "10.232.0.0/16",
+        ]) {
+            Ok(_) => Some(SwarmMode {
+                joined: true,
+                gwbridge_existed,
+                _lock: lock,
+            }),
+            Err(e) => {
+                eprintln!("skipped: swarm mode is not possible here: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SwarmMode {
+    fn drop(&mut self) {
+        if !self.joined {
+            return;
+        }
+        if let Err(e) = docker(&["swarm", "leave", "--force"]) {
+            eprintln!("leaving the test's swarm: {e}");
+        }
+        if !self.gwbridge_existed {
+            let _ = docker(&["network", "rm", "docker_gwbridge"]);
+        }
+    }
+}
+
+impl<T: Target> Env<T> {
     /// A unique host for `service`.
     pub fn host(&self, service: &str) -> String {
         format!("{service}.{}.test", self.env)
@@ -241,9 +378,23 @@ impl Env {
     }
 }
 
-impl Drop for Env {
+impl<T> Drop for Env<T> {
     fn drop(&mut self) {
         let label = format!("label=io.slipway.env={}", self.env);
+        if self.swarm.is_some()
+            && let Ok(ids) = docker(&["service", "ls", "-q", "--filter", &label])
+        {
+            for id in ids.split_whitespace() {
+                let _ = docker(&["service", "rm", id]);
+            }
+            // Their tasks' containers go (and leave the network) a moment later.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline
+                && docker(&["ps", "-q", "--filter", &label]).is_ok_and(|ids| !ids.is_empty())
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         if let Ok(ids) = docker(&["ps", "-aq", "--filter", &label]) {
             for id in ids.split_whitespace() {
                 let _ = docker(&["rm", "-f", "-v", id]);
@@ -262,7 +413,14 @@ impl Drop for Env {
                 let _ = docker(&["volume", "rm", "-f", id]);
             }
         }
-        let _ = docker(&["network", "rm", &self.network]);
+        for _ in 0..20 {
+            if docker(&["network", "rm", &self.network]).is_ok()
+                || docker(&["network", "inspect", &self.network]).is_err()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 }
 
@@ -531,16 +689,26 @@ struct Watch {
     service: String,
     network: String,
     port: u16,
+    /// Containers are a swarm's task containers: named by their service, reached at
+    /// their published port on 127.0.0.1.
+    swarm: bool,
 }
 
 impl Watch {
     /// The name of the container whose hostname (short id) is `hostname`, and its address
     /// as the route has it.
     async fn locate(&self, hostname: &str) -> Result<(String, String), String> {
-        let format = format!(
-            "{{{{.Name}}}} {{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-            self.network
-        );
+        let format = if self.swarm {
+            format!(
+                "{{{{index .Config.Labels \"com.docker.swarm.service.name\"}}}} {{{{(index (index .NetworkSettings.Ports \"{}/tcp\") 0).HostPort}}}}",
+                self.port
+            )
+        } else {
+            format!(
+                "{{{{.Name}}}} {{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+                self.network
+            )
+        };
         let hostname = hostname.to_owned();
         let out =
             tokio::task::spawn_blocking(move || docker(&["inspect", "-f", &format, &hostname]))
@@ -549,10 +717,13 @@ impl Watch {
         let (name, ip) = out
             .split_once(' ')
             .ok_or_else(|| format!("docker inspect said {out:?}"))?;
-        Ok((
-            name.trim_start_matches('/').to_owned(),
-            format!("{ip}:{}", self.port),
-        ))
+        let address = if self.swarm {
+            // The container port's published port.
+            format!("127.0.0.1:{ip}")
+        } else {
+            format!("{ip}:{}", self.port)
+        };
+        Ok((name.trim_start_matches('/').to_owned(), address))
     }
 
     /// Cancels the returned token [`HOLD`] after `address` is on none of the route's sets
@@ -830,9 +1001,9 @@ impl Load {
     /// [`Load::start`] on `service`'s host, plus one slow request and one WebSocket, both
     /// open on a container when this returns; each is ended by the client [`HOLD`] after
     /// its container left the route (or at [`Load::stop`]).
-    pub async fn start_with_long_lived(
+    pub async fn start_with_long_lived<T: Target>(
         edge: &Edge,
-        env: &Env,
+        env: &Env<T>,
         service: &ServiceSpec,
         keep_alive: usize,
         fresh: usize,
@@ -846,6 +1017,7 @@ impl Load {
             service: service.name.clone(),
             network: service.network.clone(),
             port: service.port,
+            swarm: env.is_swarm(),
         };
         let (slow_ready, slow_on) = tokio::sync::oneshot::channel();
         let (ws_ready, ws_on) = tokio::sync::oneshot::channel();

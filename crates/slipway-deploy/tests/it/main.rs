@@ -9,6 +9,7 @@ mod plans;
 mod positions;
 mod rollout;
 mod steer;
+mod swarm;
 mod target;
 
 use std::collections::BTreeMap;

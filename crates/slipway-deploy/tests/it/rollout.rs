@@ -36,6 +36,11 @@ async fn rolling_4_replicas_under_load_with_a_slow_request_and_a_websocket_fails
     let Some(env) = Env::new("rolling").await else {
         return;
     };
+    rolling_scenario(&env).await;
+}
+
+/// The rolling scenario on any target (the swarm's test runs it too).
+pub async fn rolling_scenario<T: Target>(env: &Env<T>) {
     let e = edge().await;
     let events = Events::default();
     let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
@@ -54,7 +59,7 @@ async fn rolling_4_replicas_under_load_with_a_slow_request_and_a_websocket_fails
     // v1 → v2, one container at a time, under load.
     let mut v2 = env.service("web", "2", "v2", 4);
     v2.update.delay = Duration::from_millis(300);
-    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    let load = Load::start_with_long_lived(&e, env, &v2, 2, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     events.take();
     let second = rollout.run(&v2).await.expect("deploy v2");
@@ -139,6 +144,11 @@ async fn blue_green_4_replicas_switches_at_once_under_load_with_a_slow_request_a
     let Some(env) = Env::new("bluegreen").await else {
         return;
     };
+    blue_green_scenario(&env).await;
+}
+
+/// The blue-green scenario on any target (the swarm's test runs it too).
+pub async fn blue_green_scenario<T: Target>(env: &Env<T>) {
     let e = edge().await;
     let events = Events::default();
     let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
@@ -171,7 +181,7 @@ async fn blue_green_4_replicas_switches_at_once_under_load_with_a_slow_request_a
     wait_for(e.addr, &host, "v1").await;
 
     let v2 = spec("2", "v2");
-    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    let load = Load::start_with_long_lived(&e, env, &v2, 2, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     events.take();
     let second = rollout.run(&v2).await.expect("deploy v2");
@@ -202,6 +212,11 @@ async fn canary_4_replicas_steps_10_50_100_under_load_with_a_slow_request_and_a_
     let Some(env) = Env::new("canary").await else {
         return;
     };
+    canary_scenario(&env).await;
+}
+
+/// The canary scenario on any target (the swarm's test runs it too).
+pub async fn canary_scenario<T: Target>(env: &Env<T>) {
     let e = edge().await;
     let events = Events::default();
     let rollout = Rollout::new(&env.target, &e.proxy).on_event(events.sink());
@@ -222,7 +237,7 @@ async fn canary_4_replicas_steps_10_50_100_under_load_with_a_slow_request_and_a_
             })
             .to_vec(),
     };
-    let load = Load::start_with_long_lived(&e, &env, &v2, 2, 2).await;
+    let load = Load::start_with_long_lived(&e, env, &v2, 2, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     events.take();
     // The route's sets, watched while the canary runs.

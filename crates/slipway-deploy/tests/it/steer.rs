@@ -8,6 +8,7 @@ use crate::docker_env::{Env, Events, Load, edge, wait_for};
 use slipway_deploy::rollout::{
     Bake, CanaryStep, Command, Control, Outcome, Rollout, RolloutEvent, ServiceSpec, Strategy,
 };
+use slipway_deploy::target::Target;
 
 /// Answers `$VERSION` from a CGI script, and 500 to every fifth request of a container.
 fn failing_every_fifth(mut spec: ServiceSpec) -> ServiceSpec {
@@ -25,14 +26,10 @@ fn failing_every_fifth(mut spec: ServiceSpec) -> ServiceSpec {
 
 /// A rollout of `env`'s services behind `edge`, its events collected, steered by the
 /// control returned.
-fn steered<'a>(
-    env: &'a Env,
+fn steered<'a, T: Target>(
+    env: &'a Env<T>,
     edge: &'a crate::docker_env::Edge,
-) -> (
-    Rollout<'a, slipway_deploy::target::DockerTarget>,
-    Events,
-    Control,
-) {
+) -> (Rollout<'a, T>, Events, Control) {
     let events = Events::default();
     let control = Control::default();
     let rollout = Rollout::new(&env.target, &edge.proxy)
@@ -62,8 +59,13 @@ async fn a_version_answering_500_to_a_fifth_of_requests_is_reverted_during_its_b
     let Some(env) = Env::new("bake").await else {
         return;
     };
+    bake_scenario(&env).await;
+}
+
+/// The bake scenario on any target (the swarm's test runs it too).
+pub async fn bake_scenario<T: Target>(env: &Env<T>) {
     let e = edge().await;
-    let (rollout, events, _) = steered(&env, &e);
+    let (rollout, events, _) = steered(env, &e);
     let host = env.host("web");
     let first = rollout
         .run(&env.service("web", "1", "v1", 2))

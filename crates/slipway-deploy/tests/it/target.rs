@@ -101,7 +101,9 @@ async fn a_container_runs_as_its_spec_says_and_reports_health_and_address() {
             memory_bytes: Some(64 * 1024 * 1024),
             nano_cpus: Some(500_000_000),
             pids_limit: Some(64),
+            ..Resources::default()
         },
+        ..ContainerSpec::default()
     };
     let info = t
         .run_container(&owner.replica(1), &spec)

@@ -671,18 +671,42 @@ async fn the_provider_reconnects_after_the_engine_goes_away_and_resyncs() {
     );
 }
 
-/// The engine in Swarm mode for one test: joined (`docker swarm init` on loopback, with an
-/// address pool of its own so no other test's network is taken) when it was in none, and
-/// left again when the guard drops, failing or not. `None`, saying why, when swarm mode
-/// cannot be had or the engine is a worker (which cannot list services).
+/// The lock every test that uses swarm mode holds meanwhile, in every crate (the
+/// deployer's swarm tests take it too): nextest runs each test in its own process, and
+/// one crate's test binary beside another's, but the engine has one swarm mode.
+const SWARM_LOCK: &str = "/tmp/slipway-test-swarm.lock";
+
+/// The engine in Swarm mode for one test, under [`SWARM_LOCK`] (an exclusive `flock`,
+/// held until the guard drops): joined (`docker swarm init` on loopback, with an address
+/// pool of its own so no other test's network is taken) when it was in none, and left
+/// again when the guard drops, failing or not. `None`, saying why, when swarm mode cannot
+/// be had or the engine is a worker (which cannot list services).
 struct SwarmMode {
     /// We made the swarm: leave it, and remove the `docker_gwbridge` it created.
     joined: bool,
     gwbridge_existed: bool,
+    /// Released (closed) after `drop` left the swarm.
+    _lock: std::fs::File,
 }
 
 impl SwarmMode {
     fn enter() -> Option<SwarmMode> {
+        let lock = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(SWARM_LOCK)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("skipped: opening {SWARM_LOCK}: {e}");
+                return None;
+            }
+        };
+        if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive) {
+            eprintln!("skipped: locking {SWARM_LOCK}: {e}");
+            return None;
+        }
         let state = docker(&[
             "info",
             "-f",
@@ -693,6 +717,7 @@ impl SwarmMode {
                 return Some(SwarmMode {
                     joined: false,
                     gwbridge_existed: true,
+                    _lock: lock,
                 });
             }
             Ok("inactive false") => {}
@@ -719,6 +744,7 @@ impl SwarmMode {
             Ok(_) => Some(SwarmMode {
                 joined: true,
                 gwbridge_existed,
+                _lock: lock,
             }),
             Err(e) => {
                 eprintln!("skipped: swarm mode is not possible here: {e}");
