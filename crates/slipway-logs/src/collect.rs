@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{ContainerMeta, Record, ServiceKey, Stream};
+use crate::route::glob;
 use crate::store::{Append, Checkpoint, Store};
 
 pub const LABEL_ENV: &str = "io.slipway.env";
@@ -122,32 +123,6 @@ pub fn service_key<S: std::hash::BuildHasher>(
         labels.get(COMPOSE_PROJECT).map_or("-", String::as_str),
         labels.get(COMPOSE_SERVICE).map_or(name, String::as_str),
     )
-}
-
-fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 /// A frame's timestamp prefix (`2024-05-01T10:00:00.123456789Z `) to nanoseconds, and the

@@ -31,6 +31,10 @@
 //!   (`io.slipway.logs.json`), and one writer that group-commits (bounded channels,
 //!   blocking IO on `spawn_blocking`). [`CollectorStatus`] says per container what was
 //!   taken and what was lost (a container removed while the collector was down).
+//! - [`route`]: forward routes (logspout's `ROUTE_URIS`): syslog over UDP, TCP and TLS,
+//!   RELP, raw TCP, GELF, Elasticsearch `_bulk`, Loki push; one worker per route with its
+//!   own cursor per service over a [`LogSource`], so a receiver that is down delays only
+//!   its own route.
 //!
 //! Invariants: a record is readable only once durable with its checkpoint; a container's
 //! records are stored in its output order; positions name records for good.

@@ -51,25 +51,17 @@ pub struct ServerConfig {
 }
 
 /// Service logs: the collector, the routes given on the command line, retention.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServiceLogsConfig {
-    /// Follow the containers' logs (the deployed ones and those that opt in).
+    /// Follow the containers' logs (the deployed ones and those that opt in). Off in a
+    /// config made by [`ServerConfig::new`] (an embedding, a test); `slipway up` and
+    /// `slipway server` turn it on unless `--no-service-logs`.
     pub collect: bool,
     /// Forward routes, logspout's `ROUTE_URIS` (`--log-route`); not stored, not removable
     /// through the API.
     pub routes: Vec<String>,
     /// `[ENV=]AGE[,SIZE]` (`--log-retention`).
     pub retention: Vec<String>,
-}
-
-impl Default for ServiceLogsConfig {
-    fn default() -> Self {
-        ServiceLogsConfig {
-            collect: true,
-            routes: Vec::new(),
-            retention: Vec::new(),
-        }
-    }
 }
 
 /// What one client may hold of a listener (see [`crate::listen`]).

@@ -743,8 +743,6 @@ pub(crate) fn encode(name: &str) -> String {
 
 /// Prints a log stream's lines until its `end`.
 fn follow_log(client: &Client, path: &str) -> Result<()> {
-    use std::io::Write;
-
     #[derive(serde::Deserialize)]
     struct Message {
         kind: String,
@@ -754,21 +752,8 @@ fn follow_log(client: &Client, path: &str) -> Result<()> {
         lines: Vec<String>,
     }
     let resp = client.send(reqwest::Method::GET, path, None)?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, resp);
-    // Buffered, and flushed whenever no more input is waiting, so a live tail stays live
-    // without a write per line.
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader
-            .read_line(&mut line)
-            .context("reading the log stream")?
-            == 0
-        {
-            break;
-        }
-        if let Some(data) = line.trim_end().strip_prefix("data:")
+    each_line(resp, |line, out| {
+        if let Some(data) = line.strip_prefix("data:")
             && let Ok(m) = serde_json::from_str::<Message>(data.trim_start())
         {
             match m.kind.as_str() {
@@ -778,14 +763,37 @@ fn follow_log(client: &Client, path: &str) -> Result<()> {
                         writeln!(out, "{line}").context("writing the log")?;
                     }
                 }
-                "end" => break,
+                "end" => return Ok(false),
                 _ => {}
             }
         }
+        Ok(true)
+    })
+}
+
+/// Gives each line of `resp` (without its line break) to `each` with standard output,
+/// until the answer ends or `each` says `false`. Output is buffered and flushed whenever
+/// no more input is waiting, so a live tail stays live without a write per line.
+pub(crate) fn each_line(
+    resp: reqwest::blocking::Response,
+    mut each: impl FnMut(&str, &mut dyn std::io::Write) -> Result<bool>,
+) -> Result<()> {
+    use std::io::Write;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, resp);
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).context("reading the stream")? == 0 {
+            break;
+        }
+        if !each(line.trim_end_matches(['\n', '\r']), &mut out)? {
+            break;
+        }
         if reader.buffer().is_empty() {
-            out.flush().context("writing the log")?;
+            out.flush().context("writing the output")?;
         }
     }
-    out.flush().context("writing the log")?;
+    out.flush().context("writing the output")?;
     Ok(())
 }

@@ -1,14 +1,13 @@
 //! `slipway logs …`: deployed services' logs from the server's collector, searched or
 //! followed live, and the routes that forward them (`logs route add|ls|rm`).
 
-use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::client::{ApiArgs, Client, encode, print_json};
+use crate::client::{ApiArgs, Client, each_line, encode, print_json};
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -116,33 +115,17 @@ fn show(api: &ApiArgs, client: &Client, args: LogsArgs) -> Result<ExitCode> {
     let resp = client.send(reqwest::Method::GET, &path, None)?;
     let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, resp);
-    // Flushed whenever no more input is waiting, so a live tail stays live.
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader
-            .read_line(&mut line)
-            .context("reading the log stream")?
-            == 0
-        {
-            break;
-        }
-        let text = line.trim_end_matches('\n');
+    let with_service = parts.len() == 2;
+    each_line(resp, |text, out| {
         if api.json {
             writeln!(out, "{text}").context("writing the log")?;
         } else if !text.is_empty() {
             let record: Value = serde_json::from_str(text)
                 .with_context(|| format!("the server sent a record that is not JSON: {text}"))?;
-            writeln!(out, "{}", human(&record, parts.len() == 2, colour))
-                .context("writing the log")?;
+            writeln!(out, "{}", human(&record, with_service, colour)).context("writing the log")?;
         }
-        if reader.buffer().is_empty() {
-            out.flush().context("writing the log")?;
-        }
-    }
-    out.flush().context("writing the log")?;
+        Ok(true)
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
+
+pub use crate::engine_cli::{SWARM_LOCK, SwarmMode, docker};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,22 +26,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
-
-pub fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("docker {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 fn image() -> Option<String> {
     if let Err(e) = docker(&["version"]) {
@@ -165,7 +151,7 @@ impl Env<SwarmTarget> {
     /// ([`SwarmMode`]); `None`, saying why, when swarm mode cannot be had.
     pub async fn swarm(test: &str) -> Option<Env<SwarmTarget>> {
         let image = image()?;
-        let swarm = SwarmMode::enter()?;
+        let swarm = SwarmMode::enter("10.232.0.0/16")?;
         let target = match SwarmTarget::connect().await {
             Ok(t) => t,
             Err(e) => {
@@ -190,100 +176,6 @@ impl<T> Env<T> {
     /// Whether the target is a swarm.
     pub fn is_swarm(&self) -> bool {
         self.swarm.is_some()
-    }
-}
-
-/// The one lock every test that uses swarm mode holds meanwhile, in every crate (the
-/// proxy's swarm test takes it too): swarm mode is the engine's, one at a time.
-pub const SWARM_LOCK: &str = "/tmp/slipway-test-swarm.lock";
-
-/// The engine in swarm mode for one test, under [`SWARM_LOCK`]: `docker swarm init` on
-/// loopback with an address pool of its own (10.232.0.0/16: the proxy's test uses
-/// 10.231.0.0/16) when it was in none, and left again (with the `docker_gwbridge` it
-/// made) when the guard drops, failing or not. Ingress ports need IPVS, which this
-/// kernel may lack: the swarm target publishes in `host` mode.
-pub struct SwarmMode {
-    joined: bool,
-    gwbridge_existed: bool,
-    _lock: std::fs::File,
-}
-
-impl SwarmMode {
-    pub fn enter() -> Option<SwarmMode> {
-        let lock = match std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(SWARM_LOCK)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("skipped: opening {SWARM_LOCK}: {e}");
-                return None;
-            }
-        };
-        if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive) {
-            eprintln!("skipped: locking {SWARM_LOCK}: {e}");
-            return None;
-        }
-        let state = docker(&[
-            "info",
-            "-f",
-            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
-        ]);
-        match state.as_deref() {
-            Ok("active true") => {
-                return Some(SwarmMode {
-                    joined: false,
-                    gwbridge_existed: true,
-                    _lock: lock,
-                });
-            }
-            Ok("inactive false") => {}
-            Ok(other) => {
-                eprintln!("skipped: the engine's swarm is `{other}`, not a manager's");
-                return None;
-            }
-            Err(e) => {
-                eprintln!("skipped: {e}");
-                return None;
-            }
-        }
-        let gwbridge_existed = docker(&["network", "inspect", "docker_gwbridge"]).is_ok();
-        match docker(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            "127.0.0.1",
-            "--listen-addr",
-            "127.0.0.1:2377",
-            "--default-addr-pool",
-            "10.232.0.0/16",
-        ]) {
-            Ok(_) => Some(SwarmMode {
-                joined: true,
-                gwbridge_existed,
-                _lock: lock,
-            }),
-            Err(e) => {
-                eprintln!("skipped: swarm mode is not possible here: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for SwarmMode {
-    fn drop(&mut self) {
-        if !self.joined {
-            return;
-        }
-        if let Err(e) = docker(&["swarm", "leave", "--force"]) {
-            eprintln!("leaving the test's swarm: {e}");
-        }
-        if !self.gwbridge_existed {
-            let _ = docker(&["network", "rm", "docker_gwbridge"]);
-        }
     }
 }
 

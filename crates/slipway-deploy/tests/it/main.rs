@@ -4,6 +4,8 @@
 
 mod corpus;
 mod docker_env;
+#[path = "../../../slipway-proxy/tests/it/engine_cli.rs"]
+mod engine_cli;
 mod examples;
 mod plans;
 mod positions;

@@ -24,8 +24,10 @@
 //! Invariants:
 //! - **The cursor moves only over what is done.** Per route and service, one position:
 //!   the first record not yet delivered (or refused for good). It is written atomically
-//!   (temporary file, fsync, rename) right after each batch the receiver took. A SIGKILL
-//!   between the receiver's acknowledgement and that rename sends the batch again:
+//!   (temporary file, fsync, rename) right after each batch the receiver took, and for
+//!   RELP also (rename without the fsync: safe from a kill of the process) after each
+//!   group of acknowledgements read together. A SIGKILL between the receiver's
+//!   acknowledgement and that rename, or with frames in flight, sends them again:
 //!   duplicates, never loss.
 //! - **How sure "delivered" is depends on the protocol.** RELP: acknowledged (`rsp 200`)
 //!   per frame, so nothing is lost when the receiver dies; unacknowledged frames are sent

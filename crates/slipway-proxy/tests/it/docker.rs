@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
+
+use crate::engine_cli::{SwarmMode, docker};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,22 +18,6 @@ use slipway_proxy::docker::{DockerOptions, DockerProvider};
 use slipway_proxy::{BackendState, Config, Proxy, RouteTable};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("docker {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// The test image, built as `scripts/lib/prepare.sh` does when it is missing; `None` (with
 /// a message) when Docker or the image cannot be had.
@@ -671,103 +657,6 @@ async fn the_provider_reconnects_after_the_engine_goes_away_and_resyncs() {
     );
 }
 
-/// The lock every test that uses swarm mode holds meanwhile, in every crate (the
-/// deployer's swarm tests take it too): nextest runs each test in its own process, and
-/// one crate's test binary beside another's, but the engine has one swarm mode.
-const SWARM_LOCK: &str = "/tmp/slipway-test-swarm.lock";
-
-/// The engine in Swarm mode for one test, under [`SWARM_LOCK`] (an exclusive `flock`,
-/// held until the guard drops): joined (`docker swarm init` on loopback, with an address
-/// pool of its own so no other test's network is taken) when it was in none, and left
-/// again when the guard drops, failing or not. `None`, saying why, when swarm mode cannot
-/// be had or the engine is a worker (which cannot list services).
-struct SwarmMode {
-    /// We made the swarm: leave it, and remove the `docker_gwbridge` it created.
-    joined: bool,
-    gwbridge_existed: bool,
-    /// Released (closed) after `drop` left the swarm.
-    _lock: std::fs::File,
-}
-
-impl SwarmMode {
-    fn enter() -> Option<SwarmMode> {
-        let lock = match std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(SWARM_LOCK)
-        {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("skipped: opening {SWARM_LOCK}: {e}");
-                return None;
-            }
-        };
-        if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive) {
-            eprintln!("skipped: locking {SWARM_LOCK}: {e}");
-            return None;
-        }
-        let state = docker(&[
-            "info",
-            "-f",
-            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
-        ]);
-        match state.as_deref() {
-            Ok("active true") => {
-                return Some(SwarmMode {
-                    joined: false,
-                    gwbridge_existed: true,
-                    _lock: lock,
-                });
-            }
-            Ok("inactive false") => {}
-            Ok(other) => {
-                eprintln!("skipped: the engine's swarm is `{other}`, not a manager's");
-                return None;
-            }
-            Err(e) => {
-                eprintln!("skipped: {e}");
-                return None;
-            }
-        }
-        let gwbridge_existed = docker(&["network", "inspect", "docker_gwbridge"]).is_ok();
-        match docker(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            "127.0.0.1",
-            "--listen-addr",
-            "127.0.0.1:2377",
-            "--default-addr-pool",
-            "10.231.0.0/16",
-        ]) {
-            Ok(_) => Some(SwarmMode {
-                joined: true,
-                gwbridge_existed,
-                _lock: lock,
-            }),
-            Err(e) => {
-                eprintln!("skipped: swarm mode is not possible here: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for SwarmMode {
-    fn drop(&mut self) {
-        if !self.joined {
-            return;
-        }
-        if let Err(e) = docker(&["swarm", "leave", "--force"]) {
-            eprintln!("leaving the test's swarm: {e}");
-        }
-        if !self.gwbridge_existed {
-            let _ = docker(&["network", "rm", "docker_gwbridge"]);
-        }
-    }
-}
-
 /// A swarm service of one test, removed when the guard drops.
 struct SwarmService(String);
 
@@ -796,7 +685,7 @@ async fn a_swarm_service_is_routed_by_its_service_labels_and_removing_it_removes
     let Some(c) = Containers::new("swarm") else {
         return;
     };
-    let Some(_swarm) = SwarmMode::enter() else {
+    let Some(_swarm) = SwarmMode::enter("10.231.0.0/16") else {
         return;
     };
     let e = edge().await;

@@ -6,6 +6,7 @@ mod table;
 mod clients;
 mod corpus;
 mod docker;
+mod engine_cli;
 mod health;
 mod labels;
 mod observe;

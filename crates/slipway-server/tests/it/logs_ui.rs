@@ -86,7 +86,7 @@ async fn the_live_tail_shows_new_records_within_a_second_pauses_and_searches() {
     let ticks = format!("return {TICKS_EXPR};");
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    let server = serve(ADMIN, &shutdown, |_| {}).await;
+    let server = serve(ADMIN, &shutdown, |c| c.service_logs.collect = true).await;
     let url = server.url.clone();
     let name = format!("slipway-logs-ui-{}", std::process::id());
     let run = Command::new("docker")
