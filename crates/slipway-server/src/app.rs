@@ -386,7 +386,7 @@ async fn seal_webhook_secrets(store: &Store, secrets: &SecretBox) -> Result<(), 
 fn private_data_dir(data: &Path) -> Result<(), ServerError> {
     let dirs = [data.to_owned()]
         .into_iter()
-        .chain(["logs", "mirrors", "registry"].map(|sub| data.join(sub)));
+        .chain(["logs", "mirrors", "registry", "service-logs"].map(|sub| data.join(sub)));
     for dir in dirs {
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -634,7 +634,7 @@ async fn the_data_dir_is_private_and_an_older_one_is_tightened() {
         .expect("a log");
     let dir = data.path().join("data");
     assert_eq!(mode(&dir), 0o700, "the data dir");
-    for sub in ["logs", "mirrors", "registry"] {
+    for sub in ["logs", "mirrors", "registry", "service-logs"] {
         assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
     }
     let mut files = Vec::new();
@@ -643,9 +643,9 @@ async fn the_data_dir_is_private_and_an_older_one_is_tightened() {
         for entry in std::fs::read_dir(&d).expect("read dir") {
             let path = entry.expect("entry").path();
             let meta = std::fs::symlink_metadata(&path).expect("meta");
-            if path == dir.join("registry") {
-                // The registry's own tree is its crate's to lay out; the 0700 directory
-                // above keeps it from others.
+            if path == dir.join("registry") || path == dir.join("service-logs") {
+                // The registry's and the service logs' own trees are their crates' to lay
+                // out; the 0700 directory above keeps them from others.
                 continue;
             }
             if meta.is_dir() {
