@@ -144,6 +144,10 @@ impl ServiceLogs {
             })
             .map(|u| (u, false));
         for (uri, configured) in configured.chain(kept).collect::<Vec<_>>() {
+            // A stored route that the command line also gives is the command line's.
+            if !configured && lock(&self.routes).contains_key(&uri.id()) {
+                continue;
+            }
             self.start_route(uri, configured);
         }
     }
