@@ -884,52 +884,75 @@ fn engine_health(s: Option<HealthStatusEnum>) -> EngineHealth {
     }
 }
 
+/// A network `name` on `docker`: an existing one checked against `owner`
+/// ([`ensured_existing`]), else made with `driver` (`overlay` ones attachable, so the
+/// proxy's and a task's containers can join them) and `owner`'s labels.
+pub(crate) async fn ensure_network_on(
+    docker: &Docker,
+    name: &str,
+    owner: &Owner,
+    driver: &str,
+) -> Result<Ensured, TargetError> {
+    match docker.inspect_network(name, None).await {
+        Ok(existing) => ensured_existing("network", name, existing.labels.as_ref(), owner),
+        Err(e) if is_not_found(&e) => {
+            let labels: HashMap<String, String> = owner.labels().into_iter().collect();
+            docker
+                .create_network(NetworkCreateRequest {
+                    name: name.to_owned(),
+                    driver: Some(driver.to_owned()),
+                    attachable: (driver == "overlay").then_some(true),
+                    labels: Some(labels),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| TargetError::api(format!("creating network {name}"), e))?;
+            tracing::info!(network = name, driver, "created network");
+            Ok(Ensured {
+                created: true,
+                managed: true,
+            })
+        }
+        Err(e) => Err(TargetError::api(format!("inspecting network {name}"), e)),
+    }
+}
+
+/// A named volume `name` on `docker`: an existing one checked against `owner`, else made
+/// with `owner`'s labels.
+pub(crate) async fn ensure_volume_on(
+    docker: &Docker,
+    name: &str,
+    owner: &Owner,
+) -> Result<Ensured, TargetError> {
+    match docker.inspect_volume(name).await {
+        Ok(existing) => ensured_existing("volume", name, Some(&existing.labels), owner),
+        Err(e) if is_not_found(&e) => {
+            let labels: HashMap<String, String> = owner.labels().into_iter().collect();
+            docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(name.to_owned()),
+                    labels: Some(labels),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| TargetError::api(format!("creating volume {name}"), e))?;
+            tracing::info!(volume = name, "created volume");
+            Ok(Ensured {
+                created: true,
+                managed: true,
+            })
+        }
+        Err(e) => Err(TargetError::api(format!("inspecting volume {name}"), e)),
+    }
+}
+
 impl Target for DockerTarget {
     async fn ensure_network(&self, name: &str, owner: &Owner) -> Result<Ensured, TargetError> {
-        match self.docker.inspect_network(name, None).await {
-            Ok(existing) => ensured_existing("network", name, existing.labels.as_ref(), owner),
-            Err(e) if is_not_found(&e) => {
-                let labels: HashMap<String, String> = owner.labels().into_iter().collect();
-                self.docker
-                    .create_network(NetworkCreateRequest {
-                        name: name.to_owned(),
-                        driver: Some("bridge".to_owned()),
-                        labels: Some(labels),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| TargetError::api(format!("creating network {name}"), e))?;
-                tracing::info!(network = name, "created network");
-                Ok(Ensured {
-                    created: true,
-                    managed: true,
-                })
-            }
-            Err(e) => Err(TargetError::api(format!("inspecting network {name}"), e)),
-        }
+        ensure_network_on(&self.docker, name, owner, "bridge").await
     }
 
     async fn ensure_volume(&self, name: &str, owner: &Owner) -> Result<Ensured, TargetError> {
-        match self.docker.inspect_volume(name).await {
-            Ok(existing) => ensured_existing("volume", name, Some(&existing.labels), owner),
-            Err(e) if is_not_found(&e) => {
-                let labels: HashMap<String, String> = owner.labels().into_iter().collect();
-                self.docker
-                    .create_volume(VolumeCreateRequest {
-                        name: Some(name.to_owned()),
-                        labels: Some(labels),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| TargetError::api(format!("creating volume {name}"), e))?;
-                tracing::info!(volume = name, "created volume");
-                Ok(Ensured {
-                    created: true,
-                    managed: true,
-                })
-            }
-            Err(e) => Err(TargetError::api(format!("inspecting volume {name}"), e)),
-        }
+        ensure_volume_on(&self.docker, name, owner).await
     }
 
     async fn run_container(

@@ -354,29 +354,26 @@ impl Snapshot {
     }
 }
 
+/// A JSON file's value, the default when there is no file; a file that does not parse is
+/// an error naming it.
+fn read_json_or_default<T: Default + serde::de::DeserializeOwned>(path: &Path) -> io::Result<T> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e),
+    }
+}
+
 impl ServiceLog {
     fn open(dir: PathBuf) -> io::Result<ServiceLog> {
-        let ck: CheckpointFile = match fs::read(dir.join(CHECKPOINT_FILE)) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", dir.join(CHECKPOINT_FILE).display()),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => CheckpointFile::default(),
-            Err(e) => return Err(e),
-        };
-        let containers: BTreeMap<String, ContainerMeta> = match fs::read(dir.join(CONTAINERS_FILE))
-        {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", dir.join(CONTAINERS_FILE).display()),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e),
-        };
+        let ck: CheckpointFile = read_json_or_default(&dir.join(CHECKPOINT_FILE))?;
+        let containers: BTreeMap<String, ContainerMeta> =
+            read_json_or_default(&dir.join(CONTAINERS_FILE))?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;

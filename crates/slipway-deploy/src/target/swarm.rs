@@ -60,12 +60,12 @@ use bollard::auth::DockerCredentials;
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, EndpointSpecModeEnum, Limit, LocalNodeState, Mount, MountType,
-    MountVolumeOptions, NetworkAttachmentConfig, NetworkCreateRequest, ResourceObject, Service,
-    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
+    MountVolumeOptions, NetworkAttachmentConfig, ResourceObject, Service, ServiceSpec,
+    ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
     ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecUpdateConfig,
     ServiceSpecUpdateConfigFailureActionEnum, Task, TaskSpec, TaskSpecContainerSpec,
     TaskSpecPlacement, TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
-    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState, VolumeCreateRequest,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     ListServicesOptionsBuilder, ListTasksOptionsBuilder, UpdateServiceOptionsBuilder,
@@ -74,7 +74,8 @@ use bollard::query_parameters::{
 use super::{
     ContainerInfo, ContainerSpec, DockerTarget, EngineHealth, Ensured, MountKind, Owner,
     RegistryAuth, RestartPolicy, RunState, Selector, Target, TargetError, container_name,
-    ensured_existing, health_config, is_not_found, nanos, object_labels, split_reference,
+    ensure_network_on, ensure_volume_on, health_config, is_not_found, nanos, object_labels,
+    split_reference,
 };
 
 /// A Docker Swarm, through one of its managers.
@@ -730,52 +731,13 @@ impl SwarmTarget {
 
 impl Target for SwarmTarget {
     async fn ensure_network(&self, name: &str, owner: &Owner) -> Result<Ensured, TargetError> {
-        match self.docker().inspect_network(name, None).await {
-            Ok(existing) => ensured_existing("network", name, existing.labels.as_ref(), owner),
-            Err(e) if is_not_found(&e) => {
-                let labels: HashMap<String, String> = owner.labels().into_iter().collect();
-                self.docker()
-                    .create_network(NetworkCreateRequest {
-                        name: name.to_owned(),
-                        driver: Some("overlay".to_owned()),
-                        attachable: Some(true),
-                        labels: Some(labels),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| TargetError::api(format!("creating network {name}"), e))?;
-                tracing::info!(network = name, "created overlay network");
-                Ok(Ensured {
-                    created: true,
-                    managed: true,
-                })
-            }
-            Err(e) => Err(TargetError::api(format!("inspecting network {name}"), e)),
-        }
+        ensure_network_on(self.docker(), name, owner, "overlay").await
     }
 
     /// On the manager, as on one engine; every other node creates it (labelled) when a task
     /// that mounts it lands there.
     async fn ensure_volume(&self, name: &str, owner: &Owner) -> Result<Ensured, TargetError> {
-        match self.docker().inspect_volume(name).await {
-            Ok(existing) => ensured_existing("volume", name, Some(&existing.labels), owner),
-            Err(e) if is_not_found(&e) => {
-                let labels: HashMap<String, String> = owner.labels().into_iter().collect();
-                self.docker()
-                    .create_volume(VolumeCreateRequest {
-                        name: Some(name.to_owned()),
-                        labels: Some(labels),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| TargetError::api(format!("creating volume {name}"), e))?;
-                Ok(Ensured {
-                    created: true,
-                    managed: true,
-                })
-            }
-            Err(e) => Err(TargetError::api(format!("inspecting volume {name}"), e)),
-        }
+        ensure_volume_on(self.docker(), name, owner).await
     }
 
     async fn run_container(

@@ -126,23 +126,8 @@ fn env_name(test: &str) -> String {
 impl Env<DockerTarget> {
     pub async fn new(test: &str) -> Option<Env> {
         let image = image()?;
-        let target = match DockerTarget::connect().await {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("skipped: {e}");
-                return None;
-            }
-        };
-        let env = env_name(test);
-        Some(Env {
-            network: format!("{env}-net"),
-            stack: "shop".to_owned(),
-            env,
-            image,
-            target,
-            unlabelled: Mutex::new(Vec::new()),
-            swarm: None,
-        })
+        let target = DockerTarget::connect().await;
+        Env::with(test, image, target, None)
     }
 }
 
@@ -152,7 +137,20 @@ impl Env<SwarmTarget> {
     pub async fn swarm(test: &str) -> Option<Env<SwarmTarget>> {
         let image = image()?;
         let swarm = SwarmMode::enter("10.232.0.0/16")?;
-        let target = match SwarmTarget::connect().await {
+        let target = SwarmTarget::connect().await;
+        Env::with(test, image, target, Some(swarm))
+    }
+}
+
+impl<T> Env<T> {
+    /// The test's environment on `target`; `None`, saying why, when it did not connect.
+    fn with(
+        test: &str,
+        image: String,
+        target: Result<T, impl std::fmt::Display>,
+        swarm: Option<SwarmMode>,
+    ) -> Option<Env<T>> {
+        let target = match target {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("skipped: {e}");
@@ -167,7 +165,7 @@ impl Env<SwarmTarget> {
             image,
             target,
             unlabelled: Mutex::new(Vec::new()),
-            swarm: Some(swarm),
+            swarm,
         })
     }
 }

@@ -46,6 +46,24 @@ pub struct RouteStatus {
     pub connected: bool,
 }
 
+impl RouteStatus {
+    /// Nothing delivered yet, not connected.
+    fn new(id: String, uri: String) -> RouteStatus {
+        RouteStatus {
+            id,
+            uri,
+            delivered: 0,
+            rejected: 0,
+            rejections: Vec::new(),
+            skipped_bytes: 0,
+            lag: Vec::new(),
+            last_error: None,
+            last_error_at: None,
+            connected: false,
+        }
+    }
+}
+
 /// A service's backlog on one route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceLag {
@@ -112,18 +130,9 @@ impl RouteHandle {
                 records,
             });
         }
-        let mut s = status.take().unwrap_or_else(|| RouteStatus {
-            id: self.id.clone(),
-            uri: String::new(),
-            delivered: 0,
-            rejected: 0,
-            rejections: Vec::new(),
-            skipped_bytes: 0,
-            lag: Vec::new(),
-            last_error: None,
-            last_error_at: None,
-            connected: false,
-        });
+        let mut s = status
+            .take()
+            .unwrap_or_else(|| RouteStatus::new(self.id.clone(), String::new()));
         s.lag = lag;
         s
     }
@@ -259,18 +268,7 @@ pub fn spawn_route(
     let path = cursor_path(&cursor_dir, &id);
     let cursors = load_cursors(&path).map_err(cursors_err)?;
     let shared = Arc::new(Mutex::new(Shared {
-        status: Some(RouteStatus {
-            id: id.clone(),
-            uri: masked.clone(),
-            delivered: 0,
-            rejected: 0,
-            rejections: Vec::new(),
-            skipped_bytes: 0,
-            lag: Vec::new(),
-            last_error: None,
-            last_error_at: None,
-            connected: false,
-        }),
+        status: Some(RouteStatus::new(id.clone(), masked.clone())),
         cursors: cursors.clone(),
         behind: BTreeMap::new(),
     }));

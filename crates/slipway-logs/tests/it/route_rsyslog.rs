@@ -2,6 +2,7 @@
 //! SIGKILL and restart and the worker's own abort.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +102,34 @@ fn check(what: &str, expected: &BTreeMap<usize, usize>, lines: &[String]) -> usi
     dups
 }
 
+/// A worker for `uri` over `src`, its cursors in `cursors`, stopped by `stop`.
+fn spawn(
+    uri: RouteUri,
+    src: &Arc<MemSource>,
+    cursors: &Path,
+    stop: watch::Receiver<bool>,
+) -> RouteHandle {
+    spawn_route(
+        uri,
+        src.clone() as Arc<dyn LogSource>,
+        cursors,
+        "node1",
+        stop,
+    )
+    .expect("spawn")
+}
+
+/// [`spawn`] of the URI `uri`, with the sender that stops it.
+fn route_over(
+    uri: &str,
+    src: &Arc<MemSource>,
+    cursors: &Path,
+) -> (RouteHandle, watch::Sender<bool>) {
+    let (tx, rx) = watch::channel(false);
+    let uri = RouteUri::parse(uri).expect("uri");
+    (spawn(uri, src, cursors, rx), tx)
+}
+
 fn caught_up(h: &RouteHandle) -> bool {
     let s = h.status();
     !s.lag.is_empty() && s.lag.iter().all(|l| l.bytes == 0)
@@ -119,16 +148,11 @@ async fn relp_into_rsyslog_every_line_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rs = Rsyslog::start(dir.path(), true);
     let (src, expected) = numbered();
-    let (tx, rx) = watch::channel(false);
-    let uri = RouteUri::parse(&format!("relp://127.0.0.1:{}?window=64", rs.port)).expect("uri");
-    let h = spawn_route(
-        uri,
-        src.clone() as Arc<dyn LogSource>,
-        dir.path().join("cursors"),
-        "node1",
-        rx,
-    )
-    .expect("spawn");
+    let (h, tx) = route_over(
+        &format!("relp://127.0.0.1:{}?window=64", rs.port),
+        &src,
+        &dir.path().join("cursors"),
+    );
     wait_for("every record acked", Duration::from_secs(180), || {
         caught_up(&h)
     })
@@ -163,16 +187,11 @@ async fn relp_survives_rsyslog_sigkill_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rs = Rsyslog::start(dir.path(), true);
     let (src, expected) = numbered();
-    let (_tx, rx) = watch::channel(false);
-    let uri = RouteUri::parse(&format!("relp://127.0.0.1:{}", rs.port)).expect("uri");
-    let h = spawn_route(
-        uri,
-        src.clone() as Arc<dyn LogSource>,
-        dir.path().join("cursors"),
-        "node1",
-        rx,
-    )
-    .expect("spawn");
+    let (h, _tx) = route_over(
+        &format!("relp://127.0.0.1:{}", rs.port),
+        &src,
+        &dir.path().join("cursors"),
+    );
     wait_for("a part delivered", Duration::from_secs(60), || {
         rs.lines().len() > 4000
     })
@@ -208,14 +227,7 @@ async fn relp_worker_aborted_and_restarted_over_its_cursors() {
     let cursors = dir.path().join("cursors");
     let uri = RouteUri::parse(&format!("relp://127.0.0.1:{}", rs.port)).expect("uri");
     let (_tx, rx) = watch::channel(false);
-    let h = spawn_route(
-        uri.clone(),
-        src.clone() as Arc<dyn LogSource>,
-        &cursors,
-        "node1",
-        rx.clone(),
-    )
-    .expect("spawn");
+    let h = spawn(uri.clone(), &src, &cursors, rx.clone());
     wait_for("a part delivered", Duration::from_secs(60), || {
         rs.lines().len() > 5000
     })
@@ -223,14 +235,7 @@ async fn relp_worker_aborted_and_restarted_over_its_cursors() {
     h.abort();
     let first = h.status().delivered;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let h = spawn_route(
-        uri,
-        src.clone() as Arc<dyn LogSource>,
-        &cursors,
-        "node1",
-        rx,
-    )
-    .expect("respawn");
+    let h = spawn(uri, &src, &cursors, rx);
     wait_for("every record acked", Duration::from_secs(180), || {
         caught_up(&h)
     })
@@ -254,16 +259,11 @@ async fn syslog_tcp_into_rsyslog_at_least_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rs = Rsyslog::start(dir.path(), false);
     let (src, expected) = numbered();
-    let (_tx, rx) = watch::channel(false);
-    let uri = RouteUri::parse(&format!("syslog+tcp://127.0.0.1:{}", rs.port)).expect("uri");
-    let h = spawn_route(
-        uri,
-        src.clone() as Arc<dyn LogSource>,
-        dir.path().join("cursors"),
-        "node1",
-        rx,
-    )
-    .expect("spawn");
+    let (h, _tx) = route_over(
+        &format!("syslog+tcp://127.0.0.1:{}", rs.port),
+        &src,
+        &dir.path().join("cursors"),
+    );
     wait_for("every record written", Duration::from_secs(180), || {
         caught_up(&h)
     })

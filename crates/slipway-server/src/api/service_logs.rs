@@ -177,12 +177,14 @@ pub async fn get_logs(
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<(ServiceKey, Positioned)>>(16);
     tokio::spawn(async move {
         if let Some(records) = found {
-            for chunk in records.chunks(1024) {
-                if tx.send(chunk.to_vec()).await.is_err() {
+            // Moved out a thousand at a time: a large answer is not held twice.
+            let mut records = records.into_iter();
+            loop {
+                let chunk: Vec<_> = records.by_ref().take(1024).collect();
+                if chunk.is_empty() || tx.send(chunk).await.is_err() {
                     return;
                 }
             }
-            return;
         }
         let Some(query) = follow_query else { return };
         let mut tail = store.follow(query);
